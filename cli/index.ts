@@ -1,0 +1,58 @@
+/**
+ * `sirocco` command-line dispatcher. Each subcommand lives in cli/commands/<name>.ts and exports
+ * `run(argv: string[]): Promise<number>` (the exit code) plus a one-line `summary`.
+ */
+import { CliError } from './args.ts';
+
+const COMMANDS = ['convert', 'logits', 'generate', 'serve', 'keys', 'dev'] as const;
+type CommandName = (typeof COMMANDS)[number];
+
+interface CommandModule {
+  summary: string;
+  run(argv: string[]): Promise<number>;
+}
+
+function isCommand(name: string): name is CommandName {
+  return (COMMANDS as readonly string[]).includes(name);
+}
+
+async function loadCommand(name: CommandName): Promise<CommandModule> {
+  return (await import(`./commands/${name}.ts`)) as CommandModule;
+}
+
+async function usage(): Promise<string> {
+  const lines = ['usage: sirocco <command> [options]', '', 'commands:'];
+  for (const name of COMMANDS) {
+    try {
+      lines.push(`  ${name.padEnd(10)} ${(await loadCommand(name)).summary}`);
+    } catch {
+      // A command module that is not built yet is simply not listed.
+    }
+  }
+  return lines.join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(await usage());
+    return name ? 0 : 2;
+  }
+  if (!isCommand(name)) {
+    console.error(`sirocco: unknown command "${name}"\n\n${await usage()}`);
+    return 2;
+  }
+  try {
+    return await (await loadCommand(name)).run(rest);
+  } catch (error) {
+    if (error instanceof CliError) {
+      console.error(`sirocco ${name}: ${error.message}`);
+      return error.exitCode;
+    }
+    // Errors from the engine carry messages that name the file or tensor; print them without a stack.
+    const message = error instanceof Error ? error.message : String(error);
+    console.error(`sirocco ${name}: ${message}`);
+    if (process.env.SIROCCO_DEBUG) console.error(error);
+    return 1;
+  }
+}
