@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { ChatCompletionRequestSchema } from './api.ts';
+import { MistralErrorBodySchema, errorBody, validationErrorBody } from './errors.ts';
+
+function validationError(body: unknown) {
+  const result = ChatCompletionRequestSchema.safeParse(body);
+  if (result.success) throw new Error('expected the body to be invalid');
+  return validationErrorBody(result.error);
+}
+
+describe('errorBody', () => {
+  it('builds the flat Mistral envelope', () => {
+    expect(errorBody('invalid_model', 'Invalid model: x', 'model', '1500')).toEqual({
+      object: 'error',
+      message: 'Invalid model: x',
+      type: 'invalid_model',
+      param: 'model',
+      code: '1500',
+    });
+    expect(MistralErrorBodySchema.safeParse(errorBody('unauthorized', 'Unauthorized')).success).toBe(true);
+  });
+});
+
+describe('validationErrorBody', () => {
+  it('says "Extra inputs are not permitted" for each unknown field, with its location', () => {
+    const body = validationError({ model: 'm', messages: [{ role: 'user', content: 'x' }], foo: 1, bar: 2 });
+    expect(body.object).toBe('error');
+    expect(body.type).toBe('invalid_request_error');
+    expect(body.message).toContain('Extra inputs are not permitted');
+    expect(body.detail).toEqual([
+      { loc: ['body', 'foo'], msg: 'Extra inputs are not permitted', type: 'extra_forbidden' },
+      { loc: ['body', 'bar'], msg: 'Extra inputs are not permitted', type: 'extra_forbidden' },
+    ]);
+    expect(body.param).toBe('foo');
+  });
+
+  it('names missing fields and out-of-range values with pydantic types', () => {
+    const body = validationError({ messages: [{ role: 'user', content: 'x' }], temperature: 2 });
+    expect(body.detail).toContainEqual({ loc: ['body', 'model'], msg: 'Field required', type: 'missing' });
+    expect(body.detail?.find((entry) => entry.loc[1] === 'temperature')?.type).toBe('less_than_equal');
+    expect(body.message).toMatch(/body\.temperature/);
+  });
+
+  it('points into nested messages', () => {
+    const body = validationError({ model: 'm', messages: [{ role: 'user' }] });
+    expect(body.detail?.[0]?.loc).toEqual(['body', 'messages', 0, 'content']);
+  });
+});

@@ -1,0 +1,52 @@
+/**
+ * The edge ↔ sidecar protocol beyond the public Mistral API: the sidecar's load report, the header
+ * names both tiers use, the environment variables and the default ports. Web APIs only (runs in
+ * Workers and Node 20).
+ */
+import * as z from 'zod';
+
+/** `GET /ready` body: 200 with `ready: true` once models are loaded, 503 with `ready: false` otherwise. */
+export const LoadReportSchema = z.object({
+  ready: z.boolean(),
+  region: z.string(),
+  models: z.array(z.string()),
+  queueDepth: z.number().int().nonnegative(),
+  activeSequences: z.number().int().nonnegative(),
+  maxBatch: z.number().int().nonnegative(),
+  maxQueue: z.number().int().nonnegative(),
+  tokensPerSecond: z.number().nonnegative(),
+});
+export type LoadReport = z.infer<typeof LoadReportSchema>;
+
+/** Header names shared by the edge and the sidecar (lower case, as `Headers` normalises them). */
+export const HEADERS = {
+  requestId: 'x-request-id',
+  timestamp: 'x-sirocco-timestamp',
+  signature: 'x-sirocco-signature',
+} as const;
+
+/** Sidecar paths the edge calls. */
+export const SIDECAR_PATHS = {
+  health: '/health',
+  ready: '/ready',
+  chatCompletions: '/v1/chat/completions',
+} as const;
+
+/** Environment variables and wrangler secrets, by role. */
+export const ENV = {
+  /** HMAC secret shared by the edge (wrangler secret) and every sidecar. */
+  sidecarSecret: 'SIROCCO_SIDECAR_SECRET',
+  /** Guards the edge's admin routes (`/admin/keys`). */
+  adminSecret: 'SIROCCO_ADMIN_SECRET',
+  /** The API key value `npm start` provisions for local use. */
+  devKey: 'SIROCCO_DEV_KEY',
+  /** Edge port for `npm start`. */
+  port: 'PORT',
+  /** Where models and state live (default ~/.sirocco). */
+  home: 'SIROCCO_HOME',
+} as const;
+
+export const DEFAULT_PORTS = { edge: 8787, sidecar: 8080 } as const;
+
+/** Largest clock skew the sidecar accepts on a signed request. */
+export const SIGNATURE_MAX_SKEW_SECONDS = 60;
