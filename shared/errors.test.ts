@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ChatCompletionRequestSchema } from './api.ts';
-import { MistralErrorBodySchema, errorBody, validationErrorBody } from './errors.ts';
+import { MistralErrorBodySchema, errorBody, streamErrorFrame, validationErrorBody } from './errors.ts';
 
 function validationError(body: unknown) {
   const result = ChatCompletionRequestSchema.safeParse(body);
@@ -44,5 +44,13 @@ describe('validationErrorBody', () => {
   it('points into nested messages', () => {
     const body = validationError({ model: 'm', messages: [{ role: 'user' }] });
     expect(body.detail?.[0]?.loc).toEqual(['body', 'messages', 0, 'content']);
+  });
+});
+
+describe('streamErrorFrame', () => {
+  it('is a Mistral error body that openai-node also recognises as an error', () => {
+    const frame = streamErrorFrame('upstream_error', 'sidecar went away');
+    expect(MistralErrorBodySchema.safeParse(frame).success).toBe(true);
+    expect(frame.error).toEqual({ message: 'sidecar went away', type: 'upstream_error', code: null });
   });
 });

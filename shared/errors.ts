@@ -95,3 +95,12 @@ export function validationErrorBody(error: z.ZodError): MistralErrorBody {
   const param = first && first.loc.length > 1 ? first.loc.slice(1).join('.') : null;
   return { ...errorBody('invalid_request_error', message || 'Invalid request body', param), detail };
 }
+
+/**
+ * The data of a mid-stream error frame (`data: {"object":"error",…}`, then the stream closes with no
+ * `[DONE]`). The nested `error` copy makes openai-node throw `APIError` instead of yielding the frame
+ * as a chunk; Mistral's clients and the AI SDK fail the chunk schema and surface an error either way.
+ */
+export function streamErrorFrame(type: string, message: string, code: string | null = null) {
+  return { ...errorBody(type, message, null, code), error: { message, type, code } };
+}
