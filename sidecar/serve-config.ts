@@ -1,0 +1,112 @@
+/**
+ * The one configuration loader for `sirocco serve`: command-line flags first, then environment
+ * variables, then defaults. Every bad value is a CliError naming the flag or variable.
+ *
+ * Flags: --model DIR[,DIR…] --host --port --region --device cpu|cuda --max-batch --max-queue
+ *        --expert-cache-mb --threads
+ * Environment: SIROCCO_SIDECAR_SECRET (HMAC secret; when set every request except /health must
+ *        be signed), SIROCCO_REGION, SIROCCO_MAX_BODY_BYTES, SIROCCO_REQUEST_TIMEOUT_MS,
+ *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS.
+ */
+import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { DEFAULT_PORTS, ENV } from '../shared/protocol.ts';
+
+export type Device = 'cpu' | 'cuda';
+
+export interface ServeConfig {
+  /** Model folders (converted stores or raw checkpoints); empty ⇒ the two demo models. */
+  modelDirs: string[];
+  host: string;
+  /** 0 ⇒ a random free port (the listening log line reports the real one). */
+  port: number;
+  region: string;
+  device: Device;
+  maxBatch: number;
+  maxQueue: number;
+  /** Expert-cache budget for MoE models, in MiB (fractional allowed); undefined ⇒ all resident. */
+  expertCacheMb: number | undefined;
+  /** Intra-op threads per onnxruntime session; undefined ⇒ the engine's default. */
+  threads: number | undefined;
+  /** HMAC secret shared with the edge; null ⇒ requests are not signed. */
+  sidecarSecret: string | null;
+  maxBodyBytes: number;
+  requestTimeoutMs: number;
+  shutdownGraceMs: number;
+  prefillChunkTokens: number;
+}
+
+export const SERVE_DEFAULTS = {
+  host: '127.0.0.1',
+  port: DEFAULT_PORTS.sidecar,
+  region: 'local',
+  device: 'cpu' as Device,
+  maxBatch: 16,
+  maxQueue: 64,
+  maxBodyBytes: 1024 * 1024,
+  requestTimeoutMs: 300_000,
+  shutdownGraceMs: 10_000,
+  prefillChunkTokens: 64,
+};
+
+export const SERVE_USAGE =
+  'usage: sirocco serve [--model DIR[,DIR…]] [--host 127.0.0.1] [--port 8080] [--region local] [--device cpu|cuda] ' +
+  '[--max-batch 16] [--max-queue 64] [--expert-cache-mb N] [--threads N]';
+
+const FLAGS = {
+  model: { type: 'string' },
+  host: { type: 'string' },
+  port: { type: 'string' },
+  region: { type: 'string' },
+  device: { type: 'string' },
+  'max-batch': { type: 'string' },
+  'max-queue': { type: 'string' },
+  'expert-cache-mb': { type: 'string' },
+  threads: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** Returns null when --help was asked for. */
+export function loadServeConfig(argv: string[], env: Record<string, string | undefined> = process.env): ServeConfig | null {
+  const { values } = parseCommandArgs(argv, FLAGS);
+  if (values.help) return null;
+
+  const device = values.device ?? SERVE_DEFAULTS.device;
+  if (device !== 'cpu' && device !== 'cuda') throw new CliError(`--device must be cpu or cuda, got "${device}"`);
+
+  const modelDirs = (values.model ?? '')
+    .split(',')
+    .map((dir) => dir.trim())
+    .filter((dir) => dir !== '');
+  if (values.model !== undefined && modelDirs.length === 0) throw new CliError('--model needs at least one folder');
+
+  const host = values.host ?? SERVE_DEFAULTS.host;
+  if (host.trim() === '') throw new CliError('--host must not be empty');
+  const region = values.region ?? env.SIROCCO_REGION ?? SERVE_DEFAULTS.region;
+  if (!/^[\w.-]{1,64}$/.test(region)) throw new CliError(`--region must be 1-64 letters, digits, ".", "-" or "_", got "${region}"`);
+
+  const secret = env[ENV.sidecarSecret];
+  return {
+    modelDirs,
+    host,
+    port: parseNumberOption(values.port, 'port', { integer: true, min: 0, max: 65535 }) ?? SERVE_DEFAULTS.port,
+    region,
+    device,
+    maxBatch: parseNumberOption(values['max-batch'], 'max-batch', { integer: true, min: 1, max: 1024 }) ?? SERVE_DEFAULTS.maxBatch,
+    maxQueue: parseNumberOption(values['max-queue'], 'max-queue', { integer: true, min: 0, max: 100_000 }) ?? SERVE_DEFAULTS.maxQueue,
+    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: 0 }),
+    threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1, max: 1024 }),
+    sidecarSecret: secret ? secret : null,
+    maxBodyBytes: envNumber(env, 'SIROCCO_MAX_BODY_BYTES', SERVE_DEFAULTS.maxBodyBytes, 1),
+    requestTimeoutMs: envNumber(env, 'SIROCCO_REQUEST_TIMEOUT_MS', SERVE_DEFAULTS.requestTimeoutMs, 1),
+    shutdownGraceMs: envNumber(env, 'SIROCCO_SHUTDOWN_GRACE_MS', SERVE_DEFAULTS.shutdownGraceMs, 0),
+    prefillChunkTokens: envNumber(env, 'SIROCCO_PREFILL_CHUNK_TOKENS', SERVE_DEFAULTS.prefillChunkTokens, 1),
+  };
+}
+
+function envNumber(env: Record<string, string | undefined>, name: string, fallback: number, min: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min) throw new CliError(`environment variable ${name} must be an integer ≥ ${min}, got "${raw}"`);
+  return value;
+}
