@@ -1,0 +1,68 @@
+/**
+ * Rebuilds the non-stream completion from a streamed answer, so a stream can fill the cache.
+ *
+ * Feed it every SSE event of the response; `completion()` returns the assembled answer only if the
+ * stream finished cleanly: every event was a valid chunk, a finish reason other than `error` and the
+ * usage arrived, and `[DONE]` came last. Anything else (an error frame, a cut stream, garbage) yields
+ * undefined and nothing is cached.
+ */
+import { ChatCompletionChunkSchema, type ChatCompletionResponse, type FinishReason, type Usage } from '../../shared/api.ts';
+import { SSE_DONE, type SseEvent } from '../../shared/sse.ts';
+
+export interface CompletionAssembler {
+  push(event: SseEvent): void;
+  completion(): ChatCompletionResponse | undefined;
+}
+
+export function createCompletionAssembler(): CompletionAssembler {
+  let header: { id: string; created: number; model: string } | undefined;
+  let content = '';
+  const toolCalls: unknown[] = [];
+  let finishReason: FinishReason | null = null;
+  let usage: Usage | undefined;
+  let done = false;
+  let broken = false;
+
+  return {
+    push(event) {
+      if (broken) return;
+      if (done || event.event !== undefined) {
+        broken = true; // data after [DONE], or a named event (error frames from other gateways)
+        return;
+      }
+      if (event.data === SSE_DONE) {
+        done = true;
+        return;
+      }
+      let parsed;
+      try {
+        parsed = ChatCompletionChunkSchema.safeParse(JSON.parse(event.data));
+      } catch {
+        parsed = undefined;
+      }
+      if (!parsed?.success) {
+        broken = true; // an error frame or a malformed chunk
+        return;
+      }
+      const chunk = parsed.data;
+      header ??= { id: chunk.id, created: chunk.created, model: chunk.model };
+      for (const choice of chunk.choices) {
+        if (choice.index !== 0) continue; // one choice per request (no `n`)
+        content += choice.delta.content ?? '';
+        if (choice.delta.tool_calls) toolCalls.push(...choice.delta.tool_calls);
+        if (choice.finish_reason !== null) finishReason = choice.finish_reason;
+      }
+      if (chunk.usage) usage = chunk.usage;
+    },
+    completion() {
+      if (broken || !done || !header || !usage || finishReason === null || finishReason === 'error') return undefined;
+      const message = toolCalls.length > 0 ? { role: 'assistant' as const, content, tool_calls: toolCalls } : { role: 'assistant' as const, content };
+      return {
+        ...header,
+        object: 'chat.completion',
+        choices: [{ index: 0, message, finish_reason: finishReason }],
+        usage,
+      };
+    },
+  };
+}
