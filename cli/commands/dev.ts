@@ -1,5 +1,359 @@
-export const summary = 'run the whole stack locally (demo model, two sidecars, wrangler dev)';
-export async function run(): Promise<number> {
-  console.error('sirocco dev: not built yet');
-  return 1;
+/**
+ * `sirocco dev` (what `npm start` runs): the whole stack on one machine — the demo models, two regional sidecars
+ * and `wrangler dev` in front of them — plus a dev API key, until Ctrl-C.
+ *
+ * `startStack()` is the ONE process orchestration in the project: the end-to-end and browser suites launch the
+ * stack through it too, on free ports and a throwaway KV store, so what the tests drive is what `npm start` runs.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+import { ENV, DEFAULT_PORTS, SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
+
+export const summary = 'run the whole stack locally (demo model, two sidecars, wrangler dev); PORT or --port sets the edge port';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const SIROCCO_BIN = join(REPO_ROOT, 'bin/sirocco.mjs');
+const WRANGLER_BIN = join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js');
+
+// ─── The chat page's SSE module ──────────────────────────────────────────────
+
+/** The browser copy of shared/sse.ts, served by the worker's static assets next to the chat page. */
+export const PAGE_SSE_MODULE = join(REPO_ROOT, 'edge/public/sse.js');
+
+/** Bundles shared/sse.ts (and its eventsource-parser dependency) into one browser ES module. */
+export async function bundlePageSseModule(): Promise<string> {
+  const result = await build({
+    entryPoints: [join(REPO_ROOT, 'shared/sse.ts')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    write: false,
+    legalComments: 'none',
+    banner: { js: '// Generated from shared/sse.ts by `sirocco dev` (cli/commands/dev.ts). Do not edit.' },
+  });
+  return result.outputFiles[0]!.text;
+}
+
+/** Rewrites edge/public/sse.js when shared/sse.ts changed, so the page never parses SSE differently from the tiers. */
+export async function refreshPageSseModule(): Promise<boolean> {
+  const fresh = await bundlePageSseModule();
+  const current = await readFile(PAGE_SSE_MODULE, 'utf8').catch(() => null);
+  if (current === fresh) return false;
+  await writeFile(PAGE_SSE_MODULE, fresh);
+  return true;
+}
+
+// ─── Child processes ─────────────────────────────────────────────────────────
+
+/** A child in its own process group, so stopping it also stops what it spawned (wrangler → workerd). */
+class ManagedProcess {
+  readonly exited: Promise<number | null>;
+  private readonly child: ChildProcess;
+  private readonly recent: string[] = [];
+
+  constructor(
+    readonly name: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+    onLine: (name: string, line: string) => void,
+  ) {
+    this.child = spawn(process.execPath, args, { cwd: REPO_ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const forward = (data: Buffer) => {
+      for (const line of data.toString('utf8').split('\n')) {
+        if (line.trim() === '') continue;
+        this.recent.push(line);
+        if (this.recent.length > 20) this.recent.shift();
+        onLine(name, line);
+      }
+    };
+    this.child.stdout!.on('data', forward);
+    this.child.stderr!.on('data', forward);
+    this.exited = new Promise((resolveExit) => {
+      this.child.on('exit', (code, signal) => resolveExit(code ?? (signal ? null : 0)));
+      this.child.on('error', () => resolveExit(null));
+    });
+    liveProcesses.add(this);
+    void this.exited.then(() => liveProcesses.delete(this));
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Its last lines of output, for an error message when it dies during start-up. */
+  get lastOutput(): string {
+    return this.recent.join('\n');
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (!this.running || this.child.pid === undefined) return;
+    try {
+      process.kill(-this.child.pid, signal);
+    } catch {
+      // The group is already gone.
+    }
+  }
+
+  /** SIGTERM (the sidecar drains in-flight streams), then SIGKILL after `graceMs`. */
+  async stop(graceMs: number): Promise<void> {
+    if (!this.running) return;
+    this.signal('SIGTERM');
+    const timer = setTimeout(() => this.signal('SIGKILL'), graceMs);
+    await this.exited;
+    clearTimeout(timer);
+    // The leader may exit before the rest of its group (wrangler's workerd): make sure none is left.
+    this.signal('SIGKILL');
+  }
+}
+
+const liveProcesses = new Set<ManagedProcess>();
+// Last resort if this process exits without stopping the stack: no orphan sidecars or workerd.
+process.on('exit', () => {
+  for (const child of liveProcesses) child.signal('SIGKILL');
+});
+
+// ─── Ports and readiness ─────────────────────────────────────────────────────
+
+async function isPortFree(port: number): Promise<boolean> {
+  return new Promise((resolveFree) => {
+    const probe = createServer();
+    probe.once('error', () => resolveFree(false));
+    probe.listen({ port, host: '127.0.0.1', exclusive: true }, () => probe.close(() => resolveFree(true)));
+  });
+}
+
+async function assertPortFree(port: number, what: string, hint: string): Promise<void> {
+  if (!(await isPortFree(port))) {
+    throw new CliError(`port ${port} (${what}) is already in use — stop whatever listens there or ${hint}`, 1);
+  }
+}
+
+/** A port the OS considers free right now. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen({ port: 0, host: '127.0.0.1' }, () => {
+      const address = probe.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      probe.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** Polls `url` until it answers 200; fails early (with its output) if `owner` dies, or after `timeoutMs`. */
+async function waitForOk(url: string, owner: ManagedProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (!owner.running) {
+      throw new CliError(`${owner.name} exited during start-up:\n${owner.lastOutput}`, 1);
+    }
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+      await response.body?.cancel();
+      if (response.ok) return;
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) {
+      throw new CliError(`${owner.name} was not ready at ${url} after ${Math.round(timeoutMs / 1000)} s:\n${owner.lastOutput}`, 1);
+    }
+    await new Promise((resolveWait) => setTimeout(resolveWait, 250));
+  }
+}
+
+// ─── The stack ───────────────────────────────────────────────────────────────
+
+export interface SidecarSpec {
+  region: string;
+  port: number;
+  lat: number;
+  lon: number;
+  continent: string;
+}
+
+/** Where the two demo regions sit, for the edge's nearest-region routing. */
+export const DEFAULT_SIDECARS: SidecarSpec[] = [
+  { region: 'eu-west', port: 8081, lat: 48.86, lon: 2.35, continent: 'EU' },
+  { region: 'us-east', port: 8082, lat: 39.04, lon: -77.49, continent: 'NA' },
+];
+
+export interface StackOptions {
+  /** Edge port (default PORT or 8787). */
+  edgePort?: number;
+  sidecars?: SidecarSpec[];
+  /** The dev API key's value (default SIROCCO_DEV_KEY, else random). */
+  devKey?: string;
+  /** Local KV/Durable Object state for wrangler; default a fresh temp folder removed on stop. */
+  persistTo?: string;
+  /** onnxruntime threads per sidecar. */
+  sidecarThreads?: number;
+  /** Every line the children print, prefixed with their name. */
+  onLog?: (name: string, line: string) => void;
+  /** Progress messages of the launcher itself. */
+  onProgress?: (message: string) => void;
+}
+
+export interface Stack {
+  /** e.g. http://localhost:8787 (no trailing slash, no /v1). */
+  edgeUrl: string;
+  apiKey: string;
+  adminSecret: string;
+  sidecars: Array<SidecarSpec & { url: string }>;
+  /** Resolves with a description when any child exits on its own. */
+  firstExit: Promise<string>;
+  /** Stops one sidecar (e.g. to test failover). */
+  stopSidecar(region: string): Promise<void>;
+  /** Stops everything and removes the temp state; safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export async function startStack(options: StackOptions = {}): Promise<Stack> {
+  const edgePort = options.edgePort ?? DEFAULT_PORTS.edge;
+  const specs = options.sidecars ?? DEFAULT_SIDECARS;
+  const progress = options.onProgress ?? (() => {});
+  const onLog = options.onLog ?? (() => {});
+
+  await assertPortFree(edgePort, 'edge', 'set PORT to another port');
+  for (const spec of specs) await assertPortFree(spec.port, `${spec.region} sidecar`, 'free it');
+
+  const sidecarSecret = process.env[ENV.sidecarSecret] || randomBytes(32).toString('hex');
+  const adminSecret = process.env[ENV.adminSecret] || randomBytes(32).toString('hex');
+  const apiKey = options.devKey || process.env[ENV.devKey] || `sk-dev-${randomBytes(16).toString('hex')}`;
+
+  if (await refreshPageSseModule()) progress('rebuilt edge/public/sse.js from shared/sse.ts');
+  progress('preparing the demo models (built once, then reused)…');
+  // Loaded lazily: the engine (onnxruntime) is only needed when a stack really starts.
+  const { ensureDemoModels } = await import('../../sidecar/demo-model.ts');
+  const models = await ensureDemoModels();
+
+  const ownPersist = options.persistTo === undefined;
+  const persistTo = options.persistTo ?? (await mkdtemp(join(tmpdir(), 'sirocco-wrangler-')));
+  const children: ManagedProcess[] = [];
+  const stopAll = async () => {
+    await Promise.all(children.map((child) => child.stop(15_000)));
+    if (ownPersist) await rm(persistTo, { recursive: true, force: true });
+  };
+
+  try {
+    const env = { ...process.env, [ENV.sidecarSecret]: sidecarSecret };
+    const sidecars = specs.map((spec) => {
+      const args = [SIROCCO_BIN, 'serve', '--model', `${models['mistral-tiny']},${models['mistral-small']}`];
+      args.push('--region', spec.region, '--port', String(spec.port));
+      if (options.sidecarThreads) args.push('--threads', String(options.sidecarThreads));
+      const child = new ManagedProcess(`sidecar ${spec.region}`, args, env, onLog);
+      children.push(child);
+      return { ...spec, url: `http://127.0.0.1:${spec.port}`, process: child };
+    });
+
+    const registry = sidecars.map(({ region, url, lat, lon, continent }) => ({
+      region,
+      url,
+      models: ['mistral-tiny', 'mistral-small'],
+      lat,
+      lon,
+      continent,
+    }));
+    const wranglerArgs = [WRANGLER_BIN, 'dev', '--port', String(edgePort), '--ip', '127.0.0.1'];
+    wranglerArgs.push('--persist-to', persistTo, '--show-interactive-dev-session=false', '--log-level', 'warn');
+    // Secrets go in as vars: the same bindings the worker reads from `wrangler secret` in production.
+    wranglerArgs.push('--var', `${ENV.sidecarSecret}:${sidecarSecret}`, '--var', `${ENV.adminSecret}:${adminSecret}`);
+    wranglerArgs.push('--var', `SIDECARS:${JSON.stringify(registry)}`);
+    const wrangler = new ManagedProcess('wrangler dev', wranglerArgs, { ...process.env, WRANGLER_SEND_METRICS: 'false' }, onLog);
+    children.push(wrangler);
+
+    progress('waiting for the sidecars to load the models and for wrangler dev…');
+    const edgeUrl = `http://localhost:${edgePort}`;
+    await Promise.all([
+      ...sidecars.map((sidecar) => waitForOk(`${sidecar.url}${SIDECAR_PATHS.ready}`, sidecar.process, 180_000)),
+      waitForOk(`http://127.0.0.1:${edgePort}/health`, wrangler, 120_000),
+    ]);
+
+    await createDevKey(`http://127.0.0.1:${edgePort}`, adminSecret, apiKey);
+
+    const firstExit = Promise.race(children.map((child) => child.exited.then((code) => `${child.name} exited (code ${code})`)));
+    let stopped: Promise<void> | undefined;
+    return {
+      edgeUrl,
+      apiKey,
+      adminSecret,
+      sidecars: sidecars.map(({ process: _process, ...sidecar }) => sidecar),
+      firstExit,
+      stopSidecar: async (region) => {
+        const sidecar = sidecars.find((candidate) => candidate.region === region);
+        if (!sidecar) throw new Error(`no sidecar in region ${region}`);
+        await sidecar.process.stop(15_000);
+      },
+      stop: () => (stopped ??= stopAll()),
+    };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+/** Registers `apiKey` through the edge's admin route (the same call `sirocco keys create` makes). */
+async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string): Promise<void> {
+  const response = await fetch(`${edgeUrl}/admin/keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ key: apiKey, tenant: 'dev', models: ['mistral-tiny', 'mistral-small'] }),
+  });
+  if (!response.ok) {
+    throw new CliError(`could not create the dev API key: POST /admin/keys answered ${response.status} ${await response.text()}`, 1);
+  }
+  await response.body?.cancel();
+}
+
+// ─── The command ─────────────────────────────────────────────────────────────
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, { port: { type: 'string' }, help: { type: 'boolean', short: 'h' } });
+  if (values.help) {
+    console.log(`usage: sirocco dev [--port 8787]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}.`);
+    return 0;
+  }
+  const edgePort =
+    parseNumberOption(values.port, 'port', { integer: true, min: 1, max: 65535 }) ??
+    parseNumberOption(process.env[ENV.port], 'port (from PORT)', { integer: true, min: 1, max: 65535 }) ??
+    DEFAULT_PORTS.edge;
+
+  const stack = await startStack({
+    edgePort,
+    persistTo: join(REPO_ROOT, '.wrangler/state'),
+    onProgress: (message) => console.log(`sirocco dev: ${message}`),
+    onLog: (name, line) => console.log(`[${name}] ${line}`),
+  });
+
+  console.log(
+    [
+      '',
+      `  Sirocco is running at ${stack.edgeUrl}  (chat page: ${stack.edgeUrl}/)`,
+      `  API key: ${stack.apiKey}`,
+      '',
+      `  curl -N ${stack.edgeUrl}/v1/chat/completions \\`,
+      `    -H "Authorization: Bearer ${stack.apiKey}" -H "Content-Type: application/json" \\`,
+      `    -d '{"model":"mistral-tiny","stream":true,"max_tokens":32,"messages":[{"role":"user","content":"Hello!"}]}'`,
+      '',
+      '  The demo models have random weights: their output is nonsense. Ctrl-C stops everything.',
+      '',
+    ].join('\n'),
+  );
+
+  const signalled = new Promise<string>((resolveSignal) => {
+    process.once('SIGINT', () => resolveSignal('SIGINT'));
+    process.once('SIGTERM', () => resolveSignal('SIGTERM'));
+  });
+  const reason = await Promise.race([signalled, stack.firstExit.then((exit) => `unexpected: ${exit}`)]);
+  console.log(`sirocco dev: stopping (${reason})…`);
+  await stack.stop();
+  return reason.startsWith('unexpected') ? 1 : 0;
 }
