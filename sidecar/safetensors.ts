@@ -61,13 +61,14 @@ export class SafetensorsFile {
     return info;
   }
 
-  /** The tensor's raw bytes, exactly as stored. */
-  async readBytes(name: string): Promise<Uint8Array> {
+  /** The tensor's raw bytes, exactly as stored (or `length` of them from byte `start`). */
+  async readBytes(name: string, start = 0, length?: number): Promise<Uint8Array> {
     const info = this.info(name);
-    const bytes = new Uint8Array(info.byteLength);
+    const count = Math.max(0, Math.min(length ?? info.byteLength, info.byteLength - start));
+    const bytes = new Uint8Array(count);
     let done = 0;
     while (done < bytes.length) {
-      const { bytesRead } = await this.handle.read(bytes, done, bytes.length - done, info.byteOffset + done);
+      const { bytesRead } = await this.handle.read(bytes, done, bytes.length - done, info.byteOffset + start + done);
       if (bytesRead === 0) throw modelError(`${this.path}: tensor "${name}" is truncated (file ended while reading it)`);
       done += bytesRead;
     }

@@ -1,0 +1,121 @@
+/**
+ * The Mistral/Mixtral building blocks as ONNX subgraphs: RMSNorm, linear layers at each precision,
+ * rotate-half RoPE, grouped-query attention over a past/present KV cache, SwiGLU FFN.
+ *
+ * Shapes: hidden [batch, seq, dim]; rope_cos/rope_sin [batch, seq, head_dim/2] (computed in JS per
+ * absolute position); attention_mask [batch, 1, seq, total] additive (0 or -inf); past KV
+ * [batch, kv_heads, past, head_dim] → present [batch, kv_heads, past+seq, head_dim].
+ * (A later optimisation is GroupQueryAttention with fused RoPE; standard ops keep parity simple.)
+ */
+import type { ModelConfig } from '../model-config.ts';
+import { MS_DOMAIN, type GraphBuilder } from '../onnx-graph.ts';
+import { quantizeMatrix, type Precision } from '../quantize.ts';
+
+/** Where weights come from, by canonical name, already in the rotate-half layout. */
+export interface WeightSource {
+  read(name: string): Promise<Float32Array>;
+}
+
+/** MatMulNBits accuracy level 4 quantizes activations to int8 per block: the fast CPU path. */
+const ACCURACY_LEVEL = 4;
+
+export interface AttentionInputs {
+  cos: string;
+  sin: string;
+  mask: string;
+}
+
+export class TransformerGraph {
+  constructor(
+    readonly g: GraphBuilder,
+    readonly config: ModelConfig,
+    readonly precision: Precision,
+    private readonly weights: WeightSource,
+  ) {}
+
+  /** y = x · Wᵀ for a PyTorch-layout weight [n, k]; quantized unless `keepFp32`. */
+  async linear(x: string, name: string, n: number, k: number, keepFp32 = false): Promise<string> {
+    const weight = await this.weights.read(name);
+    if (this.precision === 'fp32' || keepFp32) {
+      const transposed = new Float32Array(k * n);
+      for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) transposed[col * n + row] = weight[row * k + col];
+      return this.g.op('MatMul', [x, this.g.initializer(name, 'float32', [k, n], transposed)]);
+    }
+    const bits = this.precision === 'int8' ? 8 : 4;
+    const q = quantizeMatrix(weight, n, k, bits);
+    const blocks = q.scales.length / n;
+    const packed = this.g.initializer(`${name}.q${bits}`, 'uint8', [n, blocks, q.packed.length / n / blocks], q.packed);
+    const scales = this.g.initializer(`${name}.scales`, 'float32', [n * blocks], q.scales);
+    return this.g.op('MatMulNBits', [x, packed, scales], { K: k, N: n, bits, block_size: 32, accuracy_level: ACCURACY_LEVEL }, MS_DOMAIN);
+  }
+
+  async rmsNorm(x: string, name: string): Promise<string> {
+    const weight = this.g.initializer(name, 'float32', [this.config.dim], await this.weights.read(name));
+    return this.g.op('SimplifiedLayerNormalization', [x, weight], { axis: -1, epsilon: { float: this.config.normEps } });
+  }
+
+  async embed(inputIds: string): Promise<string> {
+    const { vocabSize, dim } = this.config;
+    const table = this.g.initializer('tok_embeddings.weight', 'float32', [vocabSize, dim], await this.weights.read('tok_embeddings.weight'));
+    return this.g.op('Gather', [table, inputIds], { axis: 0 });
+  }
+
+  /** Rotate-half RoPE on [batch, seq, heads, head_dim] with cos/sin [batch, seq, 1, head_dim/2]. */
+  private rope(x: string, cos: string, sin: string): string {
+    const half = this.config.headDim / 2;
+    const [x1, x2] = this.g.node('Split', [x, this.g.ints([half, half])], { outputs: 2, attrs: { axis: -1 } });
+    const first = this.g.op('Sub', [this.g.op('Mul', [x1, cos]), this.g.op('Mul', [x2, sin])]);
+    const second = this.g.op('Add', [this.g.op('Mul', [x2, cos]), this.g.op('Mul', [x1, sin])]);
+    return this.g.op('Concat', [first, second], { axis: -1 });
+  }
+
+  /**
+   * Pre-norm attention sublayer; returns the residual sum and the layer's present KV.
+   * GQA: query heads are grouped per KV head ([batch, kv, group, seq, hd]) so K/V broadcast
+   * across the group inside MatMul instead of being repeated.
+   */
+  async attention(x: string, layer: number, inputs: AttentionInputs, pastKey: string, pastValue: string) {
+    const { g } = this;
+    const { dim, nHeads, nKvHeads, headDim } = this.config;
+    const group = nHeads / nKvHeads;
+    const p = `layers.${layer}`;
+    const h = await this.rmsNorm(x, `${p}.attention_norm.weight`);
+    const q = g.op('Reshape', [await this.linear(h, `${p}.attention.wq.weight`, nHeads * headDim, dim), g.ints([0, 0, nHeads, headDim])]);
+    const k = g.op('Reshape', [await this.linear(h, `${p}.attention.wk.weight`, nKvHeads * headDim, dim), g.ints([0, 0, nKvHeads, headDim])]);
+    const v = g.op('Reshape', [await this.linear(h, `${p}.attention.wv.weight`, nKvHeads * headDim, dim), g.ints([0, 0, nKvHeads, headDim])]);
+
+    const cos = g.op('Unsqueeze', [inputs.cos, g.ints([2])]);
+    const sin = g.op('Unsqueeze', [inputs.sin, g.ints([2])]);
+    const qScaled = g.op('Mul', [this.rope(q, cos, sin), g.scalar(1 / Math.sqrt(headDim))]);
+    const kNew = g.op('Transpose', [this.rope(k, cos, sin)], { perm: [0, 2, 1, 3] });
+    const vNew = g.op('Transpose', [v], { perm: [0, 2, 1, 3] });
+    const presentKey = g.op('Concat', [pastKey, kNew], { axis: 2 });
+    const presentValue = g.op('Concat', [pastValue, vNew], { axis: 2 });
+
+    const qGrouped = g.op('Transpose', [g.op('Reshape', [qScaled, g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] });
+    const keysT = g.op('Unsqueeze', [g.op('Transpose', [presentKey], { perm: [0, 1, 3, 2] }), g.ints([2])]);
+    const scores = g.op('Add', [g.op('MatMul', [qGrouped, keysT]), g.op('Unsqueeze', [inputs.mask, g.ints([1])])]);
+    const probs = g.op('Softmax', [scores], { axis: -1 });
+    const context = g.op('MatMul', [probs, g.op('Unsqueeze', [presentValue, g.ints([2])])]);
+    const merged = g.op('Reshape', [g.op('Transpose', [context], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, nHeads * headDim])]);
+    const out = g.op('Add', [x, await this.linear(merged, `${p}.attention.wo.weight`, dim, nHeads * headDim)]);
+    return { out, presentKey, presentValue };
+  }
+
+  /** SwiGLU: w2(silu(w1·x) * w3·x), with weights under `prefix` (dense FFN or one expert). */
+  async feedForward(x: string, prefix: string): Promise<string> {
+    const { dim, hiddenDim } = this.config;
+    const gate = await this.linear(x, `${prefix}.w1.weight`, hiddenDim, dim);
+    const up = await this.linear(x, `${prefix}.w3.weight`, hiddenDim, dim);
+    const activated = this.g.op('Mul', [this.g.op('Mul', [gate, this.g.op('Sigmoid', [gate])]), up]);
+    return this.linear(activated, `${prefix}.w2.weight`, dim, hiddenDim);
+  }
+
+  /** Final norm and lm_head on the rows named by `logit_rows` (flat indices into batch×seq). */
+  async head(hidden: string, rows: string): Promise<string> {
+    const { dim, vocabSize } = this.config;
+    const normed = await this.rmsNorm(hidden, 'norm.weight');
+    const picked = this.g.op('Gather', [this.g.op('Reshape', [normed, this.g.ints([-1, dim])]), rows], { axis: 0 });
+    return this.linear(picked, 'output.weight', vocabSize, dim);
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * Weight quantization for onnxruntime's MatMulNBits (com.microsoft): symmetric round-to-nearest,
+ * blocks of 32 along the input dimension, fp32 scales, implicit zero point 2^(bits-1).
+ *
+ * Layout (contrib op spec): B is uint8 [N, ceil(K/32), 32*bits/8] — for 4 bits the low nibble holds
+ * the even element; scales are [N, ceil(K/32)]. The scale maps the block's largest-magnitude value
+ * to -2^(bits-1) exactly (llama.cpp Q4_0 style), which uses the whole signed range.
+ */
+export const BLOCK_SIZE = 32;
+
+export type QuantBits = 4 | 8;
+
+export interface QuantizedMatrix {
+  bits: QuantBits;
+  /** Output features (rows of the [N, K] weight). */
+  n: number;
+  /** Input features. */
+  k: number;
+  packed: Uint8Array;
+  scales: Float32Array;
+}
+
+/** Quantizes a row-major [n, k] weight (PyTorch `Linear.weight` layout: out × in). */
+export function quantizeMatrix(weight: Float32Array, n: number, k: number, bits: QuantBits): QuantizedMatrix {
+  const blocks = Math.ceil(k / BLOCK_SIZE);
+  const bytesPerBlock = (BLOCK_SIZE * bits) / 8;
+  const zeroPoint = 1 << (bits - 1);
+  const maxQ = (1 << bits) - 1;
+  const packed = new Uint8Array(n * blocks * bytesPerBlock);
+  const scales = new Float32Array(n * blocks);
+  const q = new Uint8Array(BLOCK_SIZE);
+
+  for (let row = 0; row < n; row++) {
+    const rowStart = row * k;
+    for (let block = 0; block < blocks; block++) {
+      const start = block * BLOCK_SIZE;
+      const end = Math.min(start + BLOCK_SIZE, k);
+      let extreme = 0;
+      for (let i = start; i < end; i++) {
+        const v = weight[rowStart + i];
+        if (Math.abs(v) > Math.abs(extreme)) extreme = v;
+      }
+      const scale = extreme / -zeroPoint;
+      const inverse = scale === 0 ? 0 : 1 / scale;
+      q.fill(zeroPoint); // padding past k dequantizes to exactly 0
+      for (let i = start; i < end; i++) {
+        const value = Math.round(weight[rowStart + i] * inverse) + zeroPoint;
+        q[i - start] = value < 0 ? 0 : value > maxQ ? maxQ : value;
+      }
+      scales[row * blocks + block] = scale;
+      const out = (row * blocks + block) * bytesPerBlock;
+      if (bits === 8) packed.set(q, out);
+      else for (let j = 0; j < BLOCK_SIZE / 2; j++) packed[out + j] = q[2 * j] | (q[2 * j + 1] << 4);
+    }
+  }
+  return { bits, n, k, packed, scales };
+}
+
+/** The float weight a quantized matrix stands for (row-major [n, k]); used by tests and KL checks. */
+export function dequantizeMatrix({ bits, n, k, packed, scales }: QuantizedMatrix): Float32Array {
+  const blocks = Math.ceil(k / BLOCK_SIZE);
+  const bytesPerBlock = (BLOCK_SIZE * bits) / 8;
+  const zeroPoint = 1 << (bits - 1);
+  const out = new Float32Array(n * k);
+  for (let row = 0; row < n; row++) {
+    for (let i = 0; i < k; i++) {
+      const block = Math.floor(i / BLOCK_SIZE);
+      const inBlock = i % BLOCK_SIZE;
+      const base = (row * blocks + block) * bytesPerBlock;
+      const q = bits === 8 ? packed[base + inBlock] : (packed[base + (inBlock >> 1)] >> ((inBlock & 1) * 4)) & 0xf;
+      out[row * k + i] = (q - zeroPoint) * scales[row * blocks + block];
+    }
+  }
+  return out;
+}
+
+/** Weight precision of a converted store: plain fp32 MatMul, or MatMulNBits with 8 or 4 bits. */
+export type Precision = 'fp32' | 'int8' | 'int4';
