@@ -10,7 +10,9 @@
  * kernel) but not identical to the resident int4 engine.
  *
  * Folder layout (`<store>/experts-int8/`):
- *   index.json            { formatVersion, quantization, dim, ffn, layers, experts, topK, fileBytes }
+ *   index.json            { formatVersion, quantization, dim, ffn, layers, experts, topK, normEps, fileBytes }
+ *   routers.safetensors   per layer `layers.N.ffn_norm.weight` [dim] and `layers.N.feed_forward.gate.weight`
+ *                         [experts, dim], fp32: what speculative prefetch needs to guess the next layer's experts
  *   L<layer>-E<expert>.bin one expert, little-endian:
  *     header (64 B): magic "SIRXPRT1", u32 version, u32 layer, u32 expert, u32 dim, u32 ffn,
  *                    u32 crc32(payload), u32 payload bytes, zero padding
@@ -24,8 +26,10 @@ import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'n
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { modelError } from './errors.ts';
+import { SafetensorsFile, writeSafetensors } from './safetensors.ts';
 
 export const EXPERT_STORE_DIR = 'experts-int8';
+const ROUTERS_FILE = 'routers.safetensors';
 export const EXPERT_FORMAT_VERSION = 1;
 const MAGIC = 'SIRXPRT1';
 const HEADER_BYTES = 64;
@@ -39,6 +43,14 @@ export interface ExpertShape {
   experts: number;
   /** Experts routed per token (Mixtral: 2). */
   topK: number;
+  /** RMSNorm epsilon of the FFN norm (used by the prefetch router). */
+  normEps: number;
+}
+
+/** Per layer: the FFN norm weight [dim] and the router [experts, dim], fp32. */
+export interface RouterWeights {
+  norm: Float32Array[];
+  gate: Float32Array[];
 }
 
 export interface ExpertStoreIndex extends ExpertShape {
@@ -152,6 +164,7 @@ export function sealExpert(bytes: Uint8Array, layer: number, expert: number, dim
 export async function writeExpertStore(
   storeDir: string,
   shape: ExpertShape,
+  routers: RouterWeights,
   expertImage: (layer: number, expert: number) => Promise<Uint8Array> | Uint8Array,
   onProgress?: (done: number, total: number) => void,
 ): Promise<ExpertStoreIndex> {
@@ -170,6 +183,10 @@ export async function writeExpertStore(
         onProgress?.(layer * shape.experts + expert + 1, total);
       }
     }
+    await writeSafetensors(join(tempDir, ROUTERS_FILE), Array.from({ length: shape.layers }, (_, layer) => [
+      { name: `layers.${layer}.ffn_norm.weight`, dtype: 'F32' as const, shape: [shape.dim], data: routers.norm[layer]! },
+      { name: `layers.${layer}.feed_forward.gate.weight`, dtype: 'F32' as const, shape: [shape.experts, shape.dim], data: routers.gate[layer]! },
+    ]).flat());
     const index: ExpertStoreIndex = { formatVersion: EXPERT_FORMAT_VERSION, quantization: 'int8-per-column', ...shape, fileBytes };
     await writeFile(join(tempDir, 'index.json'), JSON.stringify(index, null, 2));
     await rm(finalDir, { recursive: true, force: true });
@@ -183,7 +200,7 @@ export async function writeExpertStore(
 
 /** What `buildExpertStore` needs from a checkpoint (sidecar/checkpoint.ts `Checkpoint` fits). */
 export interface ExpertSource {
-  config: { dim: number; hiddenDim: number; nLayers: number; numExperts: number; expertsPerToken: number };
+  config: { dim: number; hiddenDim: number; nLayers: number; numExperts: number; expertsPerToken: number; normEps: number };
   /** A tensor by canonical (Mistral native) name as float32, [out, in]. */
   read(name: string): Promise<Float32Array>;
 }
@@ -192,9 +209,14 @@ export interface ExpertSource {
 export async function buildExpertStore(
   source: ExpertSource, storeDir: string, onProgress?: (done: number, total: number) => void,
 ): Promise<ExpertStoreIndex> {
-  const { dim, hiddenDim: ffn, nLayers: layers, numExperts: experts, expertsPerToken: topK } = source.config;
+  const { dim, hiddenDim: ffn, nLayers: layers, numExperts: experts, expertsPerToken: topK, normEps } = source.config;
   if (experts <= 0) throw modelError('cannot build an expert store for a dense model (no experts in its config)');
-  return writeExpertStore(storeDir, { dim, ffn, layers, experts, topK }, async (layer, expert) => {
+  const routers: RouterWeights = { norm: [], gate: [] };
+  for (let layer = 0; layer < layers; layer++) {
+    routers.norm.push(await source.read(`layers.${layer}.ffn_norm.weight`));
+    routers.gate.push(await source.read(`layers.${layer}.feed_forward.gate.weight`));
+  }
+  return writeExpertStore(storeDir, { dim, ffn, layers, experts, topK, normEps }, routers, async (layer, expert) => {
     const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
     const [w1, w3, w2] = await Promise.all(['w1', 'w3', 'w2'].map((w) => source.read(`${prefix}.${w}.weight`)));
     return quantizeExpert({ w1: w1!, w3: w3!, w2: w2! }, dim, ffn).bytes;
@@ -225,9 +247,25 @@ export class ExpertStore {
     for (const key of ['dim', 'ffn', 'layers', 'experts', 'topK'] as const) {
       if (!positive(key)) throw modelError(`expert store index ${indexPath}: field "${key}" must be a positive integer`);
     }
+    if (typeof index.normEps !== 'number' || !(index.normEps > 0)) throw modelError(`expert store index ${indexPath}: field "normEps" must be a positive number`);
     const full = index as ExpertStoreIndex;
     if (full.fileBytes !== expertFileBytes(full.dim, full.ffn)) throw modelError(`expert store index ${indexPath}: fileBytes does not match dim/ffn`);
     return new ExpertStore(dir, full);
+  }
+
+  /** The per-layer FFN norm and router weights (small: read whole). */
+  async readRouters(): Promise<RouterWeights> {
+    const file = await SafetensorsFile.open(join(this.dir, ROUTERS_FILE));
+    try {
+      const routers: RouterWeights = { norm: [], gate: [] };
+      for (let layer = 0; layer < this.index.layers; layer++) {
+        routers.norm.push(await file.readFloat32(`layers.${layer}.ffn_norm.weight`));
+        routers.gate.push(await file.readFloat32(`layers.${layer}.feed_forward.gate.weight`));
+      }
+      return routers;
+    } finally {
+      await file.close();
+    }
   }
 
   get expertBytes(): number {

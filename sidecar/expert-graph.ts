@@ -1,0 +1,174 @@
+/**
+ * Running paged experts. `ExpertGraph` is one shared onnxruntime session that runs ANY expert:
+ * the SwiGLU FFN `w2(silu(w1·x) ⊙ w3·x)` with the int8 weights and their per-column scales fed as
+ * graph inputs to DynamicQuantizeMatMul. A page-in is then a plain read of bytes — no session per
+ * expert — and every expert runs through the same kernel whatever is resident, which is what
+ * makes the output bit-identical across cache budgets. `PagedExperts` is what the Mixtral runtime
+ * calls per layer: store + cache + graph + next-layer prefetch.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { modelError } from './errors.ts';
+import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
+import { ExpertStore, type ExpertStoreIndex, type ExpertWeights } from './expert-store.ts';
+import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
+
+export interface ExpertGraphOptions {
+  threads?: number;
+}
+
+/** Builds the expert FFN graph for a given width into `path` (no weights inside it). */
+function buildExpertGraph(path: string, dim: number, ffn: number): void {
+  const external = new ExternalDataWriter(`${path}.data`);
+  try {
+    const g = new GraphBuilder('expert_ffn', external);
+    const x = g.input('x', 'float32', ['rows', dim]);
+    const w13 = g.input('w13', 'int8', [dim, 2 * ffn]);
+    const s13 = g.input('s13', 'float32', [2 * ffn]);
+    const w2 = g.input('w2', 'int8', [ffn, dim]);
+    const s2 = g.input('s2', 'float32', [dim]);
+    // w1 and w3 are one [dim, 2·ffn] matrix so both projections cost one pass over x.
+    const h = g.op('DynamicQuantizeMatMul', [x, w13, s13], undefined, MS_DOMAIN);
+    const [gate, up] = g.node('Split', [h, g.ints([ffn, ffn])], { outputs: 2, attrs: { axis: 1 } }) as [string, string];
+    const silu = g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
+    const y = g.op('DynamicQuantizeMatMul', [g.op('Mul', [silu, up]), w2, s2], undefined, MS_DOMAIN);
+    g.output(y, 'y', 'float32', ['rows', dim]);
+    g.save(path);
+  } finally {
+    external.close();
+  }
+}
+
+export class ExpertGraph {
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly dim: number,
+    readonly ffn: number,
+  ) {}
+
+  static async create(dim: number, ffn: number, options: ExpertGraphOptions = {}): Promise<ExpertGraph> {
+    const dir = await mkdtemp(join(tmpdir(), 'sirocco-expert-graph-'));
+    try {
+      const path = join(dir, 'expert-ffn.onnx');
+      buildExpertGraph(path, dim, ffn);
+      const session = await ort.InferenceSession.create(path, {
+        intraOpNumThreads: options.threads ?? 2,
+        interOpNumThreads: 1,
+        graphOptimizationLevel: 'all',
+      });
+      return new ExpertGraph(session, dim, ffn);
+    } catch (error) {
+      throw modelError(`cannot create the expert FFN graph (dim ${dim}, ffn ${ffn}): ${error instanceof Error ? error.message : String(error)}`, error);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Runs one expert on `rows` row vectors `x` ([rows, dim], row-major); returns [rows, dim]. */
+  async run(x: Float32Array, rows: number, weights: ExpertWeights): Promise<Float32Array> {
+    const { dim, ffn } = this;
+    if (x.length !== rows * dim) throw new RangeError(`expert input has ${x.length} values, expected ${rows}×${dim}`);
+    const result = await this.session.run({
+      x: new ort.Tensor('float32', x, [rows, dim]),
+      w13: new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]),
+      s13: new ort.Tensor('float32', weights.s13, [2 * ffn]),
+      w2: new ort.Tensor('int8', weights.w2, [ffn, dim]),
+      s2: new ort.Tensor('float32', weights.s2, [dim]),
+    });
+    return result.y!.data as Float32Array;
+  }
+
+  async dispose(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+export interface PagedExpertsOptions {
+  /** `--expert-cache-mb`: MiB (2^20 bytes) of expert weights kept in memory; may be fractional. */
+  budgetMb: number;
+  policy?: EvictionPolicy;
+  threads?: number;
+  /** Guess the next layer's experts from the current hidden state and page them in early (default on). */
+  prefetch?: boolean;
+  onPageIn?: (seconds: number) => void;
+}
+
+/** The rows of one layer that the router sent to `expert` ([rows, dim], row-major). */
+export interface ExpertGroup {
+  expert: number;
+  x: Float32Array;
+  rows: number;
+}
+
+export class PagedExperts {
+  private constructor(
+    readonly store: ExpertStore,
+    readonly cache: ExpertCache,
+    private readonly graph: ExpertGraph,
+    private readonly predictor: RouterPredictor | null,
+  ) {}
+
+  /**
+   * Opens `<storeDir>/experts-int8`. A budget below one layer's top-k experts is refused here,
+   * before anything runs, with a message giving the minimum.
+   */
+  static async open(storeDir: string, options: PagedExpertsOptions): Promise<PagedExperts> {
+    const store = await ExpertStore.open(storeDir);
+    const { dim, ffn, experts, topK, normEps } = store.index;
+    const cache = new ExpertCache(store, { budgetBytes: options.budgetMb * 1024 * 1024, policy: options.policy, onPageIn: options.onPageIn });
+    const predictor = options.prefetch === false ? null : new RouterPredictor(await store.readRouters(), dim, experts, topK, normEps);
+    const graph = await ExpertGraph.create(dim, ffn, { threads: options.threads });
+    return new PagedExperts(store, cache, graph, predictor);
+  }
+
+  get index(): ExpertStoreIndex {
+    return this.store.index;
+  }
+
+  stats(): ExpertCacheStats {
+    return this.cache.stats();
+  }
+
+  /**
+   * Runs each group through its expert of `layer`; returns the outputs in group order. While they
+   * run, the next expert is already paging in (one ahead), and — given `hidden`, this layer's
+   * post-attention hidden state — layer+1's likely experts are prefetched. A failed page-in
+   * rejects with the store's error naming the file; pinned experts are always released.
+   */
+  async runLayer(layer: number, groups: readonly ExpertGroup[], hidden?: { data: Float32Array; rows: number }): Promise<Float32Array[]> {
+    const outputs: Float32Array[] = [];
+    const pending: Array<Promise<ExpertLease>> = [];
+    const settle = (lease: Promise<ExpertLease>) => {
+      lease.catch(() => undefined); // observed below; never an unhandled rejection
+      return lease;
+    };
+    this.cache.noteLayerStep(layer);
+    if (groups.length > 0) pending.push(settle(this.cache.acquire(layer, groups[0]!.expert)));
+    if (hidden && this.predictor && layer + 1 < this.index.layers) {
+      this.cache.prefetch(layer + 1, this.predictor.predict(layer + 1, hidden.data, hidden.rows));
+    }
+    try {
+      for (let i = 0; i < groups.length; i++) {
+        if (i + 1 < groups.length) pending.push(settle(this.cache.acquire(layer, groups[i + 1]!.expert)));
+        const lease = await pending[i]!;
+        try {
+          outputs.push(await this.graph.run(groups[i]!.x, groups[i]!.rows, lease.weights));
+        } finally {
+          lease.release();
+        }
+      }
+      return outputs;
+    } catch (error) {
+      // Release whatever was acquired ahead of the failure.
+      for (const lease of pending.slice(outputs.length + 1)) lease.then((l) => l.release(), () => undefined);
+      throw error;
+    }
+  }
+
+  async dispose(): Promise<void> {
+    this.cache.clear();
+    await this.graph.dispose();
+  }
+}
