@@ -7,7 +7,7 @@ export type BinaryInput = string | Uint8Array | ArrayBuffer;
 const encoder = new TextEncoder();
 
 function toBytes(input: BinaryInput): Uint8Array<ArrayBuffer> {
-  if (typeof input === 'string') return encoder.encode(input);
+  if (typeof input === 'string') return encoder.encode(input) as Uint8Array<ArrayBuffer>;
   if (input instanceof ArrayBuffer) return new Uint8Array(input);
   return new Uint8Array(input); // copy: WebCrypto wants an ArrayBuffer-backed view
 }

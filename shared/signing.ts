@@ -19,10 +19,10 @@ export interface SignRequestOptions {
   timestamp?: number;
 }
 
-export interface SignatureHeaders {
+export type SignatureHeaders = {
   'x-sirocco-timestamp': string;
   'x-sirocco-signature': string;
-}
+};
 
 /** Node's IncomingHttpHeaders, a plain record, or a Fetch `Headers`. */
 export type HeaderSource = Headers | Record<string, string | string[] | undefined>;
