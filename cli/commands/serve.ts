@@ -1,0 +1,32 @@
+/**
+ * `sirocco serve`: runs a sidecar (Mistral-compatible HTTP API with continuous batching) on the
+ * given model folders, or on the two demo models. Logs are JSON lines on stdout; the first says
+ * where it listens. SIGTERM/SIGINT shut it down gracefully and exit 0.
+ */
+import { SERVE_USAGE, loadServeConfig } from '../../sidecar/serve-config.ts';
+import { createLogger } from '../../sidecar/logger.ts';
+import { startSidecar } from '../../sidecar/server/serve.ts';
+
+export const summary = 'run a sidecar: Mistral-compatible API over local models with continuous batching';
+
+export async function run(argv: string[]): Promise<number> {
+  const config = loadServeConfig(argv);
+  if (!config) {
+    console.log(SERVE_USAGE);
+    return 0;
+  }
+  const logger = createLogger();
+  const stopped = new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  let sidecar;
+  try {
+    sidecar = await startSidecar(config, logger);
+  } catch (error) {
+    logger.error('startup failed', { error });
+    throw error;
+  }
+  await sidecar.stop(await stopped);
+  return 0;
+}

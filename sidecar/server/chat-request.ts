@@ -1,0 +1,62 @@
+/**
+ * From request bytes to a scheduler request: strict UTF-8, JSON, the shared Mistral schema (422
+ * with `detail[]` on failure), model resolution, then the chat template and sampling settings.
+ */
+import {
+  CHAT_DEFAULTS,
+  ChatCompletionRequestSchema,
+  messageText,
+  requiresToolCall,
+  type ChatCompletionRequest,
+} from '../../shared/api.ts';
+import { renderChatPrompt, type ChatMessage } from '../chat-template.ts';
+import { invalidRequest } from '../errors.ts';
+import type { GenerationRequest } from '../scheduler.ts';
+import type { Tokenizer } from '../tokenizer.ts';
+import { RequestValidationError } from './error-response.ts';
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+export function parseChatRequest(bytes: ArrayBuffer): ChatCompletionRequest {
+  let text: string;
+  try {
+    text = strictUtf8.decode(bytes);
+  } catch {
+    throw invalidRequest('the request body is not valid UTF-8');
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw invalidRequest(`the request body is not valid JSON: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  // reportInput lets the 422 tell a wrong type from a missing field.
+  const parsed = ChatCompletionRequestSchema.safeParse(json, { reportInput: true });
+  if (!parsed.success) throw new RequestValidationError(parsed.error);
+  return parsed.data;
+}
+
+function templateMessages(request: ChatCompletionRequest): ChatMessage[] {
+  return request.messages.map((message, index) => {
+    if (message.role === 'tool') {
+      throw invalidRequest('tool messages are not supported by the local models', `messages.${index}.role`);
+    }
+    return { role: message.role, content: messageText(message.content) };
+  });
+}
+
+/** The scheduler request for a validated chat request on a model with `tokenizer`. */
+export function toGenerationRequest(request: ChatCompletionRequest, tokenizer: Tokenizer, signal?: AbortSignal): GenerationRequest {
+  if (requiresToolCall(request)) throw invalidRequest('the local models cannot make tool calls', 'tool_choice');
+  const promptIds = renderChatPrompt(tokenizer, templateMessages(request), { safePrompt: request.safe_prompt ?? false });
+  const stop = request.stop == null ? [] : typeof request.stop === 'string' ? [request.stop] : request.stop;
+  return {
+    promptIds,
+    maxTokens: request.max_tokens ?? undefined,
+    temperature: request.temperature ?? CHAT_DEFAULTS.temperature,
+    topP: request.top_p ?? CHAT_DEFAULTS.top_p,
+    seed: request.random_seed ?? undefined,
+    stop: stop.filter((text) => text !== ''),
+    signal,
+  };
+}

@@ -1,0 +1,48 @@
+/**
+ * The sidecar's one error → HTTP mapping: every failure leaves as Mistral's flat error body with
+ * the status its SidecarError carries, plus `Retry-After` / `retry-after-ms` on 429 and 503.
+ * Used by `app.onError`, `app.notFound` and mid-stream error frames.
+ */
+import type { Context } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type * as z from 'zod';
+import { errorBody, validationErrorBody, type MistralErrorBody, type ValidationDetail } from '../../shared/errors.ts';
+import { SidecarError } from '../errors.ts';
+
+/** A body that parsed as JSON but does not match the schema: 422, Mistral style, with `detail[]`. */
+export class RequestValidationError extends SidecarError {
+  readonly detail: ValidationDetail[];
+
+  constructor(error: z.ZodError) {
+    const body = validationErrorBody(error);
+    super('invalid_request_error', body.message, { status: 422, param: body.param });
+    this.detail = body.detail ?? [];
+  }
+}
+
+/** Any thrown value as a SidecarError; unknown errors become a 500 that does not leak internals. */
+export function toSidecarError(error: unknown): SidecarError {
+  if (error instanceof SidecarError) return error;
+  if (error instanceof HTTPException && error.status === 413) {
+    return new SidecarError('payload_too_large', 'the request body is larger than this sidecar accepts');
+  }
+  if (error instanceof HTTPException) return new SidecarError('invalid_request_error', error.message || 'bad request', { status: error.status });
+  return new SidecarError('internal_error', 'internal error while serving the request', { cause: error });
+}
+
+export function errorBodyOf(error: SidecarError): MistralErrorBody {
+  // A bad checkpoint is the operator's problem, not the caller's: report it as an internal error.
+  const type = error.type === 'model_error' ? 'internal_error' : error.type;
+  const body = errorBody(type, error.message, error.param, error.code);
+  return error instanceof RequestValidationError ? { ...body, detail: error.detail } : body;
+}
+
+export function errorResponse(c: Context, error: SidecarError): Response {
+  if (error.retryAfterSeconds !== undefined) {
+    const seconds = Math.min(60, Math.max(0, error.retryAfterSeconds));
+    c.header('retry-after', String(Math.ceil(seconds)));
+    c.header('retry-after-ms', String(seconds * 1000));
+  }
+  return c.json(errorBodyOf(error), error.status as ContentfulStatusCode);
+}

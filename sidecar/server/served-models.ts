@@ -1,0 +1,84 @@
+/**
+ * The models one sidecar serves: each folder is loaded once (converted on first use when it is a
+ * raw checkpoint), named by its architecture (mistral → mistral-tiny, mixtral → mistral-small, the
+ * wire contract's canonical ids) and given its tokenizer and its own batch scheduler.
+ */
+import { LOCAL_MODELS, resolveModelId, type LocalModelId } from '../../shared/api.ts';
+import { ERROR_CODES } from '../../shared/errors.ts';
+import { ensureDemoModels } from '../demo-model.ts';
+import { SidecarError, modelError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
+import type { SidecarMetrics } from '../metrics.ts';
+import { loadModel, type ModelRuntime } from '../model-runtime.ts';
+import { Scheduler } from '../scheduler.ts';
+import type { ServeConfig } from '../serve-config.ts';
+import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
+
+export interface ServedModel {
+  id: LocalModelId;
+  runtime: ModelRuntime;
+  tokenizer: Tokenizer;
+  scheduler: Scheduler;
+}
+
+const ID_BY_ARCHITECTURE: Record<ModelRuntime['info']['architecture'], LocalModelId> = {
+  mistral: 'mistral-tiny',
+  mixtral: 'mistral-small',
+};
+
+/** Loads every configured folder in turn (or the two demo models); fails naming the folder at fault. */
+export async function loadServedModels(config: ServeConfig, metrics: SidecarMetrics, logger: Logger): Promise<ServedModel[]> {
+  const dirs = config.modelDirs.length > 0 ? config.modelDirs : Object.values(await ensureDemoModels());
+  const served: ServedModel[] = [];
+  try {
+    for (const dir of dirs) {
+      const started = performance.now();
+      const runtime = await loadModel(dir, { device: config.device, threads: config.threads, expertCacheMb: config.expertCacheMb });
+      const id = ID_BY_ARCHITECTURE[runtime.info.architecture];
+      const duplicate = served.find((model) => model.id === id);
+      if (duplicate) {
+        await runtime.dispose();
+        throw modelError(`${dir} and ${duplicate.runtime.dir} are both ${runtime.info.architecture} models; a sidecar serves one model per id (${id})`);
+      }
+      const tokenizer = await loadTokenizer(runtime.dir, runtime.info.vocabSize);
+      const scheduler = new Scheduler({
+        runtime,
+        tokenizer,
+        maxBatch: config.maxBatch,
+        maxQueue: config.maxQueue,
+        prefillChunkTokens: config.prefillChunkTokens,
+        requestTimeoutMs: config.requestTimeoutMs,
+        observer: metrics.observerFor(id),
+        onLoopError: (error) => logger.error('scheduler step failed', { model: id, error }),
+      });
+      metrics.watchScheduler(id, () => scheduler.stats());
+      served.push({ id, runtime, tokenizer, scheduler });
+      logger.info('model loaded', {
+        model: id,
+        dir: runtime.dir,
+        architecture: runtime.info.architecture,
+        precision: runtime.info.precision,
+        contextLength: runtime.info.contextLength,
+        seconds: Math.round(performance.now() - started) / 1000,
+      });
+    }
+  } catch (error) {
+    await Promise.all(served.map((model) => model.runtime.dispose()));
+    throw error;
+  }
+  return served;
+}
+
+/** The served model a request names (canonical id or alias), else 400 invalid_model. */
+export function findServedModel(models: ServedModel[], name: string): ServedModel {
+  const id = resolveModelId(name);
+  const model = id === null ? undefined : models.find((candidate) => candidate.id === id);
+  if (!model) {
+    const available = models.flatMap((candidate) => [candidate.id, ...LOCAL_MODELS[candidate.id].aliases]).join(', ');
+    throw new SidecarError('invalid_model', `Invalid model: ${name}. This sidecar serves: ${available}`, {
+      param: 'model',
+      code: ERROR_CODES.invalidModel,
+    });
+  }
+  return model;
+}
