@@ -8,6 +8,7 @@ import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/p
 import { basename, dirname, join, resolve } from 'node:path';
 import { Checkpoint, expectedTensors } from './checkpoint.ts';
 import { modelError, SidecarError } from './errors.ts';
+import { buildExpertStore } from './expert-store.ts';
 import { buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph, type BuildContext } from './graph/models.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from './model-store.ts';
 import type { Precision } from './quantize.ts';
@@ -79,6 +80,8 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       },
     };
     const graphs = await buildGraphs({ dir: staging, config, precision, weights });
+    // Mixtral: also the int8 per-expert files that `--expert-cache-mb` pages from (expert-store.ts).
+    if (config.numExperts > 0) await buildExpertStore(checkpoint, staging);
     for (const file of await checkpoint.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
 
     const files = [];

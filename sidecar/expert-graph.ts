@@ -13,6 +13,7 @@ import * as ort from 'onnxruntime-node';
 import { modelError } from './errors.ts';
 import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
 import { ExpertStore, type ExpertStoreIndex, type ExpertWeights } from './expert-store.ts';
+import type { Expert, ExpertProvider } from './moe.ts';
 import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
 
 export interface ExpertGraphOptions {
@@ -95,14 +96,11 @@ export interface PagedExpertsOptions {
   onPageIn?: (seconds: number) => void;
 }
 
-/** The rows of one layer that the router sent to `expert` ([rows, dim], row-major). */
-export interface ExpertGroup {
-  expert: number;
-  x: Float32Array;
-  rows: number;
-}
+export class PagedExperts implements ExpertProvider {
+  /** Leases started ahead of `get` (the next expert of the current layer), by expert id. */
+  private ahead = new Map<number, Promise<ExpertLease>>();
+  private layerPlan: { layer: number; experts: number[] } = { layer: -1, experts: [] };
 
-export class PagedExperts {
   private constructor(
     readonly store: ExpertStore,
     readonly cache: ExpertCache,
@@ -132,42 +130,61 @@ export class PagedExperts {
   }
 
   /**
-   * Runs each group through its expert of `layer`; returns the outputs in group order. While they
-   * run, the next expert is already paging in (one ahead), and — given `hidden`, this layer's
-   * post-attention hidden state — layer+1's likely experts are prefetched. A failed page-in
-   * rejects with the store's error naming the file; pinned experts are always released.
+   * The runtime announces a layer before its experts run: `experts` = the routed ids (any order,
+   * repeats allowed), `hidden` = this layer's post-attention hidden state [rows, dim]. The first
+   * expert starts paging in now, and layer+1's likely experts are prefetched from `hidden`.
    */
-  async runLayer(layer: number, groups: readonly ExpertGroup[], hidden?: { data: Float32Array; rows: number }): Promise<Float32Array[]> {
-    const outputs: Float32Array[] = [];
-    const pending: Array<Promise<ExpertLease>> = [];
-    const settle = (lease: Promise<ExpertLease>) => {
-      lease.catch(() => undefined); // observed below; never an unhandled rejection
-      return lease;
-    };
+  beginLayer(layer: number, experts: ArrayLike<number>, hidden?: { data: Float32Array; rows: number }): void {
+    this.dropAhead();
+    const planned = [...new Set(Array.from(experts))].sort((a, b) => a - b);
+    this.layerPlan = { layer, experts: planned };
     this.cache.noteLayerStep(layer);
-    if (groups.length > 0) pending.push(settle(this.cache.acquire(layer, groups[0]!.expert)));
+    if (planned.length > 0) this.startAhead(layer, planned[0]!);
     if (hidden && this.predictor && layer + 1 < this.index.layers) {
       this.cache.prefetch(layer + 1, this.predictor.predict(layer + 1, hidden.data, hidden.rows));
     }
-    try {
-      for (let i = 0; i < groups.length; i++) {
-        if (i + 1 < groups.length) pending.push(settle(this.cache.acquire(layer, groups[i + 1]!.expert)));
-        const lease = await pending[i]!;
-        try {
-          outputs.push(await this.graph.run(groups[i]!.x, groups[i]!.rows, lease.weights));
-        } finally {
-          lease.release();
-        }
-      }
-      return outputs;
-    } catch (error) {
-      // Release whatever was acquired ahead of the failure.
-      for (const lease of pending.slice(outputs.length + 1)) lease.then((l) => l.release(), () => undefined);
-      throw error;
+  }
+
+  /**
+   * Expert (layer, expert) as a runnable FFN. Its page-in (if needed) is awaited inside `run`,
+   * and the next planned expert of the layer starts paging in meanwhile (one ahead). A failed
+   * page-in rejects `run` with the store's error naming the file.
+   */
+  async get(layer: number, expert: number): Promise<Expert> {
+    const lease = this.ahead.get(expert) ?? this.cache.acquire(layer, expert);
+    this.ahead.delete(expert);
+    if (this.layerPlan.layer === layer) {
+      const next = this.layerPlan.experts.find((e) => e > expert);
+      if (next !== undefined && !this.ahead.has(next)) this.startAhead(layer, next);
     }
+    lease.catch(() => undefined); // observed in run(); never an unhandled rejection
+    return {
+      run: async (x, rows) => {
+        const pinned = await lease;
+        try {
+          return await this.graph.run(x, rows, pinned.weights);
+        } finally {
+          pinned.release();
+        }
+      },
+    };
+  }
+
+  private startAhead(layer: number, expert: number): void {
+    const lease = this.cache.acquire(layer, expert);
+    lease.catch(() => undefined);
+    this.ahead.set(expert, lease);
+  }
+
+  /** Unpins leases started ahead but never used (a previous step failed part-way). */
+  private dropAhead(): void {
+    for (const lease of this.ahead.values()) lease.then((l) => l.release(), () => undefined);
+    this.ahead.clear();
   }
 
   async dispose(): Promise<void> {
+    this.dropAhead();
+    await this.cache.idle();
     this.cache.clear();
     await this.graph.dispose();
   }

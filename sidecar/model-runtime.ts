@@ -18,6 +18,8 @@ import type { Architecture, ModelConfig } from './model-config.ts';
 import { isStore, readManifest, type Manifest } from './model-store.ts';
 import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
 import { storeCacheDir } from './paths.ts';
+import type { ExpertCacheStats } from './expert-cache.ts';
+import { PagedExperts } from './expert-graph.ts';
 import type { Precision } from './quantize.ts';
 
 export interface ModelInfo {
@@ -43,8 +45,14 @@ export interface LoadOptions {
   precision?: Precision;
   device?: Device;
   threads?: number;
-  /** Expert cache budget in MB (Mixtral paging, issue 5); everything is resident for now. */
+  /**
+   * Mixtral: page experts from the store's int8 expert files through a cache of this many MiB
+   * (fractional allowed) instead of keeping every expert resident. Output is bit-identical for
+   * every budget (but not identical to the resident int4 experts). Ignored for dense models.
+   */
   expertCacheMb?: number;
+  /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
+  onExpertPageIn?: (seconds: number) => void;
   /** Debug hook: called after each Mixtral layer's routing. */
   onRouting?: (event: RoutingEvent) => void;
 }
@@ -71,6 +79,8 @@ export interface ModelRuntime {
    */
   forward(batch: ForwardEntry[], options?: { allPositions?: boolean }): Promise<Float32Array[]>;
   releaseSequence(sequence: Sequence): void;
+  /** Expert-cache statistics when experts are paged (`expertCacheMb`), else null. */
+  expertCacheStats?(): ExpertCacheStats | null;
   dispose(): Promise<void>;
 }
 
@@ -161,6 +171,11 @@ class MoeRunner implements StepRunner {
       });
       const routing = routeTopK(logits, realRows.length, numExperts, k);
       if (this.onRouting) this.reportRouting(step, layer, routing.experts);
+      if (this.experts.beginLayer) {
+        const realResidual = new Float32Array(realRows.length * dim);
+        realRows.forEach((row, i) => realResidual.set(residual.subarray(row * dim, (row + 1) * dim), i * dim));
+        this.experts.beginLayer(layer, routing.experts, { data: realResidual, rows: realRows.length });
+      }
       const moe = await runExperts(this.experts, layer, x, realRows.length, dim, routing, k);
       hidden = residual.slice();
       realRows.forEach((row, i) => {
@@ -196,6 +211,7 @@ class EngineRuntime implements ModelRuntime {
     readonly dir: string,
     private readonly config: ModelConfig,
     private readonly runner: StepRunner,
+    private readonly pagedExperts: PagedExperts | null = null,
   ) {
     this.cacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
   }
@@ -209,6 +225,10 @@ class EngineRuntime implements ModelRuntime {
   releaseSequence(sequence: Sequence): void {
     this.sequences.get(sequence.id)?.release();
     this.sequences.delete(sequence.id);
+  }
+
+  expertCacheStats(): ExpertCacheStats | null {
+    return this.pagedExperts?.stats() ?? null;
   }
 
   private validate(batch: ForwardEntry[]): SequenceCache[] {
@@ -299,6 +319,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const path = (file: string) => join(storeDir, file);
 
   let runner: StepRunner;
+  let paged: PagedExperts | null = null;
   const { decoder, layers, experts, head } = manifest.graphs;
   if (config.numExperts === 0) {
     if (!decoder) throw modelError(`${path('manifest.json')}: dense model without a decoder graph`);
@@ -307,11 +328,14 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     if (!layers || !experts || !head) throw modelError(`${path('manifest.json')}: Mixtral store without layer, expert or head graphs`);
     const layerSessions = [];
     for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
-    const provider = await ResidentExpertProvider.load(
-      experts.map((row) => row.map((e) => path(e.graph))),
-      config.dim,
-      settings,
-    );
+    const provider =
+      options.expertCacheMb !== undefined
+        ? (paged = await PagedExperts.open(storeDir, { budgetMb: options.expertCacheMb, threads: settings.threads, onPageIn: options.onExpertPageIn }))
+        : await ResidentExpertProvider.load(
+            experts.map((row) => row.map((e) => path(e.graph))),
+            config.dim,
+            settings,
+          );
     runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
   }
   const info: ModelInfo = {
@@ -324,5 +348,5 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     eosId: config.eosId,
     precision: manifest.precision,
   };
-  return new EngineRuntime(info, storeDir, config, runner);
+  return new EngineRuntime(info, storeDir, config, runner, paged);
 }

@@ -15,6 +15,12 @@ export interface Expert {
 }
 
 export interface ExpertProvider {
+  /**
+   * Optional: called before a layer's experts run with the routed ids and the layer's
+   * post-attention hidden state [rows, dim], so a paging provider can load ahead and prefetch
+   * the next layer's experts (sidecar/expert-graph.ts).
+   */
+  beginLayer?(layer: number, experts: ArrayLike<number>, hidden: { data: Float32Array; rows: number }): void;
   get(layer: number, expert: number): Promise<Expert>;
   dispose(): Promise<void>;
 }

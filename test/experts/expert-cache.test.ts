@@ -10,8 +10,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../sidecar/checkpoint.ts';
 import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy } from '../../sidecar/expert-cache.ts';
-import { ExpertGraph, PagedExperts, type ExpertGroup } from '../../sidecar/expert-graph.ts';
+import { ExpertGraph, PagedExperts } from '../../sidecar/expert-graph.ts';
 import { ExpertStore, buildExpertStore } from '../../sidecar/expert-store.ts';
+import { runExperts, type Routing } from '../../sidecar/moe.ts';
 
 const GOLDEN = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral/native');
 const MiB = 1024 * 1024;
@@ -37,7 +38,7 @@ afterAll(async () => {
 });
 
 /** A seeded, skewed routing trace: per step and layer, 1–3 token rows, each sent to 2 experts. */
-function makeTrace(steps: number, seed: number): Array<{ layer: number; groups: ExpertGroup[]; hidden: Float32Array; rows: number }> {
+function makeTrace(steps: number, seed: number): Array<{ layer: number; x: Float32Array; rows: number; routing: Routing }> {
   let state = seed >>> 0;
   const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
   const { dim, layers, experts } = store.index;
@@ -45,22 +46,28 @@ function makeTrace(steps: number, seed: number): Array<{ layer: number; groups: 
   for (let step = 0; step < steps; step++) {
     for (let layer = 0; layer < layers; layer++) {
       const rows = 1 + Math.floor(random() * 3);
-      const hidden = Float32Array.from({ length: rows * dim }, () => random() * 2 - 1);
-      const byExpert = new Map<number, number[]>();
+      const x = Float32Array.from({ length: rows * dim }, () => random() * 2 - 1);
+      const routing: Routing = { experts: new Int32Array(rows * 2), weights: new Float32Array(rows * 2) };
       for (let r = 0; r < rows; r++) {
         const first = Math.floor(random() ** 2 * experts); // low experts are "hot"
-        const second = (first + 1 + Math.floor(random() * (experts - 1))) % experts;
-        for (const e of [first, second]) byExpert.set(e, [...(byExpert.get(e) ?? []), r]);
+        const weight = 0.5 + random() / 2;
+        routing.experts.set([first, (first + 1 + Math.floor(random() * (experts - 1))) % experts], r * 2);
+        routing.weights.set([weight, 1 - weight], r * 2);
       }
-      const groups = [...byExpert].map(([expert, rowIds]) => {
-        const x = new Float32Array(rowIds.length * dim);
-        rowIds.forEach((r, i) => x.set(hidden.subarray(r * dim, (r + 1) * dim), i * dim));
-        return { expert, x, rows: rowIds.length };
-      });
-      trace.push({ layer, groups, hidden, rows });
+      trace.push({ layer, x, rows, routing });
     }
   }
   return trace;
+}
+
+/** What the Mixtral runtime does per layer: announce the layer, then moe.ts runs the experts. */
+function runLayer(paged: PagedExperts, layer: number, x: Float32Array, rows: number, routing: Routing): Promise<Float32Array> {
+  paged.beginLayer(layer, routing.experts, { data: x, rows });
+  return runExperts(paged, layer, x, rows, store.index.dim, routing, 2);
+}
+
+function routeTo(experts: number[]): Routing {
+  return { experts: Int32Array.from(experts), weights: Float32Array.from(experts, () => 1 / experts.length) };
 }
 
 async function runTrace(budgetMb: number, policy: EvictionPolicy, prefetch = true) {
@@ -69,8 +76,8 @@ async function runTrace(budgetMb: number, policy: EvictionPolicy, prefetch = tru
   const outputs: Float32Array[] = [];
   let maxResident = 0;
   try {
-    for (const { layer, groups, hidden, rows } of makeTrace(12, 7)) {
-      outputs.push(...(await paged.runLayer(layer, groups, { data: hidden, rows })));
+    for (const { layer, x, rows, routing } of makeTrace(12, 7)) {
+      outputs.push(await runLayer(paged, layer, x, rows, routing));
       maxResident = Math.max(maxResident, paged.stats().residentBytes);
     }
     return { outputs, stats: paged.stats(), maxResident, budgetBytes };
@@ -92,7 +99,7 @@ describe('expert cache', () => {
     const { layers, experts } = store.index;
     const all = (layers * experts * store.expertBytes) / MiB;
     const reference = await runTrace(all, 'lru', false);
-    expect(reference.stats.pageIns).toBe(new Set(makeTrace(12, 7).flatMap((s) => s.groups.map((g) => `${s.layer}.${g.expert}`))).size);
+    expect(reference.stats.pageIns).toBe(new Set(makeTrace(12, 7).flatMap((s) => Array.from(s.routing.experts, (e) => `${s.layer}.${e}`))).size);
     for (const policy of EVICTION_POLICIES) {
       for (const budgetMb of [(2 * store.expertBytes) / MiB, all / 2, all]) {
         const run = await runTrace(budgetMb, policy);
@@ -134,14 +141,18 @@ describe('expert cache', () => {
     const paged = await PagedExperts.open(damaged, { budgetMb: (4 * store.expertBytes) / MiB, threads: 1 });
     try {
       const x = new Float32Array(store.index.dim).fill(0.5);
-      await expect(paged.runLayer(1, [{ expert: 5, x, rows: 1 }, { expert: 6, x, rows: 1 }])).rejects.toMatchObject({
+      await expect(runLayer(paged, 1, x, 1, routeTo([5, 6]))).rejects.toMatchObject({
         type: 'model_error',
         message: expect.stringMatching(/cannot read expert file .*experts-int8\/L1-E6\.bin: ENOENT/),
       });
-      const [y] = await paged.runLayer(1, [{ expert: 5, x, rows: 1 }]);
-      expect(y!.length).toBe(store.index.dim);
-      await expect(paged.runLayer(1, [{ expert: 6, x, rows: 1 }])).rejects.toThrow(/L1-E6\.bin/);
-      expect(paged.stats().residentBytes).toBe(store.expertBytes); // the broken expert holds no memory, nothing stays pinned
+      const y = await runLayer(paged, 1, x, 1, routeTo([5, 4]));
+      expect(y.length).toBe(store.index.dim);
+      await expect(runLayer(paged, 1, x, 1, routeTo([6, 4]))).rejects.toThrow(/L1-E6\.bin/);
+      await paged.cache.idle();
+      // The broken expert holds no memory and nothing stays pinned: a full clear empties the cache.
+      expect(paged.stats().residentBytes).toBe(2 * store.expertBytes);
+      paged.cache.clear();
+      expect(paged.stats().residentBytes).toBe(0);
     } finally {
       await paged.dispose();
     }
