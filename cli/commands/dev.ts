@@ -207,6 +207,8 @@ export interface Stack {
   edgeUrl: string;
   apiKey: string;
   adminSecret: string;
+  /** The HMAC secret the edge signs sidecar requests with (tests use it to query a sidecar directly). */
+  sidecarSecret: string;
   sidecars: Array<SidecarSpec & { url: string }>;
   /** Resolves with a description when any child exits on its own. */
   firstExit: Promise<string>;
@@ -285,6 +287,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       edgeUrl,
       apiKey,
       adminSecret,
+      sidecarSecret,
       sidecars: sidecars.map(({ process: _process, ...sidecar }) => sidecar),
       firstExit,
       stopSidecar: async (region) => {
@@ -305,7 +308,8 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
   const response = await fetch(`${edgeUrl}/admin/keys`, {
     method: 'POST',
     headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ key: apiKey, tenant: 'dev', models: ['mistral-tiny', 'mistral-small'] }),
+    // Creating a key is idempotent (stored by hash), so a persisted dev state and a fixed SIROCCO_DEV_KEY mix fine.
+    body: JSON.stringify({ key: apiKey, tenant: 'dev' }),
   });
   if (!response.ok) {
     throw new CliError(`could not create the dev API key: POST /admin/keys answered ${response.status} ${await response.text()}`, 1);
