@@ -12,7 +12,7 @@ import { invalidRequest } from './errors.ts';
 export interface SamplingOptions {
   /** 0 = greedy (argmax); otherwise logits are divided by it before the softmax. */
   temperature: number;
-  /** Nucleus size in (0, 1]: sample among the most likely tokens whose probabilities sum to ≥ topP. */
+  /** Nucleus size in (0, 1]: sample among the most likely tokens whose probabilities sum to ≥ topP (ties at the cut-off all kept). */
   topP: number;
   /** Non-negative integer; the same seed and logits give the same tokens. Absent = a random seed. */
   seed?: number;
@@ -87,9 +87,13 @@ export function createSampler(options: SamplingOptions): Sampler {
   if (temperature === 0) return { sample: argmax };
   const random = createRandom(options.seed ?? randomBytes(8).readBigUInt64LE());
   let weights = new Float64Array(0);
+  let sorted = new Float64Array(0);
   return {
     sample(logits: Float32Array): number {
-      if (weights.length !== logits.length) weights = new Float64Array(logits.length);
+      if (weights.length !== logits.length) {
+        weights = new Float64Array(logits.length);
+        sorted = new Float64Array(logits.length);
+      }
       // Softmax in float64 after subtracting the maximum: no overflow, and the top token keeps weight 1.
       const max = logits[argmax(logits)];
       if (!Number.isFinite(max)) return argmax(logits);
@@ -99,26 +103,32 @@ export function createSampler(options: SamplingOptions): Sampler {
         weights[i] = w > 0 ? w : 0;
         total += weights[i];
       }
-      if (topP >= 1) return pick(weights, null, weights.length, total * random());
-      // Nucleus: the fewest most-likely tokens whose weights reach topP of the total.
-      const order = Uint32Array.from({ length: weights.length }, (_, i) => i).filter((i) => weights[i] > 0);
-      order.sort((a, b) => weights[b] - weights[a] || a - b);
-      let kept = 0;
+      if (topP >= 1) return pick(weights, 0, total * random());
+      // Nucleus: the most likely tokens whose weights first reach topP of the total. A native
+      // numeric sort of the weights finds the cut-off weight; tokens at or above it are kept.
+      sorted.set(weights);
+      const descending = sorted.sort().reverse();
       let nucleus = 0;
-      while (kept < order.length && nucleus < topP * total) nucleus += weights[order[kept++]];
-      return pick(weights, order, Math.max(kept, 1), nucleus * random());
+      let threshold = descending[0];
+      for (let k = 0; k < descending.length && nucleus < topP * total; k++) {
+        threshold = descending[k];
+        nucleus += threshold;
+      }
+      let kept = 0;
+      for (let i = 0; i < weights.length; i++) if (weights[i] >= threshold) kept += weights[i];
+      return pick(weights, threshold, kept * random());
     },
   };
 }
 
-/** The token whose cumulative-weight interval contains `target` (over `order[0..count)` or all ids). */
-function pick(weights: Float64Array, order: Uint32Array | null, count: number, target: number): number {
+/** The token (among those with weight ≥ `threshold`) whose cumulative-weight interval contains `target`. */
+function pick(weights: Float64Array, threshold: number, target: number): number {
   let cumulative = 0;
-  let last = order ? order[0] : 0;
-  for (let k = 0; k < count; k++) {
-    const id = order ? order[k] : k;
-    if (weights[id] === 0) continue;
-    cumulative += weights[id];
+  let last = -1;
+  for (let id = 0; id < weights.length; id++) {
+    const w = weights[id];
+    if (w === 0 || w < threshold) continue;
+    cumulative += w;
     last = id;
     if (target < cumulative) return id;
   }
