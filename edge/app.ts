@@ -1,0 +1,115 @@
+/**
+ * The edge app: middleware order and routes. Every error, from any layer, becomes Mistral's error
+ * body in `onError` (the one place), and every response carries `x-request-id`.
+ *
+ *   request id → access log → CORS → body limit
+ *   GET  /health                         (public)
+ *   GET  /v1/models                      API key
+ *   POST /v1/chat/completions            API key → validate → route → rate limit → cache → forward
+ *   /admin/keys (POST, GET, DELETE /:id) admin secret
+ */
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { HTTPException } from 'hono/http-exception';
+import type { Usage } from '../shared/api.ts';
+import { errorBody, type MistralErrorBody } from '../shared/errors.ts';
+import { adminAuth, apiKeyAuth } from './auth/index.ts';
+import { corsFromEnv } from './cors/index.ts';
+import type { EdgeDependencies } from './dependencies.ts';
+import type { AppEnv } from './env.ts';
+import { EdgeError } from './errors.ts';
+import { accessLog, createLogger } from './logging/index.ts';
+import { chargeTokens, rateLimit, type RateLimitSubject } from './rate-limit/index.ts';
+import { responseCache } from './cache/index.ts';
+import { requestId } from './request-id/index.ts';
+import { SidecarPool } from './routing/index.ts';
+import { adminKeysRoutes } from './routes/admin-keys.ts';
+import { chatCompletions, resolveChatRoute, validateChatRequest } from './routes/chat-completions.ts';
+import { healthRoute } from './routes/health.ts';
+import { modelsRoute } from './routes/models.ts';
+
+/** Chat bodies beyond this are refused (32k-token contexts fit with room to spare). */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+function toErrorResponse(error: unknown): { status: number; body: MistralErrorBody; headers: Record<string, string> } {
+  if (EdgeError.isInstance(error)) {
+    const body: MistralErrorBody = errorBody(error.type, error.message, error.param, error.code);
+    if (error.detail) body.detail = error.detail;
+    const headers: Record<string, string> = {};
+    if (error.retryAfterMs !== undefined) {
+      headers['retry-after'] = String(Math.ceil(error.retryAfterMs / 1000));
+      headers['retry-after-ms'] = String(error.retryAfterMs);
+    }
+    return { status: error.status, body, headers };
+  }
+  if (error instanceof HTTPException) {
+    return { status: error.status, body: errorBody('invalid_request_error', error.message || 'Bad request'), headers: {} };
+  }
+  return { status: 500, body: errorBody('internal_error', 'Internal server error'), headers: {} };
+}
+
+export interface CreateAppOptions {
+  /** How sidecars and upstreams are reached; tests inject fakes here. */
+  fetch?: typeof fetch;
+  /** Called in waitUntil with each finished response's usage (token metering). */
+  recordUsage?: (c: Context<AppEnv>, usage: Usage) => Promise<unknown>;
+}
+
+/** Whose budget a request spends: the key's hash and limits (never the key). */
+function rateLimitSubject(c: Context<AppEnv>): RateLimitSubject | undefined {
+  const key = c.get('apiKey');
+  return key && { keyHash: key.hash, limits: key.limits };
+}
+
+/** Default metering: charge the tokens to the key's rate-limit window and log the usage. */
+async function chargeUsage(c: Context<AppEnv>, usage: Usage): Promise<unknown> {
+  c.get('logger').info('usage', {
+    tenant: c.get('apiKey')?.tenant,
+    promptTokens: usage.prompt_tokens,
+    completionTokens: usage.completion_tokens,
+    totalTokens: usage.total_tokens,
+  });
+  const subject = rateLimitSubject(c);
+  return subject ? chargeTokens(c.env.RATE_LIMITER, subject, usage.total_tokens) : undefined;
+}
+
+export function createApp(options: CreateAppOptions = {}) {
+  const deps: EdgeDependencies = { pool: new SidecarPool(), fetch: options.fetch ?? ((input, init) => fetch(input, init)) };
+  const recordUsage = options.recordUsage ?? chargeUsage;
+  const app = new Hono<AppEnv>();
+
+  app.use(requestId(), accessLog(), corsFromEnv());
+  app.use(
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: () => {
+        throw new EdgeError('payload_too_large', `Request body exceeds ${MAX_BODY_BYTES} bytes`);
+      },
+    }),
+  );
+
+  app.get('/health', healthRoute(deps));
+  app.use('/v1/*', apiKeyAuth());
+  app.get('/v1/models', modelsRoute());
+  app.post(
+    '/v1/chat/completions',
+    validateChatRequest(),
+    resolveChatRoute(),
+    rateLimit<AppEnv>({ namespace: (c) => c.env.RATE_LIMITER, subject: rateLimitSubject }),
+    responseCache<AppEnv>({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.get('chatRequest') }),
+    chatCompletions(deps, recordUsage),
+  );
+  app.use('/admin/*', adminAuth());
+  app.route('/admin/keys', adminKeysRoutes());
+
+  app.notFound(() => {
+    throw new EdgeError('not_found', 'Not Found');
+  });
+  app.onError((error, c) => {
+    const { status, body, headers } = toErrorResponse(error);
+    const logger = c.get('logger') ?? createLogger({ requestId: c.get('requestId') });
+    if (status >= 500) logger.error('request_failed', { status, type: body.type, message: error instanceof Error ? error.message : String(error) });
+    return c.json(body, status as 500, headers);
+  });
+  return app;
+}

@@ -1,0 +1,22 @@
+/**
+ * What the app's handlers share across requests in one isolate: the sidecar pool (circuits and
+ * probe results) and the fetch used to reach sidecars and upstreams (a seam for tests).
+ */
+import type { Context } from 'hono';
+import type { AppEnv } from './env.ts';
+import type { SidecarPool } from './routing/index.ts';
+
+export interface EdgeDependencies {
+  pool: SidecarPool;
+  fetch: typeof fetch;
+}
+
+/** Runs `work` after the response when an execution context exists (always in Workers). */
+export function inBackground(c: Context<AppEnv>, work: Promise<unknown>, onError: (error: unknown) => void): void {
+  const guarded = work.catch(onError);
+  try {
+    c.executionCtx.waitUntil(guarded);
+  } catch {
+    // No execution context (app.request in a unit test): the promise still runs.
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The edge worker's bindings (wrangler.toml + secrets) and the per-request variables its middleware
+ * share through Hono's context.
+ */
+import type { Logger } from './logging/index.ts';
+import type { RateLimiter } from './rate-limit/index.ts';
+
+export interface EdgeBindings {
+  /** API key records by SHA-256 hash (edge/auth). */
+  API_KEYS: KVNamespace;
+  /** Exact per-key budgets, one Durable Object per key (edge/rate-limit). */
+  RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+  /** Optional KV store for the response cache (edge/cache). */
+  RESPONSE_CACHE?: KVNamespace;
+  /** Engineer E's static chat page. */
+  ASSETS?: Fetcher;
+  /** JSON sidecar registry, see edge/config. */
+  SIDECARS?: string;
+  /** JSON map model → Mistral-compatible upstream API. */
+  UPSTREAMS?: string;
+  /** Comma-separated allowed browser origins, or "*". */
+  CORS_ORIGINS?: string;
+  /** Tunables (strings, as wrangler vars are): see edge/config. */
+  FIRST_BYTE_TIMEOUT_MS?: string;
+  KEEP_ALIVE_MS?: string;
+  HEALTH_TTL_MS?: string;
+  CIRCUIT_FAILURE_THRESHOLD?: string;
+  CIRCUIT_COOLDOWN_MS?: string;
+  CACHE_TTL_SECONDS?: string;
+  /** Secrets. */
+  SIROCCO_SIDECAR_SECRET?: string;
+  SIROCCO_ADMIN_SECRET?: string;
+}
+
+/** An authenticated caller, as edge/auth stores it (never the key itself). */
+export interface ApiKeyRecord {
+  /** Public id: the first 16 hex digits of the hash; used to revoke. */
+  id: string;
+  /** SHA-256 of the key, lower-case hex. */
+  hash: string;
+  tenant: string;
+  /** Model names or canonical ids this key may use; ["*"] for all. */
+  models: string[];
+  limits: { requestsPerMinute: number; tokensPerMinute: number };
+  /** Unix milliseconds. */
+  createdAt: number;
+}
+
+export interface EdgeVariables {
+  requestId: string;
+  logger: Logger;
+  apiKey: ApiKeyRecord | undefined;
+}
+
+export type AppEnv = { Bindings: EdgeBindings; Variables: EdgeVariables };
+
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Cloudflare {
+    interface Env extends EdgeBindings {}
+  }
+}

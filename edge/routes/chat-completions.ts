@@ -1,0 +1,181 @@
+/**
+ * `POST /v1/chat/completions`, in three steps mounted in edge/app.ts around the rate limiter and
+ * the response cache:
+ *   validateChatRequest()   body → `chatRequest` (400 malformed JSON, 422 schema)
+ *   resolveChatRoute()      model name → local model or upstream API (400 invalid_model, 403 key
+ *                           not allowed, 400 tool call required of a local model)
+ *   chatCompletions(deps)   forwards to the best region with failover, relays JSON or SSE, and
+ *                           records usage in waitUntil.
+ */
+import type { Context, MiddlewareHandler } from 'hono';
+import {
+  ChatCompletionRequestSchema,
+  requiresToolCall,
+  resolveModelId,
+  type ChatCompletionRequest,
+  type LocalModelId,
+  type Usage,
+} from '../../shared/api.ts';
+import { ERROR_CODES } from '../../shared/errors.ts';
+import { SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { SSE_HEADERS } from '../../shared/sse.ts';
+import { signRequest } from '../../shared/signing.ts';
+import { keyAllowsModel } from '../auth/index.ts';
+import { secretFrom, sidecarsFrom, tunablesFrom, upstreamsFrom, type UpstreamConfig } from '../config/index.ts';
+import { inBackground, type EdgeDependencies } from '../dependencies.ts';
+import type { AppEnv } from '../env.ts';
+import { EdgeError } from '../errors.ts';
+import { clientLocation, forwardWithFailover, type ClientGeo, type Target } from '../routing/index.ts';
+import { relaySseStream, type StreamOutcome } from '../streaming/index.ts';
+import { parseJsonBody } from '../validation/index.ts';
+
+export type ChatRoute =
+  | { kind: 'local'; model: LocalModelId }
+  | { kind: 'upstream'; name: string; upstream: UpstreamConfig };
+
+declare module 'hono' {
+  interface ContextVariableMap {
+    chatRequest: ChatCompletionRequest;
+    chatRoute: ChatRoute;
+  }
+}
+
+/**
+ * @example
+ * app.post('/v1/chat/completions', validateChatRequest(), resolveChatRoute(), chatCompletions(deps));
+ */
+export function validateChatRequest(): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    c.set('chatRequest', await parseJsonBody(c, ChatCompletionRequestSchema));
+    await next();
+  };
+}
+
+export function resolveChatRoute(): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const request = c.get('chatRequest');
+    const upstream = upstreamsFrom(c.env)[request.model];
+    const local = upstream ? null : resolveModelId(request.model);
+    if (!upstream && !local) {
+      throw new EdgeError('invalid_model', `Invalid model: ${request.model}`, { param: 'model', code: ERROR_CODES.invalidModel });
+    }
+    const key = c.get('apiKey');
+    if (key && !keyAllowsModel(key, request.model, ...(local ? [local] : []))) {
+      throw new EdgeError('forbidden', `This API key may not use model ${request.model}`, { param: 'model' });
+    }
+    if (local && requiresToolCall(request)) {
+      throw new EdgeError('invalid_request_error', `Model ${request.model} does not support tool calling; use tool_choice "auto" or "none"`, {
+        param: 'tool_choice',
+      });
+    }
+    c.set('chatRoute', upstream ? { kind: 'upstream', name: request.model, upstream } : { kind: 'local', model: local as LocalModelId });
+    await next();
+  };
+}
+
+function joinUrl(base: string, path: string): string {
+  return base.replace(/\/+$/, '') + path;
+}
+
+/** Sidecars best-first for this client, each signing its requests with the shared secret. */
+function sidecarTargets(c: Context<AppEnv>, deps: EdgeDependencies, model: LocalModelId): Target[] {
+  const tunables = tunablesFrom(c.env);
+  const sidecars = sidecarsFrom(c.env);
+  const secret = c.env.SIROCCO_SIDECAR_SECRET;
+  const refresh = deps.pool.refreshStale(sidecars, tunables, {
+    fetch: deps.fetch,
+    timeoutMs: Math.min(2_000, tunables.firstByteTimeoutMs),
+    secret,
+  });
+  if (refresh) inBackground(c, refresh, () => undefined);
+
+  const location = clientLocation(c.req.raw.cf as ClientGeo | undefined);
+  return deps.pool.rank(sidecars, model, location, tunables).map(({ sidecar }) => ({
+    name: sidecar.region,
+    url: joinUrl(sidecar.url, SIDECAR_PATHS.chatCompletions),
+    breaker: deps.pool.breaker(sidecar.url, tunables),
+    headers: async (body: string): Promise<Record<string, string>> =>
+      secret ? { ...(await signRequest({ secret, method: 'POST', path: SIDECAR_PATHS.chatCompletions, body })) } : {},
+  }));
+}
+
+function upstreamTarget(c: Context<AppEnv>, deps: EdgeDependencies, name: string, upstream: UpstreamConfig): Target {
+  const apiKey = secretFrom(c.env, upstream.apiKeySecret);
+  if (!apiKey) throw new EdgeError('internal_error', `Edge configuration error in UPSTREAMS: secret ${upstream.apiKeySecret} for model ${name} is not set`);
+  return {
+    name: `upstream:${name}`,
+    url: joinUrl(upstream.url, '/v1/chat/completions'),
+    breaker: deps.pool.breaker(upstream.url, tunablesFrom(c.env)),
+    headers: async () => ({ authorization: `Bearer ${apiKey}` }),
+  };
+}
+
+function usageFromJson(text: string): Usage | null {
+  try {
+    const body = JSON.parse(text) as { usage?: Usage };
+    return body.usage && typeof body.usage.total_tokens === 'number' ? body.usage : null;
+  } catch {
+    return null;
+  }
+}
+
+export type UsageRecorder = (c: Context<AppEnv>, usage: Usage) => Promise<unknown>;
+
+export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecorder): MiddlewareHandler<AppEnv> {
+  return async (c) => {
+    const request = c.get('chatRequest');
+    const route = c.get('chatRoute');
+    const logger = c.get('logger');
+    const tunables = tunablesFrom(c.env);
+
+    const targets = route.kind === 'local' ? sidecarTargets(c, deps, route.model) : [upstreamTarget(c, deps, route.name, route.upstream)];
+    const model = route.kind === 'local' ? route.model : (route.upstream.model ?? route.name);
+    const body = JSON.stringify({ ...request, model });
+    const stream = request.stream === true;
+
+    const result = await forwardWithFailover({
+      targets,
+      body,
+      stream,
+      requestId: c.get('requestId'),
+      clientSignal: c.req.raw.signal,
+      firstByteTimeoutMs: tunables.firstByteTimeoutMs,
+      fetch: deps.fetch,
+      onAttemptFailed: (target, problem) => logger.warn('upstream_attempt_failed', { region: target.name, problem }),
+    });
+    logger.annotate({ model, region: result.target.name, attempts: result.attempts, stream });
+    if (result.kind === 'body') {
+      const usage = result.status === 200 ? usageFromJson(result.text) : null;
+      if (usage) inBackground(c, recordUsage(c, usage), (error) => logger.error('usage_record_failed', { message: String(error) }));
+      return new Response(result.text, {
+        status: result.status,
+        headers: { 'content-type': result.headers.get('content-type') ?? 'application/json' },
+      });
+    }
+
+    // Registered now, settled when the stream ends: streamed tokens are charged at the end.
+    let settle: (outcome: StreamOutcome) => void = () => undefined;
+    const finished = new Promise<StreamOutcome>((resolve) => (settle = resolve));
+    inBackground(
+      c,
+      finished.then((outcome) => outcome.usage && recordUsage(c, outcome.usage)),
+      (error) => logger.error('usage_record_failed', { message: String(error) }),
+    );
+    const relay = relaySseStream({
+      first: result.first,
+      events: result.events,
+      abortUpstream: result.abort,
+      keepAliveMs: tunables.keepAliveMs,
+      onFinish: (outcome) => {
+        if (outcome.status === 'upstream_failed') {
+          result.target.breaker.recordFailure(Date.now());
+          logger.warn('stream_upstream_failed', { region: result.target.name, problem: outcome.problem });
+        } else if (outcome.status === 'client_aborted') {
+          logger.info('stream_client_aborted', { region: result.target.name });
+        }
+        settle(outcome);
+      },
+    });
+    return new Response(relay, { status: 200, headers: SSE_HEADERS });
+  };
+}

@@ -1,0 +1,136 @@
+/**
+ * Relays a sidecar's SSE stream to the client, one event per write, without re-serialising chunks
+ * (unknown fields such as `usage` survive: Portkey #1259).
+ *
+ * - Keep-alive: when the sidecar is silent for `keepAliveMs` (a long prefill), a `: keep-alive`
+ *   comment goes out so proxies and clients keep the connection.
+ * - Upstream failure mid-stream (an error frame, a cut connection, an end without `[DONE]`): one
+ *   `data: {"object":"error",…}` frame, then the stream closes with NO `[DONE]` (Portkey #1797).
+ * - Client abort: cancelling the response aborts the sidecar fetch.
+ * - `onFinish` runs once with the outcome and the usage from the last chunk (for metering).
+ */
+import type { Usage } from '../../shared/api.ts';
+import { streamErrorFrame } from '../../shared/errors.ts';
+import { SSE_DONE, SSE_KEEP_ALIVE, encodeSseData, type SseEvent } from '../../shared/sse.ts';
+
+export type StreamOutcome =
+  | { status: 'completed'; usage: Usage | null }
+  | { status: 'upstream_failed'; usage: Usage | null; problem: string }
+  | { status: 'client_aborted'; usage: Usage | null };
+
+export interface RelayOptions {
+  /** The event that committed the response (already read by failover). */
+  first: SseEvent;
+  events: AsyncIterator<SseEvent>;
+  abortUpstream(reason?: unknown): void;
+  keepAliveMs: number;
+  onFinish(outcome: StreamOutcome): void;
+}
+
+const encoder = new TextEncoder();
+const KEEP_ALIVE_BYTES = encoder.encode(SSE_KEEP_ALIVE);
+const TIMED_OUT = Symbol('timed out');
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The upstream's error frame data, or null when the event is an ordinary chunk. */
+function upstreamError(event: SseEvent, parsed: unknown): string | null {
+  if (event.event === 'error') return event.data || 'upstream error event';
+  if (typeof parsed === 'object' && parsed !== null && ('error' in parsed || ('object' in parsed && parsed.object === 'error'))) {
+    const message = 'message' in parsed && typeof parsed.message === 'string' ? parsed.message : JSON.stringify(parsed);
+    return message;
+  }
+  return null;
+}
+
+function parseJson(data: string): unknown {
+  try {
+    return JSON.parse(data);
+  } catch {
+    return undefined;
+  }
+}
+
+function usageOf(parsed: unknown): Usage | null {
+  if (typeof parsed !== 'object' || parsed === null || !('usage' in parsed)) return null;
+  const usage = parsed.usage as Partial<Usage> | null;
+  return usage && typeof usage.total_tokens === 'number' ? (usage as Usage) : null;
+}
+
+export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFinish }: RelayOptions): ReadableStream<Uint8Array> {
+  let usage: Usage | null = null;
+  let finished = false;
+  let pending: Promise<IteratorResult<SseEvent>> | null = null;
+
+  const finish = (outcome: StreamOutcome) => {
+    if (finished) return;
+    finished = true;
+    onFinish(outcome);
+  };
+
+  const failUpstream = (controller: ReadableStreamDefaultController<Uint8Array>, problem: string) => {
+    controller.enqueue(encoder.encode(encodeSseData(streamErrorFrame('upstream_error', `Upstream failed mid-stream: ${problem}`))));
+    controller.close();
+    abortUpstream(new Error(problem));
+    finish({ status: 'upstream_failed', usage, problem });
+  };
+
+  /** Writes one event; returns false once the stream has ended. */
+  const relay = (controller: ReadableStreamDefaultController<Uint8Array>, event: SseEvent): boolean => {
+    if (event.data === SSE_DONE && event.event === undefined) {
+      controller.enqueue(encoder.encode(encodeSseData(SSE_DONE)));
+      controller.close();
+      finish({ status: 'completed', usage });
+      return false;
+    }
+    const parsed = parseJson(event.data);
+    const problem = parsed === undefined ? `not JSON: ${event.data.slice(0, 100)}` : upstreamError(event, parsed);
+    if (problem !== null) {
+      failUpstream(controller, problem);
+      return false;
+    }
+    usage = usageOf(parsed) ?? usage;
+    controller.enqueue(encoder.encode(`data: ${event.data}\n\n`));
+    return true;
+  };
+
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      relay(controller, first);
+    },
+    async pull(controller) {
+      if (finished) return;
+      if (!pending) {
+        pending = events.next();
+        pending.catch(() => undefined); // observed below; avoids an unhandled rejection after cancel
+      }
+      let result: IteratorResult<SseEvent> | typeof TIMED_OUT;
+      try {
+        result = await withTimeout(pending, keepAliveMs);
+      } catch (error) {
+        pending = null;
+        if (!finished) failUpstream(controller, error instanceof Error ? error.message : String(error));
+        return;
+      }
+      if (finished) return;
+      if (result === TIMED_OUT) {
+        controller.enqueue(KEEP_ALIVE_BYTES);
+        return;
+      }
+      pending = null;
+      if (result.done) failUpstream(controller, 'the stream ended without [DONE]');
+      else relay(controller, result.value);
+    },
+    cancel(reason) {
+      abortUpstream(reason ?? new Error('client disconnected'));
+      void events.return?.(undefined).catch(() => undefined);
+      finish({ status: 'client_aborted', usage });
+    },
+  });
+}

@@ -1,0 +1,84 @@
+/**
+ * Builds the edge app for a test: real Hono app, real KV (miniflare, isolated per test file), the
+ * test's bindings from wrangler.toml + edge/vitest.config.ts, and fake sidecars as its fetch.
+ */
+import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test';
+import { env } from 'cloudflare:workers';
+import type { Usage } from '../../shared/api.ts';
+import { createApp } from '../../edge/app.ts';
+import { createKey, type CreateKeyRequest } from '../../edge/auth/index.ts';
+import type { EdgeBindings } from '../../edge/env.ts';
+import { createFakeSidecars } from './fake-sidecar.ts';
+
+export const SIDECAR_SECRET = 'test-sidecar-secret';
+export const ADMIN_SECRET = 'test-admin-secret';
+
+/** Two regions as in wrangler.toml, on hostnames only the fake fetch knows. */
+export const REGIONS = {
+  'eu-west': { url: 'http://eu-west.sidecar.test', lat: 48.86, lon: 2.35, continent: 'EU' },
+  'us-east': { url: 'http://us-east.sidecar.test', lat: 39.04, lon: -77.49, continent: 'NA' },
+} as const;
+
+export const PARIS = { latitude: '48.85', longitude: '2.35', continent: 'EU', country: 'FR' };
+export const NEW_YORK = { latitude: '40.71', longitude: '-74.00', continent: 'NA', country: 'US' };
+
+export function setup(overrides: Partial<EdgeBindings> = {}) {
+  const sidecars = createFakeSidecars(
+    Object.fromEntries(Object.entries(REGIONS).map(([region, { url }]) => [region, url])),
+    SIDECAR_SECRET,
+  );
+  const usage: Usage[] = [];
+  const app = createApp({
+    fetch: sidecars.fetch,
+    recordUsage: async (_c, recorded) => {
+      usage.push(recorded);
+    },
+  });
+  const bindings: EdgeBindings = {
+    ...env,
+    SIDECARS: JSON.stringify(
+      Object.entries(REGIONS).map(([region, config]) => ({ region, models: ['mistral-tiny', 'mistral-small'], ...config })),
+    ),
+    UPSTREAMS: '{}',
+    CORS_ORIGINS: '*',
+    SIROCCO_SIDECAR_SECRET: SIDECAR_SECRET,
+    SIROCCO_ADMIN_SECRET: ADMIN_SECRET,
+    KEEP_ALIVE_MS: '10000',
+    FIRST_BYTE_TIMEOUT_MS: '2000',
+    CIRCUIT_FAILURE_THRESHOLD: '2',
+    CIRCUIT_COOLDOWN_MS: '200',
+    HEALTH_TTL_MS: '60000',
+    ...overrides,
+  };
+
+  /** Sends a request through the worker; `cf` sets the client's location. */
+  async function send(path: string, init: RequestInit & { cf?: Record<string, string> } = {}) {
+    const { cf, ...rest } = init;
+    const request = new Request(`https://edge.test${path}`, { ...rest, cf } as RequestInit);
+    const ctx = createExecutionContext();
+    const response = await app.fetch(request, bindings, ctx);
+    return Object.assign(response, { settled: () => waitOnExecutionContext(ctx) });
+  }
+
+  async function apiKey(request: Partial<CreateKeyRequest> = {}) {
+    const { key } = await createKey(bindings.API_KEYS, { tenant: 'acme', ...request });
+    return key;
+  }
+
+  async function chat(key: string, body: Record<string, unknown>, init: RequestInit & { cf?: Record<string, string> } = {}) {
+    return send('/v1/chat/completions', {
+      method: 'POST',
+      ...init,
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...(init.headers as Record<string, string>) },
+      body: JSON.stringify({ model: 'mistral-tiny', messages: [{ role: 'user', content: 'Hi' }], ...body }),
+    });
+  }
+
+  return { app, bindings, sidecars, usage, send, apiKey, chat };
+}
+
+/** Reads an SSE body to the end and returns its raw frames (`data: …`, `: keep-alive`). */
+export async function readFrames(response: Response): Promise<string[]> {
+  const text = await response.text();
+  return text.split('\n\n').filter((frame) => frame !== '');
+}
