@@ -225,7 +225,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const onLog = options.onLog ?? (() => {});
 
   await assertPortFree(edgePort, 'edge', 'set PORT to another port');
-  for (const spec of specs) await assertPortFree(spec.port, `${spec.region} sidecar`, 'free it');
+  for (const spec of specs) await assertPortFree(spec.port, `${spec.region} sidecar`, 'choose others with --sidecar-ports');
 
   const sidecarSecret = process.env[ENV.sidecarSecret] || randomBytes(32).toString('hex');
   const adminSecret = process.env[ENV.adminSecret] || randomBytes(32).toString('hex');
@@ -320,18 +320,28 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
 // ─── The command ─────────────────────────────────────────────────────────────
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parseCommandArgs(argv, { port: { type: 'string' }, help: { type: 'boolean', short: 'h' } });
+  const { values } = parseCommandArgs(argv, {
+    port: { type: 'string' },
+    'sidecar-ports': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) {
-    console.log(`usage: sirocco dev [--port 8787]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}.`);
+    console.log(`usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}.`);
     return 0;
   }
+  const portRange = { integer: true, min: 1, max: 65535 };
   const edgePort =
-    parseNumberOption(values.port, 'port', { integer: true, min: 1, max: 65535 }) ??
-    parseNumberOption(process.env[ENV.port], 'port (from PORT)', { integer: true, min: 1, max: 65535 }) ??
-    DEFAULT_PORTS.edge;
+    parseNumberOption(values.port, 'port', portRange) ?? parseNumberOption(process.env[ENV.port], 'port (from PORT)', portRange) ?? DEFAULT_PORTS.edge;
+  let sidecars = DEFAULT_SIDECARS;
+  if (values['sidecar-ports'] !== undefined) {
+    const ports = values['sidecar-ports'].split(',');
+    if (ports.length !== DEFAULT_SIDECARS.length) throw new CliError(`--sidecar-ports takes ${DEFAULT_SIDECARS.length} ports, e.g. 8081,8082`);
+    sidecars = DEFAULT_SIDECARS.map((spec, index) => ({ ...spec, port: parseNumberOption(ports[index], 'sidecar-ports', portRange)! }));
+  }
 
   const stack = await startStack({
     edgePort,
+    sidecars,
     persistTo: join(REPO_ROOT, '.wrangler/state'),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
     onLog: (name, line) => console.log(`[${name}] ${line}`),
