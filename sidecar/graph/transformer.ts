@@ -46,7 +46,7 @@ export class TransformerGraph {
     const blocks = q.scales.length / n;
     const packed = this.g.initializer(`${name}.q${bits}`, 'uint8', [n, blocks, q.packed.length / n / blocks], q.packed);
     const scales = this.g.initializer(`${name}.scales`, 'float32', [n * blocks], q.scales);
-    return this.g.op('MatMulNBits', [x, packed, scales], { K: k, N: n, bits, block_size: 32, accuracy_level: ACCURACY_LEVEL }, MS_DOMAIN);
+    return this.g.op('MatMulNBits', [x, packed, scales], { K: k, N: n, bits, block_size: q.blockSize, accuracy_level: ACCURACY_LEVEL }, MS_DOMAIN);
   }
 
   async rmsNorm(x: string, name: string): Promise<string> {

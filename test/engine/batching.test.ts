@@ -1,0 +1,108 @@
+/**
+ * The KV cache and the batch dimension give the same numbers as one full causal pass: decoding
+ * token by token or in chunks (past the sliding window, where the cache is trimmed), and ragged
+ * batches mixing sequences of different cached lengths and new-token counts. Bad calls get
+ * invalid_request_error.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { convertCheckpoint } from '../../sidecar/convert.ts';
+import { SidecarError } from '../../sidecar/errors.ts';
+import { loadModel, type ModelRuntime } from '../../sidecar/model-runtime.ts';
+import { checkpointDir, fullPass, MODELS, tempDir } from './golden-helpers.ts';
+
+const work = tempDir('batching');
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** Deterministic pseudo-random token ids in [3, 512). */
+function tokens(count: number, seed: number): number[] {
+  let state = seed;
+  return Array.from({ length: count }, () => {
+    state = (state * 1103515245 + 12345) % 2 ** 31;
+    return 3 + (state % 509);
+  });
+}
+
+function maxRelativeDifference(a: Float32Array, b: Float32Array): number {
+  let maxRef = 0;
+  let maxErr = 0;
+  for (let i = 0; i < b.length; i++) {
+    maxRef = Math.max(maxRef, Math.abs(b[i]));
+    maxErr = Math.max(maxErr, Math.abs(a[i] - b[i]));
+  }
+  return maxErr / maxRef;
+}
+
+describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) => {
+  let runtime: ModelRuntime;
+  beforeAll(async () => {
+    const store = join(work, model);
+    await convertCheckpoint({ from: checkpointDir(model, 'hf'), to: store, precision: 'fp32' });
+    runtime = await loadModel(store);
+  });
+  afterAll(() => runtime?.dispose());
+
+  it('decoding 100 tokens one at a time and in chunks of 7 reproduces every position', async () => {
+    const ids = tokens(100, 7);
+    const reference = await fullPass(runtime, ids);
+    for (const chunk of [1, 7]) {
+      const sequence = runtime.createSequence();
+      const collected = new Float32Array(reference.length);
+      for (let start = 0; start < ids.length; start += chunk) {
+        const part = ids.slice(start, start + chunk);
+        const [logits] = await runtime.forward([{ sequence, tokens: part }], { allPositions: true });
+        collected.set(logits, start * 512);
+      }
+      expect(sequence.length).toBe(100);
+      expect(maxRelativeDifference(collected, reference)).toBeLessThan(1e-5);
+      runtime.releaseSequence(sequence);
+    }
+  });
+
+  it('a ragged batch returns what each sequence would get on its own', async () => {
+    const histories = [tokens(10, 1), [], tokens(3, 2)];
+    const steps = [tokens(1, 3), tokens(6, 4), tokens(3, 5)];
+    const sequences = histories.map(() => runtime.createSequence());
+    for (let i = 0; i < sequences.length; i++) if (histories[i].length) await runtime.forward([{ sequence: sequences[i], tokens: histories[i] }]);
+
+    const batched = await runtime.forward(
+      sequences.map((sequence, i) => ({ sequence, tokens: steps[i] })),
+      { allPositions: true },
+    );
+    const lastOnly = await runtime.forward(sequences.map((sequence, i) => ({ sequence, tokens: [steps[i][0]] })));
+    expect(lastOnly.map((l) => l.length)).toEqual([512, 512, 512]);
+
+    for (let i = 0; i < sequences.length; i++) {
+      const alone = await fullPass(runtime, [...histories[i], ...steps[i]]);
+      const expected = alone.slice(histories[i].length * 512);
+      expect(batched[i].length).toBe(steps[i].length * 512);
+      expect(maxRelativeDifference(batched[i], expected)).toBeLessThan(1e-5);
+      expect(sequences[i].length).toBe(histories[i].length + steps[i].length + 1);
+      runtime.releaseSequence(sequences[i]);
+    }
+  });
+
+  it('rejects bad calls with invalid_request_error', async () => {
+    const sequence = runtime.createSequence();
+    const bad = async (call: () => Promise<unknown>, fragment: string) => {
+      const error = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(SidecarError);
+      expect((error as SidecarError).type).toBe('invalid_request_error');
+      expect((error as Error).message).toContain(fragment);
+    };
+    await bad(() => runtime.forward([{ sequence, tokens: [1, 512] }]), 'token id 512 at position 1 is outside the vocabulary [0, 512)');
+    await bad(() => runtime.forward([{ sequence, tokens: [-1] }]), 'token id -1');
+    await bad(() => runtime.forward([{ sequence, tokens: [1.5] }]), 'token id 1.5');
+    await bad(() => runtime.forward([{ sequence, tokens: [] }]), 'at least one token');
+    await bad(() => runtime.forward([]), 'at least one sequence');
+    await bad(() => runtime.forward([{ sequence, tokens: [1] }, { sequence, tokens: [2] }]), 'twice');
+    await bad(() => runtime.forward([{ sequence, tokens: new Array(runtime.info.contextLength + 1).fill(5) }]), 'context length');
+    expect(sequence.length).toBe(0); // nothing was applied
+    runtime.releaseSequence(sequence);
+    await bad(() => runtime.forward([{ sequence, tokens: [1] }]), 'not active');
+  });
+});
