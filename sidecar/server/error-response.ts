@@ -44,5 +44,7 @@ export function errorResponse(c: Context, error: SidecarError): Response {
     c.header('retry-after', String(Math.ceil(seconds)));
     c.header('retry-after-ms', String(seconds * 1000));
   }
+  // The rest of an oversized body is never read: close the connection so no client reuses it.
+  if (error.status === 413) c.header('connection', 'close');
   return c.json(errorBodyOf(error), error.status as ContentfulStatusCode);
 }

@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionChunkSchema, ChatCompletionResponseSchema, ModelListSchema } from '../../shared/api.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
+import { readSseEvents } from '../../shared/sse.ts';
 import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from './sidecar-process.ts';
 
 let sidecar: SidecarProcess;
@@ -90,21 +91,31 @@ describe('streaming chat', () => {
 });
 
 describe('seeded sampling under continuous batching', () => {
-  it('gives the same text alone and while other requests share its decode steps', async () => {
-    const probe = chatRequest('What is the capital of France?', { max_tokens: 16, temperature: 1, random_seed: 42 });
+  it('gives the same text alone and while other requests join its decode steps', async () => {
+    const probe = chatRequest('What is the capital of France? Answer in one long paragraph, please.', { max_tokens: 48, temperature: 1, random_seed: 42 });
     const alone = ChatCompletionResponseSchema.parse(await (await postChat(sidecar.url, probe)).json());
 
+    const probeStream = await postChat(sidecar.url, { ...probe, stream: true });
+    const events = readSseEvents(probeStream.body!);
+    const head = [(await events.next()).value!, (await events.next()).value!];
+    // Five requests with other prompts, seeds, lengths and modes join the running batch.
     const others = [1, 2, 3, 4, 5].map((seed) =>
-      postChat(sidecar.url, chatRequest(`Other prompt number ${seed} with different length ${'x '.repeat(seed * 3)}`, { max_tokens: 12 + seed, temperature: 1, random_seed: seed, stream: seed % 2 === 0 })),
+      postChat(sidecar.url, chatRequest(`Other ${'x '.repeat(seed)}`, { max_tokens: 10 + seed * 5, temperature: 1, random_seed: seed, stream: seed % 2 === 0 })).then((r) => r.text()),
     );
-    const together = await Promise.all([postChat(sidecar.url, probe), ...others, postChat(sidecar.url, { ...probe, stream: true })]);
-    const batchedJson = ChatCompletionResponseSchema.parse(await together[0]!.json());
-    const batchedStream = await readStream(together.at(-1)!);
-    await Promise.all(together.slice(1, -1).map((response) => response.text()));
+    let text = '';
+    let usage: unknown;
+    for await (const event of (async function* () { yield* head; yield* events; })()) {
+      if (event.data === '[DONE]') continue;
+      const chunk = ChatCompletionChunkSchema.parse(JSON.parse(event.data));
+      text += chunk.choices[0]?.delta.content ?? '';
+      usage = chunk.usage ?? usage;
+    }
+    await Promise.all(others);
 
-    expect(batchedJson.choices[0]!.message.content).toBe(alone.choices[0]!.message.content);
-    expect(batchedJson.usage).toEqual(alone.usage);
-    expect(batchedStream.text).toBe(alone.choices[0]!.message.content);
+    expect(text).toBe(alone.choices[0]!.message.content);
+    expect(usage).toEqual(alone.usage);
+    const metrics = await (await fetch(`${sidecar.url}/metrics`)).text();
+    expect(Number(/sirocco_batch_size_sum\{model="mistral-tiny"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(Number(/sirocco_batch_size_count\{model="mistral-tiny"\} (\d+)/.exec(metrics)?.[1]));
   });
 
   it('really batches: concurrent requests share forward steps (batch size histogram above 1)', async () => {
