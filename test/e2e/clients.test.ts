@@ -107,10 +107,20 @@ describe('our AI SDK provider (createSirocco)', () => {
     expect(['stop', 'length']).toContain(await result.finishReason);
   });
 
-  it('the same seed gives the same text through the whole stack', async () => {
+  it('the same seed gives the same text from the sidecars, and a repeat is served from the edge cache', async () => {
     const options = { model: model(), prompt: 'Seeded', maxOutputTokens: 8, temperature: 1, seed: 1234 };
-    const [first, second] = [await generateText(options), await generateText(options)];
+    // Bypass the response cache so both answers are really generated.
+    const bypass = { headers: { 'x-sirocco-cache': 'bypass' } };
+    const first = await generateText({ ...options, ...bypass });
+    const second = await generateText({ ...options, ...bypass });
     expect(second.text).toBe(first.text);
+    expect(first.response.headers?.['x-cache']).toBe('BYPASS');
+
+    const primed = await generateText(options);
+    const cached = await generateText(options);
+    expect(primed.text).toBe(first.text);
+    expect(cached.response.headers?.['x-cache']).toBe('HIT');
+    expect(cached.text).toBe(first.text);
   });
 
   it('JSON output: generateObject sends response_format, the stack accepts it, and the SDK gets the model text', async () => {
