@@ -4,9 +4,13 @@
  *
  * Exactness comes from the object being single-threaded: `admit` and `debit` read and update the
  * in-memory window without awaiting anything, so concurrent requests are decided one after another
- * and can never both take the last slot. The window is written to storage without awaiting; the
- * runtime's output gate holds each reply until that write is durable, so an evicted or restarted
- * object resumes with the same counts.
+ * and can never both take the last slot.
+ *
+ * Persistence is write-behind: the window is saved right after the reply goes out (one write for
+ * every burst of calls, `allowUnconfirmed` so no output gate waits on it), so an evicted object
+ * resumes with the same counts while no request waits for a durable write — that wait is the
+ * largest cost of a Durable Object call. Only a crash in the few milliseconds between a reply and
+ * its write can forget those requests; the limit then errs by at most that burst, for ≤ 60 s.
  */
 import { DurableObject } from 'cloudflare:workers';
 import {
@@ -25,6 +29,7 @@ const STORAGE_KEY = 'window';
 
 export class RateLimiter extends DurableObject {
   private window: WindowState = [];
+  private saveScheduled = false;
 
   constructor(ctx: DurableObjectState, env: Cloudflare.Env) {
     super(ctx, env);
@@ -59,6 +64,12 @@ export class RateLimiter extends DurableObject {
 
   private save(next: WindowState): void {
     this.window = next;
-    void this.ctx.storage.put(STORAGE_KEY, next);
+    if (this.saveScheduled) return;
+    this.saveScheduled = true;
+    // A macrotask: runs after this call's reply is sent, and covers every call made until then.
+    setTimeout(() => {
+      this.saveScheduled = false;
+      void this.ctx.storage.put(STORAGE_KEY, this.window, { allowUnconfirmed: true });
+    }, 0);
   }
 }

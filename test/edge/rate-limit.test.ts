@@ -31,6 +31,9 @@ function meteredApp(limits: RateLimits) {
     app.request('/v1/chat/completions', { method: 'POST', headers: keyHash ? { 'x-test-key': keyHash } : {} }, bindings);
 }
 
+/** The limiter saves its window just after replying (write-behind); give that write a moment. */
+const settleWriteBehind = () => new Promise((resolve) => setTimeout(resolve, 50));
+
 function remaining(response: Response) {
   return {
     requests: Number(response.headers.get(RATE_LIMIT_HEADERS.remainingRequests)),
@@ -97,6 +100,7 @@ describe('rateLimit middleware', () => {
     const key = crypto.randomUUID();
     await send(key);
     await send(key);
+    await settleWriteBehind();
     await abortAllDurableObjects(); // evicted: the next request reaches a fresh instance
     expect((await send(key)).status).toBe(429);
 
@@ -107,6 +111,7 @@ describe('rateLimit middleware', () => {
       expect(window.length).toBeGreaterThan(0);
       await state.storage.put('window', window.map((bucket) => ({ ...bucket, latestMs: bucket.latestMs - 60_000 })));
     });
+    await settleWriteBehind();
     await abortAllDurableObjects();
     const admitted = await send(key);
     expect(admitted.status).toBe(200);
