@@ -42,6 +42,9 @@ describe('writeRandomCheckpoint', () => {
     const c = await folderDigest(join(root, 'c'));
     expect(c['params.json']).toBe(a['params.json']);
     expect(c['consolidated-00001-of-00004.safetensors']).not.toBe(a['consolidated-00001-of-00004.safetensors']);
+    await writeRandomCheckpoint(join(root, 'moe-a'), MOE, 11);
+    await writeRandomCheckpoint(join(root, 'moe-b'), MOE, 11);
+    expect(await folderDigest(join(root, 'moe-b'))).toEqual(await folderDigest(join(root, 'moe-a')));
   });
 
   it('writes a native checkpoint that the engine opens, one shard per layer', async () => {

@@ -1,0 +1,102 @@
+/**
+ * `sirocco generate`: stream a completion to stdout as it is generated. Usage figures go to
+ * stderr so stdout holds only the generated text.
+ */
+import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
+import { renderChatPrompt } from '../../sidecar/chat-template.ts';
+import { PRECISIONS, type Precision } from '../../sidecar/convert.ts';
+import { ensureDemoModel, type DemoModelName } from '../../sidecar/demo-model.ts';
+import { generate } from '../../sidecar/generate.ts';
+import { loadModel } from '../../sidecar/model-runtime.ts';
+import { loadTokenizer } from '../../sidecar/tokenizer.ts';
+
+export const summary =
+  'stream a completion: --prompt TEXT [--model DIR|demo|demo-small] [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--raw]';
+
+const HELP = `usage: sirocco generate --prompt TEXT [options]
+
+  --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store;
+                        "demo" (default) = the built-in tiny Mistral, "demo-small" = the tiny Mixtral.
+                        The demo models have random weights: their text is nonsense.
+  --prompt TEXT         the user message (wrapped in Mistral's [INST] template unless --raw)
+  --raw                 feed the prompt as plain text after BOS, without the chat template
+  --max-tokens N        new tokens at most (default 128)
+  --temperature T       0 = greedy (default 0.7)
+  --top-p P             nucleus sampling mass in (0, 1] (default 1)
+  --seed S              random seed: the same seed gives the same text
+  --precision P         fp32 | int8 | int4: conversion precision for a raw checkpoint or the demo (default int4)
+  --expert-cache-mb N   Mixtral expert cache budget in MB
+  --threads N           onnxruntime intra-op threads`;
+
+const DEMO_ALIASES: Record<string, DemoModelName> = {
+  demo: 'mistral-tiny',
+  'demo-tiny': 'mistral-tiny',
+  'demo-small': 'mistral-small',
+};
+
+function parsePrecision(value: string | undefined): Precision | undefined {
+  if (value === undefined) return undefined;
+  if (!(PRECISIONS as readonly string[]).includes(value)) {
+    throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
+  }
+  return value as Precision;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    model: { type: 'string', default: 'demo' },
+    prompt: { type: 'string' },
+    raw: { type: 'boolean', default: false },
+    'max-tokens': { type: 'string' },
+    temperature: { type: 'string' },
+    'top-p': { type: 'string' },
+    seed: { type: 'string' },
+    precision: { type: 'string' },
+    'expert-cache-mb': { type: 'string' },
+    threads: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const prompt = requireOption(values.prompt, 'prompt');
+  const maxTokens = parseNumberOption(values['max-tokens'], 'max-tokens', { integer: true, min: 1 }) ?? 128;
+  const temperature = parseNumberOption(values.temperature, 'temperature', { min: 0 }) ?? 0.7;
+  const topP = parseNumberOption(values['top-p'], 'top-p', { min: Number.MIN_VALUE, max: 1 }) ?? 1;
+  const seed = parseNumberOption(values.seed, 'seed', { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER });
+  const precision = parsePrecision(values.precision);
+  const expertCacheMb = parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { integer: true, min: 1 });
+  const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 });
+
+  const demo = DEMO_ALIASES[values.model];
+  if (demo) process.stderr.write(`sirocco generate: using the demo model ${demo} (random weights, nonsense output)\n`);
+  const modelDir = demo ? await ensureDemoModel(demo, precision) : values.model;
+  const runtime = await loadModel(modelDir, { precision, expertCacheMb, threads });
+  const controller = new AbortController();
+  const onInterrupt = () => controller.abort(new CliError('interrupted', 130));
+  process.once('SIGINT', onInterrupt);
+  try {
+    const tokenizer = await loadTokenizer(runtime.dir, runtime.info.vocabSize);
+    const promptIds = values.raw
+      ? [tokenizer.bosId, ...tokenizer.encode(prompt)]
+      : renderChatPrompt(tokenizer, [{ role: 'user', content: prompt }]);
+    const started = performance.now();
+    for await (const event of generate(runtime, tokenizer, promptIds, { maxTokens, temperature, topP, seed, signal: controller.signal })) {
+      if (event.type === 'text') {
+        process.stdout.write(event.text);
+      } else {
+        process.stdout.write('\n');
+        const seconds = (performance.now() - started) / 1000;
+        process.stderr.write(
+          `[${event.promptTokens} prompt tokens, ${event.completionTokens} completion tokens, finish: ${event.finishReason}, ` +
+            `${(event.completionTokens / seconds).toFixed(1)} tokens/s]\n`,
+        );
+      }
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onInterrupt);
+    await runtime.dispose();
+  }
+}
