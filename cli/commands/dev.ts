@@ -319,6 +319,19 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
 
 // ─── The command ─────────────────────────────────────────────────────────────
 
+/**
+ * Lines that would drown the useful ones: the sidecars' access-log entries for the readiness probes (ours at
+ * start-up, the edge's periodic ones), and wrangler's offline warning (it cannot download the `request.cf` placeholder) with its stack.
+ */
+function isRoutineNoise(line: string): boolean {
+  return (
+    /"msg":"request".*"path":"\/(ready|health)"/.test(line) ||
+    line.includes('Unable to fetch the `Request.cf` object') ||
+    line.includes('getaddrinfo ENOTFOUND workers.cloudflare.com') ||
+    /^\s+at .*(GetAddrInfoReqWrap|callbackTrampoline)/.test(line)
+  );
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
     port: { type: 'string' },
@@ -344,7 +357,9 @@ export async function run(argv: string[]): Promise<number> {
     sidecars,
     persistTo: join(REPO_ROOT, '.wrangler/state'),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
-    onLog: (name, line) => console.log(`[${name}] ${line}`),
+    onLog: (name, line) => {
+      if (!isRoutineNoise(line)) console.log(`[${name}] ${line}`);
+    },
   });
 
   console.log(
