@@ -71,7 +71,7 @@ export function postChat(url: string, body: unknown, init: RequestInit = {}): Pr
   return fetch(`${url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...(init.headers as Record<string, string> | undefined) },
-    body: typeof body === 'string' || body instanceof Uint8Array ? body : JSON.stringify(body),
+    body: typeof body === 'string' ? body : body instanceof Uint8Array ? new Blob([new Uint8Array(body)]) : JSON.stringify(body),
     ...init,
   });
 }
