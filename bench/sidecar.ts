@@ -1,0 +1,235 @@
+/**
+ * `npm run bench:sidecar`: continuous batching under load, end to end over HTTP.
+ *
+ * Model: the 1.0B-parameter Mistral bench shape (dim 2048, 16 layers, 16 heads / 4 KV heads,
+ * FFN 7168, vocab 32000) with random weights at int4, generated once into
+ * $SIROCCO_HOME/bench/mistral-1b-int4 (writeRandomCheckpoint + convertCheckpoint) and reused.
+ *
+ * Server: the real `sirocco serve` in its own process (--max-batch 16). Load: for 1, 4, 8 and 16
+ * concurrent streams, that many clients start one streaming request each at the same moment, each
+ * asking for --tokens tokens. The load generator is a pool of fetch-based SSE clients rather than
+ * autocannon: autocannon measures whole HTTP responses (latency to the last byte, requests/s) and
+ * cannot time the individual SSE events inside a stream, which is what time-to-first-token and
+ * inter-token latency are.
+ *
+ * Reported per concurrency: aggregate decode tokens/s (tokens after each stream's first, over the
+ * span from the first stream's first token to the last stream's last token), end-to-end tokens/s,
+ * p50/p99 time to first token and inter-token latency, and the speed-up over one stream. Targets
+ * (issue 4): ≥ 4× the single-stream throughput at 8 streams; p99 ITL under 2× the single-stream p99.
+ *
+ *   --tokens N        tokens per stream (default 64)
+ *   --levels 1,4,8,16 concurrency levels
+ *   --threads N       onnxruntime threads in the sidecar (default 2)
+ *   --out FILE        JSON results (default bench/results/sidecar.json)
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
+import { convertCheckpoint } from '../sidecar/convert.ts';
+import { isStore } from '../sidecar/model-store.ts';
+import { siroccoHome } from '../sidecar/paths.ts';
+import { BENCH_1B_SHAPE, writeRandomCheckpoint } from '../sidecar/random-checkpoint.ts';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const BENCH_SEED = 1;
+
+interface StreamTiming {
+  ttftMs: number;
+  interTokenMs: number[];
+  completionTokens: number;
+  firstTokenAt: number;
+  lastTokenAt: number;
+  startedAt: number;
+}
+
+interface LevelResult {
+  streams: number;
+  decodeTokensPerSecond: number;
+  endToEndTokensPerSecond: number;
+  speedup: number;
+  ttftMs: { p50: number; p99: number };
+  interTokenMs: { p50: number; p99: number; max: number };
+  completionTokens: number;
+  wallSeconds: number;
+}
+
+/** The bench model's store, built on first use. */
+async function ensureBenchStore(): Promise<string> {
+  const store = join(siroccoHome(), 'bench', 'mistral-1b-int4');
+  if (await isStore(store)) return store;
+  const source = join(siroccoHome(), 'bench', 'mistral-1b-source');
+  console.log(`building the 1.0B bench model once into ${store} (random weights, int4)…`);
+  await writeRandomCheckpoint(source, BENCH_1B_SHAPE, BENCH_SEED);
+  let lastPrint = 0;
+  await convertCheckpoint({
+    from: source,
+    to: store,
+    precision: 'int4',
+    onProgress: (done, total, label) => {
+      if (Date.now() - lastPrint < 5_000 && done < total) return;
+      lastPrint = Date.now();
+      console.log(`  convert ${done}/${total} ${label}`);
+    },
+  });
+  await rm(source, { recursive: true, force: true });
+  return store;
+}
+
+interface Sidecar {
+  url: string;
+  stop(): Promise<void>;
+}
+
+async function startSidecar(store: string, threads: number, maxBatch: number): Promise<Sidecar> {
+  const child = spawn(
+    process.execPath,
+    [join(REPO_ROOT, 'bin/sirocco.mjs'), 'serve', '--model', store, '--port', '0', '--threads', String(threads), '--max-batch', String(maxBatch), '--max-queue', '64'],
+    { cwd: REPO_ROOT, env: { ...process.env, SIROCCO_SIDECAR_SECRET: '', SIROCCO_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()));
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const record = JSON.parse(line) as { msg?: string; url?: string };
+        if (record.msg === 'listening' && record.url) resolveUrl(record.url);
+      } catch {
+        // not a log line
+      }
+    });
+    void exited.then(() => reject(new Error('the sidecar exited during start-up')));
+  });
+  // "listening" comes before the model is loaded; wait for /ready.
+  for (;;) {
+    const ready = await fetch(`${url}/ready`).catch(() => null);
+    if (ready?.ok) break;
+    await new Promise((resolveWait) => setTimeout(resolveWait, 250));
+  }
+  return {
+    url,
+    async stop() {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** One streaming request, timing every content event. */
+async function timedStream(url: string, index: number, tokens: number): Promise<StreamTiming> {
+  const startedAt = performance.now();
+  const response = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'mistral-tiny',
+      messages: [{ role: 'user', content: `Benchmark stream ${index}: write a long story about the sea and the wind.` }],
+      max_tokens: tokens,
+      temperature: 0.7,
+      random_seed: index,
+      stream: true,
+    }),
+  });
+  if (!response.ok || !response.body) throw new Error(`stream ${index}: HTTP ${response.status} ${await response.text()}`);
+  const arrivals: number[] = [];
+  let completionTokens = 0;
+  for await (const event of readSseEvents(response.body)) {
+    if (event.data === SSE_DONE) continue;
+    const chunk = JSON.parse(event.data) as { choices: Array<{ delta: { content?: string; role?: string } }>; usage?: { completion_tokens: number } };
+    if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
+    else if (!chunk.choices[0]?.delta.role) arrivals.push(performance.now());
+  }
+  if (arrivals.length === 0) throw new Error(`stream ${index}: no content events`);
+  return {
+    startedAt,
+    ttftMs: arrivals[0]! - startedAt,
+    interTokenMs: arrivals.slice(1).map((at, i) => at - arrivals[i]!),
+    completionTokens,
+    firstTokenAt: arrivals[0]!,
+    lastTokenAt: arrivals.at(-1)!,
+  };
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+const round = (value: number, digits = 1) => Math.round(value * 10 ** digits) / 10 ** digits;
+
+async function runLevel(url: string, streams: number, tokens: number): Promise<Omit<LevelResult, 'speedup'>> {
+  const started = performance.now();
+  const timings = await Promise.all(Array.from({ length: streams }, (_, index) => timedStream(url, index, tokens)));
+  const finished = performance.now();
+  const decodeTokens = timings.reduce((sum, t) => sum + Math.max(0, t.completionTokens - 1), 0);
+  const decodeSpan = Math.max(...timings.map((t) => t.lastTokenAt)) - Math.min(...timings.map((t) => t.firstTokenAt));
+  const completionTokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
+  const interToken = timings.flatMap((t) => t.interTokenMs);
+  const ttft = timings.map((t) => t.ttftMs);
+  return {
+    streams,
+    decodeTokensPerSecond: round((decodeTokens * 1000) / decodeSpan, 2),
+    endToEndTokensPerSecond: round((completionTokens * 1000) / (finished - started), 2),
+    ttftMs: { p50: round(percentile(ttft, 50)), p99: round(percentile(ttft, 99)) },
+    interTokenMs: { p50: round(percentile(interToken, 50)), p99: round(percentile(interToken, 99)), max: round(Math.max(...interToken)) },
+    completionTokens,
+    wallSeconds: round((finished - started) / 1000, 2),
+  };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseCommandArgs(process.argv.slice(2), {
+    tokens: { type: 'string' },
+    levels: { type: 'string' },
+    threads: { type: 'string' },
+    out: { type: 'string' },
+  });
+  const tokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 2, max: 4000 }) ?? 64;
+  const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }) ?? 2;
+  const levels = (values.levels ?? '1,4,8,16').split(',').map((level) => parseNumberOption(level, 'levels', { integer: true, min: 1, max: 64 })!);
+  const out = resolve(values.out ?? join(REPO_ROOT, 'bench/results/sidecar.json'));
+
+  const store = await ensureBenchStore();
+  const sidecar = await startSidecar(store, threads, Math.max(...levels));
+  const results: LevelResult[] = [];
+  try {
+    await runLevel(sidecar.url, 1, 8); // warm-up: first-run allocations and page faults
+    for (const streams of levels) {
+      const result = await runLevel(sidecar.url, streams, tokens);
+      const single = results.find((r) => r.streams === 1)?.decodeTokensPerSecond ?? result.decodeTokensPerSecond;
+      results.push({ ...result, speedup: round(result.decodeTokensPerSecond / single, 2) });
+      console.log(`  ${streams} stream(s): ${result.decodeTokensPerSecond} decode tokens/s`);
+    }
+  } finally {
+    await sidecar.stop();
+  }
+
+  const single = results.find((r) => r.streams === 1);
+  const eight = results.find((r) => r.streams === 8);
+  const targets = single && eight ? {
+    throughputAt8: { target: '>= 4x single stream', measured: eight.speedup, met: eight.speedup >= 4 },
+    p99InterTokenAt8: { target: '< 2x single-stream p99', measured: round(eight.interTokenMs.p99 / single.interTokenMs.p99, 2), met: eight.interTokenMs.p99 < 2 * single.interTokenMs.p99 },
+  } : null;
+
+  console.log('');
+  console.log(`sidecar bench: 1.0B Mistral int4, ${tokens} tokens per stream, ${threads} threads`);
+  console.log('streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms');
+  console.log('--------|--------------|----------|-----------|-------------------|----------------------');
+  for (const r of results) {
+    console.log(
+      `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(21)}`,
+    );
+  }
+  if (targets) {
+    console.log('');
+    console.log(`8 streams: ${targets.throughputAt8.measured}x single-stream throughput (target ≥ 4x: ${targets.throughputAt8.met ? 'met' : 'not met'}); p99 ITL ${targets.p99InterTokenAt8.measured}x single-stream (target < 2x: ${targets.p99InterTokenAt8.met ? 'met' : 'not met'})`);
+  }
+  await mkdir(dirname(out), { recursive: true });
+  await writeFile(out, `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), results, targets }, null, 2)}\n`);
+  console.log(`results written to ${out}`);
+}
+
+await main();
