@@ -58,5 +58,9 @@ declare global {
   // eslint-disable-next-line @typescript-eslint/no-namespace
   namespace Cloudflare {
     interface Env extends EdgeBindings {}
+    interface GlobalProps {
+      mainModule: typeof import('./index.ts');
+      durableNamespaces: 'RateLimiter';
+    }
   }
 }

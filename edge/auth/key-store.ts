@@ -4,6 +4,7 @@
  * hex digits of its hash; revoking deletes by that prefix.
  */
 import * as z from 'zod';
+import { resolveModelId } from '../../shared/api.ts';
 import { bytesToHex, sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
 import type { ApiKeyRecord } from '../env.ts';
 
@@ -86,7 +87,10 @@ export async function revokeKey(kv: KVNamespace, id: string): Promise<number> {
   return page.keys.length;
 }
 
-/** Whether a key may use a model, by the name the client sent or its canonical id. */
+/** Whether a key may use a model; aliases count as their canonical id on both sides. */
 export function keyAllowsModel(record: ApiKeyRecord, ...names: string[]): boolean {
-  return record.models.includes('*') || names.some((name) => record.models.includes(name));
+  if (record.models.includes('*')) return true;
+  const canonical = (name: string) => resolveModelId(name) ?? name;
+  const allowed = new Set(record.models.map(canonical));
+  return names.some((name) => allowed.has(canonical(name)));
 }

@@ -19,7 +19,7 @@ export async function parseJsonBody<T>(c: Context, schema: z.ZodType<T>): Promis
   const result = schema.safeParse(json);
   if (!result.success) {
     const body = validationErrorBody(result.error);
-    throw new EdgeError('validation_error', body.message, { status: 422, param: body.param, detail: body.detail });
+    throw new EdgeError('invalid_request_error', body.message, { status: 422, param: body.param, detail: body.detail });
   }
   return result.data;
 }

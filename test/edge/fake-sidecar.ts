@@ -20,6 +20,8 @@ export type Behaviour =
   | 'cut-mid-stream'
   /** Streams the first chunks, then sends an error frame. */
   | 'error-mid-stream'
+  /** Answers 200 text/event-stream whose first event is an error frame (Portkey #1047). */
+  | 'error-first'
   /** Streams the first chunk, then waits (a long prefill) until aborted or released. */
   | 'stall';
 
@@ -95,7 +97,7 @@ export function createFakeSidecars(regions: Record<string, string>, secret: stri
           }
         }
         if (index === 2 && behaviour === 'cut-mid-stream') return controller.error(new Error('connection reset by peer'));
-        if (index === 2 && behaviour === 'error-mid-stream') {
+        if ((index === 2 && behaviour === 'error-mid-stream') || behaviour === 'error-first') {
           controller.enqueue(encoder.encode(encodeSseData(streamErrorFrame('internal_error', 'decoder crashed'))));
           return controller.close();
         }

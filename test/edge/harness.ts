@@ -22,14 +22,19 @@ export const REGIONS = {
 export const PARIS = { latitude: '48.85', longitude: '2.35', continent: 'EU', country: 'FR' };
 export const NEW_YORK = { latitude: '40.71', longitude: '-74.00', continent: 'NA', country: 'US' };
 
-export function setup(overrides: Partial<EdgeBindings> = {}) {
+export interface SetupOptions {
+  /** Wraps the fake sidecars' fetch, e.g. to play an upstream API on another host. */
+  wrapFetch?: (sidecarFetch: typeof fetch) => typeof fetch;
+}
+
+export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown> = {}, options: SetupOptions = {}) {
   const sidecars = createFakeSidecars(
     Object.fromEntries(Object.entries(REGIONS).map(([region, { url }]) => [region, url])),
     SIDECAR_SECRET,
   );
   const usage: Usage[] = [];
   const app = createApp({
-    fetch: sidecars.fetch,
+    fetch: options.wrapFetch ? options.wrapFetch(sidecars.fetch) : sidecars.fetch,
     recordUsage: async (_c, recorded) => {
       usage.push(recorded);
     },

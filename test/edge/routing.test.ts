@@ -1,0 +1,123 @@
+/**
+ * Regional routing through the whole worker in workerd: choice by client location, signed sidecar
+ * requests, failover before the first byte (connection refused, 5xx, timeout, error frame first),
+ * and the circuit breaker opening and recovering. The sidecars are fakes inside the test isolate
+ * (test/edge/fake-sidecar.ts); real sidecar processes are exercised by test/e2e/.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { NEW_YORK, PARIS, setup } from './harness.ts';
+
+type Completion = { choices: { message: { content: string } }[] };
+
+async function answeredBy(response: Response): Promise<string> {
+  expect(response.status).toBe(200);
+  const body = (await response.json()) as Completion;
+  return body.choices[0]?.message.content.replace('Hello from ', '') ?? '';
+}
+
+describe('routing by client location', () => {
+  const edge = setup();
+  let key: string;
+  beforeAll(async () => {
+    key = await edge.apiKey();
+  });
+
+  it('sends Paris to eu-west and New York to us-east', async () => {
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('eu-west');
+    expect(await answeredBy(await edge.chat(key, {}, { cf: NEW_YORK }))).toBe('us-east');
+    expect(await answeredBy(await edge.chat(key, {}, { cf: { continent: 'NA' } }))).toBe('us-east');
+  });
+
+  it('signs every sidecar request and passes the request id along', async () => {
+    const response = await edge.chat(key, {}, { cf: PARIS, headers: { 'x-request-id': 'trace-1234567890' } });
+    expect(response.headers.get('x-request-id')).toBe('trace-1234567890');
+    const forwarded = edge.sidecars.sidecar('eu-west').requests.at(-1);
+    expect(forwarded?.signatureOk).toBe(true);
+    expect(forwarded?.headers.get('x-request-id')).toBe('trace-1234567890');
+    expect(forwarded?.headers.get('authorization')).toBeNull(); // the client's key never leaves the edge
+  });
+
+  it('passes a sidecar 4xx through unchanged without failing over', async () => {
+    const response = await edge.chat(key, { max_tokens: 999_999 }, { cf: PARIS });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ object: 'error', type: 'invalid_request_error', param: 'max_tokens' });
+    expect(edge.sidecars.sidecar('us-east').requests.some((request) => request.body.includes('999999'))).toBe(false);
+  });
+});
+
+describe('failover before the first byte', () => {
+  it.each([
+    ['connection refused', 'refuse'],
+    ['HTTP 500', 'http-500'],
+    ['no answer before the timeout', 'hang'],
+  ] as const)('moves on to the next region on %s', async (_name, behaviour) => {
+    const edge = setup({ FIRST_BYTE_TIMEOUT_MS: '300' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = behaviour;
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    const streamed = await edge.chat(key, { stream: true }, { cf: PARIS });
+    expect(streamed.status).toBe(200);
+    expect(await streamed.text()).toContain('from us-east');
+  });
+
+  it('fails over when a 200 stream opens with an error frame, so the client never sees it', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'error-first';
+    const text = await (await edge.chat(key, { stream: true }, { cf: PARIS })).text();
+    expect(text).toContain('from us-east');
+    expect(text).not.toContain('decoder crashed');
+    expect(edge.sidecars.sidecar('eu-west').requests).toHaveLength(1);
+  });
+
+  it('answers 503 overloaded with Retry-After when every region fails', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'refuse';
+    edge.sidecars.sidecar('us-east').behaviour = 'http-500';
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(response.status).toBe(503);
+    expect(response.headers.get('retry-after')).toBe('1');
+    expect(response.headers.get('x-request-id')).toBeTruthy();
+    const body = (await response.json()) as { type: string; message: string };
+    expect(body.type).toBe('overloaded');
+    expect(body.message).toMatch(/eu-west: connection failed.*us-east: HTTP 500/);
+  });
+});
+
+describe('circuit breaker', () => {
+  it('stops calling a failing region, then lets one trial through after the cooldown and closes on success', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '2', CIRCUIT_COOLDOWN_MS: '200' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'http-500';
+
+    for (let i = 0; i < 2; i++) expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(eu.requests).toHaveLength(2);
+    const health = (await (await edge.send('/health')).json()) as { regions: { region: string; circuit: string }[] };
+    expect(health.regions.find((region) => region.region === 'eu-west')?.circuit).toBe('open');
+
+    // Open: eu-west is skipped entirely, even though it is nearest.
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(eu.requests).toHaveLength(2);
+
+    // Half-open after the cooldown: one trial; eu-west has recovered, so the circuit closes.
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    eu.behaviour = 'ok';
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('eu-west');
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('eu-west');
+    expect(eu.requests).toHaveLength(4);
+  });
+
+  it('reopens when the half-open trial fails', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1', CIRCUIT_COOLDOWN_MS: '100' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'refuse';
+    await edge.chat(key, {}, { cf: PARIS });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east'); // trial failed over
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east'); // open again: skipped
+    expect(eu.requests).toHaveLength(0); // refused connections never reach the handler
+  });
+});

@@ -1,0 +1,141 @@
+/**
+ * SSE relay through the whole worker in workerd: one event per write, usage metered at the end,
+ * mid-stream upstream failure as an error frame with no [DONE], keep-alive comments while the
+ * sidecar is silent, and client aborts reaching the sidecar fetch. Sidecars are in-isolate fakes
+ * (test/edge/fake-sidecar.ts); test/e2e/ runs the real ones.
+ */
+import { describe, expect, it } from 'vitest';
+import { PARIS, readFrames, setup } from './harness.ts';
+
+function dataOf(frame: string): unknown {
+  expect(frame.startsWith('data: ')).toBe(true);
+  const data = frame.slice('data: '.length);
+  return data === '[DONE]' ? data : JSON.parse(data);
+}
+
+/** Reads from an SSE body until `predicate` holds for the text so far. */
+async function readUntil(reader: ReadableStreamDefaultReader<Uint8Array>, predicate: (text: string) => boolean): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = '';
+  while (!predicate(text)) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+  }
+  return text;
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+describe('streaming relay', () => {
+  it('relays every chunk in order, ends with [DONE], and meters the usage of the last chunk', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const frames = (await readFrames(response)).map(dataOf);
+    expect(frames).toHaveLength(5);
+    expect(frames[0]).toMatchObject({ object: 'chat.completion.chunk', choices: [{ delta: { role: 'assistant', content: '' } }] });
+    expect(frames[1]).toMatchObject({ choices: [{ delta: { content: 'Hello' } }] });
+    expect(frames[3]).toMatchObject({ choices: [{ finish_reason: 'stop' }], usage: { total_tokens: 8 } });
+    expect(frames[4]).toBe('[DONE]');
+    await response.settled();
+    expect(edge.usage).toEqual([{ prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 }]);
+  });
+
+  it('meters non-stream answers too', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    await response.json();
+    await response.settled();
+    expect(edge.usage).toEqual([{ prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 }]);
+  });
+
+  it.each([
+    ['the connection drops', 'cut-mid-stream', /connection reset/],
+    ['the sidecar sends an error frame', 'error-mid-stream', /decoder crashed/],
+  ] as const)('ends with an error frame and no [DONE] when %s mid-stream', async (_name, behaviour, message) => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = behaviour;
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    expect(response.status).toBe(200); // committed after the first chunk: never replayed elsewhere
+    const frames = (await readFrames(response)).map(dataOf);
+    expect(frames.slice(0, 2)).toMatchObject([{ choices: [{ delta: { role: 'assistant' } }] }, { choices: [{ delta: { content: 'Hello' } }] }]);
+    const last = frames.at(-1) as { object: string; type: string; message: string; error: { message: string } };
+    expect(last).toMatchObject({ object: 'error', type: 'upstream_error', param: null, code: null });
+    expect(last.message).toMatch(message);
+    expect(frames).not.toContain('[DONE]');
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+    await response.settled();
+    expect(edge.usage).toEqual([]);
+  });
+
+  it('sends keep-alive comments while the sidecar is silent, then the rest of the stream', async () => {
+    const edge = setup({ KEEP_ALIVE_MS: '40' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'stall';
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    const reader = response.body!.getReader();
+    const beforeRelease = await readUntil(reader, (text) => text.split(': keep-alive\n\n').length > 3);
+    expect(beforeRelease.startsWith('data: {')).toBe(true);
+    eu.release();
+    const rest = await readUntil(reader, (text) => text.includes('[DONE]'));
+    expect(rest).toContain('from eu-west');
+    expect(rest.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
+});
+
+describe('client abort', () => {
+  it('cancelling the response body aborts the sidecar fetch', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'stall';
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    const reader = response.body!.getReader();
+    await readUntil(reader, (text) => text.includes('"role":"assistant"'));
+    const upstreamSignal = eu.requests[0]?.signal;
+    expect(upstreamSignal?.aborted).toBe(false);
+    await reader.cancel();
+    await waitFor(() => upstreamSignal?.aborted === true);
+  });
+
+  it('the request signal (enable_request_signal) aborts the sidecar fetch', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'stall';
+    const client = new AbortController();
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS, signal: client.signal });
+    const reader = response.body!.getReader();
+    await readUntil(reader, (text) => text.includes('"role":"assistant"'));
+    client.abort();
+    await waitFor(() => eu.requests[0]?.signal?.aborted === true);
+  });
+
+  it('a client gone before the first byte does not count against the region', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'hang';
+    const client = new AbortController();
+    const pending = edge.chat(key, {}, { cf: PARIS, signal: client.signal });
+    await waitFor(() => eu.requests.length === 1);
+    client.abort();
+    const response = await pending;
+    expect(response.status).toBe(499);
+    expect(eu.requests[0]?.signal?.aborted).toBe(true);
+    const health = (await (await edge.send('/health')).json()) as { regions: { region: string; circuit: string }[] };
+    expect(health.regions.find((region) => region.region === 'eu-west')?.circuit).toBe('closed');
+  });
+});
