@@ -5,7 +5,7 @@
 import { APICallError, LoadAPIKeyError, UnsupportedFunctionalityError } from '@ai-sdk/provider';
 import { generateObject, generateText, streamText, type TextStreamPart, type ToolSet } from 'ai';
 import { convertReadableStreamToArray } from 'ai/test';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import * as z from 'zod';
 import { errorBody } from '../../shared/errors.ts';
 import { encodeSseData } from '../../shared/sse.ts';
@@ -382,5 +382,37 @@ describe('warnings for unsupported settings', () => {
     }).catch((caught: unknown) => caught);
     expect(UnsupportedFunctionalityError.isInstance(error)).toBe(true);
     expect(server.requests).toHaveLength(0);
+  });
+});
+
+describe('default instance', () => {
+  it('`sirocco` takes its base URL from SIROCCO_BASE_URL and its key from SIROCCO_API_KEY', async () => {
+    const previous = { base: process.env.SIROCCO_BASE_URL, key: process.env.SIROCCO_API_KEY };
+    process.env.SIROCCO_BASE_URL = `${server.baseURL}/`; // a trailing slash is tolerated
+    process.env.SIROCCO_API_KEY = 'sk-from-env';
+    try {
+      vi.resetModules();
+      const { sirocco } = await import('./index.ts');
+      server.script({ kind: 'json', body: chatCompletion('from env') });
+
+      const result = await generateText({ model: sirocco('mistral-tiny'), prompt: 'x' });
+      expect(result.text).toBe('from env');
+      expect(server.requests[0]!.path).toBe('/v1/chat/completions');
+      expect(server.requests[0]!.headers.authorization).toBe('Bearer sk-from-env');
+      expect(server.requests[0]!.headers).not.toHaveProperty('x-sirocco-region');
+    } finally {
+      for (const [name, value] of [['SIROCCO_BASE_URL', previous.base], ['SIROCCO_API_KEY', previous.key]] as const) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
+  });
+
+  it('cannot be called with new, and has no embedding or image models', () => {
+    const provider = createSirocco({ apiKey: 'sk-test' });
+    expect(provider.languageModel('mistral-small').modelId).toBe('mistral-small');
+    expect(provider.chat('mistral-tiny').provider).toBe('sirocco.chat');
+    expect(() => provider.embeddingModel('mistral-embed')).toThrow(/No such embeddingModel/);
+    expect(() => provider.imageModel('x')).toThrow(/No such imageModel/);
   });
 });
