@@ -70,6 +70,7 @@ describe('sirocco generate', () => {
     [['--seed=-1', '--prompt', 'x'], /--seed must be an integer/],
     [['--seed', '1.5', '--prompt', 'x'], /--seed must be an integer/],
     [['--precision', 'int3', '--prompt', 'x'], /--precision must be one of fp32, int8, int4, got "int3"/],
+    [['--device', 'tpu', '--prompt', 'x'], /--device must be one of cpu, cuda, got "tpu"/],
     [['--prompt', 'x', '--frobnicate'], /Unknown option '--frobnicate'/],
     [[], /missing required option --prompt/],
   ])('rejects %j with a clear message and exit code 2', async (args, message) => {

@@ -6,6 +6,7 @@ import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '..
 import { renderChatPrompt } from '../../sidecar/chat-template.ts';
 import { PRECISIONS, type Precision } from '../../sidecar/convert.ts';
 import { ensureDemoModel, type DemoModelName } from '../../sidecar/demo-model.ts';
+import { DEVICES, type Device } from '../../sidecar/device.ts';
 import { generate } from '../../sidecar/generate.ts';
 import { loadModel } from '../../sidecar/model-runtime.ts';
 import { loadTokenizer } from '../../sidecar/tokenizer.ts';
@@ -26,6 +27,7 @@ const HELP = `usage: sirocco generate --prompt TEXT [options]
   --seed S              random seed: the same seed gives the same text
   --precision P         fp32 | int8 | int4: conversion precision for a raw checkpoint or the demo (default int4)
   --expert-cache-mb N   Mixtral expert cache budget in MB
+  --device D            cpu (default) | cuda
   --threads N           onnxruntime intra-op threads`;
 
 const DEMO_ALIASES: Record<string, DemoModelName> = {
@@ -53,6 +55,7 @@ export async function run(argv: string[]): Promise<number> {
     seed: { type: 'string' },
     precision: { type: 'string' },
     'expert-cache-mb': { type: 'string' },
+    device: { type: 'string', default: 'cpu' },
     threads: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   });
@@ -68,11 +71,13 @@ export async function run(argv: string[]): Promise<number> {
   const precision = parsePrecision(values.precision);
   const expertCacheMb = parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { integer: true, min: 1 });
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 });
+  const device = values.device as Device;
+  if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
 
   const demo = DEMO_ALIASES[values.model];
   if (demo) process.stderr.write(`sirocco generate: using the demo model ${demo} (random weights, nonsense output)\n`);
   const modelDir = demo ? await ensureDemoModel(demo, precision) : values.model;
-  const runtime = await loadModel(modelDir, { precision, expertCacheMb, threads });
+  const runtime = await loadModel(modelDir, { precision, expertCacheMb, threads, device });
   const controller = new AbortController();
   const onInterrupt = () => controller.abort(new CliError('interrupted', 130));
   process.once('SIGINT', onInterrupt);
