@@ -40,6 +40,8 @@ export interface ExpertCacheStats extends SidecarExpertCacheStats {
   predictionsUsed: number;
   predictionsMade: number;
   pageIns: number;
+  /** Time `acquire` callers spent waiting for experts that were not resident yet. */
+  stallSecondsTotal: number;
   pageInSecondsTotal: number;
   pageInSecondsMax: number;
   /** Counts per PAGE_IN_BUCKETS_MS bucket, plus one overflow bucket. */
@@ -81,7 +83,7 @@ export class ExpertCache {
   private currentLayer = 0;
   private counters = {
     hits: 0, misses: 0, prefetchHits: 0, prefetchWasted: 0, prefetchIssued: 0, bytesPagedIn: 0,
-    predictionsUsed: 0, predictionsMade: 0, pageIns: 0, pageInSecondsTotal: 0, pageInSecondsMax: 0, peakBytes: 0,
+    predictionsUsed: 0, predictionsMade: 0, pageIns: 0, stallSecondsTotal: 0, pageInSecondsTotal: 0, pageInSecondsMax: 0, peakBytes: 0,
   };
   private readonly histogram = new Array<number>(PAGE_IN_BUCKETS_MS.length + 1).fill(0);
 
@@ -158,7 +160,12 @@ export class ExpertCache {
     };
   }
 
-  /** Records that `rows` tokens were routed through `layer` this step (router statistics). */
+  /** Adds time a running step spent blocked on a page-in (measured by the caller that waited). */
+  recordStall(seconds: number): void {
+    this.counters.stallSecondsTotal += seconds;
+  }
+
+  /** Records that `layer` ran once more (router statistics for the layer-distance policy). */
   noteLayerStep(layer: number): void {
     this.layerSteps[layer]! += 1;
   }

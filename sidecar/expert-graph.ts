@@ -10,7 +10,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { modelError } from './errors.ts';
+import { createSession, type Device } from './device.ts';
+import { SidecarError, modelError } from './errors.ts';
 import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
 import { ExpertStore, type ExpertStoreIndex, type ExpertWeights } from './expert-store.ts';
 import type { Expert, ExpertProvider } from './moe.ts';
@@ -18,6 +19,7 @@ import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
 
 export interface ExpertGraphOptions {
   threads?: number;
+  device?: Device;
 }
 
 /** Builds the expert FFN graph for a given width into `path` (no weights inside it). */
@@ -54,13 +56,10 @@ export class ExpertGraph {
     try {
       const path = join(dir, 'expert-ffn.onnx');
       buildExpertGraph(path, dim, ffn);
-      const session = await ort.InferenceSession.create(path, {
-        intraOpNumThreads: options.threads ?? 2,
-        interOpNumThreads: 1,
-        graphOptimizationLevel: 'all',
-      });
+      const session = await createSession(path, { device: options.device ?? 'cpu', threads: options.threads ?? 2 });
       return new ExpertGraph(session, dim, ffn);
     } catch (error) {
+      if (error instanceof SidecarError) throw error;
       throw modelError(`cannot create the expert FFN graph (dim ${dim}, ffn ${ffn}): ${error instanceof Error ? error.message : String(error)}`, error);
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -91,6 +90,7 @@ export interface PagedExpertsOptions {
   budgetMb: number;
   policy?: EvictionPolicy;
   threads?: number;
+  device?: Device;
   /** Guess the next layer's experts from the current hidden state and page them in early (default on). */
   prefetch?: boolean;
   onPageIn?: (seconds: number) => void;
@@ -117,7 +117,7 @@ export class PagedExperts implements ExpertProvider {
     const { dim, ffn, experts, topK, normEps } = store.index;
     const cache = new ExpertCache(store, { budgetBytes: options.budgetMb * 1024 * 1024, policy: options.policy, onPageIn: options.onPageIn });
     const predictor = options.prefetch === false ? null : new RouterPredictor(await store.readRouters(), dim, experts, topK, normEps);
-    const graph = await ExpertGraph.create(dim, ffn, { threads: options.threads });
+    const graph = await ExpertGraph.create(dim, ffn, { threads: options.threads, device: options.device });
     return new PagedExperts(store, cache, graph, predictor);
   }
 
@@ -160,7 +160,9 @@ export class PagedExperts implements ExpertProvider {
     lease.catch(() => undefined); // observed in run(); never an unhandled rejection
     return {
       run: async (x, rows) => {
+        const waitStarted = performance.now();
         const pinned = await lease;
+        this.cache.recordStall((performance.now() - waitStarted) / 1000);
         try {
           return await this.graph.run(x, rows, pinned.weights);
         } finally {

@@ -18,7 +18,7 @@ import type { Architecture, ModelConfig } from './model-config.ts';
 import { isStore, readManifest, type Manifest } from './model-store.ts';
 import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
 import { storeCacheDir } from './paths.ts';
-import type { ExpertCacheStats } from './expert-cache.ts';
+import type { EvictionPolicy, ExpertCacheStats } from './expert-cache.ts';
 import { PagedExperts } from './expert-graph.ts';
 import type { Precision } from './quantize.ts';
 
@@ -51,6 +51,8 @@ export interface LoadOptions {
    * every budget (but not identical to the resident int4 experts). Ignored for dense models.
    */
   expertCacheMb?: number;
+  /** Expert cache tuning (benchmarks): eviction policy (default lru) and next-layer prefetch (default on). */
+  expertCache?: { policy?: EvictionPolicy; prefetch?: boolean };
   /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
   onExpertPageIn?: (seconds: number) => void;
   /** Debug hook: called after each Mixtral layer's routing. */
@@ -330,7 +332,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
     const provider =
       options.expertCacheMb !== undefined
-        ? (paged = await PagedExperts.open(storeDir, { budgetMb: options.expertCacheMb, threads: settings.threads, onPageIn: options.onExpertPageIn }))
+        ? (paged = await PagedExperts.open(storeDir, { budgetMb: options.expertCacheMb, ...options.expertCache, ...settings, onPageIn: options.onExpertPageIn }))
         : await ResidentExpertProvider.load(
             experts.map((row) => row.map((e) => path(e.graph))),
             config.dim,

@@ -1,0 +1,299 @@
+/**
+ * `npm run bench:moe`: Mixtral decode with experts paged from disk under a memory budget.
+ *
+ * Model: a random Mixtral-shaped checkpoint sized for a 2-core machine (dim 1024, 8 layers, 8 heads
+ * / 2 KV heads × 128, 8 experts top-2, FFN 3584, vocab 32000), converted once (int4 attention and
+ * head, int8 paged experts) into $SIROCCO_HOME/bench/. Each configuration runs in its own process
+ * (so peak RSS is its own): prefill a short prompt, then decode feeding random tokens every step
+ * (like llama.cpp's random-token runs) so the routing varies.
+ *
+ * Reported per budget (25/50/100 % of the experts) and per eviction policy at 50 %: decode
+ * tokens/s, hit rate, prefetch accuracy (predicted experts the router then picked), prefetch hits
+ * and wasted prefetches, page-in latency next to the raw read time of the same expert files
+ * measured in this run (warm page cache, and cold after dropping it when run as root), bytes paged
+ * per token, peak RSS. The all-resident int4 experts (no --expert-cache-mb) are the reference.
+ *
+ *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
+ *   --cold           drop the page cache before each paged run (root only; affects the whole host)
+ *   --out FILE       JSON results (default bench/results/moe.json)
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { convertCheckpoint } from '../sidecar/convert.ts';
+import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy, type ExpertCacheStats } from '../sidecar/expert-cache.ts';
+import { EXPERT_STORE_DIR, ExpertStore } from '../sidecar/expert-store.ts';
+import { loadModel } from '../sidecar/model-runtime.ts';
+import { isStore } from '../sidecar/model-store.ts';
+import { siroccoHome } from '../sidecar/paths.ts';
+import { writeRandomCheckpoint, type ModelShape } from '../sidecar/random-checkpoint.ts';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const MiB = 1024 * 1024;
+const RUN_ONE = '--run-one';
+
+export const BENCH_MOE_SHAPE: ModelShape = {
+  dim: 1024,
+  nLayers: 8,
+  nHeads: 8,
+  nKvHeads: 2,
+  headDim: 128,
+  hiddenDim: 3584,
+  vocabSize: 32000,
+  slidingWindow: null,
+  ropeTheta: 1e6,
+  numExperts: 8,
+  expertsPerToken: 2,
+};
+
+/** llama.cpp Q4_0 on this shape, these machines (issue 5): 130–219 tokens/s decode. */
+const LLAMA_CPP_TOKENS_PER_SECOND = [130, 219];
+
+interface RunConfig {
+  store: string;
+  budgetMb: number | null;
+  policy: EvictionPolicy;
+  tokens: number;
+  warmup: number;
+  prefetch: boolean;
+}
+
+interface RunResult {
+  label: string;
+  budgetMb: number | null;
+  budgetFraction: number | null;
+  policy: EvictionPolicy | null;
+  prefetch: boolean;
+  decodeTokensPerSecond: number;
+  hitRate: number | null;
+  prefetchAccuracy: number | null;
+  prefetchHits: number | null;
+  prefetchWasted: number | null;
+  pageIns: number | null;
+  pageInMeanMs: number | null;
+  pageInP50Ms: number | null;
+  pageInP90Ms: number | null;
+  pagedMbPerToken: number | null;
+  /** Time per token the forward pass waited on page-ins (the rest overlapped with compute). */
+  stallMsPerToken: number | null;
+  peakRssMb: number;
+}
+
+async function ensureStore(): Promise<string> {
+  const base = join(siroccoHome(), 'bench', 'moe-d1024-l8-e8-f3584');
+  const store = join(base, 'store-int4');
+  if (await isStore(store)) return store;
+  const checkpoint = join(base, 'checkpoint');
+  console.error(`writing the random Mixtral-shaped checkpoint into ${checkpoint} (once)…`);
+  await rm(checkpoint, { recursive: true, force: true });
+  await writeRandomCheckpoint(checkpoint, BENCH_MOE_SHAPE, 5);
+  console.error('converting (int4 attention/head/resident experts + int8 paged experts, once)…');
+  await convertCheckpoint({ from: checkpoint, to: store, precision: 'int4', name: 'bench-moe' });
+  await rm(checkpoint, { recursive: true, force: true }); // the store is all the bench needs
+  return store;
+}
+
+function dropPageCache(): boolean {
+  const result = spawnSync('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
+  return result.status === 0;
+}
+
+/** Reads every expert file once with the same positioned read the cache uses; ms per expert. */
+async function rawReadMs(store: string): Promise<{ perExpertMs: number; gbPerSecond: number; files: number }> {
+  const dir = join(store, EXPERT_STORE_DIR);
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.bin'));
+  const bytes = (await stat(join(dir, files[0]!))).size;
+  const buffer = new Uint8Array(bytes);
+  const started = performance.now();
+  for (const file of files) {
+    const handle = await open(join(dir, file), 'r');
+    try {
+      let done = 0;
+      while (done < bytes) done += (await handle.read(buffer, done, bytes - done, done)).bytesRead;
+    } finally {
+      await handle.close();
+    }
+  }
+  const ms = performance.now() - started;
+  return { perExpertMs: ms / files.length, gbPerSecond: (bytes * files.length) / (ms / 1000) / 1e9, files: files.length };
+}
+
+/**
+ * Page-in through the real cache path (open, one read into a recycled buffer, header check), the
+ * same files in the same order as `rawReadMs`, with nothing else running. The first pass also
+ * verifies each file's checksum (done once per process), so the second pass is the steady state.
+ */
+async function cachePageInMs(store: string): Promise<{ firstPassMs: number; steadyMs: number }> {
+  const expertStore = await ExpertStore.open(store);
+  const cache = new ExpertCache(expertStore, { budgetBytes: 2 * expertStore.expertBytes });
+  const { layers, experts } = expertStore.index;
+  const pass = async () => {
+    const started = performance.now();
+    for (let layer = 0; layer < layers; layer++) {
+      for (let expert = 0; expert < experts; expert++) (await cache.acquire(layer, expert)).release();
+    }
+    return (performance.now() - started) / (layers * experts);
+  };
+  const firstPassMs = await pass();
+  return { firstPassMs, steadyMs: await pass() };
+}
+
+function percentile(sorted: number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+/** One configuration, in this (child) process. */
+async function runOne(config: RunConfig): Promise<RunResult> {
+  const pageIns: number[] = [];
+  let measuring = false;
+  const runtime = await loadModel(config.store, {
+    threads: 2,
+    ...(config.budgetMb === null ? {} : { expertCacheMb: config.budgetMb, expertCache: { policy: config.policy, prefetch: config.prefetch } }),
+    onExpertPageIn: (seconds) => void (measuring && pageIns.push(seconds * 1000)),
+  });
+  let state = 12345;
+  const randomToken = () => 3 + ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) % (BENCH_MOE_SHAPE.vocabSize - 3));
+  try {
+    const sequence = runtime.createSequence();
+    await runtime.forward([{ sequence, tokens: [1, ...Array.from({ length: 15 }, randomToken)] }]);
+    for (let i = 0; i < config.warmup; i++) await runtime.forward([{ sequence, tokens: [randomToken()] }]);
+    const before = runtime.expertCacheStats?.() ?? null;
+    measuring = true;
+    const started = performance.now();
+    for (let i = 0; i < config.tokens; i++) await runtime.forward([{ sequence, tokens: [randomToken()] }]);
+    const seconds = (performance.now() - started) / 1000;
+    measuring = false;
+    const after = runtime.expertCacheStats?.() ?? null;
+    const diff = (key: keyof ExpertCacheStats) => (before && after ? (after[key] as number) - (before[key] as number) : null);
+    const hits = diff('hits');
+    const misses = diff('misses');
+    const predictionsMade = diff('predictionsMade');
+    const sorted = [...pageIns].sort((a, b) => a - b);
+    const { layers, experts } = config.budgetMb === null ? { layers: 1, experts: 1 } : (await ExpertStore.open(config.store)).index;
+    const expertBytes = after?.expertBytes ?? 1;
+    return {
+      label: config.budgetMb === null ? 'resident int4' : `${config.policy}${config.prefetch ? '' : ' no-prefetch'}`,
+      budgetMb: config.budgetMb,
+      budgetFraction: config.budgetMb === null ? null : Math.round(((config.budgetMb * MiB) / (layers * experts * expertBytes)) * 100) / 100,
+      policy: config.budgetMb === null ? null : config.policy,
+      prefetch: config.prefetch,
+      decodeTokensPerSecond: config.tokens / seconds,
+      hitRate: hits === null || misses === null ? null : hits / Math.max(1, hits + misses),
+      prefetchAccuracy: predictionsMade ? diff('predictionsUsed')! / predictionsMade : null,
+      prefetchHits: diff('prefetchHits'),
+      prefetchWasted: diff('prefetchWasted'),
+      pageIns: pageIns.length,
+      pageInMeanMs: pageIns.length ? pageIns.reduce((a, b) => a + b, 0) / pageIns.length : null,
+      pageInP50Ms: percentile(sorted, 0.5),
+      pageInP90Ms: percentile(sorted, 0.9),
+      pagedMbPerToken: diff('bytesPagedIn') === null ? null : diff('bytesPagedIn')! / MiB / config.tokens,
+      stallMsPerToken: diff('stallSecondsTotal') === null ? null : (diff('stallSecondsTotal')! * 1000) / config.tokens,
+      peakRssMb: process.resourceUsage().maxRSS / 1024,
+    };
+  } finally {
+    await runtime.dispose();
+  }
+}
+
+function runChild(config: RunConfig): RunResult {
+  const child = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), RUN_ONE, JSON.stringify(config)], {
+    cwd: REPO_ROOT,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 16 * MiB,
+  });
+  if (child.status !== 0) throw new Error(`benchmark run ${JSON.stringify(config)} failed (exit ${child.status})`);
+  return JSON.parse(child.stdout.trim().split('\n').pop()!) as RunResult;
+}
+
+const fmt = (value: number | null, digits = 1) => (value === null ? '—' : value.toFixed(digits));
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === RUN_ONE) {
+    process.stdout.write(`${JSON.stringify(await runOne(JSON.parse(argv[1]!) as RunConfig))}\n`);
+    return;
+  }
+  const { values } = parseCommandArgs(argv, {
+    tokens: { type: 'string' },
+    warmup: { type: 'string' },
+    cold: { type: 'boolean' },
+    out: { type: 'string' },
+  });
+  const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
+  const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
+  const cold = values.cold === true;
+  const out = resolve((values.out as string | undefined) ?? join(REPO_ROOT, 'bench/results/moe.json'));
+
+  const store = await ensureStore();
+  const expertStore = await ExpertStore.open(store);
+  const { layers, experts } = expertStore.index;
+  const allMb = (layers * experts * expertStore.expertBytes) / MiB;
+
+  await rawReadMs(store); // warm the page cache
+  const warmRead = await rawReadMs(store);
+  const pageIn = await cachePageInMs(store);
+  const canDrop = cold && dropPageCache();
+  const coldRead = canDrop ? await rawReadMs(store) : null;
+  if (canDrop) dropPageCache();
+  const coldPageIn = canDrop ? await cachePageInMs(store) : null;
+
+  const base = { store, tokens, warmup, prefetch: true };
+  const configs: RunConfig[] = [
+    { ...base, budgetMb: null, policy: 'lru' },
+    ...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: allMb * fraction, policy: 'lru' as EvictionPolicy })),
+    ...EVICTION_POLICIES.filter((p) => p !== 'lru').map((policy) => ({ ...base, budgetMb: allMb * 0.5, policy })),
+    { ...base, budgetMb: allMb * 0.5, policy: 'lru', prefetch: false },
+  ];
+  const results: RunResult[] = [];
+  for (const config of configs) {
+    if (canDrop && config.budgetMb !== null) dropPageCache();
+    const result = runChild(config);
+    results.push(result);
+    console.error(`  ${result.label} ${fmt(result.budgetFraction === null ? null : result.budgetFraction * 100, 0)}%: ${fmt(result.decodeTokensPerSecond)} tok/s`);
+  }
+
+  const allResident = results.find((r) => r.budgetFraction === 1 && r.policy === 'lru' && r.prefetch)!;
+  const half = results.find((r) => r.budgetFraction === 0.5 && r.policy === 'lru' && r.prefetch)!;
+  const rows = results.map((r) => ({
+    config: r.budgetMb === null ? 'resident int4 experts' : `${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB) ${r.label}`,
+    'tok/s': fmt(r.decodeTokensPerSecond),
+    'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
+    'prefetch acc': r.prefetchAccuracy === null ? '—' : `${fmt(r.prefetchAccuracy * 100, 0)}%`,
+    'pf hits/wasted': r.prefetchHits === null ? '—' : `${r.prefetchHits}/${r.prefetchWasted}`,
+    'page-in p50/p90 ms': r.pageInP50Ms === null ? '—' : `${fmt(r.pageInP50Ms, 2)}/${fmt(r.pageInP90Ms, 2)}`,
+    'stall ms/tok': fmt(r.stallMsPerToken, 2),
+    'MiB paged/tok': fmt(r.pagedMbPerToken),
+    'peak RSS MiB': fmt(r.peakRssMb, 0),
+  }));
+  console.table(rows);
+  const summary = {
+    rawReadWarmMsPerExpert: warmRead.perExpertMs,
+    rawReadWarmGBps: warmRead.gbPerSecond,
+    rawReadColdMsPerExpert: coldRead?.perExpertMs ?? null,
+    pageInWarmFirstPassMs: pageIn.firstPassMs,
+    pageInWarmMs: pageIn.steadyMs,
+    pageInColdMs: coldPageIn?.firstPassMs ?? null,
+    pageCacheDropped: canDrop,
+    pageInOverRawRead: pageIn.steadyMs / warmRead.perExpertMs,
+    pageInOverRawReadCold: coldPageIn && coldRead ? coldPageIn.firstPassMs / coldRead.perExpertMs : null,
+    halfBudgetOverAllResident: half.decodeTokensPerSecond / allResident.decodeTokensPerSecond,
+    llamaCppQ4_0TokensPerSecond: LLAMA_CPP_TOKENS_PER_SECOND,
+  };
+  console.log(
+    `expert file ${fmt(expertStore.expertBytes / MiB, 2)} MiB; raw read ${fmt(warmRead.perExpertMs, 2)} ms warm` +
+      (coldRead ? `, ${fmt(coldRead.perExpertMs, 2)} ms cold` : cold ? ' (cold: cannot drop the page cache here)' : '') +
+      `; cache page-in ${fmt(pageIn.steadyMs, 2)} ms warm (${fmt(pageIn.firstPassMs, 2)} ms with the one-time checksum)` +
+      (coldPageIn ? `, ${fmt(coldPageIn.firstPassMs, 2)} ms cold` : '') +
+      ` = ${fmt(summary.pageInOverRawRead, 2)}× raw read (target ≤ 2×)` +
+      `; 50% budget decodes at ${fmt(summary.halfBudgetOverAllResident * 100, 0)}% of all-resident (target ≥ 60%)` +
+      `; all-resident ${fmt(allResident.decodeTokensPerSecond)} tok/s vs llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')}`,
+  );
+  await mkdir(dirname(out), { recursive: true });
+  await writeFile(out, `${JSON.stringify({ shape: BENCH_MOE_SHAPE, expertBytes: expertStore.expertBytes, tokens, warmup, summary, results }, null, 2)}\n`);
+  console.log(`wrote ${out}`);
+}
+
+await main(process.argv.slice(2));
