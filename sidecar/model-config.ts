@@ -8,7 +8,7 @@
  * mistral-inference would default to 1e6 — wrong for Mistral 7B, so dense defaults to 1e4;
  * sliding_window may be null/absent (no window); head_dim may be absent (dim / n_heads).
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { modelError } from './errors.ts';
 
@@ -201,6 +201,9 @@ async function readJson(path: string): Promise<Json | undefined> {
 
 /** Reads the checkpoint folder's config: params.json (native) first, else config.json (HF). */
 export async function readModelConfig(dir: string): Promise<{ config: ModelConfig; layout: CheckpointLayout; file: string }> {
+  const folder = await stat(dir).catch(() => undefined);
+  if (!folder) throw modelError(`model folder ${dir} does not exist`);
+  if (!folder.isDirectory()) throw modelError(`${dir} is not a folder (expected a checkpoint folder or a converted store)`);
   const paramsPath = join(dir, 'params.json');
   const params = await readJson(paramsPath);
   if (params) return { config: parseNativeParams(params, paramsPath), layout: 'native', file: paramsPath };

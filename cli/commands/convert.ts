@@ -1,0 +1,66 @@
+/**
+ * `sirocco convert`: turn a Mistral-native or Hugging Face checkpoint folder into a store
+ * (ONNX graphs + quantized weights + manifest). Progress goes to stderr; the store path to stdout.
+ */
+import { SingleBar } from 'cli-progress';
+import { CliError, parseCommandArgs, requireOption } from '../args.ts';
+import { convertCheckpoint, PRECISIONS, type Precision } from '../../sidecar/convert.ts';
+
+export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32]';
+
+const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int8|fp32]
+
+  --from DIR        checkpoint folder: params.json + consolidated*.safetensors (Mistral) or
+                    config.json + model*.safetensors [+ model.safetensors.index.json] (Hugging Face)
+  --to STORE        new folder for the converted store (must not exist or be empty)
+  --precision P     int4 (default, MatMulNBits 4-bit block 32), int8, or fp32`;
+
+export function parsePrecision(value: string | undefined, fallback: Precision): Precision {
+  if (value === undefined) return fallback;
+  if (!(PRECISIONS as readonly string[]).includes(value)) throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
+  return value as Precision;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    from: { type: 'string' },
+    to: { type: 'string' },
+    precision: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const from = requireOption(values.from, 'from');
+  const to = requireOption(values.to, 'to');
+  const precision = parsePrecision(values.precision, 'int4');
+
+  const bar = new SingleBar({
+    stream: process.stderr,
+    format: 'converting [{bar}] {percentage}% | {value}/{total} tensors | {label}',
+    hideCursor: true,
+  });
+  let started = false;
+  try {
+    const manifest = await convertCheckpoint({
+      from,
+      to,
+      precision,
+      onProgress: (done, total, label) => {
+        if (!started) {
+          bar.start(total, done, { label });
+          started = true;
+        } else bar.update(done, { label });
+      },
+    });
+    if (started) bar.stop();
+    const bytes = manifest.files.reduce((sum, f) => sum + f.bytes, 0);
+    console.error(`sirocco convert: ${manifest.architecture} ${precision}, ${manifest.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB`);
+    console.log(to);
+    return 0;
+  } catch (error) {
+    if (started) bar.stop();
+    throw error;
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * `sirocco logits`: one causal forward pass over the given token ids, printing exactly one JSON
+ * object `{"logits": [[...], ...]}` on stdout — one row per input position, the full vocabulary.
+ */
+import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
+import { DEVICES, type Device } from '../../sidecar/device.ts';
+import { loadModel } from '../../sidecar/model-runtime.ts';
+import { isStore } from '../../sidecar/model-store.ts';
+import { parsePrecision } from './convert.ts';
+
+export const summary = 'print the logits of every position: --model DIR --tokens 1,2,3 [--precision fp32|int8|int4]';
+
+const HELP = `usage: sirocco logits --model DIR --tokens 1,2,3 [options]
+
+  --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store
+  --tokens IDS          comma-separated token ids (BOS is not added)
+  --precision P         fp32 | int8 | int4; for a checkpoint folder the conversion precision (default fp32),
+                        for a store it must match the store's
+  --expert-cache-mb N   Mixtral expert cache budget in MB (may be fractional)
+  --device D            cpu (default) | cuda
+  --threads N           onnxruntime intra-op threads (default 2)`;
+
+function parseTokens(value: string): number[] {
+  return value.split(',').map((part) => {
+    const text = part.trim();
+    const id = Number(text);
+    if (text === '' || !Number.isInteger(id)) throw new CliError(`--tokens must be comma-separated integers, got "${part}" in "${value}"`);
+    return id;
+  });
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    model: { type: 'string' },
+    tokens: { type: 'string' },
+    precision: { type: 'string' },
+    'expert-cache-mb': { type: 'string' },
+    device: { type: 'string', default: 'cpu' },
+    threads: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const model = requireOption(values.model, 'model');
+  const tokens = parseTokens(requireOption(values.tokens, 'tokens'));
+  const device = values.device as Device;
+  if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
+  // A store keeps its own precision; a raw checkpoint defaults to exact fp32 logits.
+  const precision = values.precision === undefined && (await isStore(model)) ? undefined : parsePrecision(values.precision, 'fp32');
+
+  const runtime = await loadModel(model, {
+    precision,
+    device,
+    threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }),
+    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: Number.MIN_VALUE }),
+  });
+  try {
+    const sequence = runtime.createSequence();
+    const [logits] = await runtime.forward([{ sequence, tokens }], { allPositions: true });
+    const vocab = runtime.info.vocabSize;
+    const rows = tokens.map((_, t) => Array.from(logits.subarray(t * vocab, (t + 1) * vocab)));
+    process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);
+    return 0;
+  } finally {
+    await runtime.dispose();
+  }
+}
