@@ -1,0 +1,145 @@
+/**
+ * `sirocco keys create|list|revoke`: manage the edge's API keys through its admin routes.
+ *
+ *   sirocco keys create [--tenant T] [--models a,b] [--rpm N] [--tpm N] [--key K] [--url U] [--json]
+ *   sirocco keys list [--url U] [--json]
+ *   sirocco keys revoke <id> [--url U]
+ *
+ * The admin secret comes from SIROCCO_ADMIN_SECRET; the edge URL defaults to http://localhost:$PORT
+ * (8787). A created key is printed once: the edge keeps only its SHA-256.
+ */
+import { DEFAULT_PORTS, ENV } from '../../shared/protocol.ts';
+import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
+
+export const summary = 'create, list or revoke API keys on an edge (admin secret from SIROCCO_ADMIN_SECRET)';
+
+const USAGE = `usage:
+  sirocco keys create [--tenant T] [--models a,b] [--rpm N] [--tpm N] [--key K] [--url URL] [--json]
+  sirocco keys list [--url URL] [--json]
+  sirocco keys revoke <id> [--url URL]`;
+
+interface KeyView {
+  id: string;
+  tenant: string;
+  models: string[];
+  rpm: number;
+  tpm: number;
+  created_at: number;
+  key?: string;
+}
+
+function defaultUrl(): string {
+  return `http://localhost:${process.env[ENV.port] || DEFAULT_PORTS.edge}`;
+}
+
+function adminSecret(): string {
+  const secret = process.env[ENV.adminSecret];
+  if (!secret) throw new CliError(`set ${ENV.adminSecret} to the edge's admin secret`);
+  return secret;
+}
+
+/** Calls an admin route; the edge's Mistral error message becomes the CLI error. */
+async function callAdmin(url: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  let base: URL;
+  try {
+    base = new URL(url);
+  } catch {
+    throw new CliError(`--url must be an http(s) URL, got "${url}"`);
+  }
+  const authorization = `Bearer ${adminSecret()}`;
+  let response: Response;
+  try {
+    response = await fetch(new URL(path, base), {
+      method,
+      headers: { authorization, 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch (error) {
+    const reason = error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error);
+    throw new CliError(`cannot reach the edge at ${base.origin}: ${reason}`, 1);
+  }
+  const text = await response.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  if (!response.ok) {
+    const message = json && typeof json === 'object' && 'message' in json ? String(json.message) : text.slice(0, 200);
+    throw new CliError(`${method} ${path} failed (HTTP ${response.status}): ${message}`, 1);
+  }
+  return json;
+}
+
+function describeKey(key: KeyView): string {
+  const created = new Date(key.created_at * 1000).toISOString();
+  return `${key.id}  tenant=${key.tenant}  models=${key.models.join(',')}  rpm=${key.rpm}  tpm=${key.tpm}  created=${created}`;
+}
+
+async function create(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    url: { type: 'string' },
+    tenant: { type: 'string' },
+    models: { type: 'string' },
+    rpm: { type: 'string' },
+    tpm: { type: 'string' },
+    key: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const models = values.models?.split(',').map((model) => model.trim()).filter(Boolean);
+  if (values.models !== undefined && !models?.length) throw new CliError('--models needs at least one model name');
+  const body = {
+    tenant: values.tenant ?? 'default',
+    models,
+    rpm: parseNumberOption(values.rpm, 'rpm', { integer: true, min: 1 }),
+    tpm: parseNumberOption(values.tpm, 'tpm', { integer: true, min: 1 }),
+    key: values.key,
+  };
+  const created = (await callAdmin(values.url ?? defaultUrl(), 'POST', '/admin/keys', body)) as KeyView;
+  if (values.json) console.log(JSON.stringify(created));
+  else {
+    console.log(created.key);
+    console.error(`created ${describeKey(created)}\nstore the key now: it cannot be shown again`);
+  }
+  return 0;
+}
+
+async function list(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, { url: { type: 'string' }, json: { type: 'boolean' } });
+  const { data } = (await callAdmin(values.url ?? defaultUrl(), 'GET', '/admin/keys')) as { data: KeyView[] };
+  if (values.json) console.log(JSON.stringify(data));
+  else if (data.length === 0) console.log('no API keys');
+  else for (const key of data) console.log(describeKey(key));
+  return 0;
+}
+
+async function revoke(argv: string[]): Promise<number> {
+  const [id, ...rest] = argv;
+  const { values } = parseCommandArgs(rest, { url: { type: 'string' } });
+  const keyId = requireOption(id?.startsWith('-') ? undefined : id, 'id (the key id shown by `sirocco keys list`)');
+  if (!/^[0-9a-f]{16}$/.test(keyId)) throw new CliError(`a key id is 16 hex digits (see \`sirocco keys list\`), got "${keyId}"`);
+  await callAdmin(values.url ?? defaultUrl(), 'DELETE', `/admin/keys/${keyId}`);
+  console.log(`revoked ${keyId}`);
+  return 0;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  switch (action) {
+    case 'create':
+      return create(rest);
+    case 'list':
+      return list(rest);
+    case 'revoke':
+      return revoke(rest);
+    case undefined:
+    case '--help':
+    case '-h':
+      console.log(USAGE);
+      return action === undefined ? 2 : 0;
+    default:
+      throw new CliError(`unknown action "${action}"\n${USAGE}`);
+  }
+}
