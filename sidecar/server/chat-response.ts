@@ -26,11 +26,11 @@ function usageOf(done: DoneEvent): Usage {
   return { prompt_tokens: done.promptTokens, completion_tokens: done.completionTokens, total_tokens: done.promptTokens + done.completionTokens };
 }
 
-/** Drains the events into one non-streaming response (errors propagate to the caller). */
+/** Drains the events into one non-streaming response; null when the client left (errors propagate). */
 export async function collectCompletion(
   events: AsyncIterable<GenerateEvent>,
   identity: CompletionIdentity,
-): Promise<{ response: ChatCompletionResponse; done: DoneEvent }> {
+): Promise<{ response: ChatCompletionResponse; done: DoneEvent } | null> {
   let content = '';
   for await (const event of events) {
     if (event.type === 'text') {
@@ -45,7 +45,7 @@ export async function collectCompletion(
     };
     return { response, done: event };
   }
-  throw new Error('the generation ended without a done event');
+  return null;
 }
 
 function chunk(identity: CompletionIdentity, delta: ChatCompletionChunk['choices'][number]['delta'], finishReason: 'stop' | 'length' | null = null): ChatCompletionChunk {

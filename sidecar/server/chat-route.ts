@@ -21,6 +21,12 @@ export interface ChatRouteOptions {
   logger: Logger;
 }
 
+/** The client disconnected before the answer was ready; nobody will read this response. */
+function clientGone(logOutcome: (outcome: GenerationOutcome) => void): never {
+  logOutcome({ cancelled: true });
+  throw new SidecarError('invalid_request_error', 'the client closed the request', { status: 499 });
+}
+
 export function chatCompletionsHandler({ models, logger }: ChatRouteOptions) {
   return async function chatCompletions(c: Context<SidecarEnv>): Promise<Response> {
     const request = parseChatRequest(await c.req.arrayBuffer());
@@ -43,14 +49,16 @@ export function chatCompletionsHandler({ models, logger }: ChatRouteOptions) {
 
     const events = model.scheduler.submit(toGenerationRequest(request, model.tokenizer, c.req.raw.signal));
     if (!request.stream) {
+      let completion: Awaited<ReturnType<typeof collectCompletion>>;
       try {
-        const { response, done } = await collectCompletion(events, identity);
-        logOutcome({ done });
-        return c.json(response);
+        completion = await collectCompletion(events, identity);
       } catch (error) {
         logOutcome({ error });
         throw error;
       }
+      if (!completion) return clientGone(logOutcome);
+      logOutcome({ done: completion.done });
+      return c.json(completion.response);
     }
 
     let first: IteratorResult<GenerateEvent>;
@@ -60,11 +68,7 @@ export function chatCompletionsHandler({ models, logger }: ChatRouteOptions) {
       logOutcome({ error });
       throw error;
     }
-    if (first.done) {
-      // The client left before the first token; nobody will read this.
-      logOutcome({ cancelled: true });
-      throw new SidecarError('invalid_request_error', 'the request was cancelled', { status: 499 });
-    }
+    if (first.done) return clientGone(logOutcome);
     return c.body(completionStream(first.value, events, identity, logOutcome), 200, SSE_HEADERS);
   };
 }

@@ -8,8 +8,8 @@ import { ERROR_CODES } from '../../shared/errors.ts';
 import { ensureDemoModels } from '../demo-model.ts';
 import { SidecarError, modelError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
-import type { SidecarMetrics } from '../metrics.ts';
-import { loadModel, type ModelRuntime } from '../model-runtime.ts';
+import type { ExpertCacheStats, SidecarMetrics } from '../metrics.ts';
+import { loadModel, type LoadOptions, type ModelRuntime } from '../model-runtime.ts';
 import { Scheduler } from '../scheduler.ts';
 import type { ServeConfig } from '../serve-config.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
@@ -33,8 +33,15 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
   try {
     for (const dir of dirs) {
       const started = performance.now();
-      const runtime = await loadModel(dir, { device: config.device, threads: config.threads, expertCacheMb: config.expertCacheMb });
-      const id = ID_BY_ARCHITECTURE[runtime.info.architecture];
+      let id: LocalModelId | null = null; // known once loaded; page-ins only happen after that
+      const options: LoadOptions & { onExpertPageIn?: (seconds: number) => void } = {
+        device: config.device,
+        threads: config.threads,
+        expertCacheMb: config.expertCacheMb,
+        onExpertPageIn: (seconds) => metrics.observeExpertPageIn(id ?? 'loading', seconds),
+      };
+      const runtime = await loadModel(dir, options);
+      id = ID_BY_ARCHITECTURE[runtime.info.architecture];
       const duplicate = served.find((model) => model.id === id);
       if (duplicate) {
         await runtime.dispose();
@@ -52,6 +59,8 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
         onLoopError: (error) => logger.error('scheduler step failed', { model: id, error }),
       });
       metrics.watchScheduler(id, () => scheduler.stats());
+      const expertStats = (runtime as { expertCacheStats?: () => ExpertCacheStats | null }).expertCacheStats;
+      if (expertStats) metrics.watchExpertCache(id, () => expertStats.call(runtime));
       served.push({ id, runtime, tokenizer, scheduler });
       logger.info('model loaded', {
         model: id,
