@@ -81,39 +81,61 @@ export function argmax(logits: Float32Array): number {
   return best;
 }
 
+/**
+ * Nucleus cut-off without sorting the vocabulary: weights are bucketed by their distance from the
+ * top logit, (max − logit) / T, in 1/16-nat steps; buckets are ordered like the weights, so only
+ * the bucket where the cumulative weight crosses the target needs sorting (a few dozen tokens).
+ */
+const BUCKETS_PER_NAT = 16;
+const BUCKET_COUNT = 48 * BUCKETS_PER_NAT + 1; // beyond 48 nats (weight < 1e-21) all share the last
+
+function nucleusThreshold(weights: Float64Array, buckets: Uint16Array, bucketMass: Float64Array, target: number): number {
+  let cumulative = 0;
+  let crossing = 0;
+  while (crossing < BUCKET_COUNT - 1 && cumulative + bucketMass[crossing] < target) cumulative += bucketMass[crossing++];
+  const members: number[] = [];
+  for (let i = 0; i < weights.length; i++) if (buckets[i] === crossing && weights[i] > 0) members.push(weights[i]);
+  members.sort((a, b) => b - a);
+  let threshold = members[0] ?? 1;
+  for (const w of members) {
+    threshold = w;
+    cumulative += w;
+    if (cumulative >= target) break;
+  }
+  return threshold;
+}
+
 export function createSampler(options: SamplingOptions): Sampler {
   validate(options);
   const { temperature, topP } = options;
   if (temperature === 0) return { sample: argmax };
   const random = createRandom(options.seed ?? randomBytes(8).readBigUInt64LE());
   let weights = new Float64Array(0);
-  let sorted = new Float64Array(0);
+  let buckets = new Uint16Array(0);
+  const bucketMass = new Float64Array(BUCKET_COUNT);
   return {
     sample(logits: Float32Array): number {
       if (weights.length !== logits.length) {
         weights = new Float64Array(logits.length);
-        sorted = new Float64Array(logits.length);
+        buckets = new Uint16Array(logits.length);
       }
       // Softmax in float64 after subtracting the maximum: no overflow, and the top token keeps weight 1.
       const max = logits[argmax(logits)];
       if (!Number.isFinite(max)) return argmax(logits);
+      bucketMass.fill(0);
       let total = 0;
       for (let i = 0; i < logits.length; i++) {
-        const w = Math.exp((logits[i] - max) / temperature); // NaN logits count as 0 below
-        weights[i] = w > 0 ? w : 0;
+        const distance = (max - logits[i]) / temperature; // ≥ 0; NaN for NaN logits
+        const w = Math.exp(-distance);
+        weights[i] = w > 0 ? w : 0; // NaN logits count as 0
         total += weights[i];
+        const bucket = distance < BUCKET_COUNT / BUCKETS_PER_NAT ? Math.floor(distance * BUCKETS_PER_NAT) : BUCKET_COUNT - 1;
+        buckets[i] = bucket;
+        bucketMass[bucket] += weights[i];
       }
       if (topP >= 1) return pick(weights, 0, total * random());
-      // Nucleus: the most likely tokens whose weights first reach topP of the total. A native
-      // numeric sort of the weights finds the cut-off weight; tokens at or above it are kept.
-      sorted.set(weights);
-      const descending = sorted.sort().reverse();
-      let nucleus = 0;
-      let threshold = descending[0];
-      for (let k = 0; k < descending.length && nucleus < topP * total; k++) {
-        threshold = descending[k];
-        nucleus += threshold;
-      }
+      // Nucleus: the most likely tokens whose weights first reach topP of the total (ties at the cut-off kept).
+      const threshold = nucleusThreshold(weights, buckets, bucketMass, topP * total);
       let kept = 0;
       for (let i = 0; i < weights.length; i++) if (weights[i] >= threshold) kept += weights[i];
       return pick(weights, threshold, kept * random());
