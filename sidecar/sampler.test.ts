@@ -78,6 +78,22 @@ describe('createSampler', () => {
     expect(new Set(draw({ temperature: 1, topP: 0.01, seed: 5 }, row, 200))).toEqual(new Set([0]));
   });
 
+  it.each([0.3, 0.6, 0.9])('draws exactly the tokens of the top-p %f nucleus found by sorting', (topP) => {
+    const random = createRandom(99);
+    const row = new Float32Array(30).map(() => random() * 3);
+    const probabilities = Array.from(row, (l) => Math.exp(l));
+    const total = probabilities.reduce((a, b) => a + b, 0);
+    const byProbability = [...probabilities.keys()].sort((a, b) => probabilities[b]! - probabilities[a]!);
+    const nucleus = new Set<number>();
+    let mass = 0;
+    for (const id of byProbability) {
+      if (mass >= topP * total) break;
+      nucleus.add(id);
+      mass += probabilities[id]!;
+    }
+    expect(new Set(draw({ temperature: 1, topP, seed: 11 }, row, 30_000))).toEqual(nucleus);
+  });
+
   it('stays finite for huge logits and ignores -Infinity', () => {
     const row = new Float32Array([3e38, 3e38, -Infinity, -3e38]);
     expect(new Set(draw({ temperature: 0.5, topP: 1, seed: 9 }, row, 500))).toEqual(new Set([0, 1]));
