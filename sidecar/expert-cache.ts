@@ -97,13 +97,14 @@ export class ExpertCache {
     if (!(options.budgetBytes >= minimum)) {
       throw invalidRequest(
         `--expert-cache-mb ${formatMb(options.budgetBytes)} is smaller than one layer's top-${topK} experts ` +
-          `(${topK} × ${formatMb(expertBytes)} MB = ${formatMb(minimum)} MB); use at least ${formatMb(minimum)}`,
+          `(${topK} × ${formatMb(expertBytes)} MiB); use at least ${formatMb(minimum, 'up')}`,
         'expert_cache_mb',
       );
     }
     this.policy = options.policy ?? 'lru';
     this.budgetBytes = options.budgetBytes;
-    this.slots = Math.min(layers * experts, Math.floor(options.budgetBytes / expertBytes));
+    // The epsilon absorbs MiB ↔ bytes round-off (a budget of exactly N experts must hold N).
+    this.slots = Math.min(layers * experts, Math.floor(options.budgetBytes / expertBytes + 1e-9));
     this.routedCount = new Float64Array(layers * experts);
     this.layerSteps = new Float64Array(layers);
   }
@@ -325,8 +326,10 @@ export class ExpertCache {
   }
 }
 
-function formatMb(bytes: number): string {
-  return String(Math.round((bytes / (1024 * 1024)) * 10_000) / 10_000);
+/** MiB with 4 decimals; rounded up where the number is a minimum the user must reach. */
+function formatMb(bytes: number, round: 'nearest' | 'up' = 'nearest'): string {
+  const scaled = (bytes / (1024 * 1024)) * 10_000;
+  return ((round === 'up' ? Math.ceil(scaled) : Math.round(scaled)) / 10_000).toFixed(4);
 }
 
 /**

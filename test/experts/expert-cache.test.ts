@@ -88,10 +88,12 @@ async function runTrace(budgetMb: number, policy: EvictionPolicy, prefetch = tru
 
 describe('expert cache', () => {
   it('refuses a budget smaller than one layer\'s top-2 experts, naming the minimum', async () => {
-    const minimumMb = (2 * store.expertBytes) / MiB;
+    const minimumMb = Math.ceil(((2 * store.expertBytes) / MiB) * 1e4) / 1e4;
     expect(() => new ExpertCache(store, { budgetBytes: 1.5 * store.expertBytes })).toThrow(
-      new RegExp(`smaller than one layer's top-2 experts .*use at least ${minimumMb.toFixed(4)}`),
+      new RegExp(`smaller than one layer's top-2 experts \\(2 × [\\d.]+ MiB\\); use at least ${minimumMb.toFixed(4)}`),
     );
+    // The minimum it names is accepted.
+    expect(new ExpertCache(store, { budgetBytes: minimumMb * MiB }).slots).toBe(2);
     await expect(PagedExperts.open(storeDir, { budgetMb: 0.01 })).rejects.toMatchObject({ type: 'invalid_request_error', param: 'expert_cache_mb' });
   });
 
