@@ -56,6 +56,15 @@ describe('TextStream detokenization', () => {
     expect(chunks.filter((c) => c !== '')).toEqual(['Sure', ' thing']);
   });
 
+  it('releases invalid UTF-8 instead of holding it for ever', () => {
+    const leadByte = tokenizer.encode('🦙')[1]!; // <0xF0>, which never completes here
+    const ids = new Array<number>(20).fill(leadByte);
+    const textStream = new TextStream(tokenizer, []);
+    const released = ids.map((id) => textStream.push(id).text).join('');
+    expect(released.length).toBeGreaterThan(0);
+    expect(released + textStream.flush()).toBe(tokenizer.decode(ids));
+  });
+
   it('emits an unfinished character as U+FFFD on flush', () => {
     const llama = tokenizer.encode('🦙');
     const { text } = stream(llama.slice(0, 3));

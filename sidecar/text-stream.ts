@@ -13,6 +13,12 @@
 import type { Tokenizer } from './tokenizer.ts';
 
 const REPLACEMENT_CHARACTER = '\uFFFD';
+/**
+ * A character is at most 4 byte tokens (plus a token or two that decode to nothing, such as a
+ * leading "▁"); text still ending in U+FFFD after this many held tokens is invalid UTF-8 for good
+ * and is released rather than held (and re-decoded) for ever.
+ */
+const MAX_HELD_TOKENS = 8;
 
 export class TextStream {
   private readonly stop: string[];
@@ -42,7 +48,8 @@ export class TextStream {
     this.ids.push(tokenId);
     const before = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
     const after = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
-    if (after.length <= before.length || after.endsWith(REPLACEMENT_CHARACTER)) {
+    const incomplete = after.endsWith(REPLACEMENT_CHARACTER) && this.ids.length - this.readOffset < MAX_HELD_TOKENS;
+    if (after.length <= before.length || incomplete) {
       return { text: '', stopped: false }; // nothing new yet, or a character is still incomplete
     }
     this.prefixOffset = this.readOffset;
