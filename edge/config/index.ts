@@ -45,7 +45,7 @@ export interface Tunables {
 }
 
 export const DEFAULT_TUNABLES: Tunables = {
-  firstByteTimeoutMs: 30_000,
+  firstByteTimeoutMs: 60_000,
   keepAliveMs: 10_000,
   healthTtlMs: 10_000,
   circuitFailureThreshold: 3,

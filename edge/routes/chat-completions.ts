@@ -5,7 +5,9 @@
  *   resolveChatRoute()      model name → local model or upstream API (400 invalid_model, 403 key
  *                           not allowed, 400 tool call required of a local model)
  *   chatCompletions(deps)   forwards to the best region with failover, relays JSON or SSE, and
- *                           records usage in waitUntil.
+ *                           records usage in waitUntil. A stream is committed (200) when the first
+ *                           chunk arrives, or after one keep-alive interval if the region is still
+ *                           silent (long prefill): from then on, failures become error frames.
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import {
@@ -16,7 +18,7 @@ import {
   type LocalModelId,
   type Usage,
 } from '../../shared/api.ts';
-import { ERROR_CODES } from '../../shared/errors.ts';
+import { ERROR_CODES, MistralErrorBodySchema } from '../../shared/errors.ts';
 import { SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { SSE_HEADERS } from '../../shared/sse.ts';
 import { signRequest } from '../../shared/signing.ts';
@@ -25,8 +27,16 @@ import { secretFrom, sidecarsFrom, tunablesFrom, upstreamsFrom, type UpstreamCon
 import { inBackground, type EdgeDependencies } from '../dependencies.ts';
 import type { AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
-import { clientLocation, forwardWithFailover, type ClientGeo, type Target } from '../routing/index.ts';
-import { relaySseStream, type StreamOutcome } from '../streaming/index.ts';
+import { clientLocation, forwardWithFailover, type ClientGeo, type ForwardResult, type Target } from '../routing/index.ts';
+import {
+  relayPendingSseStream,
+  relaySseStream,
+  StreamStartError,
+  TIMED_OUT,
+  withTimeout,
+  type RelaySource,
+  type StreamOutcome,
+} from '../streaming/index.ts';
 import { parseJsonBody } from '../validation/index.ts';
 
 export type ChatRoute =
@@ -110,6 +120,21 @@ function upstreamTarget(c: Context<AppEnv>, deps: EdgeDependencies, name: string
   };
 }
 
+/** A non-stream answer where a stream was due (typically a 4xx), as the error frame it becomes. */
+function startErrorFrom(status: number, text: string): StreamStartError {
+  const parsed = MistralErrorBodySchema.safeParse(parseJson(text));
+  if (parsed.success) return new StreamStartError(parsed.data.type, parsed.data.message, parsed.data.code);
+  return new StreamStartError('upstream_error', `Upstream answered HTTP ${status} instead of a stream`);
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
 function usageFromJson(text: string): Usage | null {
   try {
     const body = JSON.parse(text) as { usage?: Usage };
@@ -133,7 +158,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     const body = JSON.stringify({ ...request, model });
     const stream = request.stream === true;
 
-    const result = await forwardWithFailover({
+    const forwarding = forwardWithFailover({
       targets,
       body,
       stream,
@@ -143,13 +168,17 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       fetch: deps.fetch,
       onAttemptFailed: (target, problem) => logger.warn('upstream_attempt_failed', { region: target.name, problem }),
     });
-    logger.annotate({ model, region: result.target.name, attempts: result.attempts, stream });
-    if (result.kind === 'body') {
-      const usage = result.status === 200 ? usageFromJson(result.text) : null;
+    // A stream whose region has not answered within one keep-alive interval (a long prefill) is
+    // committed now, so the client gets keep-alives; quicker answers keep their real HTTP status.
+    const early = stream ? await withTimeout(forwarding, tunables.keepAliveMs) : await forwarding;
+
+    if (early !== TIMED_OUT && early.kind === 'body') {
+      logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream });
+      const usage = early.status === 200 ? usageFromJson(early.text) : null;
       if (usage) inBackground(c, recordUsage(c, usage), (error) => logger.error('usage_record_failed', { message: String(error) }));
-      return new Response(result.text, {
-        status: result.status,
-        headers: { 'content-type': result.headers.get('content-type') ?? 'application/json' },
+      return new Response(early.text, {
+        status: early.status,
+        headers: { 'content-type': early.headers.get('content-type') ?? 'application/json' },
       });
     }
 
@@ -161,21 +190,33 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       finished.then((outcome) => outcome.usage && recordUsage(c, outcome.usage)),
       (error) => logger.error('usage_record_failed', { message: String(error) }),
     );
-    const relay = relaySseStream({
-      first: result.first,
-      events: result.events,
-      abortUpstream: result.abort,
-      keepAliveMs: tunables.keepAliveMs,
-      onFinish: (outcome) => {
-        if (outcome.status === 'upstream_failed') {
-          result.target.breaker.recordFailure(Date.now());
-          logger.warn('stream_upstream_failed', { region: result.target.name, problem: outcome.problem });
-        } else if (outcome.status === 'client_aborted') {
-          logger.info('stream_client_aborted', { region: result.target.name });
-        }
-        settle(outcome);
-      },
-    });
+    let chosen: Target | null = null;
+    const onFinish = (outcome: StreamOutcome) => {
+      if (outcome.status === 'upstream_failed') {
+        chosen?.breaker.recordFailure(Date.now());
+        logger.warn('stream_upstream_failed', { region: chosen?.name, problem: outcome.problem });
+      } else if (outcome.status === 'client_aborted') {
+        logger.info('stream_client_aborted', { region: chosen?.name });
+      }
+      settle(outcome);
+    };
+    const toSource = (result: ForwardResult): RelaySource => {
+      logger.annotate({ model, region: result.target.name, attempts: result.attempts, stream });
+      if (result.kind === 'body') throw startErrorFrom(result.status, result.text);
+      chosen = result.target;
+      return { first: result.first, events: result.events, abortUpstream: result.abort };
+    };
+
+    const relay =
+      early === TIMED_OUT
+        ? relayPendingSseStream({
+            pending: forwarding.then(toSource, (error: unknown) => {
+              throw EdgeError.isInstance(error) ? new StreamStartError(error.type, error.message, error.code) : error;
+            }),
+            keepAliveMs: tunables.keepAliveMs,
+            onFinish,
+          })
+        : relaySseStream({ ...toSource(early), keepAliveMs: tunables.keepAliveMs, onFinish });
     return new Response(relay, { status: 200, headers: SSE_HEADERS });
   };
 }

@@ -8,6 +8,10 @@
  *   `data: {"object":"error",…}` frame, then the stream closes with NO `[DONE]` (Portkey #1797).
  * - Client abort: cancelling the response aborts the sidecar fetch.
  * - `onFinish` runs once with the outcome and the usage from the last chunk (for metering).
+ *
+ * `relayPendingSseStream` covers a sidecar that answers only after a long prefill: the client gets
+ * a 200 with keep-alive comments while failover is still choosing a region (comments are not data,
+ * so nothing is replayed), then the relay; a failure before the first chunk becomes an error frame.
  */
 import type { Usage } from '../../shared/api.ts';
 import { streamErrorFrame } from '../../shared/errors.ts';
@@ -18,13 +22,28 @@ export type StreamOutcome =
   | { status: 'upstream_failed'; usage: Usage | null; problem: string }
   | { status: 'client_aborted'; usage: Usage | null };
 
-export interface RelayOptions {
+export interface RelaySource {
   /** The event that committed the response (already read by failover). */
   first: SseEvent;
   events: AsyncIterator<SseEvent>;
   abortUpstream(reason?: unknown): void;
+}
+
+export interface RelayOptions extends RelaySource {
   keepAliveMs: number;
   onFinish(outcome: StreamOutcome): void;
+}
+
+/** A failure before the first chunk, as the error frame a committed stream reports it with. */
+export class StreamStartError extends Error {
+  constructor(
+    readonly type: string,
+    message: string,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+    this.name = 'StreamStartError';
+  }
 }
 
 const encoder = new TextEncoder();
@@ -134,3 +153,55 @@ export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFi
     },
   });
 }
+
+export interface PendingRelayOptions {
+  /** Resolves when failover has a stream; rejects (ideally with StreamStartError) when none can start. */
+  pending: Promise<RelaySource>;
+  keepAliveMs: number;
+  onFinish(outcome: StreamOutcome): void;
+}
+
+export function relayPendingSseStream({ pending, keepAliveMs, onFinish }: PendingRelayOptions): ReadableStream<Uint8Array> {
+  let inner: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  pending.catch(() => undefined); // observed in pull; avoids an unhandled rejection after cancel
+
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!inner) {
+        let source: RelaySource | typeof TIMED_OUT;
+        try {
+          source = await withTimeout(pending, keepAliveMs);
+        } catch (error) {
+          const frame =
+            error instanceof StreamStartError
+              ? streamErrorFrame(error.type, error.message, error.code)
+              : streamErrorFrame('upstream_error', error instanceof Error ? error.message : String(error));
+          controller.enqueue(encoder.encode(encodeSseData(frame)));
+          controller.close();
+          onFinish({ status: 'upstream_failed', usage: null, problem: frame.message });
+          return;
+        }
+        if (source === TIMED_OUT) return controller.enqueue(KEEP_ALIVE_BYTES);
+        inner = relaySseStream({ ...source, keepAliveMs, onFinish }).getReader();
+      }
+      const { done, value } = await inner.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel(reason) {
+      if (inner) return inner.cancel(reason);
+      // Still choosing a region: tear down whatever it ends up with.
+      void pending.then(
+        (source) => {
+          source.abortUpstream(reason ?? new Error('client disconnected'));
+          void source.events.return?.(undefined).catch(() => undefined);
+        },
+        () => undefined,
+      );
+      onFinish({ status: 'client_aborted', usage: null });
+    },
+  });
+}
+
+/** Resolves with the promise's value, or TIMED_OUT first if it takes longer than `ms`. */
+export { withTimeout, TIMED_OUT };

@@ -36,6 +36,8 @@ export interface RecordedRequest {
 export interface FakeSidecar {
   region: string;
   behaviour: Behaviour;
+  /** Delay before the response headers, like a sidecar that answers after its prefill. */
+  startDelayMs: number;
   ready: boolean;
   load: Pick<LoadReport, 'queueDepth' | 'activeSequences'>;
   requests: RecordedRequest[];
@@ -70,6 +72,7 @@ export function createFakeSidecars(regions: Record<string, string>, secret: stri
     byOrigin.set(new URL(url).origin, {
       region,
       behaviour: 'ok',
+      startDelayMs: 0,
       ready: true,
       load: { queueDepth: 0, activeSequences: 0 },
       requests: [],
@@ -124,6 +127,7 @@ export function createFakeSidecars(regions: Record<string, string>, secret: stri
     const signatureOk = (await verifyRequest({ secret, method: request.method, path: url.pathname + url.search, body, headers: request.headers })).ok;
     sidecar.requests.push({ url: request.url, headers: request.headers, body, signal: init?.signal ?? undefined, signatureOk });
     if (!signatureOk) return Response.json(errorBody('unauthorized', 'bad signature'), { status: 401 });
+    if (sidecar.startDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, sidecar.startDelayMs));
     if (sidecar.behaviour === 'http-500') return Response.json(errorBody('internal_error', 'boom'), { status: 500 });
     if (sidecar.behaviour === 'hang') return rejectOnAbort(init?.signal ?? undefined);
 

@@ -95,6 +95,45 @@ describe('streaming relay', () => {
   });
 });
 
+describe('a region that answers only after a long prefill', () => {
+  it('gets keep-alives to the client before the first chunk, then the stream', async () => {
+    const edge = setup({ KEEP_ALIVE_MS: '30' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').startDelayMs = 200;
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    expect(response.status).toBe(200);
+    const frames = await readFrames(response);
+    const firstData = frames.findIndex((frame) => frame.startsWith('data: '));
+    expect(firstData).toBeGreaterThan(1);
+    expect(frames.slice(0, firstData).every((frame) => frame === ': keep-alive')).toBe(true);
+    expect(frames.slice(firstData).map(dataOf).at(-1)).toBe('[DONE]');
+    expect(frames.join('')).toContain('from eu-west');
+  });
+
+  it('still fails over invisibly when the slow region then fails', async () => {
+    const edge = setup({ KEEP_ALIVE_MS: '30' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.startDelayMs = 150;
+    eu.behaviour = 'http-500';
+    const frames = await readFrames(await edge.chat(key, { stream: true }, { cf: PARIS }));
+    const data = frames.filter((frame) => frame.startsWith('data: ')).map(dataOf);
+    expect(JSON.stringify(data)).toContain('from us-east');
+    expect(data.at(-1)).toBe('[DONE]');
+  });
+
+  it('reports a refusal that comes after the commit as an error frame with the sidecar message, and no [DONE]', async () => {
+    const edge = setup({ KEEP_ALIVE_MS: '30' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').startDelayMs = 150;
+    const frames = await readFrames(await edge.chat(key, { stream: true, max_tokens: 999_999 }, { cf: PARIS }));
+    expect(frames[0]).toBe(': keep-alive');
+    const last = dataOf(frames.at(-1) ?? '') as { object: string; type: string; message: string };
+    expect(last).toMatchObject({ object: 'error', type: 'invalid_request_error', message: expect.stringMatching(/exceeds the context/) });
+    expect(frames).not.toContain('data: [DONE]');
+  });
+});
+
 describe('client abort', () => {
   it('cancelling the response body aborts the sidecar fetch', async () => {
     const edge = setup();
@@ -108,6 +147,19 @@ describe('client abort', () => {
     expect(upstreamSignal?.aborted).toBe(false);
     await reader.cancel();
     await waitFor(() => upstreamSignal?.aborted === true);
+  });
+
+  it('a client that leaves during a long prefill gets the sidecar fetch aborted once it answers', async () => {
+    const edge = setup({ KEEP_ALIVE_MS: '30' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.startDelayMs = 100;
+    eu.behaviour = 'stall';
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    const reader = response.body!.getReader();
+    expect(await readUntil(reader, (text) => text.length > 0)).toBe(': keep-alive\n\n');
+    await reader.cancel();
+    await waitFor(() => eu.requests[0]?.signal?.aborted === true);
   });
 
   it('the request signal (enable_request_signal) aborts the sidecar fetch', async () => {
