@@ -150,9 +150,10 @@ export async function freePort(): Promise<number> {
 }
 
 /** Polls `url` until it answers 200; fails early (with its output) if `owner` dies, or after `timeoutMs`. */
-async function waitForOk(url: string, owner: ManagedProcess, timeoutMs: number): Promise<void> {
+async function waitForOk(url: string, owner: ManagedProcess, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    throwIfInterrupted(signal);
     if (!owner.running) {
       throw new CliError(`${owner.name} exited during start-up:\n${owner.lastOutput}`, 1);
     }
@@ -168,6 +169,10 @@ async function waitForOk(url: string, owner: ManagedProcess, timeoutMs: number):
     }
     await new Promise((resolveWait) => setTimeout(resolveWait, 250));
   }
+}
+
+function throwIfInterrupted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new CliError('interrupted while starting; everything started was stopped', 130);
 }
 
 // ─── The stack ───────────────────────────────────────────────────────────────
@@ -200,6 +205,8 @@ export interface StackOptions {
   onLog?: (name: string, line: string) => void;
   /** Progress messages of the launcher itself. */
   onProgress?: (message: string) => void;
+  /** Aborts a start in progress (Ctrl-C while models load): everything started so far is stopped. */
+  signal?: AbortSignal;
 }
 
 export interface Stack {
@@ -236,6 +243,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   // Loaded lazily: the engine (onnxruntime) is only needed when a stack really starts.
   const { ensureDemoModels } = await import('../../sidecar/demo-model.ts');
   const models = await ensureDemoModels();
+  throwIfInterrupted(options.signal);
 
   const ownPersist = options.persistTo === undefined;
   const persistTo = options.persistTo ?? (await mkdtemp(join(tmpdir(), 'sirocco-wrangler-')));
@@ -275,8 +283,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     progress('waiting for the sidecars to load the models and for wrangler dev…');
     const edgeUrl = `http://localhost:${edgePort}`;
     await Promise.all([
-      ...sidecars.map((sidecar) => waitForOk(`${sidecar.url}${SIDECAR_PATHS.ready}`, sidecar.process, 180_000)),
-      waitForOk(`http://127.0.0.1:${edgePort}/health`, wrangler, 120_000),
+      ...sidecars.map((sidecar) => waitForOk(`${sidecar.url}${SIDECAR_PATHS.ready}`, sidecar.process, 180_000, options.signal)),
+      waitForOk(`http://127.0.0.1:${edgePort}/health`, wrangler, 120_000, options.signal),
     ]);
 
     await createDevKey(`http://127.0.0.1:${edgePort}`, adminSecret, apiKey);
@@ -352,9 +360,23 @@ export async function run(argv: string[]): Promise<number> {
     sidecars = DEFAULT_SIDECARS.map((spec, index) => ({ ...spec, port: parseNumberOption(ports[index], 'sidecar-ports', portRange)! }));
   }
 
+  // Listen from the start: a Ctrl-C while the models load must stop the children too (they run in their own
+  // process groups, so the terminal's SIGINT does not reach them).
+  const interrupted = new AbortController();
+  const signalled = new Promise<string>((resolveSignal) => {
+    for (const name of ['SIGINT', 'SIGTERM'] as const) {
+      // `on`, not `once`: a second Ctrl-C while stopping must not kill this process before its children.
+      process.on(name, () => {
+        interrupted.abort();
+        resolveSignal(name);
+      });
+    }
+  });
+
   const stack = await startStack({
     edgePort,
     sidecars,
+    signal: interrupted.signal,
     persistTo: join(REPO_ROOT, '.wrangler/state'),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
     onLog: (name, line) => {
@@ -377,10 +399,6 @@ export async function run(argv: string[]): Promise<number> {
     ].join('\n'),
   );
 
-  const signalled = new Promise<string>((resolveSignal) => {
-    process.once('SIGINT', () => resolveSignal('SIGINT'));
-    process.once('SIGTERM', () => resolveSignal('SIGTERM'));
-  });
   const reason = await Promise.race([signalled, stack.firstExit.then((exit) => `unexpected: ${exit}`)]);
   console.log(`sirocco dev: stopping (${reason})…`);
   await stack.stop();

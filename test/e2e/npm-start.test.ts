@@ -2,7 +2,7 @@
  * `npm start` (`node bin/sirocco.mjs dev`) as a user runs it: it prints the URL, the key and a curl line; that
  * curl gets a streamed answer; SIGTERM/Ctrl-C stops every process it started; a taken port is a clear error.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -29,6 +29,13 @@ function startDev(args: string[], env: Record<string, string>) {
   child.stderr!.on('data', (data: Buffer) => (output += data.toString()));
   const exited = once(child, 'exit').then(([code]) => code as number | null);
   return { child, exited, output: () => output };
+}
+
+/** Live processes whose command line contains `text` (zombies show no arguments, so they do not count). */
+function processesMentioning(text: string): string[] {
+  return execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+    .split('\n')
+    .filter((line) => line.includes(text) && !line.startsWith('ps '));
 }
 
 async function isListening(port: number): Promise<boolean> {
@@ -68,9 +75,26 @@ describe('npm start (sirocco dev)', () => {
     dev.child.kill('SIGTERM');
     expect(await dev.exited).toBe(0);
     expect(dev.output()).toContain('stopping (SIGTERM)');
-    // Nothing it started is left listening.
-    for (const port of [edgePort, eu, us]) expect(await isListening(port)).toBe(false);
+    // Nothing it started is left running or listening.
+    for (const port of [edgePort, eu, us]) {
+      expect(await isListening(port)).toBe(false);
+      expect(processesMentioning(`--port ${port}`)).toEqual([]);
+    }
   }, 300_000);
+
+  it('a SIGTERM while the models load stops what was started and exits 130', async () => {
+    const [edgePort, eu, us] = [await freePort(), await freePort(), await freePort()];
+    const dev = startDev(['--sidecar-ports', `${eu},${us}`], { PORT: String(edgePort) });
+    await expect.poll(dev.output, { timeout: 120_000, interval: 50 }).toContain('waiting for the sidecars');
+
+    dev.child.kill('SIGTERM');
+    expect(await dev.exited).toBe(130);
+    expect(dev.output()).toContain('interrupted while starting');
+    for (const port of [edgePort, eu, us]) {
+      expect(await isListening(port)).toBe(false);
+      expect(processesMentioning(`--port ${port}`)).toEqual([]);
+    }
+  }, 180_000);
 
   it('refuses to start when the edge port is taken, naming the port and PORT', async () => {
     const blocker = createServer();
