@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,6 +61,25 @@ describe('sirocco generate', () => {
     expect(result.code, result.stderr).toBe(0);
     expect(result.stderr).toMatch(/demo model mistral-small/);
     expect(result.stderr).toMatch(/4 completion tokens/);
+  });
+
+  it('stops at Ctrl-C with exit code 130, keeping the text already streamed', async () => {
+    const child = spawn(process.execPath, ['bin/sirocco.mjs', 'generate', '--prompt', 'Go on forever.', '--max-tokens', '8000', '--temperature', '0'], {
+      cwd: repoRoot,
+      env: { ...process.env, SIROCCO_HOME: home },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.stdout.on('data', (chunk: Buffer) => {
+      if (stdout === '') child.kill('SIGINT');
+      stdout += chunk.toString();
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(130);
+    expect(stdout.length).toBeGreaterThan(0);
+    expect(stderr).toMatch(/sirocco generate: interrupted/);
+    expect(stderr).not.toMatch(/completion tokens/);
   });
 
   it.each([
