@@ -102,9 +102,11 @@ async function send(prompt) {
     if (controller.signal.aborted) {
       statusLine.textContent = 'Stopped.';
     } else {
+      const message = error instanceof Error ? error.message : String(error);
       reply.classList.add('error');
-      if (!text) reply.textContent = error instanceof Error ? error.message : String(error);
-      statusLine.textContent = 'Error.';
+      // A failure mid-stream keeps the partial answer on screen and reports the cause below.
+      if (!text) reply.textContent = message;
+      statusLine.textContent = `Error: ${message}`;
     }
   } finally {
     reply.classList.remove('streaming');
