@@ -18,6 +18,8 @@ export default defineConfig({
           hookTimeout: 120_000,
           // Two cores: onnxruntime sessions already use both, so run test files two at a time at most.
           maxWorkers: 2,
+          // Run after the edge project rather than beside it: both are CPU-heavy on two cores.
+          sequence: { groupOrder: 1 },
         },
       },
     ],
