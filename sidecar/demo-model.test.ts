@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -97,6 +97,11 @@ describe('demo models', () => {
       const script = "const { ensureDemoModel } = await import('./sidecar/demo-model.ts'); console.log(await ensureDemoModel('mistral-tiny', 'fp32'));";
       const build = () =>
         run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: repoRoot, env: { ...process.env, SIROCCO_HOME: fresh } });
+      // A build folder left hours ago by a process that died is cleared on the way.
+      const abandoned = join(fresh, 'demo', '.build-mistral-tiny-crashed');
+      await mkdir(abandoned, { recursive: true });
+      const hoursAgo = new Date(Date.now() - 3 * 3600_000);
+      await utimes(abandoned, hoursAgo, hoursAgo);
       const [a, b] = await Promise.all([build(), build()]);
       expect(a.stdout.trim().startsWith(join(fresh, 'demo'))).toBe(true);
       expect(a.stdout.trim().endsWith(join('fp32', 'mistral-tiny'))).toBe(true);

@@ -8,7 +8,7 @@
  * ones. Building happens in a private temporary folder that is renamed into place: two processes
  * starting at once both build, one rename wins, and the other uses the winner's identical store.
  */
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convertCheckpoint, type Precision } from './convert.ts';
 import { FORMAT_VERSION, isStore } from './model-store.ts';
@@ -73,11 +73,26 @@ export async function writeDemoCheckpoint(name: DemoModelName, dir: string): Pro
   await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(await mistralV1TokenizerJson()));
 }
 
+const BUILD_PREFIX = '.build-';
+/** A build takes seconds; a build folder this old was left by a process that died. */
+const ABANDONED_BUILD_MS = 60 * 60 * 1000;
+
+async function removeAbandonedBuilds(): Promise<void> {
+  for (const entry of await readdir(demoModelsDir())) {
+    if (!entry.startsWith(BUILD_PREFIX)) continue;
+    const path = join(demoModelsDir(), entry);
+    const age = Date.now() - (await stat(path).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs;
+    // Best effort: another process may be clearing the same folder right now.
+    if (age > ABANDONED_BUILD_MS) await rm(path, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
 async function buildDemoModel(name: DemoModelName, precision: Precision): Promise<string> {
   const target = demoModelDir(name, precision);
   if (await isStore(target)) return target;
   await mkdir(demoModelsDir(), { recursive: true });
-  const work = await mkdtemp(join(demoModelsDir(), `.build-${name}-`));
+  await removeAbandonedBuilds();
+  const work = await mkdtemp(join(demoModelsDir(), `${BUILD_PREFIX}${name}-`));
   try {
     const checkpoint = join(work, 'checkpoint');
     const store = join(work, 'store');
