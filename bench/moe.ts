@@ -14,6 +14,9 @@
  * per token, peak RSS. The all-resident int4 experts (no --expert-cache-mb) are the reference.
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
+ *   --store DIR --budgets-mb A,B   run on an existing paged store instead (e.g. the full 8x7B shape
+ *                    from scripts/make-mixtral-shape.ts) at these budgets, LRU, prefetch on; raw
+ *                    read and page-in are then sampled on 8 experts
  *   --cold           drop the page cache before each paged run (root only; affects the whole host)
  *   --out FILE       JSON results (default bench/results/moe.json)
  */
@@ -101,9 +104,9 @@ function dropPageCache(): boolean {
 }
 
 /** Reads every expert file once with the same positioned read the cache uses; ms per expert. */
-async function rawReadMs(store: string): Promise<{ perExpertMs: number; gbPerSecond: number; files: number }> {
+async function rawReadMs(store: string, sample = Infinity): Promise<{ perExpertMs: number; gbPerSecond: number; files: number }> {
   const dir = join(store, EXPERT_STORE_DIR);
-  const files = (await readdir(dir)).filter((f) => f.endsWith('.bin'));
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.bin')).sort().slice(0, sample);
   const bytes = (await stat(join(dir, files[0]!))).size;
   const buffer = new Uint8Array(bytes);
   const started = performance.now();
@@ -125,16 +128,18 @@ async function rawReadMs(store: string): Promise<{ perExpertMs: number; gbPerSec
  * same files in the same order as `rawReadMs`, with nothing else running. The first pass also
  * verifies each file's checksum (done once per process), so the second pass is the steady state.
  */
-async function cachePageInMs(store: string): Promise<{ firstPassMs: number; steadyMs: number }> {
+async function cachePageInMs(store: string, sample = Infinity): Promise<{ firstPassMs: number; steadyMs: number }> {
   const expertStore = await ExpertStore.open(store);
   const cache = new ExpertCache(expertStore, { budgetBytes: 2 * expertStore.expertBytes });
   const { layers, experts } = expertStore.index;
+  // Same files, same order as rawReadMs (sorted names: L0-E0, L0-E1, …).
+  const keys = Array.from({ length: layers * experts }, (_, i) => ({ layer: Math.floor(i / experts), expert: i % experts }))
+    .sort((a, b) => `L${a.layer}-E${a.expert}.bin`.localeCompare(`L${b.layer}-E${b.expert}.bin`))
+    .slice(0, sample);
   const pass = async () => {
     const started = performance.now();
-    for (let layer = 0; layer < layers; layer++) {
-      for (let expert = 0; expert < experts; expert++) (await cache.acquire(layer, expert)).release();
-    }
-    return (performance.now() - started) / (layers * experts);
+    for (const { layer, expert } of keys) (await cache.acquire(layer, expert)).release();
+    return (performance.now() - started) / keys.length;
   };
   const firstPassMs = await pass();
   return { firstPassMs, steadyMs: await pass() };
@@ -221,32 +226,40 @@ async function main(argv: string[]): Promise<void> {
     warmup: { type: 'string' },
     cold: { type: 'boolean' },
     out: { type: 'string' },
+    store: { type: 'string' },
+    'budgets-mb': { type: 'string' },
   });
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
   const cold = values.cold === true;
-  const out = resolve((values.out as string | undefined) ?? join(REPO_ROOT, 'bench/results/moe.json'));
+  const out = resolve((values.out as string | undefined) ?? join(REPO_ROOT, values.store ? 'bench/results/moe-store.json' : 'bench/results/moe.json'));
 
-  const store = await ensureStore();
+  const customStore = values.store as string | undefined;
+  const store = customStore ? resolve(customStore) : await ensureStore();
   const expertStore = await ExpertStore.open(store);
   const { layers, experts } = expertStore.index;
   const allMb = (layers * experts * expertStore.expertBytes) / MiB;
+  const sample = customStore ? 8 : Infinity;
 
-  await rawReadMs(store); // warm the page cache
-  const warmRead = await rawReadMs(store);
-  const pageIn = await cachePageInMs(store);
+  await rawReadMs(store, sample); // warm the page cache
+  const warmRead = await rawReadMs(store, sample);
+  const pageIn = await cachePageInMs(store, sample);
   const canDrop = cold && dropPageCache();
-  const coldRead = canDrop ? await rawReadMs(store) : null;
+  const coldRead = canDrop ? await rawReadMs(store, sample) : null;
   if (canDrop) dropPageCache();
-  const coldPageIn = canDrop ? await cachePageInMs(store) : null;
+  const coldPageIn = canDrop ? await cachePageInMs(store, sample) : null;
 
   const base = { store, tokens, warmup, prefetch: true };
-  const configs: RunConfig[] = [
-    { ...base, budgetMb: null, policy: 'lru' },
-    ...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: allMb * fraction, policy: 'lru' as EvictionPolicy })),
-    ...EVICTION_POLICIES.filter((p) => p !== 'lru').map((policy) => ({ ...base, budgetMb: allMb * 0.5, policy })),
-    { ...base, budgetMb: allMb * 0.5, policy: 'lru', prefetch: false },
-  ];
+  const configs: RunConfig[] = customStore
+    ? String(values['budgets-mb'] ?? allMb)
+        .split(',')
+        .map((mb) => ({ ...base, budgetMb: parseNumberOption(mb, 'budgets-mb', { min: 0 })!, policy: 'lru' as EvictionPolicy }))
+    : [
+        { ...base, budgetMb: null, policy: 'lru' },
+        ...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: allMb * fraction, policy: 'lru' as EvictionPolicy })),
+        ...EVICTION_POLICIES.filter((p) => p !== 'lru').map((policy) => ({ ...base, budgetMb: allMb * 0.5, policy })),
+        { ...base, budgetMb: allMb * 0.5, policy: 'lru', prefetch: false },
+      ];
   const results: RunResult[] = [];
   for (const config of configs) {
     if (canDrop && config.budgetMb !== null) dropPageCache();
@@ -255,8 +268,8 @@ async function main(argv: string[]): Promise<void> {
     console.error(`  ${result.label} ${fmt(result.budgetFraction === null ? null : result.budgetFraction * 100, 0)}%: ${fmt(result.decodeTokensPerSecond)} tok/s`);
   }
 
-  const allResident = results.find((r) => r.budgetFraction === 1 && r.policy === 'lru' && r.prefetch)!;
-  const half = results.find((r) => r.budgetFraction === 0.5 && r.policy === 'lru' && r.prefetch)!;
+  const allResident = results.find((r) => r.budgetFraction === 1 && r.policy === 'lru' && r.prefetch) ?? results[0]!;
+  const half = results.find((r) => r.budgetFraction === 0.5 && r.policy === 'lru' && r.prefetch) ?? results[results.length - 1]!;
   const rows = results.map((r) => ({
     config: r.budgetMb === null ? 'resident int4 experts' : `${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB) ${r.label}`,
     'tok/s': fmt(r.decodeTokensPerSecond),

@@ -1,0 +1,164 @@
+/**
+ * Writes a store of a Mixtral shape with random weights directly in its final quantised form —
+ * never a float checkpoint on disk: attention, norms, router and head are generated one tensor at
+ * a time and quantised by the engine's graph builders (int4), and the experts are generated as
+ * int8 bytes + per-column scales straight into the paged expert files. The store only runs with
+ * `--expert-cache-mb` (it has no resident int4 expert graphs).
+ *
+ *   npx tsx scripts/make-mixtral-shape.ts --out DIR [--shape mixtral-8x7b|bench|tiny] [--layers N] [--seed S]
+ *
+ * mixtral-8x7b: 46.7B parameters; experts-int8 ≈ 45 GB + ≈ 1 GB of int4 attention/head graphs.
+ */
+import { randomFillSync } from 'node:crypto';
+import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../cli/args.ts';
+import { allocateExpert, writeExpertStore, type RouterWeights } from '../sidecar/expert-store.ts';
+import { buildHeadGraph, buildMoeLayerGraph, type BuildContext } from '../sidecar/graph/models.ts';
+import type { ModelConfig } from '../sidecar/model-config.ts';
+import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/model-store.ts';
+import { createRandom } from '../sidecar/sampler.ts';
+
+const MIXTRAL_BASE = {
+  architecture: 'mixtral' as const,
+  normEps: 1e-5,
+  ropeTheta: 1e6,
+  slidingWindow: null,
+  contextLength: 32768,
+  bosId: 1,
+  eosId: 2,
+  numExperts: 8,
+  expertsPerToken: 2,
+  tieEmbeddings: false,
+};
+
+export const SHAPES: Record<string, ModelConfig> = {
+  'mixtral-8x7b': { ...MIXTRAL_BASE, dim: 4096, nLayers: 32, nHeads: 32, nKvHeads: 8, headDim: 128, hiddenDim: 14336, vocabSize: 32000 },
+  bench: { ...MIXTRAL_BASE, dim: 1024, nLayers: 8, nHeads: 8, nKvHeads: 2, headDim: 128, hiddenDim: 3584, vocabSize: 32000 },
+  tiny: { ...MIXTRAL_BASE, dim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, hiddenDim: 160, vocabSize: 512, contextLength: 4096 },
+};
+
+/** Linear weights uniform with this standard deviation (as sidecar/random-checkpoint.ts). */
+const LINEAR_STD = 0.02;
+
+function fnv1a(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
+  return hash >>> 0;
+}
+
+/** Deterministic random float weights by canonical name, generated on demand (one tensor at a time). */
+function randomWeights(config: ModelConfig, seed: number): { read(name: string): Promise<Float32Array> } {
+  const { dim, vocabSize, nHeads, nKvHeads, headDim, numExperts } = config;
+  const shapeOf = (name: string): { size: number; std: number | 'ones' } => {
+    if (name.endsWith('norm.weight')) return { size: dim, std: 'ones' };
+    if (name === 'tok_embeddings.weight' || name === 'output.weight') return { size: vocabSize * dim, std: LINEAR_STD };
+    if (name.endsWith('.gate.weight')) return { size: numExperts * dim, std: 1 / Math.sqrt(dim) }; // spreads tokens over experts
+    if (/attention\.w[qo]\.weight$/.test(name)) return { size: nHeads * headDim * dim, std: LINEAR_STD };
+    if (/attention\.w[kv]\.weight$/.test(name)) return { size: nKvHeads * headDim * dim, std: LINEAR_STD };
+    throw new Error(`make-mixtral-shape: no random recipe for tensor "${name}"`);
+  };
+  return {
+    async read(name) {
+      const { size, std } = shapeOf(name);
+      const data = new Float32Array(size);
+      if (std === 'ones') return data.fill(1);
+      const random = createRandom((BigInt(seed) << 32n) | BigInt(fnv1a(name)));
+      const halfWidth = std * Math.sqrt(3);
+      for (let i = 0; i < size; i++) data[i] = (random() * 2 - 1) * halfWidth;
+      return data;
+    },
+  };
+}
+
+export async function makeMixtralShape(
+  out: string, config: ModelConfig, seed: number, log: (line: string) => void = () => undefined,
+): Promise<Manifest> {
+  const to = resolve(out);
+  const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}`);
+  await rm(staging, { recursive: true, force: true });
+  await mkdir(staging, { recursive: true });
+  try {
+    const weights = randomWeights(config, seed);
+    const ctx: BuildContext = { dir: staging, config, precision: 'int4', weights };
+    const layers = [];
+    for (let layer = 0; layer < config.nLayers; layer++) {
+      layers.push(await buildMoeLayerGraph(ctx, layer));
+      log(`attention layer ${layer + 1}/${config.nLayers}`);
+    }
+    const head = await buildHeadGraph(ctx);
+    const graphFiles = (await readdir(staging)).sort();
+
+    // Experts: random int8 values + the per-column scale a uniform ±std·√3 weight would get.
+    const { dim, hiddenDim: ffn, nLayers, numExperts: experts, expertsPerToken: topK, normEps } = config;
+    const routers: RouterWeights = { norm: [], gate: [] };
+    for (let layer = 0; layer < nLayers; layer++) {
+      routers.norm.push(await weights.read(`layers.${layer}.ffn_norm.weight`));
+      routers.gate.push(await weights.read(`layers.${layer}.feed_forward.gate.weight`));
+    }
+    const image = allocateExpert(dim, ffn);
+    const scale = (LINEAR_STD * Math.sqrt(3)) / 127;
+    image.weights.s13.fill(scale);
+    image.weights.s2.fill(scale);
+    let lastLogged = 0;
+    await writeExpertStore(staging, { dim, ffn, layers: nLayers, experts, topK, normEps }, routers, () => {
+      randomFillSync(image.weights.w13);
+      randomFillSync(image.weights.w2);
+      return image.bytes;
+    }, (done, total) => {
+      if (done === total || performance.now() - lastLogged > 5000) {
+        lastLogged = performance.now();
+        log(`experts ${done}/${total}`);
+      }
+    });
+
+    const files = [];
+    for (const file of graphFiles) files.push({ path: file, bytes: (await stat(join(staging, file))).size });
+    const manifest: Manifest = {
+      formatVersion: FORMAT_VERSION,
+      name: `random-${basename(to)}`,
+      sourceHash: `random-seed-${seed}`,
+      precision: 'int4',
+      architecture: 'mixtral',
+      config,
+      tensors: {},
+      // No resident expert graphs: this store is paged-only (experts-int8/).
+      graphs: { layers, experts: [], head },
+      files,
+    };
+    await writeFile(join(staging, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
+    await rm(to, { recursive: true, force: true });
+    await rename(staging, to);
+    return manifest;
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    out: { type: 'string' },
+    shape: { type: 'string' },
+    layers: { type: 'string' },
+    seed: { type: 'string' },
+  });
+  try {
+    const out = requireOption(values.out as string | undefined, 'out');
+    const shapeName = (values.shape as string | undefined) ?? 'mixtral-8x7b';
+    const base = SHAPES[shapeName];
+    if (!base) throw new CliError(`unknown --shape "${shapeName}" (expected ${Object.keys(SHAPES).join(', ')})`);
+    const layers = parseNumberOption(values.layers as string | undefined, 'layers', { integer: true, min: 1 }) ?? base.nLayers;
+    const seed = parseNumberOption(values.seed as string | undefined, 'seed', { integer: true, min: 0 }) ?? 1;
+    const started = performance.now();
+    await makeMixtralShape(out, { ...base, nLayers: layers }, seed, (line) => console.error(`[${((performance.now() - started) / 1000).toFixed(0)} s] ${line}`));
+    console.error(`wrote ${resolve(out)} in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+    return 0;
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : String(error));
+    return 1;
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) process.exitCode = await main(process.argv.slice(2));
