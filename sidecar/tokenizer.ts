@@ -228,8 +228,7 @@ class JsonTokenizer implements Tokenizer {
       vocab[token.content] = token.id;
       if (token.special !== false) controlIds.add(token.id);
     }
-    const ids = Object.values(vocab);
-    this.vocabSize = ids.length === 0 ? 0 : Math.max(...ids) + 1;
+    this.vocabSize = Object.values(vocab).reduce((size, id) => Math.max(size, id + 1), 0);
     try {
       this.tokenizer = new HfTokenizer({ ...json, added_tokens: [], model: { ...json.model, vocab } }, { clean_up_tokenization_spaces: false });
     } catch (error) {
