@@ -237,6 +237,13 @@ export class ExpertStore {
     try {
       parsed = JSON.parse(await readFile(indexPath, 'utf8'));
     } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw modelError(
+          `store ${storeDir} has no paged expert files (${EXPERT_STORE_DIR}/index.json) for --expert-cache-mb: ` +
+            'it is not a Mixtral store or was converted before expert paging existed; convert the checkpoint again',
+          error,
+        );
+      }
       throw modelError(`cannot read expert store index ${indexPath}: ${error instanceof Error ? error.message : String(error)}`, error);
     }
     const index = parsed as Partial<ExpertStoreIndex>;

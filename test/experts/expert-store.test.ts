@@ -100,6 +100,10 @@ describe('expert store', () => {
       await expect(store.read(0, 4, store.allocate())).rejects.toThrow(/L0-E4\.bin is corrupt: header says layer 1 expert 4/);
     });
 
+    it('a store without paged experts (dense, or converted before paging existed)', async () => {
+      await expect(ExpertStore.open(work)).rejects.toThrow(/has no paged expert files \(experts-int8\/index\.json\).*convert the checkpoint again/);
+    });
+
     it('a broken index', async () => {
       await writeFile(join(dir, 'experts-int8', 'index.json'), '{"formatVersion": 1, "quantization": "int8-per-column", "dim": 0}');
       await expect(ExpertStore.open(dir)).rejects.toThrow(/index\.json: field "dim" must be a positive integer/);
