@@ -13,7 +13,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import type { Usage } from '../shared/api.ts';
 import { errorBody, type MistralErrorBody } from '../shared/errors.ts';
-import { adminAuth, apiKeyAuth } from './auth/index.ts';
+import { adminAuth, apiKeyAuth, ApiKeyCache } from './auth/index.ts';
 import { corsFromEnv } from './cors/index.ts';
 import type { EdgeDependencies } from './dependencies.ts';
 import type { AppEnv } from './env.ts';
@@ -89,7 +89,8 @@ export function createApp(options: CreateAppOptions = {}) {
   );
 
   app.get('/health', healthRoute(deps));
-  app.use('/v1/*', apiKeyAuth());
+  const keyCache = new ApiKeyCache();
+  app.use('/v1/*', apiKeyAuth(keyCache));
   app.get('/v1/models', modelsRoute());
   app.post(
     '/v1/chat/completions',
@@ -100,7 +101,7 @@ export function createApp(options: CreateAppOptions = {}) {
     chatCompletions(deps, recordUsage),
   );
   app.use('/admin/*', adminAuth());
-  app.route('/admin/keys', adminKeysRoutes());
+  app.route('/admin/keys', adminKeysRoutes(keyCache));
 
   app.notFound(() => {
     throw new EdgeError('not_found', 'Not Found');

@@ -31,11 +31,20 @@ export async function sha256Hex(input: BinaryInput): Promise<string> {
   return bytesToHex(await crypto.subtle.digest('SHA-256', toBytes(input)));
 }
 
-export function importHmacKey(secret: string): Promise<CryptoKey> {
-  return crypto.subtle.importKey('raw', encoder.encode(secret), { name: 'HMAC', hash: 'SHA-256' }, false, [
-    'sign',
-    'verify',
-  ]);
+/**
+ * Imported keys by secret: a service signs every request with the same one or two secrets. The
+ * resolved CryptoKey is cached, not the promise (Workers warn about promises settled across requests).
+ */
+const hmacKeys = new Map<string, CryptoKey>();
+const MAX_CACHED_HMAC_KEYS = 16;
+
+export async function importHmacKey(secret: string): Promise<CryptoKey> {
+  const cached = hmacKeys.get(secret);
+  if (cached) return cached;
+  const key = await crypto.subtle.importKey('raw', toBytes(secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
+  if (hmacKeys.size >= MAX_CACHED_HMAC_KEYS) hmacKeys.clear();
+  hmacKeys.set(secret, key);
+  return key;
 }
 
 export async function hmacSha256Hex(secret: string, message: BinaryInput): Promise<string> {

@@ -5,6 +5,7 @@ import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
 import { sha256Hex } from '../../shared/crypto.ts';
 import { ADMIN_SECRET, setup } from '../../test/edge/harness.ts';
+import { ApiKeyCache } from './index.ts';
 
 const edge = setup();
 
@@ -90,5 +91,19 @@ describe('admin routes', () => {
     const bad = await edge.send('/admin/keys', { method: 'POST', headers: admin, body: JSON.stringify({ tenant: '', rpm: -1, colour: 'red' }) });
     expect(bad.status).toBe(422);
     expect(((await bad.json()) as { detail: unknown[] }).detail).toHaveLength(3);
+  });
+});
+
+describe('ApiKeyCache', () => {
+  const record = { id: 'abcdef0123456789', hash: `abcdef0123456789${'0'.repeat(48)}`, tenant: 't', models: ['*'], limits: { requestsPerMinute: 1, tokensPerMinute: 1 }, createdAt: 0 };
+
+  it('serves a verified record until its TTL ends, and forgets it on eviction by id', () => {
+    const cache = new ApiKeyCache(1000);
+    cache.set(record, 0);
+    expect(cache.get(record.hash, 999)).toEqual(record);
+    expect(cache.get(record.hash, 1000)).toBeUndefined();
+    cache.set(record, 0);
+    cache.evict(record.id);
+    expect(cache.get(record.hash, 1)).toBeUndefined();
   });
 });

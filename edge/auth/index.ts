@@ -4,12 +4,44 @@
  * disabled) in Mistral's error format, raised as EdgeError and rendered by app.onError.
  */
 import type { MiddlewareHandler } from 'hono';
-import { timingSafeEqual } from '../../shared/crypto.ts';
+import { sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
 import type { AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { findKey } from './key-store.ts';
+import type { ApiKeyRecord } from '../env.ts';
 
 export * from './key-store.ts';
+
+/**
+ * Recently verified key records, by hash, in the isolate's memory: saves a KV read per request.
+ * Entries live `ttlMs` (KV itself takes up to 60 s to propagate a revocation between locations, so
+ * this adds no new staleness); a revocation through this isolate evicts at once.
+ */
+export class ApiKeyCache {
+  readonly #entries = new Map<string, { record: ApiKeyRecord; expiresAt: number }>();
+
+  constructor(
+    private readonly ttlMs = 30_000,
+    private readonly maxEntries = 10_000,
+  ) {}
+
+  get(hash: string, now = Date.now()): ApiKeyRecord | undefined {
+    const entry = this.#entries.get(hash);
+    if (entry && entry.expiresAt > now) return entry.record;
+    if (entry) this.#entries.delete(hash);
+    return undefined;
+  }
+
+  set(record: ApiKeyRecord, now = Date.now()): void {
+    if (this.#entries.size >= this.maxEntries) this.#entries.clear(); // crude bound; refills from KV
+    this.#entries.set(record.hash, { record, expiresAt: now + this.ttlMs });
+  }
+
+  /** Evicts every cached key whose id (hash prefix) is `id`. */
+  evict(id: string): void {
+    for (const hash of this.#entries.keys()) if (hash.startsWith(id)) this.#entries.delete(hash);
+  }
+}
 
 function bearerToken(header: string | undefined): string | null {
   const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
@@ -20,14 +52,18 @@ function bearerToken(header: string | undefined): string | null {
  * Requires a valid API key and stores its record as `c.get('apiKey')`.
  *
  * @example
- * app.use('/v1/*', apiKeyAuth());
+ * const keys = new ApiKeyCache();
+ * app.use('/v1/*', apiKeyAuth(keys));
  */
-export function apiKeyAuth(): MiddlewareHandler<AppEnv> {
+export function apiKeyAuth(cache: ApiKeyCache = new ApiKeyCache()): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const token = bearerToken(c.req.header('authorization'));
     if (!token) throw new EdgeError('unauthorized', 'Unauthorized: send your API key as "Authorization: Bearer <key>"');
-    const record = await findKey(c.env.API_KEYS, token);
+    const hash = await sha256Hex(token);
+    const cached = cache.get(hash);
+    const record = cached && timingSafeEqual(cached.hash, hash) ? cached : await findKey(c.env.API_KEYS, token);
     if (!record) throw new EdgeError('unauthorized', 'Unauthorized: invalid API key');
+    if (!cached) cache.set(record);
     c.set('apiKey', record);
     await next();
   };

@@ -3,7 +3,7 @@
  * itself is returned once, at creation; afterwards only its id and hash-derived record exist.
  */
 import { Hono } from 'hono';
-import { createKey, CreateKeyRequestSchema, listKeys, revokeKey } from '../auth/index.ts';
+import { createKey, CreateKeyRequestSchema, listKeys, revokeKey, type ApiKeyCache } from '../auth/index.ts';
 import type { ApiKeyRecord, AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { parseJsonBody } from '../validation/index.ts';
@@ -13,7 +13,8 @@ function publicView({ id, tenant, models, limits, createdAt }: ApiKeyRecord) {
   return { id, tenant, models, rpm: limits.requestsPerMinute, tpm: limits.tokensPerMinute, created_at: Math.floor(createdAt / 1000) };
 }
 
-export function adminKeysRoutes() {
+/** `keyCache` is the API-key middleware's cache: a revocation evicts from it at once. */
+export function adminKeysRoutes(keyCache: ApiKeyCache) {
   return new Hono<AppEnv>()
     .post('/', async (c) => {
       const request = await parseJsonBody(c, CreateKeyRequestSchema);
@@ -28,6 +29,7 @@ export function adminKeysRoutes() {
     .delete('/:id', async (c) => {
       const id = c.req.param('id');
       const removed = await revokeKey(c.env.API_KEYS, id);
+      keyCache.evict(id);
       if (removed === 0) throw new EdgeError('not_found', `No API key with id "${id}"`, { param: 'id' });
       c.get('logger').info('api_key_revoked', { keyId: id });
       return c.json({ id, deleted: true });

@@ -158,6 +158,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     const body = JSON.stringify({ ...request, model });
     const stream = request.stream === true;
 
+    const forwardStarted = Date.now();
     const forwarding = forwardWithFailover({
       targets,
       body,
@@ -173,7 +174,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     const early = stream ? await withTimeout(forwarding, tunables.keepAliveMs) : await forwarding;
 
     if (early !== TIMED_OUT && early.kind === 'body') {
-      logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream });
+      logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       const usage = early.status === 200 ? usageFromJson(early.text) : null;
       if (usage) inBackground(c, recordUsage(c, usage), (error) => logger.error('usage_record_failed', { message: String(error) }));
       return new Response(early.text, {
@@ -201,7 +202,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       settle(outcome);
     };
     const toSource = (result: ForwardResult): RelaySource => {
-      logger.annotate({ model, region: result.target.name, attempts: result.attempts, stream });
+      logger.annotate({ model, region: result.target.name, attempts: result.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       if (result.kind === 'body') throw startErrorFrom(result.status, result.text);
       chosen = result.target;
       return { first: result.first, events: result.events, abortUpstream: result.abort };
