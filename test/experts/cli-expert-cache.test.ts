@@ -1,0 +1,51 @@
+/**
+ * `npx sirocco logits --expert-cache-mb N` as outside checks run it: a real process on the golden
+ * Mixtral checkpoint. Fractional budgets work, logits are identical for a two-expert budget and a
+ * budget holding every expert, and a budget below one layer's top-2 experts exits non-zero with a
+ * message naming the minimum.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expertFileBytes } from '../../sidecar/expert-store.ts';
+
+const run = promisify(execFile);
+const ROOT = join(import.meta.dirname, '../..');
+const CHECKPOINT = join(ROOT, 'test/fixtures/golden/tiny-mixtral/native');
+const EXPERT_MB = expertFileBytes(64, 160) / (1024 * 1024);
+
+let home: string;
+beforeAll(async () => {
+  home = await mkdtemp(join(tmpdir(), 'sirocco-cli-experts-'));
+});
+afterAll(async () => {
+  await rm(home, { recursive: true, force: true });
+});
+
+function logits(budgetMb: number) {
+  return run(process.execPath, ['bin/sirocco.mjs', 'logits', '--model', CHECKPOINT, '--tokens', '1,17,300,42', '--expert-cache-mb', String(budgetMb)], {
+    cwd: ROOT,
+    env: { ...process.env, SIROCCO_HOME: home },
+    maxBuffer: 64 * 1024 * 1024,
+  });
+}
+
+it('prints the same logits with a two-expert budget as with every expert in memory', async () => {
+  const all = JSON.parse((await logits(16 * EXPERT_MB + 0.001)).stdout) as { logits: number[][] };
+  const two = JSON.parse((await logits(Math.ceil(2 * EXPERT_MB * 1e4) / 1e4)).stdout) as { logits: number[][] };
+  expect(all.logits).toHaveLength(4);
+  expect(all.logits[0]).toHaveLength(512);
+  expect(two.logits).toEqual(all.logits);
+});
+
+it('refuses a budget below one layer\'s top-2 experts with a clear message', async () => {
+  const failure = await logits(EXPERT_MB).then(
+    () => null,
+    (error: { code: number; stderr: string }) => error,
+  );
+  expect(failure?.code).not.toBe(0);
+  expect(failure?.stderr).toMatch(/--expert-cache-mb [\d.]+ is smaller than one layer's top-2 experts .*use at least [\d.]+/);
+});
