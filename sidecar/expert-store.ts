@@ -24,6 +24,7 @@
  */
 import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { crc32 } from 'node:zlib';
 import { modelError } from './errors.ts';
 import { SafetensorsFile, writeSafetensors } from './safetensors.ts';
@@ -313,11 +314,11 @@ export class ExpertStore {
     } finally {
       await handle?.close();
     }
-    this.checkHeader(path, into, layer, expert);
+    await this.checkHeader(path, into, layer, expert);
     return viewsOf(into, dim, ffn);
   }
 
-  private checkHeader(path: string, bytes: Uint8Array, layer: number, expert: number): void {
+  private async checkHeader(path: string, bytes: Uint8Array, layer: number, expert: number): Promise<void> {
     const { dim, ffn } = this.index;
     const header = Buffer.from(bytes.buffer, bytes.byteOffset, HEADER_BYTES);
     const fields = Array.from({ length: 7 }, (_, i) => header.readUInt32LE(8 + 4 * i));
@@ -330,8 +331,19 @@ export class ExpertStore {
     // The checksum costs about as much as the read itself, so each file is verified once per process.
     const key = layer * this.index.experts + expert;
     if (!this.verified.has(key)) {
-      if (crc32(payload) >>> 0 !== checksum) throw modelError(`expert file ${path} is corrupt: checksum mismatch`);
+      if ((await chunkedCrc32(payload)) !== checksum) throw modelError(`expert file ${path} is corrupt: checksum mismatch`);
       this.verified.add(key);
     }
   }
+}
+
+/** CRC-32 in 4 MiB slices, yielding between them: a 176 MB expert must not stall other streams. */
+async function chunkedCrc32(bytes: Uint8Array): Promise<number> {
+  const slice = 4 * 1024 * 1024;
+  let crc = 0;
+  for (let offset = 0; offset < bytes.byteLength; offset += slice) {
+    crc = crc32(bytes.subarray(offset, offset + slice), crc);
+    if (offset + slice < bytes.byteLength) await yieldToEventLoop();
+  }
+  return crc >>> 0;
 }
