@@ -22,6 +22,7 @@ export interface EdgeBindings {
   CORS_ORIGINS?: string;
   /** Tunables (strings, as wrangler vars are): see edge/config. */
   FIRST_BYTE_TIMEOUT_MS?: string;
+  COMPLETION_TIMEOUT_MS?: string;
   KEEP_ALIVE_MS?: string;
   HEALTH_TTL_MS?: string;
   CIRCUIT_FAILURE_THRESHOLD?: string;

@@ -32,8 +32,10 @@ export const UpstreamConfigSchema = z.strictObject({
 export type UpstreamConfig = z.infer<typeof UpstreamConfigSchema>;
 
 export interface Tunables {
-  /** How long to wait for a sidecar's response headers (and first SSE event) before failing over. */
+  /** Streams: how long to wait for a region's first SSE event before failing over. */
   firstByteTimeoutMs: number;
+  /** Non-stream requests: the sidecar answers after the whole generation, so the wait is longer. */
+  completionTimeoutMs: number;
   /** Idle gap after which a `: keep-alive` comment is sent on a stream. */
   keepAliveMs: number;
   /** How old a /ready probe result may be before it is refreshed in the background. */
@@ -46,6 +48,7 @@ export interface Tunables {
 
 export const DEFAULT_TUNABLES: Tunables = {
   firstByteTimeoutMs: 60_000,
+  completionTimeoutMs: 300_000,
   keepAliveMs: 10_000,
   healthTtlMs: 10_000,
   circuitFailureThreshold: 3,
@@ -112,6 +115,7 @@ function positiveInteger(variable: string, raw: string | undefined, fallback: nu
 export function tunablesFrom(env: EdgeBindings): Tunables {
   return {
     firstByteTimeoutMs: positiveInteger('FIRST_BYTE_TIMEOUT_MS', env.FIRST_BYTE_TIMEOUT_MS, DEFAULT_TUNABLES.firstByteTimeoutMs),
+    completionTimeoutMs: positiveInteger('COMPLETION_TIMEOUT_MS', env.COMPLETION_TIMEOUT_MS, DEFAULT_TUNABLES.completionTimeoutMs),
     keepAliveMs: positiveInteger('KEEP_ALIVE_MS', env.KEEP_ALIVE_MS, DEFAULT_TUNABLES.keepAliveMs),
     healthTtlMs: positiveInteger('HEALTH_TTL_MS', env.HEALTH_TTL_MS, DEFAULT_TUNABLES.healthTtlMs),
     circuitFailureThreshold: positiveInteger('CIRCUIT_FAILURE_THRESHOLD', env.CIRCUIT_FAILURE_THRESHOLD, DEFAULT_TUNABLES.circuitFailureThreshold),

@@ -165,7 +165,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       stream,
       requestId: c.get('requestId'),
       clientSignal: c.req.raw.signal,
-      firstByteTimeoutMs: tunables.firstByteTimeoutMs,
+      timeoutMs: stream ? tunables.firstByteTimeoutMs : tunables.completionTimeoutMs,
       fetch: deps.fetch,
       onAttemptFailed: (target, problem) => logger.warn('upstream_attempt_failed', { region: target.name, problem }),
     });

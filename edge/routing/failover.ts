@@ -32,7 +32,8 @@ export interface ForwardOptions {
   requestId: string;
   /** Fires when the client disconnects (request.signal under enable_request_signal). */
   clientSignal: AbortSignal | undefined;
-  firstByteTimeoutMs: number;
+  /** Per attempt: until the first SSE event for streams, until the whole body otherwise. */
+  timeoutMs: number;
   fetch: typeof fetch;
   now?: () => number;
   onAttemptFailed?: (target: Target, problem: string) => void;
@@ -60,7 +61,7 @@ async function attempt(target: Target, options: ForwardOptions, attempts: number
   const timer = setTimeout(() => {
     timedOut = true;
     controller.abort(new Error('first-byte timeout'));
-  }, options.firstByteTimeoutMs);
+  }, options.timeoutMs);
   const detach = () => options.clientSignal?.removeEventListener('abort', onClientAbort);
 
   try {
@@ -106,7 +107,7 @@ async function attempt(target: Target, options: ForwardOptions, attempts: number
     detach();
     if (options.clientSignal?.aborted) throw new EdgeError('invalid_request_error', 'Client closed the request', { status: 499 });
     if (error instanceof AttemptFailed) throw error;
-    if (timedOut) throw new AttemptFailed(`no response within ${options.firstByteTimeoutMs} ms`);
+    if (timedOut) throw new AttemptFailed(`no response within ${options.timeoutMs} ms`);
     throw new AttemptFailed(`connection failed: ${error instanceof Error ? error.message : String(error)}`);
   }
 }

@@ -50,6 +50,7 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
     SIROCCO_ADMIN_SECRET: ADMIN_SECRET,
     KEEP_ALIVE_MS: '10000',
     FIRST_BYTE_TIMEOUT_MS: '2000',
+    COMPLETION_TIMEOUT_MS: '2000',
     CIRCUIT_FAILURE_THRESHOLD: '2',
     CIRCUIT_COOLDOWN_MS: '200',
     HEALTH_TTL_MS: '60000',

@@ -51,7 +51,7 @@ describe('failover before the first byte', () => {
     ['HTTP 500', 'http-500'],
     ['no answer before the timeout', 'hang'],
   ] as const)('moves on to the next region on %s', async (_name, behaviour) => {
-    const edge = setup({ FIRST_BYTE_TIMEOUT_MS: '300' });
+    const edge = setup({ FIRST_BYTE_TIMEOUT_MS: '300', COMPLETION_TIMEOUT_MS: '300' });
     const key = await edge.apiKey();
     edge.sidecars.sidecar('eu-west').behaviour = behaviour;
     expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
