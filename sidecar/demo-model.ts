@@ -19,7 +19,7 @@ import { mistralV1TokenizerJson } from './tokenizer.ts';
 export type DemoModelName = 'mistral-tiny' | 'mistral-small';
 
 /** Bump when shapes, seeds, the weight generator or the generated tokenizer.json change. */
-const DEMO_VERSION = 2;
+const DEMO_VERSION = 1;
 
 /** int4 is the product's path (MatMulNBits block 32); every linear dimension is a multiple of 32. */
 export const DEFAULT_DEMO_PRECISION: Precision = 'int4';

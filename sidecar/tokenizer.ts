@@ -45,15 +45,18 @@ export interface TokenizerJson {
 const SPACE_PIECE = '▁';
 
 /**
- * SentencePiece splits text into words before BPE, and its pieces never join a character to a
- * following "▁" (no piece contains "x▁"). So splitting the normalised text into "▁▁word" runs
- * gives exactly the same tokens as one BPE over the whole text, and keeps long prompts fast:
- * BPE is superlinear in the length of what it merges, and short words hit the library's cache.
+ * SentencePiece-style tokenizer.json files (BPE over "▁"-normalised text, no pre-tokenizer) run BPE
+ * over the whole text at once, which is superlinear in its length. SentencePiece itself splits
+ * words first, and its pieces never join a character to a following "▁" (no piece contains
+ * "x▁"), so splitting into "▁▁word" runs gives exactly the same tokens — and short words hit the
+ * library's cache. Applied only when the vocabulary has no piece that could cross such a split.
  */
 const WORD_SPLIT = { type: 'Split', pattern: { Regex: '▁*[^▁]+|▁+' }, behavior: 'Isolated', invert: false };
 
-function canSplitWords(vocab: Record<string, number>): boolean {
-  return !Object.keys(vocab).some((piece) => /[^▁]▁/u.test(piece));
+function withWordSplit(json: TokenizerJson, vocab: Record<string, number>): TokenizerJson {
+  if (json.pre_tokenizer != null || json.model.type !== 'BPE') return json;
+  if (Object.keys(vocab).some((piece) => /[^▁]▁/u.test(piece))) return json;
+  return { ...json, pre_tokenizer: WORD_SPLIT };
 }
 
 /** Normalizer, decoder and model settings of Mistral's published tokenizer.json (SentencePiece BPE). */
@@ -85,7 +88,7 @@ function sentencePieceBpeJson(
       special: true,
     })),
     normalizer: { type: 'Sequence', normalizers },
-    pre_tokenizer: canSplitWords(vocab) ? WORD_SPLIT : null,
+    pre_tokenizer: null,
     post_processor: null,
     decoder: { type: 'Sequence', decoders },
     model: {
@@ -242,7 +245,10 @@ class JsonTokenizer implements Tokenizer {
     }
     this.vocabSize = Object.values(vocab).reduce((size, id) => Math.max(size, id + 1), 0);
     try {
-      this.tokenizer = new HfTokenizer({ ...json, added_tokens: [], model: { ...json.model, vocab } }, { clean_up_tokenization_spaces: false });
+      this.tokenizer = new HfTokenizer(
+        { ...withWordSplit(json, vocab), added_tokens: [], model: { ...json.model, vocab } },
+        { clean_up_tokenization_spaces: false },
+      );
     } catch (error) {
       throw modelError(`${source}: cannot build the tokenizer: ${(error as Error).message}`, error);
     }
