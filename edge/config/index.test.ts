@@ -1,8 +1,9 @@
+import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
 import { setup } from '../../test/edge/harness.ts';
 import { DEFAULT_TUNABLES, corsOriginsFrom, sidecarsFrom, tunablesFrom, upstreamsFrom } from './index.ts';
 
-const base = { API_KEYS: undefined as unknown as KVNamespace, RATE_LIMITER: undefined as unknown as DurableObjectNamespace<never> };
+const base = { ...env, SIDECARS: undefined, UPSTREAMS: undefined, CORS_ORIGINS: undefined };
 
 describe('edge configuration', () => {
   it('parses the wrangler.toml registry and defaults', () => {
