@@ -7,7 +7,8 @@
  *       responseCache({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.req.valid('json') }),
  *       chatHandler);
  * Bindings it reads from `c.env`: `CACHE_TTL_SECONDS` (var, default 600; "0" turns the cache off) and
- * `RESPONSE_CACHE` (optional KV namespace; without it the Workers Cache API is used). A cache hit
+ * `RESPONSE_CACHE` (optional KV namespace: entries then also go to KV, read behind the data centre's
+ * Cache API; without it only the Cache API is used). A cache hit
  * does not reach the handler, so no tokens are charged for it (it still counts as a request).
  *
  * Behaviour:
@@ -25,11 +26,11 @@ import { ChatCompletionRequestSchema, ChatCompletionResponseSchema, isDeterminis
 import { createSseParser } from '../../shared/sse.ts';
 import { cacheKey } from './cache-key.ts';
 import { createCompletionAssembler } from './completion-assembler.ts';
-import { cacheApiStore, kvStore, type CompletionStore } from './completion-store.ts';
+import { cacheApiStore, kvStore, tieredStore, type CompletionStore } from './completion-store.ts';
 import { replayAsSse } from './sse-replay.ts';
 
 export { cacheKey, normaliseRequest } from './cache-key.ts';
-export { cacheApiStore, kvStore, type CompletionStore } from './completion-store.ts';
+export { cacheApiStore, kvStore, tieredStore, type CompletionStore } from './completion-store.ts';
 export { completionToChunks, replayAsSse } from './sse-replay.ts';
 
 export const CACHE_STATUS_HEADER = 'x-cache';
@@ -52,7 +53,7 @@ export type ResponseCacheOptions<E extends Env> = {
   request?: (c: Context<E>) => ChatCompletionRequest | undefined | Promise<ChatCompletionRequest | undefined>;
   /** Entry lifetime; defaults to `CACHE_TTL_SECONDS` (0 turns caching off). */
   ttlSeconds?: (c: Context<E>) => number;
-  /** Where entries live; defaults to KV `RESPONSE_CACHE` if bound, else the Cache API's default cache. */
+  /** Where entries live; defaults to the Cache API, in front of KV `RESPONSE_CACHE` when that is bound. */
   store?: (c: Context<E>) => CompletionStore;
 };
 
@@ -128,7 +129,11 @@ export function responseCache<E extends CacheEnv>(options: ResponseCacheOptions<
   if (typeof options.tenant !== 'function') throw new TypeError('responseCache() needs a `tenant` function');
   const ttlOf = options.ttlSeconds ?? ((c: Context<E>) => parseTtlSeconds(c.env?.CACHE_TTL_SECONDS));
   const storeOf =
-    options.store ?? ((c: Context<E>) => (c.env?.RESPONSE_CACHE ? kvStore(c.env.RESPONSE_CACHE) : cacheApiStore(caches.default)));
+    options.store ??
+    ((c: Context<E>) => {
+      const local = cacheApiStore(caches.default);
+      return c.env?.RESPONSE_CACHE ? tieredStore(local, kvStore(c.env.RESPONSE_CACHE)) : local;
+    });
   const requestOf = options.request ?? readRequestBody;
 
   return async (c, next) => {

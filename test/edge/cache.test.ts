@@ -7,7 +7,7 @@ import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
 import { describe, expect, it } from 'vitest';
-import { parseTtlSeconds, responseCache, type ResponseCacheBindings } from '../../edge/cache/index.ts';
+import { cacheApiStore, kvStore, parseTtlSeconds, responseCache, tieredStore, type ResponseCacheBindings } from '../../edge/cache/index.ts';
 import { ChatCompletionChunkSchema, messageText, type ChatCompletionRequest, type ChatCompletionResponse } from '../../shared/api.ts';
 import { errorBody, streamErrorFrame } from '../../shared/errors.ts';
 import { encodeSseData, readSseEvents, SSE_DONE, SSE_HEADERS } from '../../shared/sse.ts';
@@ -242,6 +242,17 @@ describe('responseCache', () => {
     }
     await waitOnExecutionContext(ctx);
     expect((await send(request)).cache).toBe('MISS');
+  });
+
+  it('serves an answer stored in KV by another data centre, copying it into the local cache', async () => {
+    const kv = (env as unknown as { RESPONSE_CACHE: KVNamespace }).RESPONSE_CACHE;
+    const near = cacheApiStore(await caches.open(`near-${crypto.randomUUID()}`));
+    const far = kvStore(kv);
+    const stored = completion({ model: 'mistral-tiny', ...prompt('from afar') }, 7);
+    await far.put('entry-from-elsewhere', stored, 120);
+    expect(await near.get('entry-from-elsewhere')).toBeUndefined();
+    expect(await tieredStore(near, far).get('entry-from-elsewhere')).toEqual(stored);
+    expect(await near.get('entry-from-elsewhere')).toEqual(stored);
   });
 
   it('uses the RESPONSE_CACHE KV namespace when it is bound', async () => {
