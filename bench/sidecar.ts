@@ -88,7 +88,7 @@ async function startSidecar(store: string, threads: number, maxBatch: number): P
   const child = spawn(
     process.execPath,
     [join(REPO_ROOT, 'bin/sirocco.mjs'), 'serve', '--model', store, '--port', '0', '--threads', String(threads), '--max-batch', String(maxBatch), '--max-queue', '64'],
-    { cwd: REPO_ROOT, env: { ...process.env, SIROCCO_SIDECAR_SECRET: '', SIROCCO_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'inherit'] },
+    { cwd: REPO_ROOT, env: { ...process.env, SIROCCO_SIDECAR_SECRET: '' }, stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()));
   const url = await new Promise<string>((resolveUrl, reject) => {

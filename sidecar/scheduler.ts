@@ -46,7 +46,10 @@ export interface SchedulerOptions {
   /** Wall-clock budget per request: waiting past it ⇒ 503; generating past it ends with finish_reason "length". */
   requestTimeoutMs?: number;
   observer?: SchedulerObserver;
-  /** How long an idle scheduler waits for more requests before its first step (default 5 ms). */
+  /**
+   * How long an idle scheduler waits for more requests before its first step (default 5 ms): a
+   * burst that starts together prefills together and never stalls its own decode steps.
+   */
   admissionWindowMs?: number;
   /** Called with errors the step loop could not attribute to a request (never expected). */
   onLoopError?: (error: unknown) => void;

@@ -4,9 +4,9 @@
  *
  * Flags: --model DIR[,DIR…] --host --port --region --device cpu|cuda --max-batch --max-queue
  *        --expert-cache-mb --threads
- * Environment: SIROCCO_SIDECAR_SECRET (HMAC secret; when set every request except /health must
+ * Environment: SIROCCO_SIDECAR_SECRET (HMAC secret; when set every request except the /health and /ready probes must
  *        be signed), SIROCCO_REGION, SIROCCO_MAX_BODY_BYTES, SIROCCO_REQUEST_TIMEOUT_MS,
- *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS.
+ *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS, SIROCCO_ADMISSION_WINDOW_MS.
  */
 import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { DEFAULT_PORTS, ENV } from '../shared/protocol.ts';
@@ -33,6 +33,8 @@ export interface ServeConfig {
   requestTimeoutMs: number;
   shutdownGraceMs: number;
   prefillChunkTokens: number;
+  /** How long an idle scheduler waits for companions before its first step, so a burst starts together. */
+  admissionWindowMs: number;
 }
 
 export const SERVE_DEFAULTS = {
@@ -46,6 +48,7 @@ export const SERVE_DEFAULTS = {
   requestTimeoutMs: 300_000,
   shutdownGraceMs: 10_000,
   prefillChunkTokens: 64,
+  admissionWindowMs: 20,
 };
 
 export const SERVE_USAGE =
@@ -100,6 +103,7 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     requestTimeoutMs: envNumber(env, 'SIROCCO_REQUEST_TIMEOUT_MS', SERVE_DEFAULTS.requestTimeoutMs, 1),
     shutdownGraceMs: envNumber(env, 'SIROCCO_SHUTDOWN_GRACE_MS', SERVE_DEFAULTS.shutdownGraceMs, 0),
     prefillChunkTokens: envNumber(env, 'SIROCCO_PREFILL_CHUNK_TOKENS', SERVE_DEFAULTS.prefillChunkTokens, 1),
+    admissionWindowMs: envNumber(env, 'SIROCCO_ADMISSION_WINDOW_MS', SERVE_DEFAULTS.admissionWindowMs, 0),
   };
 }
 

@@ -54,6 +54,7 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
         maxBatch: config.maxBatch,
         maxQueue: config.maxQueue,
         prefillChunkTokens: config.prefillChunkTokens,
+        admissionWindowMs: config.admissionWindowMs,
         requestTimeoutMs: config.requestTimeoutMs,
         observer: metrics.observerFor(id),
         onLoopError: (error) => logger.error('scheduler step failed', { model: id, error }),
