@@ -14,7 +14,9 @@
  *
  * Reported per concurrency: aggregate decode tokens/s (tokens after each stream's first, over the
  * span from the first stream's first token to the last stream's last token), end-to-end tokens/s,
- * p50/p99 time to first token and inter-token latency, and the speed-up over one stream. Targets
+ * p50/p99 time to first token and inter-token latency, the speed-up over one stream, and (from
+ * the sidecar's /metrics) the forward steps of the level with their mean batch size and duration,
+ * which separate the engine's batch scaling from the scheduler's overhead. Targets
  * (issue 4): ≥ 4× the single-stream throughput at 8 streams; p99 ITL under 2× the single-stream p99.
  *
  *   --tokens N        tokens per stream (default 64)
@@ -25,6 +27,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
+import { cpus, loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
@@ -55,6 +58,8 @@ interface LevelResult {
   interTokenMs: { p50: number; p99: number; max: number };
   completionTokens: number;
   wallSeconds: number;
+  /** From the sidecar's /metrics: forward steps during the level, their mean batch size and duration. */
+  steps: { count: number; meanBatch: number; meanMs: number };
 }
 
 /** The bench model's store, built on first use. */
@@ -160,10 +165,20 @@ function percentile(values: number[], p: number): number {
 
 const round = (value: number, digits = 1) => Math.round(value * 10 ** digits) / 10 ** digits;
 
+/** Step counters from /metrics: how many forwards ran, their total batch entries and seconds. */
+async function stepCounters(url: string): Promise<{ count: number; entries: number; seconds: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const read = (name: string) => Number(new RegExp(`^${name}\\{model="mistral-tiny"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+  return { count: read('sirocco_step_seconds_count'), entries: read('sirocco_batch_size_sum'), seconds: read('sirocco_step_seconds_sum') };
+}
+
 async function runLevel(url: string, streams: number, tokens: number): Promise<Omit<LevelResult, 'speedup'>> {
+  const before = await stepCounters(url);
   const started = performance.now();
   const timings = await Promise.all(Array.from({ length: streams }, (_, index) => timedStream(url, index, tokens)));
   const finished = performance.now();
+  const after = await stepCounters(url);
+  const stepCount = after.count - before.count;
   const decodeTokens = timings.reduce((sum, t) => sum + Math.max(0, t.completionTokens - 1), 0);
   const decodeSpan = Math.max(...timings.map((t) => t.lastTokenAt)) - Math.min(...timings.map((t) => t.firstTokenAt));
   const completionTokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
@@ -177,6 +192,11 @@ async function runLevel(url: string, streams: number, tokens: number): Promise<O
     interTokenMs: { p50: round(percentile(interToken, 50)), p99: round(percentile(interToken, 99)), max: round(Math.max(...interToken)) },
     completionTokens,
     wallSeconds: round((finished - started) / 1000, 2),
+    steps: {
+      count: stepCount,
+      meanBatch: round((after.entries - before.entries) / Math.max(1, stepCount), 2),
+      meanMs: round(((after.seconds - before.seconds) * 1000) / Math.max(1, stepCount)),
+    },
   };
 }
 
@@ -195,6 +215,7 @@ async function main(): Promise<void> {
   const store = await ensureBenchStore();
   const sidecar = await startSidecar(store, threads, Math.max(...levels));
   const results: LevelResult[] = [];
+  console.log(`load average before the run: ${loadavg().map((value) => value.toFixed(1)).join(' ')} (${cpus().length} cores)`);
   try {
     await runLevel(sidecar.url, 1, 8); // warm-up: first-run allocations and page faults
     for (const streams of levels) {
@@ -216,11 +237,11 @@ async function main(): Promise<void> {
 
   console.log('');
   console.log(`sidecar bench: 1.0B Mistral int4, ${tokens} tokens per stream, ${threads} threads`);
-  console.log('streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms');
-  console.log('--------|--------------|----------|-----------|-------------------|----------------------');
+  console.log('streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms | steps | mean batch | mean step ms');
+  console.log('--------|--------------|----------|-----------|-------------------|------------------------|-------|------------|-------------');
   for (const r of results) {
     console.log(
-      `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(21)}`,
+      `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(22)} | ${String(r.steps.count).padStart(5)} | ${String(r.steps.meanBatch).padStart(10)} | ${String(r.steps.meanMs).padStart(12)}`,
     );
   }
   if (targets) {
@@ -228,7 +249,7 @@ async function main(): Promise<void> {
     console.log(`8 streams: ${targets.throughputAt8.measured}x single-stream throughput (target ≥ 4x: ${targets.throughputAt8.met ? 'met' : 'not met'}); p99 ITL ${targets.p99InterTokenAt8.measured}x single-stream (target < 2x: ${targets.p99InterTokenAt8.met ? 'met' : 'not met'})`);
   }
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), results, targets }, null, 2)}\n`);
+  await writeFile(out, `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), results, targets }, null, 2)}\n`);
   console.log(`results written to ${out}`);
 }
 
