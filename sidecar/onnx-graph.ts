@@ -105,8 +105,20 @@ export class GraphBuilder {
     return name;
   }
 
+  /**
+   * Declares a graph output (after the nodes that consume the value). The producing node's output
+   * is renamed rather than copied through an Identity node: for the present KV tensors such a
+   * copy costs as much as the Concat itself.
+   */
   output(value: string, name: string, type: ElementType, dims: Dim[]): void {
-    if (value !== name) this.node('Identity', [value], { name });
+    if (value !== name) {
+      const producer = this.nodes.find((n) => n.output?.includes(value));
+      const alreadyOutput = this.outputs.some((o) => o.name === value);
+      if (producer && !alreadyOutput) {
+        producer.output = producer.output!.map((o) => (o === value ? name : o));
+        for (const n of this.nodes) n.input = n.input!.map((i) => (i === value ? name : i));
+      } else this.node('Identity', [value], { name });
+    }
     this.outputs.push(valueInfo(name, type, dims));
   }
 

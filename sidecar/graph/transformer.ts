@@ -35,7 +35,27 @@ export class TransformerGraph {
 
   /** y = x · Wᵀ for a PyTorch-layout weight [n, k]; quantized unless `keepFp32`. */
   async linear(x: string, name: string, n: number, k: number, keepFp32 = false): Promise<string> {
-    const weight = await this.weights.read(name);
+    return this.matmul(x, name, await this.weights.read(name), n, k, keepFp32);
+  }
+
+  /**
+   * Several linears on the same input as ONE matmul over their stacked rows, split afterwards
+   * (Q|K|V, w1|w3): fewer, wider kernels keep both threads busy at decode. Quantization blocks run
+   * along each row, so stacking changes no value.
+   */
+  async linears(x: string, names: string[], ns: number[], k: number): Promise<string[]> {
+    const stacked = new Float32Array(ns.reduce((a, b) => a + b, 0) * k);
+    let offset = 0;
+    for (const name of names) {
+      const weight = await this.weights.read(name);
+      stacked.set(weight, offset);
+      offset += weight.length;
+    }
+    const y = await this.matmul(x, names.join('+'), stacked, stacked.length / k, k, false);
+    return this.g.node('Split', [y, this.g.ints(ns)], { outputs: ns.length, attrs: { axis: -1 } });
+  }
+
+  private matmul(x: string, name: string, weight: Float32Array, n: number, k: number, keepFp32: boolean): string {
     if (this.precision === 'fp32' || keepFp32) {
       const transposed = new Float32Array(k * n);
       for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) transposed[col * n + row] = weight[row * k + col];
@@ -80,21 +100,28 @@ export class TransformerGraph {
     const group = nHeads / nKvHeads;
     const p = `layers.${layer}`;
     const h = await this.rmsNorm(x, `${p}.attention_norm.weight`);
-    const q = g.op('Reshape', [await this.linear(h, `${p}.attention.wq.weight`, nHeads * headDim, dim), g.ints([0, 0, nHeads, headDim])]);
-    const k = g.op('Reshape', [await this.linear(h, `${p}.attention.wk.weight`, nKvHeads * headDim, dim), g.ints([0, 0, nKvHeads, headDim])]);
-    const v = g.op('Reshape', [await this.linear(h, `${p}.attention.wv.weight`, nKvHeads * headDim, dim), g.ints([0, 0, nKvHeads, headDim])]);
+    const [qFlat, kFlat, vFlat] = await this.linears(
+      h,
+      [`${p}.attention.wq.weight`, `${p}.attention.wk.weight`, `${p}.attention.wv.weight`],
+      [nHeads * headDim, nKvHeads * headDim, nKvHeads * headDim],
+      dim,
+    );
+    const q = g.op('Reshape', [qFlat, g.ints([0, 0, nHeads, headDim])]);
+    const k = g.op('Reshape', [kFlat, g.ints([0, 0, nKvHeads, headDim])]);
+    const v = g.op('Reshape', [vFlat, g.ints([0, 0, nKvHeads, headDim])]);
 
     const cos = g.op('Unsqueeze', [inputs.cos, g.ints([2])]);
     const sin = g.op('Unsqueeze', [inputs.sin, g.ints([2])]);
-    const qScaled = g.op('Mul', [this.rope(q, cos, sin), g.scalar(1 / Math.sqrt(headDim))]);
     const kNew = g.op('Transpose', [this.rope(k, cos, sin)], { perm: [0, 2, 1, 3] });
     const vNew = g.op('Transpose', [v], { perm: [0, 2, 1, 3] });
     const presentKey = g.op('Concat', [pastKey, kNew], { axis: 2 });
     const presentValue = g.op('Concat', [pastValue, vNew], { axis: 2 });
 
-    const qGrouped = g.op('Transpose', [g.op('Reshape', [qScaled, g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] });
-    const keysT = g.op('Unsqueeze', [g.op('Transpose', [presentKey], { perm: [0, 1, 3, 2] }), g.ints([2])]);
-    const scores = g.op('Add', [g.op('MatMul', [qGrouped, keysT]), g.op('Unsqueeze', [inputs.mask, g.ints([1])])]);
+    // Scores = q·Kᵀ/√hd by FusedMatMul (transB, alpha): no transposed copy of the whole key cache.
+    const qGrouped = g.op('Transpose', [g.op('Reshape', [this.rope(q, cos, sin), g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] });
+    const keys = g.op('Unsqueeze', [presentKey, g.ints([2])]);
+    const raw = g.op('FusedMatMul', [qGrouped, keys], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
+    const scores = g.op('Add', [raw, g.op('Unsqueeze', [inputs.mask, g.ints([1])])]);
     const probs = g.op('Softmax', [scores], { axis: -1 });
     const context = g.op('MatMul', [probs, g.op('Unsqueeze', [presentValue, g.ints([2])])]);
     const merged = g.op('Reshape', [g.op('Transpose', [context], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, nHeads * headDim])]);
@@ -105,8 +132,7 @@ export class TransformerGraph {
   /** SwiGLU: w2(silu(w1·x) * w3·x), with weights under `prefix` (dense FFN or one expert). */
   async feedForward(x: string, prefix: string): Promise<string> {
     const { dim, hiddenDim } = this.config;
-    const gate = await this.linear(x, `${prefix}.w1.weight`, hiddenDim, dim);
-    const up = await this.linear(x, `${prefix}.w3.weight`, hiddenDim, dim);
+    const [gate, up] = await this.linears(x, [`${prefix}.w1.weight`, `${prefix}.w3.weight`], [hiddenDim, hiddenDim], dim);
     const activated = this.g.op('Mul', [this.g.op('Mul', [gate, this.g.op('Sigmoid', [gate])]), up]);
     return this.linear(activated, `${prefix}.w2.weight`, dim, hiddenDim);
   }
