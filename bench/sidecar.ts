@@ -15,7 +15,7 @@
  * Reported per concurrency: aggregate decode tokens/s (tokens after each stream's first, over the
  * span from the first stream's first token to the last stream's last token), end-to-end tokens/s,
  * p50/p99 time to first token and inter-token latency, the speed-up over one stream, and (from
- * the sidecar's /metrics) the forward steps of the level with their mean batch size and duration,
+ * the sidecar's /metrics) the decode steps of the level with their mean batch size and duration,
  * which separate the engine's batch scaling from the scheduler's overhead. Targets
  * (issue 4): ≥ 4× the single-stream throughput at 8 streams; p99 ITL under 2× the single-stream p99.
  *
@@ -58,7 +58,7 @@ interface LevelResult {
   interTokenMs: { p50: number; p99: number; max: number };
   completionTokens: number;
   wallSeconds: number;
-  /** From the sidecar's /metrics: forward steps during the level, their mean batch size and duration. */
+  /** From the sidecar's /metrics: decode steps during the level, their mean batch size and duration. */
   steps: { count: number; meanBatch: number; meanMs: number };
 }
 
@@ -165,10 +165,10 @@ function percentile(values: number[], p: number): number {
 
 const round = (value: number, digits = 1) => Math.round(value * 10 ** digits) / 10 ** digits;
 
-/** Step counters from /metrics: how many forwards ran, their total batch entries and seconds. */
+/** Decode-step counters from /metrics: how many ran, their total batch entries and seconds. */
 async function stepCounters(url: string): Promise<{ count: number; entries: number; seconds: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const read = (name: string) => Number(new RegExp(`^${name}\\{model="mistral-tiny"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+  const read = (name: string) => Number(new RegExp(`^${name}\\{model="mistral-tiny",kind="decode"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
   return { count: read('sirocco_step_seconds_count'), entries: read('sirocco_batch_size_sum'), seconds: read('sirocco_step_seconds_sum') };
 }
 
@@ -237,11 +237,11 @@ async function main(): Promise<void> {
 
   console.log('');
   console.log(`sidecar bench: 1.0B Mistral int4, ${tokens} tokens per stream, ${threads} threads`);
-  console.log('streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms | steps | mean batch | mean step ms');
-  console.log('--------|--------------|----------|-----------|-------------------|------------------------|-------|------------|-------------');
+  console.log('streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms | decode steps | mean batch | mean step ms');
+  console.log('--------|--------------|----------|-----------|-------------------|------------------------|--------------|------------|-------------');
   for (const r of results) {
     console.log(
-      `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(22)} | ${String(r.steps.count).padStart(5)} | ${String(r.steps.meanBatch).padStart(10)} | ${String(r.steps.meanMs).padStart(12)}`,
+      `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(22)} | ${String(r.steps.count).padStart(12)} | ${String(r.steps.meanBatch).padStart(10)} | ${String(r.steps.meanMs).padStart(12)}`,
     );
   }
   if (targets) {

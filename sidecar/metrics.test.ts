@@ -21,7 +21,8 @@ describe('sidecar metrics', () => {
     expect(text).toContain('sirocco_prompt_tokens_total{model="mistral-tiny"} 12');
     expect(text).toContain('sirocco_completion_tokens_total{model="mistral-tiny"} 5');
     expect(text).toContain('sirocco_generations_total{model="mistral-tiny",reason="stop"} 1');
-    expect(text).toContain('sirocco_batch_size_bucket{le="4",model="mistral-tiny"} 1');
+    expect(text).toContain('sirocco_batch_size_bucket{le="4",model="mistral-tiny",kind="prefill"} 1');
+    expect(text).toContain('sirocco_step_seconds_sum{model="mistral-tiny",kind="prefill"} 0.02');
   });
 
   it('reads queue depth, active sequences and expert-cache statistics live at scrape time', async () => {

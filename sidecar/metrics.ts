@@ -82,15 +82,15 @@ export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics
   });
   const batchSize = new Histogram({
     name: 'sirocco_batch_size',
-    help: 'Sequences per forward step',
-    labelNames: ['model'] as const,
+    help: 'Sequences per forward step, by kind (decode: one new token each; prefill: prompt chunks)',
+    labelNames: ['model', 'kind'] as const,
     buckets: [1, 2, 4, 8, 16, 32, 64],
     registers,
   });
   const stepSeconds = new Histogram({
     name: 'sirocco_step_seconds',
-    help: 'Duration of one batched forward step',
-    labelNames: ['model'] as const,
+    help: 'Duration of one batched forward step, by kind (decode or prefill)',
+    labelNames: ['model', 'kind'] as const,
     buckets: LATENCY_BUCKETS,
     registers,
   });
@@ -146,9 +146,10 @@ export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics
     countRequest: (route, status) => requests.inc({ route, status: String(status) }),
     observerFor(model) {
       return {
-        step({ batchSize: size, seconds }) {
-          batchSize.observe({ model }, size);
-          stepSeconds.observe({ model }, seconds);
+        step({ batchSize: size, prefillTokens, seconds }) {
+          const kind = prefillTokens > 0 ? 'prefill' : 'decode';
+          batchSize.observe({ model, kind }, size);
+          stepSeconds.observe({ model, kind }, seconds);
         },
         firstToken: (seconds) => timeToFirstToken.observe({ model }, seconds),
         interToken: (seconds) => interTokenLatency.observe({ model }, seconds),

@@ -115,14 +115,14 @@ describe('seeded sampling under continuous batching', () => {
     expect(text).toBe(alone.choices[0]!.message.content);
     expect(usage).toEqual(alone.usage);
     const metrics = await (await fetch(`${sidecar.url}/metrics`)).text();
-    expect(Number(/sirocco_batch_size_sum\{model="mistral-tiny"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(Number(/sirocco_batch_size_count\{model="mistral-tiny"\} (\d+)/.exec(metrics)?.[1]));
+    expect(Number(/sirocco_batch_size_sum\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(Number(/sirocco_batch_size_count\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]));
   });
 
   it('really batches: concurrent requests share forward steps (batch size histogram above 1)', async () => {
     await Promise.all([1, 2, 3, 4].map((seed) => postChat(sidecar.url, chatRequest('Batch me', { max_tokens: 8, random_seed: seed })).then((r) => r.text())));
     const metrics = await (await fetch(`${sidecar.url}/metrics`)).text();
-    const count = Number(/sirocco_batch_size_count\{model="mistral-tiny"\} (\d+)/.exec(metrics)?.[1]);
-    const singles = Number(/sirocco_batch_size_bucket\{le="1",model="mistral-tiny"\} (\d+)/.exec(metrics)?.[1]);
+    const count = Number(/sirocco_batch_size_count\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]);
+    const singles = Number(/sirocco_batch_size_bucket\{le="1",model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]);
     expect(count).toBeGreaterThan(singles);
   });
 });
