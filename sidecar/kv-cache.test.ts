@@ -83,6 +83,13 @@ describe('present KV back into the caches', () => {
     expect([a.length, a.entries, b.length, b.entries]).toEqual([2, 2, 2, 2]);
   });
 
+  it('changes nothing until commit, so a step that fails half-way leaves the sequence intact', () => {
+    const cache = new SequenceCache(1, shape(null));
+    const step = new BatchStep([{ cache, tokens: [1] }], shape(null));
+    step.store(0, 'keys', Float32Array.of(1, 2));
+    expect([cache.length, cache.entries, cache.keys[0].length]).toEqual([0, 0, 0]);
+  });
+
   it('trims a sliding-window cache to the last W-1 entries once it grows past the slack', () => {
     const cache = new SequenceCache(1, shape(4));
     const step = new BatchStep([{ cache, tokens: Array.from({ length: 100 }, () => 1) }], shape(4));

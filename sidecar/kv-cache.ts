@@ -58,6 +58,7 @@ export class BatchStep {
   readonly seq: number;
   /** Padded past length P. */
   readonly past: number;
+  private pending: Array<{ cache: SequenceCache; layer: number; kind: 'keys' | 'values'; data: Float32Array }> = [];
 
   constructor(
     readonly entries: StepEntry[],
@@ -140,31 +141,34 @@ export class BatchStep {
   }
 
   /**
-   * Takes one layer's present [B, kv_heads, P+S, head_dim] back into each sequence's cache: its
-   * cached slots plus its real new tokens, contiguous per head. Call `commit` after all layers.
+   * Takes one layer's present [B, kv_heads, P+S, head_dim] for each sequence: its cached slots plus
+   * its real new tokens, contiguous per head. Nothing changes in the caches until `commit`, so a
+   * step that fails half-way (a bad expert file in layer 7) leaves every sequence as it was.
    */
   store(layer: number, kind: 'keys' | 'values', present: Float32Array): void {
     const { kvHeads, headDim } = this.shape;
     const { past, total } = this;
     this.entries.forEach((e, b) => {
       const kept = e.cache.entries + e.tokens.length;
-      if (this.batch === 1 && kept === total) {
-        e.cache[kind][layer] = present; // the common single-sequence case: no copy
-        return;
+      let out: Float32Array;
+      if (this.batch === 1 && kept === total) out = present; // the common single-sequence case: no copy
+      else {
+        out = new Float32Array(kvHeads * kept * headDim);
+        for (let h = 0; h < kvHeads; h++) {
+          const head = (b * kvHeads + h) * total * headDim;
+          out.set(present.subarray(head, head + e.cache.entries * headDim), h * kept * headDim);
+          out.set(present.subarray(head + past * headDim, head + (past + e.tokens.length) * headDim), (h * kept + e.cache.entries) * headDim);
+        }
       }
-      const out = new Float32Array(kvHeads * kept * headDim);
-      for (let h = 0; h < kvHeads; h++) {
-        const head = (b * kvHeads + h) * total * headDim;
-        out.set(present.subarray(head, head + e.cache.entries * headDim), h * kept * headDim);
-        out.set(present.subarray(head + past * headDim, head + (past + e.tokens.length) * headDim), (h * kept + e.cache.entries) * headDim);
-      }
-      e.cache[kind][layer] = out;
+      this.pending.push({ cache: e.cache, layer, kind, data: out });
     });
   }
 
-  /** Advances each sequence past its new tokens and trims what the sliding window can never see. */
+  /** Applies the stored presents, advances each sequence past its new tokens and trims what the sliding window can never see. */
   commit(): void {
     const { kvHeads, headDim, window } = this.shape;
+    for (const { cache, layer, kind, data } of this.pending) cache[kind][layer] = data;
+    this.pending = [];
     for (const { cache, tokens } of this.entries) {
       cache.length += tokens.length;
       cache.entries += tokens.length;
