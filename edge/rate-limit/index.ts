@@ -25,7 +25,7 @@ import { ERROR_CODES, errorBody } from '../../shared/errors.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import { assertValidLimits, type RateLimits, type RateLimitStatus } from './sliding-window.ts';
 
-export { RateLimiter } from './rate-limiter.ts';
+export { RateLimiter, SAVE_INTERVAL_MS } from './rate-limiter.ts';
 export { WINDOW_MS, type RateLimitDecision, type RateLimits, type RateLimitStatus } from './sliding-window.ts';
 
 /** Whose budget a request spends: the API key's SHA-256 hash (never the key) and its limits. */

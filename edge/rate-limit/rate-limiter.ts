@@ -6,11 +6,12 @@
  * in-memory window without awaiting anything, so concurrent requests are decided one after another
  * and can never both take the last slot.
  *
- * Persistence is write-behind: the window is saved right after the reply goes out (one write for
- * every burst of calls, `allowUnconfirmed` so no output gate waits on it), so an evicted object
- * resumes with the same counts while no request waits for a durable write — that wait is the
- * largest cost of a Durable Object call. Only a crash in the few milliseconds between a reply and
- * its write can forget those requests; the limit then errs by at most that burst, for ≤ 60 s.
+ * Persistence is write-behind: the window is saved at most once per second, after the replies
+ * (`allowUnconfirmed`, so no output gate waits on it). No request waits for a durable write — the
+ * largest cost of a Durable Object call — and a busy key costs one storage write per second, not
+ * one per request (writes are billed, and locally each SQLite write stalls workerd for milliseconds).
+ * An evicted object (evictions follow idleness, long after the pending save) resumes with the same
+ * counts; only a crash can forget the requests of its last second, for at most 60 s.
  */
 import { DurableObject } from 'cloudflare:workers';
 import {
@@ -26,6 +27,8 @@ import {
 } from './sliding-window.ts';
 
 const STORAGE_KEY = 'window';
+/** Longest time an admitted request or debit stays unsaved. */
+export const SAVE_INTERVAL_MS = 1_000;
 
 export class RateLimiter extends DurableObject {
   private window: WindowState = [];
@@ -43,7 +46,7 @@ export class RateLimiter extends DurableObject {
     assertValidLimits(limits);
     const now = Date.now();
     const result = admit(prune(this.window, now), limits, now);
-    this.save(result.state);
+    if (result.decision.allowed) this.save(result.state); // a rejection changes nothing worth saving
     return result.decision;
   }
 
@@ -66,10 +69,10 @@ export class RateLimiter extends DurableObject {
     this.window = next;
     if (this.saveScheduled) return;
     this.saveScheduled = true;
-    // A macrotask: runs after this call's reply is sent, and covers every call made until then.
+    // Runs after this call's reply is sent and saves every call made until then.
     setTimeout(() => {
       this.saveScheduled = false;
       void this.ctx.storage.put(STORAGE_KEY, this.window, { allowUnconfirmed: true });
-    }, 0);
+    }, SAVE_INTERVAL_MS);
   }
 }

@@ -7,7 +7,7 @@ import { abortAllDurableObjects, runInDurableObject } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
 import { describe, expect, it } from 'vitest';
-import { chargeTokens, rateLimit, RATE_LIMIT_HEADERS, type RateLimiter, type RateLimits } from '../../edge/rate-limit/index.ts';
+import { chargeTokens, rateLimit, RATE_LIMIT_HEADERS, SAVE_INTERVAL_MS, type RateLimiter, type RateLimits } from '../../edge/rate-limit/index.ts';
 
 type TestEnv = { Bindings: { RATE_LIMITER: DurableObjectNamespace<RateLimiter> } };
 
@@ -31,8 +31,8 @@ function meteredApp(limits: RateLimits) {
     app.request('/v1/chat/completions', { method: 'POST', headers: keyHash ? { 'x-test-key': keyHash } : {} }, bindings);
 }
 
-/** The limiter saves its window just after replying (write-behind); give that write a moment. */
-const settleWriteBehind = () => new Promise((resolve) => setTimeout(resolve, 50));
+/** The limiter saves its window within SAVE_INTERVAL_MS of a change (write-behind); wait for that save. */
+const settleWriteBehind = () => new Promise((resolve) => setTimeout(resolve, SAVE_INTERVAL_MS + 100));
 
 function remaining(response: Response) {
   return {
@@ -111,7 +111,6 @@ describe('rateLimit middleware', () => {
       expect(window.length).toBeGreaterThan(0);
       await state.storage.put('window', window.map((bucket) => ({ ...bucket, latestMs: bucket.latestMs - 60_000 })));
     });
-    await settleWriteBehind();
     await abortAllDurableObjects();
     const admitted = await send(key);
     expect(admitted.status).toBe(200);
