@@ -4,7 +4,8 @@
  * temporary sibling folder that is renamed into place at the end, so a failure leaves nothing
  * half-written at the destination.
  */
-import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Checkpoint, expectedTensors } from './checkpoint.ts';
 import { modelError, SidecarError } from './errors.ts';
@@ -64,7 +65,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
   if (!(await exists(from))) throw modelError(`checkpoint folder ${from} does not exist`);
 
   const checkpoint = await Checkpoint.open(from);
-  const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}-${Date.now()}`);
+  const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await mkdir(staging, { recursive: true });
     const { config } = checkpoint;
@@ -99,8 +100,11 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
     };
     await writeFile(join(staging, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
     await mkdir(dirname(to), { recursive: true });
-    await rm(to, { recursive: true, force: true }); // an empty folder left by the caller
-    await rename(staging, to);
+    // An empty destination folder may be replaced; a store another process just finished may not.
+    await rmdir(to).catch(() => undefined);
+    await rename(staging, to).catch((error: NodeJS.ErrnoException) => {
+      throw modelError(`destination ${to} appeared while converting (${error.code}); another conversion finished first`, error);
+    });
     return manifest;
   } catch (error) {
     await rm(staging, { recursive: true, force: true });

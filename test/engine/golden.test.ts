@@ -4,7 +4,7 @@
  * identical (decoded step by step through the KV cache); Mixtral's expert choices identical.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { convertCheckpoint } from '../../sidecar/convert.ts';
 import { loadModel, type ModelRuntime, type RoutingEvent } from '../../sidecar/model-runtime.ts';
@@ -69,6 +69,12 @@ describe('raw checkpoint folders are converted once into the store cache', () =>
       const second = await loadModel(checkpointDir('tiny-mistral', 'hf'), { precision: 'fp32' });
       expect(second.dir).toBe(first.dir);
       await second.dispose();
+
+      // Two loads racing on a checkpoint never converted: one conversion wins, both get the store.
+      const racing = await Promise.all([0, 1].map(() => loadModel(checkpointDir('tiny-mixtral', 'native'), { precision: 'int8' })));
+      expect(racing[0].dir).toBe(racing[1].dir);
+      expect(readdirSync(join(home, 'stores')).filter((f) => f.includes('.partial-'))).toEqual([]);
+      await Promise.all(racing.map((r) => r.dispose()));
     } finally {
       if (previous === undefined) delete process.env.SIROCCO_HOME;
       else process.env.SIROCCO_HOME = previous;
