@@ -105,6 +105,7 @@ export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFi
     if (event.data === SSE_DONE && event.event === undefined) {
       controller.enqueue(encoder.encode(encodeSseData(SSE_DONE)));
       controller.close();
+      void events.return?.(undefined).catch(() => undefined); // releases the sidecar body
       finish({ status: 'completed', usage });
       return false;
     }
