@@ -60,6 +60,26 @@ describe('the worker', () => {
   });
 });
 
+describe('token metering', () => {
+  it('charges the usage of finished JSON and streamed answers to the key, after the response', async () => {
+    const edge = setup({}, { realMetering: true });
+    const key = await edge.apiKey({ tpm: 100, rpm: 10 });
+    const remainingTokens = (response: Response) => Number(response.headers.get('x-ratelimit-remaining-tokens-minute'));
+
+    const first = await edge.chat(key, {}, { cf: PARIS });
+    expect(remainingTokens(first)).toBe(100);
+    await first.json();
+    await first.settled();
+
+    const streamed = await edge.chat(key, { stream: true }, { cf: PARIS });
+    expect(remainingTokens(streamed)).toBe(92); // the JSON answer's 8 tokens
+    await streamed.text();
+    await streamed.settled();
+
+    expect(remainingTokens(await edge.chat(key, {}, { cf: PARIS }))).toBe(84); // and the stream's 8
+  });
+});
+
 describe('upstream routes', () => {
   it('proxies an API-only model to the configured Mistral-compatible API with the operator key', async () => {
     const seen: { url: string; authorization: string | null; body: { model: string } }[] = [];

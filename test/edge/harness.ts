@@ -25,6 +25,8 @@ export const NEW_YORK = { latitude: '40.71', longitude: '-74.00', continent: 'NA
 export interface SetupOptions {
   /** Wraps the fake sidecars' fetch, e.g. to play an upstream API on another host. */
   wrapFetch?: (sidecarFetch: typeof fetch) => typeof fetch;
+  /** Use the app's own metering (tokens charged to the RateLimiter) instead of recording usage here. */
+  realMetering?: boolean;
 }
 
 export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown> = {}, options: SetupOptions = {}) {
@@ -35,9 +37,11 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
   const usage: Usage[] = [];
   const app = createApp({
     fetch: options.wrapFetch ? options.wrapFetch(sidecars.fetch) : sidecars.fetch,
-    recordUsage: async (_c, recorded) => {
-      usage.push(recorded);
-    },
+    recordUsage: options.realMetering
+      ? undefined
+      : async (_c, recorded) => {
+          usage.push(recorded);
+        },
   });
   const bindings: EdgeBindings = {
     ...env,
