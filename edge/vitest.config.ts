@@ -1,5 +1,5 @@
 /**
- * The `edge` test project: edge/** and test/edge/** tests run inside workerd through
+ * The `edge` test project: edge/**, test/edge/** and shared/** tests run inside workerd through
  * @cloudflare/vitest-pool-workers, with the bindings from wrangler.toml (KV, Durable Objects, vars).
  */
 import { fileURLToPath } from 'node:url';
@@ -21,7 +21,8 @@ export default defineConfig({
   test: {
     name: 'edge',
     root: repositoryRoot,
-    include: ['edge/**/*.test.ts', 'test/edge/**/*.test.ts'],
+    // shared/ runs here too: the contract module must behave the same in workerd as in Node.
+    include: ['edge/**/*.test.ts', 'test/edge/**/*.test.ts', 'shared/**/*.test.ts'],
     testTimeout: 30_000,
   },
 });
