@@ -17,6 +17,7 @@ import { loadTokenizer, type Tokenizer } from './tokenizer.ts';
 let runtime: ModelRuntime;
 let tokenizer: Tokenizer;
 const live = new Set<number>();
+const previousHome = process.env.SIROCCO_HOME;
 
 beforeAll(async () => {
   const home = resolve(import.meta.dirname, '../test/.tmp/home');
@@ -42,7 +43,12 @@ beforeAll(async () => {
     dispose: () => real.dispose(),
   };
 }, 120_000);
-afterAll(() => runtime?.dispose());
+afterAll(async () => {
+  await runtime?.dispose();
+  // Workers are reused across test files: leave the environment as we found it.
+  if (previousHome === undefined) delete process.env.SIROCCO_HOME;
+  else process.env.SIROCCO_HOME = previousHome;
+});
 
 function prompt(text: string): number[] {
   return [tokenizer.bosId, ...tokenizer.encode(`[INST] ${text} [/INST]`)];

@@ -121,6 +121,8 @@ export class Scheduler {
   private readonly active: Job[] = [];
   private readonly throughput: Array<{ at: number; tokens: number }> = [];
   private readonly idleWaiters: Array<() => void> = [];
+  /** Jobs in the forward running now: their KV caches are in use and are released after it. */
+  private inFlight = new Set<Job>();
   private readonly createdAt = performance.now();
   private nextJobId = 1;
   private looping = false;
@@ -279,13 +281,16 @@ export class Scheduler {
   private async step(plan: PlannedEntry[]): Promise<void> {
     const started = performance.now();
     let logits: Float32Array[];
+    this.inFlight = new Set(plan.map((planned) => planned.job));
     try {
       logits = await this.runtime.forward(plan.map((planned) => planned.entry));
     } catch (error) {
       // The engine rejected this batch (e.g. a missing expert file): fail its requests, keep serving.
+      this.endFlight();
       for (const { job } of plan) this.fail(job, error);
       return;
     }
+    this.endFlight();
     const finishedAt = performance.now();
     this.observer.step?.({
       batchSize: plan.length,
@@ -401,10 +406,18 @@ export class Scheduler {
     if (queued >= 0) this.waiting.splice(queued, 1);
     const running = this.active.indexOf(job);
     if (running >= 0) this.active.splice(running, 1);
-    if (job.sequence) {
+    // A job ended mid-step (shutdown) keeps its KV cache until the engine is done with it.
+    if (job.sequence && !this.inFlight.has(job)) {
       this.runtime.releaseSequence(job.sequence);
       job.sequence = null;
     }
+  }
+
+  /** The forward returned: release the caches of jobs that ended while it ran. */
+  private endFlight(): void {
+    const flown = this.inFlight;
+    this.inFlight = new Set();
+    for (const job of flown) if (job.done) this.release(job);
   }
 
   /** The consumer side; a consumer that stops iterating early cancels its request. */
