@@ -24,6 +24,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
+import type { Readable } from 'node:stream';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -263,6 +264,12 @@ async function startMiniflareEdge(target: EdgeTarget): Promise<EdgeInstance> {
       kvPersist: false,
       durableObjectsPersist: false,
       cachePersist: false,
+      // The worker still writes its access log (as in production); the bench just does not print it.
+      handleStructuredLogs: () => undefined,
+      handleRuntimeStdio: (stdout: Readable, stderr: Readable) => {
+        stdout.resume();
+        stderr.resume();
+      },
     } as MiniflareOptions);
     const url = (await miniflare.ready).origin;
     return {
