@@ -18,6 +18,7 @@
  * the int4 one) and reused.
  */
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { parsePrecision } from '../cli/commands/convert.ts';
@@ -121,8 +122,11 @@ async function main(): Promise<void> {
   const ttftSeconds = (performance.now() - prefillStart) / 1000;
 
   const decodeStart = performance.now();
+  const cpuStart = process.cpuUsage();
   for (let i = 0; i < decodeTokens; i++) [logits] = await runtime.forward([{ sequence, tokens: [argmax(logits)] }]);
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
+  const cpu = process.cpuUsage(cpuStart);
+  const decodeCpuMsPerToken = (cpu.user + cpu.system) / 1000 / decodeTokens;
   await runtime.dispose();
 
   const decodeTps = decodeTokens / decodeSeconds;
@@ -140,6 +144,9 @@ async function main(): Promise<void> {
     decodeTokens,
     decodeTokensPerSecond: decodeTps,
     decodeMsPerToken: (decodeSeconds / decodeTokens) * 1000,
+    // CPU time across all threads: less sensitive than wall time to other work on the machine.
+    decodeCpuMsPerToken,
+    loadAverage: loadavg(),
     effectiveGBps: effective,
     memoryReadGBps: bandwidth,
     rooflineTokensPerSecond: (bandwidth * 1e9) / weightBytes,
@@ -160,6 +167,8 @@ async function main(): Promise<void> {
     ['memory read bandwidth (measured)', `${bandwidth.toFixed(1)} GB/s → roofline ${result.rooflineTokensPerSecond.toFixed(1)} tokens/s`],
     ['decode vs roofline', `${(100 * result.fractionOfRoofline).toFixed(0)}%   (target ≥ 70%)`],
     ['peak RSS', `${result.peakRssMiB.toFixed(0)} MiB`],
+    ['decode CPU time (all threads)', `${decodeCpuMsPerToken.toFixed(1)} ms/token`],
+    ['load average (1/5/15 min)', `${loadavg().map((l) => l.toFixed(1)).join(' / ')}   (> ${cpus().length}: other work shared the cores)`],
   ];
   const width = Math.max(...rows.map(([label]) => label.length));
   console.log(`\n${rows.map(([label, value]) => `${label.padEnd(width)}  ${value}`).join('\n')}`);
