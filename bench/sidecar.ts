@@ -62,25 +62,28 @@ interface LevelResult {
   steps: { count: number; meanBatch: number; meanMs: number };
 }
 
-/** The bench model's store, built on first use. */
+/** The bench model's store, built on first use (the same store and seed as bench:engine). */
 async function ensureBenchStore(): Promise<string> {
   const store = join(siroccoHome(), 'bench', 'mistral-1b-int4');
   if (await isStore(store)) return store;
-  const source = join(siroccoHome(), 'bench', 'mistral-1b-source');
+  const source = join(siroccoHome(), 'bench', `mistral-1b-source-${process.pid}`);
   console.log(`building the 1.0B bench model once into ${store} (random weights, int4)…`);
-  await writeRandomCheckpoint(source, BENCH_1B_SHAPE, BENCH_SEED);
-  let lastPrint = 0;
-  await convertCheckpoint({
-    from: source,
-    to: store,
-    precision: 'int4',
-    onProgress: (done, total, label) => {
-      if (Date.now() - lastPrint < 5_000 && done < total) return;
-      lastPrint = Date.now();
-      console.log(`  convert ${done}/${total} ${label}`);
-    },
-  });
-  await rm(source, { recursive: true, force: true });
+  try {
+    await writeRandomCheckpoint(source, BENCH_1B_SHAPE, BENCH_SEED);
+    let lastPrint = 0;
+    await convertCheckpoint({
+      from: source,
+      to: store,
+      precision: 'int4',
+      onProgress: (done, total, label) => {
+        if (Date.now() - lastPrint < 5_000 && done < total) return;
+        lastPrint = Date.now();
+        console.log(`  convert ${done}/${total} ${label}`);
+      },
+    });
+  } finally {
+    await rm(source, { recursive: true, force: true });
+  }
   return store;
 }
 
