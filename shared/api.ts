@@ -68,7 +68,9 @@ export const TextChunkSchema = z.strictObject({ type: z.literal('text'), text: z
 export type TextChunk = z.infer<typeof TextChunkSchema>;
 
 /** A message body: a string or an array of text chunks. */
-export const MessageContentSchema = z.union([z.string(), z.array(TextChunkSchema)]);
+export const MessageContentSchema = z.union([z.string(), z.array(TextChunkSchema)], {
+  error: 'Input should be a string or a list of {"type": "text", "text": …} chunks',
+});
 export type MessageContent = z.infer<typeof MessageContentSchema>;
 
 export const ToolCallSchema = z.strictObject({
@@ -112,10 +114,13 @@ export const ToolSchema = z.strictObject({
   }),
 });
 
-export const ToolChoiceSchema = z.union([
-  z.enum(['auto', 'none', 'any', 'required']),
-  z.strictObject({ type: z.literal('function'), function: z.strictObject({ name: z.string() }) }),
-]);
+export const ToolChoiceSchema = z.union(
+  [
+    z.enum(['auto', 'none', 'any', 'required']),
+    z.strictObject({ type: z.literal('function'), function: z.strictObject({ name: z.string() }) }),
+  ],
+  { error: 'Input should be "auto", "none", "any", "required" or {"type": "function", "function": {"name": …}}' },
+);
 
 export const ResponseFormatSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('text') }),
@@ -138,7 +143,7 @@ export const ChatCompletionRequestSchema = z.strictObject({
   top_p: z.number().min(0).max(1).nullish(),
   max_tokens: z.number().int().min(1).nullish(),
   stream: z.boolean().nullish(),
-  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  stop: z.union([z.string(), z.array(z.string())], { error: 'Input should be a string or a list of strings' }).nullish(),
   random_seed: z.number().int().min(0).nullish(),
   safe_prompt: z.boolean().nullish(),
   response_format: ResponseFormatSchema.nullish(),

@@ -41,6 +41,26 @@ describe('validationErrorBody', () => {
     expect(body.message).toMatch(/body\.temperature/);
   });
 
+  it('tells a wrong type from a missing field, exactly when parsed with reportInput', () => {
+    const parse = (body: unknown) => {
+      const result = ChatCompletionRequestSchema.safeParse(body, { reportInput: true });
+      if (result.success) throw new Error('expected the body to be invalid');
+      return validationErrorBody(result.error).detail;
+    };
+    expect(parse({ model: 'm', messages: 'hi' })).toEqual([
+      { loc: ['body', 'messages'], msg: 'Invalid input: expected array, received string', type: 'array_type' },
+    ]);
+    expect(parse({ model: 'm', messages: [{ role: 'user' }] })).toEqual([{ loc: ['body', 'messages', 0, 'content'], msg: 'Field required', type: 'missing' }]);
+  });
+
+  it('explains what a union field accepts', () => {
+    const body = validationError({ model: 'm', messages: [{ role: 'user', content: 5 }], stop: 5 });
+    expect(body.detail?.map((entry) => entry.msg)).toEqual([
+      'Input should be a string or a list of {"type": "text", "text": …} chunks',
+      'Input should be a string or a list of strings',
+    ]);
+  });
+
   it('points into nested messages', () => {
     const body = validationError({ model: 'm', messages: [{ role: 'user' }] });
     expect(body.detail?.[0]?.loc).toEqual(['body', 'messages', 0, 'content']);

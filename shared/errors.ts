@@ -54,13 +54,22 @@ export function errorBody(type: string, message: string, param: string | null = 
   return { object: 'error', message, type, param, code };
 }
 
+/**
+ * Whether a field is absent rather than of the wrong type. Exact when the schema was run with
+ * `{ reportInput: true }`; otherwise zod's message ("…, received undefined") tells.
+ */
+function isMissing(issue: z.core.$ZodIssue): boolean {
+  return 'input' in issue ? issue.input === undefined : /received undefined$/.test(issue.message);
+}
+
 /** The pydantic name for each zod issue, so clients written against Mistral see familiar types. */
 function detailFor(issue: z.core.$ZodIssue, path: (string | number)[]): ValidationDetail {
+  if ((issue.code === 'invalid_type' || issue.code === 'invalid_union') && isMissing(issue)) {
+    return { loc: path, msg: 'Field required', type: 'missing' };
+  }
   switch (issue.code) {
     case 'invalid_type':
-      return issue.input === undefined
-        ? { loc: path, msg: 'Field required', type: 'missing' }
-        : { loc: path, msg: issue.message, type: `${issue.expected}_type` };
+      return { loc: path, msg: issue.message, type: `${issue.expected}_type` };
     case 'too_big':
       return { loc: path, msg: issue.message, type: issue.inclusive === false ? 'less_than' : 'less_than_equal' };
     case 'too_small':

@@ -16,7 +16,8 @@ export async function parseJsonBody<T>(c: Context, schema: z.ZodType<T>): Promis
   } catch (error) {
     throw new EdgeError('invalid_request_error', `Invalid JSON body: ${error instanceof Error ? error.message : String(error)}`);
   }
-  const result = schema.safeParse(json);
+  // reportInput lets the 422 tell a wrong type from a missing field.
+  const result = schema.safeParse(json, { reportInput: true });
   if (!result.success) {
     const body = validationErrorBody(result.error);
     throw new EdgeError('invalid_request_error', body.message, { status: 422, param: body.param, detail: body.detail });
