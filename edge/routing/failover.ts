@@ -137,6 +137,6 @@ export async function forwardWithFailover(options: ForwardOptions): Promise<Forw
       options.onAttemptFailed?.(target, error.message);
     }
   }
-  const reasons = problems.length > 0 ? problems.join('; ') : 'no region is configured for this model';
+  const reasons = problems.length > 0 ? problems.join('; ') : 'no region serving this model is configured, or every such region has an open circuit';
   throw new EdgeError('overloaded', `No region could serve the request (${reasons})`, { retryAfterMs: 1000 });
 }

@@ -109,6 +109,18 @@ describe('circuit breaker', () => {
     expect(eu.requests).toHaveLength(4);
   });
 
+  it('answers 503 at once, without calling anyone, while every region is open', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1', CIRCUIT_COOLDOWN_MS: '60000' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-500';
+    edge.sidecars.sidecar('us-east').behaviour = 'http-500';
+    expect((await edge.chat(key, {}, { cf: PARIS })).status).toBe(503);
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(response.status).toBe(503);
+    expect(((await response.json()) as { message: string }).message).toMatch(/open circuit/);
+    expect(edge.sidecars.sidecar('eu-west').requests.length + edge.sidecars.sidecar('us-east').requests.length).toBe(2);
+  });
+
   it('reopens when the half-open trial fails', async () => {
     const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1', CIRCUIT_COOLDOWN_MS: '100' });
     const key = await edge.apiKey();
