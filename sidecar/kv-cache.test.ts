@@ -7,6 +7,16 @@ import { BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
 
 const shape = (window: number | null): CacheShape => ({ layers: 1, kvHeads: 1, headDim: 2, window });
 
+/** A sequence with `n` tokens already cached (through a real step). */
+function prefilled(n: number, window: number | null): SequenceCache {
+  const cache = new SequenceCache(1, shape(window));
+  const step = new BatchStep([{ cache, tokens: new Array(n).fill(1) }], shape(window));
+  step.store(0, 'keys', new Float32Array(n * 2));
+  step.store(0, 'values', new Float32Array(n * 2));
+  step.commit();
+  return cache;
+}
+
 /** The mask as rows of '1' (may attend) and '.' (masked) for readability. */
 function pattern(step: BatchStep, b: number): string[] {
   const mask = step.mask();
@@ -17,23 +27,22 @@ function pattern(step: BatchStep, b: number): string[] {
 
 describe('attention mask', () => {
   it('is causal over cached and new positions', () => {
-    const cache = new SequenceCache(1, shape(null));
-    cache.length = cache.entries = 2;
+    const cache = prefilled(2, null);
     const step = new BatchStep([{ cache, tokens: [5, 6, 7] }], shape(null));
-    expect([step.past, step.seq]).toEqual([2, 3]);
-    expect(pattern(step, 0)).toEqual(['111..', '1111.', '11111']);
+    expect([step.past, step.seq]).toEqual([64, 3]); // the whole buffer; slots 2…63 unused
+    const unused = '.'.repeat(62);
+    expect(pattern(step, 0)).toEqual([`11${unused}1..`, `11${unused}11.`, `11${unused}111`]);
   });
 
   it('lets a query at position i see keys i-W+1 … i only', () => {
-    const cache = new SequenceCache(1, shape(3));
-    cache.length = cache.entries = 3; // positions 0, 1, 2 cached
+    const cache = prefilled(3, 3); // positions 0, 1, 2 cached
     const step = new BatchStep([{ cache, tokens: [5, 6] }], shape(3)); // positions 3, 4
-    expect(pattern(step, 0)).toEqual(['.111.', '..111']);
+    const unused = '.'.repeat(61);
+    expect(pattern(step, 0)).toEqual([`.11${unused}1.`, `..1${unused}11`]);
   });
 
   it('pads a ragged batch: short entries see only their own keys, padding rows see themselves', () => {
-    const long = new SequenceCache(1, shape(null));
-    long.length = long.entries = 2;
+    const long = prefilled(2, null);
     const short = new SequenceCache(2, shape(null));
     const step = new BatchStep(
       [
@@ -50,8 +59,7 @@ describe('attention mask', () => {
 
 describe('RoPE tables', () => {
   it('use each token’s absolute position', () => {
-    const cache = new SequenceCache(1, shape(null));
-    cache.length = cache.entries = 4;
+    const cache = prefilled(4, null);
     const { cos, sin } = new BatchStep([{ cache, tokens: [9] }], shape(null)).rope(10000);
     // head_dim 2: one frequency, θ^0 = 1, so the angle is the position itself.
     expect(cos[0]).toBeCloseTo(Math.cos(4), 6);
@@ -59,12 +67,21 @@ describe('RoPE tables', () => {
   });
 });
 
-describe('present KV back into the caches', () => {
-  it('keeps each entry’s cached and real new rows, dropping padding', () => {
+describe('new KV into the caches', () => {
+  it('a lone sequence passes its whole buffer; unused slots are masked', () => {
+    const cache = new SequenceCache(1, shape(null));
+    new BatchStep([{ cache, tokens: [1] }], shape(null)).commit();
+    expect([cache.entries, cache.capacity]).toEqual([1, 64]);
+    const step = new BatchStep([{ cache, tokens: [2] }], shape(null));
+    expect(step.past).toBe(64);
+    expect(step.pastTensor(0, 'keys')).toBe(cache.keys[0]); // no copy
+    expect(pattern(step, 0)[0]).toBe(`1${'.'.repeat(63)}1`);
+  });
+
+  it('appends each entry’s real new rows after its cached ones, dropping padding', () => {
     const a = new SequenceCache(1, shape(null));
-    a.length = a.entries = 1;
-    a.keys[0] = Float32Array.of(10, 11);
-    a.values[0] = Float32Array.of(20, 21);
+    new BatchStep([{ cache: a, tokens: [1] }], shape(null)).commit();
+    a.keys[0].set([10, 11]);
     const b = new SequenceCache(2, shape(null));
     const step = new BatchStep(
       [
@@ -73,13 +90,14 @@ describe('present KV back into the caches', () => {
       ],
       shape(null),
     );
+    expect([step.past, step.seq]).toEqual([1, 2]);
     expect(Array.from(step.pastTensor(0, 'keys'))).toEqual([10, 11, 0, 0]);
-    // present [B=2, kv=1, P+S=3, hd=2]: entry a = [cached, new, pad], entry b = [pad, new1, new2]
-    step.store(0, 'keys', Float32Array.of(10, 11, 12, 13, 0, 0, /* b */ 0, 0, 30, 31, 32, 33));
-    step.store(0, 'values', new Float32Array(12));
+    // new keys [B=2, kv=1, S=2, hd=2]: entry a = [new, pad], entry b = [new1, new2]
+    step.store(0, 'keys', Float32Array.of(12, 13, 0, 0, /* b */ 30, 31, 32, 33));
+    step.store(0, 'values', new Float32Array(8));
     step.commit();
-    expect(Array.from(a.keys[0])).toEqual([10, 11, 12, 13]);
-    expect(Array.from(b.keys[0])).toEqual([30, 31, 32, 33]);
+    expect(Array.from(a.keys[0].subarray(0, 4))).toEqual([10, 11, 12, 13]);
+    expect(Array.from(b.keys[0].subarray(0, 4))).toEqual([30, 31, 32, 33]);
     expect([a.length, a.entries, b.length, b.entries]).toEqual([2, 2, 2, 2]);
   });
 
@@ -90,13 +108,24 @@ describe('present KV back into the caches', () => {
     expect([cache.length, cache.entries, cache.keys[0].length]).toEqual([0, 0, 0]);
   });
 
-  it('trims a sliding-window cache to the last W-1 entries once it grows past the slack', () => {
+  it('grows by doubling and keeps the valid entries of every head', () => {
+    const cache = new SequenceCache(1, { ...shape(null), kvHeads: 2 });
+    const first = new BatchStep([{ cache, tokens: new Array(64).fill(1) }], cache.shape);
+    first.store(0, 'keys', Float32Array.from({ length: 2 * 64 * 2 }, (_, i) => i));
+    first.store(0, 'values', new Float32Array(256));
+    first.commit();
+    cache.reserve(65);
+    expect(cache.capacity).toBe(128);
+    expect(Array.from(cache.keys[0].subarray(128 * 2, 128 * 2 + 2))).toEqual([128, 129]); // head 1 starts at slot 0 of its row
+  });
+
+  it('compacts a sliding-window cache to the last W-1 entries once it grows past the slack', () => {
     const cache = new SequenceCache(1, shape(4));
     const step = new BatchStep([{ cache, tokens: Array.from({ length: 100 }, () => 1) }], shape(4));
     step.store(0, 'keys', Float32Array.from({ length: 200 }, (_, i) => i));
     step.store(0, 'values', new Float32Array(200));
     step.commit();
     expect([cache.length, cache.entries]).toEqual([100, 3]);
-    expect(Array.from(cache.keys[0])).toEqual([194, 195, 196, 197, 198, 199]);
+    expect(Array.from(cache.keys[0].subarray(0, 8))).toEqual([194, 195, 196, 197, 198, 199, 0, 0]);
   });
 });

@@ -1,12 +1,17 @@
 /**
- * Per-sequence KV cache kept in JS, and the per-step batch layout built from it: padded past
- * tensors, the additive attention mask (causality, sliding window, batch padding) and the RoPE
- * tables for each token's absolute position.
+ * Per-sequence KV cache kept in JS, and the per-step batch layout built from it: the past tensors,
+ * the additive attention mask (causality, sliding window, batch padding) and the RoPE tables for
+ * each token's absolute position.
  *
- * Layout of one step with B entries: past slots [0, P) hold each entry's cached keys (left-aligned,
- * zero padded to P = the longest cache), new slots [P, P+S) hold its new tokens (padded to S = the
- * most new tokens). A sliding-window model never reads keys older than W-1 positions behind the
- * newest query, so its cache is trimmed (in batches of TRIM_SLACK to avoid copying every step).
+ * Each sequence holds, per layer, a key and a value buffer [kv_heads, capacity, head_dim] whose
+ * first `entries` slots are valid; capacity grows by doubling. The graphs take the past as an input
+ * and return only the step's NEW keys/values, which are written into the buffers at commit — so a
+ * decode step copies O(new tokens), not O(context): a single sequence passes its whole buffer
+ * (unused slots are zeros, masked out) without any copy; a batch copies each valid prefix once.
+ *
+ * Step layout with B entries: past slots [0, P), new slots [P, P+S) with S = the most new tokens.
+ * A sliding-window model never reads keys older than W-1 positions behind the newest query, so its
+ * buffers are compacted to the last W-1 entries (in batches of TRIM_SLACK, to copy rarely).
  */
 
 export interface CacheShape {
@@ -18,12 +23,15 @@ export interface CacheShape {
 }
 
 const TRIM_SLACK = 64;
+const MIN_CAPACITY = 64;
 
 export class SequenceCache {
   /** Tokens processed so far (absolute position of the next token). */
   length = 0;
-  /** Entries held per layer; the oldest is at absolute position `length - entries`. */
+  /** Valid slots per layer; the oldest is at absolute position `length - entries`. */
   entries = 0;
+  /** Slots allocated per head. */
+  capacity = 0;
   keys: Float32Array[];
   values: Float32Array[];
 
@@ -40,10 +48,41 @@ export class SequenceCache {
     return this.keys.reduce((sum, k, i) => sum + k.byteLength + this.values[i].byteLength, 0);
   }
 
+  /** Grows every buffer to hold `slots` entries, keeping the valid ones. */
+  reserve(slots: number): void {
+    if (slots <= this.capacity) return;
+    const { kvHeads, headDim } = this.shape;
+    const capacity = Math.max(slots, this.capacity * 2, MIN_CAPACITY);
+    const grow = (old: Float32Array) => {
+      const out = new Float32Array(kvHeads * capacity * headDim);
+      for (let h = 0; h < kvHeads; h++) out.set(old.subarray(h * this.capacity * headDim, (h * this.capacity + this.entries) * headDim), h * capacity * headDim);
+      return out;
+    };
+    this.keys = this.keys.map(grow);
+    this.values = this.values.map(grow);
+    this.capacity = capacity;
+  }
+
+  /** Keeps only the newest `keep` entries, moved to the front of each buffer. */
+  compact(keep: number): void {
+    const { kvHeads, headDim } = this.shape;
+    const drop = this.entries - keep;
+    if (drop <= 0) return;
+    for (const buffer of [...this.keys, ...this.values]) {
+      for (let h = 0; h < kvHeads; h++) {
+        const head = h * this.capacity * headDim;
+        buffer.copyWithin(head, head + drop * headDim, head + this.entries * headDim);
+        buffer.fill(0, head + keep * headDim, head + this.entries * headDim); // masked slots stay finite
+      }
+    }
+    this.entries = keep;
+  }
+
   release(): void {
     this.keys = this.keys.map(() => new Float32Array(0));
     this.values = this.values.map(() => new Float32Array(0));
     this.entries = 0;
+    this.capacity = 0;
   }
 }
 
@@ -56,9 +95,9 @@ export class BatchStep {
   readonly batch: number;
   /** Padded new-token count S. */
   readonly seq: number;
-  /** Padded past length P. */
+  /** Past slots P: a lone sequence's whole capacity, else the longest valid prefix. */
   readonly past: number;
-  private pending: Array<{ cache: SequenceCache; layer: number; kind: 'keys' | 'values'; data: Float32Array }> = [];
+  private pending: Array<{ layer: number; kind: 'keys' | 'values'; rows: Float32Array }> = [];
 
   constructor(
     readonly entries: StepEntry[],
@@ -66,7 +105,7 @@ export class BatchStep {
   ) {
     this.batch = entries.length;
     this.seq = Math.max(...entries.map((e) => e.tokens.length));
-    this.past = Math.max(...entries.map((e) => e.cache.entries));
+    this.past = this.batch === 1 ? entries[0].cache.capacity : Math.max(...entries.map((e) => e.cache.entries));
   }
 
   get total(): number {
@@ -101,8 +140,9 @@ export class BatchStep {
   }
 
   /**
-   * Additive mask [B, 1, S, P+S]: 0 where a query may attend, -inf elsewhere. A padding query row
-   * attends only to its own slot so no row is all -inf (which would produce NaN).
+   * Additive mask [B, 1, S, P+S]: 0 where a query may attend, -inf elsewhere (unused and padding
+   * slots included). A padding query row attends only to its own slot so no row is all -inf
+   * (which would produce NaN).
    */
   mask(): Float32Array {
     const { batch, seq, past, total } = this;
@@ -118,74 +158,56 @@ export class BatchStep {
         }
         const query = e.cache.length + i;
         const oldest = window === null ? 0 : query - window + 1;
-        for (let j = 0; j < e.cache.entries; j++) if (firstCached + j >= oldest) mask[row + j] = 0;
+        for (let j = Math.max(0, oldest - firstCached); j < e.cache.entries; j++) mask[row + j] = 0;
         for (let j = 0; j <= i; j++) if (query - i + j >= oldest) mask[row + past + j] = 0;
       }
     });
     return mask;
   }
 
-  /** One layer's past keys or values [B, kv_heads, P, head_dim], zero padded. */
+  /** One layer's past keys or values [B, kv_heads, P, head_dim]; a lone sequence's buffer as is. */
   pastTensor(layer: number, kind: 'keys' | 'values'): Float32Array {
     const { kvHeads, headDim } = this.shape;
     if (this.batch === 1) return this.entries[0].cache[kind][layer];
     const out = new Float32Array(this.batch * kvHeads * this.past * headDim);
     this.entries.forEach((e, b) => {
       const source = e.cache[kind][layer];
-      const rows = e.cache.entries * headDim;
       for (let h = 0; h < kvHeads; h++) {
-        out.set(source.subarray(h * rows, (h + 1) * rows), (b * kvHeads + h) * this.past * headDim);
+        const from = h * e.cache.capacity * headDim;
+        out.set(source.subarray(from, from + e.cache.entries * headDim), (b * kvHeads + h) * this.past * headDim);
       }
     });
     return out;
   }
 
   /**
-   * Takes one layer's present [B, kv_heads, P+S, head_dim] for each sequence: its cached slots plus
-   * its real new tokens, contiguous per head. Nothing changes in the caches until `commit`, so a
-   * step that fails half-way (a bad expert file in layer 7) leaves every sequence as it was.
+   * Takes one layer's new keys or values [B, kv_heads, S, head_dim]. Nothing changes in the caches
+   * until `commit`, so a step that fails half-way (a bad expert file in layer 7) leaves every
+   * sequence as it was.
    */
-  store(layer: number, kind: 'keys' | 'values', present: Float32Array): void {
-    const { kvHeads, headDim } = this.shape;
-    const { past, total } = this;
-    this.entries.forEach((e, b) => {
-      const kept = e.cache.entries + e.tokens.length;
-      let out: Float32Array;
-      if (this.batch === 1 && kept === total) out = present; // the common single-sequence case: no copy
-      else {
-        out = new Float32Array(kvHeads * kept * headDim);
-        for (let h = 0; h < kvHeads; h++) {
-          const head = (b * kvHeads + h) * total * headDim;
-          out.set(present.subarray(head, head + e.cache.entries * headDim), h * kept * headDim);
-          out.set(present.subarray(head + past * headDim, head + (past + e.tokens.length) * headDim), (h * kept + e.cache.entries) * headDim);
-        }
-      }
-      this.pending.push({ cache: e.cache, layer, kind, data: out });
-    });
+  store(layer: number, kind: 'keys' | 'values', rows: Float32Array): void {
+    this.pending.push({ layer, kind, rows });
   }
 
-  /** Applies the stored presents, advances each sequence past its new tokens and trims what the sliding window can never see. */
+  /** Appends the stored rows, advances each sequence and compacts sliding-window caches. */
   commit(): void {
     const { kvHeads, headDim, window } = this.shape;
-    for (const { cache, layer, kind, data } of this.pending) cache[kind][layer] = data;
+    const { seq } = this;
+    this.entries.forEach(({ cache, tokens }) => cache.reserve(cache.entries + tokens.length));
+    for (const { layer, kind, rows } of this.pending) {
+      this.entries.forEach(({ cache, tokens }, b) => {
+        const buffer = cache[kind][layer];
+        for (let h = 0; h < kvHeads; h++) {
+          const from = (b * kvHeads + h) * seq * headDim;
+          buffer.set(rows.subarray(from, from + tokens.length * headDim), (h * cache.capacity + cache.entries) * headDim);
+        }
+      });
+    }
     this.pending = [];
     for (const { cache, tokens } of this.entries) {
       cache.length += tokens.length;
       cache.entries += tokens.length;
-      if (window === null || cache.entries <= window - 1 + TRIM_SLACK) continue;
-      const keep = window - 1;
-      const drop = cache.entries - keep;
-      const trim = (data: Float32Array) => {
-        const out = new Float32Array(kvHeads * keep * headDim);
-        for (let h = 0; h < kvHeads; h++) {
-          const from = (h * cache.entries + drop) * headDim;
-          out.set(data.subarray(from, from + keep * headDim), h * keep * headDim);
-        }
-        return out;
-      };
-      cache.keys = cache.keys.map(trim);
-      cache.values = cache.values.map(trim);
-      cache.entries = keep;
+      if (window !== null && cache.entries > window - 1 + TRIM_SLACK) cache.compact(window - 1);
     }
   }
 }

@@ -112,9 +112,9 @@ function attentionFeeds(step: BatchStep, config: ModelConfig, layerRange: number
   return feeds;
 }
 
-function storePresent(step: BatchStep, layer: number, outputs: ort.InferenceSession.OnnxValueMapType): void {
-  step.store(layer, 'keys', outputs[IO.presentKey(layer)].data as Float32Array);
-  step.store(layer, 'values', outputs[IO.presentValue(layer)].data as Float32Array);
+function storeNewKv(step: BatchStep, layer: number, outputs: ort.InferenceSession.OnnxValueMapType): void {
+  step.store(layer, 'keys', outputs[IO.newKey(layer)].data as Float32Array);
+  step.store(layer, 'values', outputs[IO.newValue(layer)].data as Float32Array);
 }
 
 class DenseRunner implements StepRunner {
@@ -129,7 +129,7 @@ class DenseRunner implements StepRunner {
     feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
     feeds[IO.logitRows] = new ort.Tensor('int64', rows, [rows.length]);
     const outputs = await this.session.run(feeds);
-    for (const layer of layers) storePresent(step, layer, outputs);
+    for (const layer of layers) storeNewKv(step, layer, outputs);
     return outputs[IO.logits].data as Float32Array;
   }
 
@@ -160,7 +160,7 @@ class MoeRunner implements StepRunner {
       if (layer === 0) feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
       else feeds[IO.hidden] = tensor(hidden as Float32Array, hiddenDims);
       const outputs = await this.layers[layer].run(feeds);
-      storePresent(step, layer, outputs);
+      storeNewKv(step, layer, outputs);
 
       const residual = outputs[IO.hiddenOut].data as Float32Array;
       const ffnIn = outputs[IO.ffnIn].data as Float32Array;

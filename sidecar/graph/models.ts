@@ -26,8 +26,9 @@ export const IO = {
   expertOut: 'y',
   pastKey: (layer: number) => `past_key.${layer}`,
   pastValue: (layer: number) => `past_value.${layer}`,
-  presentKey: (layer: number) => `present_key.${layer}`,
-  presentValue: (layer: number) => `present_value.${layer}`,
+  /** This step's keys/values only [batch, kv_heads, seq, head_dim]; the runtime appends them. */
+  newKey: (layer: number) => `new_key.${layer}`,
+  newValue: (layer: number) => `new_value.${layer}`,
 } as const;
 
 export interface GraphFiles {
@@ -74,8 +75,8 @@ function kvInputs(t: TransformerGraph, layer: number) {
 
 function kvOutputs(t: TransformerGraph, layer: number, key: string, value: string): void {
   const { nKvHeads, headDim } = t.config;
-  t.g.output(key, IO.presentKey(layer), 'float32', ['batch', nKvHeads, 'total', headDim]);
-  t.g.output(value, IO.presentValue(layer), 'float32', ['batch', nKvHeads, 'total', headDim]);
+  t.g.output(key, IO.newKey(layer), 'float32', ['batch', nKvHeads, 'seq', headDim]);
+  t.g.output(value, IO.newValue(layer), 'float32', ['batch', nKvHeads, 'seq', headDim]);
 }
 
 /** Dense Mistral in one graph. */
@@ -87,9 +88,9 @@ export function buildDecoderGraph(ctx: BuildContext): Promise<GraphFiles> {
     let x = await t.embed(ids);
     for (let layer = 0; layer < t.config.nLayers; layer++) {
       const past = kvInputs(t, layer);
-      const { out, presentKey, presentValue } = await t.attention(x, layer, attention, past.key, past.value);
+      const { out, newKey, newValue } = await t.attention(x, layer, attention, past.key, past.value);
       x = t.g.op('Add', [out, await t.feedForward(await t.rmsNorm(out, `layers.${layer}.ffn_norm.weight`), `layers.${layer}.feed_forward`)]);
-      kvOutputs(t, layer, presentKey, presentValue);
+      kvOutputs(t, layer, newKey, newValue);
     }
     t.g.output(await t.head(x, rows), IO.logits, 'float32', ['rows', t.config.vocabSize]);
   });
@@ -103,14 +104,14 @@ export function buildMoeLayerGraph(ctx: BuildContext, layer: number): Promise<Gr
     const x = layer === 0 ? await t.embed(t.g.input(IO.inputIds, 'int64', ['batch', 'seq'])) : t.g.input(IO.hidden, 'float32', ['batch', 'seq', dim]);
     const attention = attentionInputs(t);
     const past = kvInputs(t, layer);
-    const { out, presentKey, presentValue } = await t.attention(x, layer, attention, past.key, past.value);
+    const { out, newKey, newValue } = await t.attention(x, layer, attention, past.key, past.value);
     const ffnIn = await t.rmsNorm(out, `layers.${layer}.ffn_norm.weight`);
     // The router stays fp32 whatever the precision: expert choices must match the reference.
     const router = await t.linear(ffnIn, `layers.${layer}.feed_forward.gate.weight`, numExperts, dim, true);
     t.g.output(out, IO.hiddenOut, 'float32', ['batch', 'seq', dim]);
     t.g.output(ffnIn, IO.ffnIn, 'float32', ['batch', 'seq', dim]);
     t.g.output(router, IO.routerLogits, 'float32', ['batch', 'seq', numExperts]);
-    kvOutputs(t, layer, presentKey, presentValue);
+    kvOutputs(t, layer, newKey, newValue);
   });
 }
 

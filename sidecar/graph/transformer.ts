@@ -1,10 +1,11 @@
 /**
  * The Mistral/Mixtral building blocks as ONNX subgraphs: RMSNorm, linear layers at each precision,
- * rotate-half RoPE, grouped-query attention over a past/present KV cache, SwiGLU FFN.
+ * rotate-half RoPE, grouped-query attention over a past KV cache plus the step's new keys, SwiGLU FFN.
  *
  * Shapes: hidden [batch, seq, dim]; rope_cos/rope_sin [batch, seq, head_dim/2] (computed in JS per
  * absolute position); attention_mask [batch, 1, seq, total] additive (0 or -inf); past KV
- * [batch, kv_heads, past, head_dim] → present [batch, kv_heads, past+seq, head_dim].
+ * [batch, kv_heads, past, head_dim] (unused slots zero and masked) → new KV [batch, kv_heads, seq,
+ * head_dim].
  * (A later optimisation is GroupQueryAttention with fused RoPE; standard ops keep parity simple.)
  */
 import type { ModelConfig } from '../model-config.ts';
@@ -90,7 +91,8 @@ export class TransformerGraph {
   }
 
   /**
-   * Pre-norm attention sublayer; returns the residual sum and the layer's present KV.
+   * Pre-norm attention sublayer; returns the residual sum and this step's new keys/values
+   * [batch, kv_heads, seq, head_dim] (the caller appends them to its cache).
    * GQA: query heads are grouped per KV head ([batch, kv, group, seq, hd]) so K/V broadcast
    * across the group inside MatMul instead of being repeated.
    */
@@ -114,19 +116,25 @@ export class TransformerGraph {
     const sin = g.op('Unsqueeze', [inputs.sin, g.ints([2])]);
     const kNew = g.op('Transpose', [this.rope(k, cos, sin)], { perm: [0, 2, 1, 3] });
     const vNew = g.op('Transpose', [v], { perm: [0, 2, 1, 3] });
-    const presentKey = g.op('Concat', [pastKey, kNew], { axis: 2 });
-    const presentValue = g.op('Concat', [pastValue, vNew], { axis: 2 });
 
-    // Scores = q·Kᵀ/√hd by FusedMatMul (transB, alpha): no transposed copy of the whole key cache.
+    // The cache is never concatenated (that copy grows with the context): scores against past and
+    // new keys are computed apart and joined (O(seq × total) floats), the softmax is split again
+    // for the two value products. Scores = q·Kᵀ/√hd by FusedMatMul (transB, alpha), no transpose.
     const qGrouped = g.op('Transpose', [g.op('Reshape', [this.rope(q, cos, sin), g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] });
-    const keys = g.op('Unsqueeze', [presentKey, g.ints([2])]);
-    const raw = g.op('FusedMatMul', [qGrouped, keys], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
-    const scores = g.op('Add', [raw, g.op('Unsqueeze', [inputs.mask, g.ints([1])])]);
-    const probs = g.op('Softmax', [scores], { axis: -1 });
-    const context = g.op('MatMul', [probs, g.op('Unsqueeze', [presentValue, g.ints([2])])]);
+    const scoresAgainst = (keys: string) =>
+      g.op('FusedMatMul', [qGrouped, g.op('Unsqueeze', [keys, g.ints([2])])], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
+    const raw = g.op('Concat', [scoresAgainst(pastKey), scoresAgainst(kNew)], { axis: -1 });
+    const probs = g.op('Softmax', [g.op('Add', [raw, g.op('Unsqueeze', [inputs.mask, g.ints([1])])])], { axis: -1 });
+    const pastLength = g.op('Shape', [pastKey], { start: 2, end: 3 });
+    const probsPast = g.op('Slice', [probs, g.ints([0]), pastLength, g.ints([-1])]);
+    const probsNew = g.op('Slice', [probs, pastLength, g.ints([2 ** 53]), g.ints([-1])]);
+    const context = g.op('Add', [
+      g.op('MatMul', [probsPast, g.op('Unsqueeze', [pastValue, g.ints([2])])]),
+      g.op('MatMul', [probsNew, g.op('Unsqueeze', [vNew, g.ints([2])])]),
+    ]);
     const merged = g.op('Reshape', [g.op('Transpose', [context], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, nHeads * headDim])]);
     const out = g.op('Add', [x, await this.linear(merged, `${p}.attention.wo.weight`, dim, nHeads * headDim)]);
-    return { out, presentKey, presentValue };
+    return { out, newKey: kNew, newValue: vNew };
   }
 
   /** SwiGLU: w2(silu(w1·x) * w3·x), with weights under `prefix` (dense FFN or one expert). */
