@@ -32,7 +32,15 @@ const BENCH_SEED = 1;
 
 async function ensureStore(precision: Precision): Promise<string> {
   const store = join(siroccoHome(), 'bench', `mistral-1b-${precision}`);
-  if (await isStore(store)) return store;
+  if (await isStore(store)) {
+    const current = await readManifest(store).then(
+      () => true,
+      () => false,
+    );
+    if (current) return store;
+    console.log(`rebuilding ${store}: it was converted by an older build`);
+    await rm(store, { recursive: true, force: true });
+  }
   const source = join(siroccoHome(), 'bench', `mistral-1b-source-${process.pid}`);
   console.log(`building the 1.0B bench model once into ${store} (random weights, ${precision})…`);
   try {

@@ -9,8 +9,11 @@ import type { Architecture, ModelConfig } from './model-config.ts';
 import type { Precision } from './quantize.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
-/** Bump when graphs or file layout change: stores of another version are rebuilt, not misread. */
-export const FORMAT_VERSION = 1;
+/**
+ * Bump when graphs or file layout change: stores of another version are rebuilt, not misread.
+ * 2: graphs return only the step's new keys/values (new_key.N), not the concatenated cache.
+ */
+export const FORMAT_VERSION = 2;
 
 export interface GraphEntry {
   graph: string;

@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Manifest } from '../../sidecar/model-store.ts';
+import { FORMAT_VERSION, type Manifest } from '../../sidecar/model-store.ts';
 import { checkpointDir, loadGolden, relativeError, tempDir } from './golden-helpers.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -47,7 +47,7 @@ describe('sirocco convert', () => {
     expect(stdout.trim()).toBe(store);
 
     const manifest = JSON.parse(readFileSync(join(store, 'manifest.json'), 'utf8')) as Manifest;
-    expect(manifest).toMatchObject({ formatVersion: 1, precision: 'int8', architecture: 'mixtral', name: 'native' });
+    expect(manifest).toMatchObject({ formatVersion: FORMAT_VERSION, precision: 'int8', architecture: 'mixtral', name: 'native' });
     expect(manifest.sourceHash).toMatch(/^[0-9a-f]{24}$/);
     expect(manifest.tensors['layers.1.feed_forward.experts.7.w2.weight']).toEqual([64, 160]);
     expect(manifest.graphs.experts?.[1][7]).toEqual({ graph: 'expert.1.7.onnx', data: 'expert.1.7.bin' });
