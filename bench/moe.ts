@@ -29,7 +29,7 @@ import { convertCheckpoint } from '../sidecar/convert.ts';
 import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy, type ExpertCacheStats } from '../sidecar/expert-cache.ts';
 import { EXPERT_STORE_DIR, ExpertStore } from '../sidecar/expert-store.ts';
 import { loadModel } from '../sidecar/model-runtime.ts';
-import { isStore } from '../sidecar/model-store.ts';
+import { isStore, readManifest } from '../sidecar/model-store.ts';
 import { siroccoHome } from '../sidecar/paths.ts';
 import { writeRandomCheckpoint, type ModelShape } from '../sidecar/random-checkpoint.ts';
 
@@ -87,7 +87,15 @@ interface RunResult {
 async function ensureStore(): Promise<string> {
   const base = join(siroccoHome(), 'bench', 'moe-d1024-l8-e8-f3584');
   const store = join(base, 'store-int4');
-  if (await isStore(store)) return store;
+  if (await isStore(store)) {
+    try {
+      await readManifest(store);
+      return store;
+    } catch {
+      console.error(`${store} is stale (older store format); rebuilding it`);
+      await rm(store, { recursive: true, force: true });
+    }
+  }
   const checkpoint = join(base, 'checkpoint');
   console.error(`writing the random Mixtral-shaped checkpoint into ${checkpoint} (once)…`);
   await rm(checkpoint, { recursive: true, force: true });

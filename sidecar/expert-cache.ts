@@ -173,7 +173,9 @@ export class ExpertCache {
 
   /**
    * Starts loading `experts` of `layer` (guessed from the next layer's router) if they fit without
-   * evicting anything pinned or more valuable; never waits, never throws.
+   * evicting anything pinned or more valuable; never waits, never throws. A prefetch only evicts
+   * experts of the layers furthest ahead in the cycle (the half just run): evicting by LRU alone
+   * would drop the coming layers' experts, which are exactly the least recently used ones.
    */
   prefetch(layer: number, experts: readonly number[]): void {
     this.predictions.set(layer, new Set(experts));
@@ -181,7 +183,7 @@ export class ExpertCache {
     for (const expert of experts) {
       const key = this.keyOf(layer, expert);
       if (this.entries.has(key)) continue;
-      if (!this.makeRoom(key)) return;
+      if (!this.makeRoom(key, (entry) => this.layersUntilUse(entry.layer) * 2 > this.store.index.layers)) return;
       const entry = this.startLoad(layer, expert, true);
       entry.lastUse = ++this.clock;
       this.counters.prefetchIssued += 1;
@@ -264,9 +266,9 @@ export class ExpertCache {
   }
 
   /** Evicts until one more expert fits in the budget; false when only pinned/loading ones remain. */
-  private makeRoom(incoming: number): boolean {
+  private makeRoom(incoming: number, evictable?: (entry: Entry) => boolean): boolean {
     while (this.entries.size + 1 > this.slots) {
-      const victim = this.pickVictim(incoming);
+      const victim = this.pickVictim(incoming, evictable);
       if (!victim) return false;
       this.evict(victim);
     }
@@ -293,11 +295,18 @@ export class ExpertCache {
     if (this.entries.size + this.freeBuffers.length < this.slots) this.freeBuffers.push(buffer);
   }
 
-  private pickVictim(incoming: number): Entry | null {
+  /** Layers until `layer` runs again, counting from the one running now (itself ⇒ a full cycle). */
+  private layersUntilUse(layer: number): number {
+    const { layers } = this.store.index;
+    return ((layer - this.currentLayer - 1 + layers) % layers) + 1;
+  }
+
+  private pickVictim(incoming: number, evictable?: (entry: Entry) => boolean): Entry | null {
     let best: Entry | null = null;
     let bestScore = -Infinity;
     for (const entry of this.entries.values()) {
       if (entry.pins > 0 || !entry.weights || entry.key === incoming) continue;
+      if (evictable && !evictable(entry)) continue;
       const score = this.evictionScore(entry);
       if (score > bestScore) {
         best = entry;
@@ -316,8 +325,7 @@ export class ExpertCache {
         return -this.routedCount[entry.key]! * 1e9 - entry.lastUse;
       case 'layer-distance': {
         const { layers } = this.store.index;
-        // Layers until this expert's layer runs again (its own layer just ran ⇒ a full cycle).
-        const distance = ((entry.layer - this.currentLayer - 1 + layers) % layers) + 1;
+        const distance = this.layersUntilUse(entry.layer);
         const steps = Math.max(this.layerSteps[entry.layer]!, 1);
         const p = (this.routedCount[entry.key]! + 1) / (steps + 2);
         return distance + layers * (1 / Math.min(p, 1) - 1) - entry.lastUse * 1e-12;
