@@ -108,7 +108,7 @@ describe('new KV into the caches', () => {
     expect([cache.length, cache.entries, cache.keys[0].length]).toEqual([0, 0, 0]);
   });
 
-  it('grows by doubling and keeps the valid entries of every head', () => {
+  it('grows by a quarter (in 64-slot steps) and keeps the valid entries of every head', () => {
     const cache = new SequenceCache(1, { ...shape(null), kvHeads: 2 });
     const first = new BatchStep([{ cache, tokens: new Array(64).fill(1) }], cache.shape);
     first.store(0, 'keys', Float32Array.from({ length: 2 * 64 * 2 }, (_, i) => i));
@@ -117,6 +117,8 @@ describe('new KV into the caches', () => {
     cache.reserve(65);
     expect(cache.capacity).toBe(128);
     expect(Array.from(cache.keys[0].subarray(128 * 2, 128 * 2 + 2))).toEqual([128, 129]); // head 1 starts at slot 0 of its row
+    cache.reserve(129);
+    expect(cache.capacity).toBe(192);
   });
 
   it('compacts a sliding-window cache to the last W-1 entries once it grows past the slack', () => {

@@ -4,10 +4,11 @@
  * each token's absolute position.
  *
  * Each sequence holds, per layer, a key and a value buffer [kv_heads, capacity, head_dim] whose
- * first `entries` slots are valid; capacity grows by doubling. The graphs take the past as an input
- * and return only the step's NEW keys/values, which are written into the buffers at commit — so a
- * decode step copies O(new tokens), not O(context): a single sequence passes its whole buffer
- * (unused slots are zeros, masked out) without any copy; a batch copies each valid prefix once.
+ * first `entries` slots are valid; capacity grows by a quarter at a time. The graphs take the past
+ * as an input and return only the step's NEW keys/values, which are written into the buffers at
+ * commit — so a decode step copies O(new tokens), not O(context): a single sequence passes its
+ * whole buffer (unused slots are zeros, masked out) without any copy; a batch copies each valid
+ * prefix once.
  *
  * Step layout with B entries: past slots [0, P), new slots [P, P+S) with S = the most new tokens.
  * A sliding-window model never reads keys older than W-1 positions behind the newest query, so its
@@ -48,11 +49,12 @@ export class SequenceCache {
     return this.keys.reduce((sum, k, i) => sum + k.byteLength + this.values[i].byteLength, 0);
   }
 
-  /** Grows every buffer to hold `slots` entries, keeping the valid ones. */
+  /** Grows every buffer to hold at least `slots` entries, keeping the valid ones. */
   reserve(slots: number): void {
     if (slots <= this.capacity) return;
     const { kvHeads, headDim } = this.shape;
-    const capacity = Math.max(slots, this.capacity * 2, MIN_CAPACITY);
+    // +25% rounded to 64 slots: attention runs over the whole buffer, so slack costs compute.
+    const capacity = Math.ceil(Math.max(slots, this.capacity * 1.25, MIN_CAPACITY) / MIN_CAPACITY) * MIN_CAPACITY;
     const grow = (old: Float32Array) => {
       const out = new Float32Array(kvHeads * capacity * headDim);
       for (let h = 0; h < kvHeads; h++) out.set(old.subarray(h * this.capacity * headDim, (h * this.capacity + this.entries) * headDim), h * capacity * headDim);
