@@ -98,25 +98,33 @@ function isCacheable(completion: ChatCompletionResponse): boolean {
   return completion.choices.length > 0 && reason !== null && reason !== undefined && reason !== 'error' && reason !== 'model_length';
 }
 
-/** Passes a streamed body through unchanged while assembling it; stores it if it ends cleanly. */
+/**
+ * Passes a streamed body through unchanged, chunk for chunk, while assembling it; stores it if it
+ * ends cleanly. A hand-written pull stream rather than pipeThrough, so that a client's cancel
+ * reliably reaches the source (workerd #5058) and an upstream failure never counts as an end.
+ */
 function assembleWhileStreaming(body: ReadableStream<Uint8Array>, onComplete: (completion: ChatCompletionResponse) => void): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
   const parser = createSseParser();
   const decoder = new TextDecoder();
   const assembler = createCompletionAssembler();
-  return body.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        controller.enqueue(chunk);
-        for (const event of parser.push(decoder.decode(chunk, { stream: true }))) assembler.push(event);
-      },
-      // Only called when the upstream body ended normally: aborted or failed streams never get here.
-      flush() {
-        for (const event of [...parser.push(decoder.decode()), ...parser.end()]) assembler.push(event);
-        const completion = assembler.completion();
-        if (completion && isCacheable(completion)) onComplete(completion);
-      },
-    }),
-  );
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read(); // a failed upstream rejects here: nothing is stored
+      if (!done) {
+        controller.enqueue(value);
+        for (const event of parser.push(decoder.decode(value, { stream: true }))) assembler.push(event);
+        return;
+      }
+      controller.close();
+      for (const event of [...parser.push(decoder.decode()), ...parser.end()]) assembler.push(event);
+      const completion = assembler.completion();
+      if (completion && isCacheable(completion)) onComplete(completion);
+    },
+    cancel(reason) {
+      return reader.cancel(reason); // the client left: stop the upstream too, and store nothing
+    },
+  });
 }
 
 /**

@@ -33,7 +33,7 @@ function completion(request: ChatCompletionRequest, call: number): ChatCompletio
 const jsonUpstream: Upstream = (request, call) => Response.json(completion(request, call));
 
 /** Streams the answer as Mistral does, one event per write; `cut` ends it with an error frame instead. */
-function sseUpstream({ cut = false } = {}): Upstream {
+function sseUpstream({ cut = false, onCancel = () => {} } = {}): Upstream {
   return (request, call) => {
     const answer = completion(request, call);
     const base = { id: answer.id, object: 'chat.completion.chunk', created: answer.created, model: answer.model };
@@ -53,6 +53,7 @@ function sseUpstream({ cut = false } = {}): Upstream {
         if (next === undefined) controller.close();
         else controller.enqueue(encoder.encode(next));
       },
+      cancel: onCancel,
     });
     return new Response(body, { headers: SSE_HEADERS });
   };
@@ -224,8 +225,31 @@ describe('responseCache', () => {
     expect(calls()).toBe(2);
   });
 
-  it('never caches a stream the client abandoned half way', async () => {
-    const { app, send } = cachedApp(sseUpstream());
+  it('never caches a stream whose upstream connection broke', async () => {
+    const encoder = new TextEncoder();
+    const breaking: Upstream = (request, call) => {
+      const answer = completion(request, call);
+      const first = { id: answer.id, object: 'chat.completion.chunk', created: answer.created, model: answer.model };
+      let sent = false;
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (sent) return controller.error(new Error('connection reset by peer'));
+          sent = true;
+          controller.enqueue(encoder.encode(encodeSseData({ ...first, choices: [{ index: 0, delta: { role: 'assistant', content: 'Har' }, finish_reason: null }] })));
+        },
+      });
+      return new Response(body, { headers: SSE_HEADERS });
+    };
+    const { send, calls } = cachedApp(breaking);
+    const request = { ...prompt(), stream: true };
+    await expect(send(request)).rejects.toThrow(/connection reset by peer/);
+    await expect(send(request)).rejects.toThrow(/connection reset by peer/);
+    expect(calls()).toBe(2); // the broken answer was not stored
+  });
+
+  it('never caches a stream the client abandoned half way, and cancels the upstream', async () => {
+    let upstreamCancelled = false;
+    const { app, send } = cachedApp(sseUpstream({ onCancel: () => (upstreamCancelled = true) }));
     const request = { ...prompt(), stream: true };
     const ctx = createExecutionContext();
     const response = await app.fetch(
@@ -241,6 +265,7 @@ describe('responseCache', () => {
       if (event.data.includes('"role"')) break; // disconnect after the first event
     }
     await waitOnExecutionContext(ctx);
+    expect(upstreamCancelled).toBe(true);
     expect((await send(request)).cache).toBe('MISS');
   });
 
