@@ -95,6 +95,13 @@ describe('rateLimit middleware', () => {
     expect(remaining(await send(crypto.randomUUID())).tokens).toBe(1_000);
   });
 
+  it('adds up concurrent charges exactly', async () => {
+    const limits = { requestsPerMinute: 100, tokensPerMinute: 10_000 };
+    const key = crypto.randomUUID();
+    await Promise.all(Array.from({ length: 40 }, () => chargeTokens(bindings.RATE_LIMITER, { keyHash: key, limits }, 25)));
+    expect(remaining(await meteredApp(limits)(key)).tokens).toBe(10_000 - 40 * 25);
+  });
+
   it('keeps exact counts when the object is evicted, and admits again once the minute has passed', async () => {
     const send = meteredApp({ requestsPerMinute: 2, tokensPerMinute: 1_000 });
     const key = crypto.randomUUID();
