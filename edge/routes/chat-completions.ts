@@ -216,8 +216,9 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
             }),
             keepAliveMs: tunables.keepAliveMs,
             onFinish,
+            clientSignal: c.req.raw.signal,
           })
-        : relaySseStream({ ...toSource(early), keepAliveMs: tunables.keepAliveMs, onFinish });
+        : relaySseStream({ ...toSource(early), keepAliveMs: tunables.keepAliveMs, onFinish, clientSignal: c.req.raw.signal });
     return new Response(relay, { status: 200, headers: SSE_HEADERS });
   };
 }

@@ -32,6 +32,8 @@ export interface RelaySource {
 export interface RelayOptions extends RelaySource {
   keepAliveMs: number;
   onFinish(outcome: StreamOutcome): void;
+  /** The client's request signal: a read that fails after it fired is the client leaving, not the region failing. */
+  clientSignal?: AbortSignal;
 }
 
 /** A failure before the first chunk, as the error frame a committed stream reports it with. */
@@ -82,7 +84,7 @@ function usageOf(parsed: unknown): Usage | null {
   return usage && typeof usage.total_tokens === 'number' ? (usage as Usage) : null;
 }
 
-export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFinish }: RelayOptions): ReadableStream<Uint8Array> {
+export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFinish, clientSignal }: RelayOptions): ReadableStream<Uint8Array> {
   let usage: Usage | null = null;
   let finished = false;
   let pending: Promise<IteratorResult<SseEvent>> | null = null;
@@ -135,7 +137,13 @@ export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFi
         result = await withTimeout(pending, keepAliveMs);
       } catch (error) {
         pending = null;
-        if (!finished) failUpstream(controller, error instanceof Error ? error.message : String(error));
+        if (finished) return;
+        if (clientSignal?.aborted) {
+          controller.close(); // nobody is reading any more
+          finish({ status: 'client_aborted', usage });
+          return;
+        }
+        failUpstream(controller, error instanceof Error ? error.message : String(error));
         return;
       }
       if (finished) return;
@@ -160,9 +168,10 @@ export interface PendingRelayOptions {
   pending: Promise<RelaySource>;
   keepAliveMs: number;
   onFinish(outcome: StreamOutcome): void;
+  clientSignal?: AbortSignal;
 }
 
-export function relayPendingSseStream({ pending, keepAliveMs, onFinish }: PendingRelayOptions): ReadableStream<Uint8Array> {
+export function relayPendingSseStream({ pending, keepAliveMs, onFinish, clientSignal }: PendingRelayOptions): ReadableStream<Uint8Array> {
   let inner: ReadableStreamDefaultReader<Uint8Array> | null = null;
   pending.catch(() => undefined); // observed in pull; avoids an unhandled rejection after cancel
 
@@ -173,6 +182,11 @@ export function relayPendingSseStream({ pending, keepAliveMs, onFinish }: Pendin
         try {
           source = await withTimeout(pending, keepAliveMs);
         } catch (error) {
+          if (clientSignal?.aborted) {
+            controller.close();
+            onFinish({ status: 'client_aborted', usage: null });
+            return;
+          }
           const frame =
             error instanceof StreamStartError
               ? streamErrorFrame(error.type, error.message, error.code)
@@ -183,7 +197,7 @@ export function relayPendingSseStream({ pending, keepAliveMs, onFinish }: Pendin
           return;
         }
         if (source === TIMED_OUT) return controller.enqueue(KEEP_ALIVE_BYTES);
-        inner = relaySseStream({ ...source, keepAliveMs, onFinish }).getReader();
+        inner = relaySseStream({ ...source, keepAliveMs, onFinish, clientSignal }).getReader();
       }
       const { done, value } = await inner.read();
       if (done) controller.close();

@@ -162,8 +162,8 @@ describe('client abort', () => {
     await waitFor(() => eu.requests[0]?.signal?.aborted === true);
   });
 
-  it('the request signal (enable_request_signal) aborts the sidecar fetch', async () => {
-    const edge = setup();
+  it('the request signal (enable_request_signal) aborts the sidecar fetch, without counting against the region', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1' });
     const key = await edge.apiKey();
     const eu = edge.sidecars.sidecar('eu-west');
     eu.behaviour = 'stall';
@@ -173,6 +173,9 @@ describe('client abort', () => {
     await readUntil(reader, (text) => text.includes('"role":"assistant"'));
     client.abort();
     await waitFor(() => eu.requests[0]?.signal?.aborted === true);
+    await new Promise((resolve) => setTimeout(resolve, 50)); // let the relay see its read fail
+    const health = (await (await edge.send('/health')).json()) as { regions: { region: string; circuit: string }[] };
+    expect(health.regions.find((region) => region.region === 'eu-west')?.circuit).toBe('closed');
   });
 
   it('a client gone before the first byte does not count against the region', async () => {

@@ -1,0 +1,64 @@
+/** The SSE relay on its own: how a failed upstream read is classified, and what the client receives. */
+import { describe, expect, it } from 'vitest';
+import type { SseEvent } from '../../shared/sse.ts';
+import { relaySseStream, type StreamOutcome } from './index.ts';
+
+const first: SseEvent = { data: JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }) };
+
+/** An upstream whose next read fails with `error`. */
+function failingEvents(error: Error): AsyncIterator<SseEvent> {
+  return {
+    next: () => Promise.reject(error),
+    return: async () => ({ done: true, value: undefined }),
+  };
+}
+
+async function relay(events: AsyncIterator<SseEvent>, clientSignal?: AbortSignal) {
+  let outcome: StreamOutcome | undefined;
+  let aborted = false;
+  const stream = relaySseStream({
+    first,
+    events,
+    abortUpstream: () => {
+      aborted = true;
+    },
+    keepAliveMs: 10_000,
+    onFinish: (finished) => {
+      outcome = finished;
+    },
+    clientSignal,
+  });
+  const text = await new Response(stream).text();
+  return { text, outcome, aborted };
+}
+
+describe('relaySseStream', () => {
+  it('turns a failed read into an error frame, no [DONE], and an upstream failure', async () => {
+    const { text, outcome, aborted } = await relay(failingEvents(new Error('connection reset')));
+    expect(text.startsWith(`data: ${first.data}\n\n`)).toBe(true);
+    expect(text).toContain('"object":"error"');
+    expect(text).toContain('connection reset');
+    expect(text).not.toContain('[DONE]');
+    expect(outcome).toMatchObject({ status: 'upstream_failed' });
+    expect(aborted).toBe(true);
+  });
+
+  it('calls a read that fails after the client left a client abort, not a region failure', async () => {
+    const client = new AbortController();
+    client.abort(new Error('The client has disconnected'));
+    const { text, outcome } = await relay(failingEvents(new Error('The client has disconnected')), client.signal);
+    expect(outcome).toEqual({ status: 'client_aborted', usage: null });
+    expect(text).not.toContain('"object":"error"');
+  });
+
+  it('keeps the usage of the last chunk for metering', async () => {
+    const chunks: SseEvent[] = [
+      { data: JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } }) },
+      { data: '[DONE]' },
+    ];
+    const events: AsyncIterator<SseEvent> = { next: async () => (chunks.length ? { done: false, value: chunks.shift()! } : { done: true, value: undefined }) };
+    const { text, outcome } = await relay(events);
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    expect(outcome).toEqual({ status: 'completed', usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+  });
+});
