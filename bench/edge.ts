@@ -134,9 +134,10 @@ async function serveInstantUpstream(region: string): Promise<string> {
  * competes with the load generator's event loop and its latency is a fair baseline.
  */
 async function startInstantUpstream(): Promise<{ url: string; close: () => Promise<void> }> {
+  // Its stdin is a pipe from this process: when the bench dies, however it dies, the upstream follows.
   const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), UPSTREAM_FLAG], {
     cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
   const close = async () => {
     if (child.exitCode !== null) return;
@@ -223,6 +224,9 @@ async function startWranglerEdge(target: EdgeTarget): Promise<EdgeInstance> {
       // already gone
     }
   };
+  // Detached (its own group), so it would outlive an interrupted bench: kill it when we exit.
+  const killOnExit = () => signalGroup('SIGKILL');
+  process.once('exit', killOnExit);
   const stop = async () => {
     if (child.exitCode === null && child.pid !== undefined) {
       const exited = new Promise((resolveExit) => child.once('exit', resolveExit));
@@ -230,6 +234,7 @@ async function startWranglerEdge(target: EdgeTarget): Promise<EdgeInstance> {
       await Promise.race([exited, new Promise((resolveWait) => setTimeout(resolveWait, 5_000))]);
       signalGroup('SIGKILL');
     }
+    process.off('exit', killOnExit);
     await rm(persistTo, { recursive: true, force: true });
   };
   const url = `http://127.0.0.1:${port}`;
@@ -528,7 +533,10 @@ export async function runEdgeBench(argv: string[]): Promise<number> {
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url) && process.argv[2] === UPSTREAM_FLAG) {
   serveInstantUpstream('bench').then((url) => console.log(url));
+  process.stdin.on('end', () => process.exit(0)).resume();
 } else if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  // Ctrl-C or a timeout: exit through process.on('exit') handlers, which stop the children.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
   runEdgeBench(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (error: unknown) => {
