@@ -7,10 +7,11 @@ import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
 import { describe, expect, it } from 'vitest';
-import { cacheApiStore, kvStore, parseTtlSeconds, responseCache, tieredStore, type ResponseCacheBindings } from '../../edge/cache/index.ts';
+import { createCompletionAssembler } from '../../edge/cache/completion-assembler.ts';
+import { cacheApiStore, kvStore, parseTtlSeconds, replayAsSse, responseCache, tieredStore, type ResponseCacheBindings } from '../../edge/cache/index.ts';
 import { ChatCompletionChunkSchema, messageText, type ChatCompletionRequest, type ChatCompletionResponse } from '../../shared/api.ts';
 import { errorBody, streamErrorFrame } from '../../shared/errors.ts';
-import { encodeSseData, readSseEvents, SSE_DONE, SSE_HEADERS } from '../../shared/sse.ts';
+import { encodeSseData, readSseEvents, SSE_DONE, SSE_HEADERS, SSE_KEEP_ALIVE } from '../../shared/sse.ts';
 
 type CacheTestEnv = { Bindings: ResponseCacheBindings };
 type Upstream = (request: ChatCompletionRequest, call: number) => Response;
@@ -39,6 +40,7 @@ function sseUpstream({ cut = false, onCancel = () => {} } = {}): Upstream {
     const base = { id: answer.id, object: 'chat.completion.chunk', created: answer.created, model: answer.model };
     const text = answer.choices[0]?.message.content ?? '';
     const events = [
+      SSE_KEEP_ALIVE, // a long prefill: comments must not disturb the assembled answer
       encodeSseData({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }),
       encodeSseData({ ...base, choices: [{ index: 0, delta: { content: text.slice(0, 6) }, finish_reason: null }] }),
       cut
@@ -191,6 +193,24 @@ describe('responseCache', () => {
     expect(chunks.map((chunk) => chunk.choices[0]?.delta.content ?? '').join('')).toBe(original.choices[0]?.message.content);
     expect(chunks.slice(0, -1).every((chunk) => chunk.usage == null && chunk.choices[0]?.finish_reason === null)).toBe(true);
     expect(chunks.at(-1)).toMatchObject({ id: original.id, usage, choices: [{ finish_reason: 'stop' }] });
+  });
+
+  it('replays and re-assembles any completion losslessly, tool calls included', async () => {
+    const withTools: ChatCompletionResponse = {
+      ...completion({ model: 'mistral-medium', ...prompt('weather?') }, 3),
+      choices: [
+        {
+          index: 0,
+          message: { role: 'assistant', content: '', tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'weather', arguments: '{"city":"Tunis"}' } }] },
+          finish_reason: 'tool_calls',
+        },
+      ],
+    };
+    for (const original of [withTools, completion({ model: 'mistral-tiny', ...prompt() }, 4)]) {
+      const assembler = createCompletionAssembler();
+      for await (const event of readSseEvents(replayAsSse(original).body!)) assembler.push(event);
+      expect(assembler.completion()).toEqual(original);
+    }
   });
 
   it('caches a cleanly finished stream as its assembled completion, passing the stream through unchanged', async () => {
