@@ -53,7 +53,10 @@ function isErrorEvent(event: SseEvent): boolean {
   }
 }
 
+const clientClosed = () => new EdgeError('invalid_request_error', 'Client closed the request', { status: 499 });
+
 async function attempt(target: Target, options: ForwardOptions, attempts: number): Promise<ForwardResult> {
+  if (options.clientSignal?.aborted) throw clientClosed(); // gone already: spend no sidecar time
   const controller = new AbortController();
   const onClientAbort = () => controller.abort(options.clientSignal?.reason);
   options.clientSignal?.addEventListener('abort', onClientAbort, { once: true });
@@ -105,7 +108,7 @@ async function attempt(target: Target, options: ForwardOptions, attempts: number
   } catch (error) {
     clearTimeout(timer);
     detach();
-    if (options.clientSignal?.aborted) throw new EdgeError('invalid_request_error', 'Client closed the request', { status: 499 });
+    if (options.clientSignal?.aborted) throw clientClosed();
     if (error instanceof AttemptFailed) throw error;
     if (timedOut) throw new AttemptFailed(`no response within ${options.timeoutMs} ms`);
     throw new AttemptFailed(`connection failed: ${error instanceof Error ? error.message : String(error)}`);
