@@ -4,7 +4,7 @@
  *
  *   request id → access log → CORS → body limit
  *   GET  /health                         (public)
- *   GET  /v1/models                      API key
+ *   GET  /v1/models, /v1/models/:id      API key
  *   POST /v1/chat/completions            API key → validate → route → rate limit → cache → forward
  *   /admin/keys (POST, GET, DELETE /:id) admin secret
  */
@@ -26,7 +26,7 @@ import { SidecarPool } from './routing/index.ts';
 import { adminKeysRoutes } from './routes/admin-keys.ts';
 import { chatCompletions, resolveChatRoute, validateChatRequest } from './routes/chat-completions.ts';
 import { healthRoute } from './routes/health.ts';
-import { modelsRoute } from './routes/models.ts';
+import { modelRoute, modelsRoute } from './routes/models.ts';
 
 /** Chat bodies beyond this are refused (32k-token contexts fit with room to spare). */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -92,6 +92,7 @@ export function createApp(options: CreateAppOptions = {}) {
   const keyCache = new ApiKeyCache();
   app.use('/v1/*', apiKeyAuth(keyCache));
   app.get('/v1/models', modelsRoute());
+  app.get('/v1/models/:id', modelRoute());
   app.post(
     '/v1/chat/completions',
     validateChatRequest(),

@@ -46,6 +46,14 @@ describe('the worker', () => {
     expect(body.data[0]).toMatchObject({ object: 'model', owned_by: 'mistralai', max_context_length: 32768, aliases: ['open-mistral-7b', 'mistral-tiny-2312'] });
   });
 
+  it('retrieves one model card by id or alias, and 404s an unknown one', async () => {
+    const get = (id: string) => edge.send(`/v1/models/${id}`, { headers: { authorization: `Bearer ${key}` } });
+    expect(await (await get('open-mixtral-8x7b')).json()).toMatchObject({ id: 'mistral-small', object: 'model' });
+    const missing = await get('mistral-large');
+    expect(missing.status).toBe(404);
+    expect(await missing.json()).toMatchObject({ object: 'error', type: 'not_found', message: 'Model not found: mistral-large' });
+  });
+
   it('meters chat requests (x-ratelimit-* headers) and caches deterministic ones (x-cache)', async () => {
     const first = await edge.chat(key, { temperature: 0 }, { cf: PARIS });
     expect(first.status).toBe(200);
