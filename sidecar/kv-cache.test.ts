@@ -51,9 +51,10 @@ describe('attention mask', () => {
       ],
       shape(null),
     );
-    expect([step.past, step.seq]).toEqual([2, 2]);
-    expect(pattern(step, 0)).toEqual(['111.', '...1']);
-    expect(pattern(step, 1)).toEqual(['..1.', '..11']);
+    expect([step.past, step.seq]).toEqual([64, 2]); // P = the largest buffer in the step
+    const unused = '.'.repeat(62);
+    expect(pattern(step, 0)).toEqual([`11${unused}1.`, `..${unused}.1`]);
+    expect(pattern(step, 1)).toEqual([`..${unused}1.`, `..${unused}11`]);
   });
 });
 
@@ -73,9 +74,9 @@ describe('new KV into the caches', () => {
     new BatchStep([{ cache, tokens: [1] }], shape(null)).commit();
     expect([cache.entries, cache.capacity]).toEqual([1, 64]);
     const step = new BatchStep([{ cache, tokens: [2] }], shape(null));
-    expect(step.past).toBe(64);
+    expect([step.past, step.seq]).toEqual([64, 2]); // one padding row: matmuls never run at M=1
     expect(step.pastTensor(0, 'keys')).toBe(cache.keys[0]); // no copy
-    expect(pattern(step, 0)[0]).toBe(`1${'.'.repeat(63)}1`);
+    expect(pattern(step, 0)).toEqual([`1${'.'.repeat(63)}1.`, `${'.'.repeat(64)}.1`]);
   });
 
   it('appends each entry’s real new rows after its cached ones, dropping padding', () => {
@@ -90,8 +91,10 @@ describe('new KV into the caches', () => {
       ],
       shape(null),
     );
-    expect([step.past, step.seq]).toEqual([1, 2]);
-    expect(Array.from(step.pastTensor(0, 'keys'))).toEqual([10, 11, 0, 0]);
+    expect([step.past, step.seq]).toEqual([64, 2]);
+    const past = step.pastTensor(0, 'keys'); // [B=2, kv=1, P=64, hd=2]
+    expect(Array.from(past.subarray(0, 4))).toEqual([10, 11, 0, 0]);
+    expect(past.length).toBe(2 * 64 * 2);
     // new keys [B=2, kv=1, S=2, hd=2]: entry a = [new, pad], entry b = [new1, new2]
     step.store(0, 'keys', Float32Array.of(12, 13, 0, 0, /* b */ 30, 31, 32, 33));
     step.store(0, 'values', new Float32Array(8));

@@ -8,12 +8,13 @@
  * as an input and return only the step's NEW keys/values, which are written into the buffers at
  * commit — so a decode step copies O(new tokens), not O(context): a single sequence passes its
  * whole buffer (unused slots are zeros, masked out) without any copy; a batch copies each valid
- * prefix once.
+ * prefix once into a [B, kv_heads, max capacity, head_dim] tensor.
  *
  * Step layout with B entries: past slots [0, P), new slots [P, P+S) with S = the most new tokens.
  * A sliding-window model never reads keys older than W-1 positions behind the newest query, so its
  * buffers are compacted to the last W-1 entries (in batches of TRIM_SLACK, to copy rarely).
  */
+import { MIN_MATMUL_ROWS } from './quantize.ts';
 
 export interface CacheShape {
   layers: number;
@@ -95,9 +96,9 @@ export interface StepEntry {
 
 export class BatchStep {
   readonly batch: number;
-  /** Padded new-token count S. */
+  /** Padded new-token count S (at least 2 for a lone sequence). */
   readonly seq: number;
-  /** Past slots P: a lone sequence's whole capacity, else the longest valid prefix. */
+  /** Past slots P: the largest buffer capacity in the step (a lone sequence's buffer as is). */
   readonly past: number;
   private pending: Array<{ layer: number; kind: 'keys' | 'values'; rows: Float32Array }> = [];
 
@@ -106,8 +107,12 @@ export class BatchStep {
     private readonly shape: CacheShape,
   ) {
     this.batch = entries.length;
-    this.seq = Math.max(...entries.map((e) => e.tokens.length));
-    this.past = this.batch === 1 ? entries[0].cache.capacity : Math.max(...entries.map((e) => e.cache.entries));
+    // A lone sequence gets a padding row so matmuls never run with M=1 (see MIN_MATMUL_ROWS).
+    this.seq = Math.max(this.batch === 1 ? MIN_MATMUL_ROWS : 1, ...entries.map((e) => e.tokens.length));
+    // Slot layout decides rounding: onnxruntime's vectorised softmax sums lanes by slot position.
+    // Using the largest buffer capacity as P gives the sequence that owns it exactly the layout
+    // it has alone, so its output does not change when others join its step.
+    this.past = Math.max(...entries.map((e) => e.cache.capacity));
   }
 
   get total(): number {
@@ -171,6 +176,7 @@ export class BatchStep {
   pastTensor(layer: number, kind: 'keys' | 'values'): Float32Array {
     const { kvHeads, headDim } = this.shape;
     if (this.batch === 1) return this.entries[0].cache[kind][layer];
+    // Batches copy each valid prefix; unused slots stay zero (masked).
     const out = new Float32Array(this.batch * kvHeads * this.past * headDim);
     this.entries.forEach((e, b) => {
       const source = e.cache[kind][layer];

@@ -20,7 +20,7 @@ import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } fr
 import { storeCacheDir } from './paths.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './expert-cache.ts';
 import { PagedExperts } from './expert-graph.ts';
-import type { Precision } from './quantize.ts';
+import { MIN_MATMUL_ROWS, type Precision } from './quantize.ts';
 
 export interface ModelInfo {
   name: string;
@@ -265,6 +265,7 @@ class EngineRuntime implements ModelRuntime {
       const first = options.allPositions ? 0 : e.tokens.length - 1;
       for (let i = first; i < e.tokens.length; i++) rows.push(b * step.seq + i);
     });
+    while (rows.length < MIN_MATMUL_ROWS) rows.push(rows[0]); // lm_head never at M=1; extra rows dropped
     const logits = await this.runner.run(step, BigInt64Array.from(rows.map(BigInt)));
     step.commit();
     const vocab = this.info.vocabSize;

@@ -12,8 +12,9 @@ export const MANIFEST_FILE = 'manifest.json';
 /**
  * Bump when graphs or file layout change: stores of another version are rebuilt, not misread.
  * 2: graphs return only the step's new keys/values (new_key.N), not the concatenated cache.
+ * 3: attention flattens each KV head's query group into matmul rows (batch-invariant kernels).
  */
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 
 export interface GraphEntry {
   graph: string;

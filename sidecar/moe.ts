@@ -8,6 +8,7 @@ import * as ort from 'onnxruntime-node';
 import { createSession, type SessionSettings } from './device.ts';
 import { modelError } from './errors.ts';
 import { IO } from './graph/models.ts';
+import { MIN_MATMUL_ROWS } from './quantize.ts';
 
 export interface Expert {
   /** x [rows, dim] → expert(x) [rows, dim]. */
@@ -126,9 +127,14 @@ export async function runExperts(provider: ExpertProvider, layer: number, x: Flo
   const out = new Float32Array(rows * dim);
   for (const expert of [...byExpert.keys()].sort((a, b) => a - b)) {
     const slots = byExpert.get(expert) as number[];
-    const input = new Float32Array(slots.length * dim);
-    slots.forEach((slot, i) => input.set(x.subarray(Math.floor(slot / k) * dim, Math.floor(slot / k) * dim + dim), i * dim));
-    const y = await (await provider.get(layer, expert)).run(input, slots.length);
+    // At least two rows (the first repeated), so a lone row gets the same kernel as a batch.
+    const padded = Math.max(slots.length, MIN_MATMUL_ROWS);
+    const input = new Float32Array(padded * dim);
+    for (let i = 0; i < padded; i++) {
+      const row = Math.floor(slots[Math.min(i, slots.length - 1)] / k) * dim;
+      input.set(x.subarray(row, row + dim), i * dim);
+    }
+    const y = await (await provider.get(layer, expert)).run(input, padded);
     slots.forEach((slot, i) => {
       const row = Math.floor(slot / k) * dim;
       const weight = routing.weights[slot];

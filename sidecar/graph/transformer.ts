@@ -93,8 +93,6 @@ export class TransformerGraph {
   /**
    * Pre-norm attention sublayer; returns the residual sum and this step's new keys/values
    * [batch, kv_heads, seq, head_dim] (the caller appends them to its cache).
-   * GQA: query heads are grouped per KV head ([batch, kv, group, seq, hd]) so K/V broadcast
-   * across the group inside MatMul instead of being repeated.
    */
   async attention(x: string, layer: number, inputs: AttentionInputs, pastKey: string, pastValue: string) {
     const { g } = this;
@@ -117,22 +115,26 @@ export class TransformerGraph {
     const kNew = g.op('Transpose', [this.rope(k, cos, sin)], { perm: [0, 2, 1, 3] });
     const vNew = g.op('Transpose', [v], { perm: [0, 2, 1, 3] });
 
+    // Query heads grouped per KV head and flattened to rows [batch, kv, group×seq, hd]: every score
+    // and value product is one matmul per KV head with M = group×seq rows (never M=1, whose kernel
+    // rounds differently; see MIN_MATMUL_ROWS), and K/V are used as they are, never repeated.
     // The cache is never concatenated (that copy grows with the context): scores against past and
-    // new keys are computed apart and joined (O(seq × total) floats), the softmax is split again
-    // for the two value products. Scores = q·Kᵀ/√hd by FusedMatMul (transB, alpha), no transpose.
-    const qGrouped = g.op('Transpose', [g.op('Reshape', [this.rope(q, cos, sin), g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] });
-    const scoresAgainst = (keys: string) =>
-      g.op('FusedMatMul', [qGrouped, g.op('Unsqueeze', [keys, g.ints([2])])], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
+    // new keys are computed apart and joined (O(rows × total) floats), the softmax is split again
+    // for the two value products. q·Kᵀ/√hd by FusedMatMul (transB, alpha): no transposed copy.
+    const qRows = g.op('Reshape', [
+      g.op('Transpose', [g.op('Reshape', [this.rope(q, cos, sin), g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] }),
+      g.ints([0, 0, -1, headDim]),
+    ]);
+    const scoresAgainst = (keys: string) => g.op('FusedMatMul', [qRows, keys], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
     const raw = g.op('Concat', [scoresAgainst(pastKey), scoresAgainst(kNew)], { axis: -1 });
-    const probs = g.op('Softmax', [g.op('Add', [raw, g.op('Unsqueeze', [inputs.mask, g.ints([1])])])], { axis: -1 });
+    const mask = group === 1 ? inputs.mask : g.op('Concat', Array.from({ length: group }, () => inputs.mask), { axis: 2 }); // [batch, 1, group×seq, total]
+    const probs = g.op('Softmax', [g.op('Add', [raw, mask])], { axis: -1 });
     const pastLength = g.op('Shape', [pastKey], { start: 2, end: 3 });
     const probsPast = g.op('Slice', [probs, g.ints([0]), pastLength, g.ints([-1])]);
     const probsNew = g.op('Slice', [probs, pastLength, g.ints([2 ** 53]), g.ints([-1])]);
-    const context = g.op('Add', [
-      g.op('MatMul', [probsPast, g.op('Unsqueeze', [pastValue, g.ints([2])])]),
-      g.op('MatMul', [probsNew, g.op('Unsqueeze', [vNew, g.ints([2])])]),
-    ]);
-    const merged = g.op('Reshape', [g.op('Transpose', [context], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, nHeads * headDim])]);
+    const context = g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsNew, vNew])]);
+    const grouped = g.op('Reshape', [context, g.ints([0, 0, group, -1, headDim])]); // [batch, kv, group, seq, hd]
+    const merged = g.op('Reshape', [g.op('Transpose', [grouped], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, nHeads * headDim])]);
     const out = g.op('Add', [x, await this.linear(merged, `${p}.attention.wo.weight`, dim, nHeads * headDim)]);
     return { out, newKey: kNew, newValue: vNew };
   }

@@ -83,6 +83,29 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
     }
   });
 
+  it('keeps the longest sequence bit-identical when shorter ones join its steps (int4)', async () => {
+    const store = join(work, `${model}-int4`);
+    await convertCheckpoint({ from: checkpointDir(model, 'hf'), to: store, precision: 'int4' });
+    const int4 = await loadModel(store);
+    const prompt = tokens(12, 9);
+    const decode = async (withOthers: boolean) => {
+      const main = int4.createSequence();
+      const other = int4.createSequence();
+      await int4.forward([{ sequence: main, tokens: prompt }]);
+      const out: Float32Array[] = [];
+      for (let i = 0; i < 5; i++) {
+        const batch = [{ sequence: main, tokens: [40 + i] }];
+        if (withOthers) batch.push({ sequence: other, tokens: i === 1 ? tokens(7, 10) : [50 + i] });
+        out.push((await int4.forward(batch))[0]);
+      }
+      int4.releaseSequence(main);
+      int4.releaseSequence(other);
+      return out.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength).toString('base64'));
+    };
+    expect(await decode(true)).toEqual(await decode(false));
+    await int4.dispose();
+  });
+
   it('rejects bad calls with invalid_request_error', async () => {
     const sequence = runtime.createSequence();
     const bad = async (call: () => Promise<unknown>, fragment: string) => {
