@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../sidecar/checkpoint.ts';
-import { ExpertStore, buildExpertStore, expertFileBytes, type ExpertStoreIndex } from '../../sidecar/expert-store.ts';
+import { ExpertStore, allocateExpert, buildExpertStore, expertFileBytes, writeExpertStore, type ExpertStoreIndex } from '../../sidecar/expert-store.ts';
 
 const GOLDEN = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral');
 
@@ -64,6 +64,27 @@ describe('expert store', () => {
       const b = await readFile(join(work, 'hf', 'experts-int8', name));
       expect(a.equals(b)).toBe(true);
     }
+  });
+
+  it('pages in without holding the event loop: the read and the checksum yield while they run', async () => {
+    // Two 8.5 MB experts, so the one-time checksum spans several 4 MiB slices.
+    const dir = join(work, 'large');
+    const dim = 512;
+    const ffn = 4096;
+    const routers = { norm: [new Float32Array(dim).fill(1)], gate: [new Float32Array(2 * dim)] };
+    await writeExpertStore(dir, { dim, ffn, layers: 1, experts: 2, topK: 2, normEps: 1e-5 }, routers, () => {
+      const image = allocateExpert(dim, ffn);
+      image.weights.w13.fill(3);
+      return image.bytes;
+    });
+    const store = await ExpertStore.open(dir);
+    let turns = 0;
+    let done = false;
+    const spin = () => setImmediate(() => (done ? undefined : (turns++, spin())));
+    spin();
+    await store.read(0, 1, store.allocate());
+    done = true;
+    expect(turns).toBeGreaterThanOrEqual(3); // open/stat/read callbacks and the checksum slices each let other work in
   });
 
   describe('bad files fail with a message naming the file', () => {
