@@ -26,7 +26,7 @@ const HELP = `usage: sirocco generate --prompt TEXT [options]
   --top-p P             nucleus sampling mass in (0, 1] (default 1)
   --seed S              random seed: the same seed gives the same text
   --precision P         fp32 | int8 | int4: conversion precision for a raw checkpoint or the demo (default int4)
-  --expert-cache-mb N   Mixtral expert cache budget in MB
+  --expert-cache-mb N   Mixtral expert cache budget in MB (may be fractional)
   --device D            cpu (default) | cuda
   --threads N           onnxruntime intra-op threads`;
 
@@ -69,7 +69,7 @@ export async function run(argv: string[]): Promise<number> {
   const topP = parseNumberOption(values['top-p'], 'top-p', { min: Number.MIN_VALUE, max: 1 }) ?? 1;
   const seed = parseNumberOption(values.seed, 'seed', { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER });
   const precision = parsePrecision(values.precision);
-  const expertCacheMb = parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { integer: true, min: 1 });
+  const expertCacheMb = parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: Number.MIN_VALUE });
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 });
   const device = values.device as Device;
   if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
