@@ -16,7 +16,8 @@
  * span from the first stream's first token to the last stream's last token), end-to-end tokens/s,
  * p50/p99 time to first token and inter-token latency, the speed-up over one stream, and (from
  * the sidecar's /metrics) the decode steps of the level with their mean batch size and duration,
- * which separate the engine's batch scaling from the scheduler's overhead. Targets
+ * which separate the engine's batch scaling from the scheduler's overhead, and the prefill rate of
+ * one long prompt: the compute ceiling that batched decode approaches on this machine. Targets
  * (issue 4): ≥ 4× the single-stream throughput at 8 streams; p99 ITL under 2× the single-stream p99.
  *
  *   --tokens N        tokens per stream (default 64)
@@ -25,7 +26,7 @@
  *   --out FILE        JSON results (default bench/results/sidecar.json)
  */
 import { spawn } from 'node:child_process';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { cpus, loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
@@ -33,7 +34,7 @@ import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
 import { convertCheckpoint } from '../sidecar/convert.ts';
-import { isStore } from '../sidecar/model-store.ts';
+import { FORMAT_VERSION, MANIFEST_FILE, isStore } from '../sidecar/model-store.ts';
 import { siroccoHome } from '../sidecar/paths.ts';
 import { BENCH_1B_SHAPE, writeRandomCheckpoint } from '../sidecar/random-checkpoint.ts';
 
@@ -65,7 +66,12 @@ interface LevelResult {
 /** The bench model's store, built on first use (the same store and seed as bench:engine). */
 async function ensureBenchStore(): Promise<string> {
   const store = join(siroccoHome(), 'bench', 'mistral-1b-int4');
-  if (await isStore(store)) return store;
+  if (await isStore(store)) {
+    const { formatVersion } = JSON.parse(await readFile(join(store, MANIFEST_FILE), 'utf8')) as { formatVersion?: number };
+    if (formatVersion === FORMAT_VERSION) return store;
+    console.log(`the bench store has format ${formatVersion}, this build reads ${FORMAT_VERSION}: rebuilding it`);
+    await rm(store, { recursive: true, force: true });
+  }
   const source = join(siroccoHome(), 'bench', `mistral-1b-source-${process.pid}`);
   console.log(`building the 1.0B bench model once into ${store} (random weights, int4)…`);
   try {
@@ -98,7 +104,13 @@ async function startSidecar(store: string, threads: number, maxBatch: number): P
     [join(REPO_ROOT, 'bin/sirocco.mjs'), 'serve', '--model', store, '--port', '0', '--threads', String(threads), '--max-batch', String(maxBatch), '--max-queue', '64'],
     { cwd: REPO_ROOT, env: { ...process.env, SIROCCO_SIDECAR_SECRET: '' }, stdio: ['ignore', 'pipe', 'inherit'] },
   );
-  const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()));
+  let running = true;
+  const exited = new Promise<void>((resolveExit) =>
+    child.once('exit', () => {
+      running = false;
+      resolveExit();
+    }),
+  );
   const url = await new Promise<string>((resolveUrl, reject) => {
     createInterface({ input: child.stdout! }).on('line', (line) => {
       try {
@@ -112,6 +124,7 @@ async function startSidecar(store: string, threads: number, maxBatch: number): P
   });
   // "listening" comes before the model is loaded; wait for /ready.
   for (;;) {
+    if (!running) throw new Error('the sidecar exited while loading the model (see its log above)');
     const ready = await fetch(`${url}/ready`).catch(() => null);
     if (ready?.ok) break;
     await new Promise((resolveWait) => setTimeout(resolveWait, 250));
@@ -168,11 +181,28 @@ function percentile(values: number[], p: number): number {
 
 const round = (value: number, digits = 1) => Math.round(value * 10 ** digits) / 10 ** digits;
 
-/** Decode-step counters from /metrics: how many ran, their total batch entries and seconds. */
-async function stepCounters(url: string): Promise<{ count: number; entries: number; seconds: number }> {
+/** Step counters of one kind from /metrics: how many ran, their total batch entries and seconds. */
+async function stepCounters(url: string, kind: 'decode' | 'prefill' = 'decode'): Promise<{ count: number; entries: number; seconds: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const read = (name: string) => Number(new RegExp(`^${name}\\{model="mistral-tiny",kind="decode"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+  const read = (name: string) => Number(new RegExp(`^${name}\\{model="mistral-tiny",kind="${kind}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
   return { count: read('sirocco_step_seconds_count'), entries: read('sirocco_batch_size_sum'), seconds: read('sirocco_step_seconds_sum') };
+}
+
+/**
+ * Prefill tokens/s of one long prompt: the engine's throughput when it is compute-bound. Batched
+ * decode of B streams does the same work per step as a B-token prefill, so this over the
+ * single-stream decode rate bounds the speed-up batching can reach on this machine.
+ */
+async function measurePrefill(url: string): Promise<number> {
+  const before = await stepCounters(url, 'prefill');
+  const response = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'mistral-tiny', messages: [{ role: 'user', content: 'The sea and the wind. '.repeat(40) }], max_tokens: 1 }),
+  });
+  const { usage } = (await response.json()) as { usage: { prompt_tokens: number } };
+  const after = await stepCounters(url, 'prefill');
+  return round(usage.prompt_tokens / (after.seconds - before.seconds), 2);
 }
 
 async function runLevel(url: string, streams: number, tokens: number): Promise<Omit<LevelResult, 'speedup'>> {
@@ -218,6 +248,7 @@ async function main(): Promise<void> {
   const store = await ensureBenchStore();
   const sidecar = await startSidecar(store, threads, Math.max(...levels));
   const results: LevelResult[] = [];
+  let prefillTokensPerSecond = 0;
   console.log(`load average before the run: ${loadavg().map((value) => value.toFixed(1)).join(' ')} (${cpus().length} cores)`);
   try {
     await runLevel(sidecar.url, 1, 8); // warm-up: first-run allocations and page faults
@@ -227,6 +258,7 @@ async function main(): Promise<void> {
       results.push({ ...result, speedup: round(result.decodeTokensPerSecond / single, 2) });
       console.log(`  ${streams} stream(s): ${result.decodeTokensPerSecond} decode tokens/s`);
     }
+    prefillTokensPerSecond = await measurePrefill(sidecar.url);
   } finally {
     await sidecar.stop();
   }
@@ -247,12 +279,17 @@ async function main(): Promise<void> {
       `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(22)} | ${String(r.steps.count).padStart(12)} | ${String(r.steps.meanBatch).padStart(10)} | ${String(r.steps.meanMs).padStart(12)}`,
     );
   }
+  console.log('');
+  if (single) {
+    console.log(
+      `compute ceiling: prefill ${prefillTokensPerSecond} tokens/s = ${round(prefillTokensPerSecond / single.decodeTokensPerSecond, 2)}x the single-stream decode rate (the most any batch size can gain here)`,
+    );
+  }
   if (targets) {
-    console.log('');
     console.log(`8 streams: ${targets.throughputAt8.measured}x single-stream throughput (target ≥ 4x: ${targets.throughputAt8.met ? 'met' : 'not met'}); p99 ITL ${targets.p99InterTokenAt8.measured}x single-stream (target < 2x: ${targets.p99InterTokenAt8.met ? 'met' : 'not met'})`);
   }
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), results, targets }, null, 2)}\n`);
+  await writeFile(out, `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), prefillTokensPerSecond, results, targets }, null, 2)}\n`);
   console.log(`results written to ${out}`);
 }
 
