@@ -274,6 +274,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     }));
     const wranglerArgs = [WRANGLER_BIN, 'dev', '--port', String(edgePort), '--ip', '127.0.0.1'];
     wranglerArgs.push('--persist-to', persistTo, '--show-interactive-dev-session=false', '--log-level', 'warn');
+    // wrangler's debugger listens on a fixed port (9229) by default: two stacks at once would collide.
+    wranglerArgs.push('--inspector-port', String(await freePort()));
     // Secrets go in as vars: the same bindings the worker reads from `wrangler secret` in production.
     wranglerArgs.push('--var', `${ENV.sidecarSecret}:${sidecarSecret}`, '--var', `${ENV.adminSecret}:${adminSecret}`);
     wranglerArgs.push('--var', `SIDECARS:${JSON.stringify(registry)}`);
