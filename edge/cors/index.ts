@@ -20,7 +20,7 @@ export const EXPOSED_HEADERS = [
   'retry-after-ms',
 ];
 
-export const ALLOWED_HEADERS = ['authorization', 'content-type', HEADERS.requestId, 'x-sirocco-cache'];
+export const ALLOWED_HEADERS = ['authorization', 'content-type', HEADERS.requestId, HEADERS.region, 'x-sirocco-cache'];
 
 /**
  * @example

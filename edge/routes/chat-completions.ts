@@ -19,7 +19,7 @@ import {
   type Usage,
 } from '../../shared/api.ts';
 import { ERROR_CODES, MistralErrorBodySchema } from '../../shared/errors.ts';
-import { SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { HEADERS, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { SSE_HEADERS } from '../../shared/sse.ts';
 import { signRequest } from '../../shared/signing.ts';
 import { keyAllowsModel } from '../auth/index.ts';
@@ -99,7 +99,7 @@ function sidecarTargets(c: Context<AppEnv>, deps: EdgeDependencies, model: Local
   });
   if (refresh) inBackground(c, refresh, () => undefined);
 
-  const location = clientLocation(c.req.raw.cf as ClientGeo | undefined);
+  const location = clientLocation(c.req.raw.cf as ClientGeo | undefined, c.req.header(HEADERS.region) ?? null);
   return deps.pool.rank(sidecars, model, location, tunables).map(({ sidecar }) => ({
     name: sidecar.region,
     url: joinUrl(sidecar.url, SIDECAR_PATHS.chatCompletions),

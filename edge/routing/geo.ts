@@ -21,6 +21,8 @@ export interface ClientLocation {
   point: GeoPoint | null;
   continent: string | null;
   country: string | null;
+  /** A region the client asked for by name (`x-sirocco-region`); ranked first while it is usable. */
+  preferredRegion?: string | null;
 }
 
 /** Rough population-weighted centroids for Cloudflare's continent codes. */
@@ -51,11 +53,11 @@ function coordinate(value: string | number | undefined, limit: number): number |
   return Number.isFinite(parsed) && Math.abs(parsed) <= limit ? parsed : null;
 }
 
-export function clientLocation(cf: ClientGeo | undefined): ClientLocation {
+export function clientLocation(cf: ClientGeo | undefined, preferredRegion: string | null = null): ClientLocation {
   const continent = typeof cf?.continent === 'string' ? cf.continent.toUpperCase() : null;
   const country = typeof cf?.country === 'string' ? cf.country.toUpperCase() : null;
   const lat = coordinate(cf?.latitude, 90);
   const lon = coordinate(cf?.longitude, 180);
   const point = lat !== null && lon !== null ? { lat, lon } : continent ? (CONTINENT_CENTROIDS[continent] ?? null) : null;
-  return { point, continent, country };
+  return { point, continent, country, preferredRegion };
 }

@@ -2,7 +2,7 @@
  * Sidecar routing: which regions may serve a request and in what order.
  *
  * Order: sidecars that serve the model and whose circuit admits a request; ready ones (or never
- * probed) before not-ready ones; then the client's country if a region lists it; then great-circle
+ * probed) before not-ready ones; then the region the client named in `x-sirocco-region`; then the client's country if a region lists it; then great-circle
  * distance from the client (coordinates from `request.cf`, else its continent's centroid) in 300 km
  * bands; inside a band the lower reported load wins; finally configuration order. State (circuits,
  * probe results) lives in the isolate's memory, one `SidecarPool` per app.
@@ -69,6 +69,7 @@ export class SidecarPool {
 
     const key = ({ entry, order }: (typeof ranked)[number]) => [
       entry.ready === false ? 1 : 0,
+      location.preferredRegion && entry.sidecar.region === location.preferredRegion ? 0 : 1,
       location.country && entry.sidecar.countries?.includes(location.country) ? 0 : 1,
       entry.distanceKm === null ? Infinity : Math.floor(entry.distanceKm / DISTANCE_BAND_KM),
       entry.load,

@@ -28,6 +28,17 @@ describe('routing by client location', () => {
     expect(await answeredBy(await edge.chat(key, {}, { cf: { continent: 'NA' } }))).toBe('us-east');
   });
 
+  it('prefers the region a client names in x-sirocco-region, and still fails over from it', async () => {
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS, headers: { 'x-sirocco-region': 'us-east' } }))).toBe('us-east');
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS, headers: { 'x-sirocco-region': 'nowhere' } }))).toBe('eu-west');
+    edge.sidecars.sidecar('us-east').behaviour = 'refuse';
+    try {
+      expect(await answeredBy(await edge.chat(key, {}, { cf: NEW_YORK, headers: { 'x-sirocco-region': 'us-east' } }))).toBe('eu-west');
+    } finally {
+      edge.sidecars.sidecar('us-east').behaviour = 'ok';
+    }
+  });
+
   it('signs every sidecar request and passes the request id along', async () => {
     const response = await edge.chat(key, {}, { cf: PARIS, headers: { 'x-request-id': 'trace-1234567890' } });
     expect(response.headers.get('x-request-id')).toBe('trace-1234567890');
