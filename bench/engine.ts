@@ -21,7 +21,7 @@ import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
-import { parsePrecision } from '../cli/commands/convert.ts';
+import { parsePrecision } from '../cli/engine-flags.ts';
 import { convertCheckpoint, type Precision } from '../sidecar/convert.ts';
 import { loadModel } from '../sidecar/model-runtime.ts';
 import { isStore, readManifest } from '../sidecar/model-store.ts';
@@ -98,7 +98,7 @@ async function main(): Promise<void> {
     prompt: { type: 'string' },
     out: { type: 'string', default: 'bench/results/engine.json' },
   });
-  const precision = parsePrecision(values.precision, 'int4');
+  const precision = parsePrecision(values.precision) ?? 'int4';
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }) ?? 2;
   const decodeTokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 1 }) ?? 64;
   const promptLength = parseNumberOption(values.prompt, 'prompt', { integer: true, min: 1 }) ?? 512;

@@ -43,7 +43,7 @@ describe('sirocco serve configuration', () => {
   it.each([
     [['--port', '70000'], /--port must be an integer in \[0, 65535\]/],
     [['--max-batch', '0'], /--max-batch/],
-    [['--device', 'tpu'], /--device must be cpu or cuda/],
+    [['--device', 'tpu'], /--device must be one of cpu, cuda/],
     [['--model', ','], /--model needs at least one folder/],
     [['--region', 'eu west'], /--region/],
     [['--bogus'], /bogus/],

@@ -9,9 +9,10 @@
  *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS, SIROCCO_ADMISSION_WINDOW_MS.
  */
 import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { ENGINE_FLAGS, parseEngineFlags } from '../cli/engine-flags.ts';
 import { DEFAULT_PORTS, ENV } from '../shared/protocol.ts';
+import type { Device } from './device.ts';
 
-export type Device = 'cpu' | 'cuda';
 
 export interface ServeConfig {
   /** Model folders (converted stores or raw checkpoints); empty ⇒ the two demo models. */
@@ -60,11 +61,11 @@ const FLAGS = {
   host: { type: 'string' },
   port: { type: 'string' },
   region: { type: 'string' },
-  device: { type: 'string' },
   'max-batch': { type: 'string' },
   'max-queue': { type: 'string' },
-  'expert-cache-mb': { type: 'string' },
-  threads: { type: 'string' },
+  device: ENGINE_FLAGS.device,
+  'expert-cache-mb': ENGINE_FLAGS['expert-cache-mb'],
+  threads: ENGINE_FLAGS.threads,
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -73,8 +74,7 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
   const { values } = parseCommandArgs(argv, FLAGS);
   if (values.help) return null;
 
-  const device = values.device ?? SERVE_DEFAULTS.device;
-  if (device !== 'cpu' && device !== 'cuda') throw new CliError(`--device must be cpu or cuda, got "${device}"`);
+  const { device, expertCacheMb, threads } = parseEngineFlags(values);
 
   const modelDirs = (values.model ?? '')
     .split(',')
@@ -96,8 +96,8 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     device,
     maxBatch: parseNumberOption(values['max-batch'], 'max-batch', { integer: true, min: 1, max: 1024 }) ?? SERVE_DEFAULTS.maxBatch,
     maxQueue: parseNumberOption(values['max-queue'], 'max-queue', { integer: true, min: 0, max: 100_000 }) ?? SERVE_DEFAULTS.maxQueue,
-    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: 0 }),
-    threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1, max: 1024 }),
+    expertCacheMb,
+    threads,
     sidecarSecret: secret ? secret : null,
     maxBodyBytes: envNumber(env, 'SIROCCO_MAX_BODY_BYTES', SERVE_DEFAULTS.maxBodyBytes, 1),
     requestTimeoutMs: envNumber(env, 'SIROCCO_REQUEST_TIMEOUT_MS', SERVE_DEFAULTS.requestTimeoutMs, 1),

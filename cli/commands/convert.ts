@@ -3,8 +3,9 @@
  * (ONNX graphs + quantized weights + manifest). Progress goes to stderr; the store path to stdout.
  */
 import { SingleBar } from 'cli-progress';
-import { CliError, parseCommandArgs, requireOption } from '../args.ts';
-import { convertCheckpoint, PRECISIONS, type Precision } from '../../sidecar/convert.ts';
+import { parseCommandArgs, requireOption } from '../args.ts';
+import { parsePrecision } from '../engine-flags.ts';
+import { convertCheckpoint } from '../../sidecar/convert.ts';
 
 export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32]';
 
@@ -13,13 +14,7 @@ const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int
   --from DIR        checkpoint folder: params.json + consolidated*.safetensors (Mistral) or
                     config.json + model*.safetensors [+ model.safetensors.index.json] (Hugging Face)
   --to STORE        new folder for the converted store (must not exist or be empty)
-  --precision P     int4 (default, MatMulNBits 4-bit block 32), int8, or fp32`;
-
-export function parsePrecision(value: string | undefined, fallback: Precision): Precision {
-  if (value === undefined) return fallback;
-  if (!(PRECISIONS as readonly string[]).includes(value)) throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
-  return value as Precision;
-}
+  --precision P     int4 (default, MatMulNBits 4-bit), int8, or fp32`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
@@ -34,7 +29,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const from = requireOption(values.from, 'from');
   const to = requireOption(values.to, 'to');
-  const precision = parsePrecision(values.precision, 'int4');
+  const precision = parsePrecision(values.precision) ?? 'int4';
 
   const bar = new SingleBar({
     stream: process.stderr,

@@ -3,10 +3,9 @@
  * stderr so stdout holds only the generated text.
  */
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
 import { renderChatPrompt } from '../../sidecar/chat-template.ts';
-import { PRECISIONS, type Precision } from '../../sidecar/convert.ts';
 import { ensureDemoModel, type DemoModelName } from '../../sidecar/demo-model.ts';
-import { DEVICES, type Device } from '../../sidecar/device.ts';
 import { generate } from '../../sidecar/generate.ts';
 import { loadModel } from '../../sidecar/model-runtime.ts';
 import { loadTokenizer } from '../../sidecar/tokenizer.ts';
@@ -26,23 +25,13 @@ const HELP = `usage: sirocco generate --prompt TEXT [options]
   --top-p P             nucleus sampling mass in (0, 1] (default 1)
   --seed S              random seed: the same seed gives the same text
   --precision P         fp32 | int8 | int4: conversion precision for a raw checkpoint or the demo (default int4)
-  --expert-cache-mb N   Mixtral expert cache budget in MB (may be fractional)
-  --device D            cpu (default) | cuda
-  --threads N           onnxruntime intra-op threads`;
+${ENGINE_FLAGS_HELP}`;
 
 const DEMO_ALIASES: Record<string, DemoModelName> = {
   demo: 'mistral-tiny',
   'demo-tiny': 'mistral-tiny',
   'demo-small': 'mistral-small',
 };
-
-function parsePrecision(value: string | undefined): Precision | undefined {
-  if (value === undefined) return undefined;
-  if (!(PRECISIONS as readonly string[]).includes(value)) {
-    throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
-  }
-  return value as Precision;
-}
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
@@ -53,10 +42,7 @@ export async function run(argv: string[]): Promise<number> {
     temperature: { type: 'string' },
     'top-p': { type: 'string' },
     seed: { type: 'string' },
-    precision: { type: 'string' },
-    'expert-cache-mb': { type: 'string' },
-    device: { type: 'string', default: 'cpu' },
-    threads: { type: 'string' },
+    ...ENGINE_FLAGS,
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
@@ -68,16 +54,12 @@ export async function run(argv: string[]): Promise<number> {
   const temperature = parseNumberOption(values.temperature, 'temperature', { min: 0 }) ?? 0.7;
   const topP = parseNumberOption(values['top-p'], 'top-p', { min: Number.MIN_VALUE, max: 1 }) ?? 1;
   const seed = parseNumberOption(values.seed, 'seed', { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER });
-  const precision = parsePrecision(values.precision);
-  const expertCacheMb = parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: Number.MIN_VALUE });
-  const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 });
-  const device = values.device as Device;
-  if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
+  const engine = parseEngineFlags(values);
 
   const demo = DEMO_ALIASES[values.model];
   if (demo) process.stderr.write(`sirocco generate: using the demo model ${demo} (random weights, nonsense output)\n`);
-  const modelDir = demo ? await ensureDemoModel(demo, precision) : values.model;
-  const runtime = await loadModel(modelDir, { precision, expertCacheMb, threads, device });
+  const modelDir = demo ? await ensureDemoModel(demo, engine.precision) : values.model;
+  const runtime = await loadModel(modelDir, engine);
   const controller = new AbortController();
   const onInterrupt = () => controller.abort(new CliError('interrupted', 130));
   process.once('SIGINT', onInterrupt);

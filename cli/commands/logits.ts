@@ -2,11 +2,10 @@
  * `sirocco logits`: one causal forward pass over the given token ids, printing exactly one JSON
  * object `{"logits": [[...], ...]}` on stdout — one row per input position, the full vocabulary.
  */
-import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
-import { DEVICES, type Device } from '../../sidecar/device.ts';
+import { CliError, parseCommandArgs, requireOption } from '../args.ts';
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
 import { loadModel } from '../../sidecar/model-runtime.ts';
 import { isStore } from '../../sidecar/model-store.ts';
-import { parsePrecision } from './convert.ts';
 
 export const summary = 'print the logits of every position: --model DIR --tokens 1,2,3 [--precision fp32|int8|int4]';
 
@@ -16,9 +15,7 @@ const HELP = `usage: sirocco logits --model DIR --tokens 1,2,3 [options]
   --tokens IDS          comma-separated token ids (BOS is not added)
   --precision P         fp32 | int8 | int4; for a checkpoint folder the conversion precision (default fp32),
                         for a store it must match the store's
-  --expert-cache-mb N   Mixtral expert cache budget in MB (may be fractional)
-  --device D            cpu (default) | cuda
-  --threads N           onnxruntime intra-op threads (default 2)`;
+${ENGINE_FLAGS_HELP}`;
 
 function parseTokens(value: string): number[] {
   return value.split(',').map((part) => {
@@ -33,10 +30,7 @@ export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
     model: { type: 'string' },
     tokens: { type: 'string' },
-    precision: { type: 'string' },
-    'expert-cache-mb': { type: 'string' },
-    device: { type: 'string', default: 'cpu' },
-    threads: { type: 'string' },
+    ...ENGINE_FLAGS,
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
@@ -45,17 +39,11 @@ export async function run(argv: string[]): Promise<number> {
   }
   const model = requireOption(values.model, 'model');
   const tokens = parseTokens(requireOption(values.tokens, 'tokens'));
-  const device = values.device as Device;
-  if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
+  const engine = parseEngineFlags(values);
   // A store keeps its own precision; a raw checkpoint defaults to exact fp32 logits.
-  const precision = values.precision === undefined && (await isStore(model)) ? undefined : parsePrecision(values.precision, 'fp32');
+  const precision = engine.precision ?? ((await isStore(model)) ? undefined : 'fp32');
 
-  const runtime = await loadModel(model, {
-    precision,
-    device,
-    threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }),
-    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: Number.MIN_VALUE }),
-  });
+  const runtime = await loadModel(model, { ...engine, precision });
   try {
     const sequence = runtime.createSequence();
     const [logits] = await runtime.forward([{ sequence, tokens }], { allPositions: true });

@@ -1,0 +1,45 @@
+/**
+ * The engine flags that `logits`, `generate` and `serve` share — `--precision`, `--expert-cache-mb`,
+ * `--device`, `--threads` — with one parser, so each is validated and worded the same everywhere.
+ */
+import { PRECISIONS, type Precision } from '../sidecar/convert.ts';
+import { DEVICES, type Device } from '../sidecar/device.ts';
+import { CliError, parseNumberOption } from './args.ts';
+
+export const ENGINE_FLAGS = {
+  precision: { type: 'string' },
+  'expert-cache-mb': { type: 'string' },
+  device: { type: 'string' },
+  threads: { type: 'string' },
+} as const;
+
+export const ENGINE_FLAGS_HELP = `  --expert-cache-mb N   Mixtral expert cache budget in MiB (may be fractional); experts are paged from disk
+  --device D            cpu (default) | cuda (onnxruntime's CUDA execution provider)
+  --threads N           onnxruntime intra-op threads (default 2)`;
+
+export interface EngineFlags {
+  /** Undefined when --precision was not given: the caller picks its own default. */
+  precision: Precision | undefined;
+  expertCacheMb: number | undefined;
+  device: Device;
+  threads: number | undefined;
+}
+
+type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string };
+
+export function parsePrecision(value: string | undefined): Precision | undefined {
+  if (value === undefined) return undefined;
+  if (!(PRECISIONS as readonly string[]).includes(value)) throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
+  return value as Precision;
+}
+
+export function parseEngineFlags(values: EngineFlagValues): EngineFlags {
+  const device = (values.device ?? 'cpu') as Device;
+  if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
+  return {
+    precision: parsePrecision(values.precision),
+    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: Number.MIN_VALUE }),
+    device,
+    threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1, max: 1024 }),
+  };
+}
