@@ -29,9 +29,23 @@ describe('attention mask', () => {
   it('is causal over cached and new positions', () => {
     const cache = prefilled(2, null);
     const step = new BatchStep([{ cache, tokens: [5, 6, 7] }], shape(null));
-    expect([step.past, step.seq]).toEqual([64, 3]); // the whole buffer; slots 2…63 unused
+    // The whole buffer (slots 2…63 unused); 3 new tokens padded to 4 rows (an even row count).
+    expect([step.past, step.seq]).toEqual([64, 4]);
     const unused = '.'.repeat(62);
-    expect(pattern(step, 0)).toEqual([`11${unused}1..`, `11${unused}11.`, `11${unused}111`]);
+    expect(pattern(step, 0)).toEqual([`11${unused}1...`, `11${unused}11..`, `11${unused}111.`, `..${unused}...1`]);
+  });
+
+  it('gives an odd decode batch one padding entry that sees only itself', () => {
+    const caches = [prefilled(2, null), prefilled(1, null), prefilled(3, null)];
+    const step = new BatchStep(caches.map((cache) => ({ cache, tokens: [9] })), shape(null));
+    expect([step.batch, step.seq]).toEqual([4, 1]); // matmuls see 4 rows, never a lone trailing one
+    expect(Array.from(step.inputIds())).toEqual([9n, 9n, 9n, 0n]);
+    const unused = '.'.repeat(61);
+    expect(pattern(step, 3)).toEqual([`...${unused}1`]);
+    step.store(0, 'keys', Float32Array.of(1, 1, 2, 2, 3, 3, 4, 4));
+    step.store(0, 'values', new Float32Array(8));
+    step.commit(); // the padding entry's rows are dropped
+    expect(caches.map((c) => Array.from(c.keys[0].subarray(c.entries * 2 - 2, c.entries * 2)))).toEqual([[1, 1], [2, 2], [3, 3]]);
   });
 
   it('lets a query at position i see keys i-W+1 … i only', () => {

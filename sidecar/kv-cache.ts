@@ -11,6 +11,11 @@
  * prefix once into a [B, kv_heads, max capacity, head_dim] tensor.
  *
  * Step layout with B entries: past slots [0, P), new slots [P, P+S) with S = the most new tokens.
+ * The rows a step feeds the matmuls (B×S) are a multiple of MIN_MATMUL_ROWS: onnxruntime's
+ * MatMulNBits computes rows in pairs and sends a lone trailing row through a kernel that rounds
+ * differently, so otherwise a sequence's logits would depend on its place in the batch. A step
+ * with several new tokens rounds S up; an odd decode batch gets one padding entry (masked, never
+ * stored).
  * A sliding-window model never reads keys older than W-1 positions behind the newest query, so its
  * buffers are compacted to the last W-1 entries (in batches of TRIM_SLACK, to copy rarely).
  */
@@ -94,9 +99,15 @@ export interface StepEntry {
   tokens: number[];
 }
 
+/** `n` rounded up to a multiple of `m`. */
+function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
 export class BatchStep {
+  /** Batch rows B: the entries, plus one padding entry when needed for an even row count. */
   readonly batch: number;
-  /** Padded new-token count S (at least 2 for a lone sequence). */
+  /** Padded new-token count S (B×S is a multiple of MIN_MATMUL_ROWS). */
   readonly seq: number;
   /** Past slots P: the largest buffer capacity in the step (a lone sequence's buffer as is). */
   readonly past: number;
@@ -106,9 +117,12 @@ export class BatchStep {
     readonly entries: StepEntry[],
     private readonly shape: CacheShape,
   ) {
-    this.batch = entries.length;
-    // A lone sequence gets a padding row so matmuls never run with M=1 (see MIN_MATMUL_ROWS).
-    this.seq = Math.max(this.batch === 1 ? MIN_MATMUL_ROWS : 1, ...entries.map((e) => e.tokens.length));
+    const tokens = Math.max(...entries.map((e) => e.tokens.length));
+    // Even row counts (see the header): pad S when there is one entry or several new tokens, else
+    // (a decode batch) pad B — one extra row either way.
+    const padTokens = entries.length === 1 || tokens > 1;
+    this.seq = padTokens ? roundUp(tokens, MIN_MATMUL_ROWS) : 1;
+    this.batch = padTokens ? entries.length : roundUp(entries.length, MIN_MATMUL_ROWS);
     // Slot layout decides rounding: onnxruntime's vectorised softmax sums lanes by slot position.
     // Using the largest buffer capacity as P gives the sequence that owns it exactly the layout
     // it has alone, so its output does not change when others join its step.
@@ -119,7 +133,7 @@ export class BatchStep {
     return this.past + this.seq;
   }
 
-  /** Token ids [B, S], padding with 0 (masked out and never read back). */
+  /** Token ids [B, S], padding (positions and entries) with 0: masked out and never read back. */
   inputIds(): BigInt64Array {
     const ids = new BigInt64Array(this.batch * this.seq);
     this.entries.forEach((e, b) => e.tokens.forEach((t, i) => (ids[b * this.seq + i] = BigInt(t))));
@@ -169,6 +183,7 @@ export class BatchStep {
         for (let j = 0; j <= i; j++) if (query - i + j >= oldest) mask[row + past + j] = 0;
       }
     });
+    for (let b = this.entries.length; b < batch; b++) for (let i = 0; i < seq; i++) mask[(b * seq + i) * total + past + i] = 0; // padding entries
     return mask;
   }
 

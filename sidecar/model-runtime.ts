@@ -16,7 +16,7 @@ import { IO } from './graph/models.ts';
 import { BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
 import type { Architecture, ModelConfig } from './model-config.ts';
 import { isStore, readManifest, type Manifest } from './model-store.ts';
-import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
+import { ResidentExpertProvider, routeTopK, runExperts, type Expert, type ExpertProvider } from './moe.ts';
 import { storeCacheDir } from './paths.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './expert-cache.ts';
 import { PagedExperts } from './expert-graph.ts';
@@ -135,6 +135,39 @@ class DenseRunner implements StepRunner {
 
   async dispose(): Promise<void> {
     await this.session.release();
+  }
+}
+
+/**
+ * Expert calls with a row count that is a multiple of MIN_MATMUL_ROWS (the last row repeated):
+ * how many rows an expert gets depends on what the rest of the batch routed to it, and
+ * MatMulNBits rounds a lone trailing row differently (see BatchStep), which would make a token's
+ * expert output depend on its batchmates.
+ */
+class EvenRowExperts implements ExpertProvider {
+  readonly beginLayer?: ExpertProvider['beginLayer'];
+
+  constructor(private readonly inner: ExpertProvider) {
+    if (inner.beginLayer) this.beginLayer = inner.beginLayer.bind(inner);
+  }
+
+  async get(layer: number, expert: number): Promise<Expert> {
+    const inner = await this.inner.get(layer, expert);
+    return {
+      run: async (x, rows) => {
+        const padded = Math.ceil(rows / MIN_MATMUL_ROWS) * MIN_MATMUL_ROWS;
+        if (padded === rows) return inner.run(x, rows);
+        const width = x.length / rows;
+        const input = new Float32Array(padded * width);
+        input.set(x);
+        for (let r = rows; r < padded; r++) input.set(x.subarray((rows - 1) * width), r * width);
+        return (await inner.run(input, padded)).subarray(0, rows * width);
+      },
+    };
+  }
+
+  dispose(): Promise<void> {
+    return this.inner.dispose();
   }
 }
 
@@ -265,7 +298,8 @@ class EngineRuntime implements ModelRuntime {
       const first = options.allPositions ? 0 : e.tokens.length - 1;
       for (let i = first; i < e.tokens.length; i++) rows.push(b * step.seq + i);
     });
-    while (rows.length < MIN_MATMUL_ROWS) rows.push(rows[0]); // lm_head never at M=1; extra rows dropped
+    // lm_head rows come in pairs like every matmul's (see BatchStep); the extra row is dropped.
+    while (rows.length % MIN_MATMUL_ROWS !== 0) rows.push(rows[0]);
     const logits = await this.runner.run(step, BigInt64Array.from(rows.map(BigInt)));
     step.commit();
     const vocab = this.info.vocabSize;
@@ -339,7 +373,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
             config.dim,
             settings,
           );
-    runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
+    runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), new EvenRowExperts(provider), config, options.onRouting);
   }
   const info: ModelInfo = {
     name: manifest.name,

@@ -17,6 +17,9 @@ import { loadTokenizer, type Tokenizer } from './tokenizer.ts';
 let runtime: ModelRuntime;
 let tokenizer: Tokenizer;
 const live = new Set<number>();
+/** Every sequence created, in order, and an optional spy on each forward step. */
+const created: Sequence[] = [];
+let onForward: ((batch: Array<{ sequence: Sequence; tokens: number[] }>) => void) | undefined;
 const previousHome = process.env.SIROCCO_HOME;
 
 beforeAll(async () => {
@@ -33,9 +36,13 @@ beforeAll(async () => {
     createSequence() {
       const sequence = real.createSequence();
       live.add(sequence.id);
+      created.push(sequence);
       return sequence;
     },
-    forward: (batch, options) => real.forward(batch, options),
+    forward: (batch, options) => {
+      onForward?.(batch);
+      return real.forward(batch, options);
+    },
     releaseSequence(sequence: Sequence) {
       live.delete(sequence.id);
       real.releaseSequence(sequence);
@@ -112,6 +119,33 @@ describe('batching', () => {
     const head = first.value?.type === 'text' ? first.value.text : '';
     expect(head + rest.text).toBe(alone.text);
     expect(rest.done).toEqual(alone.done);
+  });
+
+  it('gives a seeded request the same text when its batchmates hold much longer KV caches', async () => {
+    const s = scheduler({ maxBatch: 3 });
+    const request = { promptIds: prompt('Tell me about the moon'), maxTokens: 40, temperature: 0.9, topP: 0.95, seed: 11 };
+    const alone = await collect(s.submit(request));
+    // Two long-running requests with long prompts: their caches stay ≥ 100 tokens ahead of the probe's.
+    const longStreams = [1, 2].map((seed) => s.submit({ promptIds: prompt(`story ${'word '.repeat(110 + 20 * seed)}`), maxTokens: 60, temperature: 1, topP: 1, seed }));
+    await Promise.all(longStreams.map((stream) => stream.next())); // both decoding
+    let gap = 0;
+    const probe = s.submit(request);
+    const first = await probe.next();
+    const probeSequence = created[created.length - 1];
+    onForward = (batch) => {
+      if (batch.length < 2 || !batch.some((e) => e.sequence === probeSequence)) return;
+      gap = Math.max(gap, ...batch.map((e) => e.sequence.length - probeSequence.length));
+    };
+    try {
+      const rest = await collect(probe);
+      const head = first.value?.type === 'text' ? first.value.text : '';
+      expect(head + rest.text).toBe(alone.text);
+      expect(rest.done).toEqual(alone.done);
+    } finally {
+      onForward = undefined;
+      await Promise.all(longStreams.map((stream) => collect(stream)));
+    }
+    expect(gap).toBeGreaterThan(100); // the probe really shared steps with longer caches
   });
 });
 

@@ -83,27 +83,42 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
     }
   });
 
-  it('keeps the longest sequence bit-identical when shorter ones join its steps (int4)', async () => {
-    const store = join(work, `${model}-int4`);
-    await convertCheckpoint({ from: checkpointDir(model, 'hf'), to: store, precision: 'int4' });
-    const int4 = await loadModel(store);
-    const prompt = tokens(12, 9);
-    const decode = async (withOthers: boolean) => {
-      const main = int4.createSequence();
-      const other = int4.createSequence();
-      await int4.forward([{ sequence: main, tokens: prompt }]);
-      const out: Float32Array[] = [];
-      for (let i = 0; i < 5; i++) {
-        const batch = [{ sequence: main, tokens: [40 + i] }];
-        if (withOthers) batch.push({ sequence: other, tokens: i === 1 ? tokens(7, 10) : [50 + i] });
-        out.push((await int4.forward(batch))[0]);
-      }
-      int4.releaseSequence(main);
-      int4.releaseSequence(other);
-      return out.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength).toString('base64'));
-    };
-    expect(await decode(true)).toEqual(await decode(false));
-    await int4.dispose();
+  // Batch invariance (issue 4: same seed + same request ⇒ same text, whatever else is in the batch):
+  // a sequence's logits are bit-identical alone and batched, whether its batchmates hold shorter or
+  // LONGER caches, wherever it sits in the batch (last of an odd batch included), over enough steps
+  // that the caches cross KV-buffer growth boundaries (64-slot buckets).
+  describe.each([
+    { others: 'a shorter sequence joining mid-way, first in the batch', histories: [0], last: false, prompts: (i: number) => (i === 1 ? tokens(7, 10) : [50 + i]) },
+    { others: 'longer sequences (150 and 70 cached tokens), last of three', histories: [150, 70], last: true, prompts: (i: number) => [60 + (i % 30)] },
+  ])('bit-identical logits with $others (int4)', ({ histories, last, prompts }) => {
+    let int4: ModelRuntime;
+    beforeAll(async () => {
+      const store = join(work, `${model}-int4-${histories.join('-')}`);
+      await convertCheckpoint({ from: checkpointDir(model, 'hf'), to: store, precision: 'int4' });
+      int4 = await loadModel(store);
+    });
+    afterAll(() => int4?.dispose());
+
+    it('matches the sequence decoding alone at every step', async () => {
+      const decode = async (withOthers: boolean) => {
+        const main = int4.createSequence();
+        const others = histories.map(() => int4.createSequence());
+        await int4.forward([{ sequence: main, tokens: tokens(12, 9) }]);
+        for (const [i, length] of histories.entries()) if (length > 0) await int4.forward([{ sequence: others[i], tokens: tokens(length, 20 + i) }]);
+        const out: string[] = [];
+        for (let i = 0; i < 60; i++) {
+          const mates = withOthers ? others.map((sequence) => ({ sequence, tokens: prompts(i) })) : [];
+          const batch = last ? [...mates, { sequence: main, tokens: [40 + i] }] : [{ sequence: main, tokens: [40 + i] }, ...mates];
+          const logits = (await int4.forward(batch))[last ? mates.length : 0];
+          out.push(Buffer.from(logits.buffer, logits.byteOffset, logits.byteLength).toString('base64'));
+        }
+        expect(main.length).toBe(72); // crossed the first 64-slot bucket
+        if (withOthers && histories[0] > 0) expect(others[0].length).toBe(histories[0] + 60); // and the other its own
+        [main, ...others].forEach((s) => int4.releaseSequence(s));
+        return out;
+      };
+      expect(await decode(true)).toEqual(await decode(false));
+    });
   });
 
   it('rejects bad calls with invalid_request_error', async () => {
