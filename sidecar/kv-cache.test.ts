@@ -3,7 +3,7 @@
  * RoPE angles per absolute position, and how present KV flows back into each sequence's cache.
  */
 import { describe, expect, it } from 'vitest';
-import { BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
+import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
 
 const shape = (window: number | null): CacheShape => ({ layers: 1, kvHeads: 1, headDim: 2, window });
 
@@ -116,6 +116,33 @@ describe('new KV into the caches', () => {
     expect(Array.from(a.keys[0].subarray(0, 4))).toEqual([10, 11, 12, 13]);
     expect(Array.from(b.keys[0].subarray(0, 4))).toEqual([30, 31, 32, 33]);
     expect([a.length, a.entries, b.length, b.entries]).toEqual([2, 2, 2, 2]);
+  });
+
+  it('keeps a batch’s past tensors across steps, copying in only the new slots, and rebuilds them when the layout changes', () => {
+    const window = shape(70);
+    const caches = [prefilled(3, 70), prefilled(5, 70)];
+    const reuse = new BatchedPast(window);
+    /** One decode step over both caches writing key value `v` for each; returns the step's past keys. */
+    const decode = (v: number) => {
+      const step = new BatchStep(caches.map((cache) => ({ cache, tokens: [1] })), window, reuse);
+      const past = step.pastTensor(0, 'keys');
+      const fresh = new BatchStep(caches.map((cache) => ({ cache, tokens: [1] })), window).pastTensor(0, 'keys');
+      expect(Array.from(past)).toEqual(Array.from(fresh)); // what a step built from scratch sees
+      step.store(0, 'keys', Float32Array.of(v, v, v + 1, v + 1));
+      step.store(0, 'values', new Float32Array(4));
+      step.commit();
+      return past;
+    };
+    const first = decode(7);
+    expect(decode(8)).toBe(first); // same sequences, same P: the same buffer, updated in place
+    expect(Array.from(first.subarray(3 * 2, 5 * 2))).toEqual([7, 7, 0, 0]); // entry 0's slot from step 7 (step 8's lands at commit)
+    while (caches[1].capacity === 64) expect(decode(9)).toBe(first); // entry 1 fills its 64-slot buffer…
+    expect(decode(9)).not.toBe(first); // …and grows it: P changes, rebuilt
+    while (caches[1].length < 70 + 64) decode(9); // past the window's slack: compacted, rebuilt
+    expect(caches[1].entries).toBeLessThan(70);
+    decode(10);
+    caches.reverse();
+    decode(11); // another order: rebuilt (checked against a fresh step inside)
   });
 
   it('changes nothing until commit, so a step that fails half-way leaves the sequence intact', () => {

@@ -7,8 +7,9 @@
  * first `entries` slots are valid; capacity grows by a quarter at a time. The graphs take the past
  * as an input and return only the step's NEW keys/values, which are written into the buffers at
  * commit — so a decode step copies O(new tokens), not O(context): a single sequence passes its
- * whole buffer (unused slots are zeros, masked out) without any copy; a batch copies each valid
- * prefix once into a [B, kv_heads, max capacity, head_dim] tensor.
+ * whole buffer (unused slots are zeros, masked out) without any copy; a batch uses
+ * [B, kv_heads, P, head_dim] tensors (P = the largest capacity) kept from step to step, into which
+ * each sequence's new slots are copied (BatchedPast).
  *
  * Step layout with B entries: past slots [0, P), new slots [P, P+S) with S = the most new tokens.
  * The rows a step feeds the matmuls (B×S) are a multiple of MIN_MATMUL_ROWS: onnxruntime's
@@ -16,6 +17,7 @@
  * differently, so otherwise a sequence's logits would depend on its place in the batch. A step
  * with several new tokens rounds S up; an odd decode batch gets one padding entry (masked, never
  * stored).
+ *
  * A sliding-window model never reads keys older than W-1 positions behind the newest query, so its
  * buffers are compacted to the last W-1 entries (in batches of TRIM_SLACK, to copy rarely).
  */
@@ -39,6 +41,8 @@ export class SequenceCache {
   entries = 0;
   /** Slots allocated per head. */
   capacity = 0;
+  /** Bumped whenever valid slots move (compaction, release), so copies of them are known stale. */
+  layoutVersion = 0;
   keys: Float32Array[];
   values: Float32Array[];
 
@@ -84,6 +88,7 @@ export class SequenceCache {
       }
     }
     this.entries = keep;
+    this.layoutVersion++;
   }
 
   release(): void {
@@ -91,12 +96,64 @@ export class SequenceCache {
     this.values = this.values.map(() => new Float32Array(0));
     this.entries = 0;
     this.capacity = 0;
+    this.layoutVersion++;
   }
 }
 
 export interface StepEntry {
   cache: SequenceCache;
   tokens: number[];
+}
+
+/**
+ * The batched past tensors [B, kv_heads, P, head_dim] (per layer, keys and values) of the last
+ * multi-entry step, kept for the next one: a decode loop over the same sequences then copies only
+ * the slots each sequence gained since — O(B) per step — instead of every valid prefix again,
+ * O(B × context), which at 16 streams cost more than the attention itself. Rebuilt when the
+ * batch, P or a cache's layout changes; dropped when a lone sequence runs.
+ */
+export class BatchedPast {
+  private key = '';
+  /** Index layer * 2 (+1 for values). */
+  private buffers: Float32Array[] = [];
+  /** Slots copied so far, per entry. */
+  private copied: number[] = [];
+
+  constructor(private readonly shape: CacheShape) {}
+
+  /** Brings the buffers up to date with `step`'s caches and returns them. */
+  sync(step: BatchStep): Float32Array[] {
+    const { layers, kvHeads, headDim } = this.shape;
+    const { entries, past } = step;
+    const key = `${step.batch}:${past}:${entries.map((e) => `${e.cache.id}.${e.cache.layoutVersion}`).join(',')}`;
+    if (key !== this.key || entries.some((e, b) => e.cache.entries < this.copied[b])) {
+      this.key = key;
+      this.buffers = Array.from({ length: layers * 2 }, () => new Float32Array(step.batch * kvHeads * past * headDim));
+      this.copied = entries.map(() => 0);
+    }
+    entries.forEach(({ cache }, b) => {
+      const from = this.copied[b];
+      if (cache.entries === from) return;
+      for (let layer = 0; layer < layers; layer++) {
+        for (const [kind, source] of [cache.keys[layer], cache.values[layer]].entries()) {
+          const target = this.buffers[layer * 2 + kind];
+          for (let h = 0; h < kvHeads; h++) {
+            const start = h * cache.capacity * headDim;
+            target.set(source.subarray(start + from * headDim, start + cache.entries * headDim), ((b * kvHeads + h) * past + from) * headDim);
+          }
+        }
+      }
+      this.copied[b] = cache.entries;
+    });
+    return this.buffers;
+  }
+
+  /** Frees the buffers. */
+  clear(): void {
+    this.key = '';
+    this.buffers = [];
+    this.copied = [];
+  }
 }
 
 /** `n` rounded up to a multiple of `m`. */
@@ -112,10 +169,14 @@ export class BatchStep {
   /** Past slots P: the largest buffer capacity in the step (a lone sequence's buffer as is). */
   readonly past: number;
   private pending: Array<{ layer: number; kind: 'keys' | 'values'; rows: Float32Array }> = [];
+  /** Batched past tensors (several entries), index layer * 2 (+1 for values). */
+  private batchedPast: Float32Array[] | null = null;
 
+  /** @param reuse the runtime's buffers from the previous step (else this step builds its own) */
   constructor(
     readonly entries: StepEntry[],
     private readonly shape: CacheShape,
+    reuse?: BatchedPast,
   ) {
     const tokens = Math.max(...entries.map((e) => e.tokens.length));
     // Even row counts (see the header): pad S when there is one entry or several new tokens, else
@@ -127,6 +188,8 @@ export class BatchStep {
     // Using the largest buffer capacity as P gives the sequence that owns it exactly the layout
     // it has alone, so its output does not change when others join its step.
     this.past = Math.max(...entries.map((e) => e.cache.capacity));
+    if (this.batch === 1) reuse?.clear(); // a lone sequence passes its own buffers
+    else this.batchedPast = (reuse ?? new BatchedPast(shape)).sync(this);
   }
 
   get total(): number {
@@ -189,18 +252,9 @@ export class BatchStep {
 
   /** One layer's past keys or values [B, kv_heads, P, head_dim]; a lone sequence's buffer as is. */
   pastTensor(layer: number, kind: 'keys' | 'values'): Float32Array {
-    const { kvHeads, headDim } = this.shape;
-    if (this.batch === 1) return this.entries[0].cache[kind][layer];
-    // Batches copy each valid prefix; unused slots stay zero (masked).
-    const out = new Float32Array(this.batch * kvHeads * this.past * headDim);
-    this.entries.forEach((e, b) => {
-      const source = e.cache[kind][layer];
-      for (let h = 0; h < kvHeads; h++) {
-        const from = h * e.cache.capacity * headDim;
-        out.set(source.subarray(from, from + e.cache.entries * headDim), (b * kvHeads + h) * this.past * headDim);
-      }
-    });
-    return out;
+    if (!this.batchedPast) return this.entries[0].cache[kind][layer];
+    // Batches: each valid prefix at its entry's rows; unused slots stay zero (masked).
+    return this.batchedPast[layer * 2 + (kind === 'values' ? 1 : 0)];
   }
 
   /**

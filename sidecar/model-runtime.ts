@@ -13,7 +13,7 @@ import { convertCheckpoint } from './convert.ts';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import { invalidRequest, modelError } from './errors.ts';
 import { IO } from './graph/models.ts';
-import { BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
+import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
 import type { Architecture, ModelConfig } from './model-config.ts';
 import { isStore, readManifest, type Manifest } from './model-store.ts';
 import { ResidentExpertProvider, routeTopK, runExperts, type Expert, type ExpertProvider } from './moe.ts';
@@ -240,6 +240,7 @@ class EngineRuntime implements ModelRuntime {
   private readonly sequences = new Map<number, SequenceCache>();
   private nextId = 1;
   private readonly cacheShape: CacheShape;
+  private readonly batchedPast: BatchedPast;
 
   constructor(
     readonly info: ModelInfo,
@@ -249,6 +250,7 @@ class EngineRuntime implements ModelRuntime {
     private readonly pagedExperts: PagedExperts | null = null,
   ) {
     this.cacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
+    this.batchedPast = new BatchedPast(this.cacheShape);
   }
 
   createSequence(): Sequence {
@@ -292,6 +294,7 @@ class EngineRuntime implements ModelRuntime {
     const step = new BatchStep(
       batch.map((e, i) => ({ cache: caches[i], tokens: e.tokens })),
       this.cacheShape,
+      this.batchedPast,
     );
     const rows: number[] = [];
     batch.forEach((e, b) => {
@@ -315,6 +318,7 @@ class EngineRuntime implements ModelRuntime {
   async dispose(): Promise<void> {
     for (const cache of this.sequences.values()) cache.release();
     this.sequences.clear();
+    this.batchedPast.clear();
     await this.runner.dispose();
   }
 }
