@@ -14,6 +14,13 @@
  *   --prompt N      prompt length for time to first token (default 512)
  *   --out FILE      JSON results (default bench/results/engine.json)
  *
+ *   --batches LIST  batch sizes for the batched-decode table (default 1,2,4,8,16; "" skips it)
+ *
+ * The batched-decode table runs the engine's own batch dimension with no HTTP or scheduler in
+ * between: that many sequences (32-token prompts) decode together, and each size reports ms per
+ * step, aggregate tokens/s, the speed-up over one sequence and the marginal cost of each extra
+ * row — what bench:sidecar's throughput at N streams is built from.
+ *
  * The store is built once into $SIROCCO_HOME/bench/mistral-1b-<precision> (bench:sidecar shares
  * the int4 one) and reused.
  */
@@ -23,7 +30,7 @@ import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { parsePrecision } from '../cli/engine-flags.ts';
 import { convertCheckpoint, type Precision } from '../sidecar/convert.ts';
-import { loadModel } from '../sidecar/model-runtime.ts';
+import { loadModel, type ModelRuntime } from '../sidecar/model-runtime.ts';
 import { isStore, readManifest } from '../sidecar/model-store.ts';
 import { siroccoHome } from '../sidecar/paths.ts';
 import { BENCH_1B_SHAPE, writeRandomCheckpoint } from '../sidecar/random-checkpoint.ts';
@@ -90,6 +97,44 @@ function argmax(values: Float32Array): number {
   return best;
 }
 
+interface BatchedDecode {
+  batch: number;
+  msPerStep: number;
+  cpuMsPerStep: number;
+  tokensPerSecond: number;
+  speedup: number;
+  /** (ms per step − the single sequence's) / (batch − 1). */
+  marginalMsPerRow: number;
+}
+
+/** Decode steps over `batch` sequences at once, for each batch size. */
+async function measureBatchedDecode(runtime: ModelRuntime, vocab: number, batches: number[], steps: number): Promise<BatchedDecode[]> {
+  const results: BatchedDecode[] = [];
+  for (const batch of batches) {
+    const sequences = Array.from({ length: batch }, () => runtime.createSequence());
+    let logits = await runtime.forward(sequences.map((sequence, i) => ({ sequence, tokens: promptTokens(32 + i, vocab).slice(i) })));
+    const next = () => sequences.map((sequence, i) => ({ sequence, tokens: [argmax(logits[i])] }));
+    for (let i = 0; i < 2; i++) logits = await runtime.forward(next()); // warm this batch shape
+    const start = performance.now();
+    const cpuStart = process.cpuUsage();
+    for (let i = 0; i < steps; i++) logits = await runtime.forward(next());
+    const cpu = process.cpuUsage(cpuStart);
+    const msPerStep = (performance.now() - start) / steps;
+    sequences.forEach((sequence) => runtime.releaseSequence(sequence));
+    const single = results[0]?.batch === 1 ? results[0].msPerStep : msPerStep;
+    results.push({
+      batch,
+      msPerStep,
+      cpuMsPerStep: (cpu.user + cpu.system) / 1000 / steps,
+      tokensPerSecond: (batch * 1000) / msPerStep,
+      speedup: (batch * single) / msPerStep,
+      marginalMsPerRow: batch > 1 ? (msPerStep - single) / (batch - 1) : 0,
+    });
+    console.log(`  batch ${batch}: ${msPerStep.toFixed(1)} ms/step`);
+  }
+  return results;
+}
+
 async function main(): Promise<void> {
   const { values } = parseCommandArgs(process.argv.slice(2), {
     precision: { type: 'string' },
@@ -97,7 +142,9 @@ async function main(): Promise<void> {
     tokens: { type: 'string' },
     prompt: { type: 'string' },
     out: { type: 'string', default: 'bench/results/engine.json' },
+    batches: { type: 'string', default: '1,2,4,8,16' },
   });
+  const batches = values.batches.split(',').filter((b) => b.trim() !== '').map((b) => parseNumberOption(b.trim(), 'batches', { integer: true, min: 1 }) as number);
   const precision = parsePrecision(values.precision) ?? 'int4';
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }) ?? 2;
   const decodeTokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 1 }) ?? 64;
@@ -135,6 +182,10 @@ async function main(): Promise<void> {
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
   const cpu = process.cpuUsage(cpuStart);
   const decodeCpuMsPerToken = (cpu.user + cpu.system) / 1000 / decodeTokens;
+  runtime.releaseSequence(sequence);
+
+  if (batches.length) console.log('batched decode…');
+  const batchedDecode = await measureBatchedDecode(runtime, vocabSize, batches, 8);
   await runtime.dispose();
 
   const decodeTps = decodeTokens / decodeSeconds;
@@ -159,6 +210,7 @@ async function main(): Promise<void> {
     memoryReadGBps: bandwidth,
     rooflineTokensPerSecond: (bandwidth * 1e9) / weightBytes,
     fractionOfRoofline: effective / bandwidth,
+    batchedDecode,
     peakRssMiB: (process.resourceUsage().maxRSS * 1024) / 2 ** 20,
     llamaCppQ4_0: { decodeTokensPerSecond: 36.2, prefillTokensPerSecond: 109, effectiveGBps: 19.5 },
     measuredAt: new Date().toISOString(),
@@ -180,6 +232,13 @@ async function main(): Promise<void> {
   ];
   const width = Math.max(...rows.map(([label]) => label.length));
   console.log(`\n${rows.map(([label, value]) => `${label.padEnd(width)}  ${value}`).join('\n')}`);
+  if (batchedDecode.length) {
+    console.log('\nbatched decode | ms/step | CPU ms/step | tokens/s | speed-up | marginal ms/row');
+    console.log('---------------|---------|-------------|----------|----------|----------------');
+    for (const b of batchedDecode) {
+      console.log(`${String(b.batch).padStart(14)} | ${b.msPerStep.toFixed(1).padStart(7)} | ${b.cpuMsPerStep.toFixed(1).padStart(11)} | ${b.tokensPerSecond.toFixed(1).padStart(8)} | ${`${b.speedup.toFixed(2)}x`.padStart(8)} | ${b.marginalMsPerRow.toFixed(1).padStart(15)}`);
+    }
+  }
 
   await mkdir(dirname(values.out), { recursive: true });
   await writeFile(values.out, `${JSON.stringify(result, null, 2)}\n`);
