@@ -16,7 +16,7 @@ import { IO } from './graph/models.ts';
 import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
 import type { Architecture, ModelConfig } from './model-config.ts';
 import { isStore, readManifest, type Manifest } from './model-store.ts';
-import { ResidentExpertProvider, routeTopK, runExperts, type Expert, type ExpertProvider } from './moe.ts';
+import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
 import { storeCacheDir } from './paths.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './expert-cache.ts';
 import { PagedExperts } from './expert-graph.ts';
@@ -135,39 +135,6 @@ class DenseRunner implements StepRunner {
 
   async dispose(): Promise<void> {
     await this.session.release();
-  }
-}
-
-/**
- * Expert calls with a row count that is a multiple of MIN_MATMUL_ROWS (the last row repeated):
- * how many rows an expert gets depends on what the rest of the batch routed to it, and
- * MatMulNBits rounds a lone trailing row differently (see BatchStep), which would make a token's
- * expert output depend on its batchmates.
- */
-class EvenRowExperts implements ExpertProvider {
-  readonly beginLayer?: ExpertProvider['beginLayer'];
-
-  constructor(private readonly inner: ExpertProvider) {
-    if (inner.beginLayer) this.beginLayer = inner.beginLayer.bind(inner);
-  }
-
-  async get(layer: number, expert: number): Promise<Expert> {
-    const inner = await this.inner.get(layer, expert);
-    return {
-      run: async (x, rows) => {
-        const padded = Math.ceil(rows / MIN_MATMUL_ROWS) * MIN_MATMUL_ROWS;
-        if (padded === rows) return inner.run(x, rows);
-        const width = x.length / rows;
-        const input = new Float32Array(padded * width);
-        input.set(x);
-        for (let r = rows; r < padded; r++) input.set(x.subarray((rows - 1) * width), r * width);
-        return (await inner.run(input, padded)).subarray(0, rows * width);
-      },
-    };
-  }
-
-  dispose(): Promise<void> {
-    return this.inner.dispose();
   }
 }
 
@@ -377,7 +344,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
             config.dim,
             settings,
           );
-    runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), new EvenRowExperts(provider), config, options.onRouting);
+    runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
   }
   const info: ModelInfo = {
     name: manifest.name,

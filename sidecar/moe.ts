@@ -127,8 +127,10 @@ export async function runExperts(provider: ExpertProvider, layer: number, x: Flo
   const out = new Float32Array(rows * dim);
   for (const expert of [...byExpert.keys()].sort((a, b) => a - b)) {
     const slots = byExpert.get(expert) as number[];
-    // At least two rows (the first repeated), so a lone row gets the same kernel as a batch.
-    const padded = Math.max(slots.length, MIN_MATMUL_ROWS);
+    // A multiple of MIN_MATMUL_ROWS rows (the last one repeated): how many rows an expert gets
+    // depends on what the rest of the batch routed to it, and MatMulNBits rounds a lone trailing
+    // row differently (see BatchStep), which would make a token's output depend on its batchmates.
+    const padded = Math.ceil(slots.length / MIN_MATMUL_ROWS) * MIN_MATMUL_ROWS;
     const input = new Float32Array(padded * dim);
     for (let i = 0; i < padded; i++) {
       const row = Math.floor(slots[Math.min(i, slots.length - 1)] / k) * dim;
