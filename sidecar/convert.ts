@@ -12,7 +12,7 @@ import { modelError, SidecarError } from './errors.ts';
 import { buildExpertStore } from './expert-store.ts';
 import { buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph, type BuildContext } from './graph/models.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from './model-store.ts';
-import type { Precision } from './quantize.ts';
+import { quantizationPlan, type Precision } from './quantize.ts';
 
 export type { Precision } from './quantize.ts';
 export type { Manifest } from './model-store.ts';
@@ -92,6 +92,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       name: options.name ?? basename(from),
       sourceHash: await checkpoint.sourceHash(),
       precision,
+      ...(precision === 'fp32' ? {} : { quantization: quantizationPlan(precision) }),
       architecture: config.architecture,
       config,
       tensors: Object.fromEntries(tensors.map((t) => [t.name, t.shape])),

@@ -6,15 +6,16 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { modelError } from './errors.ts';
 import type { Architecture, ModelConfig } from './model-config.ts';
-import type { Precision } from './quantize.ts';
+import type { Precision, QuantizationPlan } from './quantize.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
 /**
  * Bump when graphs or file layout change: stores of another version are rebuilt, not misread.
  * 2: graphs return only the step's new keys/values (new_key.N), not the concatenated cache.
  * 3: attention flattens each KV head's query group into matmul rows (batch-invariant kernels).
+ * 4: int4 stores: error-minimising scales, lm_head at int8; the manifest records the quantization.
  */
-export const FORMAT_VERSION = 3;
+export const FORMAT_VERSION = 4;
 
 export interface GraphEntry {
   graph: string;
@@ -26,6 +27,8 @@ export interface Manifest {
   name: string;
   sourceHash: string;
   precision: Precision;
+  /** How the linear weights were quantized (absent at fp32). */
+  quantization?: QuantizationPlan;
   architecture: Architecture;
   config: ModelConfig;
   /** Canonical tensor name → shape, as read from the source checkpoint. */

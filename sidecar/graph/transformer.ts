@@ -10,7 +10,7 @@
  */
 import type { ModelConfig } from '../model-config.ts';
 import { MS_DOMAIN, type GraphBuilder } from '../onnx-graph.ts';
-import { quantizeMatrix, type Precision } from '../quantize.ts';
+import { quantizationPlan, quantizeMatrix, schemeFor, type Precision, type QuantizationPlan } from '../quantize.ts';
 
 /** Where weights come from, by canonical name, already in the rotate-half layout. */
 export interface WeightSource {
@@ -27,12 +27,17 @@ export interface AttentionInputs {
 }
 
 export class TransformerGraph {
+  /** Per-tensor quantization schemes; null at fp32. */
+  private readonly quantization: QuantizationPlan | null;
+
   constructor(
     readonly g: GraphBuilder,
     readonly config: ModelConfig,
     readonly precision: Precision,
     private readonly weights: WeightSource,
-  ) {}
+  ) {
+    this.quantization = precision === 'fp32' ? null : quantizationPlan(precision);
+  }
 
   /** y = x · Wᵀ for a PyTorch-layout weight [n, k]; quantized unless `keepFp32`. */
   async linear(x: string, name: string, n: number, k: number, keepFp32 = false): Promise<string> {
@@ -57,17 +62,17 @@ export class TransformerGraph {
   }
 
   private matmul(x: string, name: string, weight: Float32Array, n: number, k: number, keepFp32: boolean): string {
-    if (this.precision === 'fp32' || keepFp32) {
+    if (!this.quantization || keepFp32) {
       const transposed = new Float32Array(k * n);
       for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) transposed[col * n + row] = weight[row * k + col];
       return this.g.op('MatMul', [x, this.g.initializer(name, 'float32', [k, n], transposed)]);
     }
-    const bits = this.precision === 'int8' ? 8 : 4;
-    const q = quantizeMatrix(weight, n, k, bits);
+    const scheme = schemeFor(this.quantization, name);
+    const q = quantizeMatrix(weight, n, k, scheme);
     const blocks = q.scales.length / n;
-    const packed = this.g.initializer(`${name}.q${bits}`, 'uint8', [n, blocks, q.packed.length / n / blocks], q.packed);
+    const packed = this.g.initializer(`${name}.q${q.bits}`, 'uint8', [n, blocks, q.packed.length / n / blocks], q.packed);
     const scales = this.g.initializer(`${name}.scales`, 'float32', [n * blocks], q.scales);
-    return this.g.op('MatMulNBits', [x, packed, scales], { K: k, N: n, bits, block_size: q.blockSize, accuracy_level: ACCURACY_LEVEL }, MS_DOMAIN);
+    return this.g.op('MatMulNBits', [x, packed, scales], { K: k, N: n, bits: q.bits, block_size: q.blockSize, accuracy_level: ACCURACY_LEVEL }, MS_DOMAIN);
   }
 
   async rmsNorm(x: string, name: string): Promise<string> {

@@ -1,17 +1,20 @@
 /**
  * Quantized stores judged against the fp32 engine on the golden inputs. int8 (MatMulNBits, 8 bits,
  * block 32): the golden greedy continuation is identical and top-1 agrees almost everywhere.
- * int4 (MatMulNBits, 4 bits, block 32, RTN): top-1 agreement and mean KL(fp32 ‖ int4) are printed.
+ * int4 (4 bits, block 128, error-minimising scales, lm_head kept at int8): top-1 agreement and
+ * mean KL(fp32 ‖ int4) are printed and bounded.
  *
- * Why the int4 bar is 60% and not the issue's 90%: these tiny random models have top-2 logit gaps
- * of 0.01–0.1 at many positions, while 4-bit weights carry ≈8.5% relative RMS error per matrix
- * (best 4-bit variants measured: 6.9%). Quantizing ONLY lm_head to int4 already drops agreement to
- * 49/58 (tiny-mistral) — below 90% before any other layer is touched. See the engine report.
+ * Why the int4 bar is 74% and not the issue's 90%: these tiny random models (dim 64) have top-2
+ * logit gaps of 0.01–0.1 at many positions, while 4-bit weights carry ≈7–8% relative RMS error per
+ * matrix. With everything else at int8, quantizing any ONE class of matrices to int4 (QKV, wo,
+ * w1|w3, w2 or lm_head) already costs 2–13 of the 58 positions per model, so no 4-bit scheme
+ * reaches 90% here. Measured (tiny-mistral / tiny-mixtral): plain RTN absmax with an int4 lm_head
+ * 38/58 and 47/58, KL 6.7e-2 / 7.9e-2; this scheme 45/58 and 48/58, KL 4.4e-2 / 5.2e-2.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { convertCheckpoint, type Precision } from '../../sidecar/convert.ts';
+import { convertCheckpoint, type Manifest, type Precision } from '../../sidecar/convert.ts';
 import { loadModel, type ModelRuntime } from '../../sidecar/model-runtime.ts';
 import { argmax, checkpointDir, fullPass, greedy, loadGolden, MODELS, tempDir } from './golden-helpers.ts';
 
@@ -33,11 +36,12 @@ function klDivergence(p: Float32Array, q: Float32Array): number {
 describe.each(MODELS)('%s quantized against fp32', (model) => {
   const golden = loadGolden(model);
   const runtimes = {} as Record<Precision, ModelRuntime>;
+  const manifests = {} as Record<Precision, Manifest>;
 
   beforeAll(async () => {
     for (const precision of ['fp32', 'int8', 'int4'] as const) {
       const store = join(work, `${model}-${precision}`);
-      await convertCheckpoint({ from: checkpointDir(model, 'native'), to: store, precision });
+      manifests[precision] = await convertCheckpoint({ from: checkpointDir(model, 'native'), to: store, precision });
       runtimes[precision] = await loadModel(store);
     }
   });
@@ -62,7 +66,16 @@ describe.each(MODELS)('%s quantized against fp32', (model) => {
     expect(agree / positions).toBeGreaterThanOrEqual(0.95);
   });
 
-  it('int4: top-1 agrees with fp32 on at least 60% of golden positions (mean KL printed)', async () => {
+  it('the manifest records how the weights were quantized: int4 keeps the lm_head at int8', () => {
+    expect(manifests.fp32.quantization).toBeUndefined();
+    expect(manifests.int8.quantization).toEqual({ linears: { bits: 8, blockSize: 32, mode: 'absmax' }, overrides: {} });
+    expect(manifests.int4.quantization).toEqual({
+      linears: { bits: 4, blockSize: 128, mode: 'search' },
+      overrides: { 'output.weight': { bits: 8, blockSize: 32, mode: 'absmax' } },
+    });
+  });
+
+  it('int4: top-1 agrees with fp32 on at least 74% of golden positions, mean KL(fp32‖int4) below 0.06 nats', async () => {
     let positions = 0;
     let agree = 0;
     let klSum = 0;
@@ -77,7 +90,8 @@ describe.each(MODELS)('%s quantized against fp32', (model) => {
       }
     }
     console.log(`${model}: int4 top-1 agreement ${agree}/${positions} (${((100 * agree) / positions).toFixed(1)}%), mean KL(fp32‖int4) = ${(klSum / positions).toExponential(3)} nats`);
-    expect(agree / positions).toBeGreaterThanOrEqual(0.6);
+    expect(agree / positions).toBeGreaterThanOrEqual(0.74);
+    expect(klSum / positions).toBeLessThan(0.06);
   });
 
   it('int8 and int4 logits stay close to fp32 but are not identical (the weights really are quantized)', async () => {
