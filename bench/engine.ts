@@ -24,50 +24,15 @@
  * The store is built once into $SIROCCO_HOME/bench/mistral-1b-<precision> (bench:sidecar shares
  * the int4 one) and reused.
  */
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { parsePrecision } from '../cli/engine-flags.ts';
-import { convertCheckpoint, type Precision } from '../sidecar/convert.ts';
 import { loadModel, type ModelRuntime } from '../sidecar/model-runtime.ts';
-import { isStore, readManifest } from '../sidecar/model-store.ts';
-import { siroccoHome } from '../sidecar/paths.ts';
-import { BENCH_1B_SHAPE, writeRandomCheckpoint } from '../sidecar/random-checkpoint.ts';
-
-const BENCH_SEED = 1;
-
-async function ensureStore(precision: Precision): Promise<string> {
-  const store = join(siroccoHome(), 'bench', `mistral-1b-${precision}`);
-  if (await isStore(store)) {
-    const current = await readManifest(store).then(
-      () => true,
-      () => false,
-    );
-    if (current) return store;
-    console.log(`rebuilding ${store}: it was converted by an older build`);
-    await rm(store, { recursive: true, force: true });
-  }
-  const source = join(siroccoHome(), 'bench', `mistral-1b-source-${process.pid}`);
-  console.log(`building the 1.0B bench model once into ${store} (random weights, ${precision})…`);
-  try {
-    await writeRandomCheckpoint(source, BENCH_1B_SHAPE, BENCH_SEED);
-    let lastPrint = 0;
-    await convertCheckpoint({
-      from: source,
-      to: store,
-      precision,
-      onProgress: (done, total, label) => {
-        if (Date.now() - lastPrint < 5_000 && done < total) return;
-        lastPrint = Date.now();
-        console.log(`  convert ${done}/${total} ${label}`);
-      },
-    });
-  } finally {
-    await rm(source, { recursive: true, force: true });
-  }
-  return store;
-}
+import { readManifest } from '../sidecar/model-store.ts';
+import { BENCH_1B_SHAPE } from '../sidecar/random-checkpoint.ts';
+import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 
 /** Single-thread sequential read bandwidth in GB/s: memchr over 1 GiB that never matches. */
 function measureReadBandwidth(): number {
@@ -150,7 +115,7 @@ async function main(): Promise<void> {
   const decodeTokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 1 }) ?? 64;
   const promptLength = parseNumberOption(values.prompt, 'prompt', { integer: true, min: 1 }) ?? 512;
 
-  const store = await ensureStore(precision);
+  const store = await ensureBenchStore(bench1bModel(precision));
   const manifest = await readManifest(store);
   const { vocabSize, dim } = manifest.config;
   // Bytes a decode step reads: every weight file, except that the embedding Gather reads one row.

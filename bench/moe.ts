@@ -21,17 +21,15 @@
  *   --out FILE       JSON results (default bench/results/moe.json)
  */
 import { spawnSync } from 'node:child_process';
-import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
-import { convertCheckpoint } from '../sidecar/convert.ts';
 import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy, type ExpertCacheStats } from '../sidecar/expert-cache.ts';
 import { EXPERT_STORE_DIR, ExpertStore } from '../sidecar/expert-store.ts';
 import { loadModel } from '../sidecar/model-runtime.ts';
-import { isStore, readManifest } from '../sidecar/model-store.ts';
-import { siroccoHome } from '../sidecar/paths.ts';
-import { writeRandomCheckpoint, type ModelShape } from '../sidecar/random-checkpoint.ts';
+import type { ModelShape } from '../sidecar/random-checkpoint.ts';
+import { ensureBenchStore } from './bench-store.ts';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 1024 * 1024;
@@ -84,27 +82,6 @@ interface RunResult {
   peakRssMb: number;
 }
 
-async function ensureStore(): Promise<string> {
-  const base = join(siroccoHome(), 'bench', 'moe-d1024-l8-e8-f3584');
-  const store = join(base, 'store-int4');
-  if (await isStore(store)) {
-    try {
-      await readManifest(store);
-      return store;
-    } catch {
-      console.error(`${store} is stale (older store format); rebuilding it`);
-      await rm(store, { recursive: true, force: true });
-    }
-  }
-  const checkpoint = join(base, 'checkpoint');
-  console.error(`writing the random Mixtral-shaped checkpoint into ${checkpoint} (once)…`);
-  await rm(checkpoint, { recursive: true, force: true });
-  await writeRandomCheckpoint(checkpoint, BENCH_MOE_SHAPE, 5);
-  console.error('converting (int4 attention/head/resident experts + int8 paged experts, once)…');
-  await convertCheckpoint({ from: checkpoint, to: store, precision: 'int4', name: 'bench-moe' });
-  await rm(checkpoint, { recursive: true, force: true }); // the store is all the bench needs
-  return store;
-}
 
 function dropPageCache(): boolean {
   const result = spawnSync('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
@@ -243,7 +220,7 @@ async function main(argv: string[]): Promise<void> {
   const out = resolve((values.out as string | undefined) ?? join(REPO_ROOT, values.store ? 'bench/results/moe-store.json' : 'bench/results/moe.json'));
 
   const customStore = values.store as string | undefined;
-  const store = customStore ? resolve(customStore) : await ensureStore();
+  const store = customStore ? resolve(customStore) : await ensureBenchStore({ name: 'moe-d1024-l8-e8-f3584-int4', shape: BENCH_MOE_SHAPE, seed: 5, precision: 'int4' });
   const expertStore = await ExpertStore.open(store);
   const { layers, experts } = expertStore.index;
   const allMb = (layers * experts * expertStore.expertBytes) / MiB;

@@ -28,20 +28,17 @@
  *   --out FILE        JSON results (default bench/results/sidecar.json)
  */
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { cpus, loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
-import { convertCheckpoint } from '../sidecar/convert.ts';
-import { FORMAT_VERSION, MANIFEST_FILE, isStore } from '../sidecar/model-store.ts';
-import { siroccoHome } from '../sidecar/paths.ts';
-import { BENCH_1B_SHAPE, writeRandomCheckpoint } from '../sidecar/random-checkpoint.ts';
+import { BENCH_1B_SHAPE } from '../sidecar/random-checkpoint.ts';
+import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const BENCH_SEED = 1;
 
 interface StreamTiming {
   ttftMs: number;
@@ -68,35 +65,6 @@ interface LevelResult {
   steps: { count: number; meanBatch: number; meanMs: number };
 }
 
-/** The bench model's store, built on first use (the same store and seed as bench:engine). */
-async function ensureBenchStore(): Promise<string> {
-  const store = join(siroccoHome(), 'bench', 'mistral-1b-int4');
-  if (await isStore(store)) {
-    const { formatVersion } = JSON.parse(await readFile(join(store, MANIFEST_FILE), 'utf8')) as { formatVersion?: number };
-    if (formatVersion === FORMAT_VERSION) return store;
-    console.log(`the bench store has format ${formatVersion}, this build reads ${FORMAT_VERSION}: rebuilding it`);
-    await rm(store, { recursive: true, force: true });
-  }
-  const source = join(siroccoHome(), 'bench', `mistral-1b-source-${process.pid}`);
-  console.log(`building the 1.0B bench model once into ${store} (random weights, int4)…`);
-  try {
-    await writeRandomCheckpoint(source, BENCH_1B_SHAPE, BENCH_SEED);
-    let lastPrint = 0;
-    await convertCheckpoint({
-      from: source,
-      to: store,
-      precision: 'int4',
-      onProgress: (done, total, label) => {
-        if (Date.now() - lastPrint < 5_000 && done < total) return;
-        lastPrint = Date.now();
-        console.log(`  convert ${done}/${total} ${label}`);
-      },
-    });
-  } finally {
-    await rm(source, { recursive: true, force: true });
-  }
-  return store;
-}
 
 interface Sidecar {
   url: string;
@@ -281,7 +249,7 @@ async function main(): Promise<void> {
   const levels = (values.levels ?? '1,4,8,16').split(',').map((level) => parseNumberOption(level, 'levels', { integer: true, min: 1, max: 64 })!);
   const out = resolve(values.out ?? join(REPO_ROOT, 'bench/results/sidecar.json'));
 
-  const store = await ensureBenchStore();
+  const store = await ensureBenchStore(bench1bModel('int4'));
   const sidecar = await startSidecar(store, threads, Math.max(...levels));
   const results: LevelResult[] = [];
   let prefillTokensPerSecond = 0;
