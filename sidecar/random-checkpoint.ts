@@ -14,28 +14,16 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { ModelConfig } from './model-config.ts';
 import { createRandom } from './sampler.ts';
 import { writeSafetensors, type TensorToWrite } from './safetensors.ts';
 
-export interface ModelShape {
-  dim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim: number;
-  /** FFN hidden size (per expert for Mixtral). */
-  hiddenDim: number;
-  vocabSize: number;
-  /** null = full causal attention (Mixtral). */
-  slidingWindow: number | null;
-  ropeTheta: number;
-  normEps?: number;
-  /** Positions the model supports (params.json `max_seq_len`). */
-  contextLength?: number;
-  /** Mixtral: experts per layer and experts per token; absent or 0 = dense. */
-  numExperts?: number;
-  expertsPerToken?: number;
-}
+/**
+ * A model's shape as a random checkpoint needs it: the config's sizes, with the optional fields
+ * defaulting as params.json does (norm_eps 1e-5, dense unless `numExperts` is set).
+ */
+export type ModelShape = Pick<ModelConfig, 'dim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'hiddenDim' | 'vocabSize' | 'slidingWindow' | 'ropeTheta'> &
+  Partial<Pick<ModelConfig, 'normEps' | 'contextLength' | 'numExperts' | 'expertsPerToken'>>;
 
 /** The benchmark's dense shape: a 1.0B-parameter Mistral (issue 2, bench:engine). */
 export const BENCH_1B_SHAPE: ModelShape = {
