@@ -6,6 +6,7 @@
 import { invalidRequest } from './errors.ts';
 import type { ModelRuntime } from './model-runtime.ts';
 import { createSampler, type SamplingOptions } from './sampler.ts';
+import { createJsonModeSampler } from './json-mode.ts';
 import { TextStream } from './text-stream.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
@@ -13,6 +14,8 @@ export interface GenerateOptions extends SamplingOptions {
   /** At most this many new tokens (EOS included); fewer if the context ends first. */
   maxTokens: number;
   stop?: string[];
+  /** Constrain the answer to one JSON object; generation stops when it closes (see json-mode.ts). */
+  jsonMode?: boolean;
   /** Aborting ends generation at the next token with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -46,7 +49,8 @@ export async function* generate(
   options: GenerateOptions,
 ): AsyncGenerator<GenerateEvent> {
   validateGeneration(runtime, promptIds, options);
-  const sampler = createSampler(options);
+  const baseSampler = createSampler(options);
+  const jsonSampler = options.jsonMode ? createJsonModeSampler(tokenizer, baseSampler) : null;
   const text = new TextStream(tokenizer, options.stop ?? []);
   const budget = Math.min(options.maxTokens, runtime.info.contextLength - promptIds.length);
   const { signal } = options;
@@ -59,7 +63,7 @@ export async function* generate(
     let finishReason: 'stop' | 'length' = 'length';
     while (completionTokens < budget) {
       signal?.throwIfAborted();
-      const token = sampler.sample(logits!);
+      const token = jsonSampler ? jsonSampler.sample(logits!, budget - completionTokens) : baseSampler.sample(logits!);
       completionTokens++;
       if (token === runtime.info.eosId) {
         finishReason = 'stop';
@@ -68,6 +72,10 @@ export async function* generate(
       const step = text.push(token);
       if (step.text) yield { type: 'text', text: step.text };
       if (step.stopped) {
+        finishReason = 'stop';
+        break;
+      }
+      if (jsonSampler?.complete) {
         finishReason = 'stop';
         break;
       }

@@ -14,6 +14,7 @@ import type { ModelRuntime, Sequence, ForwardEntry } from './model-runtime.ts';
 import type { Tokenizer } from './tokenizer.ts';
 import type { GenerateEvent } from './generate.ts';
 import { createSampler } from './sampler.ts';
+import { createJsonModeSampler } from './json-mode.ts';
 import { TextStream } from './text-stream.ts';
 import { SidecarError, invalidRequest } from './errors.ts';
 
@@ -26,6 +27,8 @@ export interface GenerationRequest {
   topP: number;
   seed?: number;
   stop?: string[];
+  /** Constrain the answer to one JSON object (response_format json_object / json_schema); it ends when the object closes. */
+  jsonMode?: boolean;
   /** Aborting it (client disconnect) cancels the request at the next step. */
   signal?: AbortSignal;
   /** Overrides the scheduler's per-request deadline. */
@@ -80,7 +83,8 @@ interface Job {
   readonly id: number;
   readonly promptIds: number[];
   readonly maxTokens: number;
-  readonly sampler: { sample(logits: Float32Array): number };
+  /** The request's own sampler; `remaining` is the token budget left (JSON mode closes the object within it). */
+  readonly sampler: { sample(logits: Float32Array, remaining: number): number; readonly complete?: boolean };
   readonly text: TextStream;
   readonly events: EventChannel<GenerateEvent>;
   readonly submittedAt: number;
@@ -161,7 +165,7 @@ export class Scheduler {
       id: this.nextJobId++,
       promptIds: request.promptIds,
       maxTokens,
-      sampler: createSampler({ temperature: request.temperature, topP: request.topP, seed: request.seed }),
+      sampler: this.createRequestSampler(request),
       text: new TextStream(this.tokenizer, request.stop ?? []),
       events: new EventChannel<GenerateEvent>(),
       submittedAt: now,
@@ -184,6 +188,11 @@ export class Scheduler {
     this.waiting.push(job);
     this.kick();
     return this.consume(job);
+  }
+
+  private createRequestSampler(request: GenerationRequest): Job['sampler'] {
+    const sampler = createSampler({ temperature: request.temperature, topP: request.topP, seed: request.seed });
+    return request.jsonMode ? createJsonModeSampler(this.tokenizer, sampler) : sampler;
   }
 
   stats(): SchedulerStats {
@@ -351,7 +360,7 @@ export class Scheduler {
       if (job.prefilled < job.promptIds.length) job.prefilled += entry.tokens.length;
       if (!samples) return;
       generated += 1;
-      this.acceptToken(job, job.sampler.sample(logits[index]!), now);
+      this.acceptToken(job, job.sampler.sample(logits[index]!, job.maxTokens - job.completionTokens), now);
     });
     if (generated > 0) this.recordThroughput(now, generated);
   }
@@ -366,6 +375,7 @@ export class Scheduler {
     const { text, stopped } = job.text.push(token);
     if (text) job.events.push({ type: 'text', text });
     if (stopped) return this.finish(job, 'stop', { flush: false });
+    if (job.sampler.complete) return this.finish(job, 'stop');
     if (job.completionTokens >= job.maxTokens) return this.finish(job, 'length');
     job.nextToken = token;
   }
