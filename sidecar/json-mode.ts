@@ -25,10 +25,16 @@ import { advanceText, closingText, initialJsonState, isJsonComplete, type JsonSt
 export const CANDIDATES = 64;
 /** Extra tokens kept in hand before the budget steering starts closing the object. */
 export const CLOSING_MARGIN = 2;
+/** Full-scan results remembered per vocabulary (states outside strings recur constantly). */
+const SCAN_CACHE_ENTRIES = 512;
+/** Only results this small are remembered (inside strings nearly every token is allowed). */
+const SCAN_CACHE_MAX_TOKENS = 4096;
 
 /** Each token's decoded text ('' = never allowed), and token ids grouped by their first character. */
 export interface JsonVocabulary {
   readonly pieces: readonly string[];
+  /** Full-scan results by state and closing limit: the allowed tokens and their next states. */
+  readonly scanCache: Map<string, ReadonlyMap<number, JsonState>>;
   /** Keyed by the text up to the first non-whitespace character (see groupKey). */
   readonly byFirstChar: ReadonlyMap<string, readonly number[]>;
 }
@@ -58,7 +64,7 @@ export function jsonVocabulary(tokenizer: Tokenizer): JsonVocabulary {
     if (!group) byFirstChar.set(first, (group = []));
     group.push(id);
   }
-  const vocabulary = { pieces, byFirstChar };
+  const vocabulary = { pieces, byFirstChar, scanCache: new Map<string, ReadonlyMap<number, JsonState>>() };
   vocabularies.set(tokenizer, vocabulary);
   return vocabulary;
 }
@@ -134,11 +140,19 @@ export function createJsonModeSampler(tokenizer: Tokenizer, sampler: Sampler): J
     return found;
   };
 
-  const fullScan = (closeWithin: number | null): Map<number, JsonState> => {
+  const fullScan = (closeWithin: number | null): ReadonlyMap<number, JsonState> => {
+    // The result depends only on the state and the limit, so it is shared across steps and requests.
+    const cacheKey = `${JSON.stringify(state)}|${closeWithin}`;
+    const cached = vocabulary.scanCache.get(cacheKey);
+    if (cached) return cached;
     const found = new Map<number, JsonState>();
     for (const [key, ids] of vocabulary.byFirstChar) {
       if (advanceText(state, key) === null) continue;
       for (const [id, after] of allowed(ids, closeWithin)) found.set(id, after);
+    }
+    if (found.size <= SCAN_CACHE_MAX_TOKENS) {
+      if (vocabulary.scanCache.size >= SCAN_CACHE_ENTRIES) vocabulary.scanCache.clear();
+      vocabulary.scanCache.set(cacheKey, found);
     }
     return found;
   };
@@ -150,7 +164,7 @@ export function createJsonModeSampler(tokenizer: Tokenizer, sampler: Sampler): J
     sample(logits: Float32Array, remaining: number): number {
       const needed = closingText(state).length;
       const closeWithin = remaining <= needed + CLOSING_MARGIN ? needed : null;
-      let choices = allowed(topCandidates(logits, CANDIDATES), closeWithin);
+      let choices: ReadonlyMap<number, JsonState> = allowed(topCandidates(logits, CANDIDATES), closeWithin);
       if (choices.size === 0) choices = fullScan(closeWithin);
       // No token shortens the completion (an unusual vocabulary): fall back to any valid token.
       if (choices.size === 0 && closeWithin !== null) choices = fullScan(null);
