@@ -24,7 +24,7 @@ import { SSE_HEADERS } from '../../shared/sse.ts';
 import { signRequest } from '../../shared/signing.ts';
 import { keyAllowsModel } from '../auth/index.ts';
 import { secretFrom, sidecarsFrom, tunablesFrom, upstreamsFrom, type UpstreamConfig } from '../config/index.ts';
-import { inBackground, type EdgeDependencies } from '../dependencies.ts';
+import { afterResponse, inBackground, type EdgeDependencies } from '../dependencies.ts';
 import type { AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { clientLocation, forwardWithFailover, type ClientGeo, type ForwardResult, type Target } from '../routing/index.ts';
@@ -176,7 +176,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     if (early !== TIMED_OUT && early.kind === 'body') {
       logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       const usage = early.status === 200 ? usageFromJson(early.text) : null;
-      if (usage) inBackground(c, recordUsage(c, usage), (error) => logger.error('usage_record_failed', { message: String(error) }));
+      if (usage) inBackground(c, afterResponse().then(() => recordUsage(c, usage)), (error) => logger.error('usage_record_failed', { message: String(error) }));
       return new Response(early.text, {
         status: early.status,
         headers: { 'content-type': early.headers.get('content-type') ?? 'application/json' },
