@@ -7,6 +7,7 @@ import { invalidRequest } from './errors.ts';
 import type { ModelRuntime } from './model-runtime.ts';
 import { createSampler, type SamplingOptions } from './sampler.ts';
 import { createJsonModeSampler } from './json-mode.ts';
+import { responseConstraint } from './json-schema-constraint.ts';
 import { TextStream } from './text-stream.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
@@ -16,6 +17,8 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: string[];
   /** Constrain the answer to one JSON object; generation stops when it closes (see json-mode.ts). */
   jsonMode?: boolean;
+  /** With jsonMode: the answer takes this object schema's shape; unsupported schemas give any object. */
+  jsonSchema?: Record<string, unknown>;
   /** Aborting ends generation at the next token with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -50,7 +53,7 @@ export async function* generate(
 ): AsyncGenerator<GenerateEvent> {
   validateGeneration(runtime, promptIds, options);
   const baseSampler = createSampler(options);
-  const jsonSampler = options.jsonMode ? createJsonModeSampler(tokenizer, baseSampler) : null;
+  const jsonSampler = options.jsonMode ? createJsonModeSampler(tokenizer, baseSampler, responseConstraint(options.jsonSchema)) : null;
   const text = new TextStream(tokenizer, options.stop ?? []);
   const budget = Math.min(options.maxTokens, runtime.info.contextLength - promptIds.length);
   const { signal } = options;

@@ -4,7 +4,7 @@
  * knows the shortest text that completes what it has seen.
  */
 import { describe, expect, it } from 'vitest';
-import { MAX_WHITESPACE_RUN, advanceText, closingText, initialJsonState, isJsonComplete } from './json-constraint.ts';
+import { MAX_EXPONENT_DIGITS, MAX_NUMBER_DIGITS, MAX_WHITESPACE_RUN, advanceText, closingText, initialJsonState, isJsonComplete } from './json-constraint.ts';
 
 const object = () => initialJsonState({ rootObject: true });
 const anyValue = () => initialJsonState({ rootObject: false });
@@ -71,6 +71,17 @@ describe('invalid JSON', () => {
     expect(accepts(' '.repeat(MAX_WHITESPACE_RUN + 1))).toBe(false);
     expect(accepts('{' + '\n'.repeat(MAX_WHITESPACE_RUN + 1))).toBe(false);
     expect(accepts('{"a": "' + ' '.repeat(50) + '"')).toBe(true); // inside strings spaces are content
+  });
+});
+
+describe('number size', () => {
+  it(`caps integer and fraction parts at ${MAX_NUMBER_DIGITS} digits and exponents at ${MAX_EXPONENT_DIGITS}, so every number is a finite double`, () => {
+    const digits = '9'.repeat(MAX_NUMBER_DIGITS);
+    expect(accepts(`{"a":-${digits}.${digits}e+${'9'.repeat(MAX_EXPONENT_DIGITS)}}`)).toBe(true);
+    expect(Number.isFinite(JSON.parse(`{"a":-${digits}.${digits}e+${'9'.repeat(MAX_EXPONENT_DIGITS)}}`).a)).toBe(true);
+    expect(accepts(`{"a":${digits}9`)).toBe(false);
+    expect(accepts(`{"a":1.${digits}9`)).toBe(false);
+    expect(accepts(`{"a":1e${'9'.repeat(MAX_EXPONENT_DIGITS + 1)}`)).toBe(false);
   });
 });
 

@@ -10,6 +10,12 @@
 
 /** Consecutive whitespace characters allowed between tokens of the JSON text. */
 export const MAX_WHITESPACE_RUN = 4;
+/**
+ * Digits allowed in a number's integer and fraction parts, and in its exponent: every accepted
+ * number parses to a finite double (no 1e999 → Infinity) and a model cannot write digits for ever.
+ */
+export const MAX_NUMBER_DIGITS = 15;
+export const MAX_EXPONENT_DIGITS = 2;
 
 const enum Mode {
   /** A value must come next (root, after ':' or ','). */
@@ -53,7 +59,7 @@ export interface JsonState {
   readonly stack: string;
   /** For String and its escapes: whether the string is an object key. */
   readonly inKey: boolean;
-  /** Hex digits left in a \u escape. */
+  /** Hex digits left in a \u escape; digits so far in the current part of a number. */
   readonly count: number;
   readonly literal: string;
   readonly whitespaceRun: number;
@@ -63,6 +69,11 @@ export interface JsonState {
 
 export function initialJsonState(options: { rootObject?: boolean } = {}): JsonState {
   return { mode: Mode.Value, stack: '', inKey: false, count: 0, literal: '', whitespaceRun: 0, rootObject: options.rootObject ?? true };
+}
+
+/** True where the next non-blank character must start a value (or, right after '[', may close it). */
+export function expectsValue(state: JsonState): boolean {
+  return state.mode === Mode.Value || state.mode === Mode.ValueOrArrayEnd;
 }
 
 export function isJsonComplete(state: JsonState): boolean {
@@ -97,7 +108,7 @@ function startValue(state: JsonState, c: string): JsonState | null {
   if (c === '"') return next(state, { mode: Mode.String, inKey: false });
   if (c === '-') return next(state, { mode: Mode.NumberSign });
   if (c === '0') return next(state, { mode: Mode.NumberZero });
-  if (isDigit(c)) return next(state, { mode: Mode.NumberInteger });
+  if (isDigit(c)) return next(state, { mode: Mode.NumberInteger, count: 1 });
   const literal = LITERALS[c];
   if (literal !== undefined) return next(state, { mode: Mode.Literal, literal });
   return null;
@@ -115,6 +126,10 @@ function afterValue(state: JsonState, c: string): JsonState | null {
   if (c === ',') return next(state, { mode: state.stack.endsWith('{') ? Mode.Key : Mode.Value });
   if (c === '}' || c === ']') return closeContainer(state, c);
   return null;
+}
+
+function moreDigits(state: JsonState, limit: number): JsonState | null {
+  return state.count < limit ? { ...state, count: state.count + 1 } : null;
 }
 
 /** A number may end at any character that can follow a value. */
@@ -151,26 +166,26 @@ export function advanceChar(state: JsonState, c: string): JsonState | null {
       return next(state, state.count > 1 ? { count: state.count - 1 } : { mode: Mode.String, count: 0 });
     case Mode.NumberSign:
       if (c === '0') return next(state, { mode: Mode.NumberZero });
-      return isDigit(c) ? next(state, { mode: Mode.NumberInteger }) : null;
+      return isDigit(c) ? next(state, { mode: Mode.NumberInteger, count: 1 }) : null;
     case Mode.NumberZero:
     case Mode.NumberInteger:
-      if (isDigit(c)) return state.mode === Mode.NumberInteger ? state : null; // no leading zeros
+      if (isDigit(c)) return state.mode === Mode.NumberInteger ? moreDigits(state, MAX_NUMBER_DIGITS) : null; // no leading zeros
       if (c === '.') return next(state, { mode: Mode.NumberDot });
       if (c === 'e' || c === 'E') return next(state, { mode: Mode.NumberExponent });
       return endNumber(state, c);
     case Mode.NumberDot:
-      return isDigit(c) ? next(state, { mode: Mode.NumberFraction }) : null;
+      return isDigit(c) ? next(state, { mode: Mode.NumberFraction, count: 1 }) : null;
     case Mode.NumberFraction:
-      if (isDigit(c)) return state;
+      if (isDigit(c)) return moreDigits(state, MAX_NUMBER_DIGITS);
       if (c === 'e' || c === 'E') return next(state, { mode: Mode.NumberExponent });
       return endNumber(state, c);
     case Mode.NumberExponent:
       if (c === '+' || c === '-') return next(state, { mode: Mode.NumberExponentSign });
-      return isDigit(c) ? next(state, { mode: Mode.NumberExponentDigits }) : null;
+      return isDigit(c) ? next(state, { mode: Mode.NumberExponentDigits, count: 1 }) : null;
     case Mode.NumberExponentSign:
-      return isDigit(c) ? next(state, { mode: Mode.NumberExponentDigits }) : null;
+      return isDigit(c) ? next(state, { mode: Mode.NumberExponentDigits, count: 1 }) : null;
     case Mode.NumberExponentDigits:
-      return isDigit(c) ? state : endNumber(state, c);
+      return isDigit(c) ? moreDigits(state, MAX_EXPONENT_DIGITS) : endNumber(state, c);
     case Mode.Literal:
       if (c !== state.literal[0]) return null;
       return state.literal.length > 1 ? next(state, { literal: state.literal.slice(1) }) : valueEnded(state);

@@ -34,7 +34,7 @@ const SCAN_CACHE_MAX_TOKENS = 4096;
 export interface JsonVocabulary {
   readonly pieces: readonly string[];
   /** Full-scan results by state and closing limit: the allowed tokens and their next states. */
-  readonly scanCache: Map<string, ReadonlyMap<number, JsonState>>;
+  readonly scanCache: Map<string, ReadonlyMap<number, unknown>>;
   /** Keyed by the text up to the first non-whitespace character (see groupKey). */
   readonly byFirstChar: ReadonlyMap<string, readonly number[]>;
 }
@@ -64,7 +64,7 @@ export function jsonVocabulary(tokenizer: Tokenizer): JsonVocabulary {
     if (!group) byFirstChar.set(first, (group = []));
     group.push(id);
   }
-  const vocabulary = { pieces, byFirstChar, scanCache: new Map<string, ReadonlyMap<number, JsonState>>() };
+  const vocabulary = { pieces, byFirstChar, scanCache: new Map<string, ReadonlyMap<number, unknown>>() };
   vocabularies.set(tokenizer, vocabulary);
   return vocabulary;
 }
@@ -113,6 +113,30 @@ export function topCandidates(logits: Float32Array, count: number): number[] {
   return heap.sort((a, b) => (less(a, b) ? 1 : less(b, a) ? -1 : 0));
 }
 
+/**
+ * A prefix-closed language over characters with immutable states: JSON objects here, a schema's
+ * shape in json-schema-constraint.ts.
+ */
+export interface TextConstraint<S> {
+  /** Names the language in the shared scan cache (equal ids ⇒ equal languages). */
+  readonly id: string;
+  readonly initial: S;
+  /** The state after `text`, or null when no accepted text starts with the prefix plus `text`. */
+  advance(state: S, text: string): S | null;
+  /** The shortest text that completes an accepted text from `state`. */
+  closing(state: S): string;
+  isComplete(state: S): boolean;
+}
+
+/** Any JSON object (response_format json_object). */
+export const jsonObjectConstraint: TextConstraint<JsonState> = {
+  id: 'json_object',
+  initial: initialJsonState({ rootObject: true }),
+  advance: advanceText,
+  closing: closingText,
+  isComplete: isJsonComplete,
+};
+
 export interface JsonModeSampler {
   /** The next token (always one that keeps the answer a JSON prefix); `remaining` = tokens left including this one. */
   sample(logits: Float32Array, remaining: number): number;
@@ -120,34 +144,38 @@ export interface JsonModeSampler {
   readonly complete: boolean;
 }
 
-/** Wraps a request's sampler so its answer is a JSON object. */
-export function createJsonModeSampler(tokenizer: Tokenizer, sampler: Sampler): JsonModeSampler {
+/** Wraps a request's sampler so its answer is a JSON object (or, given a schema constraint, that schema's shape). */
+export function createJsonModeSampler<S = JsonState>(
+  tokenizer: Tokenizer,
+  sampler: Sampler,
+  constraint: TextConstraint<S> = jsonObjectConstraint as unknown as TextConstraint<S>,
+): JsonModeSampler {
   const vocabulary = jsonVocabulary(tokenizer);
-  let state: JsonState = initialJsonState({ rootObject: true });
+  let state: S = constraint.initial;
   let masked = new Float32Array(0);
 
   /** Allowed tokens with their next states; when closing, only those that shorten the completion. */
-  const allowed = (ids: Iterable<number>, closeWithin: number | null): Map<number, JsonState> => {
-    const found = new Map<number, JsonState>();
+  const allowed = (ids: Iterable<number>, closeWithin: number | null): Map<number, S> => {
+    const found = new Map<number, S>();
     for (const id of ids) {
       const piece = vocabulary.pieces[id];
       if (!piece) continue;
-      const after = advanceText(state, piece);
+      const after = constraint.advance(state, piece);
       if (after === null) continue;
-      if (closeWithin !== null && closingText(after).length >= closeWithin) continue;
+      if (closeWithin !== null && constraint.closing(after).length >= closeWithin) continue;
       found.set(id, after);
     }
     return found;
   };
 
-  const fullScan = (closeWithin: number | null): ReadonlyMap<number, JsonState> => {
-    // The result depends only on the state and the limit, so it is shared across steps and requests.
-    const cacheKey = `${JSON.stringify(state)}|${closeWithin}`;
-    const cached = vocabulary.scanCache.get(cacheKey);
+  const fullScan = (closeWithin: number | null): ReadonlyMap<number, S> => {
+    // The result depends only on the language, the state and the limit, so it is shared across steps and requests.
+    const cacheKey = `${constraint.id}|${JSON.stringify(state)}|${closeWithin}`;
+    const cached = vocabulary.scanCache.get(cacheKey) as ReadonlyMap<number, S> | undefined;
     if (cached) return cached;
-    const found = new Map<number, JsonState>();
+    const found = new Map<number, S>();
     for (const [key, ids] of vocabulary.byFirstChar) {
-      if (advanceText(state, key) === null) continue;
+      if (constraint.advance(state, key) === null) continue;
       for (const [id, after] of allowed(ids, closeWithin)) found.set(id, after);
     }
     if (found.size <= SCAN_CACHE_MAX_TOKENS) {
@@ -159,12 +187,12 @@ export function createJsonModeSampler(tokenizer: Tokenizer, sampler: Sampler): J
 
   return {
     get complete() {
-      return isJsonComplete(state);
+      return constraint.isComplete(state);
     },
     sample(logits: Float32Array, remaining: number): number {
-      const needed = closingText(state).length;
+      const needed = constraint.closing(state).length;
       const closeWithin = remaining <= needed + CLOSING_MARGIN ? needed : null;
-      let choices: ReadonlyMap<number, JsonState> = allowed(topCandidates(logits, CANDIDATES), closeWithin);
+      let choices: ReadonlyMap<number, S> = allowed(topCandidates(logits, CANDIDATES), closeWithin);
       if (choices.size === 0) choices = fullScan(closeWithin);
       // No token shortens the completion (an unusual vocabulary): fall back to any valid token.
       if (choices.size === 0 && closeWithin !== null) choices = fullScan(null);

@@ -15,6 +15,7 @@ import type { Tokenizer } from './tokenizer.ts';
 import type { GenerateEvent } from './generate.ts';
 import { createSampler } from './sampler.ts';
 import { createJsonModeSampler } from './json-mode.ts';
+import { responseConstraint } from './json-schema-constraint.ts';
 import { TextStream } from './text-stream.ts';
 import { SidecarError, invalidRequest } from './errors.ts';
 
@@ -29,6 +30,8 @@ export interface GenerationRequest {
   stop?: string[];
   /** Constrain the answer to one JSON object (response_format json_object / json_schema); it ends when the object closes. */
   jsonMode?: boolean;
+  /** With jsonMode: the answer takes this object schema's shape (json-schema-constraint.ts); unsupported schemas give any object. */
+  jsonSchema?: Record<string, unknown>;
   /** Aborting it (client disconnect) cancels the request at the next step. */
   signal?: AbortSignal;
   /** Overrides the scheduler's per-request deadline. */
@@ -192,7 +195,7 @@ export class Scheduler {
 
   private createRequestSampler(request: GenerationRequest): Job['sampler'] {
     const sampler = createSampler({ temperature: request.temperature, topP: request.topP, seed: request.seed });
-    return request.jsonMode ? createJsonModeSampler(this.tokenizer, sampler) : sampler;
+    return request.jsonMode ? createJsonModeSampler(this.tokenizer, sampler, responseConstraint(request.jsonSchema)) : sampler;
   }
 
   stats(): SchedulerStats {

@@ -57,8 +57,8 @@ export function toGenerationRequest(request: ChatCompletionRequest, tokenizer: T
     topP: request.top_p ?? CHAT_DEFAULTS.top_p,
     seed: request.random_seed ?? undefined,
     stop: stop.filter((text) => text !== ''),
-    // json_schema is honoured as json_object: the answer is a JSON object, not checked against the schema.
     jsonMode: request.response_format != null && request.response_format.type !== 'text',
+    jsonSchema: request.response_format?.type === 'json_schema' ? request.response_format.json_schema.schema : undefined,
     signal,
   };
 }
