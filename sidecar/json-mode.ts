@@ -17,6 +17,7 @@
  * vocabulary). With a max_tokens too small for even that, the answer ends with finish_reason
  * "length" and is not complete JSON.
  */
+import { modelError } from './errors.ts';
 import type { Sampler } from './sampler.ts';
 import type { Tokenizer } from './tokenizer.ts';
 import { advanceText, closingText, initialJsonState, isJsonComplete, type JsonState } from './json-constraint.ts';
@@ -196,7 +197,7 @@ export function createJsonModeSampler<S = JsonState>(
       if (choices.size === 0) choices = fullScan(closeWithin);
       // No token shortens the completion (an unusual vocabulary): fall back to any valid token.
       if (choices.size === 0 && closeWithin !== null) choices = fullScan(null);
-      if (choices.size === 0) throw new Error('JSON mode: no vocabulary token continues the JSON text');
+      if (choices.size === 0) throw modelError(`JSON mode: no token of the model's vocabulary can continue the JSON answer (${constraint.id})`);
       if (masked.length !== logits.length) masked = new Float32Array(logits.length);
       masked.fill(-Infinity);
       // Allowed tokens keep their logits; −∞ everywhere else. A non-finite allowed logit becomes a

@@ -363,7 +363,13 @@ export class Scheduler {
       if (job.prefilled < job.promptIds.length) job.prefilled += entry.tokens.length;
       if (!samples) return;
       generated += 1;
-      this.acceptToken(job, job.sampler.sample(logits[index]!, job.maxTokens - job.completionTokens), now);
+      let token: number;
+      try {
+        token = job.sampler.sample(logits[index]!, job.maxTokens - job.completionTokens);
+      } catch (error) {
+        return this.fail(job, error); // e.g. JSON mode with a vocabulary that cannot continue: this request only
+      }
+      this.acceptToken(job, token, now);
     });
     if (generated > 0) this.recordThroughput(now, generated);
   }
