@@ -5,20 +5,15 @@
  */
 import { invalidRequest } from './errors.ts';
 import type { ModelRuntime } from './model-runtime.ts';
-import { createSampler, type SamplingOptions } from './sampler.ts';
-import { createJsonModeSampler } from './json-mode.ts';
-import { responseConstraint } from './json-schema-constraint.ts';
+import { createRequestSampler, type ResponseFormatOptions } from './request-sampler.ts';
+import type { SamplingOptions } from './sampler.ts';
 import { TextStream } from './text-stream.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
-export interface GenerateOptions extends SamplingOptions {
+export interface GenerateOptions extends SamplingOptions, ResponseFormatOptions {
   /** At most this many new tokens (EOS included); fewer if the context ends first. */
   maxTokens: number;
   stop?: string[];
-  /** Constrain the answer to one JSON object; generation stops when it closes (see json-mode.ts). */
-  jsonMode?: boolean;
-  /** With jsonMode: the answer takes this object schema's shape; unsupported schemas give any object. */
-  jsonSchema?: Record<string, unknown>;
   /** Aborting ends generation at the next token with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -52,8 +47,7 @@ export async function* generate(
   options: GenerateOptions,
 ): AsyncGenerator<GenerateEvent> {
   validateGeneration(runtime, promptIds, options);
-  const baseSampler = createSampler(options);
-  const jsonSampler = options.jsonMode ? createJsonModeSampler(tokenizer, baseSampler, responseConstraint(options.jsonSchema)) : null;
+  const sampler = createRequestSampler(tokenizer, options);
   const text = new TextStream(tokenizer, options.stop ?? []);
   const budget = Math.min(options.maxTokens, runtime.info.contextLength - promptIds.length);
   const { signal } = options;
@@ -66,7 +60,7 @@ export async function* generate(
     let finishReason: 'stop' | 'length' = 'length';
     while (completionTokens < budget) {
       signal?.throwIfAborted();
-      const token = jsonSampler ? jsonSampler.sample(logits!, budget - completionTokens) : baseSampler.sample(logits!);
+      const token = sampler.sample(logits!, budget - completionTokens);
       completionTokens++;
       if (token === runtime.info.eosId) {
         finishReason = 'stop';
@@ -78,7 +72,7 @@ export async function* generate(
         finishReason = 'stop';
         break;
       }
-      if (jsonSampler?.complete) {
+      if (sampler.complete) {
         finishReason = 'stop';
         break;
       }

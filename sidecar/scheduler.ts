@@ -13,25 +13,17 @@
 import type { ModelRuntime, Sequence, ForwardEntry } from './model-runtime.ts';
 import type { Tokenizer } from './tokenizer.ts';
 import type { GenerateEvent } from './generate.ts';
-import { createSampler } from './sampler.ts';
-import { createJsonModeSampler } from './json-mode.ts';
-import { responseConstraint } from './json-schema-constraint.ts';
+import { createRequestSampler, type RequestSampler, type ResponseFormatOptions } from './request-sampler.ts';
+import type { SamplingOptions } from './sampler.ts';
 import { TextStream } from './text-stream.ts';
 import { SidecarError, invalidRequest } from './errors.ts';
 
-export interface GenerationRequest {
+export interface GenerationRequest extends SamplingOptions, ResponseFormatOptions {
   /** The rendered chat prompt, BOS first. */
   promptIds: number[];
   /** Defaults to the rest of the context window. */
   maxTokens?: number;
-  temperature: number;
-  topP: number;
-  seed?: number;
   stop?: string[];
-  /** Constrain the answer to one JSON object (response_format json_object / json_schema); it ends when the object closes. */
-  jsonMode?: boolean;
-  /** With jsonMode: the answer takes this object schema's shape (json-schema-constraint.ts); unsupported schemas give any object. */
-  jsonSchema?: Record<string, unknown>;
   /** Aborting it (client disconnect) cancels the request at the next step. */
   signal?: AbortSignal;
   /** Overrides the scheduler's per-request deadline. */
@@ -87,7 +79,7 @@ interface Job {
   readonly promptIds: number[];
   readonly maxTokens: number;
   /** The request's own sampler; `remaining` is the token budget left (JSON mode closes the object within it). */
-  readonly sampler: { sample(logits: Float32Array, remaining: number): number; readonly complete?: boolean };
+  readonly sampler: RequestSampler;
   readonly text: TextStream;
   readonly events: EventChannel<GenerateEvent>;
   readonly submittedAt: number;
@@ -168,7 +160,7 @@ export class Scheduler {
       id: this.nextJobId++,
       promptIds: request.promptIds,
       maxTokens,
-      sampler: this.createRequestSampler(request),
+      sampler: createRequestSampler(this.tokenizer, request),
       text: new TextStream(this.tokenizer, request.stop ?? []),
       events: new EventChannel<GenerateEvent>(),
       submittedAt: now,
@@ -191,11 +183,6 @@ export class Scheduler {
     this.waiting.push(job);
     this.kick();
     return this.consume(job);
-  }
-
-  private createRequestSampler(request: GenerationRequest): Job['sampler'] {
-    const sampler = createSampler({ temperature: request.temperature, topP: request.topP, seed: request.seed });
-    return request.jsonMode ? createJsonModeSampler(this.tokenizer, sampler, responseConstraint(request.jsonSchema)) : sampler;
   }
 
   stats(): SchedulerStats {
