@@ -24,40 +24,19 @@ const DEMO_VERSION = 1;
 /** int4 is the product's path (MatMulNBits block 32); every linear dimension is a multiple of 32. */
 export const DEFAULT_DEMO_PRECISION: Precision = 'int4';
 
+/** Both demo models share Mistral's attention layout at toy size and the real 32k vocabulary. */
+const DEMO_ATTENTION = { dim: 256, nLayers: 4, nHeads: 8, nKvHeads: 2, headDim: 32, vocabSize: 32000, contextLength: 8192 };
+
 export const DEMO_SHAPES: Record<DemoModelName, { shape: ModelShape; seed: number }> = {
   // Dense Mistral: GQA 8 heads / 2 KV heads, sliding window.
   'mistral-tiny': {
     seed: 7,
-    shape: {
-      dim: 256,
-      nLayers: 4,
-      nHeads: 8,
-      nKvHeads: 2,
-      headDim: 32,
-      hiddenDim: 768,
-      vocabSize: 32000,
-      slidingWindow: 4096,
-      ropeTheta: 10000,
-      contextLength: 8192,
-    },
+    shape: { ...DEMO_ATTENTION, hiddenDim: 768, slidingWindow: 4096, ropeTheta: 10000 },
   },
   // Mixtral: 8 experts, top-2, full causal attention, rope_theta 1e6.
   'mistral-small': {
     seed: 8,
-    shape: {
-      dim: 256,
-      nLayers: 4,
-      nHeads: 8,
-      nKvHeads: 2,
-      headDim: 32,
-      hiddenDim: 512,
-      vocabSize: 32000,
-      slidingWindow: null,
-      ropeTheta: 1e6,
-      contextLength: 8192,
-      numExperts: 8,
-      expertsPerToken: 2,
-    },
+    shape: { ...DEMO_ATTENTION, hiddenDim: 512, slidingWindow: null, ropeTheta: 1e6, numExperts: 8, expertsPerToken: 2 },
   },
 };
 
