@@ -6,6 +6,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convertCheckpoint, type Precision } from '../sidecar/convert.ts';
+import type { ExpertBits } from '../sidecar/expert-store.ts';
 import { isStore, readManifest } from '../sidecar/model-store.ts';
 import { siroccoHome } from '../sidecar/paths.ts';
 import { BENCH_1B_SHAPE, writeRandomCheckpoint, type ModelShape } from '../sidecar/random-checkpoint.ts';
@@ -16,6 +17,8 @@ export interface BenchModel {
   shape: ModelShape;
   seed: number;
   precision: Precision;
+  /** Mixtral: the paged experts' format (convert.ts's default when absent). */
+  expertBits?: ExpertBits;
 }
 
 /** The Mistral-shaped 1.0B model of inference.md §6 (llama.cpp's anchor shape). */
@@ -43,6 +46,7 @@ export async function ensureBenchStore(model: BenchModel): Promise<string> {
       from: source,
       to: store,
       precision: model.precision,
+      expertBits: model.expertBits,
       name: model.name,
       onProgress: (done, total, label) => {
         if (Date.now() - lastPrint < 5_000 && done < total) return;

@@ -2,16 +2,18 @@
  * `npm run bench:moe`: Mixtral decode with experts paged from disk under a memory budget.
  *
  * Model: a random Mixtral-shaped checkpoint sized for a 2-core machine (dim 1024, 8 layers, 8 heads
- * / 2 KV heads × 128, 8 experts top-2, FFN 3584, vocab 32000), converted once (int4 attention and
- * head, int8 paged experts) into $SIROCCO_HOME/bench/. Each configuration runs in its own process
- * (so peak RSS is its own): prefill a short prompt, then decode feeding random tokens every step
- * (like llama.cpp's random-token runs) so the routing varies.
+ * / 2 KV heads × 128, 8 experts top-2, FFN 3584, vocab 32000), converted once per paged expert
+ * format (int4 attention and head; int4 experts, and int8 experts) into $SIROCCO_HOME/bench/.
+ * Each configuration runs in its own process (so peak RSS is its own): prefill a short prompt,
+ * then decode feeding random tokens every step (like llama.cpp's random-token runs) so the
+ * routing varies.
  *
- * Reported per budget (25/50/100 % of the experts) and per eviction policy at 50 %: decode
- * tokens/s, hit rate, prefetch accuracy (predicted experts the router then picked), prefetch hits
- * and wasted prefetches, page-in latency next to the raw read time of the same expert files
- * measured in this run (warm page cache, and cold after dropping it when run as root), bytes paged
- * per token, peak RSS. The all-resident int4 experts (no --expert-cache-mb) are the reference.
+ * Reported per expert format and budget (25/50/100 % of that format's expert bytes), and per
+ * eviction policy / prefetch off at 50 % for int4: decode tokens/s, hit rate, prefetch accuracy
+ * (predicted experts the router then picked), prefetch hits and wasted prefetches, page-in latency
+ * next to the raw read time of the same expert files measured in this run (warm page cache, and
+ * cold after dropping it when run as root), bytes paged per token, peak RSS. The engine's resident
+ * int4 expert sessions (no --expert-cache-mb) are the speed reference.
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
  *   --store DIR --budgets-mb A,B   run on an existing paged store instead (e.g. the full 8x7B shape
@@ -26,7 +28,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy, type ExpertCacheStats } from '../sidecar/expert-cache.ts';
-import { EXPERT_STORE_DIR, ExpertStore } from '../sidecar/expert-store.ts';
+import { ExpertStore, type ExpertBits } from '../sidecar/expert-store.ts';
 import { loadModel } from '../sidecar/model-runtime.ts';
 import type { ModelShape } from '../sidecar/random-checkpoint.ts';
 import { ensureBenchStore } from './bench-store.ts';
@@ -63,6 +65,8 @@ interface RunConfig {
 
 interface RunResult {
   label: string;
+  /** Paged expert format (null: resident int4 sessions). */
+  expertBits: ExpertBits | null;
   budgetMb: number | null;
   budgetFraction: number | null;
   policy: EvictionPolicy | null;
@@ -90,7 +94,7 @@ function dropPageCache(): boolean {
 
 /** Reads every expert file once with the same positioned read the cache uses; ms per expert. */
 async function rawReadMs(store: string, sample = Infinity): Promise<{ perExpertMs: number; gbPerSecond: number; files: number }> {
-  const dir = join(store, EXPERT_STORE_DIR);
+  const { dir } = await ExpertStore.open(store);
   const files = (await readdir(dir)).filter((f) => f.endsWith('.bin')).sort().slice(0, sample);
   const bytes = (await stat(join(dir, files[0]!))).size;
   const buffer = new Uint8Array(bytes);
@@ -162,10 +166,12 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     const misses = diff('misses');
     const predictionsMade = diff('predictionsMade');
     const sorted = [...pageIns].sort((a, b) => a - b);
-    const { layers, experts } = config.budgetMb === null ? { layers: 1, experts: 1 } : (await ExpertStore.open(config.store)).index;
+    const paged = config.budgetMb === null ? null : await ExpertStore.open(config.store);
+    const { layers, experts } = paged?.index ?? { layers: 1, experts: 1 };
     const expertBytes = after?.expertBytes ?? 1;
     return {
-      label: config.budgetMb === null ? 'resident int4' : `${config.policy}${config.prefetch ? '' : ' no-prefetch'}`,
+      label: paged ? `int${paged.bits} ${config.policy}${config.prefetch ? '' : ' no-prefetch'}` : 'resident int4',
+      expertBits: paged?.bits ?? null,
       budgetMb: config.budgetMb,
       budgetFraction: config.budgetMb === null ? null : Math.round(((config.budgetMb * MiB) / (layers * experts * expertBytes)) * 100) / 100,
       policy: config.budgetMb === null ? null : config.policy,
@@ -220,43 +226,56 @@ async function main(argv: string[]): Promise<void> {
   const out = resolve((values.out as string | undefined) ?? join(REPO_ROOT, values.store ? 'bench/results/moe-store.json' : 'bench/results/moe.json'));
 
   const customStore = values.store as string | undefined;
-  const store = customStore ? resolve(customStore) : await ensureBenchStore({ name: 'moe-d1024-l8-e8-f3584-int4', shape: BENCH_MOE_SHAPE, seed: 5, precision: 'int4' });
-  const expertStore = await ExpertStore.open(store);
-  const { layers, experts } = expertStore.index;
-  const allMb = (layers * experts * expertStore.expertBytes) / MiB;
+  const stores = customStore ? [resolve(customStore)] : [];
+  if (!customStore) {
+    for (const bits of [4, 8] as const) {
+      stores.push(await ensureBenchStore({ name: `moe-d1024-l8-e8-f3584-int4-experts${bits}`, shape: BENCH_MOE_SHAPE, seed: 5, precision: 'int4', expertBits: bits }));
+    }
+  }
   const sample = customStore ? 8 : Infinity;
 
-  await rawReadMs(store, sample); // warm the page cache
-  const warmRead = await rawReadMs(store, sample);
-  const pageIn = await cachePageInMs(store, sample);
-  const canDrop = cold && dropPageCache();
-  const coldRead = canDrop ? await rawReadMs(store, sample) : null;
-  if (canDrop) dropPageCache();
-  const coldPageIn = canDrop ? await cachePageInMs(store, sample) : null;
+  // Per store: its expert format, the raw read of its expert files (warm, and cold when the page
+  // cache can be dropped) and the cache's page-in of the same files.
+  const formats = [];
+  for (const store of stores) {
+    const expertStore = await ExpertStore.open(store);
+    const { layers, experts } = expertStore.index;
+    await rawReadMs(store, sample); // warm the page cache
+    const warmRead = await rawReadMs(store, sample);
+    const pageIn = await cachePageInMs(store, sample);
+    const canDrop = cold && dropPageCache();
+    const coldRead = canDrop ? await rawReadMs(store, sample) : null;
+    if (canDrop) dropPageCache();
+    const coldPageIn = canDrop ? await cachePageInMs(store, sample) : null;
+    formats.push({ store, bits: expertStore.bits, expertBytes: expertStore.expertBytes, allMb: (layers * experts * expertStore.expertBytes) / MiB, warmRead, pageIn, coldRead, coldPageIn, canDrop });
+  }
 
-  const base = { store, tokens, warmup, prefetch: true };
-  const configs: RunConfig[] = customStore
-    ? String(values['budgets-mb'] ?? allMb)
-        .split(',')
-        .map((mb) => ({ ...base, budgetMb: parseNumberOption(mb, 'budgets-mb', { min: 0 })!, policy: 'lru' as EvictionPolicy }))
-    : [
-        { ...base, budgetMb: null, policy: 'lru' },
-        ...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: allMb * fraction, policy: 'lru' as EvictionPolicy })),
-        ...EVICTION_POLICIES.filter((p) => p !== 'lru').map((policy) => ({ ...base, budgetMb: allMb * 0.5, policy })),
-        { ...base, budgetMb: allMb * 0.5, policy: 'lru', prefetch: false },
-      ];
+  const configs: RunConfig[] = [];
+  for (const format of formats) {
+    const base = { store: format.store, tokens, warmup, prefetch: true };
+    if (customStore) {
+      for (const mb of String(values['budgets-mb'] ?? format.allMb).split(',')) {
+        configs.push({ ...base, budgetMb: parseNumberOption(mb, 'budgets-mb', { min: 0 })!, policy: 'lru' });
+      }
+      continue;
+    }
+    if (format === formats[0]) configs.push({ ...base, budgetMb: null, policy: 'lru' });
+    configs.push(...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: format.allMb * fraction, policy: 'lru' as EvictionPolicy })));
+    if (format.bits === 4) {
+      configs.push(...EVICTION_POLICIES.filter((p) => p !== 'lru').map((policy) => ({ ...base, budgetMb: format.allMb * 0.5, policy })));
+      configs.push({ ...base, budgetMb: format.allMb * 0.5, policy: 'lru', prefetch: false });
+    }
+  }
   const results: RunResult[] = [];
   for (const config of configs) {
-    if (canDrop && config.budgetMb !== null) dropPageCache();
+    if (cold && formats[0]!.canDrop && config.budgetMb !== null) dropPageCache();
     const result = runChild(config);
     results.push(result);
     console.error(`  ${result.label} ${fmt(result.budgetFraction === null ? null : result.budgetFraction * 100, 0)}%: ${fmt(result.decodeTokensPerSecond)} tok/s`);
   }
 
-  const allResident = results.find((r) => r.budgetFraction === 1 && r.policy === 'lru' && r.prefetch) ?? results[0]!;
-  const half = results.find((r) => r.budgetFraction === 0.5 && r.policy === 'lru' && r.prefetch) ?? results[results.length - 1]!;
   const rows = results.map((r) => ({
-    config: r.budgetMb === null ? 'resident int4 experts' : `${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB) ${r.label}`,
+    config: r.budgetMb === null ? 'resident int4 experts' : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
     'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
     'prefetch acc': r.prefetchAccuracy === null ? '—' : `${fmt(r.prefetchAccuracy * 100, 0)}%`,
@@ -267,30 +286,47 @@ async function main(argv: string[]): Promise<void> {
     'peak RSS MiB': fmt(r.peakRssMb, 0),
   }));
   console.table(rows);
-  const summary = {
-    rawReadWarmMsPerExpert: warmRead.perExpertMs,
-    rawReadWarmGBps: warmRead.gbPerSecond,
-    rawReadColdMsPerExpert: coldRead?.perExpertMs ?? null,
-    pageInWarmFirstPassMs: pageIn.firstPassMs,
-    pageInWarmMs: pageIn.steadyMs,
-    pageInColdMs: coldPageIn?.firstPassMs ?? null,
-    pageCacheDropped: canDrop,
-    pageInOverRawRead: pageIn.steadyMs / warmRead.perExpertMs,
-    pageInOverRawReadCold: coldPageIn && coldRead ? coldPageIn.firstPassMs / coldRead.perExpertMs : null,
-    halfBudgetOverAllResident: half.decodeTokensPerSecond / allResident.decodeTokensPerSecond,
-    llamaCppQ4_0TokensPerSecond: LLAMA_CPP_TOKENS_PER_SECOND,
-  };
+  const resident = results.find((r) => r.budgetMb === null) ?? null;
+  const summary = formats.map((format) => {
+    const mine = results.filter((r) => r.expertBits === format.bits && r.policy === 'lru' && r.prefetch);
+    const all = mine.find((r) => r.budgetFraction === 1) ?? null;
+    const half = mine.find((r) => r.budgetFraction === 0.5) ?? null;
+    return {
+      expertBits: format.bits,
+      expertFileBytes: format.expertBytes,
+      rawReadWarmMsPerExpert: format.warmRead.perExpertMs,
+      rawReadWarmGBps: format.warmRead.gbPerSecond,
+      rawReadColdMsPerExpert: format.coldRead?.perExpertMs ?? null,
+      pageInWarmFirstPassMs: format.pageIn.firstPassMs,
+      pageInWarmMs: format.pageIn.steadyMs,
+      pageInColdMs: format.coldPageIn?.firstPassMs ?? null,
+      pageCacheDropped: format.canDrop,
+      pageInOverRawRead: format.pageIn.steadyMs / format.warmRead.perExpertMs,
+      pageInOverRawReadCold: format.coldPageIn && format.coldRead ? format.coldPageIn.firstPassMs / format.coldRead.perExpertMs : null,
+      allPagedTokensPerSecond: all?.decodeTokensPerSecond ?? null,
+      halfBudgetOverAllPaged: half && all ? half.decodeTokensPerSecond / all.decodeTokensPerSecond : null,
+      halfBudgetOverResidentSessions: half && resident ? half.decodeTokensPerSecond / resident.decodeTokensPerSecond : null,
+    };
+  });
+  for (const f of summary) {
+    console.log(
+      `int${f.expertBits} experts: file ${fmt(f.expertFileBytes / MiB, 2)} MiB; raw read ${fmt(f.rawReadWarmMsPerExpert, 2)} ms warm` +
+        (f.rawReadColdMsPerExpert !== null ? `, ${fmt(f.rawReadColdMsPerExpert, 2)} ms cold` : cold ? ' (cold: cannot drop the page cache here)' : '') +
+        `; cache page-in ${fmt(f.pageInWarmMs, 2)} ms warm (${fmt(f.pageInWarmFirstPassMs, 2)} ms with the one-time checksum)` +
+        (f.pageInColdMs !== null ? `, ${fmt(f.pageInColdMs, 2)} ms cold` : '') +
+        ` = ${fmt(f.pageInOverRawRead, 2)}× raw read (target ≤ 2×)` +
+        (f.halfBudgetOverAllPaged === null ? '' : `; 50% budget at ${fmt(f.halfBudgetOverAllPaged * 100, 0)}% of all-paged-resident (target ≥ 60%)`) +
+        (f.halfBudgetOverResidentSessions === null ? '' : `, ${fmt(f.halfBudgetOverResidentSessions * 100, 0)}% of the resident int4 sessions`),
+    );
+  }
   console.log(
-    `expert file ${fmt(expertStore.expertBytes / MiB, 2)} MiB; raw read ${fmt(warmRead.perExpertMs, 2)} ms warm` +
-      (coldRead ? `, ${fmt(coldRead.perExpertMs, 2)} ms cold` : cold ? ' (cold: cannot drop the page cache here)' : '') +
-      `; cache page-in ${fmt(pageIn.steadyMs, 2)} ms warm (${fmt(pageIn.firstPassMs, 2)} ms with the one-time checksum)` +
-      (coldPageIn ? `, ${fmt(coldPageIn.firstPassMs, 2)} ms cold` : '') +
-      ` = ${fmt(summary.pageInOverRawRead, 2)}× raw read (target ≤ 2×)` +
-      `; 50% budget decodes at ${fmt(summary.halfBudgetOverAllResident * 100, 0)}% of all-resident (target ≥ 60%)` +
-      `; all-resident ${fmt(allResident.decodeTokensPerSecond)} tok/s vs llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')}`,
+    `all experts resident: int4 sessions ${fmt(resident?.decodeTokensPerSecond ?? null)} tok/s` +
+      summary.map((f) => `, paged int${f.expertBits} at 100% ${fmt(f.allPagedTokensPerSecond)}`).join('') +
+      `; llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')} tok/s`,
   );
+  const llamaCppQ4_0TokensPerSecond = LLAMA_CPP_TOKENS_PER_SECOND;
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, `${JSON.stringify({ shape: BENCH_MOE_SHAPE, expertBytes: expertStore.expertBytes, tokens, warmup, summary, results }, null, 2)}\n`);
+  await writeFile(out, `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, llamaCppQ4_0TokensPerSecond, summary, results }, null, 2)}\n`);
   console.log(`wrote ${out}`);
 }
 

@@ -2,19 +2,20 @@
  * Writes a store of a Mixtral shape with random weights directly in its final quantised form —
  * never a float checkpoint on disk: attention, norms, router and head are generated one tensor at
  * a time and quantised by the engine's graph builders (int4), and the experts are generated as
- * int8 bytes + per-column scales straight into the paged expert files. The store only runs with
- * `--expert-cache-mb` (it has no resident int4 expert graphs).
+ * random packed int4 (or int8) bytes + per-column scales straight into the paged expert files.
+ * The store only runs with `--expert-cache-mb` (it has no resident int4 expert graphs).
  *
- *   npx tsx scripts/make-mixtral-shape.ts --out DIR [--shape mixtral-8x7b|bench|tiny] [--layers N] [--seed S]
+ *   npx tsx scripts/make-mixtral-shape.ts --out DIR [--shape mixtral-8x7b|bench|tiny] [--layers N] [--seed S] [--expert-bits 4|8]
  *
- * mixtral-8x7b: 46.7B parameters; experts-int8 ≈ 45 GB + ≈ 1 GB of int4 attention/head graphs.
+ * mixtral-8x7b: 46.7B parameters; experts-int4 ≈ 22.6 GB (experts-int8 ≈ 45 GB) + ≈ 1 GB of int4
+ * attention/head graphs.
  */
 import { randomFillSync } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../cli/args.ts';
-import { allocateExpert, writeExpertStore, type RouterWeights } from '../sidecar/expert-store.ts';
+import { allocateExpert, writeExpertStore, type ExpertBits, type RouterWeights } from '../sidecar/expert-store.ts';
 import { buildHeadGraph, buildMoeLayerGraph, type BuildContext } from '../sidecar/graph/models.ts';
 import type { ModelConfig } from '../sidecar/model-config.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/model-store.ts';
@@ -73,7 +74,7 @@ function randomWeights(config: ModelConfig, seed: number): { read(name: string):
 }
 
 export async function makeMixtralShape(
-  out: string, config: ModelConfig, seed: number, log: (line: string) => void = () => undefined,
+  out: string, config: ModelConfig, seed: number, log: (line: string) => void = () => undefined, expertBits: ExpertBits = 4,
 ): Promise<Manifest> {
   const to = resolve(out);
   const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}`);
@@ -90,21 +91,22 @@ export async function makeMixtralShape(
     const head = await buildHeadGraph(ctx);
     const graphFiles = (await readdir(staging)).sort();
 
-    // Experts: random int8 values + the per-column scale a uniform ±std·√3 weight would get.
+    // Experts: random quantised values + the per-column scale a uniform ±std·√3 weight would get
+    // (int4: random nibbles, scale (std·√3/7)/16 since the widened int8 value is 16·q).
     const { dim, hiddenDim: ffn, nLayers, numExperts: experts, expertsPerToken: topK, normEps } = config;
     const routers: RouterWeights = { norm: [], gate: [] };
     for (let layer = 0; layer < nLayers; layer++) {
       routers.norm.push(await weights.read(`layers.${layer}.ffn_norm.weight`));
       routers.gate.push(await weights.read(`layers.${layer}.feed_forward.gate.weight`));
     }
-    const image = allocateExpert(dim, ffn);
-    const scale = (LINEAR_STD * Math.sqrt(3)) / 127;
+    const image = allocateExpert(dim, ffn, expertBits);
+    const scale = expertBits === 4 ? (LINEAR_STD * Math.sqrt(3)) / 7 / 16 : (LINEAR_STD * Math.sqrt(3)) / 127;
     image.weights.s13.fill(scale);
     image.weights.s2.fill(scale);
+    const payload = image.weights.bits === 4 ? [image.weights.p13, image.weights.p2] : [image.weights.w13, image.weights.w2];
     let lastLogged = 0;
-    await writeExpertStore(staging, { dim, ffn, layers: nLayers, experts, topK, normEps }, routers, () => {
-      randomFillSync(image.weights.w13);
-      randomFillSync(image.weights.w2);
+    await writeExpertStore(staging, { dim, ffn, layers: nLayers, experts, topK, normEps }, expertBits, routers, () => {
+      for (const bytes of payload) randomFillSync(bytes);
       return image.bytes;
     }, (done, total) => {
       if (done === total || performance.now() - lastLogged > 5000) {
@@ -123,7 +125,7 @@ export async function makeMixtralShape(
       architecture: 'mixtral',
       config,
       tensors: {},
-      // No resident expert graphs: this store is paged-only (experts-int8/).
+      // No resident expert graphs: this store is paged-only (experts-int4/ or experts-int8/).
       graphs: { layers, experts: [], head },
       files,
     };
@@ -143,6 +145,7 @@ async function main(argv: string[]): Promise<number> {
     shape: { type: 'string' },
     layers: { type: 'string' },
     seed: { type: 'string' },
+    'expert-bits': { type: 'string' },
   });
   try {
     const out = requireOption(values.out as string | undefined, 'out');
@@ -151,8 +154,11 @@ async function main(argv: string[]): Promise<number> {
     if (!base) throw new CliError(`unknown --shape "${shapeName}" (expected ${Object.keys(SHAPES).join(', ')})`);
     const layers = parseNumberOption(values.layers as string | undefined, 'layers', { integer: true, min: 1 }) ?? base.nLayers;
     const seed = parseNumberOption(values.seed as string | undefined, 'seed', { integer: true, min: 0 }) ?? 1;
+    const bits = parseNumberOption(values['expert-bits'] as string | undefined, 'expert-bits', { integer: true, min: 4 }) ?? 4;
+    if (bits !== 4 && bits !== 8) throw new CliError(`--expert-bits must be 4 or 8, not ${bits}`);
     const started = performance.now();
-    await makeMixtralShape(out, { ...base, nLayers: layers }, seed, (line) => console.error(`[${((performance.now() - started) / 1000).toFixed(0)} s] ${line}`));
+    const log = (line: string) => console.error(`[${((performance.now() - started) / 1000).toFixed(0)} s] ${line}`);
+    await makeMixtralShape(out, { ...base, nLayers: layers }, seed, log, bits);
     console.error(`wrote ${resolve(out)} in ${((performance.now() - started) / 1000).toFixed(0)} s`);
     return 0;
   } catch (error) {

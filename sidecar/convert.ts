@@ -9,7 +9,7 @@ import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'no
 import { basename, dirname, join, resolve } from 'node:path';
 import { Checkpoint, expectedTensors } from './checkpoint.ts';
 import { modelError, SidecarError } from './errors.ts';
-import { buildExpertStore } from './expert-store.ts';
+import { buildExpertStore, type ExpertBits } from './expert-store.ts';
 import { buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph, type BuildContext } from './graph/models.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from './model-store.ts';
 import { quantizationPlan, type Precision } from './quantize.ts';
@@ -26,6 +26,11 @@ export interface ConvertOptions {
   onProgress?: (done: number, total: number, label: string) => void;
   /** Model name recorded in the manifest; defaults to the source folder's name. */
   name?: string;
+  /**
+   * Mixtral: the paged experts' format (expert-store.ts). Default: 4 for int4 stores (half the
+   * bytes to page and cache, widened before each run), 8 otherwise (no widening, twice the bytes).
+   */
+  expertBits?: ExpertBits;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -81,8 +86,8 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       },
     };
     const graphs = await buildGraphs({ dir: staging, config, precision, weights });
-    // Mixtral: also the int8 per-expert files that `--expert-cache-mb` pages from (expert-store.ts).
-    if (config.numExperts > 0) await buildExpertStore(checkpoint, staging);
+    // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts).
+    if (config.numExperts > 0) await buildExpertStore(checkpoint, staging, options.expertBits ?? (precision === 'int4' ? 4 : 8));
     for (const file of await checkpoint.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
 
     const files = [];

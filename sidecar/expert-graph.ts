@@ -3,7 +3,8 @@
  * the SwiGLU FFN `w2(silu(w1·x) ⊙ w3·x)` with the int8 weights and their per-column scales fed as
  * graph inputs to DynamicQuantizeMatMul. A page-in is then a plain read of bytes — no session per
  * expert — and every expert runs through the same kernel whatever is resident, which is what
- * makes the output bit-identical across cache budgets. `PagedExperts` is what the Mixtral runtime
+ * makes the output bit-identical across cache budgets. int4 experts are widened to that int8
+ * layout right before their run (expert-unpack.ts). `PagedExperts` is what the Mixtral runtime
  * calls per layer: store + cache + graph + next-layer prefetch.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -13,7 +14,8 @@ import * as ort from 'onnxruntime-node';
 import { createSession, type Device } from './device.ts';
 import { SidecarError, modelError } from './errors.ts';
 import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
-import { ExpertStore, type ExpertStoreIndex, type ExpertWeights } from './expert-store.ts';
+import { ExpertStore, type ExpertStoreIndex, type ExpertWeights, type Int4ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
+import { Int4Unpacker } from './expert-unpack.ts';
 import type { Expert, ExpertProvider } from './moe.ts';
 import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
 
@@ -67,7 +69,7 @@ export class ExpertGraph {
   }
 
   /** Runs one expert on `rows` row vectors `x` ([rows, dim], row-major); returns [rows, dim]. */
-  async run(x: Float32Array, rows: number, weights: ExpertWeights): Promise<Float32Array> {
+  async run(x: Float32Array, rows: number, weights: Int8ExpertWeights): Promise<Float32Array> {
     const { dim, ffn } = this;
     if (x.length !== rows * dim) throw new RangeError(`expert input has ${x.length} values, expected ${rows}×${dim}`);
     const result = await this.session.run({
@@ -109,7 +111,14 @@ export class PagedExperts implements ExpertProvider {
   ) {}
 
   /**
-   * Opens `<storeDir>/experts-int8`. A budget below one layer's top-k experts is refused here,
+   * int4 stores: scratch areas the running experts are widened into, one per run in flight.
+   * A step runs its experts one after another, so this is one scratch unless callers overlap
+   * forward passes.
+   */
+  private readonly idleUnpackers: Int4Unpacker[] = [];
+
+  /**
+   * Opens the store's paged experts (expert-store.ts). A budget below one layer's top-k experts is refused here,
    * before anything runs, with a message giving the minimum.
    */
   static async open(storeDir: string, options: PagedExpertsOptions): Promise<PagedExperts> {
@@ -164,12 +173,33 @@ export class PagedExperts implements ExpertProvider {
         const pinned = await lease;
         this.cache.recordStall((performance.now() - waitStarted) / 1000);
         try {
-          return await this.graph.run(x, rows, pinned.weights);
+          return await this.runWeights(x, rows, pinned.weights);
         } finally {
           pinned.release();
         }
       },
     };
+  }
+
+  /** Runs the graph on int8 weights as cached, or on int4 ones widened into an idle scratch. */
+  private async runWeights(x: Float32Array, rows: number, weights: ExpertWeights): Promise<Float32Array> {
+    if (weights.bits === 8) return this.graph.run(x, rows, weights);
+    const unpacker = this.idleUnpackers.pop() ?? new Int4Unpacker(3 * this.index.dim * this.index.ffn);
+    try {
+      return await this.graph.run(x, rows, this.widen(weights, unpacker));
+    } finally {
+      this.idleUnpackers.push(unpacker);
+    }
+  }
+
+  /** An int4 expert widened into `unpacker`'s scratch: the int8 weights the graph takes. */
+  private widen(weights: Int4ExpertWeights, unpacker: Int4Unpacker): Int8ExpertWeights {
+    const { dim, ffn } = this.index;
+    const [w13, w2] = unpacker.unpack([
+      { packed: weights.p13, rows: dim, rowBytes: ffn },
+      { packed: weights.p2, rows: ffn, rowBytes: dim / 2 },
+    ]) as [Int8Array, Int8Array];
+    return { bits: 8, s13: weights.s13, s2: weights.s2, w13, w2 };
   }
 
   private startAhead(layer: number, expert: number): void {

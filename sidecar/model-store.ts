@@ -14,8 +14,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 2: graphs return only the step's new keys/values (new_key.N), not the concatenated cache.
  * 3: attention flattens each KV head's query group into matmul rows (batch-invariant kernels).
  * 4: int4 stores: error-minimising scales, lm_head at int8; the manifest records the quantization.
+ * 5: Mixtral int4 stores page int4 experts (experts-int4/); expert files carry their bit width.
  */
-export const FORMAT_VERSION = 4;
+export const FORMAT_VERSION = 5;
 
 export interface GraphEntry {
   graph: string;

@@ -3,24 +3,29 @@
  * (ONNX graphs + quantized weights + manifest). Progress goes to stderr; the store path to stdout.
  */
 import { SingleBar } from 'cli-progress';
-import { parseCommandArgs, requireOption } from '../args.ts';
+import { CliError, parseCommandArgs, requireOption } from '../args.ts';
+import type { ExpertBits } from '../../sidecar/expert-store.ts';
 import { parsePrecision } from '../engine-flags.ts';
 import { convertCheckpoint } from '../../sidecar/convert.ts';
 
-export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32]';
+export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]';
 
-const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int8|fp32]
+const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]
 
   --from DIR        checkpoint folder: params.json + consolidated*.safetensors (Mistral) or
                     config.json + model*.safetensors [+ model.safetensors.index.json] (Hugging Face)
   --to STORE        new folder for the converted store (must not exist or be empty)
-  --precision P     int4 (default, MatMulNBits 4-bit), int8, or fp32`;
+  --precision P     int4 (default, MatMulNBits 4-bit), int8, or fp32
+  --expert-bits B   Mixtral: format of the experts paged by --expert-cache-mb: 4 (default for int4
+                    stores: half the bytes on disk and in the cache, widened before each run) or 8
+                    (default otherwise: twice the bytes, no widening)`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
     from: { type: 'string' },
     to: { type: 'string' },
     precision: { type: 'string' },
+    'expert-bits': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
@@ -30,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
   const from = requireOption(values.from, 'from');
   const to = requireOption(values.to, 'to');
   const precision = parsePrecision(values.precision) ?? 'int4';
+  const expertBits = parseExpertBits(values['expert-bits']);
 
   const bar = new SingleBar({
     stream: process.stderr,
@@ -42,6 +48,7 @@ export async function run(argv: string[]): Promise<number> {
       from,
       to,
       precision,
+      expertBits,
       onProgress: (done, total, label) => {
         if (!started) {
           bar.start(total, done, { label });
@@ -58,4 +65,10 @@ export async function run(argv: string[]): Promise<number> {
     if (started) bar.stop();
     throw error;
   }
+}
+
+function parseExpertBits(value: string | undefined): ExpertBits | undefined {
+  if (value === undefined) return undefined;
+  if (value === '4' || value === '8') return Number(value) as ExpertBits;
+  throw new CliError(`--expert-bits must be 4 or 8, not "${value}"`);
 }

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../sidecar/checkpoint.ts';
 import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy } from '../../sidecar/expert-cache.ts';
 import { ExpertGraph, PagedExperts } from '../../sidecar/expert-graph.ts';
-import { ExpertStore, buildExpertStore } from '../../sidecar/expert-store.ts';
+import { ExpertStore, buildExpertStore, type ExpertWeights, type Int8ExpertWeights } from '../../sidecar/expert-store.ts';
 import { runExperts, type Routing } from '../../sidecar/moe.ts';
 
 const GOLDEN = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral/native');
@@ -26,7 +26,7 @@ beforeAll(async () => {
   storeDir = join(work, 'store');
   const checkpoint = await Checkpoint.open(GOLDEN);
   try {
-    await buildExpertStore(checkpoint, storeDir);
+    await buildExpertStore(checkpoint, storeDir, 8);
   } finally {
     await checkpoint.close();
   }
@@ -36,6 +36,12 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
+
+/** This file's store is int8 (the format the graph runs on directly). */
+function int8(weights: ExpertWeights): Int8ExpertWeights {
+  if (weights.bits !== 8) throw new Error(`expected int8 expert weights, got int${weights.bits}`);
+  return weights;
+}
 
 /** A seeded, skewed routing trace: per step and layer, 1–3 token rows, each sent to 2 experts. */
 function makeTrace(steps: number, seed: number): Array<{ layer: number; x: Float32Array; rows: number; routing: Routing }> {
@@ -120,7 +126,7 @@ describe('expert cache', () => {
     const cache = new ExpertCache(store, { budgetBytes: 4 * store.expertBytes });
     const leases = await Promise.all([cache.acquire(1, 3), cache.acquire(1, 3), cache.acquire(1, 3)]);
     expect(cache.stats()).toMatchObject({ pageIns: 1, bytesPagedIn: store.expertBytes, residentBytes: store.expertBytes });
-    expect(leases[0]!.weights.w13).toBe(leases[2]!.weights.w13);
+    expect(int8(leases[0]!.weights).w13).toBe(int8(leases[2]!.weights).w13);
     leases.forEach((lease) => lease.release());
   });
 
@@ -166,7 +172,7 @@ describe('expert graph', () => {
     const { dim, ffn } = store.index;
     const graph = await ExpertGraph.create(dim, ffn, { threads: 1 });
     try {
-      const w = await store.read(0, 2, store.allocate());
+      const w = int8(await store.read(0, 2, store.allocate()));
       const rows = 3;
       const x = Float32Array.from({ length: rows * dim }, (_, i) => Math.sin(i * 0.37));
       const y = await graph.run(x, rows, w);

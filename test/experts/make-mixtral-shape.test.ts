@@ -1,13 +1,13 @@
 /**
  * scripts/make-mixtral-shape.ts writes a paged-only Mixtral store straight in quantised form (int4
- * attention graphs, random int8 expert files). On the tiny shape: it loads with
- * `--expert-cache-mb`, decodes, and stays bit-identical across budgets.
+ * attention graphs, random int4 expert files by default, int8 with `--expert-bits 8`). On the tiny
+ * shape: it loads with `--expert-cache-mb`, decodes, and stays bit-identical across budgets.
  */
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ExpertStore } from '../../sidecar/expert-store.ts';
+import { ExpertStore, expertFileBytes } from '../../sidecar/expert-store.ts';
 import { loadModel } from '../../sidecar/model-runtime.ts';
 import { SHAPES, makeMixtralShape } from '../../scripts/make-mixtral-shape.ts';
 
@@ -36,13 +36,15 @@ async function decode(budgetMb: number): Promise<Float32Array[]> {
   }
 }
 
-it('writes a paged-only store: per-layer int4 graphs, head, and one int8 file per expert', async () => {
+it('writes a paged-only store: per-layer int4 graphs, head, and one int4 file per expert by default', async () => {
   const files = await readdir(storeDir);
-  expect(files).toEqual(expect.arrayContaining(['manifest.json', 'layer.0.onnx', 'layer.1.onnx', 'head.onnx', 'experts-int8']));
+  expect(files).toEqual(expect.arrayContaining(['manifest.json', 'layer.0.onnx', 'layer.1.onnx', 'head.onnx', 'experts-int4']));
+  expect(files).not.toContain('experts-int8');
   expect(files.some((f) => f.startsWith('expert.'))).toBe(false);
   const store = await ExpertStore.open(storeDir);
-  expect(store.index).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2 });
-  expect((await readdir(join(storeDir, 'experts-int8'))).filter((f) => f.endsWith('.bin'))).toHaveLength(16);
+  expect(store.bits).toBe(4);
+  expect(store.index).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'int4-per-column', fileBytes: expertFileBytes(64, 160, 4) });
+  expect((await readdir(join(storeDir, 'experts-int4'))).filter((f) => f.endsWith('.bin'))).toHaveLength(16);
 });
 
 it('decodes with paged experts, bit-identically for a two-expert budget and for all experts', async () => {
@@ -51,4 +53,21 @@ it('decodes with paged experts, bit-identically for a two-expert budget and for 
   const two = await decode((2 * store.expertBytes) / (1024 * 1024));
   expect(all.every((row) => row.length === 512 && row.every(Number.isFinite))).toBe(true);
   two.forEach((row, i) => expect(Buffer.from(row.buffer).equals(Buffer.from(all[i]!.buffer))).toBe(true));
+});
+
+it('writes int8 expert files with --expert-bits 8, and they decode too', async () => {
+  const int8Dir = join(work, 'int8');
+  await makeMixtralShape(int8Dir, SHAPES.tiny!, 3, undefined, 8);
+  expect(await readdir(int8Dir)).toEqual(expect.arrayContaining(['experts-int8']));
+  expect(await readdir(int8Dir)).not.toContain('experts-int4');
+  const store = await ExpertStore.open(int8Dir);
+  expect(store.bits).toBe(8);
+  expect(store.expertBytes).toBe(expertFileBytes(64, 160, 8));
+  const runtime = await loadModel(int8Dir, { expertCacheMb: (2 * store.expertBytes) / (1024 * 1024), threads: 1 });
+  try {
+    const [logits] = await runtime.forward([{ sequence: runtime.createSequence(), tokens: [1, 17, 300, 42] }]);
+    expect(logits!.length === 512 && logits!.every(Number.isFinite)).toBe(true);
+  } finally {
+    await runtime.dispose();
+  }
 });

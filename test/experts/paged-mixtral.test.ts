@@ -30,7 +30,9 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'sirocco-paged-mixtral-'));
   storeDir = join(work, 'store');
   await convertCheckpoint({ from: join(GOLDEN, 'native'), to: storeDir, precision: 'fp32' });
-  expertBytes = (await ExpertStore.open(storeDir)).expertBytes;
+  const store = await ExpertStore.open(storeDir);
+  expect(store.bits).toBe(8); // fp32 stores page int8 experts (int4 stores: paged-mixtral-int4.test.ts)
+  expertBytes = store.expertBytes;
   cases = (JSON.parse(await readFile(join(GOLDEN, 'golden.json'), 'utf8')) as { cases: GoldenCase[] }).cases;
 });
 
