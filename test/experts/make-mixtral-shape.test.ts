@@ -3,7 +3,7 @@
  * attention graphs, random int4 expert files by default, int8 with `--expert-bits 8`). On the tiny
  * shape: it loads with `--expert-cache-mb`, decodes, and stays bit-identical across budgets.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -45,6 +45,21 @@ it('writes a paged-only store: per-layer int4 graphs, head, and one int4 file pe
   expect(store.bits).toBe(4);
   expect(store.index).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'int4-per-column', fileBytes: expertFileBytes(64, 160, 4) });
   expect((await readdir(join(storeDir, 'experts-int4'))).filter((f) => f.endsWith('.bin'))).toHaveLength(16);
+});
+
+it('fills int4 experts with random nibbles in [-7, 7] centred on 0 (never -8, which would bias every weight)', async () => {
+  const bytes = await readFile(join(storeDir, 'experts-int4', 'L1-E3.bin'));
+  const packed = bytes.subarray(64 + 4 * (2 * 160 + 64)); // header, then the fp32 scales
+  expect(packed.length).toBe((3 * 64 * 160) / 2);
+  const counts = new Array<number>(16).fill(0);
+  for (const byte of packed) {
+    counts[byte & 0x0f]! += 1;
+    counts[byte >> 4]! += 1;
+  }
+  expect(counts[8]).toBe(0);
+  const mean = counts.reduce((sum, count, nibble) => sum + count * ((nibble << 28) >> 28), 0) / (2 * packed.length);
+  expect(Math.abs(mean)).toBeLessThan(0.15); // 6σ of a uniform [-7, 7] mean over 30720 nibbles
+  expect(counts.filter((count, nibble) => nibble !== 8 && count > 0)).toHaveLength(15);
 });
 
 it('decodes with paged experts, bit-identically for a two-expert budget and for all experts', async () => {
