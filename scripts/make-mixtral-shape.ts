@@ -125,7 +125,7 @@ export async function makeMixtralShape(
     let lastLogged = 0;
     await writeExpertStore(staging, { dim, ffn, layers: nLayers, experts, topK, normEps }, expertBits, routers, () => {
       for (const bytes of payload) randomFillSync(bytes);
-      if (image.weights.bits === 4) for (const bytes of payload) clearNibbleMinus8(bytes);
+      if (image.weights.bits === 4) [image.weights.p13, image.weights.p2].forEach(clearNibbleMinus8);
       return image.bytes;
     }, (done, total) => {
       if (done === total || performance.now() - lastLogged > 5000) {

@@ -18,8 +18,17 @@ import type { ExpertCacheStats as SidecarExpertCacheStats } from './metrics.ts';
 export type EvictionPolicy = 'lru' | 'lfu' | 'layer-distance';
 export const EVICTION_POLICIES: readonly EvictionPolicy[] = ['lru', 'lfu', 'layer-distance'];
 
+/** Where page-in buffers (one expert file image each) come from and go back to. */
+export interface ExpertBufferPool {
+  allocate(): Uint8Array;
+  /** A buffer the cache no longer keeps. */
+  release(buffer: Uint8Array): void;
+}
+
 export interface ExpertCacheOptions {
   budgetBytes: number;
+  /** Default: plain `store.allocate()` buffers left to the garbage collector. */
+  buffers?: ExpertBufferPool;
   policy?: EvictionPolicy;
   /** Called with each page-in's latency (e.g. the sidecar's prom-client histogram). */
   onPageIn?: (seconds: number) => void;
@@ -103,10 +112,16 @@ export class ExpertCache {
     }
     this.policy = options.policy ?? 'lru';
     this.budgetBytes = options.budgetBytes;
-    // The epsilon absorbs MiB ↔ bytes round-off (a budget of exactly N experts must hold N).
-    this.slots = Math.min(layers * experts, Math.floor(options.budgetBytes / expertBytes + 1e-9));
+    this.slots = ExpertCache.slotsFor(store, options.budgetBytes);
     this.routedCount = new Float64Array(layers * experts);
     this.layerSteps = new Float64Array(layers);
+  }
+
+  /** Whole experts a budget holds (at most all of them). */
+  static slotsFor(store: ExpertStore, budgetBytes: number): number {
+    const { layers, experts } = store.index;
+    // The epsilon absorbs MiB ↔ bytes round-off (a budget of exactly N experts must hold N).
+    return Math.min(layers * experts, Math.floor(budgetBytes / store.expertBytes + 1e-9));
   }
 
   /** Bytes needed to hold `fraction` of all experts (at least the minimum the cache accepts). */
@@ -218,7 +233,7 @@ export class ExpertCache {
   /** Drops every unpinned expert (tests, model unload). */
   clear(): void {
     for (const entry of [...this.entries.values()]) if (entry.pins === 0 && entry.weights) this.evict(entry);
-    this.freeBuffers.length = 0;
+    for (const buffer of this.freeBuffers.splice(0)) this.options.buffers?.release(buffer);
   }
 
   private keyOf(layer: number, expert: number): number {
@@ -232,7 +247,7 @@ export class ExpertCache {
   private startLoad(layer: number, expert: number, prefetched: boolean): Entry {
     const key = this.keyOf(layer, expert);
     if (!prefetched) this.makeRoom(key);
-    const buffer = this.freeBuffers.pop() ?? this.store.allocate();
+    const buffer = this.freeBuffers.pop() ?? this.options.buffers?.allocate() ?? this.store.allocate();
     const started = performance.now();
     const entry: Entry = { key, layer, expert, buffer, weights: null, loading: Promise.resolve(null as never), pins: 0, prefetched, lastUse: 0 };
     entry.loading = this.store.read(layer, expert, buffer).then(
@@ -293,6 +308,7 @@ export class ExpertCache {
   /** Keeps a freed buffer for the next page-in while the cache is below its budget. */
   private recycle(buffer: Uint8Array): void {
     if (this.entries.size + this.freeBuffers.length < this.slots) this.freeBuffers.push(buffer);
+    else this.options.buffers?.release(buffer);
   }
 
   /** Layers until `layer` runs again, counting from the one running now (itself ⇒ a full cycle). */

@@ -14,8 +14,8 @@ import * as ort from 'onnxruntime-node';
 import { createSession, type Device } from './device.ts';
 import { SidecarError, modelError } from './errors.ts';
 import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
-import { ExpertStore, type ExpertStoreIndex, type ExpertWeights, type Int4ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
-import { Int4Unpacker } from './expert-unpack.ts';
+import { ExpertStore, type ExpertStoreIndex, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
+import { Int4Arenas } from './expert-unpack.ts';
 import type { Expert, ExpertProvider } from './moe.ts';
 import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
 
@@ -108,14 +108,9 @@ export class PagedExperts implements ExpertProvider {
     readonly cache: ExpertCache,
     private readonly graph: ExpertGraph,
     private readonly predictor: RouterPredictor | null,
+    /** int4 stores: the cache's buffers live in widening arenas (expert-unpack.ts). */
+    private readonly arenas: Int4Arenas | null,
   ) {}
-
-  /**
-   * int4 stores: scratch areas the running experts are widened into, one per run in flight.
-   * A step runs its experts one after another, so this is one scratch unless callers overlap
-   * forward passes.
-   */
-  private readonly idleUnpackers: Int4Unpacker[] = [];
 
   /**
    * Opens the store's paged experts (expert-store.ts). A budget below one layer's top-k experts is refused here,
@@ -124,10 +119,13 @@ export class PagedExperts implements ExpertProvider {
   static async open(storeDir: string, options: PagedExpertsOptions): Promise<PagedExperts> {
     const store = await ExpertStore.open(storeDir);
     const { dim, ffn, experts, topK, normEps } = store.index;
-    const cache = new ExpertCache(store, { budgetBytes: options.budgetMb * 1024 * 1024, policy: options.policy, onPageIn: options.onPageIn });
+    const budgetBytes = options.budgetMb * 1024 * 1024;
+    // Buffers: the budget's experts plus the loads that may be in flight beyond it (one layer's top-k).
+    const arenas = store.bits === 4 ? new Int4Arenas(3 * dim * ffn, store.expertBytes, ExpertCache.slotsFor(store, budgetBytes) + topK) : null;
+    const cache = new ExpertCache(store, { budgetBytes, policy: options.policy, onPageIn: options.onPageIn, ...(arenas ? { buffers: arenas } : {}) });
     const predictor = options.prefetch === false ? null : new RouterPredictor(await store.readRouters(), dim, experts, topK, normEps);
     const graph = await ExpertGraph.create(dim, ffn, { threads: options.threads, device: options.device });
-    return new PagedExperts(store, cache, graph, predictor);
+    return new PagedExperts(store, cache, graph, predictor, arenas);
   }
 
   get index(): ExpertStoreIndex {
@@ -181,25 +179,16 @@ export class PagedExperts implements ExpertProvider {
     };
   }
 
-  /** Runs the graph on int8 weights as cached, or on int4 ones widened into an idle scratch. */
+  /** Runs the graph on int8 weights as cached, or on int4 ones widened just before. */
   private async runWeights(x: Float32Array, rows: number, weights: ExpertWeights): Promise<Float32Array> {
     if (weights.bits === 8) return this.graph.run(x, rows, weights);
-    const unpacker = this.idleUnpackers.pop() ?? new Int4Unpacker(3 * this.index.dim * this.index.ffn);
-    try {
-      return await this.graph.run(x, rows, this.widen(weights, unpacker));
-    } finally {
-      this.idleUnpackers.push(unpacker);
-    }
-  }
-
-  /** An int4 expert widened into `unpacker`'s scratch: the int8 weights the graph takes. */
-  private widen(weights: Int4ExpertWeights, unpacker: Int4Unpacker): Int8ExpertWeights {
+    if (!this.arenas) throw new Error('an int4 expert in a store opened without widening arenas');
     const { dim, ffn } = this.index;
-    const [w13, w2] = unpacker.unpack([
+    const matrices = [
       { packed: weights.p13, rows: dim, rowBytes: ffn },
       { packed: weights.p2, rows: ffn, rowBytes: dim / 2 },
-    ]) as [Int8Array, Int8Array];
-    return { bits: 8, s13: weights.s13, s2: weights.s2, w13, w2 };
+    ];
+    return this.arenas.withWidened(matrices, ([w13, w2]) => this.graph.run(x, rows, { bits: 8, s13: weights.s13, s2: weights.s2, w13: w13!, w2: w2! }));
   }
 
   private startAhead(layer: number, expert: number): void {

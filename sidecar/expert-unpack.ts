@@ -19,6 +19,8 @@
  * wrap it without a copy.
  */
 
+import type { ExpertBufferPool } from './expert-cache.ts';
+
 /** One expert's weights, packed int4 (see the module comment). */
 export interface PackedInt4Matrix {
   /** [rows, rowBytes]: rowBytes packed bytes per row → 2·rowBytes int8 columns. */
@@ -29,6 +31,8 @@ export interface PackedInt4Matrix {
 
 const CHUNK_BYTES = 1 << 20;
 const PAGE = 65536;
+/** A wasm32 memory's limit: 65536 pages of 64 KiB (4 GiB), less one page for V8's limit checks. */
+const MAX_PAGES = 65535;
 const SIMD_WIDTH = 16;
 
 // --- the WebAssembly kernel -------------------------------------------------------------------
@@ -106,19 +110,62 @@ export function unpackInt4Scalar(matrix: PackedInt4Matrix, out: Int8Array): void
 /**
  * Widens packed int4 matrices into int8 views of one scratch area. The views returned by
  * `unpack` stay valid until the next call: one expert runs at a time per unpacker.
+ *
+ * With `slots`, the module's memory also holds that many page-in buffers (`allocateSlot`): the
+ * expert cache reads packed experts straight into them, and `unpack` then widens those in place,
+ * with no copy into the module's memory first (measured: 14.7 vs 19.7 ms for a Mixtral expert,
+ * 0.48 vs 0.86 ms for a bench one). A wasm32 memory holds at most 4 GiB, hence several arenas
+ * for large budgets (see `slotsThatFit`).
  */
 export class Int4Unpacker {
   private readonly memory: WebAssembly.Memory;
   private readonly kernel: (src: number, dst: number, rows: number, rowBytes: number) => void;
   private readonly heap: Uint8Array;
+  private readonly freeSlots: number[] = [];
+  private readonly slotBytes: number;
+  private readonly slotStride: number;
+  private readonly slotsStart: number;
 
-  /** @param outputBytes the largest total int8 output of one `unpack` call */
-  constructor(readonly outputBytes: number) {
-    const pages = Math.ceil((CHUNK_BYTES + outputBytes) / PAGE);
+  /**
+   * @param outputBytes the largest total int8 output of one `unpack` call
+   * @param slots page-in buffers of `bytes` each to place in this memory (none by default)
+   */
+  constructor(
+    readonly outputBytes: number,
+    slots: { bytes: number; count: number } = { bytes: 0, count: 0 },
+  ) {
+    this.slotBytes = slots.bytes;
+    this.slotStride = alignUp(slots.bytes, 64);
+    this.slotsStart = alignUp(CHUNK_BYTES + outputBytes, 64);
+    const pages = Math.ceil((this.slotsStart + slots.count * this.slotStride) / PAGE);
+    if (pages > MAX_PAGES) throw new RangeError(`an unpacker of ${pages} pages exceeds a wasm32 memory (${MAX_PAGES})`);
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
     const instance = new WebAssembly.Instance(KERNEL_MODULE, { env: { memory: this.memory } });
     this.kernel = instance.exports.unpack as (src: number, dst: number, rows: number, rowBytes: number) => void;
     this.heap = new Uint8Array(this.memory.buffer);
+    for (let slot = slots.count - 1; slot >= 0; slot--) this.freeSlots.push(slot);
+  }
+
+  /** How many slots of `slotBytes` fit beside an `outputBytes` scratch in one wasm32 memory. */
+  static slotsThatFit(outputBytes: number, slotBytes: number): number {
+    return Math.max(0, Math.floor((MAX_PAGES * PAGE - alignUp(CHUNK_BYTES + outputBytes, 64)) / alignUp(slotBytes, 64)));
+  }
+
+  /** A free page-in buffer inside this memory, or null when all are taken. */
+  allocateSlot(): Uint8Array | null {
+    const slot = this.freeSlots.pop();
+    return slot === undefined ? null : new Uint8Array(this.memory.buffer, this.slotsStart + slot * this.slotStride, this.slotBytes);
+  }
+
+  /** True when `bytes` is one of this memory's slots. */
+  owns(bytes: Uint8Array): boolean {
+    return bytes.buffer === this.memory.buffer;
+  }
+
+  /** Gives a slot from `allocateSlot` back. */
+  releaseSlot(bytes: Uint8Array): void {
+    if (!this.owns(bytes)) throw new RangeError('releasing a buffer that is not one of this unpacker\'s slots');
+    this.freeSlots.push((bytes.byteOffset - this.slotsStart) / this.slotStride);
   }
 
   /** Widens each matrix in turn; returns one int8 view per matrix, [rows, 2·rowBytes] each. */
@@ -133,6 +180,8 @@ export class Int4Unpacker {
       const view = new Int8Array(this.memory.buffer, dst, 2 * rows * rowBytes);
       if (rowBytes % SIMD_WIDTH !== 0 || rowBytes > CHUNK_BYTES) {
         unpackInt4Scalar(matrix, view);
+      } else if (this.owns(packed)) {
+        this.kernel(packed.byteOffset, dst, rows, rowBytes); // in place: the packed bytes live here
       } else {
         const rowsPerChunk = Math.floor(CHUNK_BYTES / rowBytes);
         for (let row = 0; row < rows; row += rowsPerChunk) {
@@ -145,5 +194,60 @@ export class Int4Unpacker {
       dst += 2 * rows * rowBytes;
     }
     return views;
+  }
+}
+
+function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
+
+/**
+ * The expert cache's page-in buffers for int4 stores, placed in widening arenas (unpackers with
+ * slots) so that each cached expert is widened in place; and the unpacker to widen a given
+ * expert with. Arenas are created as the cache asks for buffers, sized for `expectedBuffers` in
+ * all; beyond that, plain buffers (widened through a copy). Each run in flight holds its
+ * unpacker's scratch: a second run on the same arena (overlapping forward passes) widens into a
+ * spare, copying.
+ */
+export class Int4Arenas implements ExpertBufferPool {
+  private readonly arenas: Int4Unpacker[] = [];
+  private readonly spares: Int4Unpacker[] = [];
+  private readonly busy = new Set<Int4Unpacker>();
+  private provisioned = 0;
+
+  constructor(
+    private readonly outputBytes: number,
+    private readonly bufferBytes: number,
+    private readonly expectedBuffers: number,
+  ) {}
+
+  allocate(): Uint8Array {
+    for (const arena of this.arenas) {
+      const slot = arena.allocateSlot();
+      if (slot) return slot;
+    }
+    const count = Math.min(Int4Unpacker.slotsThatFit(this.outputBytes, this.bufferBytes), this.expectedBuffers - this.provisioned);
+    if (count <= 0) return new Uint8Array(this.bufferBytes);
+    const arena = new Int4Unpacker(this.outputBytes, { bytes: this.bufferBytes, count });
+    this.arenas.push(arena);
+    this.provisioned += count;
+    return arena.allocateSlot()!;
+  }
+
+  release(buffer: Uint8Array): void {
+    this.arenas.find((arena) => arena.owns(buffer))?.releaseSlot(buffer);
+  }
+
+  /** Widens `matrices` (one expert) and runs `use` on the int8 views, holding the scratch until it settles. */
+  async withWidened<T>(matrices: PackedInt4Matrix[], use: (views: Int8Array[]) => Promise<T>): Promise<T> {
+    const owner = this.arenas.find((arena) => arena.owns(matrices[0]!.packed));
+    let unpacker = owner && !this.busy.has(owner) ? owner : this.spares.find((spare) => !this.busy.has(spare));
+    if (!unpacker) this.spares.push((unpacker = new Int4Unpacker(this.outputBytes)));
+    this.busy.add(unpacker);
+    try {
+      return await use(unpacker.unpack(matrices));
+    } finally {
+      this.busy.delete(unpacker);
+    }
   }
 }

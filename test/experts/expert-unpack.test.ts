@@ -6,7 +6,7 @@
  */
 import { randomFillSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { Int4Unpacker, unpackInt4Scalar, type PackedInt4Matrix } from '../../sidecar/expert-unpack.ts';
+import { Int4Arenas, Int4Unpacker, unpackInt4Scalar, type PackedInt4Matrix } from '../../sidecar/expert-unpack.ts';
 
 function randomMatrix(rows: number, rowBytes: number): PackedInt4Matrix {
   return { packed: randomFillSync(new Uint8Array(rows * rowBytes)), rows, rowBytes };
@@ -93,5 +93,85 @@ describe('int4 unpacking', () => {
   it('throws a RangeError for a packed buffer that does not match rows × rowBytes', () => {
     const unpacker = new Int4Unpacker(4096);
     expect(() => unpacker.unpack([{ packed: new Uint8Array(100), rows: 4, rowBytes: 32 }])).toThrow(RangeError);
+  });
+});
+
+describe('Int4Unpacker slots: page-in buffers inside its memory, widened in place', () => {
+  const slotBytes = 64 * 160 + 160 * 32 + 40; // an expert image: packed matrices plus some header bytes
+
+  it('hands out aligned slots until none is left, and takes them back', () => {
+    const unpacker = new Int4Unpacker(2 * (64 * 160 + 160 * 32), { bytes: slotBytes, count: 3 });
+    const slots = [unpacker.allocateSlot(), unpacker.allocateSlot(), unpacker.allocateSlot()];
+    expect(slots.every((slot) => slot !== null && slot.byteLength === slotBytes && slot.byteOffset % 64 === 0 && unpacker.owns(slot))).toBe(true);
+    expect(new Set(slots.map((slot) => slot!.byteOffset)).size).toBe(3);
+    expect(unpacker.allocateSlot()).toBeNull();
+    unpacker.releaseSlot(slots[1]!);
+    expect(unpacker.allocateSlot()!.byteOffset).toBe(slots[1]!.byteOffset);
+    expect(unpacker.owns(new Uint8Array(slotBytes))).toBe(false);
+    expect(() => unpacker.releaseSlot(new Uint8Array(slotBytes))).toThrow(RangeError);
+  });
+
+  it('widens matrices that live in its slots in place, exactly like the scalar reference', () => {
+    const unpacker = new Int4Unpacker(2 * (64 * 160 + 160 * 32), { bytes: slotBytes, count: 2 });
+    const slot = unpacker.allocateSlot()!;
+    randomFillSync(slot);
+    const before = slot.slice();
+    const matrices = [
+      { packed: slot.subarray(40, 40 + 64 * 160), rows: 64, rowBytes: 160 },
+      { packed: slot.subarray(40 + 64 * 160, 40 + 64 * 160 + 160 * 32), rows: 160, rowBytes: 32 },
+    ];
+    const views = unpacker.unpack(matrices);
+    views.forEach((view, i) => expect(same(view, reference(matrices[i]!))).toBe(true));
+    // The packed bytes (the cached expert) are untouched by widening.
+    expect(Buffer.from(slot).equals(Buffer.from(before))).toBe(true);
+  });
+
+  it('says how many slots fit in one wasm32 memory beside the scratch', () => {
+    const mixtralExpert = 64 + 4 * (2 * 14336 + 4096) + (3 * 4096 * 14336) / 2; // int4 file image
+    const fit = Int4Unpacker.slotsThatFit(3 * 4096 * 14336, mixtralExpert);
+    expect(fit).toBe(46); // (4 GiB − 64 KiB − 1 MiB − 168 MiB) / 84.1 MiB
+    expect(() => new Int4Unpacker(16, { bytes: 2 ** 31, count: 2 })).toThrow(/exceeds a wasm32 memory/);
+  });
+});
+
+describe('Int4Arenas: the expert cache buffers of int4 stores', () => {
+  const outputBytes = 2 * (64 * 160 + 160 * 32);
+  const bufferBytes = 64 * 160 + 160 * 32;
+  const asMatrices = (buffer: Uint8Array): PackedInt4Matrix[] => [
+    { packed: buffer.subarray(0, 64 * 160), rows: 64, rowBytes: 160 },
+    { packed: buffer.subarray(64 * 160), rows: 160, rowBytes: 32 },
+  ];
+
+  it('places the expected number of buffers in arenas, then falls back to plain buffers that still widen correctly', async () => {
+    const arenas = new Int4Arenas(outputBytes, bufferBytes, 3);
+    const buffers = Array.from({ length: 4 }, () => arenas.allocate());
+    expect(buffers.slice(0, 3).every((b) => b.buffer === buffers[0]!.buffer)).toBe(true);
+    expect(buffers[3]!.buffer).not.toBe(buffers[0]!.buffer);
+    for (const buffer of buffers) {
+      randomFillSync(buffer);
+      const matrices = asMatrices(buffer);
+      const widened = await arenas.withWidened(matrices, async (views) => views.map((v) => v.slice()));
+      widened.forEach((view, i) => expect(same(view, reference(matrices[i]!))).toBe(true));
+    }
+    // A released arena buffer is handed out again.
+    arenas.release(buffers[1]!);
+    expect(arenas.allocate().byteOffset).toBe(buffers[1]!.byteOffset);
+  });
+
+  it('gives overlapping runs separate scratches, so neither sees the other expert', async () => {
+    const arenas = new Int4Arenas(outputBytes, bufferBytes, 2);
+    const [a, b] = [arenas.allocate(), arenas.allocate()];
+    randomFillSync(a);
+    randomFillSync(b);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const first = arenas.withWidened(asMatrices(a), async (views) => {
+      await held; // still running while the second expert widens
+      return views.map((v) => v.slice());
+    });
+    const second = await arenas.withWidened(asMatrices(b), async (views) => views.map((v) => v.slice()));
+    release();
+    (await first).forEach((view, i) => expect(same(view, reference(asMatrices(a)[i]!))).toBe(true));
+    second.forEach((view, i) => expect(same(view, reference(asMatrices(b)[i]!))).toBe(true));
   });
 });
