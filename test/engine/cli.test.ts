@@ -56,6 +56,17 @@ describe('sirocco convert', () => {
 
     const logits = parseLogits((await sirocco('logits', '--model', store, '--tokens', '1,17,300,42')).stdout);
     expect(logits.map((row) => row.length)).toEqual([512, 512, 512, 512]);
+    // An int8 store pages int8 experts by default.
+    expect(readdirSync(store)).toContain('experts-int8');
+  });
+
+  it('writes int4 paged experts for an int4 Mixtral store, or int8 ones with --expert-bits 8', async () => {
+    const int4 = join(work, 'mixtral-int4');
+    expect((await sirocco('convert', '--from', checkpointDir('tiny-mixtral', 'native'), '--to', int4)).code).toBe(0);
+    expect(readdirSync(int4).filter((f) => f.startsWith('experts-'))).toEqual(['experts-int4']);
+    const int4With8 = join(work, 'mixtral-int4-experts8');
+    expect((await sirocco('convert', '--from', checkpointDir('tiny-mixtral', 'native'), '--to', int4With8, '--expert-bits', '8')).code).toBe(0);
+    expect(readdirSync(int4With8).filter((f) => f.startsWith('experts-'))).toEqual(['experts-int8']);
   });
 
   it('fails on a truncated checkpoint, naming file and tensor, and writes no store', async () => {
@@ -74,6 +85,7 @@ describe('sirocco convert', () => {
   it('explains usage mistakes with exit code 2', async () => {
     expect(await sirocco('convert', '--from', checkpointDir('tiny-mistral', 'hf'))).toMatchObject({ code: 2, stderr: expect.stringContaining('--to') });
     expect(await sirocco('convert', '--from', 'x', '--to', 'y', '--precision', 'int3')).toMatchObject({ code: 2, stderr: expect.stringContaining('int4') });
+    expect(await sirocco('convert', '--from', 'x', '--to', 'y', '--expert-bits', '2')).toMatchObject({ code: 2, stderr: expect.stringContaining('--expert-bits must be 4 or 8') });
   });
 });
 
