@@ -4,22 +4,16 @@
  * the budget (two experts, half, all), close enough to the float64 reference, and a missing int4
  * expert file fails only the forward steps that route to it.
  */
-import { readdir, readFile, rm, mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { convertCheckpoint } from '../../sidecar/convert.ts';
 import { ExpertStore, expertFileBytes } from '../../sidecar/expert-store.ts';
 import { loadModel } from '../../sidecar/model-runtime.ts';
+import { GOLDEN_MIXTRAL, goldenLogits, readGoldenCases, topOneAgreement, type GoldenCase } from './golden-mixtral.ts';
 
-const GOLDEN = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral');
 const MiB = 1024 * 1024;
-
-interface GoldenCase {
-  tokens: number[];
-  logits: number[][];
-  experts: number[][][];
-}
 
 let work: string;
 let storeDir: string;
@@ -29,32 +23,17 @@ let cases: GoldenCase[];
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'sirocco-paged-mixtral-int4-'));
   storeDir = join(work, 'store');
-  await convertCheckpoint({ from: join(GOLDEN, 'native'), to: storeDir, precision: 'int4' });
+  await convertCheckpoint({ from: join(GOLDEN_MIXTRAL, 'native'), to: storeDir, precision: 'int4' });
   expertBytes = (await ExpertStore.open(storeDir)).expertBytes;
-  cases = (JSON.parse(await readFile(join(GOLDEN, 'golden.json'), 'utf8')) as { cases: GoldenCase[] }).cases;
+  cases = await readGoldenCases();
 });
 
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/** Every golden case through one runtime: prefill all but the last token, then decode it. Null: resident int4 experts. */
-async function logitsAt(budgetMb: number | null) {
-  const runtime = await loadModel(storeDir, { ...(budgetMb === null ? {} : { expertCacheMb: budgetMb }), threads: 1 });
-  try {
-    const rows: Float32Array[] = [];
-    for (const { tokens } of cases) {
-      const sequence = runtime.createSequence();
-      const [prefill] = await runtime.forward([{ sequence, tokens: tokens.slice(0, -1) }], { allPositions: true });
-      const [last] = await runtime.forward([{ sequence, tokens: tokens.slice(-1) }]);
-      rows.push(prefill!, last!);
-      runtime.releaseSequence(sequence);
-    }
-    return { rows, stats: runtime.expertCacheStats?.() ?? null };
-  } finally {
-    await runtime.dispose();
-  }
-}
+/** Null: the engine's resident int4 experts. */
+const logitsAt = (budgetMb: number | null) => goldenLogits(storeDir, cases, budgetMb);
 
 describe('Mixtral int4 store with paged experts', () => {
   it('pages int4 experts: experts-int4/ only, files about half the int8 size', async () => {
@@ -83,23 +62,8 @@ describe('Mixtral int4 store with paged experts', () => {
   });
 
   it('stays close to the float64 reference: top-1 agrees on ≥ 70% of positions, within 10 points of the resident int4 engine', async () => {
-    const argmax = (values: ArrayLike<number>) => Array.prototype.indexOf.call(values, Math.max(...Array.from(values)));
-    const agreement = (rows: Float32Array[]) => {
-      let agree = 0;
-      let total = 0;
-      cases.forEach(({ logits }, c) => {
-        const ours = [rows[2 * c]!, rows[2 * c + 1]!];
-        const vocab = logits[0]!.length;
-        logits.forEach((reference, t) => {
-          const row = t < logits.length - 1 ? ours[0]!.subarray(t * vocab, (t + 1) * vocab) : ours[1]!;
-          agree += argmax(row) === argmax(reference) ? 1 : 0;
-          total += 1;
-        });
-      });
-      return agree / total;
-    };
-    const paged = agreement((await logitsAt((4 * expertBytes) / MiB)).rows);
-    const resident = agreement((await logitsAt(null)).rows);
+    const paged = topOneAgreement((await logitsAt((4 * expertBytes) / MiB)).rows, cases);
+    const resident = topOneAgreement((await logitsAt(null)).rows, cases);
     // Measured on the golden Mixtral (58 positions): paged int4 45/58 = 0.776, resident int4 engine
     // 48/58 = 0.828; fp32 and int8-paged stores agree on 58/58. The misses sit where the reference's
     // top-2 logits are within 0.4–12% of the largest |logit| (median margin there ≈ 9%): a tiny random

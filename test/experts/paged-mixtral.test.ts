@@ -4,22 +4,16 @@
  * the float64 reference, a budget below one layer's top-2 experts is refused at load, and a
  * missing expert file fails only the forward steps that route to it.
  */
-import { readFile, rm, mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { convertCheckpoint } from '../../sidecar/convert.ts';
 import { ExpertStore } from '../../sidecar/expert-store.ts';
 import { loadModel } from '../../sidecar/model-runtime.ts';
+import { GOLDEN_MIXTRAL, goldenLogits, readGoldenCases, topOneAgreement, type GoldenCase } from './golden-mixtral.ts';
 
-const GOLDEN = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral');
 const MiB = 1024 * 1024;
-
-interface GoldenCase {
-  tokens: number[];
-  logits: number[][];
-  experts: number[][][];
-}
 
 let work: string;
 let storeDir: string;
@@ -29,34 +23,18 @@ let cases: GoldenCase[];
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'sirocco-paged-mixtral-'));
   storeDir = join(work, 'store');
-  await convertCheckpoint({ from: join(GOLDEN, 'native'), to: storeDir, precision: 'fp32' });
+  await convertCheckpoint({ from: join(GOLDEN_MIXTRAL, 'native'), to: storeDir, precision: 'fp32' });
   const store = await ExpertStore.open(storeDir);
   expect(store.bits).toBe(8); // fp32 stores page int8 experts (int4 stores: paged-mixtral-int4.test.ts)
   expertBytes = store.expertBytes;
-  cases = (JSON.parse(await readFile(join(GOLDEN, 'golden.json'), 'utf8')) as { cases: GoldenCase[] }).cases;
+  cases = await readGoldenCases();
 });
 
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/** Every golden case through one runtime: prefill all but the last token, then decode it. */
-async function logitsAt(budgetMb: number) {
-  const runtime = await loadModel(storeDir, { expertCacheMb: budgetMb, threads: 1 });
-  try {
-    const rows: Float32Array[] = [];
-    for (const { tokens } of cases) {
-      const sequence = runtime.createSequence();
-      const [prefill] = await runtime.forward([{ sequence, tokens: tokens.slice(0, -1) }], { allPositions: true });
-      const [last] = await runtime.forward([{ sequence, tokens: tokens.slice(-1) }]);
-      rows.push(prefill!, last!);
-      runtime.releaseSequence(sequence);
-    }
-    return { rows, stats: runtime.expertCacheStats?.() ?? null };
-  } finally {
-    await runtime.dispose();
-  }
-}
+const logitsAt = (budgetMb: number) => goldenLogits(storeDir, cases, budgetMb);
 
 describe('Mixtral with paged experts', () => {
   it('gives bit-identical logits with budgets of two experts, half and all of them', async () => {
@@ -74,19 +52,7 @@ describe('Mixtral with paged experts', () => {
 
   it('stays close to the float64 reference (fp32 attention, int8 paged experts): top-1 agrees on ≥ 90% of positions', async () => {
     const { rows } = await logitsAt((4 * expertBytes) / MiB);
-    let agree = 0;
-    let total = 0;
-    cases.forEach(({ logits }, c) => {
-      const ours = [rows[2 * c]!, rows[2 * c + 1]!];
-      const vocab = logits[0]!.length;
-      logits.forEach((reference, t) => {
-        const row = t < logits.length - 1 ? ours[0]!.subarray(t * vocab, (t + 1) * vocab) : ours[1]!;
-        const argmax = (values: ArrayLike<number>) => Array.prototype.indexOf.call(values, Math.max(...Array.from(values)));
-        agree += argmax(row) === argmax(reference) ? 1 : 0;
-        total += 1;
-      });
-    });
-    expect(agree / total).toBeGreaterThanOrEqual(0.9);
+    expect(topOneAgreement(rows, cases)).toBeGreaterThanOrEqual(0.9);
   });
 
   it('refuses, at load, a budget smaller than one layer\'s top-2 experts', async () => {
