@@ -150,6 +150,31 @@ describe('batching', () => {
 });
 
 describe('cancellation', () => {
+  it('fails only the request the engine rejects and keeps its batchmates going, with unchanged text', async () => {
+    // Stand-in for a missing expert file that only one request's tokens route to (the dense demo
+    // model has no experts): forward rejects every batch that holds the victim's sequence.
+    const s = scheduler();
+    const request = { promptIds: prompt('Tell me about rivers'), maxTokens: 16, temperature: 1, topP: 1, seed: 11 };
+    const alone = await collect(s.submit(request));
+    const first = created.length;
+    const batchSizes: number[] = [];
+    onForward = (batch) => {
+      batchSizes.push(batch.length);
+      if (batch.some((entry) => entry.sequence === created[first])) throw new SidecarError('model_error', 'cannot read expert file L1-E6.bin: ENOENT');
+    };
+    try {
+      const victim = collect(s.submit({ promptIds: prompt('Victim'), maxTokens: 16, temperature: 0, topP: 1 }));
+      const same = collect(s.submit(request));
+      const other = collect(s.submit({ promptIds: prompt('Another one'), maxTokens: 8, temperature: 0, topP: 1 }));
+      await expect(victim).rejects.toThrow(/L1-E6\.bin: ENOENT/);
+      expect((await same).text).toBe(alone.text);
+      expect((await other).done.completionTokens).toBeGreaterThan(0);
+      expect(batchSizes[0]).toBe(3); // the three prompts did share the failing step
+    } finally {
+      onForward = undefined;
+    }
+  });
+
   it('releases the KV cache of an aborted request at the next step and keeps serving the others', async () => {
     const s = scheduler();
     const controller = new AbortController();

@@ -284,9 +284,9 @@ export class Scheduler {
     try {
       logits = await this.runtime.forward(plan.map((planned) => planned.entry));
     } catch (error) {
-      // The engine rejected this batch (e.g. a missing expert file): fail its requests, keep serving.
       this.endFlight();
-      for (const { job } of plan) this.fail(job, error);
+      if (plan.length === 1) this.fail(plan[0]!.job, error);
+      else await this.isolate(plan);
       return;
     }
     this.endFlight();
@@ -298,6 +298,28 @@ export class Scheduler {
       seconds: (finishedAt - started) / 1000,
     });
     this.applyStep(plan, logits, finishedAt);
+  }
+
+  /**
+   * The engine rejected a batch (e.g. a missing expert file that one request's tokens route to).
+   * A failed forward commits nothing, so each entry runs again alone: only the requests that fail
+   * on their own get the error, the rest of the batch goes on (one slow step, on this error path only).
+   */
+  private async isolate(plan: PlannedEntry[]): Promise<void> {
+    for (const planned of plan) {
+      if (planned.job.done) continue;
+      this.inFlight = new Set([planned.job]);
+      let logits: Float32Array[];
+      try {
+        logits = await this.runtime.forward([planned.entry]);
+      } catch (error) {
+        this.endFlight();
+        this.fail(planned.job, error);
+        continue;
+      }
+      this.endFlight();
+      this.applyStep([planned], logits, performance.now());
+    }
   }
 
   /** Drops cancelled and expired requests before the next step. */
