@@ -4,6 +4,7 @@
  */
 import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
+import { afterEach } from 'vitest';
 import type { Usage } from '../../shared/api.ts';
 import { createApp } from '../../edge/app.ts';
 import { createKey, type CreateKeyRequest } from '../../edge/auth/index.ts';
@@ -61,11 +62,23 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
     ...overrides,
   };
 
+  // Work a request leaves to waitUntil (access and usage logs, written after the response) must
+  // finish inside its test: a log line still in flight when the file's worker shuts down fails the
+  // run ("Closing rpc while onUserConsoleLog was pending"). A stream a test never read cannot
+  // finish, hence the bound.
+  const contexts = new Set<ExecutionContext>();
+  afterEach(async () => {
+    const pending = [...contexts].map((ctx) => waitOnExecutionContext(ctx).catch(() => undefined));
+    contexts.clear();
+    await Promise.race([Promise.all(pending), new Promise((resolve) => setTimeout(resolve, 2_000))]);
+  });
+
   /** Sends a request through the worker; `cf` sets the client's location. */
   async function send(path: string, init: RequestInit & { cf?: Record<string, string> } = {}) {
     const { cf, ...rest } = init;
     const request = new Request(`https://edge.test${path}`, { ...rest, cf } as RequestInit);
     const ctx = createExecutionContext();
+    contexts.add(ctx);
     const response = await app.fetch(request, bindings, ctx);
     return Object.assign(response, { settled: () => waitOnExecutionContext(ctx) });
   }
