@@ -28,7 +28,7 @@ export interface ConvertOptions {
   name?: string;
   /**
    * Mixtral: the paged experts' format (expert-store.ts). Default: 4 for int4 stores (half the
-   * bytes to page and cache, widened before each run), 8 otherwise (no widening, twice the bytes).
+   * bytes to page and cache, run by our int4 kernel), 8 otherwise (twice the bytes, onnxruntime's int8 kernel).
    */
   expertBits?: ExpertBits;
 }

@@ -1,11 +1,12 @@
 /**
- * Running paged experts. `ExpertGraph` is one shared onnxruntime session that runs ANY expert:
- * the SwiGLU FFN `w2(silu(w1·x) ⊙ w3·x)` with the int8 weights and their per-column scales fed as
- * graph inputs to DynamicQuantizeMatMul. A page-in is then a plain read of bytes — no session per
- * expert — and every expert runs through the same kernel whatever is resident, which is what
- * makes the output bit-identical across cache budgets. int4 experts are widened to that int8
- * layout right before their run (expert-unpack.ts). `PagedExperts` is what the Mixtral runtime
- * calls per layer: store + cache + graph + next-layer prefetch.
+ * Running paged experts. For int8 stores, `ExpertGraph` is one shared onnxruntime session that
+ * runs ANY expert: the SwiGLU FFN `w2(silu(w1·x) ⊙ w3·x)` with the int8 weights and their
+ * per-column scales fed as graph inputs to DynamicQuantizeMatMul. int4 stores run their experts
+ * through our own WebAssembly kernel straight from the packed bytes (expert-kernel.ts). Either
+ * way a page-in is a plain read of bytes — no session per expert — and every expert runs through
+ * the same kernel whatever is resident, which is what makes the output bit-identical across cache
+ * budgets. `PagedExperts` is what the Mixtral runtime calls per layer: store + cache + kernel +
+ * next-layer prefetch.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,8 +15,8 @@ import * as ort from 'onnxruntime-node';
 import { createSession, type Device } from './device.ts';
 import { SidecarError, modelError } from './errors.ts';
 import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
+import { Int4ExpertKernel } from './expert-kernel.ts';
 import { ExpertStore, type ExpertStoreIndex, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
-import { Int4Arenas } from './expert-unpack.ts';
 import type { Expert, ExpertProvider } from './moe.ts';
 import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
 
@@ -106,10 +107,9 @@ export class PagedExperts implements ExpertProvider {
   private constructor(
     readonly store: ExpertStore,
     readonly cache: ExpertCache,
-    private readonly graph: ExpertGraph,
+    /** int8 stores: the shared DynamicQuantizeMatMul graph; int4 stores: the kernel (its buffers hold the cache). */
+    private readonly runner: { bits: 8; graph: ExpertGraph } | { bits: 4; kernel: Int4ExpertKernel },
     private readonly predictor: RouterPredictor | null,
-    /** int4 stores: the cache's buffers live in widening arenas (expert-unpack.ts). */
-    private readonly arenas: Int4Arenas | null,
   ) {}
 
   /**
@@ -120,12 +120,17 @@ export class PagedExperts implements ExpertProvider {
     const store = await ExpertStore.open(storeDir);
     const { dim, ffn, experts, topK, normEps } = store.index;
     const budgetBytes = options.budgetMb * 1024 * 1024;
-    // Buffers: the budget's experts plus the loads that may be in flight beyond it (one layer's top-k).
-    const arenas = store.bits === 4 ? new Int4Arenas(3 * dim * ffn, store.expertBytes, ExpertCache.slotsFor(store, budgetBytes) + topK) : null;
-    const cache = new ExpertCache(store, { budgetBytes, policy: options.policy, onPageIn: options.onPageIn, ...(arenas ? { buffers: arenas } : {}) });
+    const runner =
+      store.bits === 4
+        ? {
+            bits: 4 as const,
+            // Buffers: the budget's experts plus the loads that may be in flight beyond it (one layer's top-k).
+            kernel: new Int4ExpertKernel({ dim, ffn, bufferBytes: store.expertBytes, expectedBuffers: ExpertCache.slotsFor(store, budgetBytes) + topK, threads: options.threads ?? 2 }),
+          }
+        : { bits: 8 as const, graph: await ExpertGraph.create(dim, ffn, { threads: options.threads, device: options.device }) };
+    const cache = new ExpertCache(store, { budgetBytes, policy: options.policy, onPageIn: options.onPageIn, ...(runner.bits === 4 ? { buffers: runner.kernel } : {}) });
     const predictor = options.prefetch === false ? null : new RouterPredictor(await store.readRouters(), dim, experts, topK, normEps);
-    const graph = await ExpertGraph.create(dim, ffn, { threads: options.threads, device: options.device });
-    return new PagedExperts(store, cache, graph, predictor, arenas);
+    return new PagedExperts(store, cache, runner, predictor);
   }
 
   get index(): ExpertStoreIndex {
@@ -166,6 +171,8 @@ export class PagedExperts implements ExpertProvider {
     }
     lease.catch(() => undefined); // observed in run(); never an unhandled rejection
     return {
+      // The int4 kernel quantises and sums each row on its own: no padding rows needed.
+      rowMultiple: this.runner.bits === 4 ? 1 : undefined,
       run: async (x, rows) => {
         const waitStarted = performance.now();
         const pinned = await lease;
@@ -179,16 +186,12 @@ export class PagedExperts implements ExpertProvider {
     };
   }
 
-  /** Runs the graph on int8 weights as cached, or on int4 ones widened just before. */
+  /** Runs an expert with the store's kernel: int8 through the shared graph, int4 through ours. */
   private async runWeights(x: Float32Array, rows: number, weights: ExpertWeights): Promise<Float32Array> {
-    if (weights.bits === 8) return this.graph.run(x, rows, weights);
-    if (!this.arenas) throw new Error('an int4 expert in a store opened without widening arenas');
-    const { dim, ffn } = this.index;
-    const matrices = [
-      { packed: weights.p13, rows: dim, rowBytes: ffn },
-      { packed: weights.p2, rows: ffn, rowBytes: dim / 2 },
-    ];
-    return this.arenas.withWidened(matrices, ([w13, w2]) => this.graph.run(x, rows, { bits: 8, s13: weights.s13, s2: weights.s2, w13: w13!, w2: w2! }));
+    const { runner } = this;
+    if (weights.bits === 8 && runner.bits === 8) return runner.graph.run(x, rows, weights);
+    if (weights.bits === 4 && runner.bits === 4) return runner.kernel.run(x, rows, weights);
+    throw new Error(`an int${weights.bits} expert in a store opened for int${runner.bits}`);
   }
 
   private startAhead(layer: number, expert: number): void {
@@ -207,6 +210,7 @@ export class PagedExperts implements ExpertProvider {
     this.dropAhead();
     await this.cache.idle();
     this.cache.clear();
-    await this.graph.dispose();
+    if (this.runner.bits === 8) await this.runner.graph.dispose();
+    else await this.runner.kernel.dispose();
   }
 }

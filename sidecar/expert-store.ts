@@ -8,8 +8,8 @@
  * with weights as inputs is ~130× slower and a session per expert costs 20–950 ms. Two formats:
  *   int8-per-column  (`experts-int8/`, int8/fp32 stores): the bytes the graph runs on.
  *   int4-per-column  (`experts-int4/`, int4 stores): half the bytes on disk and in the cache; each
- *                    byte holds two signed nibbles that widen to the int8 layout with two bit
- *                    operations just before the run (expert-unpack.ts).
+ *                    byte holds two signed nibbles, which our WebAssembly kernel multiplies as
+ *                    16·q with two bit operations (expert-kernel.ts).
  * The paged path uses its own quantisation, so its output is identical for every cache budget
  * (same bytes, same kernel) but not identical to the resident int4 engine.
  *
@@ -162,7 +162,7 @@ const INT4_CLIP_RATIOS = [1, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
  * values are rounded, the least-squares scale Σwq/Σq² is taken, and the ratio with the smallest
  * squared error is kept. Row n of `w` ([out, in]) becomes packed column `n % half` of `packed`
  * (row-major [in, half]), in the low nibble for n < half and the high nibble above; the stored
- * scale is divided by 16 because the unpacked int8 value is 16·q (expert-unpack.ts).
+ * scale is divided by 16 because the kernel multiplies 16·q (expert-kernel.ts).
  */
 function quantizeRowsAsInt4Columns(w: Float32Array, out: number, inner: number, packed: Uint8Array, scales: Float32Array, scaleOffset: number): void {
   const half = out / 2;

@@ -13,6 +13,11 @@ import { MIN_MATMUL_ROWS } from './quantize.ts';
 export interface Expert {
   /** x [rows, dim] → expert(x) [rows, dim]. */
   run(x: Float32Array, rows: number): Promise<Float32Array>;
+  /**
+   * Row counts this expert's kernel must get a multiple of (default MIN_MATMUL_ROWS: onnxruntime's
+   * kernels round a lone row differently, see runExperts); 1 for a kernel that treats every row alone.
+   */
+  rowMultiple?: number;
 }
 
 export interface ExpertProvider {
@@ -127,16 +132,18 @@ export async function runExperts(provider: ExpertProvider, layer: number, x: Flo
   const out = new Float32Array(rows * dim);
   for (const expert of [...byExpert.keys()].sort((a, b) => a - b)) {
     const slots = byExpert.get(expert) as number[];
+    const runner = await provider.get(layer, expert);
     // A multiple of MIN_MATMUL_ROWS rows (the last one repeated): how many rows an expert gets
     // depends on what the rest of the batch routed to it, and MatMulNBits rounds a lone trailing
     // row differently (see BatchStep), which would make a token's output depend on its batchmates.
-    const padded = Math.ceil(slots.length / MIN_MATMUL_ROWS) * MIN_MATMUL_ROWS;
+    const multiple = runner.rowMultiple ?? MIN_MATMUL_ROWS;
+    const padded = Math.ceil(slots.length / multiple) * multiple;
     const input = new Float32Array(padded * dim);
     for (let i = 0; i < padded; i++) {
       const row = Math.floor(slots[Math.min(i, slots.length - 1)] / k) * dim;
       input.set(x.subarray(row, row + dim), i * dim);
     }
-    const y = await (await provider.get(layer, expert)).run(input, padded);
+    const y = await runner.run(input, padded);
     slots.forEach((slot, i) => {
       const row = Math.floor(slot / k) * dim;
       const weight = routing.weights[slot];

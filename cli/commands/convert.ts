@@ -17,8 +17,8 @@ const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int
   --to STORE        new folder for the converted store (must not exist or be empty)
   --precision P     int4 (default, MatMulNBits 4-bit), int8, or fp32
   --expert-bits B   Mixtral: format of the experts paged by --expert-cache-mb: 4 (default for int4
-                    stores: half the bytes on disk and in the cache, widened before each run) or 8
-                    (default otherwise: twice the bytes, no widening)`;
+                    stores: half the bytes on disk and in the cache) or 8 (default otherwise: twice
+                    the bytes, finer quantisation)`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {

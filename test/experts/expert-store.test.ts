@@ -11,7 +11,19 @@ import {
   EXPERT_FORMAT_VERSION, ExpertStore, allocateExpert, buildExpertStore, expertFileBytes, quantizeExpert, writeExpertStore,
   type ExpertStoreIndex, type Int4ExpertWeights,
 } from '../../sidecar/expert-store.ts';
-import { unpackInt4Scalar } from '../../sidecar/expert-unpack.ts';
+import { highNibble16, lowNibble16 } from '../../sidecar/expert-kernel.ts';
+
+/** The packed int4 rows as the int8 values 16·q the expert kernel multiplies ([rows, 2·rowBytes]). */
+function widen(packed: Uint8Array, rows: number, rowBytes: number): Int8Array {
+  const out = new Int8Array(2 * rows * rowBytes);
+  for (let k = 0; k < rows; k++) {
+    for (let c = 0; c < rowBytes; c++) {
+      out[2 * k * rowBytes + c] = lowNibble16(packed[k * rowBytes + c]!);
+      out[2 * k * rowBytes + rowBytes + c] = highNibble16(packed[k * rowBytes + c]!);
+    }
+  }
+  return out;
+}
 
 const GOLDEN = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral');
 
@@ -205,10 +217,8 @@ describe('int4 expert store', () => {
     for (let layer = 0; layer < layers; layer++) {
       for (let expert = 0; expert < experts; expert++) {
         const weights = (await store.read(layer, expert, store.allocate())) as Int4ExpertWeights;
-        const w13 = new Int8Array(dim * 2 * ffn);
-        unpackInt4Scalar({ packed: weights.p13, rows: dim, rowBytes: ffn }, w13);
-        const w2 = new Int8Array(ffn * dim);
-        unpackInt4Scalar({ packed: weights.p2, rows: ffn, rowBytes: dim / 2 }, w2);
+        const w13 = widen(weights.p13, dim, ffn);
+        const w2 = widen(weights.p2, ffn, dim / 2);
         // Widened values are 16·q with q ∈ [-7, 7]: never the nibble -8.
         const offGrid = [...w13, ...w2].filter((value) => value % 16 !== 0 || Math.abs(value) > 112);
         expect(offGrid, `L${layer} E${expert}`).toEqual([]);
