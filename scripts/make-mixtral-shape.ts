@@ -110,7 +110,7 @@ export async function makeMixtralShape(
     const graphFiles = (await readdir(staging)).sort();
 
     // Experts: random quantised values + the per-column scale a uniform ±std·√3 weight would get
-    // (int4: random nibbles in [-7, 7], scale (std·√3/7)/16 since the widened int8 value is 16·q).
+    // (int4: random nibbles in [-7, 7], scale (std·√3/7)/16 since the kernel multiplies 16·q).
     const { dim, hiddenDim: ffn, nLayers, numExperts: experts, expertsPerToken: topK, normEps } = config;
     const routers: RouterWeights = { norm: [], gate: [] };
     for (let layer = 0; layer < nLayers; layer++) {
