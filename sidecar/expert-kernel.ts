@@ -375,9 +375,11 @@ class Helper {
   share(arena: Arena, src: number, rowBytes: number, rows: number, xq: number, sums: Int32Array): void {
     const { control } = this;
     const chunks = Math.ceil(rows / CHUNK_ROWS);
-    // Never 0: HELPED starts at 0 and must not match a product the helper did not touch.
+    // Never 0, the "helper took no rows" mark. No helper attempt of the previous product is in
+    // flight (we waited for INFLIGHT), so clearing HELPED cannot race with its store.
     this.seq = (this.seq % 0x7fff) + 1;
     control.set([arena.id, src, rowBytes, rows, xq, arena.helperSums.byteOffset, CHUNK_ROWS, chunks], ARGS + (this.seq & 1) * SLOT);
+    Atomics.store(control, HELPED, 0);
     Atomics.store(control, CLAIM, this.seq << 16);
     Atomics.add(control, JOB, 1);
     Atomics.notify(control, JOB);
