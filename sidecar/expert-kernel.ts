@@ -417,7 +417,7 @@ export interface Int4ExpertKernelOptions {
   ffn: number;
   /** Size of one page-in buffer (an expert file image). */
   bufferBytes: number;
-  /** Buffers to place in arenas in all (the cache's experts plus loads in flight); more are plain. */
+  /** Buffers the first arenas are sized for (the cache's experts plus loads in flight); more get a new arena. */
   expectedBuffers: number;
   /** 2: this thread plus a helper thread; 1: this thread alone. */
   threads: number;
