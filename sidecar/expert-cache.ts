@@ -124,12 +124,6 @@ export class ExpertCache {
     return Math.min(layers * experts, Math.floor(budgetBytes / store.expertBytes + 1e-9));
   }
 
-  /** Bytes needed to hold `fraction` of all experts (at least the minimum the cache accepts). */
-  static budgetFor(store: ExpertStore, fraction: number): number {
-    const { layers, experts, topK } = store.index;
-    return Math.max(topK, Math.round(fraction * layers * experts)) * store.expertBytes;
-  }
-
   /**
    * Pins expert (layer, expert), paging it in on a miss. Concurrent calls for the same expert
    * share one read. A missing or corrupt file rejects with the store's modelError and leaves the
