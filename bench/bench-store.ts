@@ -5,11 +5,11 @@
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { convertCheckpoint, type Precision } from '../sidecar/convert.ts';
-import type { ExpertBits } from '../sidecar/expert-store.ts';
-import { isStore, readManifest } from '../sidecar/model-store.ts';
-import { siroccoHome } from '../sidecar/paths.ts';
-import { BENCH_1B_SHAPE, writeRandomCheckpoint, type ModelShape } from '../sidecar/random-checkpoint.ts';
+import { convertCheckpoint, type Precision } from '../sidecar/convert/convert.ts';
+import type { ExpertBits } from '../sidecar/engine/index.ts';
+import { isStore, readManifest } from '../sidecar/formats/store-manifest.ts';
+import { siroccoHome } from '../sidecar/convert/paths.ts';
+import { BENCH_1B_SHAPE, writeRandomCheckpoint, type ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 
 export interface BenchModel {
   /** Folder name under `$SIROCCO_HOME/bench`. */

@@ -29,9 +29,9 @@ import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { parsePrecision } from '../cli/engine-flags.ts';
-import { loadModel, type ModelRuntime } from '../sidecar/model-runtime.ts';
-import { readManifest } from '../sidecar/model-store.ts';
-import { BENCH_1B_SHAPE } from '../sidecar/random-checkpoint.ts';
+import { loadModel, type ModelRuntime } from '../sidecar/engine/index.ts';
+import { readManifest } from '../sidecar/formats/store-manifest.ts';
+import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 
 /** Single-thread sequential read bandwidth in GB/s: memchr over 1 GiB that never matches. */

@@ -27,10 +27,16 @@ import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
-import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy, type ExpertCacheStats } from '../sidecar/expert-cache.ts';
-import { ExpertStore, type ExpertBits } from '../sidecar/expert-store.ts';
-import { loadModel } from '../sidecar/model-runtime.ts';
-import type { ModelShape } from '../sidecar/random-checkpoint.ts';
+import {
+  EVICTION_POLICIES,
+  type EvictionPolicy,
+  type ExpertBits,
+  ExpertCache,
+  type ExpertCacheStats,
+  ExpertStore,
+  loadModel,
+} from '../sidecar/engine/index.ts';
+import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import { ensureBenchStore } from './bench-store.ts';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');

@@ -35,7 +35,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
-import { BENCH_1B_SHAPE } from '../sidecar/random-checkpoint.ts';
+import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');

@@ -2,8 +2,8 @@
  * The engine flags that `logits`, `generate` and `serve` share — `--precision`, `--expert-cache-mb`,
  * `--device`, `--threads` — with one parser, so each is validated and worded the same everywhere.
  */
-import { PRECISIONS, type Precision } from '../sidecar/convert.ts';
-import { DEVICES, type Device } from '../sidecar/device.ts';
+import { PRECISIONS, type Precision } from '../sidecar/convert/convert.ts';
+import { DEVICES, type Device } from '../sidecar/engine/index.ts';
 import { CliError, parseNumberOption } from './args.ts';
 
 export const ENGINE_FLAGS = {

@@ -2,8 +2,8 @@
  * The edge worker's bindings (wrangler.toml + secrets) and the per-request variables its middleware
  * share through Hono's context.
  */
-import type { Logger } from './logging/index.ts';
-import type { RateLimiter } from './rate-limit/index.ts';
+import type { Logger } from './logging/logger.ts';
+import type { RateLimiter } from './rate-limit/rate-limiter.ts';
 
 export interface EdgeBindings {
   /** API key records by SHA-256 hash (edge/auth). */
@@ -12,7 +12,7 @@ export interface EdgeBindings {
   RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
   /** Optional KV store for the response cache (edge/cache). */
   RESPONSE_CACHE?: KVNamespace;
-  /** Engineer E's static chat page. */
+  /** The static chat page (edge/public). */
   ASSETS?: Fetcher;
   /** JSON sidecar registry, see edge/config. */
   SIDECARS?: string;
@@ -54,14 +54,3 @@ export interface EdgeVariables {
 }
 
 export type AppEnv = { Bindings: EdgeBindings; Variables: EdgeVariables };
-
-declare global {
-  // eslint-disable-next-line @typescript-eslint/no-namespace
-  namespace Cloudflare {
-    interface Env extends EdgeBindings {}
-    interface GlobalProps {
-      mainModule: typeof import('./index.ts');
-      durableNamespaces: 'RateLimiter';
-    }
-  }
-}

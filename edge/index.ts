@@ -13,3 +13,13 @@ const app = createApp();
 export default {
   fetch: (request, env, ctx) => app.fetch(request, env, ctx),
 } satisfies ExportedHandler<EdgeBindings>;
+
+declare global {
+  namespace Cloudflare {
+    interface Env extends EdgeBindings {}
+    interface GlobalProps {
+      mainModule: typeof import('./index.ts');
+      durableNamespaces: 'RateLimiter';
+    }
+  }
+}

@@ -15,11 +15,11 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../cli/args.ts';
-import { allocateExpert, writeExpertStore, type ExpertBits, type RouterWeights } from '../sidecar/expert-store.ts';
+import { allocateExpert, writeExpertStore, type ExpertBits, type RouterWeights } from '../sidecar/engine/experts/expert-store.ts';
 import { buildHeadGraph, buildMoeLayerGraph, type BuildContext } from '../sidecar/graph/models.ts';
-import type { ModelConfig } from '../sidecar/model-config.ts';
-import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/model-store.ts';
-import { createRandom } from '../sidecar/sampler.ts';
+import type { ModelConfig } from '../sidecar/formats/model-config.ts';
+import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/formats/store-manifest.ts';
+import { createRandom } from '../sidecar/sampling/sampler.ts';
 
 const MIXTRAL_BASE = {
   architecture: 'mixtral' as const,

@@ -4,9 +4,9 @@
  */
 import { SingleBar } from 'cli-progress';
 import { CliError, parseCommandArgs, requireOption } from '../args.ts';
-import type { ExpertBits } from '../../sidecar/expert-store.ts';
+import type { ExpertBits } from '../../sidecar/engine/index.ts';
 import { parsePrecision } from '../engine-flags.ts';
-import { convertCheckpoint } from '../../sidecar/convert.ts';
+import { convertCheckpoint } from '../../sidecar/convert/convert.ts';
 
 export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]';
 

@@ -241,7 +241,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   if (await refreshPageSseModule()) progress('rebuilt edge/public/sse.js from shared/sse.ts');
   progress('preparing the demo models (built once, then reused)…');
   // Loaded lazily: the engine (onnxruntime) is only needed when a stack really starts.
-  const { ensureDemoModels } = await import('../../sidecar/demo-model.ts');
+  const { ensureDemoModels } = await import('../../sidecar/convert/demo-model.ts');
   const models = await ensureDemoModels();
   throwIfInterrupted(options.signal);
 

@@ -4,11 +4,11 @@
  */
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
-import { renderChatPrompt } from '../../sidecar/chat-template.ts';
-import { ensureDemoModel, type DemoModelName } from '../../sidecar/demo-model.ts';
-import { generate } from '../../sidecar/generate.ts';
-import { loadModel } from '../../sidecar/model-runtime.ts';
-import { loadTokenizer } from '../../sidecar/tokenizer.ts';
+import { renderChatPrompt } from '../../sidecar/text/chat-template.ts';
+import { ensureDemoModel, type DemoModelName } from '../../sidecar/convert/demo-model.ts';
+import { generate } from '../../sidecar/serving/generate.ts';
+import { openModel } from '../../sidecar/convert/loader.ts';
+import { loadTokenizer } from '../../sidecar/text/tokenizer.ts';
 
 export const summary =
   'stream a completion: --prompt TEXT [--model DIR|demo|demo-small] [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--raw]';
@@ -59,7 +59,7 @@ export async function run(argv: string[]): Promise<number> {
   const demo = DEMO_ALIASES[values.model];
   if (demo) process.stderr.write(`sirocco generate: using the demo model ${demo} (random weights, nonsense output)\n`);
   const modelDir = demo ? await ensureDemoModel(demo, engine.precision) : values.model;
-  const runtime = await loadModel(modelDir, engine);
+  const runtime = await openModel(modelDir, engine);
   const controller = new AbortController();
   const onInterrupt = () => controller.abort(new CliError('interrupted', 130));
   process.once('SIGINT', onInterrupt);

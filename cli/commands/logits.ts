@@ -4,8 +4,8 @@
  */
 import { CliError, parseCommandArgs, requireOption } from '../args.ts';
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
-import { loadModel } from '../../sidecar/model-runtime.ts';
-import { isStore } from '../../sidecar/model-store.ts';
+import { openModel } from '../../sidecar/convert/loader.ts';
+import { isStore } from '../../sidecar/formats/store-manifest.ts';
 
 export const summary = 'print the logits of every position: --model DIR --tokens 1,2,3 [--precision fp32|int8|int4]';
 
@@ -43,7 +43,7 @@ export async function run(argv: string[]): Promise<number> {
   // A store keeps its own precision; a raw checkpoint defaults to exact fp32 logits.
   const precision = engine.precision ?? ((await isStore(model)) ? undefined : 'fp32');
 
-  const runtime = await loadModel(model, { ...engine, precision });
+  const runtime = await openModel(model, { ...engine, precision });
   try {
     const sequence = runtime.createSequence();
     const [logits] = await runtime.forward([{ sequence, tokens }], { allPositions: true });

@@ -3,8 +3,8 @@
  * given model folders, or on the two demo models. Logs are JSON lines on stdout; the first says
  * where it listens. SIGTERM/SIGINT shut it down gracefully and exit 0.
  */
-import { SERVE_USAGE, loadServeConfig } from '../../sidecar/serve-config.ts';
-import { createLogger } from '../../sidecar/logger.ts';
+import { SERVE_USAGE, loadServeConfig } from '../serve-config.ts';
+import { createLogger } from '../../sidecar/server/logger.ts';
 import { startSidecar } from '../../sidecar/server/serve.ts';
 
 export const summary = 'run a sidecar: Mistral-compatible API over local models with continuous batching';

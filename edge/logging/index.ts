@@ -1,39 +1,13 @@
 /**
- * Structured logs: one JSON object per line (Workers Logs and `wrangler tail` index the fields).
- * Callers pass explicit fields only, so keys and secrets never reach a log line; the access-log
- * middleware records method, path, status, duration, tenant and the fields handlers `annotate`.
+ * The access-log middleware: one structured line per request with method, path, status, duration,
+ * tenant and the fields handlers `annotate`, written after the response has gone out.
  */
 import type { MiddlewareHandler } from 'hono';
 import { afterResponse, inBackground } from '../dependencies.ts';
 import type { AppEnv } from '../env.ts';
+import { createLogger, type LogFields } from './logger.ts';
 
-export type LogFields = Record<string, string | number | boolean | null | undefined>;
-
-export interface Logger {
-  info(event: string, fields?: LogFields): void;
-  warn(event: string, fields?: LogFields): void;
-  error(event: string, fields?: LogFields): void;
-  /** Adds fields to this request's access-log line. */
-  annotate(fields: LogFields): void;
-  readonly annotations: LogFields;
-}
-
-export function createLogger(base: LogFields): Logger {
-  const annotations: LogFields = {};
-  const write = (level: 'info' | 'warn' | 'error', event: string, fields: LogFields = {}) => {
-    const line = JSON.stringify({ level, event, time: new Date().toISOString(), ...base, ...fields });
-    if (level === 'error') console.error(line);
-    else if (level === 'warn') console.warn(line);
-    else console.log(line);
-  };
-  return {
-    info: (event, fields) => write('info', event, fields),
-    warn: (event, fields) => write('warn', event, fields),
-    error: (event, fields) => write('error', event, fields),
-    annotate: (fields) => Object.assign(annotations, fields),
-    annotations,
-  };
-}
+export { createLogger, type LogFields, type Logger } from './logger.ts';
 
 /**
  * Gives each request a logger tagged with its request id and writes one access-log line just after

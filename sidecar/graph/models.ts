@@ -5,9 +5,9 @@
  * Each graph writes `<base>.onnx` plus its weights in `<base>.bin`.
  */
 import { join } from 'node:path';
-import type { ModelConfig } from '../model-config.ts';
-import { ExternalDataWriter, GraphBuilder } from '../onnx-graph.ts';
-import type { Precision } from '../quantize.ts';
+import type { ModelConfig } from '../formats/model-config.ts';
+import { ExternalDataWriter, GraphBuilder } from './onnx-graph.ts';
+import type { Precision } from '../formats/quantize.ts';
 import { TransformerGraph, type AttentionInputs, type WeightSource } from './transformer.ts';
 
 /** Input/output names shared by the graphs and the runtime. */

@@ -8,9 +8,9 @@
  * head_dim].
  * (A later optimisation is GroupQueryAttention with fused RoPE; standard ops keep parity simple.)
  */
-import type { ModelConfig } from '../model-config.ts';
-import { MS_DOMAIN, type GraphBuilder } from '../onnx-graph.ts';
-import { quantizationPlan, quantizeMatrix, schemeFor, type Precision, type QuantizationPlan } from '../quantize.ts';
+import type { ModelConfig } from '../formats/model-config.ts';
+import { MS_DOMAIN, type GraphBuilder } from './onnx-graph.ts';
+import { quantizationPlan, quantizeMatrix, schemeFor, type Precision, type QuantizationPlan } from '../formats/quantize.ts';
 
 /** Where weights come from, by canonical name, already in the rotate-half layout. */
 export interface WeightSource {

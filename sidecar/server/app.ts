@@ -5,18 +5,17 @@
  */
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
-import { requestId, type RequestIdVariables } from 'hono/request-id';
+import { requestId } from 'hono/request-id';
 import { modelCard, LOCAL_MODELS } from '../../shared/api.ts';
 import { HEADERS, SIDECAR_PATHS, type LoadReport } from '../../shared/protocol.ts';
 import { SidecarError } from '../errors.ts';
-import type { Logger } from '../logger.ts';
-import type { SidecarMetrics } from '../metrics.ts';
+import type { Logger } from './logger.ts';
+import type { SidecarMetrics } from './metrics.ts';
 import { chatCompletionsHandler } from './chat-route.ts';
+import type { SidecarEnv } from './context.ts';
 import { errorResponse, toSidecarError } from './error-response.ts';
 import type { ServedModel } from './served-models.ts';
 import { signatureCheck } from './signature.ts';
-
-export type SidecarEnv = { Variables: RequestIdVariables };
 
 /** Lifecycle: listening while models load, then ready, then draining after SIGTERM. */
 export type SidecarPhase = 'loading' | 'ready' | 'draining';

@@ -9,10 +9,10 @@ import {
   requiresToolCall,
   type ChatCompletionRequest,
 } from '../../shared/api.ts';
-import { renderChatPrompt, type ChatMessage } from '../chat-template.ts';
+import { renderChatPrompt, type ChatMessage } from '../text/chat-template.ts';
 import { invalidRequest } from '../errors.ts';
-import type { GenerationRequest } from '../scheduler.ts';
-import type { Tokenizer } from '../tokenizer.ts';
+import type { GenerationRequest } from '../serving/scheduler.ts';
+import type { Tokenizer } from '../text/tokenizer.ts';
 import { RequestValidationError } from './error-response.ts';
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });

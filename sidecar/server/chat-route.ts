@@ -8,12 +8,12 @@ import { randomUUID } from 'node:crypto';
 import type { Context } from 'hono';
 import { SSE_HEADERS } from '../../shared/sse.ts';
 import { SidecarError } from '../errors.ts';
-import type { GenerateEvent } from '../generate.ts';
-import type { Logger } from '../logger.ts';
+import type { GenerateEvent } from '../serving/generate.ts';
+import type { Logger } from './logger.ts';
 import { parseChatRequest, toGenerationRequest } from './chat-request.ts';
 import { collectCompletion, completionStream, type CompletionIdentity, type GenerationOutcome } from './chat-response.ts';
 import { findServedModel, type ServedModel } from './served-models.ts';
-import type { SidecarEnv } from './app.ts';
+import type { SidecarEnv } from './context.ts';
 
 export interface ChatRouteOptions {
   /** The models, once loaded; throws 503 while loading. */

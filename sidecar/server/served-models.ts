@@ -1,18 +1,19 @@
 /**
- * The models one sidecar serves: each folder is loaded once (converted on first use when it is a
- * raw checkpoint), named by its architecture (mistral → mistral-tiny, mixtral → mistral-small, the
+ * The models one sidecar serves: each folder is opened once (a raw checkpoint is converted into
+ * the store cache on first use), named by its architecture (mistral → mistral-tiny, mixtral → mistral-small, the
  * wire contract's canonical ids) and given its tokenizer and its own batch scheduler.
  */
 import { LOCAL_MODELS, resolveModelId, type LocalModelId } from '../../shared/api.ts';
 import { ERROR_CODES } from '../../shared/errors.ts';
-import { ensureDemoModels } from '../demo-model.ts';
+import { ensureDemoModels } from '../convert/demo-model.ts';
 import { SidecarError, modelError } from '../errors.ts';
-import type { Logger } from '../logger.ts';
-import type { ExpertCacheStats, SidecarMetrics } from '../metrics.ts';
-import { loadModel, type LoadOptions, type ModelRuntime } from '../model-runtime.ts';
-import { Scheduler } from '../scheduler.ts';
-import type { ServeConfig } from '../serve-config.ts';
-import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
+import type { Logger } from './logger.ts';
+import type { SidecarMetrics } from './metrics.ts';
+import type { LoadOptions, ModelRuntime } from '../engine/index.ts';
+import { openModel } from '../convert/loader.ts';
+import { Scheduler } from '../serving/scheduler.ts';
+import type { ServeConfig } from './config.ts';
+import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
 
 export interface ServedModel {
   id: LocalModelId;
@@ -34,13 +35,13 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
     for (const dir of dirs) {
       const started = performance.now();
       let id: LocalModelId | null = null; // known once loaded; page-ins only happen after that
-      const options: LoadOptions & { onExpertPageIn?: (seconds: number) => void } = {
+      const options: LoadOptions = {
         device: config.device,
         threads: config.threads,
         expertCacheMb: config.expertCacheMb,
         onExpertPageIn: (seconds) => metrics.observeExpertPageIn(id ?? 'loading', seconds),
       };
-      const runtime = await loadModel(dir, options);
+      const runtime = await openModel(dir, options);
       id = ID_BY_ARCHITECTURE[runtime.info.architecture];
       const duplicate = served.find((model) => model.id === id);
       if (duplicate) {
@@ -60,8 +61,7 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
         onLoopError: (error) => logger.error('scheduler step failed', { model: id, error }),
       });
       metrics.watchScheduler(id, () => scheduler.stats());
-      const expertStats = (runtime as { expertCacheStats?: () => ExpertCacheStats | null }).expertCacheStats;
-      if (expertStats) metrics.watchExpertCache(id, () => expertStats.call(runtime));
+      if (runtime.expertCacheStats) metrics.watchExpertCache(id, () => runtime.expertCacheStats?.() ?? null);
       served.push({ id, runtime, tokenizer, scheduler });
       logger.info('model loaded', {
         model: id,

@@ -11,7 +11,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Stack } from '../../cli/commands/dev.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
-import { signedSidecarGet, startTestStack, TEST_OUTPUT } from '../e2e/stack-fixture.ts';
+import { signedSidecarGet, startTestStack, TEST_OUTPUT } from '../support/stack-fixture.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [

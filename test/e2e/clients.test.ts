@@ -19,7 +19,7 @@ import { ChatCompletionChunkSchema, ChatCompletionResponseSchema, ModelListSchem
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
-import { completionTokensServed, signedSidecarGet, startTestStack } from './stack-fixture.ts';
+import { completionTokensServed, signedSidecarGet, startTestStack } from '../support/stack-fixture.ts';
 
 (globalThis as { AI_SDK_LOG_WARNINGS?: boolean }).AI_SDK_LOG_WARNINGS = false;
 

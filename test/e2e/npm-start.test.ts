@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort } from '../../cli/commands/dev.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
-import { TEST_HOME } from './stack-fixture.ts';
+import { TEST_HOME } from '../support/stack-fixture.ts';
 
 const REPO_ROOT = join(import.meta.dirname, '../..');
 const running: ChildProcess[] = [];

@@ -7,7 +7,7 @@
 import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
-import { chatRequest, postChat, startSidecarProcess, type SidecarProcess } from './sidecar-process.ts';
+import { chatRequest, postChat, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
 
 const MAX_BODY_BYTES = 256 * 1024;
 let sidecar: SidecarProcess;

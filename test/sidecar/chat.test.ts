@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionChunkSchema, ChatCompletionResponseSchema, ModelListSchema } from '../../shared/api.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
 import { readSseEvents } from '../../shared/sse.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from './sidecar-process.ts';
+import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
 
 let sidecar: SidecarProcess;
 beforeAll(async () => {

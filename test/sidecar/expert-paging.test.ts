@@ -25,8 +25,8 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MistralErrorBodySchema, type MistralErrorBody } from '../../shared/errors.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
-import { ensureDemoModels } from '../../sidecar/demo-model.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, TEST_HOME, type SidecarProcess } from './sidecar-process.ts';
+import { ensureDemoModels } from '../../sidecar/convert/demo-model.ts';
+import { chatRequest, postChat, readStream, startSidecarProcess, TEST_HOME, type SidecarProcess } from '../support/sidecar-process.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
 const MIB = 1024 * 1024;

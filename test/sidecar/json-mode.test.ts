@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionResponseSchema } from '../../shared/api.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from './sidecar-process.ts';
+import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
 
 let sidecar: SidecarProcess;
 beforeAll(async () => {

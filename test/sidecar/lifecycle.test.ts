@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { ChatCompletionResponseSchema } from '../../shared/api.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
 import { readSseEvents } from '../../shared/sse.ts';
-import { TEST_HOME, chatRequest, postChat, readStream, startSidecarProcess } from './sidecar-process.ts';
+import { TEST_HOME, chatRequest, postChat, readStream, startSidecarProcess } from '../support/sidecar-process.ts';
 
 describe('graceful shutdown', () => {
   it('finishes in-flight streams, refuses new work, then exits 0', async () => {

@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { CliError } from './args.ts';
+import { SERVE_DEFAULTS } from '../sidecar/server/config.ts';
+import { loadServeConfig } from './serve-config.ts';
+
+describe('sirocco serve configuration', () => {
+  it('uses the documented defaults with no flags and no environment', () => {
+    const config = loadServeConfig([], {});
+    expect(config).toMatchObject({
+      modelDirs: [],
+      host: '127.0.0.1',
+      port: 8080,
+      region: 'local',
+      device: 'cpu',
+      maxBatch: SERVE_DEFAULTS.maxBatch,
+      maxQueue: SERVE_DEFAULTS.maxQueue,
+      expertCacheMb: undefined,
+      sidecarSecret: null,
+    });
+  });
+
+  it('reads every pinned flag, comma-separated model folders and a fractional expert budget', () => {
+    const config = loadServeConfig(
+      ['--model', 'a, b', '--port', '0', '--host', '0.0.0.0', '--region', 'eu-west', '--device', 'cuda', '--max-batch', '4', '--max-queue', '0', '--expert-cache-mb', '0.5'],
+      {},
+    );
+    expect(config).toMatchObject({ modelDirs: ['a', 'b'], port: 0, host: '0.0.0.0', region: 'eu-west', device: 'cuda', maxBatch: 4, maxQueue: 0, expertCacheMb: 0.5 });
+  });
+
+  it('takes the signing secret and tuning knobs from the environment', () => {
+    const config = loadServeConfig([], {
+      SIROCCO_SIDECAR_SECRET: 's3cret',
+      SIROCCO_REGION: 'us-east',
+      SIROCCO_MAX_BODY_BYTES: '2048',
+      SIROCCO_SHUTDOWN_GRACE_MS: '0',
+    });
+    expect(config).toMatchObject({ sidecarSecret: 's3cret', region: 'us-east', maxBodyBytes: 2048, shutdownGraceMs: 0 });
+  });
+
+  it('returns null for --help', () => {
+    expect(loadServeConfig(['--help'], {})).toBeNull();
+  });
+
+  it.each([
+    [['--port', '70000'], /--port must be an integer in \[0, 65535\]/],
+    [['--max-batch', '0'], /--max-batch/],
+    [['--device', 'tpu'], /--device must be one of cpu, cuda/],
+    [['--model', ','], /--model needs at least one folder/],
+    [['--region', 'eu west'], /--region/],
+    [['--bogus'], /bogus/],
+  ])('rejects %j with a message naming the flag', (argv, message) => {
+    expect(() => loadServeConfig(argv, {})).toThrow(CliError);
+    expect(() => loadServeConfig(argv, {})).toThrow(message);
+  });
+
+  it('names the environment variable at fault', () => {
+    expect(() => loadServeConfig([], { SIROCCO_MAX_BODY_BYTES: 'lots' })).toThrow(/SIROCCO_MAX_BODY_BYTES/);
+  });
+});

@@ -1,0 +1,122 @@
+/**
+ * Checkpoint → store conversion: reads the source tensor by tensor, builds the ONNX graphs at the
+ * requested precision, copies tokenizer files, writes the manifest. Everything is written into a
+ * temporary sibling folder that is renamed into place at the end, so a failure leaves nothing
+ * half-written at the destination.
+ */
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { Checkpoint, expectedTensors } from '../formats/checkpoint.ts';
+import { modelError, SidecarError } from '../errors.ts';
+import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
+import { buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph, type BuildContext } from '../graph/models.ts';
+import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-manifest.ts';
+import { quantizationPlan, type Precision } from '../formats/quantize.ts';
+
+export type { Precision } from '../formats/quantize.ts';
+export type { Manifest } from '../formats/store-manifest.ts';
+
+export const PRECISIONS: readonly Precision[] = ['fp32', 'int8', 'int4'];
+
+export interface ConvertOptions {
+  from: string;
+  to: string;
+  precision: Precision;
+  onProgress?: (done: number, total: number, label: string) => void;
+  /** Model name recorded in the manifest; defaults to the source folder's name. */
+  name?: string;
+  /**
+   * Mixtral: the paged experts' format (expert-store.ts). Default: 4 for int4 stores (half the
+   * bytes to page and cache, run by our int4 kernel), 8 otherwise (twice the bytes, onnxruntime's int8 kernel).
+   */
+  expertBits?: ExpertBits;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function isNonEmptyDir(path: string): Promise<boolean> {
+  try {
+    return (await readdir(path)).length > 0;
+  } catch {
+    return false;
+  }
+}
+
+async function buildGraphs(ctx: BuildContext): Promise<Manifest['graphs']> {
+  if (ctx.config.numExperts === 0) return { decoder: await buildDecoderGraph(ctx) };
+  const layers = [];
+  const experts = [];
+  for (let layer = 0; layer < ctx.config.nLayers; layer++) {
+    layers.push(await buildMoeLayerGraph(ctx, layer));
+    const perLayer = [];
+    for (let expert = 0; expert < ctx.config.numExperts; expert++) perLayer.push(await buildExpertGraph(ctx, layer, expert));
+    experts.push(perLayer);
+  }
+  return { layers, experts, head: await buildHeadGraph(ctx) };
+}
+
+export async function convertCheckpoint(options: ConvertOptions): Promise<Manifest> {
+  const { precision, onProgress } = options;
+  if (!PRECISIONS.includes(precision)) throw modelError(`unknown precision "${precision}" (expected ${PRECISIONS.join(', ')})`);
+  const from = resolve(options.from);
+  const to = resolve(options.to);
+  if (await isNonEmptyDir(to)) throw modelError(`destination ${to} already exists and is not empty; choose a new folder`);
+  if (!(await exists(from))) throw modelError(`checkpoint folder ${from} does not exist`);
+
+  const checkpoint = await Checkpoint.open(from);
+  const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    await mkdir(staging, { recursive: true });
+    const { config } = checkpoint;
+    const tensors = expectedTensors(config);
+    const total = tensors.length;
+    let done = 0;
+    onProgress?.(0, total, 'reading checkpoint');
+    const weights = {
+      read: async (name: string) => {
+        const data = await checkpoint.read(name);
+        onProgress?.(++done, total, name);
+        return data;
+      },
+    };
+    const graphs = await buildGraphs({ dir: staging, config, precision, weights });
+    // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts).
+    if (config.numExperts > 0) await buildExpertStore(checkpoint, staging, options.expertBits ?? (precision === 'int4' ? 4 : 8));
+    for (const file of await checkpoint.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
+
+    const files = [];
+    for (const file of (await readdir(staging)).sort()) files.push({ path: file, bytes: (await stat(join(staging, file))).size });
+    const manifest: Manifest = {
+      formatVersion: FORMAT_VERSION,
+      name: options.name ?? basename(from),
+      sourceHash: await checkpoint.sourceHash(),
+      precision,
+      ...(precision === 'fp32' ? {} : { quantization: quantizationPlan(precision) }),
+      architecture: config.architecture,
+      config,
+      tensors: Object.fromEntries(tensors.map((t) => [t.name, t.shape])),
+      graphs,
+      files,
+    };
+    await writeFile(join(staging, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
+    await mkdir(dirname(to), { recursive: true });
+    // An empty destination folder may be replaced; a store another process just finished may not.
+    await rmdir(to).catch(() => undefined);
+    await rename(staging, to).catch((error: NodeJS.ErrnoException) => {
+      throw modelError(`destination ${to} appeared while converting (${error.code}); another conversion finished first`, error);
+    });
+    return manifest;
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    if (error instanceof SidecarError) throw error;
+    throw modelError(`converting ${from} failed: ${(error as Error).message}`, error);
+  } finally {
+    await checkpoint.close();
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * The expert cache and the shared expert graph on the golden Mixtral checkpoint's experts:
+ * outputs are bit-identical whatever the budget and eviction policy, memory stays within the
+ * budget plus loads in flight, loads are deduplicated, prefetches are counted, and a bad expert
+ * file fails only the request that needs it.
+ */
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Checkpoint } from '../../formats/checkpoint.ts';
+import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy } from './expert-cache.ts';
+import { ExpertGraph, PagedExperts } from './paged-experts.ts';
+import { ExpertStore, buildExpertStore, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
+import { runExperts, type Routing } from '../moe.ts';
+
+const GOLDEN = join(import.meta.dirname, '../../../test/fixtures/golden/tiny-mixtral/native');
+const MiB = 1024 * 1024;
+
+let work: string;
+let storeDir: string;
+let store: ExpertStore;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'sirocco-expert-cache-'));
+  storeDir = join(work, 'store');
+  const checkpoint = await Checkpoint.open(GOLDEN);
+  try {
+    await buildExpertStore(checkpoint, storeDir, 8);
+  } finally {
+    await checkpoint.close();
+  }
+  store = await ExpertStore.open(storeDir);
+});
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+/** This file's store is int8 (the format the graph runs on directly). */
+function int8(weights: ExpertWeights): Int8ExpertWeights {
+  if (weights.bits !== 8) throw new Error(`expected int8 expert weights, got int${weights.bits}`);
+  return weights;
+}
+
+/** A seeded, skewed routing trace: per step and layer, 1–3 token rows, each sent to 2 experts. */
+function makeTrace(steps: number, seed: number): Array<{ layer: number; x: Float32Array; rows: number; routing: Routing }> {
+  let state = seed >>> 0;
+  const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const { dim, layers, experts } = store.index;
+  const trace = [];
+  for (let step = 0; step < steps; step++) {
+    for (let layer = 0; layer < layers; layer++) {
+      const rows = 1 + Math.floor(random() * 3);
+      const x = Float32Array.from({ length: rows * dim }, () => random() * 2 - 1);
+      const routing: Routing = { experts: new Int32Array(rows * 2), weights: new Float32Array(rows * 2) };
+      for (let r = 0; r < rows; r++) {
+        const first = Math.floor(random() ** 2 * experts); // low experts are "hot"
+        const weight = 0.5 + random() / 2;
+        routing.experts.set([first, (first + 1 + Math.floor(random() * (experts - 1))) % experts], r * 2);
+        routing.weights.set([weight, 1 - weight], r * 2);
+      }
+      trace.push({ layer, x, rows, routing });
+    }
+  }
+  return trace;
+}
+
+/** What the Mixtral runtime does per layer: announce the layer, then moe.ts runs the experts. */
+function runLayer(paged: PagedExperts, layer: number, x: Float32Array, rows: number, routing: Routing): Promise<Float32Array> {
+  paged.beginLayer(layer, routing.experts, { data: x, rows });
+  return runExperts(paged, layer, x, rows, store.index.dim, routing, 2);
+}
+
+function routeTo(experts: number[]): Routing {
+  return { experts: Int32Array.from(experts), weights: Float32Array.from(experts, () => 1 / experts.length) };
+}
+
+async function runTrace(budgetMb: number, policy: EvictionPolicy, prefetch = true) {
+  const paged = await PagedExperts.open(storeDir, { budgetMb, policy, prefetch, threads: 1 });
+  const budgetBytes = budgetMb * MiB;
+  const outputs: Float32Array[] = [];
+  let maxResident = 0;
+  try {
+    for (const { layer, x, rows, routing } of makeTrace(12, 7)) {
+      outputs.push(await runLayer(paged, layer, x, rows, routing));
+      maxResident = Math.max(maxResident, paged.stats().residentBytes);
+    }
+    return { outputs, stats: paged.stats(), maxResident, budgetBytes };
+  } finally {
+    await paged.dispose();
+  }
+}
+
+describe('expert cache', () => {
+  it('refuses a budget smaller than one layer\'s top-2 experts, naming the minimum', async () => {
+    const minimumMb = Math.ceil(((2 * store.expertBytes) / MiB) * 1e4) / 1e4;
+    expect(() => new ExpertCache(store, { budgetBytes: 1.5 * store.expertBytes })).toThrow(
+      new RegExp(`smaller than one layer's top-2 experts \\(2 × [\\d.]+ MiB\\); use at least ${minimumMb.toFixed(4)}`),
+    );
+    // The minimum it names is accepted.
+    expect(new ExpertCache(store, { budgetBytes: minimumMb * MiB }).slots).toBe(2);
+    await expect(PagedExperts.open(storeDir, { budgetMb: 0.01 })).rejects.toMatchObject({ type: 'invalid_request_error', param: 'expert_cache_mb' });
+  });
+
+  it('gives bit-identical expert outputs for budgets of two experts, half and all, with every policy', async () => {
+    const { layers, experts } = store.index;
+    const all = (layers * experts * store.expertBytes) / MiB;
+    const reference = await runTrace(all, 'lru', false);
+    expect(reference.stats.pageIns).toBe(new Set(makeTrace(12, 7).flatMap((s) => Array.from(s.routing.experts, (e) => `${s.layer}.${e}`))).size);
+    for (const policy of EVICTION_POLICIES) {
+      for (const budgetMb of [(2 * store.expertBytes) / MiB, all / 2, all]) {
+        const run = await runTrace(budgetMb, policy);
+        expect(run.outputs.length).toBe(reference.outputs.length);
+        run.outputs.forEach((out, i) => expect(Buffer.from(out.buffer).equals(Buffer.from(reference.outputs[i]!.buffer)), `${policy} ${budgetMb} MiB output ${i}`).toBe(true));
+        // Resident bytes never exceed the budget between steps; in flight adds at most two experts.
+        expect(run.maxResident).toBeLessThanOrEqual(run.budgetBytes);
+        expect(run.stats.peakBytes).toBeLessThanOrEqual(run.budgetBytes + 2 * store.expertBytes);
+        expect(run.stats.hits + run.stats.misses).toBe(reference.stats.hits + reference.stats.misses);
+        if (budgetMb < all) expect(run.stats.pageIns).toBeGreaterThan(reference.stats.pageIns);
+      }
+    }
+  });
+
+  it('shares one read between concurrent requests for the same expert', async () => {
+    const cache = new ExpertCache(store, { budgetBytes: 4 * store.expertBytes });
+    const leases = await Promise.all([cache.acquire(1, 3), cache.acquire(1, 3), cache.acquire(1, 3)]);
+    expect(cache.stats()).toMatchObject({ pageIns: 1, bytesPagedIn: store.expertBytes, residentBytes: store.expertBytes });
+    expect(int8(leases[0]!.weights).w13).toBe(int8(leases[2]!.weights).w13);
+    leases.forEach((lease) => lease.release());
+  });
+
+  it('counts used prefetches as prefetch hits and evicted unused ones as wasted', async () => {
+    const cache = new ExpertCache(store, { budgetBytes: 2 * store.expertBytes, policy: 'lru' });
+    cache.prefetch(1, [4, 5]);
+    (await cache.acquire(1, 4)).release(); // prefetched, used
+    await cache.idle();
+    (await cache.acquire(0, 0)).release(); // evicts the least recent: expert 5, never used
+    const stats = cache.stats();
+    expect(stats).toMatchObject({ prefetchIssued: 2, prefetchHits: 1, prefetchWasted: 1, predictionsMade: 2, predictionsUsed: 1 });
+    expect(stats.residentBytes).toBe(2 * store.expertBytes);
+    expect(stats.pageInHistogram.reduce((a, b) => a + b, 0)).toBe(stats.pageIns);
+  });
+
+  it('fails only the request that needs a missing expert file, naming it, and keeps serving others', async () => {
+    const damaged = join(work, 'damaged');
+    await cp(storeDir, damaged, { recursive: true });
+    await rm(join(damaged, 'experts-int8', 'L1-E6.bin'));
+    const paged = await PagedExperts.open(damaged, { budgetMb: (4 * store.expertBytes) / MiB, threads: 1 });
+    try {
+      const x = new Float32Array(store.index.dim).fill(0.5);
+      await expect(runLayer(paged, 1, x, 1, routeTo([5, 6]))).rejects.toMatchObject({
+        type: 'model_error',
+        message: expect.stringMatching(/cannot read expert file .*experts-int8\/L1-E6\.bin: ENOENT/),
+      });
+      const y = await runLayer(paged, 1, x, 1, routeTo([5, 4]));
+      expect(y.length).toBe(store.index.dim);
+      await expect(runLayer(paged, 1, x, 1, routeTo([6, 4]))).rejects.toThrow(/L1-E6\.bin/);
+      await paged.cache.idle();
+      // The broken expert holds no memory and nothing stays pinned: a full clear empties the cache.
+      expect(paged.stats().residentBytes).toBe(2 * store.expertBytes);
+      paged.cache.clear();
+      expect(paged.stats().residentBytes).toBe(0);
+    } finally {
+      await paged.dispose();
+    }
+  });
+});
+
+describe('expert graph', () => {
+  it('computes w2(silu(w1·x) ⊙ w3·x) from the int8 weights (activations quantised on the fly)', async () => {
+    const { dim, ffn } = store.index;
+    const graph = await ExpertGraph.create(dim, ffn, { threads: 1 });
+    try {
+      const w = int8(await store.read(0, 2, store.allocate()));
+      const rows = 3;
+      const x = Float32Array.from({ length: rows * dim }, (_, i) => Math.sin(i * 0.37));
+      const y = await graph.run(x, rows, w);
+      for (let r = 0; r < rows; r++) {
+        const h = new Float64Array(ffn);
+        for (let n = 0; n < ffn; n++) {
+          let a = 0;
+          let b = 0;
+          for (let k = 0; k < dim; k++) {
+            a += x[r * dim + k]! * w.w13[k * 2 * ffn + n]! * w.s13[n]!;
+            b += x[r * dim + k]! * w.w13[k * 2 * ffn + ffn + n]! * w.s13[ffn + n]!;
+          }
+          h[n] = (a / (1 + Math.exp(-a))) * b;
+        }
+        const expected = Array.from({ length: dim }, (_, n) => h.reduce((sum, hk, k) => sum + hk * w.w2[k * dim + n]! * w.s2[n]!, 0));
+        const scale = Math.max(...expected.map(Math.abs));
+        expected.forEach((value, n) => expect(Math.abs(y[r * dim + n]! - value)).toBeLessThan(0.03 * scale));
+      }
+    } finally {
+      await graph.dispose();
+    }
+  });
+});

@@ -1,0 +1,23 @@
+/**
+ * The engine's face: everything the server, the CLI and the benchmarks use of it. A converted store
+ * goes in (`loadModel`), batched forward steps over sequences come out; Mixtral experts stay
+ * resident or are paged from disk through the expert cache (experts/).
+ */
+export { DEVICES, type Device } from './device.ts';
+export {
+  EVICTION_POLICIES,
+  type EvictionPolicy,
+  ExpertCache,
+  type ExpertCacheCounters,
+  type ExpertCacheStats,
+} from './experts/expert-cache.ts';
+export { type ExpertBits, ExpertStore, expertFileBytes } from './experts/expert-store.ts';
+export {
+  type ForwardEntry,
+  type LoadOptions,
+  loadModel,
+  type ModelInfo,
+  type ModelRuntime,
+  type RoutingEvent,
+  type Sequence,
+} from './model-runtime.ts';

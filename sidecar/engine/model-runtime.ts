@@ -1,0 +1,333 @@
+/**
+ * The model runtime: load a converted store and run batched forward steps over sequences whose KV
+ * caches live in JS.
+ *
+ * Dense Mistral runs one decoder session per step. Mixtral runs, per layer, the attention session
+ * and then the routed experts from JS (moe.ts), and finally the head session.
+ */
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { createSession, type Device, type SessionSettings } from './device.ts';
+import { invalidRequest, modelError } from '../errors.ts';
+import { IO } from '../graph/models.ts';
+import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
+import type { Architecture, ModelConfig } from '../formats/model-config.ts';
+import { isStore, MANIFEST_FILE, readManifest, type Manifest } from '../formats/store-manifest.ts';
+import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
+import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
+import { PagedExperts } from './experts/paged-experts.ts';
+import { MIN_MATMUL_ROWS, type Precision } from '../formats/quantize.ts';
+
+export interface ModelInfo {
+  name: string;
+  architecture: Architecture;
+  vocabSize: number;
+  contextLength: number;
+  slidingWindow: number | null;
+  bosId: number;
+  eosId: number;
+  precision: Precision;
+}
+
+/** The experts one step chose: per layer, per entry, per new token the top-k ids (best first). */
+export interface RoutingEvent {
+  layer: number;
+  sequences: Sequence[];
+  experts: number[][][];
+}
+
+export interface LoadOptions {
+  /** The precision the caller expects: a store holding another one is refused with a clear error. */
+  precision?: Precision;
+  device?: Device;
+  threads?: number;
+  /**
+   * Mixtral: page experts from the store's int8 expert files through a cache of this many MiB
+   * (fractional allowed) instead of keeping every expert resident. Output is bit-identical for
+   * every budget (but not identical to the resident int4 experts). Ignored for dense models.
+   */
+  expertCacheMb?: number;
+  /** Expert cache tuning (benchmarks): eviction policy (default lru) and next-layer prefetch (default on). */
+  expertCache?: { policy?: EvictionPolicy; prefetch?: boolean };
+  /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
+  onExpertPageIn?: (seconds: number) => void;
+  /** Debug hook: called after each Mixtral layer's routing. */
+  onRouting?: (event: RoutingEvent) => void;
+}
+
+export interface Sequence {
+  readonly id: number;
+  /** Tokens already in its KV cache. */
+  readonly length: number;
+}
+
+export interface ForwardEntry {
+  sequence: Sequence;
+  tokens: number[];
+}
+
+export interface ModelRuntime {
+  readonly info: ModelInfo;
+  /** The store folder (tokenizer.json / tokenizer.model copied here when the checkpoint had one). */
+  readonly dir: string;
+  createSequence(): Sequence;
+  /**
+   * One step over a batch. Returns per entry the logits of its last new position ([vocabSize]),
+   * or of all its new positions ([n × vocabSize]) with `allPositions`. Not re-entrant.
+   */
+  forward(batch: ForwardEntry[], options?: { allPositions?: boolean }): Promise<Float32Array[]>;
+  releaseSequence(sequence: Sequence): void;
+  /** Expert-cache statistics when experts are paged (`expertCacheMb`), else null. */
+  expertCacheStats?(): ExpertCacheStats | null;
+  dispose(): Promise<void>;
+}
+
+/** Runs the graphs for one step; returns logits [rows, vocab] for `rows` (flat b*S+i indices). */
+interface StepRunner {
+  run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array>;
+  dispose(): Promise<void>;
+}
+
+function tensor(data: Float32Array, dims: number[]): ort.Tensor {
+  return new ort.Tensor('float32', data, dims);
+}
+
+function attentionFeeds(step: BatchStep, config: ModelConfig, layerRange: number[]): Record<string, ort.Tensor> {
+  const { cos, sin } = step.rope(config.ropeTheta);
+  const half = config.headDim / 2;
+  const feeds: Record<string, ort.Tensor> = {
+    [IO.cos]: tensor(cos, [step.batch, step.seq, half]),
+    [IO.sin]: tensor(sin, [step.batch, step.seq, half]),
+    [IO.mask]: tensor(step.mask(), [step.batch, 1, step.seq, step.total]),
+  };
+  const pastDims = [step.batch, config.nKvHeads, step.past, config.headDim];
+  for (const layer of layerRange) {
+    feeds[IO.pastKey(layer)] = tensor(step.pastTensor(layer, 'keys'), pastDims);
+    feeds[IO.pastValue(layer)] = tensor(step.pastTensor(layer, 'values'), pastDims);
+  }
+  return feeds;
+}
+
+function storeNewKv(step: BatchStep, layer: number, outputs: ort.InferenceSession.OnnxValueMapType): void {
+  step.store(layer, 'keys', outputs[IO.newKey(layer)].data as Float32Array);
+  step.store(layer, 'values', outputs[IO.newValue(layer)].data as Float32Array);
+}
+
+class DenseRunner implements StepRunner {
+  constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly config: ModelConfig,
+  ) {}
+
+  async run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array> {
+    const layers = Array.from({ length: this.config.nLayers }, (_, l) => l);
+    const feeds = attentionFeeds(step, this.config, layers);
+    feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
+    feeds[IO.logitRows] = new ort.Tensor('int64', rows, [rows.length]);
+    const outputs = await this.session.run(feeds);
+    for (const layer of layers) storeNewKv(step, layer, outputs);
+    return outputs[IO.logits].data as Float32Array;
+  }
+
+  async dispose(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+class MoeRunner implements StepRunner {
+  constructor(
+    private readonly layers: ort.InferenceSession[],
+    private readonly head: ort.InferenceSession,
+    private readonly experts: ExpertProvider,
+    private readonly config: ModelConfig,
+    private readonly onRouting?: (event: RoutingEvent) => void,
+  ) {}
+
+  async run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array> {
+    const { dim, numExperts, expertsPerToken: k } = this.config;
+    const hiddenDims = [step.batch, step.seq, dim];
+    // Only real (unpadded) positions go through the experts; padding rows get no FFN update.
+    const realRows: number[] = [];
+    step.entries.forEach((e, b) => e.tokens.forEach((_, i) => realRows.push(b * step.seq + i)));
+
+    let hidden: Float32Array | undefined;
+    for (let layer = 0; layer < this.layers.length; layer++) {
+      const feeds = attentionFeeds(step, this.config, [layer]);
+      if (layer === 0) feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
+      else feeds[IO.hidden] = tensor(hidden as Float32Array, hiddenDims);
+      const outputs = await this.layers[layer].run(feeds);
+      storeNewKv(step, layer, outputs);
+
+      const residual = outputs[IO.hiddenOut].data as Float32Array;
+      const ffnIn = outputs[IO.ffnIn].data as Float32Array;
+      const router = outputs[IO.routerLogits].data as Float32Array;
+      const x = new Float32Array(realRows.length * dim);
+      const logits = new Float32Array(realRows.length * numExperts);
+      realRows.forEach((row, i) => {
+        x.set(ffnIn.subarray(row * dim, (row + 1) * dim), i * dim);
+        logits.set(router.subarray(row * numExperts, (row + 1) * numExperts), i * numExperts);
+      });
+      const routing = routeTopK(logits, realRows.length, numExperts, k);
+      if (this.onRouting) this.reportRouting(step, layer, routing.experts);
+      if (this.experts.beginLayer) {
+        const realResidual = new Float32Array(realRows.length * dim);
+        realRows.forEach((row, i) => realResidual.set(residual.subarray(row * dim, (row + 1) * dim), i * dim));
+        this.experts.beginLayer(layer, routing.experts, { data: realResidual, rows: realRows.length });
+      }
+      const moe = await runExperts(this.experts, layer, x, realRows.length, dim, routing, k);
+      hidden = residual.slice();
+      realRows.forEach((row, i) => {
+        for (let d = 0; d < dim; d++) (hidden as Float32Array)[row * dim + d] += moe[i * dim + d];
+      });
+    }
+    const out = await this.head.run({
+      [IO.hidden]: tensor(hidden as Float32Array, hiddenDims),
+      [IO.logitRows]: new ort.Tensor('int64', rows, [rows.length]),
+    });
+    return out[IO.logits].data as Float32Array;
+  }
+
+  private reportRouting(step: BatchStep, layer: number, experts: Int32Array): void {
+    const k = this.config.expertsPerToken;
+    let slot = 0;
+    const perEntry = step.entries.map((e) => e.tokens.map(() => Array.from(experts.subarray(slot * k, (++slot) * k))));
+    this.onRouting?.({ layer, sequences: step.entries.map((e) => e.cache), experts: perEntry });
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all([...this.layers.map((s) => s.release()), this.head.release(), this.experts.dispose()]);
+  }
+}
+
+class EngineRuntime implements ModelRuntime {
+  private readonly sequences = new Map<number, SequenceCache>();
+  private nextId = 1;
+  private readonly cacheShape: CacheShape;
+  private readonly batchedPast: BatchedPast;
+
+  constructor(
+    readonly info: ModelInfo,
+    readonly dir: string,
+    private readonly config: ModelConfig,
+    private readonly runner: StepRunner,
+    private readonly pagedExperts: PagedExperts | null = null,
+  ) {
+    this.cacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
+    this.batchedPast = new BatchedPast(this.cacheShape);
+  }
+
+  createSequence(): Sequence {
+    const cache = new SequenceCache(this.nextId++, this.cacheShape);
+    this.sequences.set(cache.id, cache);
+    return cache;
+  }
+
+  releaseSequence(sequence: Sequence): void {
+    this.sequences.get(sequence.id)?.release();
+    this.sequences.delete(sequence.id);
+  }
+
+  expertCacheStats(): ExpertCacheStats | null {
+    return this.pagedExperts?.stats() ?? null;
+  }
+
+  private validate(batch: ForwardEntry[]): SequenceCache[] {
+    if (batch.length === 0) throw invalidRequest('forward needs at least one sequence');
+    const seen = new Set<number>();
+    return batch.map(({ sequence, tokens }) => {
+      const cache = this.sequences.get(sequence.id);
+      if (!cache || cache !== sequence) throw invalidRequest(`sequence ${sequence.id} is not active on this model (released or from another model)`);
+      if (seen.has(sequence.id)) throw invalidRequest(`sequence ${sequence.id} appears twice in one batch`);
+      seen.add(sequence.id);
+      if (!Array.isArray(tokens) || tokens.length === 0) throw invalidRequest('each batch entry needs at least one token', 'tokens');
+      tokens.forEach((t, i) => {
+        if (!Number.isInteger(t) || t < 0 || t >= this.info.vocabSize) {
+          throw invalidRequest(`token id ${t} at position ${i} is outside the vocabulary [0, ${this.info.vocabSize})`, 'tokens');
+        }
+      });
+      if (cache.length + tokens.length > this.info.contextLength) {
+        throw invalidRequest(`sequence would reach ${cache.length + tokens.length} tokens, beyond the model's context length of ${this.info.contextLength}`, 'tokens');
+      }
+      return cache;
+    });
+  }
+
+  async forward(batch: ForwardEntry[], options: { allPositions?: boolean } = {}): Promise<Float32Array[]> {
+    const caches = this.validate(batch);
+    const step = new BatchStep(
+      batch.map((e, i) => ({ cache: caches[i], tokens: e.tokens })),
+      this.cacheShape,
+      this.batchedPast,
+    );
+    const rows: number[] = [];
+    batch.forEach((e, b) => {
+      const first = options.allPositions ? 0 : e.tokens.length - 1;
+      for (let i = first; i < e.tokens.length; i++) rows.push(b * step.seq + i);
+    });
+    // lm_head rows come in pairs like every matmul's (see BatchStep); the extra row is dropped.
+    while (rows.length % MIN_MATMUL_ROWS !== 0) rows.push(rows[0]);
+    const logits = await this.runner.run(step, BigInt64Array.from(rows.map(BigInt)));
+    step.commit();
+    const vocab = this.info.vocabSize;
+    let offset = 0;
+    return batch.map((e) => {
+      const count = options.allPositions ? e.tokens.length : 1;
+      const slice = logits.slice(offset * vocab, (offset + count) * vocab);
+      offset += count;
+      return slice;
+    });
+  }
+
+  async dispose(): Promise<void> {
+    for (const cache of this.sequences.values()) cache.release();
+    this.sequences.clear();
+    this.batchedPast.clear();
+    await this.runner.dispose();
+  }
+}
+
+/** Loads a converted store (see convert/loader.ts for checkpoint folders, converted once). */
+export async function loadModel(storeDir: string, options: LoadOptions = {}): Promise<ModelRuntime> {
+  if (!(await isStore(storeDir))) {
+    throw modelError(`${storeDir} is not a converted store (no ${MANIFEST_FILE}); convert it with \`sirocco convert\` first`);
+  }
+  const manifest: Manifest = await readManifest(storeDir);
+  if (options.precision && options.precision !== manifest.precision) {
+    throw modelError(`store ${storeDir} holds ${manifest.precision} weights, not ${options.precision}; convert the checkpoint with --precision ${options.precision}`);
+  }
+  const { config } = manifest;
+  const settings: SessionSettings = { device: options.device ?? 'cpu', threads: options.threads ?? 2 };
+  const path = (file: string) => join(storeDir, file);
+
+  let runner: StepRunner;
+  let paged: PagedExperts | null = null;
+  const { decoder, layers, experts, head } = manifest.graphs;
+  if (config.numExperts === 0) {
+    if (!decoder) throw modelError(`${path('manifest.json')}: dense model without a decoder graph`);
+    runner = new DenseRunner(await createSession(path(decoder.graph), settings), config);
+  } else {
+    if (!layers || !experts || !head) throw modelError(`${path('manifest.json')}: Mixtral store without layer, expert or head graphs`);
+    const layerSessions = [];
+    for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
+    const provider =
+      options.expertCacheMb !== undefined
+        ? (paged = await PagedExperts.open(storeDir, { budgetMb: options.expertCacheMb, ...options.expertCache, ...settings, onPageIn: options.onExpertPageIn }))
+        : await ResidentExpertProvider.load(
+            experts.map((row) => row.map((e) => path(e.graph))),
+            config.dim,
+            settings,
+          );
+    runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
+  }
+  const info: ModelInfo = {
+    name: manifest.name,
+    architecture: config.architecture,
+    vocabSize: config.vocabSize,
+    contextLength: config.contextLength,
+    slidingWindow: config.slidingWindow,
+    bosId: config.bosId,
+    eosId: config.eosId,
+    precision: manifest.precision,
+  };
+  return new EngineRuntime(info, storeDir, config, runner, paged);
+}

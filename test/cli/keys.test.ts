@@ -1,0 +1,107 @@
+/**
+ * `sirocco keys` as an operator runs it: the real CLI process against a real `wrangler dev` edge
+ * (throwaway KV state), creating, listing and revoking keys, and every kind of mistake.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../cli/commands/dev.ts';
+
+const REPO_ROOT = resolve(import.meta.dirname, '../..');
+const ADMIN_SECRET = 'keys-cli-test-admin-secret';
+
+let edgeUrl: string;
+let wrangler: ChildProcess | undefined;
+let persistTo: string;
+
+function sirocco(args: string[], env: Record<string, string | undefined> = {}) {
+  return new Promise<{ code: number; stdout: string; stderr: string }>((done) => {
+    execFile(
+      process.execPath,
+      [join(REPO_ROOT, 'bin/sirocco.mjs'), 'keys', ...args],
+      { env: { ...process.env, SIROCCO_ADMIN_SECRET: ADMIN_SECRET, ...env }, cwd: REPO_ROOT },
+      (error, stdout, stderr) => done({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+async function waitForHealth(url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (wrangler?.exitCode !== null) throw new Error('wrangler dev exited during start-up');
+    try {
+      if ((await fetch(`${url}/health`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`wrangler dev did not answer /health within ${timeoutMs} ms`);
+    await new Promise((wait) => setTimeout(wait, 250));
+  }
+}
+
+beforeAll(async () => {
+  const port = await freePort();
+  persistTo = await mkdtemp(join(tmpdir(), 'sirocco-keys-test-'));
+  edgeUrl = `http://127.0.0.1:${port}`;
+  const args = [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'dev', '--port', String(port), '--ip', '127.0.0.1'];
+  args.push('--persist-to', persistTo, '--show-interactive-dev-session=false', '--log-level', 'error');
+  args.push('--var', `SIROCCO_ADMIN_SECRET:${ADMIN_SECRET}`, '--inspector-port', String(await freePort()));
+  wrangler = spawn(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, stdio: 'ignore', detached: true });
+  await waitForHealth(edgeUrl, 90_000);
+}, 120_000);
+
+afterAll(async () => {
+  if (wrangler?.pid && wrangler.exitCode === null) process.kill(-wrangler.pid, 'SIGTERM'); // its own group: workerd too
+  await rm(persistTo, { recursive: true, force: true });
+});
+
+describe('sirocco keys', () => {
+  it('creates a key that is printed once and works, lists it, and revokes it', async () => {
+    const created = await sirocco(['create', '--url', edgeUrl, '--tenant', 'acme', '--models', 'mistral-tiny,open-mixtral-8x7b', '--rpm', '30', '--tpm', '5000']);
+    expect(created.code).toBe(0);
+    const key = created.stdout.trim();
+    expect(key).toMatch(/^sk-sirocco-[0-9a-f]{48}$/);
+    expect(created.stderr).toMatch(/cannot be shown again/);
+
+    const models = await fetch(`${edgeUrl}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+    expect(models.status).toBe(200);
+
+    const listed = await sirocco(['list', '--url', edgeUrl, '--json']);
+    const keys = JSON.parse(listed.stdout) as { id: string; tenant: string; models: string[]; rpm: number; tpm: number }[];
+    const entry = keys.find((candidate) => candidate.tenant === 'acme');
+    expect(entry).toMatchObject({ models: ['mistral-tiny', 'open-mixtral-8x7b'], rpm: 30, tpm: 5000 });
+    expect(listed.stdout).not.toContain(key);
+
+    const plain = await sirocco(['list', '--url', edgeUrl]);
+    expect(plain.stdout).toContain(`${entry?.id}  tenant=acme`);
+
+    const revoked = await sirocco(['revoke', entry!.id, '--url', edgeUrl]);
+    expect(revoked).toMatchObject({ code: 0, stdout: `revoked ${entry?.id}\n` });
+    expect((await fetch(`${edgeUrl}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).status).toBe(401);
+  });
+
+  it('provisions a chosen key value (what npm start does with SIROCCO_DEV_KEY)', async () => {
+    const created = await sirocco(['create', '--url', edgeUrl, '--key', 'sk-chosen-value-0123456789', '--json']);
+    expect(JSON.parse(created.stdout)).toMatchObject({ key: 'sk-chosen-value-0123456789', tenant: 'default', models: ['*'] });
+  });
+
+  it('explains every mistake with a message and a non-zero exit code', async () => {
+    const noSecret = await sirocco(['list', '--url', edgeUrl], { SIROCCO_ADMIN_SECRET: '' });
+    expect(noSecret).toMatchObject({ code: 2, stderr: expect.stringMatching(/set SIROCCO_ADMIN_SECRET/) });
+
+    const wrongSecret = await sirocco(['list', '--url', edgeUrl], { SIROCCO_ADMIN_SECRET: 'nope' });
+    expect(wrongSecret).toMatchObject({ code: 1, stderr: expect.stringMatching(/HTTP 401.*invalid admin secret/) });
+
+    const unreachable = await sirocco(['list', '--url', `http://127.0.0.1:${await freePort()}`]);
+    expect(unreachable).toMatchObject({ code: 1, stderr: expect.stringMatching(/cannot reach the edge/) });
+
+    expect(await sirocco(['create', '--url', edgeUrl, '--rpm', 'lots'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--rpm must be an integer/) });
+    expect(await sirocco(['create', '--url', edgeUrl, '--key', 'short'])).toMatchObject({ code: 1, stderr: expect.stringMatching(/HTTP 422.*key/) });
+    expect(await sirocco(['revoke', 'xyz', '--url', edgeUrl])).toMatchObject({ code: 2, stderr: expect.stringMatching(/16 hex digits/) });
+    expect(await sirocco(['revoke', '0123456789abcdef', '--url', edgeUrl])).toMatchObject({ code: 1, stderr: expect.stringMatching(/HTTP 404/) });
+    expect(await sirocco(['rotate'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/unknown action "rotate"/) });
+    expect(await sirocco(['list', '--url', 'not a url'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--url must be/) });
+  });
+});

@@ -1,0 +1,109 @@
+/**
+ * API-key and admin authentication through the worker app in workerd, with the real KV simulator.
+ */
+import { env } from 'cloudflare:workers';
+import { describe, expect, it } from 'vitest';
+import { sha256Hex } from '../../shared/crypto.ts';
+import { ADMIN_SECRET, setup } from './harness.ts';
+import { ApiKeyCache } from '../../edge/auth/index.ts';
+
+const edge = setup();
+
+describe('API keys', () => {
+  it('answers a missing or malformed Authorization header with 401 in Mistral format', async () => {
+    for (const authorization of [undefined, 'Basic abc', 'Bearer']) {
+      const response = await edge.send('/v1/models', { headers: authorization ? { authorization } : {} });
+      expect(response.status).toBe(401);
+      expect(await response.json()).toMatchObject({ object: 'error', type: 'unauthorized', param: null, code: null });
+    }
+  });
+
+  it('answers an unknown key with 401', async () => {
+    const response = await edge.chat('sk-sirocco-not-a-real-key', {});
+    expect(response.status).toBe(401);
+    expect(((await response.json()) as { message: string }).message).toMatch(/invalid API key/);
+  });
+
+  it('stores only the SHA-256 of a key, never the key', async () => {
+    const key = await edge.apiKey({ tenant: 'hash-check' });
+    const listed = await env.API_KEYS.list();
+    const names = listed.keys.map((entry) => entry.name);
+    expect(names).toContain(`key:${await sha256Hex(key)}`);
+    for (const name of names) {
+      expect(name).not.toContain(key);
+      expect(await env.API_KEYS.get(name)).not.toContain(key);
+    }
+  });
+
+  it('lets a valid key through and forbids models outside its list with 403', async () => {
+    const key = await edge.apiKey({ models: ['open-mistral-7b'] });
+    expect((await edge.chat(key, { model: 'mistral-tiny' })).status).toBe(200);
+    const denied = await edge.chat(key, { model: 'mistral-small' });
+    expect(denied.status).toBe(403);
+    expect(await denied.json()).toMatchObject({ object: 'error', type: 'forbidden', param: 'model' });
+    const models = (await (await edge.send('/v1/models', { headers: { authorization: `Bearer ${key}` } })).json()) as { data: { id: string }[] };
+    expect(models.data.map((model) => model.id)).toEqual(['mistral-tiny']);
+  });
+});
+
+describe('admin routes', () => {
+  const admin = { authorization: `Bearer ${ADMIN_SECRET}`, 'content-type': 'application/json' };
+
+  it('require the admin secret', async () => {
+    expect((await edge.send('/admin/keys')).status).toBe(401);
+    expect((await edge.send('/admin/keys', { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
+  });
+
+  it('are off when no admin secret is configured', async () => {
+    const withoutSecret = setup({ SIROCCO_ADMIN_SECRET: undefined });
+    const response = await withoutSecret.send('/admin/keys', { headers: admin });
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { message: string }).message).toMatch(/SIROCCO_ADMIN_SECRET/);
+  });
+
+  it('create a key that works once, list it without the key, and revoke it', async () => {
+    const created = await edge.send('/admin/keys', {
+      method: 'POST',
+      headers: admin,
+      body: JSON.stringify({ tenant: 'globex', models: ['mistral-tiny'], rpm: 10, tpm: 1000 }),
+    });
+    expect(created.status).toBe(201);
+    const { key, id } = (await created.json()) as { key: string; id: string };
+    expect(key).toMatch(/^sk-sirocco-[0-9a-f]{48}$/);
+    expect((await edge.chat(key, {})).status).toBe(200);
+
+    const list = (await (await edge.send('/admin/keys', { headers: admin })).json()) as { data: Record<string, unknown>[] };
+    expect(list.data).toContainEqual(expect.objectContaining({ id, tenant: 'globex', models: ['mistral-tiny'], rpm: 10, tpm: 1000 }));
+    expect(JSON.stringify(list)).not.toContain(key);
+
+    expect((await edge.send(`/admin/keys/${id}`, { method: 'DELETE', headers: admin })).status).toBe(200);
+    expect((await edge.chat(key, {})).status).toBe(401);
+    const again = await edge.send(`/admin/keys/${id}`, { method: 'DELETE', headers: admin });
+    expect(again.status).toBe(404);
+  });
+
+  it('provision a known key value and validate the create body', async () => {
+    const known = 'sk-sirocco-dev-key-for-npm-start';
+    const created = await edge.send('/admin/keys', { method: 'POST', headers: admin, body: JSON.stringify({ tenant: 'dev', key: known }) });
+    expect(created.status).toBe(201);
+    expect((await edge.chat(known, {})).status).toBe(200);
+
+    const bad = await edge.send('/admin/keys', { method: 'POST', headers: admin, body: JSON.stringify({ tenant: '', rpm: -1, colour: 'red' }) });
+    expect(bad.status).toBe(422);
+    expect(((await bad.json()) as { detail: unknown[] }).detail).toHaveLength(3);
+  });
+});
+
+describe('ApiKeyCache', () => {
+  const record = { id: 'abcdef0123456789', hash: `abcdef0123456789${'0'.repeat(48)}`, tenant: 't', models: ['*'], limits: { requestsPerMinute: 1, tokensPerMinute: 1 }, createdAt: 0 };
+
+  it('serves a verified record until its TTL ends, and forgets it on eviction by id', () => {
+    const cache = new ApiKeyCache(1000);
+    cache.set(record, 0);
+    expect(cache.get(record.hash, 999)).toEqual(record);
+    expect(cache.get(record.hash, 1000)).toBeUndefined();
+    cache.set(record, 0);
+    cache.evict(record.id);
+    expect(cache.get(record.hash, 1)).toBeUndefined();
+  });
+});
