@@ -81,6 +81,24 @@ describe('masked sampling', () => {
     expect(() => JSON.parse(text)).not.toThrow();
   });
 
+  it.each([6, 9, 12, 17, 24])('closes within %s tokens when a late token opens several levels at once', (maxTokens) => {
+    // `:{"` after a key opens a value, an object and a key in one token: the completion grows by
+    // several characters, so the budget must be checked at every step, not only near the end.
+    const opener = tokenizer.encode('{"')[0]!;
+    const keyCloseOpen = tokenizer.encode('":{"').slice(0, 2);
+    const logits = (step: number) => {
+      const row = new Float32Array(tokenizer.vocabSize).fill(-5);
+      row[opener] = 12;
+      for (const id of keyCloseOpen) row[id] = 14;
+      row[tokenizer.encode('word')[0]!] = step % 2 === 0 ? 16 : 8;
+      return row;
+    };
+    const { text, complete, ids } = run(logits, maxTokens, 0, 0);
+    expect(complete).toBe(true);
+    expect(ids.length).toBeLessThanOrEqual(maxTokens);
+    expect(() => JSON.parse(text)).not.toThrow();
+  });
+
   it('never picks EOS before the object is complete, even when EOS has the top logit', () => {
     const logits = () => {
       const row = new Float32Array(tokenizer.vocabSize);

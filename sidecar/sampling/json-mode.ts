@@ -11,11 +11,12 @@
  * character (lone byte-fallback tokens ≥ 0x80) are never allowed; EOS is never needed, because the
  * answer ends at the object's closing brace.
  *
- * Budget: once the tokens left are no more than the shortest completion (closingText) plus
- * CLOSING_MARGIN, only tokens that shorten that completion are allowed, so the object closes
- * within max_tokens whenever single-character tokens for the closers exist (they do in the Mistral
- * vocabulary). With a max_tokens too small for even that, the answer ends with finish_reason
- * "length" and is not complete JSON.
+ * Budget: a token is allowed only if the shortest completion after it (closingText) still fits in
+ * the tokens left after it, one character per token. Checking this at every step, not only near
+ * the end, matters: a single token such as `:{"` can lengthen the completion by several
+ * characters. So the object closes within max_tokens whenever single-character tokens for the
+ * closers exist (they do in the Mistral vocabulary). With a max_tokens too small for even the
+ * shortest object, the answer ends with finish_reason "length" and is not complete JSON.
  */
 import { modelError } from '../errors.ts';
 import type { Sampler } from './sampler.ts';
@@ -24,8 +25,12 @@ import { advanceText, closingText, initialJsonState, isJsonComplete, type JsonSt
 
 /** Tokens examined per step before falling back to a full vocabulary scan. */
 export const CANDIDATES = 64;
-/** Extra tokens kept in hand before the budget steering starts closing the object. */
-export const CLOSING_MARGIN = 2;
+/**
+ * More completion characters than one token can add (a token is at most a few dozen characters and
+ * each character adds at most a few closers): with more tokens left than the completion plus this,
+ * the budget cannot bind.
+ */
+const UNBOUNDED_GROWTH = 256;
 /** Full-scan results remembered per vocabulary (states outside strings recur constantly). */
 const SCAN_CACHE_ENTRIES = 512;
 /** Only results this small are remembered (inside strings nearly every token is allowed). */
@@ -155,7 +160,7 @@ export function createJsonModeSampler<S = JsonState>(
   let state: S = constraint.initial;
   let masked = new Float32Array(0);
 
-  /** Allowed tokens with their next states; when closing, only those that shorten the completion. */
+  /** Allowed tokens with their next states; with a limit, only those whose completion fits in it. */
   const allowed = (ids: Iterable<number>, closeWithin: number | null): Map<number, S> => {
     const found = new Map<number, S>();
     for (const id of ids) {
@@ -163,7 +168,7 @@ export function createJsonModeSampler<S = JsonState>(
       if (!piece) continue;
       const after = constraint.advance(state, piece);
       if (after === null) continue;
-      if (closeWithin !== null && constraint.closing(after).length >= closeWithin) continue;
+      if (closeWithin !== null && constraint.closing(after).length > closeWithin) continue;
       found.set(id, after);
     }
     return found;
@@ -191,11 +196,14 @@ export function createJsonModeSampler<S = JsonState>(
       return constraint.isComplete(state);
     },
     sample(logits: Float32Array, remaining: number): number {
-      const needed = constraint.closing(state).length;
-      const closeWithin = remaining <= needed + CLOSING_MARGIN ? needed : null;
+      // The completion after this token must fit in the tokens left after it. Far from the end the
+      // limit cannot bind (no token lengthens the completion by that much): full scans then share
+      // one cache entry per state instead of one per remaining count.
+      const tokensAfter = Math.max(0, remaining - 1);
+      const closeWithin = tokensAfter < constraint.closing(state).length + UNBOUNDED_GROWTH ? tokensAfter : null;
       let choices: ReadonlyMap<number, S> = allowed(topCandidates(logits, CANDIDATES), closeWithin);
       if (choices.size === 0) choices = fullScan(closeWithin);
-      // No token shortens the completion (an unusual vocabulary): fall back to any valid token.
+      // No token keeps the completion within the budget (an unusual vocabulary): any valid token.
       if (choices.size === 0 && closeWithin !== null) choices = fullScan(null);
       if (choices.size === 0) throw modelError(`JSON mode: no token of the model's vocabulary can continue the JSON answer (${constraint.id})`);
       if (masked.length !== logits.length) masked = new Float32Array(logits.length);
