@@ -168,9 +168,13 @@ describe('expert cache', () => {
 });
 
 describe('expert graph', () => {
-  it('computes w2(silu(w1·x) ⊙ w3·x) from the int8 weights (activations quantised on the fly)', async () => {
+  // Default: int8 weights where this CPU's u8×s8 products are exact, sign-flipped uint8 elsewhere.
+  it.each([
+    ['this CPU', undefined],
+    ['uint8 weights', true],
+  ])('computes w2(silu(w1·x) ⊙ w3·x) from the int8 weights, activations quantised on the fly (%s)', async (_, unsignedWeights) => {
     const { dim, ffn } = store.index;
-    const graph = await ExpertGraph.create(dim, ffn, { threads: 1 });
+    const graph = await ExpertGraph.create(dim, ffn, { threads: 1, unsignedWeights });
     try {
       const w = int8(await store.read(0, 2, store.allocate()));
       const rows = 3;

@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { createSession, type Device } from '../device.ts';
+import { cpuHasExactInt8DotProduct, createSession, type Device } from '../device.ts';
 import { SidecarError, modelError } from '../../errors.ts';
 import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
 import { Int4ExpertKernel } from './expert-kernel.ts';
@@ -23,23 +23,31 @@ import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from '../../graph/onnx-gr
 export interface ExpertGraphOptions {
   threads?: number;
   device?: Device;
+  /** Feed the weights as uint8 (exact on every CPU); default: only where int8 products saturate. */
+  unsignedWeights?: boolean;
 }
 
-/** Builds the expert FFN graph for a given width into `path` (no weights inside it). */
-function buildExpertGraph(path: string, dim: number, ffn: number): void {
+/**
+ * Builds the expert FFN graph for a given width into `path` (no weights inside it). With
+ * `unsignedWeights` the weights come in as uint8 with zero point 128 (the int8 bytes with their
+ * sign bit flipped), so onnxruntime takes its exact u8×u8 path: see cpuHasExactInt8DotProduct.
+ */
+function buildExpertGraph(path: string, dim: number, ffn: number, unsignedWeights: boolean): void {
   const external = new ExternalDataWriter(`${path}.data`);
   try {
     const g = new GraphBuilder('expert_ffn', external);
+    const weightType = unsignedWeights ? 'uint8' : 'int8';
     const x = g.input('x', 'float32', ['rows', dim]);
-    const w13 = g.input('w13', 'int8', [dim, 2 * ffn]);
+    const w13 = g.input('w13', weightType, [dim, 2 * ffn]);
     const s13 = g.input('s13', 'float32', [2 * ffn]);
-    const w2 = g.input('w2', 'int8', [ffn, dim]);
+    const w2 = g.input('w2', weightType, [ffn, dim]);
     const s2 = g.input('s2', 'float32', [dim]);
+    const zeroPoints = (count: number): string[] => (unsignedWeights ? [g.initializer(`zero_point_${count}`, 'uint8', [count], new Uint8Array(count).fill(128))] : []);
     // w1 and w3 are one [dim, 2·ffn] matrix so both projections cost one pass over x.
-    const h = g.op('DynamicQuantizeMatMul', [x, w13, s13], undefined, MS_DOMAIN);
+    const h = g.op('DynamicQuantizeMatMul', [x, w13, s13, ...zeroPoints(2 * ffn)], undefined, MS_DOMAIN);
     const [gate, up] = g.node('Split', [h, g.ints([ffn, ffn])], { outputs: 2, attrs: { axis: 1 } }) as [string, string];
     const silu = g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
-    const y = g.op('DynamicQuantizeMatMul', [g.op('Mul', [silu, up]), w2, s2], undefined, MS_DOMAIN);
+    const y = g.op('DynamicQuantizeMatMul', [g.op('Mul', [silu, up]), w2, s2, ...zeroPoints(dim)], undefined, MS_DOMAIN);
     g.output(y, 'y', 'float32', ['rows', dim]);
     g.save(path);
   } finally {
@@ -47,20 +55,37 @@ function buildExpertGraph(path: string, dim: number, ffn: number): void {
   }
 }
 
+/** `bytes` with every sign bit flipped into `out`: int8 q becomes uint8 q + 128. */
+function flipSignBits(bytes: Int8Array, out: Uint8Array): Uint8Array {
+  const words = bytes.length >>> 2;
+  const source = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
+  const target = new Uint32Array(out.buffer, out.byteOffset, words);
+  for (let i = 0; i < words; i++) target[i] = source[i]! ^ 0x80808080;
+  for (let i = words << 2; i < bytes.length; i++) out[i] = (bytes[i]! + 128) & 0xff;
+  return out;
+}
+
 export class ExpertGraph {
+  /** Sign-flipped copies of the running expert's weights, when the CPU needs unsigned weights. */
+  private readonly unsigned: { w13: Uint8Array; w2: Uint8Array } | null;
+
   private constructor(
     private readonly session: ort.InferenceSession,
     readonly dim: number,
     readonly ffn: number,
-  ) {}
+    unsignedWeights: boolean,
+  ) {
+    this.unsigned = unsignedWeights ? { w13: allocateWords(dim * 2 * ffn), w2: allocateWords(ffn * dim) } : null;
+  }
 
   static async create(dim: number, ffn: number, options: ExpertGraphOptions = {}): Promise<ExpertGraph> {
     const dir = await mkdtemp(join(tmpdir(), 'sirocco-expert-graph-'));
+    const unsignedWeights = options.unsignedWeights ?? !cpuHasExactInt8DotProduct();
     try {
       const path = join(dir, 'expert-ffn.onnx');
-      buildExpertGraph(path, dim, ffn);
+      buildExpertGraph(path, dim, ffn, unsignedWeights);
       const session = await createSession(path, { device: options.device ?? 'cpu', threads: options.threads ?? 2 });
-      return new ExpertGraph(session, dim, ffn);
+      return new ExpertGraph(session, dim, ffn, unsignedWeights);
     } catch (error) {
       if (error instanceof SidecarError) throw error;
       throw modelError(`cannot create the expert FFN graph (dim ${dim}, ffn ${ffn}): ${error instanceof Error ? error.message : String(error)}`, error);
@@ -71,21 +96,30 @@ export class ExpertGraph {
 
   /** Runs one expert on `rows` row vectors `x` ([rows, dim], row-major); returns [rows, dim]. */
   async run(x: Float32Array, rows: number, weights: Int8ExpertWeights): Promise<Float32Array> {
-    const { dim, ffn } = this;
+    const { dim, ffn, unsigned } = this;
     if (x.length !== rows * dim) throw new RangeError(`expert input has ${x.length} values, expected ${rows}×${dim}`);
+    const w13 = unsigned ? new ort.Tensor('uint8', flipSignBits(weights.w13, unsigned.w13), [dim, 2 * ffn]) : new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]);
+    const w2 = unsigned ? new ort.Tensor('uint8', flipSignBits(weights.w2, unsigned.w2), [ffn, dim]) : new ort.Tensor('int8', weights.w2, [ffn, dim]);
     const result = await this.session.run({
       x: new ort.Tensor('float32', x, [rows, dim]),
-      w13: new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]),
+      w13,
       s13: new ort.Tensor('float32', weights.s13, [2 * ffn]),
-      w2: new ort.Tensor('int8', weights.w2, [ffn, dim]),
+      w2,
       s2: new ort.Tensor('float32', weights.s2, [dim]),
     });
-    return result.y!.data as Float32Array;
+    const y = result.y;
+    if (!y) throw modelError('the expert FFN graph returned no output');
+    return y.data as Float32Array;
   }
 
   async dispose(): Promise<void> {
     await this.session.release();
   }
+}
+
+/** A byte buffer whose length is padded to whole 32-bit words (flipSignBits works a word at a time). */
+function allocateWords(bytes: number): Uint8Array {
+  return new Uint8Array(new ArrayBuffer(Math.ceil(bytes / 4) * 4), 0, bytes);
 }
 
 export interface PagedExpertsOptions {
