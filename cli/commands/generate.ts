@@ -13,6 +13,9 @@ import { loadTokenizer } from '../../sidecar/text/tokenizer.ts';
 export const summary =
   'stream a completion: --prompt TEXT [--model DIR|demo|demo-small] [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--raw]';
 
+/** New tokens when --max-tokens is not given. */
+const DEFAULT_MAX_TOKENS = 128;
+
 const HELP = `usage: sirocco generate --prompt TEXT [options]
 
   --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store;
@@ -20,7 +23,7 @@ const HELP = `usage: sirocco generate --prompt TEXT [options]
                         The demo models have random weights: their text is nonsense.
   --prompt TEXT         the user message (wrapped in Mistral's [INST] template unless --raw)
   --raw                 feed the prompt as plain text after BOS, without the chat template
-  --max-tokens N        new tokens at most (default 128)
+  --max-tokens N        new tokens at most (default 128, or what the context has left)
   --temperature T       0 = greedy (default 0.7)
   --top-p P             nucleus sampling mass in (0, 1] (default 1)
   --seed S              random seed: the same seed gives the same text
@@ -50,7 +53,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const prompt = requireOption(values.prompt, 'prompt');
-  const maxTokens = parseNumberOption(values['max-tokens'], 'max-tokens', { integer: true, min: 1 }) ?? 128;
+  const maxTokensFlag = parseNumberOption(values['max-tokens'], 'max-tokens', { integer: true, min: 1 });
   const temperature = parseNumberOption(values.temperature, 'temperature', { min: 0 }) ?? 0.7;
   const topP = parseNumberOption(values['top-p'], 'top-p', { min: Number.MIN_VALUE, max: 1 }) ?? 1;
   const seed = parseNumberOption(values.seed, 'seed', { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER });
@@ -68,6 +71,8 @@ export async function run(argv: string[]): Promise<number> {
     const promptIds = values.raw
       ? [tokenizer.bosId, ...tokenizer.encode(prompt)]
       : renderChatPrompt(tokenizer, [{ role: 'user', content: prompt }]);
+    // An explicit --max-tokens the context cannot hold is refused, as the API refuses it.
+    const maxTokens = maxTokensFlag ?? Math.max(1, Math.min(DEFAULT_MAX_TOKENS, runtime.info.contextLength - promptIds.length));
     const started = performance.now();
     for await (const event of generate(runtime, tokenizer, promptIds, { maxTokens, temperature, topP, seed, signal: controller.signal })) {
       if (event.type === 'text') {

@@ -11,7 +11,7 @@ import {
 } from '../../shared/api.ts';
 import { renderChatPrompt, type ChatMessage } from '../text/chat-template.ts';
 import { invalidRequest } from '../errors.ts';
-import type { GenerationRequest } from '../serving/scheduler.ts';
+import type { GenerationRequest } from '../serving/decoder.ts';
 import type { Tokenizer } from '../text/tokenizer.ts';
 import { RequestValidationError } from './error-response.ts';
 

@@ -6,7 +6,7 @@
  */
 import type { ChatCompletionChunk, ChatCompletionResponse, Usage } from '../../shared/api.ts';
 import { SSE_DONE, encodeSseData } from '../../shared/sse.ts';
-import type { GenerateEvent } from '../serving/generate.ts';
+import type { GenerateEvent } from '../serving/decoder.ts';
 import { streamErrorFrame } from '../../shared/errors.ts';
 import { errorBodyOf, toSidecarError } from './error-response.ts';
 

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { Context } from 'hono';
 import { SSE_HEADERS } from '../../shared/sse.ts';
 import { SidecarError } from '../errors.ts';
-import type { GenerateEvent } from '../serving/generate.ts';
+import type { GenerateEvent } from '../serving/decoder.ts';
 import type { Logger } from './logger.ts';
 import { parseChatRequest, toGenerationRequest } from './chat-request.ts';
 import { collectCompletion, completionStream, type CompletionIdentity, type GenerationOutcome } from './chat-response.ts';

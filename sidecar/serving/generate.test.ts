@@ -6,7 +6,9 @@ import { renderChatPrompt } from '../text/chat-template.ts';
 import { convertCheckpoint } from '../convert/convert.ts';
 import { writeDemoCheckpoint } from '../convert/demo-model.ts';
 import { SidecarError } from '../errors.ts';
-import { generate, type GenerateEvent, type GenerateOptions } from './generate.ts';
+import type { GenerateEvent } from './decoder.ts';
+import { generate, type GenerateOptions } from './generate.ts';
+import { Scheduler } from './scheduler.ts';
 import { loadModel, type ModelRuntime, type Sequence } from '../engine/index.ts';
 import { argmax } from '../sampling/sampler.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
@@ -31,7 +33,7 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-const GREEDY: GenerateOptions = { maxTokens: 12, temperature: 0, topP: 1 };
+const GREEDY = { maxTokens: 12, temperature: 0, topP: 1 } satisfies GenerateOptions;
 
 async function collect(events: AsyncGenerator<GenerateEvent>) {
   let text = '';
@@ -117,8 +119,9 @@ describe('generate', () => {
     expect(text).toBe(firstThree);
   });
 
-  it('ends with "length" where the context ends, before max_tokens', async () => {
-    const { done } = await collect(generate(adapted(runtime, { contextLength: prompt.length + 5 }), tokenizer, prompt, GREEDY));
+  it('without max_tokens, ends with "length" where the context ends', async () => {
+    const { maxTokens: _, ...unbounded } = GREEDY;
+    const { done } = await collect(generate(adapted(runtime, { contextLength: prompt.length + 5 }), tokenizer, prompt, unbounded));
     expect(done).toMatchObject({ finishReason: 'length', completionTokens: 5 });
   });
 
@@ -144,7 +147,9 @@ describe('generate', () => {
   it.each<[string, () => Partial<GenerateOptions> & { prompt?: number[] }, string, RegExp]>([
     ['max_tokens 0', () => ({ maxTokens: 0 }), 'max_tokens', /max_tokens must be a positive integer/],
     ['an empty prompt', () => ({ prompt: [] }), 'messages', /prompt is empty/],
-    ['a prompt as long as the context', () => ({ prompt: new Array<number>(runtime.info.contextLength).fill(5) }), 'messages', /leaves no room/],
+    ['a prompt as long as the context', () => ({ prompt: new Array<number>(runtime.info.contextLength).fill(5) }), 'messages', /context length is/],
+    ['max_tokens past the context', () => ({ maxTokens: runtime.info.contextLength }), 'max_tokens', /exceeds the model's context length/],
+    ['a stop that is not a list of strings', () => ({ stop: [3] as unknown as string[] }), 'stop', /stop must be a list of strings/],
     ['a negative temperature', () => ({ temperature: -0.5 }), 'temperature', /temperature/],
   ])('rejects %s before any model work', async (_, change, param, pattern) => {
     const { prompt: ids = prompt, ...options } = change();
@@ -155,5 +160,31 @@ describe('generate', () => {
     expect(error).toBeInstanceOf(SidecarError);
     expect(error).toMatchObject({ type: 'invalid_request_error', param });
     expect((error as Error).message).toMatch(pattern);
+  });
+});
+
+describe('generate and the sidecar scheduler decode alike', () => {
+  it('give the same text and usage for the same seeded request', async () => {
+    const request = { maxTokens: 16, temperature: 1, topP: 0.9, seed: 42, stop: ['.'] };
+    const scheduler = new Scheduler({ runtime, tokenizer, maxBatch: 4, maxQueue: 4 });
+    const served = await collect(scheduler.submit({ ...request, promptIds: prompt }));
+    const alone = await collect(generate(runtime, tokenizer, prompt, request));
+    expect(alone).toEqual(served);
+  });
+
+  it('give the same error for the same bad request', async () => {
+    const scheduler = new Scheduler({ runtime, tokenizer, maxBatch: 4, maxQueue: 4 });
+    const request = { ...GREEDY, maxTokens: runtime.info.contextLength };
+    const servedError = (() => {
+      try {
+        scheduler.submit({ ...request, promptIds: prompt });
+      } catch (error) {
+        return error;
+      }
+    })();
+    const aloneError = await collect(generate(runtime, tokenizer, prompt, request)).catch((error: unknown) => error);
+    expect(servedError).toBeInstanceOf(SidecarError);
+    expect(aloneError).toEqual(servedError);
+    expect(aloneError).toMatchObject({ param: 'max_tokens', status: 400 });
   });
 });

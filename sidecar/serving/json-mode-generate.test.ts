@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { renderChatPrompt } from '../text/chat-template.ts';
 import { convertCheckpoint } from '../convert/convert.ts';
 import { writeDemoCheckpoint } from '../convert/demo-model.ts';
-import { generate, type GenerateEvent, type GenerateOptions } from './generate.ts';
+import type { GenerateEvent } from './decoder.ts';
+import { generate, type GenerateOptions } from './generate.ts';
 import { loadModel, type ModelRuntime } from '../engine/index.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
 

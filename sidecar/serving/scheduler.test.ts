@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ensureDemoModels } from '../convert/demo-model.ts';
 import { SidecarError } from '../errors.ts';
-import type { GenerateEvent } from './generate.ts';
+import type { GenerateEvent } from './decoder.ts';
 import { loadModel, type ModelRuntime, type Sequence } from '../engine/index.ts';
 import { Scheduler, type SchedulerObserver } from './scheduler.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';

@@ -2,35 +2,25 @@
  * Continuous batching over one model: every active request is one entry of a single
  * `runtime.forward` call per step, new requests join between steps, long prompts are prefilled in
  * chunks (a per-step token budget) so they do not stall running streams, and each request keeps
- * its own sampler and TextStream — so a seeded request produces the same text whatever else shares
- * its batch.
+ * its own decoder (decoder.ts: sampler, text stream, stop strings, finish reasons) — so a seeded
+ * request produces the same text whatever else shares its batch.
  *
  * Backpressure: at most `maxBatch` sequences run and at most `maxQueue` more wait; beyond that
  * `submit` throws a 503 SidecarError with a retry hint. Cancellation (the request's AbortSignal or
  * the consumer leaving its event loop) takes effect at the next step boundary and releases the
  * sequence's KV memory. Forward calls are serialised: the engine is not re-entrant.
  */
-import type { ModelRuntime, Sequence, ForwardEntry } from '../engine/index.ts';
-import type { Tokenizer } from '../text/tokenizer.ts';
-import type { GenerateEvent } from './generate.ts';
-import { createRequestSampler, type RequestSampler, type ResponseFormatOptions } from '../sampling/request-sampler.ts';
-import type { SamplingOptions } from '../sampling/sampler.ts';
-import { TextStream } from '../text/text-stream.ts';
+import type { ForwardEntry, ModelRuntime, Sequence } from '../engine/index.ts';
 import { SidecarError, invalidRequest } from '../errors.ts';
-
-export interface GenerationRequest extends SamplingOptions, ResponseFormatOptions {
-  /** The rendered chat prompt, BOS first. */
-  promptIds: number[];
-  /** Defaults to the rest of the context window. */
-  maxTokens?: number;
-  stop?: string[];
-  /** Aborting it (client disconnect) cancels the request at the next step. */
-  signal?: AbortSignal;
-  /** Overrides the scheduler's per-request deadline. */
-  timeoutMs?: number;
-}
-
-export type FinishReason = 'stop' | 'length';
+import type { Tokenizer } from '../text/tokenizer.ts';
+import {
+  admittedMaxTokens,
+  type DecodeStep,
+  type FinishReason,
+  type GenerateEvent,
+  type GenerationRequest,
+  RequestDecoder,
+} from './decoder.ts';
 
 export interface SchedulerOptions {
   runtime: ModelRuntime;
@@ -77,10 +67,7 @@ const THROUGHPUT_WINDOW_MS = 10_000;
 interface Job {
   readonly id: number;
   readonly promptIds: number[];
-  readonly maxTokens: number;
-  /** The request's own sampler; `remaining` is the token budget left (JSON mode closes the object within it). */
-  readonly sampler: RequestSampler;
-  readonly text: TextStream;
+  readonly decoder: RequestDecoder;
   readonly events: EventChannel<GenerateEvent>;
   readonly submittedAt: number;
   readonly deadline: number;
@@ -89,7 +76,6 @@ interface Job {
   prefilled: number;
   /** The token to feed next once the prompt is in. */
   nextToken: number;
-  completionTokens: number;
   lastTokenAt: number;
   cancelled: boolean;
   done: boolean;
@@ -148,7 +134,8 @@ export class Scheduler {
    */
   submit(request: GenerationRequest): AsyncGenerator<GenerateEvent> {
     if (this.closedReason !== null) throw overloaded(this.closedReason, 1);
-    const maxTokens = this.checkLength(request);
+    const maxTokens = admittedMaxTokens(this.runtime.info.contextLength, request.promptIds.length, request);
+    const decoder = new RequestDecoder(this.tokenizer, this.runtime.info.eosId, maxTokens, request);
     const freeSlots = this.maxBatch - this.active.length;
     if (this.waiting.length - freeSlots >= this.maxQueue) {
       throw overloaded(`the sidecar is at capacity (${this.maxBatch} running, ${this.maxQueue} queued); retry shortly`, this.retryAfterSeconds());
@@ -159,16 +146,13 @@ export class Scheduler {
     const job: Job = {
       id: this.nextJobId++,
       promptIds: request.promptIds,
-      maxTokens,
-      sampler: createRequestSampler(this.tokenizer, request),
-      text: new TextStream(this.tokenizer, request.stop ?? []),
+      decoder,
       events: new EventChannel<GenerateEvent>(),
       submittedAt: now,
       deadline: now + (request.timeoutMs ?? this.requestTimeoutMs),
       sequence: null,
       prefilled: 0,
       nextToken: -1,
-      completionTokens: 0,
       lastTokenAt: now,
       cancelled: false,
       done: false,
@@ -210,28 +194,6 @@ export class Scheduler {
       for (const job of [...this.waiting, ...this.active]) this.fail(job, error);
       await this.whenIdle();
     }
-  }
-
-  // ── admission checks ────────────────────────────────────────────────────────
-
-  private checkLength(request: GenerationRequest): number {
-    const contextLength = this.runtime.info.contextLength;
-    const promptTokens = request.promptIds.length;
-    if (promptTokens === 0) throw invalidRequest('the prompt is empty', 'messages');
-    if (promptTokens >= contextLength) {
-      throw invalidRequest(
-        `the prompt is ${promptTokens} tokens but the model's context length is ${contextLength}`,
-        'messages',
-      );
-    }
-    const maxTokens = request.maxTokens ?? contextLength - promptTokens;
-    if (promptTokens + maxTokens > contextLength) {
-      throw invalidRequest(
-        `prompt (${promptTokens} tokens) + max_tokens (${maxTokens}) exceeds the model's context length of ${contextLength} tokens`,
-        'max_tokens',
-      );
-    }
-    return maxTokens;
   }
 
   /** A rough wait: the queue ahead drains at about maxBatch requests per average request time. */
@@ -327,7 +289,7 @@ export class Scheduler {
     const now = performance.now();
     for (const job of [...this.active]) {
       if (job.cancelled) this.finish(job, 'cancelled');
-      else if (now >= job.deadline) this.finish(job, 'length');
+      else if (now >= job.deadline) this.finish(job, 'length', { cutShort: true });
     }
     for (const job of [...this.waiting]) {
       if (now >= job.deadline) this.fail(job, overloaded('timed out waiting for a free slot', this.retryAfterSeconds()));
@@ -372,30 +334,24 @@ export class Scheduler {
       if (job.prefilled < job.promptIds.length) job.prefilled += entry.tokens.length;
       if (!samples) return;
       generated += 1;
-      let token: number;
+      const rowLogits = logits[index];
+      if (!rowLogits) return this.fail(job, new Error(`the engine returned ${logits.length} logit rows for ${plan.length} entries`));
       try {
-        token = job.sampler.sample(logits[index]!, job.maxTokens - job.completionTokens);
+        this.acceptToken(job, job.decoder.step(rowLogits), now);
       } catch (error) {
-        return this.fail(job, error); // e.g. JSON mode with a vocabulary that cannot continue: this request only
+        this.fail(job, error); // e.g. JSON mode with a vocabulary that cannot continue: this request only
       }
-      this.acceptToken(job, token, now);
     });
     if (generated > 0) this.recordThroughput(now, generated);
   }
 
-  private acceptToken(job: Job, token: number, now: number): void {
-    if (job.completionTokens === 0) this.observer.firstToken?.((now - job.submittedAt) / 1000);
+  private acceptToken(job: Job, { token, text, finishReason }: DecodeStep, now: number): void {
+    if (job.decoder.completionTokens === 1) this.observer.firstToken?.((now - job.submittedAt) / 1000);
     else this.observer.interToken?.((now - job.lastTokenAt) / 1000);
     job.lastTokenAt = now;
-    job.completionTokens += 1;
-
-    if (token === this.runtime.info.eosId) return this.finish(job, 'stop');
-    const { text, stopped } = job.text.push(token);
     if (text) job.events.push({ type: 'text', text });
-    if (stopped) return this.finish(job, 'stop', { flush: false });
-    if (job.sampler.complete) return this.finish(job, 'stop');
-    if (job.completionTokens >= job.maxTokens) return this.finish(job, 'length');
-    job.nextToken = token;
+    if (finishReason) this.finish(job, finishReason);
+    else job.nextToken = token;
   }
 
   // ── ending requests ─────────────────────────────────────────────────────────
@@ -408,23 +364,25 @@ export class Scheduler {
     if (queued >= 0) this.finish(job, 'cancelled');
   }
 
-  private finish(job: Job, reason: FinishReason | 'cancelled', { flush = true } = {}): void {
+  /** Ends a request; `cutShort` releases text the decoder still holds (a deadline, not the decoder, ended it). */
+  private finish(job: Job, reason: FinishReason | 'cancelled', { cutShort = false } = {}): void {
     if (job.done) return;
+    const completionTokens = job.decoder.completionTokens;
     if (reason !== 'cancelled') {
-      const rest = flush ? job.text.flush() : '';
+      const rest = cutShort ? job.decoder.cutShort() : '';
       if (rest) job.events.push({ type: 'text', text: rest });
-      job.events.push({ type: 'done', finishReason: reason, promptTokens: job.promptIds.length, completionTokens: job.completionTokens });
+      job.events.push({ type: 'done', finishReason: reason, promptTokens: job.promptIds.length, completionTokens });
     }
     this.release(job);
     job.events.end();
-    this.observer.finished?.({ promptTokens: job.promptIds.length, completionTokens: job.completionTokens, finishReason: reason });
+    this.observer.finished?.({ promptTokens: job.promptIds.length, completionTokens, finishReason: reason });
   }
 
   private fail(job: Job, error: unknown): void {
     if (job.done) return;
     this.release(job);
     job.events.fail(error);
-    this.observer.finished?.({ promptTokens: job.promptIds.length, completionTokens: job.completionTokens, finishReason: 'error' });
+    this.observer.finished?.({ promptTokens: job.promptIds.length, completionTokens: job.decoder.completionTokens, finishReason: 'error' });
   }
 
   private release(job: Job): void {
