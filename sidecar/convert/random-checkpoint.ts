@@ -25,7 +25,7 @@ import { writeSafetensors, type TensorToWrite } from '../formats/safetensors.ts'
 export type ModelShape = Pick<ModelConfig, 'dim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'hiddenDim' | 'vocabSize' | 'slidingWindow' | 'ropeTheta'> &
   Partial<Pick<ModelConfig, 'normEps' | 'contextLength' | 'numExperts' | 'expertsPerToken'>>;
 
-/** The benchmark's dense shape: a 1.0B-parameter Mistral (issue 2, bench:engine). */
+/** The benchmark's dense shape: a 1.0B-parameter Mistral, llama.cpp's anchor shape (bench:engine). */
 export const BENCH_1B_SHAPE: ModelShape = {
   dim: 2048,
   nLayers: 16,

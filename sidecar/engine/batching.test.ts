@@ -83,7 +83,7 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
     }
   });
 
-  // Batch invariance (issue 4: same seed + same request ⇒ same text, whatever else is in the batch):
+  // Batch invariance (same seed + same request ⇒ same text, whatever else is in the batch):
   // a sequence's logits are bit-identical alone and batched, whether its batchmates hold shorter or
   // LONGER caches, wherever it sits in the batch (last of an odd batch included), over enough steps
   // that the caches cross KV-buffer growth boundaries (64-slot buckets).

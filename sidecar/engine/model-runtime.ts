@@ -42,9 +42,10 @@ export interface LoadOptions {
   device?: Device;
   threads?: number;
   /**
-   * Mixtral: page experts from the store's int8 expert files through a cache of this many MiB
-   * (fractional allowed) instead of keeping every expert resident. Output is bit-identical for
-   * every budget (but not identical to the resident int4 experts). Ignored for dense models.
+   * Mixtral: page experts from the store's expert files (int4 or int8, as converted) through a
+   * cache of this many MiB (fractional allowed) instead of keeping every expert resident. Output is
+   * bit-identical for every budget (but not identical to the resident int4 experts). Ignored for
+   * dense models.
    */
   expertCacheMb?: number;
   /** Expert cache tuning (benchmarks): eviction policy (default lru) and next-layer prefetch (default on). */

@@ -1,8 +1,8 @@
 /**
  * Mixtral's sparse FFN run from JS: top-k routing on fp32 router logits (softmax over the chosen k,
  * as mistral-inference does), then each chosen expert runs once per step on all its rows and the
- * weighted outputs are summed. Experts come from an `ExpertProvider`, so the expert-paging work
- * (issue 5) can swap the all-resident provider for a budgeted cache without touching the rest.
+ * weighted outputs are summed. Experts come from an `ExpertProvider`: every expert resident
+ * (`ResidentExpertProvider`) or paged from disk through a budgeted cache (experts/paged-experts.ts).
  */
 import * as ort from 'onnxruntime-node';
 import { createSession, type SessionSettings } from './device.ts';
@@ -24,7 +24,7 @@ export interface ExpertProvider {
   /**
    * Optional: called before a layer's experts run with the routed ids and the layer's
    * post-attention hidden state [rows, dim], so a paging provider can load ahead and prefetch
-   * the next layer's experts (sidecar/expert-graph.ts).
+   * the next layer's experts (experts/paged-experts.ts).
    */
   beginLayer?(layer: number, experts: ArrayLike<number>, hidden: { data: Float32Array; rows: number }): void;
   get(layer: number, expert: number): Promise<Expert>;

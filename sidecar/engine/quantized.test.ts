@@ -4,7 +4,7 @@
  * int4 (4 bits, block 128, error-minimising scales, lm_head kept at int8): top-1 agreement and
  * mean KL(fp32 ‖ int4) are printed and bounded.
  *
- * Why the int4 bar is 74% and not the issue's 90%: these tiny random models (dim 64) have top-2
+ * Why the int4 bar is 74% and not 90%: these tiny random models (dim 64) have top-2
  * logit gaps of 0.01–0.1 at many positions, while 4-bit weights carry ≈7–8% relative RMS error per
  * matrix. With everything else at int8, quantizing any ONE class of matrices to int4 (QKV, wo,
  * w1|w3, w2 or lm_head) already costs 2–13 of the 58 positions per model, so no 4-bit scheme

@@ -4,7 +4,7 @@
  * Mistral native: `params.json` (dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim,
  * norm_eps, vocab_size, sliding_window, rope_theta, moe: {num_experts, num_experts_per_tok}).
  * Hugging Face: `config.json` (hidden_size, num_hidden_layers, …, model_type mistral|mixtral).
- * Pitfalls (reference/inference.md §3): v0.1 params.json has no rope_theta and current
+ * Pitfalls (docs/engine-facts.md): v0.1 params.json has no rope_theta and current
  * mistral-inference would default to 1e6 — wrong for Mistral 7B, so dense defaults to 1e4;
  * sliding_window may be null/absent (no window); head_dim may be absent (dim / n_heads).
  */
