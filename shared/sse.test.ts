@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { SSE_KEEP_ALIVE, createSseParser, encodeSseData, readSseEvents } from './sse.ts';
+import { errorBody, streamErrorFrame } from './errors.ts';
+import { SSE_KEEP_ALIVE, classifySseEvent, createSseParser, encodeSseData, readSseEvents } from './sse.ts';
 
 function streamOf(pieces: string[]): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
@@ -65,5 +66,55 @@ describe('createSseParser', () => {
       break;
     }
     expect(cancelled).toBe(true);
+  });
+});
+
+describe('classifySseEvent', () => {
+  const chunk = { id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] };
+  const parse = (frames: string) => createSseParser().push(frames);
+  const classifyData = (data: unknown) => classifySseEvent(parse(encodeSseData(data))[0]!);
+
+  it('calls a chat.completion.chunk a chunk and hands back its JSON', () => {
+    expect(classifyData(chunk)).toEqual({ kind: 'chunk', data: chunk });
+    expect(classifySseEvent({ event: 'message', data: JSON.stringify(chunk) })).toEqual({ kind: 'chunk', data: chunk });
+  });
+
+  it('calls [DONE] done', () => {
+    expect(classifyData('[DONE]')).toEqual({ kind: 'done' });
+  });
+
+  it('calls the project\'s stream error frame an error, with its message', () => {
+    expect(classifyData(streamErrorFrame('internal_error', 'decoder crashed'))).toEqual({ kind: 'error', message: 'decoder crashed' });
+    expect(classifyData(errorBody('rate_limited', 'slow down'))).toEqual({ kind: 'error', message: 'slow down' });
+  });
+
+  it('calls any frame with a non-null error member an error, even one that looks like a chunk', () => {
+    expect(classifyData({ error: { message: 'quota exceeded', type: 'x' } })).toEqual({ kind: 'error', message: 'quota exceeded' });
+    expect(classifyData({ error: 'boom' })).toEqual({ kind: 'error', message: 'boom' });
+    expect(classifyData({ ...chunk, error: { code: 1 } })).toMatchObject({ kind: 'error' });
+    expect(classifyData({ ...chunk, error: null })).toEqual({ kind: 'chunk', data: { ...chunk, error: null } });
+  });
+
+  it('calls an `event: error` an error whatever its data', () => {
+    expect(classifySseEvent({ event: 'error', data: '{"message":"overloaded"}' })).toEqual({ kind: 'error', message: 'overloaded' });
+    expect(classifySseEvent({ event: 'error', data: 'plain text' })).toEqual({ kind: 'error', message: 'plain text' });
+    expect(classifySseEvent({ event: 'error', data: '' })).toEqual({ kind: 'error', message: 'upstream error event' });
+    expect(classifySseEvent({ event: 'error', data: '[DONE]' })).toMatchObject({ kind: 'error' });
+  });
+
+  it('calls everything else garbage', () => {
+    expect(classifySseEvent({ data: 'not json' })).toEqual({ kind: 'garbage', reason: 'not JSON: not json' });
+    expect(classifyData({})).toMatchObject({ kind: 'garbage' });
+    expect(classifyData({ ...chunk, object: 'chat.completion' })).toMatchObject({ kind: 'garbage' });
+    expect(classifyData([chunk])).toMatchObject({ kind: 'garbage' });
+    expect(classifyData(null)).toMatchObject({ kind: 'garbage' });
+    expect(classifyData('text')).toMatchObject({ kind: 'garbage' });
+    expect(classifySseEvent({ event: 'ping', data: JSON.stringify(chunk) })).toEqual({ kind: 'garbage', reason: 'unexpected event type "ping"' });
+    expect(classifySseEvent({ event: 'ping', data: '[DONE]' })).toMatchObject({ kind: 'garbage' });
+  });
+
+  it('quotes at most 200 characters of the data', () => {
+    const frame = classifySseEvent({ data: 'x'.repeat(1000) });
+    expect(frame.kind === 'garbage' && frame.reason.length).toBe('not JSON: '.length + 200);
   });
 });

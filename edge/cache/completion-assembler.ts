@@ -2,12 +2,13 @@
  * Rebuilds the non-stream completion from a streamed answer, so a stream can fill the cache.
  *
  * Feed it every SSE event of the response; `completion()` returns the assembled answer only if the
- * stream finished cleanly: every event was a valid chunk, a finish reason other than `error` and the
- * usage arrived, and `[DONE]` came last. Anything else (an error frame, a cut stream, garbage) yields
- * undefined and nothing is cached.
+ * stream finished cleanly: every event was a chunk (as shared/sse.ts classifies events) with the
+ * fields of Mistral's chunk schema, a finish reason other than `error` and the usage arrived, and
+ * `[DONE]` came last. Anything else (an error frame, a cut stream, garbage) yields undefined and
+ * nothing is cached.
  */
 import { ChatCompletionChunkSchema, type ChatCompletionResponse, type FinishReason, type Usage } from '../../shared/api.ts';
-import { SSE_DONE, type SseEvent } from '../../shared/sse.ts';
+import { classifySseEvent, type SseEvent } from '../../shared/sse.ts';
 
 export interface CompletionAssembler {
   push(event: SseEvent): void;
@@ -26,22 +27,18 @@ export function createCompletionAssembler(): CompletionAssembler {
   return {
     push(event) {
       if (broken) return;
-      if (done || event.event !== undefined) {
-        broken = true; // data after [DONE], or a named event (error frames from other gateways)
+      const frame = classifySseEvent(event);
+      if (done || frame.kind === 'error' || frame.kind === 'garbage') {
+        broken = true; // anything after [DONE], an error frame, or garbage
         return;
       }
-      if (event.data === SSE_DONE) {
+      if (frame.kind === 'done') {
         done = true;
         return;
       }
-      let parsed;
-      try {
-        parsed = ChatCompletionChunkSchema.safeParse(JSON.parse(event.data));
-      } catch {
-        parsed = undefined;
-      }
-      if (!parsed?.success) {
-        broken = true; // an error frame or a malformed chunk
+      const parsed = ChatCompletionChunkSchema.safeParse(frame.data);
+      if (!parsed.success) {
+        broken = true; // a chunk, but not one whose fields this assembler can rebuild an answer from
         return;
       }
       const chunk = parsed.data;

@@ -2,10 +2,11 @@
  * Sends one request to the first target that answers, failing over to the next on a connection
  * error, a retryable status (5xx, 429, or 401/403 meaning the edge's own credentials were refused)
  * or a timeout before the first byte. For streams the first byte is the first SSE event: nothing
- * is committed to the client until a target has produced one that is not an error frame, so a
- * failing region is never half-replayed (Portkey #1047, #1797).
+ * is committed to the client until a target has produced a chunk or `[DONE]` (never an error frame
+ * or garbage, as shared/sse.ts classifies events), so a failing region is never half-replayed
+ * (Portkey #1047, #1797).
  */
-import { readSseEvents, type SseEvent } from '../../shared/sse.ts';
+import { classifySseEvent, readSseEvents, type SseEvent } from '../../shared/sse.ts';
 import { EdgeError } from '../errors.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
 
@@ -43,16 +44,6 @@ const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 429 || 
 
 class AttemptFailed extends Error {}
 
-function isErrorEvent(event: SseEvent): boolean {
-  if (event.event === 'error') return true;
-  try {
-    const data: unknown = JSON.parse(event.data);
-    return typeof data === 'object' && data !== null && ('object' in data ? data.object === 'error' : 'error' in data);
-  } catch {
-    return event.data !== '[DONE]';
-  }
-}
-
 const clientClosed = () => new EdgeError('invalid_request_error', 'Client closed the request', { status: 499 });
 
 async function attempt(target: Target, options: ForwardOptions, attempts: number): Promise<ForwardResult> {
@@ -89,9 +80,12 @@ async function attempt(target: Target, options: ForwardOptions, attempts: number
     const first = await events.next();
     clearTimeout(timer);
     if (first.done) throw new AttemptFailed('stream ended before its first event');
-    if (isErrorEvent(first.value)) {
+    // A chunk commits the stream, and so does `[DONE]` (an empty answer); an error frame or garbage moves on.
+    const frame = classifySseEvent(first.value);
+    if (frame.kind === 'error' || frame.kind === 'garbage') {
       await events.return?.(undefined);
-      throw new AttemptFailed(`error frame before the first chunk: ${first.value.data.slice(0, 200)}`);
+      const problem = frame.kind === 'error' ? `error frame before the first chunk: ${frame.message}` : `garbage before the first chunk: ${frame.reason}`;
+      throw new AttemptFailed(problem);
     }
     return {
       kind: 'stream',

@@ -4,8 +4,9 @@
  *
  * - Keep-alive: when the sidecar is silent for `keepAliveMs` (a long prefill), a `: keep-alive`
  *   comment goes out so proxies and clients keep the connection.
- * - Upstream failure mid-stream (an error frame, a cut connection, an end without `[DONE]`): one
- *   `data: {"object":"error",…}` frame, then the stream closes with NO `[DONE]` (Portkey #1797).
+ * - Upstream failure mid-stream (an error frame or garbage, as shared/sse.ts classifies events; a cut
+ *   connection; an end without `[DONE]`): one `data: {"object":"error",…}` frame, then the stream
+ *   closes with NO `[DONE]` (Portkey #1797).
  * - Client abort: cancelling the response aborts the sidecar fetch.
  * - `onFinish` runs once with the outcome and the usage from the last chunk (for metering).
  *
@@ -15,7 +16,7 @@
  */
 import type { Usage } from '../../shared/api.ts';
 import { streamErrorFrame } from '../../shared/errors.ts';
-import { SSE_DONE, SSE_KEEP_ALIVE, encodeSseData, type SseEvent } from '../../shared/sse.ts';
+import { SSE_DONE, SSE_KEEP_ALIVE, classifySseEvent, encodeSseData, type SseEvent } from '../../shared/sse.ts';
 
 export type StreamOutcome =
   | { status: 'completed'; usage: Usage | null }
@@ -60,27 +61,8 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIM
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** The upstream's error frame data, or null when the event is an ordinary chunk. */
-function upstreamError(event: SseEvent, parsed: unknown): string | null {
-  if (event.event === 'error') return event.data || 'upstream error event';
-  if (typeof parsed === 'object' && parsed !== null && ('error' in parsed || ('object' in parsed && parsed.object === 'error'))) {
-    const message = 'message' in parsed && typeof parsed.message === 'string' ? parsed.message : JSON.stringify(parsed);
-    return message;
-  }
-  return null;
-}
-
-function parseJson(data: string): unknown {
-  try {
-    return JSON.parse(data);
-  } catch {
-    return undefined;
-  }
-}
-
-function usageOf(parsed: unknown): Usage | null {
-  if (typeof parsed !== 'object' || parsed === null || !('usage' in parsed)) return null;
-  const usage = parsed.usage as Partial<Usage> | null;
+function usageOf(chunk: Record<string, unknown>): Usage | null {
+  const usage = chunk.usage as Partial<Usage> | null | undefined;
   return usage && typeof usage.total_tokens === 'number' ? (usage as Usage) : null;
 }
 
@@ -104,22 +86,25 @@ export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFi
 
   /** Writes one event; returns false once the stream has ended. */
   const relay = (controller: ReadableStreamDefaultController<Uint8Array>, event: SseEvent): boolean => {
-    if (event.data === SSE_DONE && event.event === undefined) {
-      controller.enqueue(encoder.encode(encodeSseData(SSE_DONE)));
-      controller.close();
-      void events.return?.(undefined).catch(() => undefined); // releases the sidecar body
-      finish({ status: 'completed', usage });
-      return false;
+    const frame = classifySseEvent(event);
+    switch (frame.kind) {
+      case 'done':
+        controller.enqueue(encoder.encode(encodeSseData(SSE_DONE)));
+        controller.close();
+        void events.return?.(undefined).catch(() => undefined); // releases the sidecar body
+        finish({ status: 'completed', usage });
+        return false;
+      case 'error':
+        failUpstream(controller, frame.message);
+        return false;
+      case 'garbage':
+        failUpstream(controller, frame.reason);
+        return false;
+      case 'chunk':
+        usage = usageOf(frame.data) ?? usage;
+        controller.enqueue(encoder.encode(`data: ${event.data}\n\n`));
+        return true;
     }
-    const parsed = parseJson(event.data);
-    const problem = parsed === undefined ? `not JSON: ${event.data.slice(0, 100)}` : upstreamError(event, parsed);
-    if (problem !== null) {
-      failUpstream(controller, problem);
-      return false;
-    }
-    usage = usageOf(parsed) ?? usage;
-    controller.enqueue(encoder.encode(`data: ${event.data}\n\n`));
-    return true;
   };
 
   return new ReadableStream<Uint8Array>({
