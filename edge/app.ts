@@ -12,7 +12,7 @@ import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import type { Usage } from '../shared/api.ts';
-import { errorBody, type MistralErrorBody } from '../shared/errors.ts';
+import { errorBody, retryAfterHeaders, type MistralErrorBody } from '../shared/errors.ts';
 import { adminAuth, apiKeyAuth, ApiKeyCache } from './auth/index.ts';
 import { corsFromEnv } from './cors/index.ts';
 import type { EdgeDependencies } from './dependencies.ts';
@@ -31,16 +31,17 @@ import { modelRoute, modelsRoute } from './routes/models.ts';
 /** Chat bodies beyond this are refused (32k-token contexts fit with room to spare). */
 export const MAX_BODY_BYTES = 1024 * 1024;
 
-function toErrorResponse(error: unknown): { status: number; body: MistralErrorBody; headers: Record<string, string> } {
+/**
+ * The edge's one error → HTTP mapping, used by `onError`: an EdgeError keeps its status, its headers
+ * and its retry hint; anything else is a 400 (Hono's HTTPException) or an opaque 500. Exported so that
+ * middleware tests answer exactly as the app does.
+ */
+export function toErrorResponse(error: unknown): { status: number; body: MistralErrorBody; headers: Record<string, string> } {
   if (EdgeError.isInstance(error)) {
     const body: MistralErrorBody = errorBody(error.type, error.message, error.param, error.code);
     if (error.detail) body.detail = error.detail;
-    const headers: Record<string, string> = {};
-    if (error.retryAfterMs !== undefined) {
-      headers['retry-after'] = String(Math.ceil(error.retryAfterMs / 1000));
-      headers['retry-after-ms'] = String(error.retryAfterMs);
-    }
-    return { status: error.status, body, headers };
+    const retryAfter = error.retryAfterSeconds === undefined ? {} : retryAfterHeaders(error.retryAfterSeconds);
+    return { status: error.status, body, headers: { ...error.headers, ...retryAfter } };
   }
   if (error instanceof HTTPException) {
     return { status: error.status, body: errorBody('invalid_request_error', error.message || 'Bad request'), headers: {} };

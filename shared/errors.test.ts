@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ChatCompletionRequestSchema } from './api.ts';
-import { MistralErrorBodySchema, errorBody, streamErrorFrame, validationErrorBody } from './errors.ts';
+import { ERROR_STATUS, MistralErrorBodySchema, errorBody, retryAfterHeaders, streamErrorFrame, validationErrorBody } from './errors.ts';
 
 function validationError(body: unknown) {
   const result = ChatCompletionRequestSchema.safeParse(body);
@@ -72,5 +72,33 @@ describe('streamErrorFrame', () => {
     const frame = streamErrorFrame('upstream_error', 'sidecar went away');
     expect(MistralErrorBodySchema.safeParse(frame).success).toBe(true);
     expect(frame.error).toEqual({ message: 'sidecar went away', type: 'upstream_error', code: null });
+  });
+});
+
+describe('ERROR_STATUS', () => {
+  it('is the one type → status table, including the sidecar\'s model_error', () => {
+    expect(ERROR_STATUS).toMatchObject({ invalid_request_error: 400, unauthorized: 401, rate_limited: 429, internal_error: 500, model_error: 500, overloaded: 503 });
+  });
+});
+
+describe('retryAfterHeaders', () => {
+  it('sends whole seconds rounded up in Retry-After and the exact wait in retry-after-ms', () => {
+    expect(retryAfterHeaders(1)).toEqual({ 'retry-after': '1', 'retry-after-ms': '1000' });
+    expect(retryAfterHeaders(57.123)).toEqual({ 'retry-after': '58', 'retry-after-ms': '57123' });
+    expect(retryAfterHeaders(0.001)).toEqual({ 'retry-after': '1', 'retry-after-ms': '1' });
+    expect(retryAfterHeaders(0)).toEqual({ 'retry-after': '0', 'retry-after-ms': '0' });
+  });
+
+  it('caps the wait to 0…60 s', () => {
+    expect(retryAfterHeaders(600)).toEqual({ 'retry-after': '60', 'retry-after-ms': '60000' });
+    expect(retryAfterHeaders(Infinity)).toEqual({ 'retry-after': '60', 'retry-after-ms': '60000' });
+    expect(retryAfterHeaders(-5)).toEqual({ 'retry-after': '0', 'retry-after-ms': '0' });
+    expect(retryAfterHeaders(Number.NaN)).toEqual({ 'retry-after': '0', 'retry-after-ms': '0' });
+  });
+
+  it('round-trips any whole number of milliseconds in the window', () => {
+    for (const ms of [1, 999, 1_000, 1_001, 55_555, 59_999, 60_000]) {
+      expect(retryAfterHeaders(ms / 1000)).toEqual({ 'retry-after': String(Math.ceil(ms / 1000)), 'retry-after-ms': String(ms) });
+    }
   });
 });

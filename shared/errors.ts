@@ -30,7 +30,10 @@ export const MistralErrorBodySchema = z.looseObject({
   code: z.string().nullable(),
 });
 
-/** Mistral's status codes for each error type used in this project. */
+/**
+ * The one error type → status table: Mistral's status for each error type used in this project.
+ * Both tiers' error classes (EdgeError, SidecarError) take their default status from it.
+ */
 export const ERROR_STATUS = {
   invalid_request_error: 400,
   invalid_model: 400,
@@ -41,6 +44,8 @@ export const ERROR_STATUS = {
   validation_error: 422,
   rate_limited: 429,
   internal_error: 500,
+  /** A bad checkpoint or store on a sidecar; it reaches clients as `internal_error` (the operator's fault, not theirs). */
+  model_error: 500,
   upstream_error: 502,
   overloaded: 503,
   timeout: 504,
@@ -49,6 +54,22 @@ export type MistralErrorType = keyof typeof ERROR_STATUS;
 
 /** Mistral's codes where it sends one (bad model: 1500, rate limited: 1300). */
 export const ERROR_CODES = { invalidModel: '1500', rateLimited: '1300' } as const;
+
+/** The longest wait a retry hint names: one rate-limit window. */
+export const MAX_RETRY_AFTER_SECONDS = 60;
+
+export type RetryAfterHeaders = { 'retry-after': string; 'retry-after-ms': string };
+
+/**
+ * The retry hint of a 429/503, for both tiers. Retry waits are counted in seconds across the project
+ * (fractions allowed, so milliseconds survive); the wait is capped to 0…60 s and sent twice:
+ * `Retry-After` in whole seconds rounded up (as HTTP defines it) and `retry-after-ms` (read first by
+ * most clients, openai-node and the AI SDK among them).
+ */
+export function retryAfterHeaders(retryAfterSeconds: number): RetryAfterHeaders {
+  const seconds = Number.isNaN(retryAfterSeconds) ? 0 : Math.min(MAX_RETRY_AFTER_SECONDS, Math.max(0, retryAfterSeconds));
+  return { 'retry-after': String(Math.ceil(seconds)), 'retry-after-ms': String(Math.round(seconds * 1000)) };
+}
 
 export function errorBody(type: string, message: string, param: string | null = null, code: string | null = null): MistralErrorBody {
   return { object: 'error', message, type, param, code };

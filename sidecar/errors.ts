@@ -3,32 +3,26 @@
  * server maps it to Mistral's error body in one place, and the CLI prints `message` alone, so
  * messages must name the file, tensor or field at fault.
  */
-export type SidecarErrorType =
+import { ERROR_STATUS, type MistralErrorType } from '../shared/errors.ts';
+
+/** The error types a sidecar raises; their default statuses are shared/errors.ts's ERROR_STATUS. */
+export type SidecarErrorType = Extract<
+  MistralErrorType,
   | 'invalid_request_error' // 400: the request is malformed or out of range
   | 'invalid_model' // 400: unknown model name
   | 'unauthorized' // 401: missing, wrong or stale signature
   | 'payload_too_large' // 413
   | 'rate_limited' // 429
   | 'overloaded' // 503: admission queue full or shutting down
-  | 'model_error' // bad checkpoint/store: missing file, corrupt tensor, unsupported dtype…
-  | 'internal_error'; // 500
-
-const DEFAULT_STATUS: Record<SidecarErrorType, number> = {
-  invalid_request_error: 400,
-  invalid_model: 400,
-  unauthorized: 401,
-  payload_too_large: 413,
-  rate_limited: 429,
-  overloaded: 503,
-  model_error: 500,
-  internal_error: 500,
-};
+  | 'model_error' // 500: bad checkpoint/store: missing file, corrupt tensor, unsupported dtype…
+  | 'internal_error' // 500
+>;
 
 export interface SidecarErrorOptions {
   status?: number;
   param?: string | null;
   code?: string | null;
-  /** Seconds a client should wait before retrying (429/503). */
+  /** Seconds (fractions allowed, the project's one retry unit) a client should wait before retrying (429/503). */
   retryAfterSeconds?: number;
   cause?: unknown;
 }
@@ -44,7 +38,7 @@ export class SidecarError extends Error {
     super(message, { cause: options.cause });
     this.name = 'SidecarError';
     this.type = type;
-    this.status = options.status ?? DEFAULT_STATUS[type];
+    this.status = options.status ?? ERROR_STATUS[type];
     this.param = options.param ?? null;
     this.code = options.code ?? null;
     this.retryAfterSeconds = options.retryAfterSeconds;

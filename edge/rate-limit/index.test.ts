@@ -5,13 +5,23 @@
  */
 import { abortAllDurableObjects, runInDurableObject } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
-import { Hono } from 'hono';
+import { Hono, type Context } from 'hono';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { describe, expect, it } from 'vitest';
+import { toErrorResponse } from '../app.ts';
+import { EdgeError } from '../errors.ts';
 import { chargeTokens, rateLimit, RATE_LIMIT_HEADERS, SAVE_INTERVAL_MS, type RateLimiter, type RateLimits } from './index.ts';
 
 type TestEnv = { Bindings: { RATE_LIMITER: DurableObjectNamespace<RateLimiter> } };
 
 const bindings = env as unknown as TestEnv['Bindings'];
+
+/** The limiter throws EdgeErrors: answer them as the edge app's onError does; other errors keep their message for the test to read. */
+function answerLikeTheApp(error: Error, c: Context): Response {
+  if (!EdgeError.isInstance(error)) return c.json({ object: 'error', message: error.message }, 500);
+  const { status, body, headers } = toErrorResponse(error);
+  return c.json(body, status as ContentfulStatusCode, headers);
+}
 
 /** An app metering every request by the `x-test-key` header, with the limits given. */
 function meteredApp(limits: RateLimits) {
@@ -26,7 +36,7 @@ function meteredApp(limits: RateLimits) {
     }),
   );
   app.post('/v1/chat/completions', (c) => c.json({ ok: true }));
-  app.onError((error, c) => c.json({ object: 'error', message: error.message }, 500));
+  app.onError(answerLikeTheApp);
   return (keyHash?: string) =>
     app.request('/v1/chat/completions', { method: 'POST', headers: keyHash ? { 'x-test-key': keyHash } : {} }, bindings);
 }
@@ -144,6 +154,7 @@ describe('rateLimit middleware', () => {
     const app = new Hono();
     app.use(rateLimit({ namespace: () => unreachable, subject: () => ({ keyHash: 'k', limits: { requestsPerMinute: 1, tokensPerMinute: 1 } }) }));
     app.get('/', (c) => c.text('never'));
+    app.onError(answerLikeTheApp);
     const response = await app.request('/');
     expect(response.status).toBe(503);
     expect(response.headers.get('retry-after')).toBe('1');

@@ -2,7 +2,7 @@
  * Exact per-key rate limits: requests/minute and tokens/minute, one `RateLimiter` Durable Object per
  * API key. Window algorithm: see ./sliding-window.ts (sliding 60 s, exact counts, 1 s buckets).
  *
- * Wiring (engineer C):
+ * Wiring:
  * - `export { RateLimiter } from './rate-limit/index.ts'` from edge/index.ts; bind it in wrangler.toml:
  *     [[durable_objects.bindings]] name = "RATE_LIMITER", class_name = "RateLimiter"
  *     [[migrations]] tag = "v1", new_sqlite_classes = ["RateLimiter"]
@@ -15,13 +15,16 @@
  *   passed), charge the real usage without delaying the client:
  *     c.executionCtx.waitUntil(chargeTokens(c.env.RATE_LIMITER, { keyHash, limits }, usage.total_tokens));
  *
- * Admitted responses carry x-ratelimit-{limit,remaining}-{req,tokens}-minute. Rejected requests get
- * 429 `{"object":"error","message":"Rate limit exceeded","type":"rate_limited","param":null,"code":"1300"}`
- * with `Retry-After` (whole seconds) and `retry-after-ms`, both ≤ 60 s. If the limiter cannot be
- * reached the request is refused with 503 (fail closed: budgets are exact or not enforced at all).
+ * Admitted responses carry x-ratelimit-{limit,remaining}-{req,tokens}-minute. Rejected requests throw
+ * an EdgeError that the app's `onError` turns into 429
+ * `{"object":"error","message":"Rate limit exceeded","type":"rate_limited","param":null,"code":"1300"}`
+ * with the x-ratelimit-* headers, `Retry-After` (whole seconds) and `retry-after-ms`, both ≤ 60 s. If
+ * the limiter cannot be reached the request is refused with 503 (fail closed: budgets are exact or not
+ * enforced at all).
  */
 import type { Context, Env, MiddlewareHandler } from 'hono';
-import { ERROR_CODES, errorBody } from '../../shared/errors.ts';
+import { ERROR_CODES } from '../../shared/errors.ts';
+import { EdgeError } from '../errors.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import { assertValidLimits, type RateLimits, type RateLimitStatus } from './sliding-window.ts';
 
@@ -49,7 +52,7 @@ export const RATE_LIMIT_HEADERS = {
 } as const;
 
 /** Seconds a client is told to wait when the limiter itself is unavailable. */
-const UNAVAILABLE_RETRY_MS = 1_000;
+const UNAVAILABLE_RETRY_SECONDS = 1;
 
 function limiterFor(namespace: DurableObjectNamespace<RateLimiter>, keyHash: string): DurableObjectStub<RateLimiter> {
   return namespace.get(namespace.idFromName(keyHash));
@@ -63,11 +66,6 @@ export function rateLimitHeaders(current: RateLimitStatus): Record<string, strin
     [RATE_LIMIT_HEADERS.limitTokens]: String(current.limitTokens),
     [RATE_LIMIT_HEADERS.remainingTokens]: String(current.remainingTokens),
   };
-}
-
-/** `Retry-After` (integer seconds, as HTTP defines it) and `retry-after-ms` (read first by most clients). */
-export function retryAfterHeaders(retryAfterMs: number): Record<string, string> {
-  return { 'retry-after': String(Math.ceil(retryAfterMs / 1000)), 'retry-after-ms': String(retryAfterMs) };
 }
 
 /**
@@ -105,14 +103,15 @@ export function rateLimit<E extends Env>(options: RateLimitOptions<E>): Middlewa
       decision = await limiterFor(options.namespace(c), subject.keyHash).admit(subject.limits);
     } catch (error) {
       console.error(JSON.stringify({ event: 'rate_limiter_unavailable', message: String(error) }));
-      return c.json(errorBody('overloaded', 'Rate limiter unavailable, retry shortly'), 503, retryAfterHeaders(UNAVAILABLE_RETRY_MS));
+      throw new EdgeError('overloaded', 'Rate limiter unavailable, retry shortly', { retryAfterSeconds: UNAVAILABLE_RETRY_SECONDS, cause: error });
     }
 
     const headers = rateLimitHeaders(decision);
     if (!decision.allowed) {
-      return c.json(errorBody('rate_limited', 'Rate limit exceeded', null, ERROR_CODES.rateLimited), 429, {
-        ...headers,
-        ...retryAfterHeaders(decision.retryAfterMs),
+      throw new EdgeError('rate_limited', 'Rate limit exceeded', {
+        code: ERROR_CODES.rateLimited,
+        retryAfterSeconds: decision.retryAfterMs / 1000,
+        headers,
       });
     }
     await next();

@@ -135,5 +135,5 @@ export async function forwardWithFailover(options: ForwardOptions): Promise<Forw
     }
   }
   const reasons = problems.length > 0 ? problems.join('; ') : 'no region serving this model is configured, or every such region has an open circuit';
-  throw new EdgeError('overloaded', `No region could serve the request (${reasons})`, { retryAfterMs: 1000 });
+  throw new EdgeError('overloaded', `No region could serve the request (${reasons})`, { retryAfterSeconds: 1 });
 }

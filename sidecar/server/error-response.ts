@@ -1,13 +1,13 @@
 /**
  * The sidecar's one error → HTTP mapping: every failure leaves as Mistral's flat error body with
- * the status its SidecarError carries, plus `Retry-After` / `retry-after-ms` on 429 and 503.
+ * the status its SidecarError carries, plus `Retry-After` / `retry-after-ms` (shared/errors.ts) on 429 and 503.
  * Used by `app.onError`, `app.notFound` and mid-stream error frames.
  */
 import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type * as z from 'zod';
-import { errorBody, validationErrorBody, type MistralErrorBody, type ValidationDetail } from '../../shared/errors.ts';
+import { errorBody, retryAfterHeaders, validationErrorBody, type MistralErrorBody, type ValidationDetail } from '../../shared/errors.ts';
 import { SidecarError } from '../errors.ts';
 
 /** A body that parsed as JSON but does not match the schema: 422, Mistral style, with `detail[]`. */
@@ -40,9 +40,7 @@ export function errorBodyOf(error: SidecarError): MistralErrorBody {
 
 export function errorResponse(c: Context, error: SidecarError): Response {
   if (error.retryAfterSeconds !== undefined) {
-    const seconds = Math.min(60, Math.max(0, error.retryAfterSeconds));
-    c.header('retry-after', String(Math.ceil(seconds)));
-    c.header('retry-after-ms', String(seconds * 1000));
+    for (const [name, value] of Object.entries(retryAfterHeaders(error.retryAfterSeconds))) c.header(name, value);
   }
   // The rest of an oversized body is never read: close the connection so no client reuses it.
   if (error.status === 413) c.header('connection', 'close');

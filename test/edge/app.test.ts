@@ -66,6 +66,28 @@ describe('the worker', () => {
     expect(((await second.json()) as { choices: unknown[] }).choices).toHaveLength(1);
     expect(edge.sidecars.sidecar('eu-west').requests).toHaveLength(1);
   });
+
+  it('answers an over-limit request through onError with Mistral\'s 429, the x-ratelimit-* and Retry-After headers and the request id', async () => {
+    const limited = await edge.apiKey({ rpm: 1, tpm: 10_000 });
+    const admitted = await edge.chat(limited, {}, { cf: PARIS });
+    expect(admitted.status).toBe(200);
+    await admitted.json();
+    const rejected = await edge.chat(limited, {}, { cf: PARIS, headers: { 'x-request-id': 'req.2026:limited' } });
+    expect(rejected.status).toBe(429);
+    expect(await rejected.json()).toEqual({ object: 'error', message: 'Rate limit exceeded', type: 'rate_limited', param: null, code: '1300' });
+    const retryAfterMs = Number(rejected.headers.get('retry-after-ms'));
+    expect(retryAfterMs).toBeGreaterThan(55_000);
+    expect(retryAfterMs).toBeLessThanOrEqual(60_000);
+    expect(Object.fromEntries([...rejected.headers].filter(([name]) => name.startsWith('x-') || name.startsWith('retry-')))).toEqual({
+      'x-ratelimit-limit-req-minute': '1',
+      'x-ratelimit-remaining-req-minute': '0',
+      'x-ratelimit-limit-tokens-minute': '10000',
+      'x-ratelimit-remaining-tokens-minute': '10000',
+      'retry-after': String(Math.ceil(retryAfterMs / 1000)),
+      'retry-after-ms': String(retryAfterMs),
+      'x-request-id': 'req.2026:limited',
+    });
+  });
 });
 
 describe('token metering', () => {
