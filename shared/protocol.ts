@@ -1,7 +1,7 @@
 /**
  * The edge ↔ sidecar protocol beyond the public Mistral API: the sidecar's load report, the header
- * names both tiers use, the environment variables and the default ports. Web APIs only (runs in
- * Workers and Node 20).
+ * names both tiers use, the request-id format, the environment variables and the default ports. Web
+ * APIs only (runs in Workers and Node 20).
  */
 import * as z from 'zod';
 
@@ -26,6 +26,27 @@ export const HEADERS = {
   /** A client's preferred region (the AI SDK provider's `region` option); failover still applies. */
   region: 'x-sirocco-region',
 } as const;
+
+/**
+ * The one request-id format both tiers accept and echo, so one request's log lines match across them:
+ * 8–128 letters, digits and `.`, `_`, `:`, `-` (room for ids such as `req.2026:abc`), and nothing
+ * (spaces, quotes, `=`) that could forge a log field.
+ */
+const REQUEST_ID_FORMAT = /^[A-Za-z0-9._:-]{8,128}$/;
+
+export function isValidRequestId(id: string): boolean {
+  return REQUEST_ID_FORMAT.test(id);
+}
+
+/** A fresh id in the format (a UUID). */
+export function newRequestId(): string {
+  return crypto.randomUUID();
+}
+
+/** The caller's `x-request-id` when it is in the format, otherwise a fresh one. */
+export function requestIdFrom(incoming: string | null | undefined): string {
+  return incoming && isValidRequestId(incoming) ? incoming : newRequestId();
+}
 
 /** Sidecar paths the edge calls. */
 export const SIDECAR_PATHS = {

@@ -1,13 +1,10 @@
 /**
- * `x-request-id` on every response: the caller's id when it looks like one (so traces join up across
- * tiers), otherwise a fresh UUID. The sidecar receives the same id.
+ * `x-request-id` on every response: the caller's id when it is in the shared format (shared/protocol.ts,
+ * so traces join up across tiers), otherwise a fresh UUID. The sidecar receives and echoes the same id.
  */
 import type { MiddlewareHandler } from 'hono';
-import { HEADERS } from '../../shared/protocol.ts';
+import { HEADERS, requestIdFrom } from '../../shared/protocol.ts';
 import type { AppEnv } from '../env.ts';
-
-/** Printable, bounded, no separators that could forge log fields. */
-const ACCEPTABLE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 
 /**
  * @example
@@ -15,8 +12,7 @@ const ACCEPTABLE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
  */
 export function requestId(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    const incoming = c.req.header(HEADERS.requestId);
-    const id = incoming && ACCEPTABLE_ID.test(incoming) ? incoming : crypto.randomUUID();
+    const id = requestIdFrom(c.req.header(HEADERS.requestId));
     c.set('requestId', id);
     await next();
     // Set after next() so that error responses built in onError carry it too.

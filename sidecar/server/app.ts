@@ -5,9 +5,8 @@
  */
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
-import { requestId } from 'hono/request-id';
 import { modelCard, LOCAL_MODELS } from '../../shared/api.ts';
-import { HEADERS, SIDECAR_PATHS, type LoadReport } from '../../shared/protocol.ts';
+import { HEADERS, SIDECAR_PATHS, requestIdFrom, type LoadReport } from '../../shared/protocol.ts';
 import { SidecarError } from '../errors.ts';
 import type { Logger } from './logger.ts';
 import type { SidecarMetrics } from './metrics.ts';
@@ -42,7 +41,14 @@ const ROUTES = new Set<string>([SIDECAR_PATHS.health, SIDECAR_PATHS.ready, SIDEC
 export function createSidecarApp({ state, region, maxBatch, maxQueue, secret, maxBodyBytes, metrics, logger }: SidecarAppOptions): Hono<SidecarEnv> {
   const app = new Hono<SidecarEnv>();
 
-  app.use(requestId({ headerName: HEADERS.requestId }));
+  // The edge's id, echoed unchanged in the shared format (not Hono's requestId, which replaces ids with `.` or `:`)
+  // so one request's log lines match across tiers; a missing or malformed id is replaced.
+  app.use(async function requestId(c, next) {
+    const id = requestIdFrom(c.req.header(HEADERS.requestId));
+    c.set('requestId', id);
+    c.header(HEADERS.requestId, id);
+    await next();
+  });
   app.use(async function accessLog(c, next) {
     const started = performance.now();
     await next();
