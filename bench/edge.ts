@@ -20,7 +20,6 @@
  * per request in float milliseconds; percentiles are nearest-rank over every request of a run. The
  * load average is printed with the table: on a shared machine the figures move with it.
  */
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
@@ -30,14 +29,14 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Miniflare, type MiniflareOptions } from 'miniflare';
 import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
-import { freePort, startStack } from '../cli/commands/dev.ts';
+import { startStack } from '../cli/commands/dev.ts';
+import { freePort, REPO_ROOT, spawnNode, spawnWranglerDev, waitForLine, waitUntilReady, WRANGLER_BIN, type ManagedProcess } from '../cli/processes.ts';
 import type { ChatCompletionRequest } from '../shared/api.ts';
 import { ENV, SIDECAR_PATHS, type LoadReport } from '../shared/protocol.ts';
 import { signRequest } from '../shared/signing.ts';
 import { encodeSseData, SSE_DONE, SSE_HEADERS } from '../shared/sse.ts';
+import { percentile, roundTo } from './stats.ts';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const WRANGLER_BIN = join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js');
 const TARGET_ADDED_P50_MS = 2;
 /** Internal: run only the instant upstream and print its URL (see startInstantUpstream). */
 const UPSTREAM_FLAG = '--serve-instant-upstream';
@@ -134,27 +133,28 @@ async function serveInstantUpstream(region: string): Promise<string> {
  * competes with the load generator's event loop and its latency is a fair baseline.
  */
 async function startInstantUpstream(): Promise<{ url: string; close: () => Promise<void> }> {
-  // Its stdin is a pipe from this process: when the bench dies, however it dies, the upstream follows.
-  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), UPSTREAM_FLAG], {
-    cwd: REPO_ROOT,
-    stdio: ['pipe', 'pipe', 'inherit'],
+  const upstream = spawnNode({
+    name: 'the instant upstream',
+    args: ['--import', 'tsx', fileURLToPath(import.meta.url), UPSTREAM_FLAG],
+    // Its stdin is a pipe from this process: when the bench dies, however it dies, the upstream follows.
+    stdinPipe: true,
+    onLine: (line, stream) => {
+      if (stream === 'stderr') console.error(line);
+    },
   });
   const close = async () => {
-    if (child.exitCode !== null) return;
-    const exited = new Promise((resolveExit) => child.once('exit', resolveExit));
-    child.kill('SIGTERM');
-    await exited;
+    await upstream.stop({ graceMs: 5_000 });
   };
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    let output = '';
-    child.stdout!.on('data', (data: Buffer) => {
-      output += data.toString('utf8');
-      const line = output.split('\n').find((candidate) => candidate.startsWith('http://'));
-      if (line) resolveUrl(line.trim());
+  try {
+    const url = await waitForLine(upstream, (line, stream) => (stream === 'stdout' && line.startsWith('http://') ? line.trim() : undefined), {
+      timeoutMs: 60_000,
+      what: 'its URL',
     });
-    child.once('exit', (code) => reject(new Error(`the instant upstream exited (code ${code}) before listening`)));
-  });
-  return { url, close };
+    return { url, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
 }
 
 // ─── The edge: wrangler dev, or Miniflare on the deployed bundle ─────────────────
@@ -173,35 +173,16 @@ interface EdgeTarget {
   sidecarSecret: string;
 }
 
-function edgeVars(target: EdgeTarget, adminSecret: string): Record<string, string> {
+function edgeBindings(target: EdgeTarget, adminSecret: string): { vars: Record<string, string>; secrets: Record<string, string> } {
   const registry = [{ region: 'bench', url: target.sidecarUrl, models: MODELS, lat: 48.86, lon: 2.35, continent: 'EU' }];
-  return { SIDECARS: JSON.stringify(registry), [ENV.sidecarSecret]: target.sidecarSecret, [ENV.adminSecret]: adminSecret };
-}
-
-async function waitForHealth(url: string, alive: () => boolean, output: () => string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!alive()) throw new Error(`wrangler dev exited during start-up:\n${output()}`);
-    try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
-      await response.body?.cancel();
-      if (response.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolveWait) => setTimeout(resolveWait, 250));
-  }
-  throw new Error(`the edge was not ready at ${url} after ${timeoutMs / 1000} s:\n${output()}`);
+  return { vars: { SIDECARS: JSON.stringify(registry) }, secrets: { [ENV.sidecarSecret]: target.sidecarSecret, [ENV.adminSecret]: adminSecret } };
 }
 
 /** Runs a node script to completion, failing with its output. */
-async function runToCompletion(args: string[]): Promise<void> {
-  const child = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WRANGLER_SEND_METRICS: 'false' } });
-  let output = '';
-  child.stdout!.on('data', (data: Buffer) => (output += data.toString('utf8')));
-  child.stderr!.on('data', (data: Buffer) => (output += data.toString('utf8')));
-  const code = await new Promise<number | null>((resolveExit) => child.once('exit', resolveExit));
-  if (code !== 0) throw new Error(`${args.slice(1).join(' ')} failed (code ${code}):\n${output.slice(-4_000)}`);
+async function runToCompletion(name: string, args: string[]): Promise<void> {
+  const child = spawnNode({ name, args, env: { WRANGLER_SEND_METRICS: 'false' } });
+  const code = await child.exited;
+  if (code !== 0) throw await child.failure(`failed (code ${code})`);
 }
 
 /** `wrangler dev` (what `npm start` runs) on a free port with a throwaway state folder. */
@@ -209,37 +190,15 @@ async function startWranglerEdge(target: EdgeTarget): Promise<EdgeInstance> {
   const adminSecret = crypto.randomUUID();
   const port = await freePort();
   const persistTo = await mkdtemp(join(tmpdir(), 'sirocco-bench-edge-'));
-  const args = [WRANGLER_BIN, 'dev', '--port', String(port), '--ip', '127.0.0.1', '--persist-to', persistTo];
-  args.push('--show-interactive-dev-session=false', '--log-level', 'error');
-  for (const [name, value] of Object.entries(edgeVars(target, adminSecret))) args.push('--var', `${name}:${value}`);
-  const child = spawn(process.execPath, args, { cwd: REPO_ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WRANGLER_SEND_METRICS: 'false' } });
-  let output = '';
-  const keep = (data: Buffer) => (output = (output + data.toString('utf8')).slice(-4_000));
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const signalGroup = (signal: NodeJS.Signals) => {
-    try {
-      process.kill(-child.pid!, signal); // the whole group: wrangler and its workerd
-    } catch {
-      // already gone
-    }
-  };
-  // Detached (its own group), so it would outlive an interrupted bench: kill it when we exit.
-  const killOnExit = () => signalGroup('SIGKILL');
-  process.once('exit', killOnExit);
+  let wrangler: ManagedProcess | undefined;
   const stop = async () => {
-    if (child.exitCode === null && child.pid !== undefined) {
-      const exited = new Promise((resolveExit) => child.once('exit', resolveExit));
-      signalGroup('SIGTERM');
-      await Promise.race([exited, new Promise((resolveWait) => setTimeout(resolveWait, 5_000))]);
-      signalGroup('SIGKILL');
-    }
-    process.off('exit', killOnExit);
+    await wrangler?.stop({ graceMs: 5_000 });
     await rm(persistTo, { recursive: true, force: true });
   };
   const url = `http://127.0.0.1:${port}`;
   try {
-    await waitForHealth(`${url}/health`, () => child.exitCode === null, () => output, 120_000);
+    wrangler = await spawnWranglerDev({ port, persistTo, logLevel: 'error', ...edgeBindings(target, adminSecret) });
+    await waitUntilReady(wrangler, `${url}/health`, { timeoutMs: 120_000 });
   } catch (error) {
     await stop();
     throw error;
@@ -255,15 +214,16 @@ async function startMiniflareEdge(target: EdgeTarget): Promise<EdgeInstance> {
   const adminSecret = crypto.randomUUID();
   const outdir = await mkdtemp(join(tmpdir(), 'sirocco-bench-bundle-'));
   try {
-    await runToCompletion([WRANGLER_BIN, 'deploy', '--dry-run', '--outdir', outdir]);
+    await runToCompletion('wrangler deploy --dry-run', [WRANGLER_BIN, 'deploy', '--dry-run', '--outdir', outdir]);
     const { unstable_getMiniflareWorkerOptions } = await import('wrangler');
     const { workerOptions } = unstable_getMiniflareWorkerOptions(join(REPO_ROOT, 'wrangler.toml'));
+    const { vars, secrets } = edgeBindings(target, adminSecret);
     const miniflare = new Miniflare({
       ...workerOptions,
       modules: true,
       scriptPath: join(outdir, 'index.js'),
       modulesRoot: outdir,
-      bindings: { ...workerOptions.bindings, ...edgeVars(target, adminSecret) },
+      bindings: { ...workerOptions.bindings, ...vars, ...secrets },
       host: '127.0.0.1',
       port: await freePort(),
       kvPersist: false,
@@ -315,12 +275,6 @@ export interface RunStats {
   errors: number;
 }
 
-/** Nearest-rank percentile of ascending `sorted`. */
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
 /** One autocannon run, recording each request's time to first byte. */
 async function measure(url: string, headers: Record<string, string>, body: string, connections: number, duration: number): Promise<RunStats> {
   const ttfb: number[] = [];
@@ -340,18 +294,18 @@ async function measure(url: string, headers: Record<string, string>, body: strin
       });
     },
   });
-  ttfb.sort((a, b) => a - b);
   return {
     requests: ttfb.length,
     requestsPerSecond: Math.round(result.requests.average),
-    ttfbP50Ms: round(percentile(ttfb, 50)),
-    ttfbP99Ms: round(percentile(ttfb, 99)),
+    // No request answered: NaN, which the table prints as such and the JSON report as null.
+    ttfbP50Ms: round(percentile(ttfb, 50) ?? Number.NaN),
+    ttfbP99Ms: round(percentile(ttfb, 99) ?? Number.NaN),
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
   };
 }
 
-const round = (value: number) => Math.round(value * 1000) / 1000;
+const round = (value: number) => roundTo(value, 3);
 
 // ─── The bench ────────────────────────────────────────────────────────────────
 

@@ -38,6 +38,7 @@ import {
 } from '../sidecar/engine/index.ts';
 import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import { ensureBenchStore } from './bench-store.ts';
+import { mean, percentile } from './stats.ts';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 1024 * 1024;
@@ -140,11 +141,6 @@ async function cachePageInMs(store: string, sample = Infinity): Promise<{ firstP
   return { firstPassMs, steadyMs: await pass() };
 }
 
-function percentile(sorted: number[], p: number): number | null {
-  if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
-}
-
 /** One configuration, in this (child) process. */
 async function runOne(config: RunConfig): Promise<RunResult> {
   const pageIns: number[] = [];
@@ -171,7 +167,6 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     const hits = diff('hits');
     const misses = diff('misses');
     const predictionsMade = diff('predictionsMade');
-    const sorted = [...pageIns].sort((a, b) => a - b);
     const paged = config.budgetMb === null ? null : await ExpertStore.open(config.store);
     const { layers, experts } = paged?.index ?? { layers: 1, experts: 1 };
     const expertBytes = after?.expertBytes ?? 1;
@@ -188,9 +183,9 @@ async function runOne(config: RunConfig): Promise<RunResult> {
       prefetchHits: diff('prefetchHits'),
       prefetchWasted: diff('prefetchWasted'),
       pageIns: pageIns.length,
-      pageInMeanMs: pageIns.length ? pageIns.reduce((a, b) => a + b, 0) / pageIns.length : null,
-      pageInP50Ms: percentile(sorted, 0.5),
-      pageInP90Ms: percentile(sorted, 0.9),
+      pageInMeanMs: mean(pageIns) ?? null,
+      pageInP50Ms: percentile(pageIns, 50) ?? null,
+      pageInP90Ms: percentile(pageIns, 90) ?? null,
       pagedMbPerToken: diff('bytesPagedIn') === null ? null : diff('bytesPagedIn')! / MiB / config.tokens,
       stallMsPerToken: diff('stallSecondsTotal') === null ? null : (diff('stallSecondsTotal')! * 1000) / config.tokens,
       peakRssMb: process.resourceUsage().maxRSS / 1024,

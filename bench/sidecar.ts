@@ -27,18 +27,19 @@
  *   --threads N       onnxruntime threads in the sidecar (default 2)
  *   --out FILE        JSON results (default bench/results/sidecar.json)
  */
-import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { cpus, loadavg } from 'node:os';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { REPO_ROOT, startSidecar } from '../cli/processes.ts';
+import { ENV } from '../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
 import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
+import { percentile, roundTo } from './stats.ts';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+/** Generous: it only turns a sidecar that hangs while loading the 1.0B store into an error. */
+const SIDECAR_READY_TIMEOUT_MS = 600_000;
 
 interface StreamTiming {
   ttftMs: number;
@@ -71,42 +72,20 @@ interface Sidecar {
   stop(): Promise<void>;
 }
 
-async function startSidecar(store: string, threads: number, maxBatch: number): Promise<Sidecar> {
-  const child = spawn(
-    process.execPath,
-    [join(REPO_ROOT, 'bin/sirocco.mjs'), 'serve', '--model', store, '--port', '0', '--threads', String(threads), '--max-batch', String(maxBatch), '--max-queue', '64'],
-    { cwd: REPO_ROOT, env: { ...process.env, SIROCCO_SIDECAR_SECRET: '' }, stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  let running = true;
-  const exited = new Promise<void>((resolveExit) =>
-    child.once('exit', () => {
-      running = false;
-      resolveExit();
-    }),
-  );
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const record = JSON.parse(line) as { msg?: string; url?: string };
-        if (record.msg === 'listening' && record.url) resolveUrl(record.url);
-      } catch {
-        // not a log line
-      }
-    });
-    void exited.then(() => reject(new Error('the sidecar exited during start-up')));
+async function startBenchSidecar(store: string, threads: number, maxBatch: number): Promise<Sidecar> {
+  const { sidecar, url } = await startSidecar({
+    serveArgs: ['--model', store, '--port', '0', '--threads', String(threads), '--max-batch', String(maxBatch), '--max-queue', '64'],
+    env: { [ENV.sidecarSecret]: '' },
+    // Its warnings and errors stay on screen, as the bench's own; its JSON access log does not.
+    onLine: (line, stream) => {
+      if (stream === 'stderr') console.error(line);
+    },
+    readyTimeoutMs: SIDECAR_READY_TIMEOUT_MS,
   });
-  // "listening" comes before the model is loaded; wait for /ready.
-  for (;;) {
-    if (!running) throw new Error('the sidecar exited while loading the model (see its log above)');
-    const ready = await fetch(`${url}/ready`).catch(() => null);
-    if (ready?.ok) break;
-    await new Promise((resolveWait) => setTimeout(resolveWait, 250));
-  }
   return {
     url,
     async stop() {
-      child.kill('SIGTERM');
-      await exited;
+      await sidecar.stop({ graceMs: 60_000 });
     },
   };
 }
@@ -146,13 +125,10 @@ async function timedStream(url: string, index: number, tokens: number): Promise<
   };
 }
 
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
+/** Percentile of the samples of one level, 0 when there are none. */
+const levelPercentile = (samples: number[], p: number) => percentile(samples, p) ?? 0;
 
-const round = (value: number, digits = 1) => Math.round(value * 10 ** digits) / 10 ** digits;
+const round = (value: number, digits = 1) => roundTo(value, digits);
 
 /** The sidecar's per-token inter-token latency histogram: cumulative counts by upper bound (s). */
 async function interTokenHistogram(url: string): Promise<Map<number, number>> {
@@ -224,8 +200,8 @@ async function runLevel(url: string, streams: number, tokens: number): Promise<O
     streams,
     decodeTokensPerSecond: round((decodeTokens * 1000) / decodeSpan, 2),
     endToEndTokensPerSecond: round((completionTokens * 1000) / (finished - started), 2),
-    ttftMs: { p50: round(percentile(ttft, 50)), p99: round(percentile(ttft, 99)) },
-    interTokenMs: { p50: round(percentile(interToken, 50)), p99: round(percentile(interToken, 99)), max: round(Math.max(...interToken)) },
+    ttftMs: { p50: round(levelPercentile(ttft, 50)), p99: round(levelPercentile(ttft, 99)) },
+    interTokenMs: { p50: round(levelPercentile(interToken, 50)), p99: round(levelPercentile(interToken, 99)), max: round(Math.max(...interToken)) },
     serverInterTokenMs: { p50: histogramPercentile(histogramBefore, histogramAfter, 50), p99: histogramPercentile(histogramBefore, histogramAfter, 99) },
     completionTokens,
     wallSeconds: round((finished - started) / 1000, 2),
@@ -250,7 +226,7 @@ async function main(): Promise<void> {
   const out = resolve(values.out ?? join(REPO_ROOT, 'bench/results/sidecar.json'));
 
   const store = await ensureBenchStore(bench1bModel('int4'));
-  const sidecar = await startSidecar(store, threads, Math.max(...levels));
+  const sidecar = await startBenchSidecar(store, threads, Math.max(...levels));
   const results: LevelResult[] = [];
   let prefillTokensPerSecond = 0;
   console.log(`load average before the run: ${loadavg().map((value) => value.toFixed(1)).join(' ')} (${cpus().length} cores)`);

@@ -2,25 +2,20 @@
  * `sirocco dev` (what `npm start` runs): the whole stack on one machine — the demo models, two regional sidecars
  * and `wrangler dev` in front of them — plus a dev API key, until Ctrl-C.
  *
- * `startStack()` is the ONE process orchestration in the project: the end-to-end and browser suites launch the
+ * `startStack()` is the ONE stack orchestration in the project: the end-to-end and browser suites launch the
  * stack through it too, on free ports and a throwaway KV store, so what the tests drive is what `npm start` runs.
+ * Its children are launched, awaited and stopped by cli/processes.ts, as the benches' and the tests' are.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { build } from 'esbuild';
 import { ENV, DEFAULT_PORTS, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
+import { freePort, isPortFree, ProcessError, REPO_ROOT, spawnSidecar, spawnWranglerDev, waitUntilReady, type ManagedProcess } from '../processes.ts';
 
 export const summary = 'run the whole stack locally (demo model, two sidecars, wrangler dev); PORT or --port sets the edge port';
-
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const SIROCCO_BIN = join(REPO_ROOT, 'bin/sirocco.mjs');
-const WRANGLER_BIN = join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js');
 
 // ─── The chat page's SSE module ──────────────────────────────────────────────
 
@@ -51,84 +46,7 @@ export async function refreshPageSseModule(): Promise<boolean> {
   return true;
 }
 
-// ─── Child processes ─────────────────────────────────────────────────────────
-
-/** A child in its own process group, so stopping it also stops what it spawned (wrangler → workerd). */
-class ManagedProcess {
-  readonly exited: Promise<number | null>;
-  private readonly child: ChildProcess;
-  private readonly recent: string[] = [];
-
-  constructor(
-    readonly name: string,
-    args: string[],
-    env: NodeJS.ProcessEnv,
-    onLine: (name: string, line: string) => void,
-  ) {
-    this.child = spawn(process.execPath, args, { cwd: REPO_ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-    const forward = (data: Buffer) => {
-      for (const line of data.toString('utf8').split('\n')) {
-        if (line.trim() === '') continue;
-        this.recent.push(line);
-        if (this.recent.length > 20) this.recent.shift();
-        onLine(name, line);
-      }
-    };
-    this.child.stdout!.on('data', forward);
-    this.child.stderr!.on('data', forward);
-    this.exited = new Promise((resolveExit) => {
-      this.child.on('exit', (code, signal) => resolveExit(code ?? (signal ? null : 0)));
-      this.child.on('error', () => resolveExit(null));
-    });
-    liveProcesses.add(this);
-    void this.exited.then(() => liveProcesses.delete(this));
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  /** Its last lines of output, for an error message when it dies during start-up. */
-  get lastOutput(): string {
-    return this.recent.join('\n');
-  }
-
-  signal(signal: NodeJS.Signals): void {
-    if (!this.running || this.child.pid === undefined) return;
-    try {
-      process.kill(-this.child.pid, signal);
-    } catch {
-      // The group is already gone.
-    }
-  }
-
-  /** SIGTERM (the sidecar drains in-flight streams), then SIGKILL after `graceMs`. */
-  async stop(graceMs: number): Promise<void> {
-    if (!this.running) return;
-    this.signal('SIGTERM');
-    const timer = setTimeout(() => this.signal('SIGKILL'), graceMs);
-    await this.exited;
-    clearTimeout(timer);
-    // The leader may exit before the rest of its group (wrangler's workerd): make sure none is left.
-    this.signal('SIGKILL');
-  }
-}
-
-const liveProcesses = new Set<ManagedProcess>();
-// Last resort if this process exits without stopping the stack: no orphan sidecars or workerd.
-process.on('exit', () => {
-  for (const child of liveProcesses) child.signal('SIGKILL');
-});
-
-// ─── Ports and readiness ─────────────────────────────────────────────────────
-
-async function isPortFree(port: number): Promise<boolean> {
-  return new Promise((resolveFree) => {
-    const probe = createServer();
-    probe.once('error', () => resolveFree(false));
-    probe.listen({ port, host: '127.0.0.1', exclusive: true }, () => probe.close(() => resolveFree(true)));
-  });
-}
+// ─── Ports and interruption ──────────────────────────────────────────────────
 
 async function assertPortFree(port: number, what: string, hint: string): Promise<void> {
   if (!(await isPortFree(port))) {
@@ -136,43 +54,12 @@ async function assertPortFree(port: number, what: string, hint: string): Promise
   }
 }
 
-/** A port the OS considers free right now. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen({ port: 0, host: '127.0.0.1' }, () => {
-      const address = probe.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      probe.close(() => resolvePort(port));
-    });
-  });
-}
-
-/** Polls `url` until it answers 200; fails early (with its output) if `owner` dies, or after `timeoutMs`. */
-async function waitForOk(url: string, owner: ManagedProcess, timeoutMs: number, signal?: AbortSignal): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    throwIfInterrupted(signal);
-    if (!owner.running) {
-      throw new CliError(`${owner.name} exited during start-up:\n${owner.lastOutput}`, 1);
-    }
-    try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
-      await response.body?.cancel();
-      if (response.ok) return;
-    } catch {
-      // Not listening yet.
-    }
-    if (Date.now() > deadline) {
-      throw new CliError(`${owner.name} was not ready at ${url} after ${Math.round(timeoutMs / 1000)} s:\n${owner.lastOutput}`, 1);
-    }
-    await new Promise((resolveWait) => setTimeout(resolveWait, 250));
-  }
-}
-
 function throwIfInterrupted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new CliError('interrupted while starting; everything started was stopped', 130);
+  if (signal?.aborted) throw interruptedError();
+}
+
+function interruptedError(): CliError {
+  return new CliError('interrupted while starting; everything started was stopped', 130);
 }
 
 // ─── The stack ───────────────────────────────────────────────────────────────
@@ -249,17 +136,22 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const persistTo = options.persistTo ?? (await mkdtemp(join(tmpdir(), 'sirocco-wrangler-')));
   const children: ManagedProcess[] = [];
   const stopAll = async () => {
-    await Promise.all(children.map((child) => child.stop(15_000)));
+    await Promise.all(children.map((child) => child.stop({ graceMs: 15_000 })));
     if (ownPersist) await rm(persistTo, { recursive: true, force: true });
   };
 
   try {
-    const env = { ...process.env, [ENV.sidecarSecret]: sidecarSecret };
     const sidecars = specs.map((spec) => {
-      const args = [SIROCCO_BIN, 'serve', '--model', `${models['mistral-tiny']},${models['mistral-small']}`];
-      args.push('--region', spec.region, '--port', String(spec.port));
-      if (options.sidecarThreads) args.push('--threads', String(options.sidecarThreads));
-      const child = new ManagedProcess(`sidecar ${spec.region}`, args, env, onLog);
+      const name = `sidecar ${spec.region}`;
+      const serveArgs = ['--model', `${models['mistral-tiny']},${models['mistral-small']}`, '--region', spec.region, '--port', String(spec.port)];
+      if (options.sidecarThreads) serveArgs.push('--threads', String(options.sidecarThreads));
+      const child = spawnSidecar({
+        name,
+        serveArgs,
+        env: { [ENV.sidecarSecret]: sidecarSecret },
+        ownProcessGroup: true,
+        onLine: (line) => onLog(name, line),
+      });
       children.push(child);
       return { ...spec, url: `http://127.0.0.1:${spec.port}`, process: child };
     });
@@ -272,21 +164,24 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       lon,
       continent,
     }));
-    const wranglerArgs = [WRANGLER_BIN, 'dev', '--port', String(edgePort), '--ip', '127.0.0.1'];
-    wranglerArgs.push('--persist-to', persistTo, '--show-interactive-dev-session=false', '--log-level', 'warn');
-    // wrangler's debugger listens on a fixed port (9229) by default: two stacks at once would collide.
-    wranglerArgs.push('--inspector-port', String(await freePort()));
-    // Secrets go in as vars: the same bindings the worker reads from `wrangler secret` in production.
-    wranglerArgs.push('--var', `${ENV.sidecarSecret}:${sidecarSecret}`, '--var', `${ENV.adminSecret}:${adminSecret}`);
-    wranglerArgs.push('--var', `SIDECARS:${JSON.stringify(registry)}`);
-    const wrangler = new ManagedProcess('wrangler dev', wranglerArgs, { ...process.env, WRANGLER_SEND_METRICS: 'false' }, onLog);
+    const wrangler = await spawnWranglerDev({
+      port: edgePort,
+      persistTo,
+      logLevel: 'warn',
+      inspectorPort: await freePort(),
+      vars: { SIDECARS: JSON.stringify(registry) },
+      // The same bindings the worker reads from `wrangler secret` in production.
+      secrets: { [ENV.sidecarSecret]: sidecarSecret, [ENV.adminSecret]: adminSecret },
+      onLine: (line) => onLog('wrangler dev', line),
+    });
     children.push(wrangler);
 
     progress('waiting for the sidecars to load the models and for wrangler dev…');
     const edgeUrl = `http://localhost:${edgePort}`;
+    const { signal } = options;
     await Promise.all([
-      ...sidecars.map((sidecar) => waitForOk(`${sidecar.url}${SIDECAR_PATHS.ready}`, sidecar.process, 180_000, options.signal)),
-      waitForOk(`http://127.0.0.1:${edgePort}/health`, wrangler, 120_000, options.signal),
+      ...sidecars.map((sidecar) => waitUntilReady(sidecar.process, `${sidecar.url}${SIDECAR_PATHS.ready}`, { timeoutMs: 180_000, signal })),
+      waitUntilReady(wrangler, `http://127.0.0.1:${edgePort}/health`, { timeoutMs: 120_000, signal }),
     ]);
 
     await createDevKey(`http://127.0.0.1:${edgePort}`, adminSecret, apiKey);
@@ -303,12 +198,15 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       stopSidecar: async (region) => {
         const sidecar = sidecars.find((candidate) => candidate.region === region);
         if (!sidecar) throw new Error(`no sidecar in region ${region}`);
-        await sidecar.process.stop(15_000);
+        await sidecar.process.stop({ graceMs: 15_000 });
       },
       stop: () => (stopped ??= stopAll()),
     };
   } catch (error) {
     await stopAll();
+    if (options.signal?.aborted) throw interruptedError();
+    // The CLI prints a CliError's message alone: the child's name and its last output say what went wrong.
+    if (error instanceof ProcessError) throw new CliError(error.message, 1);
     throw error;
   }
 }

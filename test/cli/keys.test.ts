@@ -2,58 +2,47 @@
  * `sirocco keys` as an operator runs it: the real CLI process against a real `wrangler dev` edge
  * (throwaway KV state), creating, listing and revoking keys, and every kind of mistake.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../cli/commands/dev.ts';
+import { freePort, REPO_ROOT, SIROCCO_BIN, spawnWranglerDev, waitUntilReady, type ManagedProcess } from '../../cli/processes.ts';
 
-const REPO_ROOT = resolve(import.meta.dirname, '../..');
-const ADMIN_SECRET = 'keys-cli-test-admin-secret';
+/** Shell and dotenv syntax on purpose: wrangler dev must get it verbatim through its secrets file. */
+const ADMIN_SECRET = "keys-cli-test-$HOME-\\${PATH}-'quoted'-#-admin-secret";
 
 let edgeUrl: string;
-let wrangler: ChildProcess | undefined;
+let wrangler: ManagedProcess | undefined;
 let persistTo: string;
 
 function sirocco(args: string[], env: Record<string, string | undefined> = {}) {
   return new Promise<{ code: number; stdout: string; stderr: string }>((done) => {
     execFile(
       process.execPath,
-      [join(REPO_ROOT, 'bin/sirocco.mjs'), 'keys', ...args],
+      [SIROCCO_BIN, 'keys', ...args],
       { env: { ...process.env, SIROCCO_ADMIN_SECRET: ADMIN_SECRET, ...env }, cwd: REPO_ROOT },
       (error, stdout, stderr) => done({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
     );
   });
 }
 
-async function waitForHealth(url: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (wrangler?.exitCode !== null) throw new Error('wrangler dev exited during start-up');
-    try {
-      if ((await fetch(`${url}/health`)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`wrangler dev did not answer /health within ${timeoutMs} ms`);
-    await new Promise((wait) => setTimeout(wait, 250));
-  }
-}
-
 beforeAll(async () => {
   const port = await freePort();
   persistTo = await mkdtemp(join(tmpdir(), 'sirocco-keys-test-'));
   edgeUrl = `http://127.0.0.1:${port}`;
-  const args = [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'dev', '--port', String(port), '--ip', '127.0.0.1'];
-  args.push('--persist-to', persistTo, '--show-interactive-dev-session=false', '--log-level', 'error');
-  args.push('--var', `SIROCCO_ADMIN_SECRET:${ADMIN_SECRET}`, '--inspector-port', String(await freePort()));
-  wrangler = spawn(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, stdio: 'ignore', detached: true });
-  await waitForHealth(edgeUrl, 90_000);
+  wrangler = await spawnWranglerDev({
+    port,
+    persistTo,
+    logLevel: 'error',
+    inspectorPort: await freePort(),
+    secrets: { SIROCCO_ADMIN_SECRET: ADMIN_SECRET },
+  });
+  await waitUntilReady(wrangler, `${edgeUrl}/health`, { timeoutMs: 90_000 });
 }, 120_000);
 
 afterAll(async () => {
-  if (wrangler?.pid && wrangler.exitCode === null) process.kill(-wrangler.pid, 'SIGTERM'); // its own group: workerd too
+  await wrangler?.stop({ graceMs: 5_000 });
   await rm(persistTo, { recursive: true, force: true });
 });
 

@@ -2,33 +2,33 @@
  * `npm start` (`node bin/sirocco.mjs dev`) as a user runs it: it prints the URL, the key and a curl line; that
  * curl gets a streamed answer; SIGTERM/Ctrl-C stops every process it started; a taken port is a clear error.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
+import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freePort } from '../../cli/commands/dev.ts';
+import { freePort, isPortFree, spawnNode, SIROCCO_BIN, type ManagedProcess } from '../../cli/processes.ts';
+import { ENV } from '../../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
 import { TEST_HOME } from '../support/stack-fixture.ts';
 
-const REPO_ROOT = join(import.meta.dirname, '../..');
-const running: ChildProcess[] = [];
+const running: ManagedProcess[] = [];
 afterEach(() => {
-  for (const child of running.splice(0)) if (child.exitCode === null) child.kill('SIGKILL');
+  for (const dev of running.splice(0)) dev.kill('SIGKILL');
 });
 
+/** `node bin/sirocco.mjs dev …` as `npm start` runs it, with everything it prints kept. */
 function startDev(args: string[], env: Record<string, string>) {
-  const child = spawn(process.execPath, ['bin/sirocco.mjs', 'dev', ...args], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, SIROCCO_HOME: TEST_HOME, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  running.push(child);
-  let output = '';
-  child.stdout!.on('data', (data: Buffer) => (output += data.toString()));
-  child.stderr!.on('data', (data: Buffer) => (output += data.toString()));
-  const exited = once(child, 'exit').then(([code]) => code as number | null);
-  return { child, exited, output: () => output };
+  const lines: string[] = [];
+  const dev = spawnNode({ name: 'sirocco dev', args: [SIROCCO_BIN, 'dev', ...args], env: { [ENV.home]: TEST_HOME, ...env }, onLine: (line) => lines.push(line) });
+  running.push(dev);
+  return {
+    kill: (signal: NodeJS.Signals) => dev.kill(signal),
+    // Its last words (an error before it exits) are what several tests check.
+    exited: dev.exited.then(async (code) => {
+      await dev.outputSettled();
+      return code;
+    }),
+    output: () => lines.join('\n'),
+  };
 }
 
 /** Live processes whose command line contains `text` (zombies show no arguments, so they do not count). */
@@ -36,14 +36,6 @@ function processesMentioning(text: string): string[] {
   return execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
     .split('\n')
     .filter((line) => line.includes(text) && !line.startsWith('ps '));
-}
-
-async function isListening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = createServer();
-    probe.once('error', () => resolve(true));
-    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(false)));
-  });
 }
 
 describe('npm start (sirocco dev)', () => {
@@ -72,12 +64,12 @@ describe('npm start (sirocco dev)', () => {
     expect(events.length).toBeGreaterThan(3);
     expect(events.at(-1)).toBe(SSE_DONE);
 
-    dev.child.kill('SIGTERM');
+    dev.kill('SIGTERM');
     expect(await dev.exited).toBe(0);
     expect(dev.output()).toContain('stopping (SIGTERM)');
     // Nothing it started is left running or listening.
     for (const port of [edgePort, eu, us]) {
-      expect(await isListening(port)).toBe(false);
+      expect(await isPortFree(port)).toBe(true);
       expect(processesMentioning(`--port ${port}`)).toEqual([]);
     }
   }, 300_000);
@@ -87,11 +79,11 @@ describe('npm start (sirocco dev)', () => {
     const dev = startDev(['--sidecar-ports', `${eu},${us}`], { PORT: String(edgePort) });
     await expect.poll(dev.output, { timeout: 120_000, interval: 50 }).toContain('waiting for the sidecars');
 
-    dev.child.kill('SIGTERM');
+    dev.kill('SIGTERM');
     expect(await dev.exited).toBe(130);
     expect(dev.output()).toContain('interrupted while starting');
     for (const port of [edgePort, eu, us]) {
-      expect(await isListening(port)).toBe(false);
+      expect(await isPortFree(port)).toBe(true);
       expect(processesMentioning(`--port ${port}`)).toEqual([]);
     }
   }, 180_000);

@@ -3,19 +3,22 @@
  * read its JSON log lines, talk to it over real HTTP, and stop it with a real signal. SIROCCO_HOME
  * is shared by every test file so the demo models are built once.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+import { REPO_ROOT, startSidecar } from '../../cli/processes.ts';
+import { ENV } from '../../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
 
-const REPO_ROOT = resolve(import.meta.dirname, '../..');
 export const TEST_HOME = join(REPO_ROOT, 'test/.tmp/home');
+
+/** A test that stops a sidecar expects it to exit by itself; SIGKILL after this long turns a hang into a failure. */
+const STOP_GRACE_MS = 60_000;
 
 export interface SidecarProcess {
   url: string;
   child: ChildProcess;
-  /** Every JSON log line so far. */
+  /** Every JSON log line it wrote to stdout so far. */
   logs: Array<Record<string, unknown>>;
   /** Sends `signal` and resolves with the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
@@ -24,46 +27,26 @@ export interface SidecarProcess {
 
 export async function startSidecarProcess({ args = [], env = {} }: { args?: string[]; env?: Record<string, string> } = {}): Promise<SidecarProcess> {
   await mkdir(TEST_HOME, { recursive: true });
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'bin/sirocco.mjs'), 'serve', '--port', '0', '--threads', '1', ...args], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, SIROCCO_HOME: TEST_HOME, SIROCCO_SIDECAR_SECRET: '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
   const logs: Array<Record<string, unknown>> = [];
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<number | null>((resolveExit) => child.once('exit', (code) => resolveExit(code)));
-
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`sidecar not ready after 180 s\n${stderr}`)), 180_000);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      let record: Record<string, unknown>;
+  const { sidecar, url } = await startSidecar({
+    serveArgs: ['--port', '0', '--threads', '1', ...args],
+    env: { [ENV.home]: TEST_HOME, [ENV.sidecarSecret]: '', ...env },
+    onLine: (line, stream) => {
+      if (stream !== 'stdout') return;
       try {
-        record = JSON.parse(line) as Record<string, unknown>;
+        logs.push(JSON.parse(line) as Record<string, unknown>);
       } catch {
-        return; // not a log line
+        // not a log line
       }
-      logs.push(record);
-      if (record.msg === 'ready') {
-        clearTimeout(timer);
-        resolveUrl(String(record.url));
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`sidecar exited with code ${code} before it was ready\n${stderr}`));
-    });
+    },
+    readyTimeoutMs: 180_000,
   });
-
   return {
     url,
-    child,
+    child: sidecar.child,
     logs,
-    exited,
-    async stop(signal = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
+    exited: sidecar.exited,
+    stop: (signal = 'SIGTERM') => sidecar.stop({ signal, graceMs: STOP_GRACE_MS }),
   };
 }
 

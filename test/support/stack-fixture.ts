@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { signRequest } from '../../shared/signing.ts';
-import { DEFAULT_SIDECARS, freePort, startStack, type Stack } from '../../cli/commands/dev.ts';
+import { DEFAULT_SIDECARS, startStack, type Stack } from '../../cli/commands/dev.ts';
+import { freePort } from '../../cli/processes.ts';
 import { ENV } from '../../shared/protocol.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
