@@ -47,6 +47,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const sequence = runtime.createSequence();
     const [logits] = await runtime.forward([{ sequence, tokens }], { allPositions: true });
+    if (!logits) throw new Error('the engine returned no logits for the sequence');
     const vocab = runtime.info.vocabSize;
     const rows = tokens.map((_, t) => Array.from(logits.subarray(t * vocab, (t + 1) * vocab)));
     process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);

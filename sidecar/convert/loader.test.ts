@@ -17,10 +17,11 @@ describe('raw checkpoint folders are converted once into the store cache', () =>
     const previous = process.env.SIROCCO_HOME;
     process.env.SIROCCO_HOME = home;
     try {
-      const golden = loadGolden('tiny-mistral');
+      const [golden] = loadGolden('tiny-mistral').cases;
+      if (!golden) throw new Error('the tiny-mistral golden fixture has no cases');
       const first = await openModel(checkpointDir('tiny-mistral', 'hf'), { precision: 'fp32' });
       expect(first.dir.startsWith(join(home, 'stores'))).toBe(true);
-      expect(relativeError(await fullPass(first, golden.cases[0].tokens), golden.cases[0].logits)).toBeLessThan(1e-4);
+      expect(relativeError(await fullPass(first, golden.tokens), golden.logits)).toBeLessThan(1e-4);
       await first.dispose();
       const second = await openModel(checkpointDir('tiny-mistral', 'hf'), { precision: 'fp32' });
       expect(second.dir).toBe(first.dir);
@@ -28,7 +29,8 @@ describe('raw checkpoint folders are converted once into the store cache', () =>
 
       // Two loads racing on a checkpoint never converted: one conversion wins, both get the store.
       const racing = await Promise.all([0, 1].map(() => openModel(checkpointDir('tiny-mixtral', 'native'), { precision: 'int8' })));
-      expect(racing[0].dir).toBe(racing[1].dir);
+      const [dir, otherDir] = racing.map((r) => r.dir);
+      expect(dir).toBe(otherDir);
       expect(readdirSync(join(home, 'stores')).filter((f) => f.includes('.partial-'))).toEqual([]);
       await Promise.all(racing.map((r) => r.dispose()));
     } finally {

@@ -22,7 +22,20 @@ function copyOf(model: string, layout: string): string {
 }
 
 /** Rewrites one tensor's header entry in place, keeping the header length (padded with spaces). */
-function editHeader(file: string, edit: (header: Record<string, { dtype: string; shape: number[]; data_offsets: number[] }>) => void): void {
+interface HeaderEntry {
+  dtype: string;
+  shape: number[];
+  data_offsets: number[];
+}
+
+/** A tensor's entry in a fixture header (the fixture must have it). */
+function entryOf(header: Record<string, HeaderEntry>, name: string): HeaderEntry {
+  const entry = header[name];
+  if (!entry) throw new Error(`the fixture header has no tensor "${name}"`);
+  return entry;
+}
+
+function editHeader(file: string, edit: (header: Record<string, HeaderEntry>) => void): void {
   const bytes = readFileSync(file);
   const length = Number(bytes.readBigUInt64LE(0));
   const header = JSON.parse(bytes.subarray(8, 8 + length).toString('utf8'));
@@ -66,7 +79,7 @@ describe('conversion of a broken checkpoint fails cleanly', () => {
   it('missing tensor', async () => {
     const dir = copyOf('tiny-mixtral', 'hf');
     editHeader(join(dir, 'model.safetensors'), (h) => {
-      h['model.layers.1.block_sparse_moe.experts.7.wX.weight'] = h['model.layers.1.block_sparse_moe.experts.7.w3.weight'];
+      h['model.layers.1.block_sparse_moe.experts.7.wX.weight'] = entryOf(h, 'model.layers.1.block_sparse_moe.experts.7.w3.weight');
       delete h['model.layers.1.block_sparse_moe.experts.7.w3.weight'];
     });
     await expectFailedConversion(dir, '"model.layers.1.block_sparse_moe.experts.7.w3.weight" is missing', 'model.safetensors');
@@ -91,7 +104,7 @@ describe('conversion of a broken checkpoint fails cleanly', () => {
   it('unsupported dtype', async () => {
     const dir = copyOf('tiny-mistral', 'native');
     editHeader(join(dir, 'consolidated.safetensors'), (h) => {
-      h['norm.weight'].dtype = 'I32'; // same 4 bytes per element, so only the dtype is wrong
+      entryOf(h, 'norm.weight').dtype = 'I32'; // same 4 bytes per element, so only the dtype is wrong
     });
     await expectFailedConversion(dir, 'consolidated.safetensors', '"norm.weight"', 'unsupported dtype I32');
   });

@@ -28,8 +28,8 @@ function maxRelativeDifference(a: Float32Array, b: Float32Array): number {
   let maxRef = 0;
   let maxErr = 0;
   for (let i = 0; i < b.length; i++) {
-    maxRef = Math.max(maxRef, Math.abs(b[i]));
-    maxErr = Math.max(maxErr, Math.abs(a[i] - b[i]));
+    maxRef = Math.max(maxRef, Math.abs(b[i]!));
+    maxErr = Math.max(maxErr, Math.abs(a[i]! - b[i]!)); // a shorter `a` gives NaN: the comparison fails
   }
   return maxErr / maxRef;
 }
@@ -51,8 +51,9 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
       const collected = new Float32Array(reference.length);
       for (let start = 0; start < ids.length; start += chunk) {
         const part = ids.slice(start, start + chunk);
-        const [logits] = await runtime.forward([{ sequence, tokens: part }], { allPositions: true });
-        collected.set(logits, start * 512);
+        const results = await runtime.forward([{ sequence, tokens: part }], { allPositions: true });
+        expect(results).toHaveLength(1);
+        collected.set(results[0]!, start * 512);
       }
       expect(sequence.length).toBe(100);
       expect(maxRelativeDifference(collected, reference)).toBeLessThan(1e-5);
@@ -61,25 +62,29 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
   });
 
   it('a ragged batch returns what each sequence would get on its own', async () => {
-    const histories = [tokens(10, 1), [], tokens(3, 2)];
-    const steps = [tokens(1, 3), tokens(6, 4), tokens(3, 5)];
-    const sequences = histories.map(() => runtime.createSequence());
-    for (let i = 0; i < sequences.length; i++) if (histories[i].length) await runtime.forward([{ sequence: sequences[i], tokens: histories[i] }]);
+    const entries = [
+      { history: tokens(10, 1), step: tokens(1, 3) },
+      { history: [], step: tokens(6, 4) },
+      { history: tokens(3, 2), step: tokens(3, 5) },
+    ].map((entry) => ({ ...entry, sequence: runtime.createSequence() }));
+    for (const { history, sequence } of entries) if (history.length) await runtime.forward([{ sequence, tokens: history }]);
 
     const batched = await runtime.forward(
-      sequences.map((sequence, i) => ({ sequence, tokens: steps[i] })),
+      entries.map(({ sequence, step }) => ({ sequence, tokens: step })),
       { allPositions: true },
     );
-    const lastOnly = await runtime.forward(sequences.map((sequence, i) => ({ sequence, tokens: [steps[i][0]] })));
+    const lastOnly = await runtime.forward(entries.map(({ sequence, step }) => ({ sequence, tokens: step.slice(0, 1) })));
     expect(lastOnly.map((l) => l.length)).toEqual([512, 512, 512]);
+    expect(batched).toHaveLength(entries.length);
 
-    for (let i = 0; i < sequences.length; i++) {
-      const alone = await fullPass(runtime, [...histories[i], ...steps[i]]);
-      const expected = alone.slice(histories[i].length * 512);
-      expect(batched[i].length).toBe(steps[i].length * 512);
-      expect(maxRelativeDifference(batched[i], expected)).toBeLessThan(1e-5);
-      expect(sequences[i].length).toBe(histories[i].length + steps[i].length + 1);
-      runtime.releaseSequence(sequences[i]);
+    for (const [i, { history, step, sequence }] of entries.entries()) {
+      const alone = await fullPass(runtime, [...history, ...step]);
+      const expected = alone.slice(history.length * 512);
+      const logits = batched[i]!;
+      expect(logits.length).toBe(step.length * 512);
+      expect(maxRelativeDifference(logits, expected)).toBeLessThan(1e-5);
+      expect(sequence.length).toBe(history.length + step.length + 1);
+      runtime.releaseSequence(sequence);
     }
   });
 
@@ -102,19 +107,24 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
     it('matches the sequence decoding alone at every step', async () => {
       const decode = async (withOthers: boolean) => {
         const main = int4.createSequence();
-        const others = histories.map(() => int4.createSequence());
+        const others = histories.map((cached) => ({ cached, sequence: int4.createSequence() }));
         await int4.forward([{ sequence: main, tokens: tokens(12, 9) }]);
-        for (const [i, length] of histories.entries()) if (length > 0) await int4.forward([{ sequence: others[i], tokens: tokens(length, 20 + i) }]);
+        for (const [i, { cached, sequence }] of others.entries()) {
+          if (cached > 0) await int4.forward([{ sequence, tokens: tokens(cached, 20 + i) }]);
+        }
         const out: string[] = [];
         for (let i = 0; i < 60; i++) {
-          const mates = withOthers ? others.map((sequence) => ({ sequence, tokens: prompts(i) })) : [];
+          const mates = withOthers ? others.map(({ sequence }) => ({ sequence, tokens: prompts(i) })) : [];
           const batch = last ? [...mates, { sequence: main, tokens: [40 + i] }] : [{ sequence: main, tokens: [40 + i] }, ...mates];
-          const logits = (await int4.forward(batch))[last ? mates.length : 0];
+          const results = await int4.forward(batch);
+          expect(results).toHaveLength(batch.length);
+          const logits = results[last ? mates.length : 0]!;
           out.push(Buffer.from(logits.buffer, logits.byteOffset, logits.byteLength).toString('base64'));
         }
         expect(main.length).toBe(72); // crossed the first 64-slot bucket
-        if (withOthers && histories[0] > 0) expect(others[0].length).toBe(histories[0] + 60); // and the other its own
-        [main, ...others].forEach((s) => int4.releaseSequence(s));
+        const [first] = others;
+        if (withOthers && first && first.cached > 0) expect(first.sequence.length).toBe(first.cached + 60); // and the other its own
+        [main, ...others.map(({ sequence }) => sequence)].forEach((s) => int4.releaseSequence(s));
         return out;
       };
       expect(await decode(true)).toEqual(await decode(false));

@@ -7,6 +7,9 @@ import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cac
 
 const shape = (window: number | null): CacheShape => ({ layers: 1, kvHeads: 1, headDim: 2, window });
 
+/** The key buffer of the one layer every shape here has. */
+const keysOf = (cache: SequenceCache): Float32Array => cache.keys[0]!;
+
 /** A sequence with `n` tokens already cached (through a real step). */
 function prefilled(n: number, window: number | null): SequenceCache {
   const cache = new SequenceCache(1, shape(window));
@@ -45,7 +48,7 @@ describe('attention mask', () => {
     step.store(0, 'keys', Float32Array.of(1, 1, 2, 2, 3, 3, 4, 4));
     step.store(0, 'values', new Float32Array(8));
     step.commit(); // the padding entry's rows are dropped
-    expect(caches.map((c) => Array.from(c.keys[0].subarray(c.entries * 2 - 2, c.entries * 2)))).toEqual([[1, 1], [2, 2], [3, 3]]);
+    expect(caches.map((c) => Array.from(keysOf(c).subarray(c.entries * 2 - 2, c.entries * 2)))).toEqual([[1, 1], [2, 2], [3, 3]]);
   });
 
   it('lets a query at position i see keys i-W+1 … i only', () => {
@@ -89,14 +92,14 @@ describe('new KV into the caches', () => {
     expect([cache.entries, cache.capacity]).toEqual([1, 64]);
     const step = new BatchStep([{ cache, tokens: [2] }], shape(null));
     expect([step.past, step.seq]).toEqual([64, 2]); // one padding row: matmuls never run at M=1
-    expect(step.pastTensor(0, 'keys')).toBe(cache.keys[0]); // no copy
+    expect(step.pastTensor(0, 'keys')).toBe(keysOf(cache)); // no copy
     expect(pattern(step, 0)).toEqual([`1${'.'.repeat(63)}1.`, `${'.'.repeat(64)}.1`]);
   });
 
   it('appends each entry’s real new rows after its cached ones, dropping padding', () => {
     const a = new SequenceCache(1, shape(null));
     new BatchStep([{ cache: a, tokens: [1] }], shape(null)).commit();
-    a.keys[0].set([10, 11]);
+    keysOf(a).set([10, 11]);
     const b = new SequenceCache(2, shape(null));
     const step = new BatchStep(
       [
@@ -113,14 +116,16 @@ describe('new KV into the caches', () => {
     step.store(0, 'keys', Float32Array.of(12, 13, 0, 0, /* b */ 30, 31, 32, 33));
     step.store(0, 'values', new Float32Array(8));
     step.commit();
-    expect(Array.from(a.keys[0].subarray(0, 4))).toEqual([10, 11, 12, 13]);
-    expect(Array.from(b.keys[0].subarray(0, 4))).toEqual([30, 31, 32, 33]);
+    expect(Array.from(keysOf(a).subarray(0, 4))).toEqual([10, 11, 12, 13]);
+    expect(Array.from(keysOf(b).subarray(0, 4))).toEqual([30, 31, 32, 33]);
     expect([a.length, a.entries, b.length, b.entries]).toEqual([2, 2, 2, 2]);
   });
 
   it('keeps a batch’s past tensors across steps, copying in only the new slots, and rebuilds them when the layout changes', () => {
     const window = shape(70);
-    const caches = [prefilled(3, 70), prefilled(5, 70)];
+    const other = prefilled(3, 70);
+    const grower = prefilled(5, 70);
+    const caches = [other, grower];
     const reuse = new BatchedPast(window);
     /** One decode step over both caches writing key value `v` for each; returns the step's past keys. */
     const decode = (v: number) => {
@@ -136,10 +141,10 @@ describe('new KV into the caches', () => {
     const first = decode(7);
     expect(decode(8)).toBe(first); // same sequences, same P: the same buffer, updated in place
     expect(Array.from(first.subarray(3 * 2, 5 * 2))).toEqual([7, 7, 0, 0]); // entry 0's slot from step 7 (step 8's lands at commit)
-    while (caches[1].capacity === 64) expect(decode(9)).toBe(first); // entry 1 fills its 64-slot buffer…
+    while (grower.capacity === 64) expect(decode(9)).toBe(first); // entry 1 fills its 64-slot buffer…
     expect(decode(9)).not.toBe(first); // …and grows it: P changes, rebuilt
-    while (caches[1].length < 70 + 64) decode(9); // past the window's slack: compacted, rebuilt
-    expect(caches[1].entries).toBeLessThan(70);
+    while (grower.length < 70 + 64) decode(9); // past the window's slack: compacted, rebuilt
+    expect(grower.entries).toBeLessThan(70);
     decode(10);
     caches.reverse();
     decode(11); // another order: rebuilt (checked against a fresh step inside)
@@ -149,7 +154,7 @@ describe('new KV into the caches', () => {
     const cache = new SequenceCache(1, shape(null));
     const step = new BatchStep([{ cache, tokens: [1] }], shape(null));
     step.store(0, 'keys', Float32Array.of(1, 2));
-    expect([cache.length, cache.entries, cache.keys[0].length]).toEqual([0, 0, 0]);
+    expect([cache.length, cache.entries, keysOf(cache).length]).toEqual([0, 0, 0]);
   });
 
   it('grows by a quarter (in 64-slot steps) and keeps the valid entries of every head', () => {
@@ -160,7 +165,7 @@ describe('new KV into the caches', () => {
     first.commit();
     cache.reserve(65);
     expect(cache.capacity).toBe(128);
-    expect(Array.from(cache.keys[0].subarray(128 * 2, 128 * 2 + 2))).toEqual([128, 129]); // head 1 starts at slot 0 of its row
+    expect(Array.from(keysOf(cache).subarray(128 * 2, 128 * 2 + 2))).toEqual([128, 129]); // head 1 starts at slot 0 of its row
     cache.reserve(129);
     expect(cache.capacity).toBe(192);
   });
@@ -172,6 +177,6 @@ describe('new KV into the caches', () => {
     step.store(0, 'values', new Float32Array(200));
     step.commit();
     expect([cache.length, cache.entries]).toEqual([100, 3]);
-    expect(Array.from(cache.keys[0].subarray(0, 8))).toEqual([194, 195, 196, 197, 198, 199, 0, 0]);
+    expect(Array.from(keysOf(cache).subarray(0, 8))).toEqual([194, 195, 196, 197, 198, 199, 0, 0]);
   });
 });

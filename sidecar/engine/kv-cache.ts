@@ -56,7 +56,7 @@ export class SequenceCache {
 
   /** Bytes held by this sequence's cache. */
   get bytes(): number {
-    return this.keys.reduce((sum, k, i) => sum + k.byteLength + this.values[i].byteLength, 0);
+    return [...this.keys, ...this.values].reduce((sum, buffer) => sum + buffer.byteLength, 0);
   }
 
   /** Grows every buffer to hold at least `slots` entries, keeping the valid ones. */
@@ -126,17 +126,19 @@ export class BatchedPast {
     const { layers, kvHeads, headDim } = this.shape;
     const { entries, past } = step;
     const key = `${step.batch}:${past}:${entries.map((e) => `${e.cache.id}.${e.cache.layoutVersion}`).join(',')}`;
-    if (key !== this.key || entries.some((e, b) => e.cache.entries < this.copied[b])) {
+    // An unchanged key names the same entries in the same order, so `copied` has a slot for each.
+    if (key !== this.key || entries.some((e, b) => e.cache.entries < this.copied[b]!)) {
       this.key = key;
       this.buffers = Array.from({ length: layers * 2 }, () => new Float32Array(step.batch * kvHeads * past * headDim));
       this.copied = entries.map(() => 0);
     }
     entries.forEach(({ cache }, b) => {
-      const from = this.copied[b];
+      const from = this.copied[b]!;
       if (cache.entries === from) return;
+      // Every cache has this shape's `layers` key and value buffers; `buffers` holds 2 × layers.
       for (let layer = 0; layer < layers; layer++) {
-        for (const [kind, source] of [cache.keys[layer], cache.values[layer]].entries()) {
-          const target = this.buffers[layer * 2 + kind];
+        for (const [kind, source] of [cache.keys[layer]!, cache.values[layer]!].entries()) {
+          const target = this.buffers[layer * 2 + kind]!;
           for (let h = 0; h < kvHeads; h++) {
             const start = h * cache.capacity * headDim;
             target.set(source.subarray(start + from * headDim, start + cache.entries * headDim), ((b * kvHeads + h) * past + from) * headDim);
@@ -214,7 +216,7 @@ export class BatchStep {
         const position = e.cache.length + i;
         const base = (b * this.seq + i) * half;
         for (let f = 0; f < half; f++) {
-          const angle = position * inverseFrequency[f];
+          const angle = position * inverseFrequency[f]!;
           cos[base + f] = Math.cos(angle);
           sin[base + f] = Math.sin(angle);
         }
@@ -250,11 +252,15 @@ export class BatchStep {
     return mask;
   }
 
-  /** One layer's past keys or values [B, kv_heads, P, head_dim]; a lone sequence's buffer as is. */
+  /**
+   * One layer's past keys or values [B, kv_heads, P, head_dim]; a lone sequence's buffer as is.
+   * @param layer in [0, shape.layers): the runtime loads only stores with that many layer graphs
+   */
   pastTensor(layer: number, kind: 'keys' | 'values'): Float32Array {
-    if (!this.batchedPast) return this.entries[0].cache[kind][layer];
+    // No batched past means a batch of one: exactly one entry.
+    if (!this.batchedPast) return this.entries[0]!.cache[kind][layer]!;
     // Batches: each valid prefix at its entry's rows; unused slots stay zero (masked).
-    return this.batchedPast[layer * 2 + (kind === 'values' ? 1 : 0)];
+    return this.batchedPast[layer * 2 + (kind === 'values' ? 1 : 0)]!;
   }
 
   /**
@@ -273,7 +279,7 @@ export class BatchStep {
     this.entries.forEach(({ cache, tokens }) => cache.reserve(cache.entries + tokens.length));
     for (const { layer, kind, rows } of this.pending) {
       this.entries.forEach(({ cache, tokens }, b) => {
-        const buffer = cache[kind][layer];
+        const buffer = cache[kind][layer]!; // layer < shape.layers, as for pastTensor
         for (let h = 0; h < kvHeads; h++) {
           const from = (b * kvHeads + h) * seq * headDim;
           buffer.set(rows.subarray(from, from + tokens.length * headDim), (h * cache.capacity + cache.entries) * headDim);

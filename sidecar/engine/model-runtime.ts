@@ -10,7 +10,7 @@ import * as ort from 'onnxruntime-node';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import { invalidRequest, modelError } from '../errors.ts';
 import { IO } from '../graph/models.ts';
-import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
+import { BatchedPast, BatchStep, SequenceCache, type CacheShape, type StepEntry } from './kv-cache.ts';
 import type { Architecture, ModelConfig } from '../formats/model-config.ts';
 import { isStore, MANIFEST_FILE, readManifest, type Manifest } from '../formats/store-manifest.ts';
 import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
@@ -109,9 +109,16 @@ function attentionFeeds(step: BatchStep, config: ModelConfig, layerRange: number
   return feeds;
 }
 
-function storeNewKv(step: BatchStep, layer: number, outputs: ort.InferenceSession.OnnxValueMapType): void {
-  step.store(layer, 'keys', outputs[IO.newKey(layer)].data as Float32Array);
-  step.store(layer, 'values', outputs[IO.newValue(layer)].data as Float32Array);
+/** A graph's float32 output by name; a graph without it does not match this build's runtime. */
+function output(outputs: ort.InferenceSession.OnnxValueMapType, name: string, graph: string): Float32Array {
+  const value = outputs[name];
+  if (!value) throw modelError(`the ${graph} graph returned no ${name} output; convert the checkpoint again`);
+  return value.data as Float32Array;
+}
+
+function storeNewKv(step: BatchStep, layer: number, outputs: ort.InferenceSession.OnnxValueMapType, graph: string): void {
+  step.store(layer, 'keys', output(outputs, IO.newKey(layer), graph));
+  step.store(layer, 'values', output(outputs, IO.newValue(layer), graph));
 }
 
 class DenseRunner implements StepRunner {
@@ -126,8 +133,8 @@ class DenseRunner implements StepRunner {
     feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
     feeds[IO.logitRows] = new ort.Tensor('int64', rows, [rows.length]);
     const outputs = await this.session.run(feeds);
-    for (const layer of layers) storeNewKv(step, layer, outputs);
-    return outputs[IO.logits].data as Float32Array;
+    for (const layer of layers) storeNewKv(step, layer, outputs, 'decoder');
+    return output(outputs, IO.logits, 'decoder');
   }
 
   async dispose(): Promise<void> {
@@ -152,16 +159,17 @@ class MoeRunner implements StepRunner {
     step.entries.forEach((e, b) => e.tokens.forEach((_, i) => realRows.push(b * step.seq + i)));
 
     let hidden: Float32Array | undefined;
-    for (let layer = 0; layer < this.layers.length; layer++) {
+    for (const [layer, session] of this.layers.entries()) {
       const feeds = attentionFeeds(step, this.config, [layer]);
       if (layer === 0) feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
       else feeds[IO.hidden] = tensor(hidden as Float32Array, hiddenDims);
-      const outputs = await this.layers[layer].run(feeds);
-      storeNewKv(step, layer, outputs);
+      const outputs = await session.run(feeds);
+      const graph = `layer ${layer}`;
+      storeNewKv(step, layer, outputs, graph);
 
-      const residual = outputs[IO.hiddenOut].data as Float32Array;
-      const ffnIn = outputs[IO.ffnIn].data as Float32Array;
-      const router = outputs[IO.routerLogits].data as Float32Array;
+      const residual = output(outputs, IO.hiddenOut, graph);
+      const ffnIn = output(outputs, IO.ffnIn, graph);
+      const router = output(outputs, IO.routerLogits, graph);
       const x = new Float32Array(realRows.length * dim);
       const logits = new Float32Array(realRows.length * numExperts);
       realRows.forEach((row, i) => {
@@ -176,16 +184,17 @@ class MoeRunner implements StepRunner {
         this.experts.beginLayer(layer, routing.experts, { data: realResidual, rows: realRows.length });
       }
       const moe = await runExperts(this.experts, layer, x, realRows.length, dim, routing, k);
-      hidden = residual.slice();
+      const next = residual.slice();
       realRows.forEach((row, i) => {
-        for (let d = 0; d < dim; d++) (hidden as Float32Array)[row * dim + d] += moe[i * dim + d];
+        for (let d = 0; d < dim; d++) next[row * dim + d]! += moe[i * dim + d]!;
       });
+      hidden = next;
     }
     const out = await this.head.run({
       [IO.hidden]: tensor(hidden as Float32Array, hiddenDims),
       [IO.logitRows]: new ort.Tensor('int64', rows, [rows.length]),
     });
-    return out[IO.logits].data as Float32Array;
+    return output(out, IO.logits, 'head');
   }
 
   private reportRouting(step: BatchStep, layer: number, experts: Int32Array): void {
@@ -232,7 +241,8 @@ class EngineRuntime implements ModelRuntime {
     return this.pagedExperts?.stats() ?? null;
   }
 
-  private validate(batch: ForwardEntry[]): SequenceCache[] {
+  /** Checks a batch and pairs each entry with its cache. */
+  private validate(batch: ForwardEntry[]): StepEntry[] {
     if (batch.length === 0) throw invalidRequest('forward needs at least one sequence');
     const seen = new Set<number>();
     return batch.map(({ sequence, tokens }) => {
@@ -249,24 +259,20 @@ class EngineRuntime implements ModelRuntime {
       if (cache.length + tokens.length > this.info.contextLength) {
         throw invalidRequest(`sequence would reach ${cache.length + tokens.length} tokens, beyond the model's context length of ${this.info.contextLength}`, 'tokens');
       }
-      return cache;
+      return { cache, tokens };
     });
   }
 
   async forward(batch: ForwardEntry[], options: { allPositions?: boolean } = {}): Promise<Float32Array[]> {
-    const caches = this.validate(batch);
-    const step = new BatchStep(
-      batch.map((e, i) => ({ cache: caches[i], tokens: e.tokens })),
-      this.cacheShape,
-      this.batchedPast,
-    );
+    const step = new BatchStep(this.validate(batch), this.cacheShape, this.batchedPast);
     const rows: number[] = [];
     batch.forEach((e, b) => {
       const first = options.allPositions ? 0 : e.tokens.length - 1;
       for (let i = first; i < e.tokens.length; i++) rows.push(b * step.seq + i);
     });
     // lm_head rows come in pairs like every matmul's (see BatchStep); the extra row is dropped.
-    while (rows.length % MIN_MATMUL_ROWS !== 0) rows.push(rows[0]);
+    // validate() refuses an empty batch or entry, so there is a first row to repeat.
+    while (rows.length % MIN_MATMUL_ROWS !== 0) rows.push(rows[0]!);
     const logits = await this.runner.run(step, BigInt64Array.from(rows.map(BigInt)));
     step.commit();
     const vocab = this.info.vocabSize;
@@ -308,6 +314,9 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     runner = new DenseRunner(await createSession(path(decoder.graph), settings), config);
   } else {
     if (!layers || !experts || !head) throw modelError(`${path('manifest.json')}: Mixtral store without layer, expert or head graphs`);
+    if (layers.length !== config.nLayers) {
+      throw modelError(`${path('manifest.json')}: ${layers.length} layer graphs for ${config.nLayers} layers; convert it again`);
+    }
     const layerSessions = [];
     for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
     const provider =

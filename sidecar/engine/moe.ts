@@ -74,7 +74,9 @@ export function sessionExpert(session: ort.InferenceSession, dim: number): Exper
   return {
     async run(x, rows) {
       const out = await session.run({ [IO.expertIn]: new ort.Tensor('float32', x, [rows, dim]) });
-      return out[IO.expertOut].data as Float32Array;
+      const y = out[IO.expertOut];
+      if (!y) throw modelError(`an expert graph returned no ${IO.expertOut} output; convert the checkpoint again`);
+      return y.data as Float32Array;
     },
   };
 }
@@ -86,7 +88,11 @@ export interface Routing {
   weights: Float32Array;
 }
 
-/** Top-k of each row's router logits, softmax over those k (computed in float64). */
+/**
+ * Top-k of each row's router logits, softmax over those k (computed in float64).
+ * `logits` holds rows × numExperts values and 1 ≤ k ≤ numExperts (model-config.ts checks it), so
+ * every index below is in range.
+ */
 export function routeTopK(logits: Float32Array, rows: number, numExperts: number, k: number): Routing {
   const experts = new Int32Array(rows * k);
   const weights = new Float32Array(rows * k);
@@ -98,20 +104,20 @@ export function routeTopK(logits: Float32Array, rows: number, numExperts: number
       let best = -1;
       for (let e = 0; e < numExperts; e++) {
         if (chosen.includes(e)) continue;
-        if (best === -1 || logits[base + e] > logits[base + best]) best = e;
+        if (best === -1 || logits[base + e]! > logits[base + best]!) best = e;
       }
       chosen.push(best);
     }
-    const top = logits[base + chosen[0]];
+    const top = logits[base + chosen[0]!]!;
     let sum = 0;
     const exps = chosen.map((e) => {
-      const v = Math.exp(logits[base + e] - top);
+      const v = Math.exp(logits[base + e]! - top);
       sum += v;
       return v;
     });
     for (let j = 0; j < k; j++) {
-      experts[r * k + j] = chosen[j];
-      weights[r * k + j] = exps[j] / sum;
+      experts[r * k + j] = chosen[j]!;
+      weights[r * k + j] = exps[j]! / sum;
     }
   }
   return { experts, weights };
@@ -124,14 +130,13 @@ export function routeTopK(logits: Float32Array, rows: number, numExperts: number
 export async function runExperts(provider: ExpertProvider, layer: number, x: Float32Array, rows: number, dim: number, routing: Routing, k: number): Promise<Float32Array> {
   const byExpert = new Map<number, number[]>(); // expert → routing slots (row * k + j)
   for (let slot = 0; slot < rows * k; slot++) {
-    const expert = routing.experts[slot];
+    const expert = routing.experts[slot]!;
     let slots = byExpert.get(expert);
     if (!slots) byExpert.set(expert, (slots = []));
     slots.push(slot);
   }
   const out = new Float32Array(rows * dim);
-  for (const expert of [...byExpert.keys()].sort((a, b) => a - b)) {
-    const slots = byExpert.get(expert) as number[];
+  for (const [expert, slots] of [...byExpert].sort(([a], [b]) => a - b)) {
     const runner = await provider.get(layer, expert);
     // A multiple of MIN_MATMUL_ROWS rows (the last one repeated): how many rows an expert gets
     // depends on what the rest of the batch routed to it, and MatMulNBits rounds a lone trailing
@@ -140,14 +145,14 @@ export async function runExperts(provider: ExpertProvider, layer: number, x: Flo
     const padded = Math.ceil(slots.length / multiple) * multiple;
     const input = new Float32Array(padded * dim);
     for (let i = 0; i < padded; i++) {
-      const row = Math.floor(slots[Math.min(i, slots.length - 1)] / k) * dim;
+      const row = Math.floor(slots[Math.min(i, slots.length - 1)]! / k) * dim; // slots is never empty
       input.set(x.subarray(row, row + dim), i * dim);
     }
     const y = await runner.run(input, padded);
     slots.forEach((slot, i) => {
       const row = Math.floor(slot / k) * dim;
-      const weight = routing.weights[slot];
-      for (let d = 0; d < dim; d++) out[row + d] += weight * y[i * dim + d];
+      const weight = routing.weights[slot]!;
+      for (let d = 0; d < dim; d++) out[row + d]! += weight * y[i * dim + d]!;
     });
   }
   return out;

@@ -18,13 +18,13 @@ function randomWeights(length: number, seed = 7): Float32Array {
 
 function squaredError(weight: Float32Array, q: QuantizedMatrix): number {
   const restored = dequantizeMatrix(q);
-  return weight.reduce((sum, v, i) => sum + (v - restored[i]) ** 2, 0);
+  return weight.reduce((sum, v, i) => sum + (v - restored[i]!) ** 2, 0); // the same [n, k] shape
 }
 
 /** The scale of the block that holds element `i` of a row-major [n, k] matrix. */
 function stepOf(q: QuantizedMatrix, i: number): number {
   const blocks = Math.ceil(q.k / q.blockSize);
-  return Math.abs(q.scales[Math.floor(i / q.k) * blocks + Math.floor((i % q.k) / q.blockSize)]);
+  return Math.abs(q.scales[Math.floor(i / q.k) * blocks + Math.floor((i % q.k) / q.blockSize)]!);
 }
 
 describe('quantizationPlan', () => {
@@ -90,7 +90,7 @@ describe('quantizeMatrix', () => {
     const q = quantizeMatrix(weight, n, k, { bits, blockSize: 32, mode });
     const restored = dequantizeMatrix(q);
     // 4-bit: values of the opposite sign to the extreme may clip at +7 steps (one extra step).
-    for (let i = 0; i < weight.length; i++) expect(Math.abs(restored[i] - weight[i])).toBeLessThanOrEqual(stepOf(q, i) * steps + 1e-7);
+    for (let i = 0; i < weight.length; i++) expect(Math.abs(restored[i]! - weight[i]!)).toBeLessThanOrEqual(stepOf(q, i) * steps + 1e-7);
   });
 
   it('search: never a larger squared error than absmax in any block, and clearly smaller overall', () => {
@@ -115,7 +115,7 @@ describe('quantizeMatrix', () => {
     const weight = randomWeights(128, 3);
     const q = quantizeMatrix(weight, 1, 128, { bits: 4, blockSize: 128, mode: 'search' });
     const levels = Array.from(dequantizeMatrix({ ...q, scales: Float32Array.of(1) }));
-    const fitted = levels.reduce((sum, l, i) => sum + l * weight[i], 0) / levels.reduce((sum, l) => sum + l * l, 0);
+    const fitted = levels.reduce((sum, l, i) => sum + l * weight[i]!, 0) / levels.reduce((sum, l) => sum + l * l, 0);
     expect(q.scales[0]).toBeCloseTo(fitted, 7);
   });
 });

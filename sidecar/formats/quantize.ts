@@ -71,7 +71,7 @@ export interface QuantizedMatrix extends QuantScheme {
 /** Rounds `x · inverse` onto the levels around `zeroPoint` into `q`, clamped to 0…maxQ. */
 function roundInto(x: Float32Array, length: number, q: Uint8Array, inverse: number, zeroPoint: number, maxQ: number): void {
   for (let i = 0; i < length; i++) {
-    const v = Math.round(x[i] * inverse) + zeroPoint;
+    const v = Math.round(x[i]! * inverse) + zeroPoint;
     q[i] = v < 0 ? 0 : v > maxQ ? maxQ : v;
   }
 }
@@ -85,9 +85,10 @@ function tryCandidate(x: Float32Array, length: number, inverse: number, zeroPoin
   let xl = 0;
   let ll = 0;
   for (let i = 0; i < length; i++) {
-    const v = Math.round(x[i] * inverse) + zeroPoint;
+    const xi = x[i]!;
+    const v = Math.round(xi * inverse) + zeroPoint;
     const level = (v < 0 ? 0 : v > maxQ ? maxQ : v) - zeroPoint;
-    xl += x[i] * level;
+    xl += xi * level;
     ll += level * level;
   }
   return ll === 0 ? { scale: 0, gain: 0 } : { scale: xl / ll, gain: (xl * xl) / ll };
@@ -96,7 +97,10 @@ function tryCandidate(x: Float32Array, length: number, inverse: number, zeroPoin
 /** The block's value of largest magnitude, with its sign. */
 function extremeOf(x: Float32Array, length: number): number {
   let extreme = 0;
-  for (let i = 0; i < length; i++) if (Math.abs(x[i]) > Math.abs(extreme)) extreme = x[i];
+  for (let i = 0; i < length; i++) {
+    const xi = x[i]!;
+    if (Math.abs(xi) > Math.abs(extreme)) extreme = xi;
+  }
   return extreme;
 }
 
@@ -150,7 +154,7 @@ export function quantizeMatrix(weight: Float32Array, n: number, k: number, schem
       q.fill(1 << (bits - 1), length); // padding past k dequantizes to exactly 0
       const out = (row * blocks + block) * bytesPerBlock;
       if (bits === 8) packed.set(q, out);
-      else for (let j = 0; j < blockSize / 2; j++) packed[out + j] = q[2 * j] | (q[2 * j + 1] << 4);
+      else for (let j = 0; j < blockSize / 2; j++) packed[out + j] = q[2 * j]! | (q[2 * j + 1]! << 4);
     }
   }
   return { ...scheme, n, k, packed, scales };
@@ -167,8 +171,8 @@ export function dequantizeMatrix({ bits, blockSize, n, k, packed, scales }: Quan
       const block = Math.floor(i / blockSize);
       const inBlock = i % blockSize;
       const base = (row * blocks + block) * bytesPerBlock;
-      const q = bits === 8 ? packed[base + inBlock] : (packed[base + (inBlock >> 1)] >> ((inBlock & 1) * 4)) & 0xf;
-      out[row * k + i] = (q - zeroPoint) * scales[row * blocks + block];
+      const q = bits === 8 ? packed[base + inBlock]! : (packed[base + (inBlock >> 1)]! >> ((inBlock & 1) * 4)) & 0xf;
+      out[row * k + i] = (q - zeroPoint) * scales[row * blocks + block]!;
     }
   }
   return out;

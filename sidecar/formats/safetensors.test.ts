@@ -57,10 +57,11 @@ describe('writeSafetensors + SafetensorsFile round trip', () => {
     const file = await SafetensorsFile.open(path);
     const bf = await file.readFloat32('bf');
     const h = await file.readFloat32('h');
-    for (let i = 0; i < values.length; i++) {
-      expect(Math.abs(bf[i] - values[i])).toBeLessThanOrEqual(Math.abs(values[i]) * 2 ** -8);
+    expect([bf.length, h.length]).toEqual([values.length, values.length]);
+    for (const [i, value] of values.entries()) {
+      expect(Math.abs(bf[i]! - value)).toBeLessThanOrEqual(Math.abs(value) * 2 ** -8);
       // F16: relative 2^-11 for normals, absolute 2^-25 in the subnormal range.
-      expect(Math.abs(h[i] - values[i])).toBeLessThanOrEqual(Math.max(Math.abs(values[i]) * 2 ** -11, 2 ** -25));
+      expect(Math.abs(h[i]! - value)).toBeLessThanOrEqual(Math.max(Math.abs(value) * 2 ** -11, 2 ** -25));
     }
     expect(h[4]).toBe(65504); // largest half is exact
     await file.close();

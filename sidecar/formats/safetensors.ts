@@ -166,10 +166,10 @@ function decodeFloats(bytes: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): Float32
   const out = new Float32Array(count);
   if (dtype === 'BF16') {
     const bits = new Uint32Array(out.buffer);
-    for (let i = 0; i < count; i++) bits[i] = halves[i] << 16;
+    for (let i = 0; i < count; i++) bits[i] = halves[i]! << 16;
   } else {
     const table = halfToFloatTable();
-    for (let i = 0; i < count; i++) out[i] = table[halves[i]];
+    for (let i = 0; i < count; i++) out[i] = table[halves[i]!]!;
   }
   return out;
 }
@@ -180,7 +180,7 @@ const scratchBits = new Uint32Array(scratch.buffer);
 /** float32 → bfloat16 bits, round to nearest even (NaN stays NaN). */
 function floatToBf16(value: number): number {
   scratch[0] = value;
-  const bits = scratchBits[0];
+  const bits = scratchBits[0]!; // one-element views of the same four bytes
   if ((bits & 0x7fffffff) > 0x7f800000) return (bits >>> 16) | 0x40;
   return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
 }
@@ -188,7 +188,7 @@ function floatToBf16(value: number): number {
 /** float32 → IEEE half bits, round to nearest even, overflow to infinity, subnormals kept. */
 function floatToHalf(value: number): number {
   scratch[0] = value;
-  const bits = scratchBits[0];
+  const bits = scratchBits[0]!;
   const sign = (bits >>> 16) & 0x8000;
   const exponent = (bits >>> 23) & 0xff;
   let mantissa = bits & 0x7fffff;
@@ -210,7 +210,7 @@ function encodeFloats(data: Float32Array, dtype: 'F32' | 'F16' | 'BF16'): Uint8A
   if (dtype === 'F32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const out = new Uint16Array(data.length);
   const convert = dtype === 'BF16' ? floatToBf16 : floatToHalf;
-  for (let i = 0; i < data.length; i++) out[i] = convert(data[i]);
+  for (let i = 0; i < data.length; i++) out[i] = convert(data[i]!);
   return new Uint8Array(out.buffer);
 }
 

@@ -86,6 +86,9 @@ function valueInfo(name: string, type: ElementType, dims: Dim[]): ValueInfo {
   };
 }
 
+/** One output name per element of `T` (a tuple stays a tuple of the same length). */
+export type OutputNames<T extends readonly unknown[]> = { -readonly [I in keyof T]: string };
+
 export class GraphBuilder {
   private readonly nodes: NodeProto[] = [];
   private readonly inputs: ValueInfo[] = [];
@@ -142,7 +145,7 @@ export class GraphBuilder {
   }
 
   /** A small int64 constant (shapes, axes), shared between nodes. */
-  ints(values: number[]): string {
+  ints(values: readonly number[]): string {
     const key = `i64:${values.join(',')}`;
     let name = this.constants.get(key);
     if (!name) {
@@ -184,7 +187,13 @@ export class GraphBuilder {
 
   /** Single-output shorthand for `node`. */
   op(op: string, inputs: string[], attrs?: Record<string, AttributeValue>, domain?: string): string {
-    return this.node(op, inputs, { attrs, domain })[0];
+    return this.node(op, inputs, { attrs, domain })[0]!; // one output by default
+  }
+
+  /** Splits `x` along `axis` into pieces of `sizes`; one output name per size, as a tuple to destructure. */
+  split<const Sizes extends readonly number[]>(x: string, sizes: Sizes, axis: number): OutputNames<Sizes> {
+    // `node` returns exactly `outputs` names.
+    return this.node('Split', [x, this.ints(sizes)], { outputs: sizes.length, attrs: { axis } }) as OutputNames<Sizes>;
   }
 
   /** Encodes the model and writes it to `path` (the external data file is written already). */

@@ -9,7 +9,7 @@
  * (A later optimisation is GroupQueryAttention with fused RoPE; standard ops keep parity simple.)
  */
 import type { ModelConfig } from '../formats/model-config.ts';
-import { MS_DOMAIN, type GraphBuilder } from './onnx-graph.ts';
+import { MS_DOMAIN, type GraphBuilder, type OutputNames } from './onnx-graph.ts';
 import { quantizationPlan, quantizeMatrix, schemeFor, type Precision, type QuantizationPlan } from '../formats/quantize.ts';
 
 /** Where weights come from, by canonical name, already in the rotate-half layout. */
@@ -49,7 +49,7 @@ export class TransformerGraph {
    * (Q|K|V, w1|w3): fewer, wider kernels keep both threads busy at decode. Quantization blocks run
    * along each row, so stacking changes no value.
    */
-  async linears(x: string, names: string[], ns: number[], k: number): Promise<string[]> {
+  async linears<const Ns extends readonly number[]>(x: string, names: string[], ns: Ns, k: number): Promise<OutputNames<Ns>> {
     const stacked = new Float32Array(ns.reduce((a, b) => a + b, 0) * k);
     let offset = 0;
     for (const name of names) {
@@ -58,13 +58,13 @@ export class TransformerGraph {
       offset += weight.length;
     }
     const y = await this.matmul(x, names.join('+'), stacked, stacked.length / k, k, false);
-    return this.g.node('Split', [y, this.g.ints(ns)], { outputs: ns.length, attrs: { axis: -1 } });
+    return this.g.split(y, ns, -1);
   }
 
   private matmul(x: string, name: string, weight: Float32Array, n: number, k: number, keepFp32: boolean): string {
     if (!this.quantization || keepFp32) {
       const transposed = new Float32Array(k * n);
-      for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) transposed[col * n + row] = weight[row * k + col];
+      for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) transposed[col * n + row] = weight[row * k + col]!;
       return this.g.op('MatMul', [x, this.g.initializer(name, 'float32', [k, n], transposed)]);
     }
     const scheme = schemeFor(this.quantization, name);
@@ -89,7 +89,7 @@ export class TransformerGraph {
   /** Rotate-half RoPE on [batch, seq, heads, head_dim] with cos/sin [batch, seq, 1, head_dim/2]. */
   private rope(x: string, cos: string, sin: string): string {
     const half = this.config.headDim / 2;
-    const [x1, x2] = this.g.node('Split', [x, this.g.ints([half, half])], { outputs: 2, attrs: { axis: -1 } });
+    const [x1, x2] = this.g.split(x, [half, half], -1);
     const first = this.g.op('Sub', [this.g.op('Mul', [x1, cos]), this.g.op('Mul', [x2, sin])]);
     const second = this.g.op('Add', [this.g.op('Mul', [x2, cos]), this.g.op('Mul', [x1, sin])]);
     return this.g.op('Concat', [first, second], { axis: -1 });

@@ -39,18 +39,20 @@ function splitMix64(seed: bigint): () => bigint {
 /** xoshiro128**: returns uniform floats in [0, 1). */
 export function createRandom(seed: number | bigint): () => number {
   const next64 = splitMix64(BigInt(seed));
-  const words = [next64(), next64()];
-  const s = new Uint32Array([Number(words[0] & 0xffffffffn), Number(words[0] >> 32n), Number(words[1] & 0xffffffffn), Number(words[1] >> 32n)]);
+  const first = next64();
+  const second = next64();
+  const s = new Uint32Array([Number(first & 0xffffffffn), Number(first >> 32n), Number(second & 0xffffffffn), Number(second >> 32n)]);
   const rotl = (x: number, k: number) => (x << k) | (x >>> (32 - k));
+  // `s` has exactly four words, so every index below is in range.
   return () => {
-    const result = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
-    const t = s[1] << 9;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 11);
+    const result = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0;
+    const t = s[1]! << 9;
+    s[2]! ^= s[0]!;
+    s[3]! ^= s[1]!;
+    s[1]! ^= s[2]!;
+    s[0]! ^= s[3]!;
+    s[2]! ^= t;
+    s[3] = rotl(s[3]!, 11);
     return result / 4294967296;
   };
 }
@@ -73,8 +75,9 @@ export function argmax(logits: Float32Array): number {
   let best = 0;
   let bestValue = -Infinity;
   for (let i = 0; i < logits.length; i++) {
-    if (logits[i] > bestValue) {
-      bestValue = logits[i];
+    const value = logits[i]!;
+    if (value > bestValue) {
+      bestValue = value;
       best = i;
     }
   }
@@ -92,9 +95,9 @@ const BUCKET_COUNT = 48 * BUCKETS_PER_NAT + 1; // beyond 48 nats (weight < 1e-21
 function nucleusThreshold(weights: Float64Array, buckets: Uint16Array, bucketMass: Float64Array, target: number): number {
   let cumulative = 0;
   let crossing = 0;
-  while (crossing < BUCKET_COUNT - 1 && cumulative + bucketMass[crossing] < target) cumulative += bucketMass[crossing++];
+  while (crossing < BUCKET_COUNT - 1 && cumulative + bucketMass[crossing]! < target) cumulative += bucketMass[crossing++]!;
   const members: number[] = [];
-  for (let i = 0; i < weights.length; i++) if (buckets[i] === crossing && weights[i] > 0) members.push(weights[i]);
+  for (let i = 0; i < weights.length; i++) if (buckets[i] === crossing && weights[i]! > 0) members.push(weights[i]!);
   members.sort((a, b) => b - a);
   let threshold = members[0] ?? 1;
   for (const w of members) {
@@ -120,24 +123,26 @@ export function createSampler(options: SamplingOptions): Sampler {
         buckets = new Uint16Array(logits.length);
       }
       // Softmax in float64 after subtracting the maximum: no overflow, and the top token keeps weight 1.
-      const max = logits[argmax(logits)];
+      // An empty row has no maximum; like an infinite or NaN one it falls back to argmax.
+      const max = logits[argmax(logits)] ?? Number.NaN;
       if (!Number.isFinite(max)) return argmax(logits);
       bucketMass.fill(0);
       let total = 0;
       for (let i = 0; i < logits.length; i++) {
-        const distance = (max - logits[i]) / temperature; // ≥ 0; NaN for NaN logits
+        const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits
         const w = Math.exp(-distance);
-        weights[i] = w > 0 ? w : 0; // NaN logits count as 0
-        total += weights[i];
+        const weight = w > 0 ? w : 0; // NaN logits count as 0
+        weights[i] = weight;
+        total += weight;
         const bucket = distance < BUCKET_COUNT / BUCKETS_PER_NAT ? Math.floor(distance * BUCKETS_PER_NAT) : BUCKET_COUNT - 1;
         buckets[i] = bucket;
-        bucketMass[bucket] += weights[i];
+        bucketMass[bucket]! += weight;
       }
       if (topP >= 1) return pick(weights, 0, total * random());
       // Nucleus: the most likely tokens whose weights first reach topP of the total (ties at the cut-off kept).
       const threshold = nucleusThreshold(weights, buckets, bucketMass, topP * total);
       let kept = 0;
-      for (let i = 0; i < weights.length; i++) if (weights[i] >= threshold) kept += weights[i];
+      for (let i = 0; i < weights.length; i++) if (weights[i]! >= threshold) kept += weights[i]!;
       return pick(weights, threshold, kept * random());
     },
   };
@@ -148,7 +153,7 @@ function pick(weights: Float64Array, threshold: number, target: number): number 
   let cumulative = 0;
   let last = -1;
   for (let id = 0; id < weights.length; id++) {
-    const w = weights[id];
+    const w = weights[id]!;
     if (w === 0 || w < threshold) continue;
     cumulative += w;
     last = id;

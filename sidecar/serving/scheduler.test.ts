@@ -131,7 +131,8 @@ describe('batching', () => {
     let gap = 0;
     const probe = s.submit(request);
     const first = await probe.next();
-    const probeSequence = created[created.length - 1];
+    const probeSequence = created.at(-1);
+    if (!probeSequence) throw new Error('the probe created no sequence');
     onForward = (batch) => {
       if (batch.length < 2 || !batch.some((e) => e.sequence === probeSequence)) return;
       gap = Math.max(gap, ...batch.map((e) => e.sequence.length - probeSequence.length));

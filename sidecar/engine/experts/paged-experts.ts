@@ -45,7 +45,7 @@ function buildExpertGraph(path: string, dim: number, ffn: number, unsignedWeight
     const zeroPoints = (count: number): string[] => (unsignedWeights ? [g.initializer(`zero_point_${count}`, 'uint8', [count], new Uint8Array(count).fill(128))] : []);
     // w1 and w3 are one [dim, 2·ffn] matrix so both projections cost one pass over x.
     const h = g.op('DynamicQuantizeMatMul', [x, w13, s13, ...zeroPoints(2 * ffn)], undefined, MS_DOMAIN);
-    const [gate, up] = g.node('Split', [h, g.ints([ffn, ffn])], { outputs: 2, attrs: { axis: 1 } }) as [string, string];
+    const [gate, up] = g.split(h, [ffn, ffn], 1);
     const silu = g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
     const y = g.op('DynamicQuantizeMatMul', [g.op('Mul', [silu, up]), w2, s2, ...zeroPoints(dim)], undefined, MS_DOMAIN);
     g.output(y, 'y', 'float32', ['rows', dim]);
