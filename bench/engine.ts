@@ -30,6 +30,7 @@ import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { parsePrecision } from '../cli/engine-flags.ts';
 import { loadModel, type ModelRuntime } from '../sidecar/engine/index.ts';
+import { argmax } from '../sidecar/sampling/sampler.ts';
 import { readManifest } from '../sidecar/formats/store-manifest.ts';
 import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
@@ -56,12 +57,6 @@ function promptTokens(count: number, vocab: number): number[] {
   });
 }
 
-function argmax(values: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
-  return best;
-}
-
 interface BatchedDecode {
   batch: number;
   msPerStep: number;
@@ -78,7 +73,7 @@ async function measureBatchedDecode(runtime: ModelRuntime, vocab: number, batche
   for (const batch of batches) {
     const sequences = Array.from({ length: batch }, () => runtime.createSequence());
     let logits = await runtime.forward(sequences.map((sequence, i) => ({ sequence, tokens: promptTokens(32 + i, vocab).slice(i) })));
-    const next = () => sequences.map((sequence, i) => ({ sequence, tokens: [argmax(logits[i])] }));
+    const next = () => sequences.map((sequence, i) => ({ sequence, tokens: [argmax(logits[i]!)] }));
     for (let i = 0; i < 2; i++) logits = await runtime.forward(next()); // warm this batch shape
     const start = performance.now();
     const cpuStart = process.cpuUsage();
@@ -133,7 +128,7 @@ async function main(): Promise<void> {
   // Warm-up: a short prompt and a few decode steps (first runs allocate arenas).
   const warm = runtime.createSequence();
   let [logits] = await runtime.forward([{ sequence: warm, tokens: promptTokens(16, vocabSize) }]);
-  for (let i = 0; i < 4; i++) [logits] = await runtime.forward([{ sequence: warm, tokens: [argmax(logits)] }]);
+  for (let i = 0; i < 4; i++) [logits] = await runtime.forward([{ sequence: warm, tokens: [argmax(logits!)] }]);
   runtime.releaseSequence(warm);
 
   const sequence = runtime.createSequence();
@@ -143,7 +138,7 @@ async function main(): Promise<void> {
 
   const decodeStart = performance.now();
   const cpuStart = process.cpuUsage();
-  for (let i = 0; i < decodeTokens; i++) [logits] = await runtime.forward([{ sequence, tokens: [argmax(logits)] }]);
+  for (let i = 0; i < decodeTokens; i++) [logits] = await runtime.forward([{ sequence, tokens: [argmax(logits!)] }]);
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
   const cpu = process.cpuUsage(cpuStart);
   const decodeCpuMsPerToken = (cpu.user + cpu.system) / 1000 / decodeTokens;

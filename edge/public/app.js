@@ -1,6 +1,6 @@
 // The chat page: posts to the edge's own /v1/chat/completions with `stream: true` and renders the SSE deltas
 // as they arrive. SSE parsing is the project's shared/sse.ts, bundled into /sse.js (see cli/commands/dev.ts).
-import { readSseEvents, SSE_DONE } from '/sse.js';
+import { classifySseEvent, readSseEvents } from '/sse.js';
 
 const KEY_STORAGE = 'sirocco.apiKey';
 const MODEL_STORAGE = 'sirocco.model';
@@ -83,9 +83,12 @@ async function send(prompt) {
     statusLine.textContent = 'Streaming…';
 
     for await (const event of readSseEvents(response.body)) {
-      if (event.data === SSE_DONE) break;
-      const chunk = JSON.parse(event.data);
-      if (chunk.object === 'error') throw new Error(chunk.message);
+      // The same classification the edge's relay, failover and cache use (shared/sse.ts).
+      const frame = classifySseEvent(event);
+      if (frame.kind === 'done') break;
+      if (frame.kind === 'error') throw new Error(frame.message);
+      if (frame.kind === 'garbage') throw new Error(`unexpected stream data (${frame.reason})`);
+      const chunk = frame.data;
       const choice = chunk.choices?.[0];
       if (choice?.delta?.content) {
         text += choice.delta.content;

@@ -238,10 +238,44 @@ async function* readSseEvents(body) {
     reader.releaseLock();
   }
 }
+var EXCERPT_LENGTH = 200;
+function isRecord(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+function parseJson(data) {
+  try {
+    return { ok: true, value: JSON.parse(data) };
+  } catch {
+    return { ok: false };
+  }
+}
+function errorMessageOf(data, parsed) {
+  if (isRecord(parsed)) {
+    if (typeof parsed.message === "string") return parsed.message;
+    if (isRecord(parsed.error) && typeof parsed.error.message === "string") return parsed.error.message;
+    if (typeof parsed.error === "string") return parsed.error;
+  }
+  return data.slice(0, EXCERPT_LENGTH) || "upstream error event";
+}
+function classifySseEvent(event) {
+  if (event.event === "error") {
+    const parsed2 = parseJson(event.data);
+    return { kind: "error", message: errorMessageOf(event.data, parsed2.ok ? parsed2.value : void 0) };
+  }
+  if (event.event !== void 0 && event.event !== "message") return { kind: "garbage", reason: `unexpected event type "${event.event}"` };
+  if (event.data === SSE_DONE) return { kind: "done" };
+  const parsed = parseJson(event.data);
+  if (!parsed.ok) return { kind: "garbage", reason: `not JSON: ${event.data.slice(0, EXCERPT_LENGTH)}` };
+  const value = parsed.value;
+  if (isRecord(value) && (value.object === "error" || value.error !== void 0 && value.error !== null)) return { kind: "error", message: errorMessageOf(event.data, value) };
+  if (isRecord(value) && value.object === "chat.completion.chunk") return { kind: "chunk", data: value };
+  return { kind: "garbage", reason: `not a chat.completion.chunk: ${event.data.slice(0, EXCERPT_LENGTH)}` };
+}
 export {
   SSE_DONE,
   SSE_HEADERS,
   SSE_KEEP_ALIVE,
+  classifySseEvent,
   createSseParser,
   encodeSseData,
   readSseEvents

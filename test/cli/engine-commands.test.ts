@@ -31,9 +31,9 @@ async function sirocco(...args: string[]): Promise<{ code: number; stdout: strin
 }
 
 function parseLogits(stdout: string): number[][] {
-  const lines = stdout.trim().split('\n');
-  expect(lines).toHaveLength(1);
-  const parsed = JSON.parse(lines[0]) as { logits: number[][] };
+  const [line, ...rest] = stdout.trim().split('\n');
+  expect(rest).toEqual([]);
+  const parsed = JSON.parse(line ?? '') as { logits: number[][] };
   expect(Object.keys(parsed)).toEqual(['logits']);
   return parsed.logits;
 }
@@ -50,7 +50,7 @@ describe('sirocco convert', () => {
     expect(manifest).toMatchObject({ formatVersion: FORMAT_VERSION, precision: 'int8', architecture: 'mixtral', name: 'native' });
     expect(manifest.sourceHash).toMatch(/^[0-9a-f]{24}$/);
     expect(manifest.tensors['layers.1.feed_forward.experts.7.w2.weight']).toEqual([64, 160]);
-    expect(manifest.graphs.experts?.[1][7]).toEqual({ graph: 'expert.1.7.onnx', data: 'expert.1.7.bin' });
+    expect(manifest.graphs.experts?.[1]?.[7]).toEqual({ graph: 'expert.1.7.onnx', data: 'expert.1.7.bin' });
     for (const file of manifest.files) expect(statSync(join(store, file.path)).size).toBe(file.bytes);
     expect(readdirSync(work).filter((f) => f.includes('.partial-'))).toEqual([]);
 
@@ -91,7 +91,7 @@ describe('sirocco convert', () => {
 
 describe('sirocco logits', () => {
   it('prints the golden logits for a Hugging Face checkpoint folder (fp32 by default)', async () => {
-    const golden = loadGolden('tiny-mistral').cases[1];
+    const golden = loadGolden('tiny-mistral').cases[1]!;
     const { code, stdout } = await sirocco('logits', '--model', checkpointDir('tiny-mistral', 'hf'), '--tokens', golden.tokens.join(','));
     expect(code).toBe(0);
     const logits = parseLogits(stdout);

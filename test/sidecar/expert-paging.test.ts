@@ -233,7 +233,7 @@ describe('a corrupt expert file', () => {
     for (const file of store.layerFiles(0)) {
       const bytes = await readFile(file);
       originals.set(file, Buffer.from(bytes));
-      bytes[bytes.length - 1] ^= 0xff;
+      bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
       await writeFile(file, bytes);
     }
     sidecar = await startSidecarProcess({ args: ['--model', store.dir, '--expert-cache-mb', String(BUDGET_MB)] });

@@ -34,21 +34,22 @@ export function tempDir(prefix: string): string {
 
 /** max |a - b| over max |b|, row-major logits [positions × vocab] against reference rows. */
 export function relativeError(actual: Float32Array, reference: number[][]): number {
-  const vocab = reference[0].length;
+  const vocab = reference[0]?.length ?? 0;
+  if (actual.length !== reference.length * vocab) throw new RangeError(`${actual.length} logits for ${reference.length}×${vocab} reference values`);
   let maxRef = 0;
   let maxErr = 0;
-  reference.forEach((row, t) =>
-    row.forEach((v, i) => {
+  for (const [t, row] of reference.entries()) {
+    for (const [i, v] of row.entries()) {
       maxRef = Math.max(maxRef, Math.abs(v));
-      maxErr = Math.max(maxErr, Math.abs(v - actual[t * vocab + i]));
-    }),
-  );
+      maxErr = Math.max(maxErr, Math.abs(v - actual[t * vocab + i]!));
+    }
+  }
   return maxErr / maxRef;
 }
 
 export function argmax(values: ArrayLike<number>, offset = 0, length = values.length - offset): number {
   let best = offset;
-  for (let i = offset; i < offset + length; i++) if (values[i] > values[best]) best = i;
+  for (let i = offset; i < offset + length; i++) if (values[i]! > values[best]!) best = i;
   return best - offset;
 }
 
@@ -58,8 +59,9 @@ export async function greedy(runtime: ModelRuntime, prompt: number[], count: num
   const out: number[] = [];
   let [logits] = await runtime.forward([{ sequence, tokens: prompt }]);
   while (out.length < count) {
-    out.push(argmax(logits));
-    if (out.length < count) [logits] = await runtime.forward([{ sequence, tokens: [out[out.length - 1]] }]);
+    const token = argmax(logits!);
+    out.push(token);
+    if (out.length < count) [logits] = await runtime.forward([{ sequence, tokens: [token] }]);
   }
   runtime.releaseSequence(sequence);
   return out;
@@ -70,5 +72,6 @@ export async function fullPass(runtime: ModelRuntime, tokens: number[]): Promise
   const sequence = runtime.createSequence();
   const [logits] = await runtime.forward([{ sequence, tokens }], { allPositions: true });
   runtime.releaseSequence(sequence);
+  if (!logits) throw new Error('the engine returned no logits');
   return logits;
 }
