@@ -12,7 +12,7 @@ export default defineConfig({
         test: {
           name: 'node',
           environment: 'node',
-          include: ['{sidecar,shared,cli,clients,scripts,test}/**/*.test.ts'],
+          include: ['{sidecar,shared,cli,clients,scripts,bench,test}/**/*.test.ts'],
           exclude: ['test/edge/**', 'node_modules/**'],
           testTimeout: 60_000,
           hookTimeout: 120_000,

@@ -6,10 +6,10 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convertCheckpoint, type Precision } from '../sidecar/convert/convert.ts';
+import { siroccoHome } from '../sidecar/convert/paths.ts';
+import { BENCH_1B_SHAPE, type ModelShape, writeRandomCheckpoint } from '../sidecar/convert/random-checkpoint.ts';
 import type { ExpertBits } from '../sidecar/engine/index.ts';
 import { isStore, readManifest } from '../sidecar/formats/store-manifest.ts';
-import { siroccoHome } from '../sidecar/convert/paths.ts';
-import { BENCH_1B_SHAPE, writeRandomCheckpoint, type ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 
 export interface BenchModel {
   /** Folder name under `$SIROCCO_HOME/bench`. */
@@ -21,7 +21,7 @@ export interface BenchModel {
   expertBits?: ExpertBits;
 }
 
-/** The Mistral-shaped 1.0B model of inference.md §6 (llama.cpp's anchor shape). */
+/** The Mistral-shaped 1.0B model llama.cpp's anchor was measured on (docs/engine-facts.md). */
 export function bench1bModel(precision: Precision): BenchModel {
   return { name: `mistral-1b-${precision}`, shape: BENCH_1B_SHAPE, seed: 1, precision };
 }

@@ -23,16 +23,25 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
-import type { Readable } from 'node:stream';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Miniflare, type MiniflareOptions } from 'miniflare';
 import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { startStack } from '../cli/commands/dev.ts';
-import { freePort, REPO_ROOT, spawnNode, spawnWranglerDev, waitForLine, waitUntilReady, WRANGLER_BIN, type ManagedProcess } from '../cli/processes.ts';
+import {
+  freePort,
+  type ManagedProcess,
+  REPO_ROOT,
+  spawnNode,
+  spawnWranglerDev,
+  WRANGLER_BIN,
+  waitForLine,
+  waitUntilReady,
+} from '../cli/processes.ts';
 import type { ChatCompletionRequest } from '../shared/api.ts';
-import { ENV, SIDECAR_PATHS, type LoadReport } from '../shared/protocol.ts';
+import { ENV, type LoadReport, SIDECAR_PATHS } from '../shared/protocol.ts';
 import { signRequest } from '../shared/signing.ts';
 import { encodeSseData, SSE_DONE, SSE_HEADERS } from '../shared/sse.ts';
 import { percentile, roundTo } from './stats.ts';
@@ -94,7 +103,16 @@ function instantAnswers() {
 /** A Mistral-compatible server that answers every chat request at once (JSON or SSE, one write per event). */
 async function serveInstantUpstream(region: string): Promise<string> {
   const { json, events } = instantAnswers();
-  const ready: LoadReport = { ready: true, region, models: MODELS, queueDepth: 0, activeSequences: 0, maxBatch: 64, maxQueue: 1024, tokensPerSecond: 0 };
+  const ready: LoadReport = {
+    ready: true,
+    region,
+    models: MODELS,
+    queueDepth: 0,
+    activeSequences: 0,
+    maxBatch: 64,
+    maxQueue: 1024,
+    tokensPerSecond: 0,
+  };
   const server = createServer((request: IncomingMessage, response: ServerResponse) => {
     const chunks: Buffer[] = [];
     request.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -146,10 +164,14 @@ async function startInstantUpstream(): Promise<{ url: string; close: () => Promi
     await upstream.stop({ graceMs: 5_000 });
   };
   try {
-    const url = await waitForLine(upstream, (line, stream) => (stream === 'stdout' && line.startsWith('http://') ? line.trim() : undefined), {
-      timeoutMs: 60_000,
-      what: 'its URL',
-    });
+    const url = await waitForLine(
+      upstream,
+      (line, stream) => (stream === 'stdout' && line.startsWith('http://') ? line.trim() : undefined),
+      {
+        timeoutMs: 60_000,
+        what: 'its URL',
+      },
+    );
     return { url, close };
   } catch (error) {
     await close();
@@ -175,7 +197,10 @@ interface EdgeTarget {
 
 function edgeBindings(target: EdgeTarget, adminSecret: string): { vars: Record<string, string>; secrets: Record<string, string> } {
   const registry = [{ region: 'bench', url: target.sidecarUrl, models: MODELS, lat: 48.86, lon: 2.35, continent: 'EU' }];
-  return { vars: { SIDECARS: JSON.stringify(registry) }, secrets: { [ENV.sidecarSecret]: target.sidecarSecret, [ENV.adminSecret]: adminSecret } };
+  return {
+    vars: { SIDECARS: JSON.stringify(registry) },
+    secrets: { [ENV.sidecarSecret]: target.sidecarSecret, [ENV.adminSecret]: adminSecret },
+  };
 }
 
 /** Runs a node script to completion, failing with its output. */
@@ -276,7 +301,13 @@ export interface RunStats {
 }
 
 /** One autocannon run, recording each request's time to first byte. */
-async function measure(url: string, headers: Record<string, string>, body: string, connections: number, duration: number): Promise<RunStats> {
+async function measure(
+  url: string,
+  headers: Record<string, string>,
+  body: string,
+  connections: number,
+  duration: number,
+): Promise<RunStats> {
   const ttfb: number[] = [];
   const result = await autocannon({
     url,
@@ -321,7 +352,12 @@ interface Upstream {
 async function startUpstream(mode: Upstream['mode']): Promise<Upstream> {
   if (mode === 'instant') {
     const upstream = await startInstantUpstream();
-    return { mode, target: { sidecarUrl: upstream.url, sidecarSecret: crypto.randomUUID() }, directHeaders: async () => ({}), stop: upstream.close };
+    return {
+      mode,
+      target: { sidecarUrl: upstream.url, sidecarSecret: crypto.randomUUID() },
+      directHeaders: async () => ({}),
+      stop: upstream.close,
+    };
   }
   // The real engine: `sirocco dev`'s orchestration, one region (its own wrangler dev is left idle).
   const stack = await startStack({
@@ -349,11 +385,27 @@ interface Row {
 }
 
 function chatBody(request: Partial<ChatCompletionRequest>): string {
-  return JSON.stringify({ model: 'mistral-tiny', max_tokens: 8, messages: [{ role: 'user', content: 'Which wind blows from the Sahara?' }], ...request });
+  return JSON.stringify({
+    model: 'mistral-tiny',
+    max_tokens: 8,
+    messages: [{ role: 'user', content: 'Which wind blows from the Sahara?' }],
+    ...request,
+  });
 }
 
 function printTable(rows: Row[], mode: string, duration: number): void {
-  const header = ['edge runner', 'scenario', 'clients', 'direct p50', 'edge p50', 'added p50', 'direct p99', 'edge p99', 'added p99', 'edge req/s'];
+  const header = [
+    'edge runner',
+    'scenario',
+    'clients',
+    'direct p50',
+    'edge p50',
+    'added p50',
+    'direct p99',
+    'edge p99',
+    'added p99',
+    'edge req/s',
+  ];
   const ms = (value: number | undefined) => (value === undefined ? '–' : `${value.toFixed(2)} ms`);
   const lines = rows.map((row) => [
     row.runner === 'wrangler' ? 'wrangler dev' : 'miniflare',
@@ -368,9 +420,14 @@ function printTable(rows: Row[], mode: string, duration: number): void {
     String(row.edge.requestsPerSecond),
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...lines.map((line) => line[column]!.length)));
-  const format = (cells: string[]) => cells.map((cell, column) => (column < 2 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ');
-  const load = loadavg().map((value) => value.toFixed(1)).join(' ');
-  console.log(`\nEdge overhead, time to first byte (upstream: ${mode}, ${duration} s per run, ${cpus().length} CPUs, load average ${load})\n`);
+  const format = (cells: string[]) =>
+    cells.map((cell, column) => (column < 2 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ');
+  const load = loadavg()
+    .map((value) => value.toFixed(1))
+    .join(' ');
+  console.log(
+    `\nEdge overhead, time to first byte (upstream: ${mode}, ${duration} s per run, ${cpus().length} CPUs, load average ${load})\n`,
+  );
   console.log(format(header));
   console.log(widths.map((width) => '─'.repeat(width)).join('  '));
   for (const line of lines) console.log(format(line));
@@ -424,7 +481,9 @@ async function benchEdge(runner: Runner, upstream: Upstream, duration: number, p
         rows.push({ runner, scenario: 'cached (HIT)', clients, edge: await measure(edgeUrl, auth, cachedBody, clients, duration) });
       }
     } else {
-      problems.push(`${runner}: no cache HIT on a repeated deterministic request (x-cache: ${check.headers.get('x-cache')}): cached throughput not measured`);
+      problems.push(
+        `${runner}: no cache HIT on a repeated deterministic request (x-cache: ${check.headers.get('x-cache')}): cached throughput not measured`,
+      );
     }
   } finally {
     await edge.stop();
@@ -439,9 +498,14 @@ export async function runEdgeBench(argv: string[]): Promise<number> {
     duration: { type: 'string', default: '5' },
     out: { type: 'string', default: join(REPO_ROOT, 'bench/results/edge.json') },
   });
-  if (values.upstream !== 'instant' && values.upstream !== 'demo') throw new CliError(`--upstream must be "instant" or "demo", got "${values.upstream}"`);
+  if (values.upstream !== 'instant' && values.upstream !== 'demo')
+    throw new CliError(`--upstream must be "instant" or "demo", got "${values.upstream}"`);
   const runners: Runner[] =
-    values.runner === 'both' ? ['miniflare', 'wrangler'] : values.runner === 'miniflare' || values.runner === 'wrangler' ? [values.runner] : [];
+    values.runner === 'both'
+      ? ['miniflare', 'wrangler']
+      : values.runner === 'miniflare' || values.runner === 'wrangler'
+        ? [values.runner]
+        : [];
   if (runners.length === 0) throw new CliError(`--runner must be "miniflare", "wrangler" or "both", got "${values.runner}"`);
   const duration = parseNumberOption(values.duration, 'duration', { integer: true, min: 1, max: 600 })!;
 
@@ -466,7 +530,9 @@ export async function runEdgeBench(argv: string[]): Promise<number> {
   const singleClient = rows.filter((row) => row.runner === judged && row.clients === 1 && row.addedP50Ms !== undefined);
   const worstAddedP50 = Math.max(...singleClient.map((row) => row.addedP50Ms!));
   const meetsTarget = worstAddedP50 <= TARGET_ADDED_P50_MS;
-  console.log(`\nadded p50 at 1 client (${judged}): ${worstAddedP50.toFixed(2)} ms (target ≤ ${TARGET_ADDED_P50_MS} ms: ${meetsTarget ? 'met' : 'NOT met'})`);
+  console.log(
+    `\nadded p50 at 1 client (${judged}): ${worstAddedP50.toFixed(2)} ms (target ≤ ${TARGET_ADDED_P50_MS} ms: ${meetsTarget ? 'met' : 'NOT met'})`,
+  );
 
   const report = {
     bench: 'edge',

@@ -5,7 +5,7 @@
  * Reports decode tokens/s, prefill tokens/s and time to first token for a --prompt-token prompt,
  * peak RSS, and effective GB/s (weight bytes read per decoded token × tokens/s) next to this
  * machine's single-thread memory read bandwidth, measured in the same run (memchr over a 1 GiB
- * buffer, best of 5). Anchor (issue 2): llama.cpp Q4_0 on these 2-core machines decodes this shape
+ * buffer, best of 5). Anchor (docs/engine-facts.md): llama.cpp Q4_0 on these 2-core machines decodes this shape
  * at ≈ 36 tokens/s (≈ 19.5 GB/s effective) and prefills at ≈ 109 tokens/s.
  *
  *   --precision P   int4 (default) | int8 | fp32
@@ -29,10 +29,10 @@ import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { parsePrecision } from '../cli/engine-flags.ts';
-import { loadModel, type ModelRuntime } from '../sidecar/engine/index.ts';
-import { argmax } from '../sidecar/sampling/sampler.ts';
-import { readManifest } from '../sidecar/formats/store-manifest.ts';
 import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
+import { loadModel, type ModelRuntime } from '../sidecar/engine/index.ts';
+import { readManifest } from '../sidecar/formats/store-manifest.ts';
+import { argmax } from '../sidecar/sampling/sampler.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 
 /** Single-thread sequential read bandwidth in GB/s: memchr over 1 GiB that never matches. */
@@ -80,7 +80,7 @@ async function measureBatchedDecode(runtime: ModelRuntime, vocab: number, batche
     for (let i = 0; i < steps; i++) logits = await runtime.forward(next());
     const cpu = process.cpuUsage(cpuStart);
     const msPerStep = (performance.now() - start) / steps;
-    sequences.forEach((sequence) => runtime.releaseSequence(sequence));
+    for (const sequence of sequences) runtime.releaseSequence(sequence);
     const single = results[0]?.batch === 1 ? results[0].msPerStep : msPerStep;
     results.push({
       batch,
@@ -104,7 +104,10 @@ async function main(): Promise<void> {
     out: { type: 'string', default: 'bench/results/engine.json' },
     batches: { type: 'string', default: '1,2,4,8,16' },
   });
-  const batches = values.batches.split(',').filter((b) => b.trim() !== '').map((b) => parseNumberOption(b.trim(), 'batches', { integer: true, min: 1 }) as number);
+  const batches = values.batches
+    .split(',')
+    .filter((b) => b.trim() !== '')
+    .map((b) => parseNumberOption(b.trim(), 'batches', { integer: true, min: 1 }) as number);
   const precision = parsePrecision(values.precision) ?? 'int4';
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }) ?? 2;
   const decodeTokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 1 }) ?? 64;
@@ -188,7 +191,12 @@ async function main(): Promise<void> {
     ['decode vs roofline', `${(100 * result.fractionOfRoofline).toFixed(0)}%   (target ≥ 70%)`],
     ['peak RSS', `${result.peakRssMiB.toFixed(0)} MiB`],
     ['decode CPU time (all threads)', `${decodeCpuMsPerToken.toFixed(1)} ms/token`],
-    ['load average (1/5/15 min)', `${loadavg().map((l) => l.toFixed(1)).join(' / ')}   (> ${cpus().length}: other work shared the cores)`],
+    [
+      'load average (1/5/15 min)',
+      `${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' / ')}   (> ${cpus().length}: other work shared the cores)`,
+    ],
   ];
   const width = Math.max(...rows.map(([label]) => label.length));
   console.log(`\n${rows.map(([label, value]) => `${label.padEnd(width)}  ${value}`).join('\n')}`);
@@ -196,7 +204,9 @@ async function main(): Promise<void> {
     console.log('\nbatched decode | ms/step | CPU ms/step | tokens/s | speed-up | marginal ms/row');
     console.log('---------------|---------|-------------|----------|----------|----------------');
     for (const b of batchedDecode) {
-      console.log(`${String(b.batch).padStart(14)} | ${b.msPerStep.toFixed(1).padStart(7)} | ${b.cpuMsPerStep.toFixed(1).padStart(11)} | ${b.tokensPerSecond.toFixed(1).padStart(8)} | ${`${b.speedup.toFixed(2)}x`.padStart(8)} | ${b.marginalMsPerRow.toFixed(1).padStart(15)}`);
+      console.log(
+        `${String(b.batch).padStart(14)} | ${b.msPerStep.toFixed(1).padStart(7)} | ${b.cpuMsPerStep.toFixed(1).padStart(11)} | ${b.tokensPerSecond.toFixed(1).padStart(8)} | ${`${b.speedup.toFixed(2)}x`.padStart(8)} | ${b.marginalMsPerRow.toFixed(1).padStart(15)}`,
+      );
     }
   }
 

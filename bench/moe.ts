@@ -27,6 +27,7 @@ import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import {
   EVICTION_POLICIES,
   type EvictionPolicy,
@@ -36,7 +37,6 @@ import {
   ExpertStore,
   loadModel,
 } from '../sidecar/engine/index.ts';
-import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import { ensureBenchStore } from './bench-store.ts';
 import { mean, percentile } from './stats.ts';
 
@@ -58,7 +58,7 @@ export const BENCH_MOE_SHAPE: ModelShape = {
   expertsPerToken: 2,
 };
 
-/** llama.cpp Q4_0 on this shape, these machines (issue 5): 130–219 tokens/s decode. */
+/** llama.cpp Q4_0 on this shape, these machines (docs/engine-facts.md): 130–219 tokens/s decode. */
 const LLAMA_CPP_TOKENS_PER_SECOND = [130, 219];
 
 interface RunConfig {
@@ -93,7 +93,6 @@ interface RunResult {
   peakRssMb: number;
 }
 
-
 function dropPageCache(): boolean {
   const result = spawnSync('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
   return result.status === 0;
@@ -102,7 +101,10 @@ function dropPageCache(): boolean {
 /** Reads every expert file once with the same positioned read the cache uses; ms per expert. */
 async function rawReadMs(store: string, sample = Infinity): Promise<{ perExpertMs: number; gbPerSecond: number; files: number }> {
   const { dir } = await ExpertStore.open(store);
-  const files = (await readdir(dir)).filter((f) => f.endsWith('.bin')).sort().slice(0, sample);
+  const files = (await readdir(dir))
+    .filter((f) => f.endsWith('.bin'))
+    .sort()
+    .slice(0, sample);
   const bytes = (await stat(join(dir, files[0]!))).size;
   const buffer = new Uint8Array(bytes);
   const started = performance.now();
@@ -147,11 +149,16 @@ async function runOne(config: RunConfig): Promise<RunResult> {
   let measuring = false;
   const runtime = await loadModel(config.store, {
     threads: 2,
-    ...(config.budgetMb === null ? {} : { expertCacheMb: config.budgetMb, expertCache: { policy: config.policy, prefetch: config.prefetch } }),
+    ...(config.budgetMb === null
+      ? {}
+      : { expertCacheMb: config.budgetMb, expertCache: { policy: config.policy, prefetch: config.prefetch } }),
     onExpertPageIn: (seconds) => void (measuring && pageIns.push(seconds * 1000)),
   });
   let state = 12345;
-  const randomToken = () => 3 + ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) % (BENCH_MOE_SHAPE.vocabSize - 3));
+  const randomToken = () => {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    return 3 + (state % (BENCH_MOE_SHAPE.vocabSize - 3));
+  };
   try {
     const sequence = runtime.createSequence();
     await runtime.forward([{ sequence, tokens: [1, ...Array.from({ length: 15 }, randomToken)] }]);
@@ -174,7 +181,8 @@ async function runOne(config: RunConfig): Promise<RunResult> {
       label: paged ? `int${paged.bits} ${config.policy}${config.prefetch ? '' : ' no-prefetch'}` : 'resident int4',
       expertBits: paged?.bits ?? null,
       budgetMb: config.budgetMb,
-      budgetFraction: config.budgetMb === null ? null : Math.round(((config.budgetMb * MiB) / (layers * experts * expertBytes)) * 100) / 100,
+      budgetFraction:
+        config.budgetMb === null ? null : Math.round(((config.budgetMb * MiB) / (layers * experts * expertBytes)) * 100) / 100,
       policy: config.budgetMb === null ? null : config.policy,
       prefetch: config.prefetch,
       decodeTokensPerSecond: config.tokens / seconds,
@@ -224,13 +232,23 @@ async function main(argv: string[]): Promise<void> {
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
   const cold = values.cold === true;
-  const out = resolve((values.out as string | undefined) ?? join(REPO_ROOT, values.store ? 'bench/results/moe-store.json' : 'bench/results/moe.json'));
+  const out = resolve(
+    (values.out as string | undefined) ?? join(REPO_ROOT, values.store ? 'bench/results/moe-store.json' : 'bench/results/moe.json'),
+  );
 
   const customStore = values.store as string | undefined;
   const stores = customStore ? [resolve(customStore)] : [];
   if (!customStore) {
     for (const bits of [4, 8] as const) {
-      stores.push(await ensureBenchStore({ name: `moe-d1024-l8-e8-f3584-int4-experts${bits}`, shape: BENCH_MOE_SHAPE, seed: 5, precision: 'int4', expertBits: bits }));
+      stores.push(
+        await ensureBenchStore({
+          name: `moe-d1024-l8-e8-f3584-int4-experts${bits}`,
+          shape: BENCH_MOE_SHAPE,
+          seed: 5,
+          precision: 'int4',
+          expertBits: bits,
+        }),
+      );
     }
   }
   const sample = customStore ? 8 : Infinity;
@@ -248,7 +266,17 @@ async function main(argv: string[]): Promise<void> {
     const coldRead = canDrop ? await rawReadMs(store, sample) : null;
     if (canDrop) dropPageCache();
     const coldPageIn = canDrop ? await cachePageInMs(store, sample) : null;
-    formats.push({ store, bits: expertStore.bits, expertBytes: expertStore.expertBytes, allMb: (layers * experts * expertStore.expertBytes) / MiB, warmRead, pageIn, coldRead, coldPageIn, canDrop });
+    formats.push({
+      store,
+      bits: expertStore.bits,
+      expertBytes: expertStore.expertBytes,
+      allMb: (layers * experts * expertStore.expertBytes) / MiB,
+      warmRead,
+      pageIn,
+      coldRead,
+      coldPageIn,
+      canDrop,
+    });
   }
 
   const configs: RunConfig[] = [];
@@ -272,7 +300,9 @@ async function main(argv: string[]): Promise<void> {
     if (cold && formats[0]!.canDrop && config.budgetMb !== null) dropPageCache();
     const result = runChild(config);
     results.push(result);
-    console.error(`  ${result.label} ${fmt(result.budgetFraction === null ? null : result.budgetFraction * 100, 0)}%: ${fmt(result.decodeTokensPerSecond)} tok/s`);
+    console.error(
+      `  ${result.label} ${fmt(result.budgetFraction === null ? null : result.budgetFraction * 100, 0)}%: ${fmt(result.decodeTokensPerSecond)} tok/s`,
+    );
   }
 
   const rows = results.map((r) => ({
@@ -312,12 +342,20 @@ async function main(argv: string[]): Promise<void> {
   for (const f of summary) {
     console.log(
       `int${f.expertBits} experts: file ${fmt(f.expertFileBytes / MiB, 2)} MiB; raw read ${fmt(f.rawReadWarmMsPerExpert, 2)} ms warm` +
-        (f.rawReadColdMsPerExpert !== null ? `, ${fmt(f.rawReadColdMsPerExpert, 2)} ms cold` : cold ? ' (cold: cannot drop the page cache here)' : '') +
+        (f.rawReadColdMsPerExpert !== null
+          ? `, ${fmt(f.rawReadColdMsPerExpert, 2)} ms cold`
+          : cold
+            ? ' (cold: cannot drop the page cache here)'
+            : '') +
         `; cache page-in ${fmt(f.pageInWarmMs, 2)} ms warm (${fmt(f.pageInWarmFirstPassMs, 2)} ms with the one-time checksum)` +
         (f.pageInColdMs !== null ? `, ${fmt(f.pageInColdMs, 2)} ms cold` : '') +
         ` = ${fmt(f.pageInOverRawRead, 2)}× raw read (target ≤ 2×)` +
-        (f.halfBudgetOverAllPaged === null ? '' : `; 50% budget at ${fmt(f.halfBudgetOverAllPaged * 100, 0)}% of all-paged-resident (target ≥ 60%)`) +
-        (f.halfBudgetOverResidentSessions === null ? '' : `, ${fmt(f.halfBudgetOverResidentSessions * 100, 0)}% of the resident int4 sessions`),
+        (f.halfBudgetOverAllPaged === null
+          ? ''
+          : `; 50% budget at ${fmt(f.halfBudgetOverAllPaged * 100, 0)}% of all-paged-resident (target ≥ 60%)`) +
+        (f.halfBudgetOverResidentSessions === null
+          ? ''
+          : `, ${fmt(f.halfBudgetOverResidentSessions * 100, 0)}% of the resident int4 sessions`),
     );
   }
   console.log(
@@ -327,7 +365,10 @@ async function main(argv: string[]): Promise<void> {
   );
   const llamaCppQ4_0TokensPerSecond = LLAMA_CPP_TOKENS_PER_SECOND;
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, llamaCppQ4_0TokensPerSecond, summary, results }, null, 2)}\n`);
+  await writeFile(
+    out,
+    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, llamaCppQ4_0TokensPerSecond, summary, results }, null, 2)}\n`,
+  );
   console.log(`wrote ${out}`);
 }
 

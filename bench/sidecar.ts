@@ -19,8 +19,8 @@
  * sidecar (its histogram), the speed-up over one stream, and (from
  * the sidecar's /metrics) the decode steps of the level with their mean batch size and duration,
  * which separate the engine's batch scaling from the scheduler's overhead, and for scale the
- * prefill rate of one long prompt (many rows through the weights at once). Targets
- * (issue 4): ≥ 4× the single-stream throughput at 8 streams; p99 ITL under 2× the single-stream p99.
+ * prefill rate of one long prompt (many rows through the weights at once). Targets: ≥ 4× the
+ * single-stream throughput at 8 streams; p99 inter-token latency under 2× the single-stream p99.
  *
  *   --tokens N        tokens per stream (default 64)
  *   --levels 1,4,8,16 concurrency levels
@@ -28,8 +28,8 @@
  *   --out FILE        JSON results (default bench/results/sidecar.json)
  */
 import { mkdir, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
 import { cpus, loadavg } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { REPO_ROOT, startSidecar } from '../cli/processes.ts';
 import { ENV } from '../shared/protocol.ts';
@@ -65,7 +65,6 @@ interface LevelResult {
   /** From the sidecar's /metrics: decode steps during the level, their mean batch size and duration. */
   steps: { count: number; meanBatch: number; meanMs: number };
 }
-
 
 interface Sidecar {
   url: string;
@@ -110,7 +109,10 @@ async function timedStream(url: string, index: number, tokens: number): Promise<
   let completionTokens = 0;
   for await (const event of readSseEvents(response.body)) {
     if (event.data === SSE_DONE) continue;
-    const chunk = JSON.parse(event.data) as { choices: Array<{ delta: { content?: string; role?: string } }>; usage?: { completion_tokens: number } };
+    const chunk = JSON.parse(event.data) as {
+      choices: Array<{ delta: { content?: string; role?: string } }>;
+      usage?: { completion_tokens: number };
+    };
     if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
     else if (!chunk.choices[0]?.delta.role) arrivals.push(performance.now());
   }
@@ -159,7 +161,10 @@ function histogramPercentile(before: Map<number, number>, after: Map<number, num
 }
 
 /** Step counters of one kind from /metrics: how many ran, their total batch entries and seconds. */
-async function stepCounters(url: string, kind: 'decode' | 'prefill' = 'decode'): Promise<{ count: number; entries: number; seconds: number }> {
+async function stepCounters(
+  url: string,
+  kind: 'decode' | 'prefill' = 'decode',
+): Promise<{ count: number; entries: number; seconds: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
   const read = (name: string) => Number(new RegExp(`^${name}\\{model="mistral-tiny",kind="${kind}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
   return { count: read('sirocco_step_seconds_count'), entries: read('sirocco_batch_size_sum'), seconds: read('sirocco_step_seconds_sum') };
@@ -175,7 +180,11 @@ async function measurePrefill(url: string): Promise<number> {
   const response = await fetch(`${url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'mistral-tiny', messages: [{ role: 'user', content: 'The sea and the wind. '.repeat(40) }], max_tokens: 1 }),
+    body: JSON.stringify({
+      model: 'mistral-tiny',
+      messages: [{ role: 'user', content: 'The sea and the wind. '.repeat(40) }],
+      max_tokens: 1,
+    }),
   });
   const { usage } = (await response.json()) as { usage: { prompt_tokens: number } };
   const after = await stepCounters(url, 'prefill');
@@ -201,8 +210,15 @@ async function runLevel(url: string, streams: number, tokens: number): Promise<O
     decodeTokensPerSecond: round((decodeTokens * 1000) / decodeSpan, 2),
     endToEndTokensPerSecond: round((completionTokens * 1000) / (finished - started), 2),
     ttftMs: { p50: round(levelPercentile(ttft, 50)), p99: round(levelPercentile(ttft, 99)) },
-    interTokenMs: { p50: round(levelPercentile(interToken, 50)), p99: round(levelPercentile(interToken, 99)), max: round(Math.max(...interToken)) },
-    serverInterTokenMs: { p50: histogramPercentile(histogramBefore, histogramAfter, 50), p99: histogramPercentile(histogramBefore, histogramAfter, 99) },
+    interTokenMs: {
+      p50: round(levelPercentile(interToken, 50)),
+      p99: round(levelPercentile(interToken, 99)),
+      max: round(Math.max(...interToken)),
+    },
+    serverInterTokenMs: {
+      p50: histogramPercentile(histogramBefore, histogramAfter, 50),
+      p99: histogramPercentile(histogramBefore, histogramAfter, 99),
+    },
     completionTokens,
     wallSeconds: round((finished - started) / 1000, 2),
     steps: {
@@ -222,14 +238,20 @@ async function main(): Promise<void> {
   });
   const tokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 2, max: 4000 }) ?? 64;
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }) ?? 2;
-  const levels = (values.levels ?? '1,4,8,16').split(',').map((level) => parseNumberOption(level, 'levels', { integer: true, min: 1, max: 64 })!);
+  const levels = (values.levels ?? '1,4,8,16')
+    .split(',')
+    .map((level) => parseNumberOption(level, 'levels', { integer: true, min: 1, max: 64 })!);
   const out = resolve(values.out ?? join(REPO_ROOT, 'bench/results/sidecar.json'));
 
   const store = await ensureBenchStore(bench1bModel('int4'));
   const sidecar = await startBenchSidecar(store, threads, Math.max(...levels));
   const results: LevelResult[] = [];
   let prefillTokensPerSecond = 0;
-  console.log(`load average before the run: ${loadavg().map((value) => value.toFixed(1)).join(' ')} (${cpus().length} cores)`);
+  console.log(
+    `load average before the run: ${loadavg()
+      .map((value) => value.toFixed(1))
+      .join(' ')} (${cpus().length} cores)`,
+  );
   try {
     await runLevel(sidecar.url, 1, 8); // warm-up: first-run allocations and page faults
     for (const streams of levels) {
@@ -245,20 +267,27 @@ async function main(): Promise<void> {
 
   const single = results.find((r) => r.streams === 1);
   const eight = results.find((r) => r.streams === 8);
-  const targets = single && eight ? {
-    throughputAt8: { target: '>= 4x single stream', measured: eight.speedup, met: eight.speedup >= 4 },
-    p99InterTokenAt8: {
-      target: '< 2x single-stream p99 (per token, in the sidecar)',
-      measured: round(eight.serverInterTokenMs.p99 / single.serverInterTokenMs.p99, 2),
-      met: eight.serverInterTokenMs.p99 < 2 * single.serverInterTokenMs.p99,
-      perSseEvent: round(eight.interTokenMs.p99 / single.interTokenMs.p99, 2),
-    },
-  } : null;
+  const targets =
+    single && eight
+      ? {
+          throughputAt8: { target: '>= 4x single stream', measured: eight.speedup, met: eight.speedup >= 4 },
+          p99InterTokenAt8: {
+            target: '< 2x single-stream p99 (per token, in the sidecar)',
+            measured: round(eight.serverInterTokenMs.p99 / single.serverInterTokenMs.p99, 2),
+            met: eight.serverInterTokenMs.p99 < 2 * single.serverInterTokenMs.p99,
+            perSseEvent: round(eight.interTokenMs.p99 / single.interTokenMs.p99, 2),
+          },
+        }
+      : null;
 
   console.log('');
   console.log(`sidecar bench: 1.0B Mistral int4, ${tokens} tokens per stream, ${threads} threads`);
-  console.log('streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms | token ITL p50 / p99 | decode steps | mean batch | mean step ms');
-  console.log('--------|--------------|----------|-----------|-------------------|------------------------|---------------------|--------------|------------|-------------');
+  console.log(
+    'streams | decode tok/s | speed-up | e2e tok/s | TTFT p50 / p99 ms | ITL p50 / p99 / max ms | token ITL p50 / p99 | decode steps | mean batch | mean step ms',
+  );
+  console.log(
+    '--------|--------------|----------|-----------|-------------------|------------------------|---------------------|--------------|------------|-------------',
+  );
   for (const r of results) {
     console.log(
       `${String(r.streams).padStart(7)} | ${String(r.decodeTokensPerSecond).padStart(12)} | ${`${r.speedup}x`.padStart(8)} | ${String(r.endToEndTokensPerSecond).padStart(9)} | ${`${r.ttftMs.p50} / ${r.ttftMs.p99}`.padStart(17)} | ${`${r.interTokenMs.p50} / ${r.interTokenMs.p99} / ${r.interTokenMs.max}`.padStart(22)} | ${`${r.serverInterTokenMs.p50} / ${r.serverInterTokenMs.p99}`.padStart(19)} | ${String(r.steps.count).padStart(12)} | ${String(r.steps.meanBatch).padStart(10)} | ${String(r.steps.meanMs).padStart(12)}`,
@@ -271,10 +300,15 @@ async function main(): Promise<void> {
     );
   }
   if (targets) {
-    console.log(`8 streams: ${targets.throughputAt8.measured}x single-stream throughput (target ≥ 4x: ${targets.throughputAt8.met ? 'met' : 'not met'}); p99 per-token ITL ${targets.p99InterTokenAt8.measured}x single-stream, ${targets.p99InterTokenAt8.perSseEvent}x per SSE event (target < 2x: ${targets.p99InterTokenAt8.met ? 'met' : 'not met'})`);
+    console.log(
+      `8 streams: ${targets.throughputAt8.measured}x single-stream throughput (target ≥ 4x: ${targets.throughputAt8.met ? 'met' : 'not met'}); p99 per-token ITL ${targets.p99InterTokenAt8.measured}x single-stream, ${targets.p99InterTokenAt8.perSseEvent}x per SSE event (target < 2x: ${targets.p99InterTokenAt8.met ? 'met' : 'not met'})`,
+    );
   }
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), prefillTokensPerSecond, results, targets }, null, 2)}\n`);
+  await writeFile(
+    out,
+    `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), prefillTokensPerSecond, results, targets }, null, 2)}\n`,
+  );
   console.log(`results written to ${out}`);
 }
 

@@ -1,5 +1,5 @@
 /** Small shared helpers for subcommands: one argument parser (node:util parseArgs) and one usage error. */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 
 /** A user mistake on the command line: printed without a stack trace, exit code 2 by default. */
 export class CliError extends Error {

@@ -29,7 +29,8 @@ type EngineFlagValues = { [K in keyof typeof ENGINE_FLAGS]?: string };
 
 export function parsePrecision(value: string | undefined): Precision | undefined {
   if (value === undefined) return undefined;
-  if (!(PRECISIONS as readonly string[]).includes(value)) throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
+  if (!(PRECISIONS as readonly string[]).includes(value))
+    throw new CliError(`--precision must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
   return value as Precision;
 }
 

@@ -6,7 +6,7 @@
  * Secrets reach children through their environment (sidecars) or a private env file (wrangler dev), never
  * through argv, where any local user can read them with `ps`.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';

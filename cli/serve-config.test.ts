@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CliError } from './args.ts';
 import { SERVE_DEFAULTS } from '../sidecar/server/config.ts';
+import { CliError } from './args.ts';
 import { loadServeConfig } from './serve-config.ts';
 
 describe('sirocco serve configuration', () => {
@@ -21,10 +21,36 @@ describe('sirocco serve configuration', () => {
 
   it('reads every pinned flag, comma-separated model folders and a fractional expert budget', () => {
     const config = loadServeConfig(
-      ['--model', 'a, b', '--port', '0', '--host', '0.0.0.0', '--region', 'eu-west', '--device', 'cuda', '--max-batch', '4', '--max-queue', '0', '--expert-cache-mb', '0.5'],
+      [
+        '--model',
+        'a, b',
+        '--port',
+        '0',
+        '--host',
+        '0.0.0.0',
+        '--region',
+        'eu-west',
+        '--device',
+        'cuda',
+        '--max-batch',
+        '4',
+        '--max-queue',
+        '0',
+        '--expert-cache-mb',
+        '0.5',
+      ],
       {},
     );
-    expect(config).toMatchObject({ modelDirs: ['a', 'b'], port: 0, host: '0.0.0.0', region: 'eu-west', device: 'cuda', maxBatch: 4, maxQueue: 0, expertCacheMb: 0.5 });
+    expect(config).toMatchObject({
+      modelDirs: ['a', 'b'],
+      port: 0,
+      host: '0.0.0.0',
+      region: 'eu-west',
+      device: 'cuda',
+      maxBatch: 4,
+      maxQueue: 0,
+      expertCacheMb: 0.5,
+    });
   });
 
   it('takes the signing secret and tuning knobs from the environment', () => {

@@ -8,10 +8,11 @@
  *        be signed), SIROCCO_REGION, SIROCCO_MAX_BODY_BYTES, SIROCCO_REQUEST_TIMEOUT_MS,
  *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS, SIROCCO_ADMISSION_WINDOW_MS.
  */
-import { CliError, parseCommandArgs, parseNumberOption } from './args.ts';
-import { ENGINE_FLAGS, parseEngineFlags } from './engine-flags.ts';
+
 import { ENV } from '../shared/protocol.ts';
 import { SERVE_DEFAULTS, type ServeConfig } from '../sidecar/server/config.ts';
+import { CliError, parseCommandArgs, parseNumberOption } from './args.ts';
+import { ENGINE_FLAGS, parseEngineFlags } from './engine-flags.ts';
 
 export const SERVE_USAGE =
   'usage: sirocco serve [--model DIR[,DIR…]] [--host 127.0.0.1] [--port 8080] [--region local] [--device cpu|cuda] ' +

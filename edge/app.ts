@@ -8,25 +8,25 @@
  *   POST /v1/chat/completions            API key → validate → route → rate limit → cache → forward
  *   /admin/keys (POST, GET, DELETE /:id) admin secret
  */
-import { Hono, type Context } from 'hono';
+import { type Context, Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import type { Usage } from '../shared/api.ts';
-import { errorBody, retryAfterHeaders, type MistralErrorBody } from '../shared/errors.ts';
-import { adminAuth, apiKeyAuth, ApiKeyCache } from './auth/index.ts';
+import { errorBody, type MistralErrorBody, retryAfterHeaders } from '../shared/errors.ts';
+import { ApiKeyCache, adminAuth, apiKeyAuth } from './auth/index.ts';
+import { responseCache } from './cache/index.ts';
 import { corsFromEnv } from './cors/index.ts';
 import type { EdgeDependencies } from './dependencies.ts';
 import type { AppEnv } from './env.ts';
 import { EdgeError } from './errors.ts';
 import { accessLog, createLogger } from './logging/index.ts';
-import { chargeTokens, rateLimit, type RateLimitSubject } from './rate-limit/index.ts';
-import { responseCache } from './cache/index.ts';
+import { chargeTokens, type RateLimitSubject, rateLimit } from './rate-limit/index.ts';
 import { requestId } from './request-id/index.ts';
-import { SidecarPool } from './routing/index.ts';
 import { adminKeysRoutes } from './routes/admin-keys.ts';
 import { chatCompletions, resolveChatRoute, validateChatRequest } from './routes/chat-completions.ts';
 import { healthRoute } from './routes/health.ts';
 import { modelRoute, modelsRoute } from './routes/models.ts';
+import { SidecarPool } from './routing/index.ts';
 
 /** Chat bodies beyond this are refused (32k-token contexts fit with room to spare). */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -111,7 +111,8 @@ export function createApp(options: CreateAppOptions = {}) {
   app.onError((error, c) => {
     const { status, body, headers } = toErrorResponse(error);
     const logger = c.get('logger') ?? createLogger({ requestId: c.get('requestId') });
-    if (status >= 500) logger.error('request_failed', { status, type: body.type, message: error instanceof Error ? error.message : String(error) });
+    if (status >= 500)
+      logger.error('request_failed', { status, type: body.type, message: error instanceof Error ? error.message : String(error) });
     return c.json(body, status as 500, headers);
   });
   return app;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ExpertStore, expertFileBytes } from '../sidecar/engine/experts/expert-store.ts';
 import { loadModel } from '../sidecar/engine/model-runtime.ts';
-import { SHAPES, makeMixtralShape } from './make-mixtral-shape.ts';
+import { makeMixtralShape, SHAPES } from './make-mixtral-shape.ts';
 
 let work: string;
 let storeDir: string;
@@ -43,7 +43,15 @@ it('writes a paged-only store: per-layer int4 graphs, head, and one int4 file pe
   expect(files.some((f) => f.startsWith('expert.'))).toBe(false);
   const store = await ExpertStore.open(storeDir);
   expect(store.bits).toBe(4);
-  expect(store.index).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'int4-per-column', fileBytes: expertFileBytes(64, 160, 4) });
+  expect(store.index).toMatchObject({
+    dim: 64,
+    ffn: 160,
+    layers: 2,
+    experts: 8,
+    topK: 2,
+    quantization: 'int4-per-column',
+    fileBytes: expertFileBytes(64, 160, 4),
+  });
   expect((await readdir(join(storeDir, 'experts-int4'))).filter((f) => f.endsWith('.bin'))).toHaveLength(16);
 });
 
@@ -67,7 +75,7 @@ it('decodes with paged experts, bit-identically for a two-expert budget and for 
   const all = await decode((16 * store.expertBytes) / (1024 * 1024));
   const two = await decode((2 * store.expertBytes) / (1024 * 1024));
   expect(all.every((row) => row.length === 512 && row.every(Number.isFinite))).toBe(true);
-  two.forEach((row, i) => expect(Buffer.from(row.buffer).equals(Buffer.from(all[i]!.buffer))).toBe(true));
+  for (const [i, row] of two.entries()) expect(Buffer.from(row.buffer).equals(Buffer.from(all[i]!.buffer))).toBe(true);
 });
 
 it('writes int8 expert files with --expert-bits 8, and they decode too', async () => {

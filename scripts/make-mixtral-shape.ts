@@ -15,10 +15,10 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../cli/args.ts';
-import { allocateExpert, writeExpertStore, type ExpertBits, type RouterWeights } from '../sidecar/engine/experts/expert-store.ts';
-import { buildHeadGraph, buildMoeLayerGraph, type BuildContext } from '../sidecar/graph/models.ts';
+import { allocateExpert, type ExpertBits, type RouterWeights, writeExpertStore } from '../sidecar/engine/experts/expert-store.ts';
 import type { ModelConfig } from '../sidecar/formats/model-config.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/formats/store-manifest.ts';
+import { type BuildContext, buildHeadGraph, buildMoeLayerGraph } from '../sidecar/graph/models.ts';
 import { createRandom } from '../sidecar/sampling/sampler.ts';
 
 const MIXTRAL_BASE = {
@@ -92,7 +92,11 @@ export function clearNibbleMinus8(bytes: Uint8Array): void {
 }
 
 export async function makeMixtralShape(
-  out: string, config: ModelConfig, seed: number, log: (line: string) => void = () => undefined, expertBits: ExpertBits = 4,
+  out: string,
+  config: ModelConfig,
+  seed: number,
+  log: (line: string) => void = () => undefined,
+  expertBits: ExpertBits = 4,
 ): Promise<Manifest> {
   const to = resolve(out);
   const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}`);
@@ -123,16 +127,23 @@ export async function makeMixtralShape(
     image.weights.s2.fill(scale);
     const payload = image.weights.bits === 4 ? [image.weights.p13, image.weights.p2] : [image.weights.w13, image.weights.w2];
     let lastLogged = 0;
-    await writeExpertStore(staging, { dim, ffn, layers: nLayers, experts, topK, normEps }, expertBits, routers, () => {
-      for (const bytes of payload) randomFillSync(bytes);
-      if (image.weights.bits === 4) [image.weights.p13, image.weights.p2].forEach(clearNibbleMinus8);
-      return image.bytes;
-    }, (done, total) => {
-      if (done === total || performance.now() - lastLogged > 5000) {
-        lastLogged = performance.now();
-        log(`experts ${done}/${total}`);
-      }
-    });
+    await writeExpertStore(
+      staging,
+      { dim, ffn, layers: nLayers, experts, topK, normEps },
+      expertBits,
+      routers,
+      () => {
+        for (const bytes of payload) randomFillSync(bytes);
+        if (image.weights.bits === 4) [image.weights.p13, image.weights.p2].forEach(clearNibbleMinus8);
+        return image.bytes;
+      },
+      (done, total) => {
+        if (done === total || performance.now() - lastLogged > 5000) {
+          lastLogged = performance.now();
+          log(`experts ${done}/${total}`);
+        }
+      },
+    );
 
     const files = [];
     for (const file of graphFiles) files.push({ path: file, bytes: (await stat(join(staging, file))).size });

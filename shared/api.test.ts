@@ -3,9 +3,9 @@ import {
   ChatCompletionChunkSchema,
   ChatCompletionRequestSchema,
   ChatCompletionResponseSchema,
-  ModelListSchema,
   isDeterministic,
   localModelCards,
+  ModelListSchema,
   messageText,
   requiresToolCall,
   resolveModelId,
@@ -111,7 +111,12 @@ describe('request helpers', () => {
   });
 
   it('joins text chunks', () => {
-    expect(messageText([{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }])).toBe('ab');
+    expect(
+      messageText([
+        { type: 'text', text: 'a' },
+        { type: 'text', text: 'b' },
+      ]),
+    ).toBe('ab');
     expect(messageText('plain')).toBe('plain');
     expect(messageText(null)).toBe('');
   });

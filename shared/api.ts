@@ -261,7 +261,14 @@ export type ModelList = z.infer<typeof ModelListSchema>;
 /** The card `GET /v1/models` returns for a model: the 2023 fields plus capabilities, context and aliases. */
 export function modelCard(
   id: string,
-  { created, aliases = [], maxContextLength = 32768, description = null, functionCalling = false, ownedBy = 'mistralai' }: {
+  {
+    created,
+    aliases = [],
+    maxContextLength = 32768,
+    description = null,
+    functionCalling = false,
+    ownedBy = 'mistralai',
+  }: {
     created: number;
     aliases?: string[];
     maxContextLength?: number;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ChatCompletionRequestSchema } from './api.ts';
-import { ERROR_STATUS, MistralErrorBodySchema, errorBody, retryAfterHeaders, streamErrorFrame, validationErrorBody } from './errors.ts';
+import { ERROR_STATUS, errorBody, MistralErrorBodySchema, retryAfterHeaders, streamErrorFrame, validationErrorBody } from './errors.ts';
 
 function validationError(body: unknown) {
   const result = ChatCompletionRequestSchema.safeParse(body);
@@ -50,7 +50,9 @@ describe('validationErrorBody', () => {
     expect(parse({ model: 'm', messages: 'hi' })).toEqual([
       { loc: ['body', 'messages'], msg: 'Invalid input: expected array, received string', type: 'array_type' },
     ]);
-    expect(parse({ model: 'm', messages: [{ role: 'user' }] })).toEqual([{ loc: ['body', 'messages', 0, 'content'], msg: 'Field required', type: 'missing' }]);
+    expect(parse({ model: 'm', messages: [{ role: 'user' }] })).toEqual([
+      { loc: ['body', 'messages', 0, 'content'], msg: 'Field required', type: 'missing' },
+    ]);
   });
 
   it('explains what a union field accepts', () => {
@@ -76,8 +78,15 @@ describe('streamErrorFrame', () => {
 });
 
 describe('ERROR_STATUS', () => {
-  it('is the one type → status table, including the sidecar\'s model_error', () => {
-    expect(ERROR_STATUS).toMatchObject({ invalid_request_error: 400, unauthorized: 401, rate_limited: 429, internal_error: 500, model_error: 500, overloaded: 503 });
+  it("is the one type → status table, including the sidecar's model_error", () => {
+    expect(ERROR_STATUS).toMatchObject({
+      invalid_request_error: 400,
+      unauthorized: 401,
+      rate_limited: 429,
+      internal_error: 500,
+      model_error: 500,
+      overloaded: 503,
+    });
   });
 });
 

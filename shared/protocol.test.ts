@@ -1,8 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { LoadReportSchema, isValidRequestId, newRequestId, requestIdFrom } from './protocol.ts';
+import { isValidRequestId, LoadReportSchema, newRequestId, requestIdFrom } from './protocol.ts';
 
 describe('LoadReportSchema', () => {
-  const report = { ready: true, region: 'eu-west', models: ['mistral-tiny'], queueDepth: 0, activeSequences: 1, maxBatch: 8, maxQueue: 64, tokensPerSecond: 12.5 };
+  const report = {
+    ready: true,
+    region: 'eu-west',
+    models: ['mistral-tiny'],
+    queueDepth: 0,
+    activeSequences: 1,
+    maxBatch: 8,
+    maxQueue: 64,
+    tokensPerSecond: 12.5,
+  };
 
   it('accepts the sidecar /ready body', () => {
     expect(LoadReportSchema.parse(report)).toEqual(report);

@@ -65,7 +65,7 @@ export const ENV = {
   devKey: 'SIROCCO_DEV_KEY',
   /** Edge port for `npm start`. */
   port: 'PORT',
-  /** Where models and state live (default ~/.sirocco). */
+  /** Where demo models and converted stores live (default ~/.cache/sirocco). */
   home: 'SIROCCO_HOME',
 } as const;
 

@@ -42,7 +42,10 @@ describe('verifyRequest', () => {
     expect(await verify({ body: body.replace('hi', 'ho') })).toMatchObject({ ok: false, reason: 'signature mismatch' });
     expect(await verify({ path: '/v1/models' })).toMatchObject({ ok: false, reason: 'signature mismatch' });
     expect(await verify({ method: 'GET' })).toMatchObject({ ok: false });
-    expect(await verify({ headers: { ...signed, 'x-sirocco-timestamp': 'soon' } })).toMatchObject({ ok: false, reason: expect.stringMatching(/malformed/) });
+    expect(await verify({ headers: { ...signed, 'x-sirocco-timestamp': 'soon' } })).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/malformed/),
+    });
   });
 
   it('signs binary bodies the same as their text', async () => {

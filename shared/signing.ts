@@ -5,7 +5,7 @@
  * sent as `x-sirocco-signature` next to `x-sirocco-timestamp` (unix seconds). The timestamp bounds
  * replay to the allowed clock skew; hashing the body binds the signature to the exact bytes sent.
  */
-import { hmacSha256Hex, sha256Hex, timingSafeEqual, type BinaryInput } from './crypto.ts';
+import { type BinaryInput, hmacSha256Hex, sha256Hex, timingSafeEqual } from './crypto.ts';
 import { HEADERS, SIGNATURE_MAX_SKEW_SECONDS } from './protocol.ts';
 
 export interface SignRequestOptions {

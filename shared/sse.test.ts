@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { errorBody, streamErrorFrame } from './errors.ts';
-import { SSE_KEEP_ALIVE, classifySseEvent, createSseParser, encodeSseData, readSseEvents } from './sse.ts';
+import { classifySseEvent, createSseParser, encodeSseData, readSseEvents, SSE_KEEP_ALIVE } from './sse.ts';
 
 function streamOf(pieces: string[]): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
@@ -70,7 +70,13 @@ describe('createSseParser', () => {
 });
 
 describe('classifySseEvent', () => {
-  const chunk = { id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] };
+  const chunk = {
+    id: 'c',
+    object: 'chat.completion.chunk',
+    created: 1,
+    model: 'm',
+    choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }],
+  };
   const parse = (frames: string) => createSseParser().push(frames);
   const classifyData = (data: unknown) => classifySseEvent(parse(encodeSseData(data))[0]!);
 
@@ -83,7 +89,7 @@ describe('classifySseEvent', () => {
     expect(classifyData('[DONE]')).toEqual({ kind: 'done' });
   });
 
-  it('calls the project\'s stream error frame an error, with its message', () => {
+  it("calls the project's stream error frame an error, with its message", () => {
     expect(classifyData(streamErrorFrame('internal_error', 'decoder crashed'))).toEqual({ kind: 'error', message: 'decoder crashed' });
     expect(classifyData(errorBody('rate_limited', 'slow down'))).toEqual({ kind: 'error', message: 'slow down' });
   });
@@ -109,7 +115,10 @@ describe('classifySseEvent', () => {
     expect(classifyData([chunk])).toMatchObject({ kind: 'garbage' });
     expect(classifyData(null)).toMatchObject({ kind: 'garbage' });
     expect(classifyData('text')).toMatchObject({ kind: 'garbage' });
-    expect(classifySseEvent({ event: 'ping', data: JSON.stringify(chunk) })).toEqual({ kind: 'garbage', reason: 'unexpected event type "ping"' });
+    expect(classifySseEvent({ event: 'ping', data: JSON.stringify(chunk) })).toEqual({
+      kind: 'garbage',
+      reason: 'unexpected event type "ping"',
+    });
     expect(classifySseEvent({ event: 'ping', data: '[DONE]' })).toMatchObject({ kind: 'garbage' });
   });
 

@@ -151,7 +151,8 @@ export function classifySseEvent(event: SseEvent): SseFrame {
   if (!parsed.ok) return { kind: 'garbage', reason: `not JSON: ${event.data.slice(0, EXCERPT_LENGTH)}` };
   const value = parsed.value;
   // `"error": null` (sent by some OpenAI-style gateways on good chunks) reports no error.
-  if (isRecord(value) && (value.object === 'error' || (value.error !== undefined && value.error !== null))) return { kind: 'error', message: errorMessageOf(event.data, value) };
+  if (isRecord(value) && (value.object === 'error' || (value.error !== undefined && value.error !== null)))
+    return { kind: 'error', message: errorMessageOf(event.data, value) };
   if (isRecord(value) && value.object === 'chat.completion.chunk') return { kind: 'chunk', data: value };
   return { kind: 'garbage', reason: `not a chat.completion.chunk: ${event.data.slice(0, EXCERPT_LENGTH)}` };
 }

@@ -1,10 +1,18 @@
 import { describe, expect, it } from 'vitest';
 import { ERROR_STATUS } from '../shared/errors.ts';
-import { SidecarError, invalidRequest, modelError } from './errors.ts';
+import { invalidRequest, modelError, SidecarError } from './errors.ts';
 
 describe('SidecarError', () => {
   it('takes its default status from the shared error table', () => {
-    for (const type of ['invalid_request_error', 'invalid_model', 'unauthorized', 'payload_too_large', 'rate_limited', 'overloaded', 'internal_error'] as const) {
+    for (const type of [
+      'invalid_request_error',
+      'invalid_model',
+      'unauthorized',
+      'payload_too_large',
+      'rate_limited',
+      'overloaded',
+      'internal_error',
+    ] as const) {
       expect(new SidecarError(type, 'x').status).toBe(ERROR_STATUS[type]);
     }
     expect(modelError('missing model.safetensors').status).toBe(500);

@@ -3,10 +3,10 @@
  * (ONNX graphs + quantized weights + manifest). Progress goes to stderr; the store path to stdout.
  */
 import { SingleBar } from 'cli-progress';
-import { CliError, parseCommandArgs, requireOption } from '../args.ts';
-import type { ExpertBits } from '../../sidecar/engine/index.ts';
-import { parsePrecision } from '../engine-flags.ts';
 import { convertCheckpoint } from '../../sidecar/convert/convert.ts';
+import type { ExpertBits } from '../../sidecar/engine/index.ts';
+import { CliError, parseCommandArgs, requireOption } from '../args.ts';
+import { parsePrecision } from '../engine-flags.ts';
 
 export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]';
 
@@ -58,7 +58,9 @@ export async function run(argv: string[]): Promise<number> {
     });
     if (started) bar.stop();
     const bytes = manifest.files.reduce((sum, f) => sum + f.bytes, 0);
-    console.error(`sirocco convert: ${manifest.architecture} ${precision}, ${manifest.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB`);
+    console.error(
+      `sirocco convert: ${manifest.architecture} ${precision}, ${manifest.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB`,
+    );
     console.log(to);
     return 0;
   } catch (error) {

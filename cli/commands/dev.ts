@@ -11,9 +11,18 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { build } from 'esbuild';
-import { ENV, DEFAULT_PORTS, SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
-import { freePort, isPortFree, ProcessError, REPO_ROOT, spawnSidecar, spawnWranglerDev, waitUntilReady, type ManagedProcess } from '../processes.ts';
+import {
+  freePort,
+  isPortFree,
+  type ManagedProcess,
+  ProcessError,
+  REPO_ROOT,
+  spawnSidecar,
+  spawnWranglerDev,
+  waitUntilReady,
+} from '../processes.ts';
 
 export const summary = 'run the whole stack locally (demo model, two sidecars, wrangler dev); PORT or --port sets the edge port';
 
@@ -143,7 +152,14 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   try {
     const sidecars = specs.map((spec) => {
       const name = `sidecar ${spec.region}`;
-      const serveArgs = ['--model', `${models['mistral-tiny']},${models['mistral-small']}`, '--region', spec.region, '--port', String(spec.port)];
+      const serveArgs = [
+        '--model',
+        `${models['mistral-tiny']},${models['mistral-small']}`,
+        '--region',
+        spec.region,
+        '--port',
+        String(spec.port),
+      ];
       if (options.sidecarThreads) serveArgs.push('--threads', String(options.sidecarThreads));
       const child = spawnSidecar({
         name,
@@ -247,16 +263,21 @@ export async function run(argv: string[]): Promise<number> {
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) {
-    console.log(`usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}.`);
+    console.log(
+      `usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}.`,
+    );
     return 0;
   }
   const portRange = { integer: true, min: 1, max: 65535 };
   const edgePort =
-    parseNumberOption(values.port, 'port', portRange) ?? parseNumberOption(process.env[ENV.port], 'port (from PORT)', portRange) ?? DEFAULT_PORTS.edge;
+    parseNumberOption(values.port, 'port', portRange) ??
+    parseNumberOption(process.env[ENV.port], 'port (from PORT)', portRange) ??
+    DEFAULT_PORTS.edge;
   let sidecars = DEFAULT_SIDECARS;
   if (values['sidecar-ports'] !== undefined) {
     const ports = values['sidecar-ports'].split(',');
-    if (ports.length !== DEFAULT_SIDECARS.length) throw new CliError(`--sidecar-ports takes ${DEFAULT_SIDECARS.length} ports, e.g. 8081,8082`);
+    if (ports.length !== DEFAULT_SIDECARS.length)
+      throw new CliError(`--sidecar-ports takes ${DEFAULT_SIDECARS.length} ports, e.g. 8081,8082`);
     sidecars = DEFAULT_SIDECARS.map((spec, index) => ({ ...spec, port: parseNumberOption(ports[index], 'sidecar-ports', portRange)! }));
   }
 

@@ -2,13 +2,14 @@
  * `sirocco generate`: stream a completion to stdout as it is generated. Usage figures go to
  * stderr so stdout holds only the generated text.
  */
+
+import { type DemoModelName, ensureDemoModel } from '../../sidecar/convert/demo-model.ts';
+import { openModel } from '../../sidecar/convert/loader.ts';
+import { generate } from '../../sidecar/serving/generate.ts';
+import { renderChatPrompt } from '../../sidecar/text/chat-template.ts';
+import { loadTokenizer } from '../../sidecar/text/tokenizer.ts';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
-import { renderChatPrompt } from '../../sidecar/text/chat-template.ts';
-import { ensureDemoModel, type DemoModelName } from '../../sidecar/convert/demo-model.ts';
-import { generate } from '../../sidecar/serving/generate.ts';
-import { openModel } from '../../sidecar/convert/loader.ts';
-import { loadTokenizer } from '../../sidecar/text/tokenizer.ts';
 
 export const summary =
   'stream a completion: --prompt TEXT [--model DIR|demo|demo-small] [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--raw]';

@@ -88,7 +88,10 @@ async function create(argv: string[]): Promise<number> {
     key: { type: 'string' },
     json: { type: 'boolean' },
   });
-  const models = values.models?.split(',').map((model) => model.trim()).filter(Boolean);
+  const models = values.models
+    ?.split(',')
+    .map((model) => model.trim())
+    .filter(Boolean);
   if (values.models !== undefined && !models?.length) throw new CliError('--models needs at least one model name');
   const body = {
     tenant: values.tenant ?? 'default',

@@ -2,10 +2,11 @@
  * `sirocco logits`: one causal forward pass over the given token ids, printing exactly one JSON
  * object `{"logits": [[...], ...]}` on stdout — one row per input position, the full vocabulary.
  */
-import { CliError, parseCommandArgs, requireOption } from '../args.ts';
-import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
+
 import { openModel } from '../../sidecar/convert/loader.ts';
 import { isStore } from '../../sidecar/formats/store-manifest.ts';
+import { CliError, parseCommandArgs, requireOption } from '../args.ts';
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
 
 export const summary = 'print the logits of every position: --model DIR --tokens 1,2,3 [--precision fp32|int8|int4]';
 

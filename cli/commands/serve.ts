@@ -3,9 +3,10 @@
  * given model folders, or on the two demo models. Logs are JSON lines on stdout; the first says
  * where it listens. SIGTERM/SIGINT shut it down gracefully and exit 0.
  */
-import { SERVE_USAGE, loadServeConfig } from '../serve-config.ts';
+
 import { createLogger } from '../../sidecar/server/logger.ts';
-import { startSidecar } from '../../sidecar/server/serve.ts';
+import { type RunningSidecar, startSidecar } from '../../sidecar/server/serve.ts';
+import { loadServeConfig, SERVE_USAGE } from '../serve-config.ts';
 
 export const summary = 'run a sidecar: Mistral-compatible API over local models with continuous batching';
 
@@ -20,7 +21,7 @@ export async function run(argv: string[]): Promise<number> {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
-  let sidecar;
+  let sidecar: RunningSidecar;
   try {
     sidecar = await startSidecar(config, logger);
   } catch (error) {

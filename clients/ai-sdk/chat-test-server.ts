@@ -5,7 +5,7 @@
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ChatCompletionChunk, ChatCompletionResponse } from '../../shared/api.ts';
-import { SSE_DONE, SSE_HEADERS, encodeSseData } from '../../shared/sse.ts';
+import { encodeSseData, SSE_DONE, SSE_HEADERS } from '../../shared/sse.ts';
 
 export type ScriptedReply =
   | { kind: 'json'; status?: number; body: unknown; headers?: Record<string, string> }
@@ -113,7 +113,11 @@ export function chatCompletion(
 /** The SSE events of a Mistral stream for `deltas`: role chunk, content chunks, final chunk with usage, [DONE]. */
 export function chatStreamEvents(deltas: string[], options: { finishReason?: 'stop' | 'length'; promptTokens?: number } = {}): string[] {
   const { finishReason = 'stop', promptTokens = 7 } = options;
-  const chunk = (delta: ChatCompletionChunk['choices'][number]['delta'], finish: 'stop' | 'length' | null, extra: Partial<ChatCompletionChunk> = {}) =>
+  const chunk = (
+    delta: ChatCompletionChunk['choices'][number]['delta'],
+    finish: 'stop' | 'length' | null,
+    extra: Partial<ChatCompletionChunk> = {},
+  ) =>
     encodeSseData({
       id: 'cmpl-test-2',
       object: 'chat.completion.chunk',

@@ -14,18 +14,18 @@ import {
   combineHeaders,
   createEventSourceResponseHandler,
   createJsonResponseHandler,
+  type FetchFunction,
   injectJsonInstructionIntoMessages,
+  type ParseResult,
   parseProviderOptions,
   postJsonToApi,
-  type FetchFunction,
-  type ParseResult,
 } from '@ai-sdk/provider-utils';
 import * as z from 'zod';
 import {
-  ChatCompletionChunkSchema,
-  ChatCompletionResponseSchema,
   type ChatCompletionChunk,
+  ChatCompletionChunkSchema,
   type ChatCompletionRequest,
+  ChatCompletionResponseSchema,
   type Usage,
 } from '../../shared/api.ts';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
@@ -76,7 +76,11 @@ export class SiroccoChatLanguageModel implements LanguageModelV3 {
   private async getArgs(options: LanguageModelV3CallOptions) {
     const warnings: SharedV3Warning[] = [];
     const siroccoOptions =
-      (await parseProviderOptions({ provider: 'sirocco', providerOptions: options.providerOptions, schema: siroccoLanguageModelOptions })) ?? {};
+      (await parseProviderOptions({
+        provider: 'sirocco',
+        providerOptions: options.providerOptions,
+        schema: siroccoLanguageModelOptions,
+      })) ?? {};
 
     // Settings the Sirocco API does not take are dropped with a warning, never sent (the edge rejects unknown fields).
     if (options.topK != null) warnings.push({ type: 'unsupported', feature: 'topK' });
@@ -123,7 +127,11 @@ export class SiroccoChatLanguageModel implements LanguageModelV3 {
 
   async doGenerate(options: LanguageModelV3CallOptions): Promise<LanguageModelV3GenerateResult> {
     const { body, warnings } = await this.getArgs(options);
-    const { responseHeaders, value: response, rawValue } = await postJsonToApi({
+    const {
+      responseHeaders,
+      value: response,
+      rawValue,
+    } = await postJsonToApi({
       url: `${this.config.baseURL}/chat/completions`,
       headers: combineHeaders(this.config.headers(), options.headers),
       body,

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vites
 import * as z from 'zod';
 import { errorBody } from '../../shared/errors.ts';
 import { encodeSseData } from '../../shared/sse.ts';
-import { chatCompletion, chatStreamEvents, startChatTestServer, type ChatTestServer } from './chat-test-server.ts';
+import { type ChatTestServer, chatCompletion, chatStreamEvents, startChatTestServer } from './chat-test-server.ts';
 import { createSirocco } from './index.ts';
 
 // Warnings are asserted on results; keep the SDK from also printing them.
@@ -84,7 +84,13 @@ describe('generateText', () => {
       messages: [
         { role: 'user', content: 'Hi' },
         { role: 'assistant', content: 'Hello!' },
-        { role: 'user', content: [{ type: 'text', text: 'How ' }, { type: 'text', text: 'are you?' }] },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'How ' },
+            { type: 'text', text: 'are you?' },
+          ],
+        },
       ],
     });
     expect(server.requests[0]!.body.messages).toEqual([
@@ -175,7 +181,10 @@ describe('JSON output', () => {
     });
 
     expect(object).toEqual({ city: 'Paris', population: 2102650 });
-    const responseFormat = server.requests[0]!.body.response_format as { type: string; json_schema: { name: string; schema: { properties: object } } };
+    const responseFormat = server.requests[0]!.body.response_format as {
+      type: string;
+      json_schema: { name: string; schema: { properties: object } };
+    };
     expect(responseFormat.type).toBe('json_schema');
     expect(responseFormat.json_schema.name).toBe('city');
     expect(Object.keys(responseFormat.json_schema.schema.properties)).toEqual(['city', 'population']);
@@ -213,7 +222,9 @@ describe('abort', () => {
     server.script({ kind: 'json', body: chatCompletion('never read') });
     const controller = new AbortController();
     controller.abort();
-    await expect(generateText({ model: provider()('mistral-tiny'), prompt: 'x', abortSignal: controller.signal })).rejects.toThrow(/abort/i);
+    await expect(generateText({ model: provider()('mistral-tiny'), prompt: 'x', abortSignal: controller.signal })).rejects.toThrow(
+      /abort/i,
+    );
     expect(server.requests.length).toBeLessThanOrEqual(1);
   });
 });
@@ -237,8 +248,14 @@ describe('errors', () => {
   });
 
   it('401 and 422 are not retried; 422 keeps the validation detail', async () => {
-    server.script({ kind: 'json', status: 401, body: { object: 'error', message: 'Unauthorized', type: 'unauthorized', param: null, code: null } });
-    const unauthorized = (await generateText({ model: provider()('mistral-tiny'), prompt: 'x' }).catch((caught: unknown) => caught)) as APICallError;
+    server.script({
+      kind: 'json',
+      status: 401,
+      body: { object: 'error', message: 'Unauthorized', type: 'unauthorized', param: null, code: null },
+    });
+    const unauthorized = (await generateText({ model: provider()('mistral-tiny'), prompt: 'x' }).catch(
+      (caught: unknown) => caught,
+    )) as APICallError;
     expect(unauthorized.statusCode).toBe(401);
 
     server.script({
@@ -253,7 +270,9 @@ describe('errors', () => {
         detail: [{ loc: ['body', 'foo'], msg: 'Extra inputs are not permitted', type: 'extra_forbidden' }],
       },
     });
-    const invalid = (await generateText({ model: provider()('mistral-tiny'), prompt: 'x' }).catch((caught: unknown) => caught)) as APICallError;
+    const invalid = (await generateText({ model: provider()('mistral-tiny'), prompt: 'x' }).catch(
+      (caught: unknown) => caught,
+    )) as APICallError;
     expect(invalid.statusCode).toBe(422);
     expect(invalid.isRetryable).toBe(false);
     expect(invalid.data).toMatchObject({ detail: [{ loc: ['body', 'foo'] }] });
@@ -262,7 +281,9 @@ describe('errors', () => {
 
   it('a non-JSON 502 from a proxy still becomes an APICallError and is retried', async () => {
     server.script({ kind: 'raw', status: 502, body: '<html>Bad Gateway</html>', headers: { 'content-type': 'text/html' } });
-    const error = (await generateText({ model: provider()('mistral-tiny'), prompt: 'x', maxRetries: 1 }).catch((caught: unknown) => caught)) as Error;
+    const error = (await generateText({ model: provider()('mistral-tiny'), prompt: 'x', maxRetries: 1 }).catch(
+      (caught: unknown) => caught,
+    )) as Error;
     // After the retries run out the SDK wraps the last APICallError in a RetryError.
     const last = (error as { lastError?: unknown }).lastError;
     expect(APICallError.isInstance(last)).toBe(true);
@@ -272,7 +293,11 @@ describe('errors', () => {
   });
 
   it('errors before the stream starts reject streamText with the APICallError', async () => {
-    server.script({ kind: 'json', status: 400, body: { object: 'error', message: 'bad stop', type: 'invalid_request_error', param: 'stop', code: null } });
+    server.script({
+      kind: 'json',
+      status: 400,
+      body: { object: 'error', message: 'bad stop', type: 'invalid_request_error', param: 'stop', code: null },
+    });
     const errors: unknown[] = [];
     const result = streamText({ model: provider()('mistral-tiny'), prompt: 'x', onError: ({ error }) => void errors.push(error) });
     await result.consumeStream();
@@ -401,7 +426,10 @@ describe('default instance', () => {
       expect(server.requests[0]!.headers.authorization).toBe('Bearer sk-from-env');
       expect(server.requests[0]!.headers).not.toHaveProperty('x-sirocco-region');
     } finally {
-      for (const [name, value] of [['SIROCCO_BASE_URL', previous.base], ['SIROCCO_API_KEY', previous.key]] as const) {
+      for (const [name, value] of [
+        ['SIROCCO_BASE_URL', previous.base],
+        ['SIROCCO_API_KEY', previous.key],
+      ] as const) {
         if (value === undefined) delete process.env[name];
         else process.env[name] = value;
       }

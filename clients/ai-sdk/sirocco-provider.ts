@@ -1,6 +1,6 @@
 /** `createSirocco()`: the AI SDK provider for a Sirocco edge (or a single sidecar), shaped like `createMistral()`. */
-import { NoSuchModelError, type LanguageModelV3, type ProviderV3 } from '@ai-sdk/provider';
-import { loadApiKey, loadOptionalSetting, withoutTrailingSlash, withUserAgentSuffix, type FetchFunction } from '@ai-sdk/provider-utils';
+import { type LanguageModelV3, NoSuchModelError, type ProviderV3 } from '@ai-sdk/provider';
+import { type FetchFunction, loadApiKey, loadOptionalSetting, withoutTrailingSlash, withUserAgentSuffix } from '@ai-sdk/provider-utils';
 import { SiroccoChatLanguageModel, type SiroccoChatModelId } from './sirocco-chat-language-model.ts';
 
 export const SIROCCO_REGION_HEADER = 'x-sirocco-region';

@@ -5,10 +5,9 @@
  */
 import type { MiddlewareHandler } from 'hono';
 import { sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
-import type { AppEnv } from '../env.ts';
+import type { ApiKeyRecord, AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { findKey } from './key-store.ts';
-import type { ApiKeyRecord } from '../env.ts';
 
 export * from './key-store.ts';
 

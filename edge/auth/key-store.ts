@@ -30,7 +30,12 @@ export const CreateKeyRequestSchema = z.strictObject({
   rpm: z.number().int().positive().optional(),
   tpm: z.number().int().positive().optional(),
   /** Provision a known key (e.g. SIROCCO_DEV_KEY for `npm start`); otherwise one is generated. */
-  key: z.string().min(20).max(256).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces').optional(),
+  key: z
+    .string()
+    .min(20)
+    .max(256)
+    .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces')
+    .optional(),
 });
 export type CreateKeyRequest = z.infer<typeof CreateKeyRequestSchema>;
 

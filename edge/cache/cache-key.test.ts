@@ -3,8 +3,8 @@
  * could change the answer (or the tenant) gives a different one.
  */
 import { describe, expect, it } from 'vitest';
-import { cacheKey, canonicalJson } from './cache-key.ts';
 import type { ChatCompletionRequest } from '../../shared/api.ts';
+import { cacheKey, canonicalJson } from './cache-key.ts';
 
 const base: ChatCompletionRequest = {
   model: 'mistral-tiny',
@@ -24,7 +24,19 @@ describe('cacheKey', () => {
     expect(await keyOf({ stream: true, stream_options: { include_usage: true }, user: 'u-1' })).toBe(key);
     expect(await keyOf({ model: 'open-mistral-7b' })).toBe(key); // alias of mistral-tiny
     expect(await keyOf({ top_p: 1, safe_prompt: false, random_seed: null, max_tokens: null })).toBe(key);
-    expect(await keyOf({ messages: [{ role: 'user', content: [{ type: 'text', text: 'Name a wind ' }, { type: 'text', text: 'of the Sahara.' }] }] })).toBe(key);
+    expect(
+      await keyOf({
+        messages: [
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: 'Name a wind ' },
+              { type: 'text', text: 'of the Sahara.' },
+            ],
+          },
+        ],
+      }),
+    ).toBe(key);
     expect(await cacheKey('acme', { temperature: 0, messages: base.messages, model: 'mistral-tiny' })).toBe(key); // field order
     expect(await keyOf({ stop: '\n' })).toBe(await keyOf({ stop: ['\n'] }));
     expect(await keyOf({ stop: [] })).toBe(key);

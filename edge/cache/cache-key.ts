@@ -9,7 +9,7 @@
  * could change the answer (this covers model, messages, temperature, top_p, max_tokens, random_seed,
  * safe_prompt, stop, response_format, tools, tool_choice and the penalties).
  */
-import { CHAT_DEFAULTS, messageText, resolveModelId, type ChatCompletionRequest, type ChatMessage } from '../../shared/api.ts';
+import { CHAT_DEFAULTS, type ChatCompletionRequest, type ChatMessage, messageText, resolveModelId } from '../../shared/api.ts';
 import { sha256Hex } from '../../shared/crypto.ts';
 
 /** Fields that change how the answer is delivered, not what it is. */

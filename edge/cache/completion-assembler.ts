@@ -53,7 +53,8 @@ export function createCompletionAssembler(): CompletionAssembler {
     },
     completion() {
       if (broken || !done || !header || !usage || finishReason === null || finishReason === 'error') return undefined;
-      const message = toolCalls.length > 0 ? { role: 'assistant' as const, content, tool_calls: toolCalls } : { role: 'assistant' as const, content };
+      const message =
+        toolCalls.length > 0 ? { role: 'assistant' as const, content, tool_calls: toolCalls } : { role: 'assistant' as const, content };
       return {
         ...header,
         object: 'chat.completion',

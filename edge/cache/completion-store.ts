@@ -5,7 +5,7 @@
  * in one data centre are served by the faster local cache. All store the assembled non-stream
  * completion as JSON.
  */
-import { ChatCompletionResponseSchema, type ChatCompletionResponse } from '../../shared/api.ts';
+import { type ChatCompletionResponse, ChatCompletionResponseSchema } from '../../shared/api.ts';
 
 export interface CompletionStore {
   get(key: string): Promise<ChatCompletionResponse | undefined>;

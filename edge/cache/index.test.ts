@@ -7,11 +7,11 @@ import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
 import { describe, expect, it } from 'vitest';
-import { createCompletionAssembler } from './completion-assembler.ts';
-import { cacheApiStore, kvStore, parseTtlSeconds, replayAsSse, responseCache, tieredStore, type ResponseCacheBindings } from './index.ts';
-import { ChatCompletionChunkSchema, messageText, type ChatCompletionRequest, type ChatCompletionResponse } from '../../shared/api.ts';
+import { ChatCompletionChunkSchema, type ChatCompletionRequest, type ChatCompletionResponse, messageText } from '../../shared/api.ts';
 import { errorBody, streamErrorFrame } from '../../shared/errors.ts';
 import { encodeSseData, readSseEvents, SSE_DONE, SSE_HEADERS, SSE_KEEP_ALIVE } from '../../shared/sse.ts';
+import { createCompletionAssembler } from './completion-assembler.ts';
+import { cacheApiStore, kvStore, parseTtlSeconds, type ResponseCacheBindings, replayAsSse, responseCache, tieredStore } from './index.ts';
 
 type CacheTestEnv = { Bindings: ResponseCacheBindings };
 type Upstream = (request: ChatCompletionRequest, call: number) => Response;
@@ -201,7 +201,11 @@ describe('responseCache', () => {
       choices: [
         {
           index: 0,
-          message: { role: 'assistant', content: '', tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'weather', arguments: '{"city":"Tunis"}' } }] },
+          message: {
+            role: 'assistant',
+            content: '',
+            tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'weather', arguments: '{"city":"Tunis"}' } }],
+          },
           finish_reason: 'tool_calls',
         },
       ],
@@ -255,7 +259,11 @@ describe('responseCache', () => {
         pull(controller) {
           if (sent) return controller.error(new Error('connection reset by peer'));
           sent = true;
-          controller.enqueue(encoder.encode(encodeSseData({ ...first, choices: [{ index: 0, delta: { role: 'assistant', content: 'Har' }, finish_reason: null }] })));
+          controller.enqueue(
+            encoder.encode(
+              encodeSseData({ ...first, choices: [{ index: 0, delta: { role: 'assistant', content: 'Har' }, finish_reason: null }] }),
+            ),
+          );
         },
       });
       return new Response(body, { headers: SSE_HEADERS });

@@ -2,10 +2,10 @@
  * Response cache for POST /v1/chat/completions: deterministic answers (temperature 0, or a
  * random_seed) are stored per tenant and served again without touching a sidecar.
  *
- * Wiring (engineer C): after authentication and rate limiting, before the handler that calls a sidecar:
- *     app.post('/v1/chat/completions', auth, rateLimit(…), zValidator('json', ChatCompletionRequestSchema, hook),
- *       responseCache({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.req.valid('json') }),
- *       chatHandler);
+ * Wiring (edge/app.ts): after validation and rate limiting, before the handler that calls a sidecar:
+ *     app.post('/v1/chat/completions', validateChatRequest(), resolveChatRoute(), rateLimit(…),
+ *       responseCache({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.get('chatRequest') }),
+ *       chatCompletions(deps, recordUsage));
  * Bindings it reads from `c.env`: `CACHE_TTL_SECONDS` (var, default 600; "0" turns the cache off) and
  * `RESPONSE_CACHE` (optional KV namespace: entries then also go to KV, read behind the data centre's
  * Cache API; without it only the Cache API is used). A cache hit
@@ -22,15 +22,21 @@
  * - A failing cache never fails the request: lookup/store errors are logged and count as a miss.
  */
 import type { Context, Env, MiddlewareHandler } from 'hono';
-import { ChatCompletionRequestSchema, ChatCompletionResponseSchema, isDeterministic, type ChatCompletionRequest, type ChatCompletionResponse } from '../../shared/api.ts';
+import {
+  type ChatCompletionRequest,
+  ChatCompletionRequestSchema,
+  type ChatCompletionResponse,
+  ChatCompletionResponseSchema,
+  isDeterministic,
+} from '../../shared/api.ts';
 import { createSseParser } from '../../shared/sse.ts';
 import { cacheKey } from './cache-key.ts';
 import { createCompletionAssembler } from './completion-assembler.ts';
-import { cacheApiStore, kvStore, tieredStore, type CompletionStore } from './completion-store.ts';
+import { type CompletionStore, cacheApiStore, kvStore, tieredStore } from './completion-store.ts';
 import { replayAsSse } from './sse-replay.ts';
 
 export { cacheKey, normaliseRequest } from './cache-key.ts';
-export { cacheApiStore, kvStore, tieredStore, type CompletionStore } from './completion-store.ts';
+export { type CompletionStore, cacheApiStore, kvStore, tieredStore } from './completion-store.ts';
 export { completionToChunks, replayAsSse } from './sse-replay.ts';
 
 export const CACHE_STATUS_HEADER = 'x-cache';
@@ -103,7 +109,10 @@ function isCacheable(completion: ChatCompletionResponse): boolean {
  * ends cleanly. A hand-written pull stream rather than pipeThrough, so that a client's cancel
  * reliably reaches the source (workerd #5058) and an upstream failure never counts as an end.
  */
-function assembleWhileStreaming(body: ReadableStream<Uint8Array>, onComplete: (completion: ChatCompletionResponse) => void): ReadableStream<Uint8Array> {
+function assembleWhileStreaming(
+  body: ReadableStream<Uint8Array>,
+  onComplete: (completion: ChatCompletionResponse) => void,
+): ReadableStream<Uint8Array> {
   const reader = body.getReader();
   const parser = createSseParser();
   const decoder = new TextDecoder();

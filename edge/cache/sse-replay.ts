@@ -9,7 +9,10 @@ import { encodeSseData, SSE_DONE, SSE_HEADERS } from '../../shared/sse.ts';
 /** The chunks a stream of this completion would have carried. */
 export function completionToChunks(completion: ChatCompletionResponse): ChatCompletionChunk[] {
   const { id, created, model } = completion;
-  const chunk = (delta: ChatCompletionChunk['choices'][number]['delta'], finishReason: ChatCompletionChunk['choices'][number]['finish_reason']): ChatCompletionChunk => ({
+  const chunk = (
+    delta: ChatCompletionChunk['choices'][number]['delta'],
+    finishReason: ChatCompletionChunk['choices'][number]['finish_reason'],
+  ): ChatCompletionChunk => ({
     id,
     object: 'chat.completion.chunk',
     created,

@@ -80,7 +80,8 @@ function memo<T>(key: string, build: () => T): T {
 const SidecarListSchema = z.array(SidecarConfigSchema).superRefine((list, ctx) => {
   const seen = new Set<string>();
   for (const [index, sidecar] of list.entries()) {
-    if (seen.has(sidecar.region)) ctx.addIssue({ code: 'custom', path: [index, 'region'], message: `duplicate region "${sidecar.region}"` });
+    if (seen.has(sidecar.region))
+      ctx.addIssue({ code: 'custom', path: [index, 'region'], message: `duplicate region "${sidecar.region}"` });
     seen.add(sidecar.region);
   }
 });
@@ -118,7 +119,11 @@ export function tunablesFrom(env: EdgeBindings): Tunables {
     completionTimeoutMs: positiveInteger('COMPLETION_TIMEOUT_MS', env.COMPLETION_TIMEOUT_MS, DEFAULT_TUNABLES.completionTimeoutMs),
     keepAliveMs: positiveInteger('KEEP_ALIVE_MS', env.KEEP_ALIVE_MS, DEFAULT_TUNABLES.keepAliveMs),
     healthTtlMs: positiveInteger('HEALTH_TTL_MS', env.HEALTH_TTL_MS, DEFAULT_TUNABLES.healthTtlMs),
-    circuitFailureThreshold: positiveInteger('CIRCUIT_FAILURE_THRESHOLD', env.CIRCUIT_FAILURE_THRESHOLD, DEFAULT_TUNABLES.circuitFailureThreshold),
+    circuitFailureThreshold: positiveInteger(
+      'CIRCUIT_FAILURE_THRESHOLD',
+      env.CIRCUIT_FAILURE_THRESHOLD,
+      DEFAULT_TUNABLES.circuitFailureThreshold,
+    ),
     circuitCooldownMs: positiveInteger('CIRCUIT_COOLDOWN_MS', env.CIRCUIT_COOLDOWN_MS, DEFAULT_TUNABLES.circuitCooldownMs),
   };
 }

@@ -267,7 +267,8 @@ function classifySseEvent(event) {
   const parsed = parseJson(event.data);
   if (!parsed.ok) return { kind: "garbage", reason: `not JSON: ${event.data.slice(0, EXCERPT_LENGTH)}` };
   const value = parsed.value;
-  if (isRecord(value) && (value.object === "error" || value.error !== void 0 && value.error !== null)) return { kind: "error", message: errorMessageOf(event.data, value) };
+  if (isRecord(value) && (value.object === "error" || value.error !== void 0 && value.error !== null))
+    return { kind: "error", message: errorMessageOf(event.data, value) };
   if (isRecord(value) && value.object === "chat.completion.chunk") return { kind: "chunk", data: value };
   return { kind: "garbage", reason: `not a chat.completion.chunk: ${event.data.slice(0, EXCERPT_LENGTH)}` };
 }

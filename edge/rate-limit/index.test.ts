@@ -5,12 +5,12 @@
  */
 import { abortAllDurableObjects, runInDurableObject } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
-import { Hono, type Context } from 'hono';
+import { type Context, Hono } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { describe, expect, it } from 'vitest';
 import { toErrorResponse } from '../app.ts';
 import { EdgeError } from '../errors.ts';
-import { chargeTokens, rateLimit, RATE_LIMIT_HEADERS, SAVE_INTERVAL_MS, type RateLimiter, type RateLimits } from './index.ts';
+import { chargeTokens, RATE_LIMIT_HEADERS, type RateLimiter, type RateLimits, rateLimit, SAVE_INTERVAL_MS } from './index.ts';
 
 type TestEnv = { Bindings: { RATE_LIMITER: DurableObjectNamespace<RateLimiter> } };
 
@@ -82,7 +82,13 @@ describe('rateLimit middleware', () => {
     expect((await send(key)).status).toBe(200);
     const rejected = await send(key);
     expect(rejected.status).toBe(429);
-    expect(await rejected.json()).toEqual({ object: 'error', message: 'Rate limit exceeded', type: 'rate_limited', param: null, code: '1300' });
+    expect(await rejected.json()).toEqual({
+      object: 'error',
+      message: 'Rate limit exceeded',
+      type: 'rate_limited',
+      param: null,
+      code: '1300',
+    });
     const retryAfterMs = Number(rejected.headers.get('retry-after-ms'));
     expect(retryAfterMs).toBeGreaterThan(55_000);
     expect(retryAfterMs).toBeLessThanOrEqual(60_000);
@@ -126,7 +132,10 @@ describe('rateLimit middleware', () => {
     await runInDurableObject(stub, async (_instance, state) => {
       const window = (await state.storage.get<{ latestMs: number }[]>('window')) ?? [];
       expect(window.length).toBeGreaterThan(0);
-      await state.storage.put('window', window.map((bucket) => ({ ...bucket, latestMs: bucket.latestMs - 60_000 })));
+      await state.storage.put(
+        'window',
+        window.map((bucket) => ({ ...bucket, latestMs: bucket.latestMs - 60_000 })),
+      );
     });
     await abortAllDurableObjects();
     const admitted = await send(key);
@@ -152,13 +161,19 @@ describe('rateLimit middleware', () => {
       get: () => ({ admit: () => Promise.reject(new Error('Durable Object reset')) }),
     } as unknown as DurableObjectNamespace<RateLimiter>;
     const app = new Hono();
-    app.use(rateLimit({ namespace: () => unreachable, subject: () => ({ keyHash: 'k', limits: { requestsPerMinute: 1, tokensPerMinute: 1 } }) }));
+    app.use(
+      rateLimit({ namespace: () => unreachable, subject: () => ({ keyHash: 'k', limits: { requestsPerMinute: 1, tokensPerMinute: 1 } }) }),
+    );
     app.get('/', (c) => c.text('never'));
     app.onError(answerLikeTheApp);
     const response = await app.request('/');
     expect(response.status).toBe(503);
     expect(response.headers.get('retry-after')).toBe('1');
-    expect(await response.json()).toMatchObject({ object: 'error', type: 'overloaded', message: 'Rate limiter unavailable, retry shortly' });
+    expect(await response.json()).toMatchObject({
+      object: 'error',
+      type: 'overloaded',
+      message: 'Rate limiter unavailable, retry shortly',
+    });
   });
 
   it('refuses to be built without its option functions', () => {

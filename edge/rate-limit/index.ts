@@ -26,10 +26,10 @@ import type { Context, Env, MiddlewareHandler } from 'hono';
 import { ERROR_CODES } from '../../shared/errors.ts';
 import { EdgeError } from '../errors.ts';
 import type { RateLimiter } from './rate-limiter.ts';
-import { assertValidLimits, type RateLimits, type RateLimitStatus } from './sliding-window.ts';
+import { assertValidLimits, type RateLimitDecision, type RateLimitStatus, type RateLimits } from './sliding-window.ts';
 
 export { RateLimiter, SAVE_INTERVAL_MS } from './rate-limiter.ts';
-export { WINDOW_MS, type RateLimitDecision, type RateLimits, type RateLimitStatus } from './sliding-window.ts';
+export { type RateLimitDecision, type RateLimitStatus, type RateLimits, WINDOW_MS } from './sliding-window.ts';
 
 /** Whose budget a request spends: the API key's SHA-256 hash (never the key) and its limits. */
 export type RateLimitSubject = {
@@ -98,12 +98,15 @@ export function rateLimit<E extends Env>(options: RateLimitOptions<E>): Middlewa
     if (!subject) return next();
     assertValidLimits(subject.limits); // a malformed key record is an operator bug: let onError report it
 
-    let decision;
+    let decision: RateLimitDecision;
     try {
       decision = await limiterFor(options.namespace(c), subject.keyHash).admit(subject.limits);
     } catch (error) {
       console.error(JSON.stringify({ event: 'rate_limiter_unavailable', message: String(error) }));
-      throw new EdgeError('overloaded', 'Rate limiter unavailable, retry shortly', { retryAfterSeconds: UNAVAILABLE_RETRY_SECONDS, cause: error });
+      throw new EdgeError('overloaded', 'Rate limiter unavailable, retry shortly', {
+        retryAfterSeconds: UNAVAILABLE_RETRY_SECONDS,
+        cause: error,
+      });
     }
 
     const headers = rateLimitHeaders(decision);

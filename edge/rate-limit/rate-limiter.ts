@@ -19,10 +19,10 @@ import {
   assertValidLimits,
   debit,
   prune,
-  status,
   type RateLimitDecision,
-  type RateLimits,
   type RateLimitStatus,
+  type RateLimits,
+  status,
   type WindowState,
 } from './sliding-window.ts';
 

@@ -67,7 +67,9 @@ describe('sliding rate-limit window', () => {
   });
 
   it('rejects malformed limits and debits with a message naming the field', () => {
-    expect(() => assertValidLimits({ requestsPerMinute: 0, tokensPerMinute: 10 })).toThrow(/requestsPerMinute must be a positive integer, got 0/);
+    expect(() => assertValidLimits({ requestsPerMinute: 0, tokensPerMinute: 10 })).toThrow(
+      /requestsPerMinute must be a positive integer, got 0/,
+    );
     expect(() => assertValidLimits({ requestsPerMinute: 5, tokensPerMinute: 1.5 })).toThrow(/tokensPerMinute/);
     expect(() => debit([], -1, start)).toThrow(/non-negative integer, got -1/);
   });

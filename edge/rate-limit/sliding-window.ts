@@ -88,11 +88,7 @@ export function status(state: WindowState, limits: RateLimits): RateLimitStatus 
  * Decides one request against a window (already pruned at `nowMs`). When admitted, the returned
  * state counts it and the remaining figures include it.
  */
-export function admit(
-  state: WindowState,
-  limits: RateLimits,
-  nowMs: number,
-): { state: WindowState; decision: RateLimitDecision } {
+export function admit(state: WindowState, limits: RateLimits, nowMs: number): { state: WindowState; decision: RateLimitDecision } {
   const used = windowTotals(state);
   const requestsWait = used.requests >= limits.requestsPerMinute ? waitUntilBelow(state, 'requests', limits.requestsPerMinute, nowMs) : 0;
   const tokensWait = used.tokens >= limits.tokensPerMinute ? waitUntilBelow(state, 'tokens', limits.tokensPerMinute, nowMs) : 0;
@@ -116,7 +112,12 @@ function record(state: WindowState, nowMs: number, requests: number, tokens: num
   const last = state.at(-1);
   // Same second (or a clock that stepped back): add to the newest bucket so buckets stay ordered.
   if (last && second <= last.second) {
-    const updated = { second: last.second, requests: last.requests + requests, tokens: last.tokens + tokens, latestMs: Math.max(last.latestMs, nowMs) };
+    const updated = {
+      second: last.second,
+      requests: last.requests + requests,
+      tokens: last.tokens + tokens,
+      latestMs: Math.max(last.latestMs, nowMs),
+    };
     return [...state.slice(0, -1), updated];
   }
   return [...state, { second, requests, tokens, latestMs: nowMs }];

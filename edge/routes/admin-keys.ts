@@ -3,7 +3,7 @@
  * itself is returned once, at creation; afterwards only its id and hash-derived record exist.
  */
 import { Hono } from 'hono';
-import { createKey, CreateKeyRequestSchema, listKeys, revokeKey, type ApiKeyCache } from '../auth/index.ts';
+import { type ApiKeyCache, CreateKeyRequestSchema, createKey, listKeys, revokeKey } from '../auth/index.ts';
 import type { ApiKeyRecord, AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { parseJsonBody } from '../validation/index.ts';

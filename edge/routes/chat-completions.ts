@@ -11,37 +11,35 @@
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import {
+  type ChatCompletionRequest,
   ChatCompletionRequestSchema,
+  type LocalModelId,
   requiresToolCall,
   resolveModelId,
-  type ChatCompletionRequest,
-  type LocalModelId,
   type Usage,
 } from '../../shared/api.ts';
 import { ERROR_CODES, MistralErrorBodySchema } from '../../shared/errors.ts';
 import { HEADERS, SIDECAR_PATHS } from '../../shared/protocol.ts';
-import { SSE_HEADERS } from '../../shared/sse.ts';
 import { signRequest } from '../../shared/signing.ts';
+import { SSE_HEADERS } from '../../shared/sse.ts';
 import { keyAllowsModel } from '../auth/index.ts';
-import { secretFrom, sidecarsFrom, tunablesFrom, upstreamsFrom, type UpstreamConfig } from '../config/index.ts';
-import { afterResponse, inBackground, type EdgeDependencies } from '../dependencies.ts';
+import { secretFrom, sidecarsFrom, tunablesFrom, type UpstreamConfig, upstreamsFrom } from '../config/index.ts';
+import { afterResponse, type EdgeDependencies, inBackground } from '../dependencies.ts';
 import type { AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
-import { clientLocation, forwardWithFailover, type ClientGeo, type ForwardResult, type Target } from '../routing/index.ts';
+import { type ClientGeo, clientLocation, type ForwardResult, forwardWithFailover, type Target } from '../routing/index.ts';
 import {
+  type RelaySource,
   relayPendingSseStream,
   relaySseStream,
+  type StreamOutcome,
   StreamStartError,
   TIMED_OUT,
   withTimeout,
-  type RelaySource,
-  type StreamOutcome,
 } from '../streaming/index.ts';
 import { parseJsonBody } from '../validation/index.ts';
 
-export type ChatRoute =
-  | { kind: 'local'; model: LocalModelId }
-  | { kind: 'upstream'; name: string; upstream: UpstreamConfig };
+export type ChatRoute = { kind: 'local'; model: LocalModelId } | { kind: 'upstream'; name: string; upstream: UpstreamConfig };
 
 declare module 'hono' {
   interface ContextVariableMap {
@@ -74,9 +72,13 @@ export function resolveChatRoute(): MiddlewareHandler<AppEnv> {
       throw new EdgeError('forbidden', `This API key may not use model ${request.model}`, { param: 'model' });
     }
     if (local && requiresToolCall(request)) {
-      throw new EdgeError('invalid_request_error', `Model ${request.model} does not support tool calling; use tool_choice "auto" or "none"`, {
-        param: 'tool_choice',
-      });
+      throw new EdgeError(
+        'invalid_request_error',
+        `Model ${request.model} does not support tool calling; use tool_choice "auto" or "none"`,
+        {
+          param: 'tool_choice',
+        },
+      );
     }
     c.set('chatRoute', upstream ? { kind: 'upstream', name: request.model, upstream } : { kind: 'local', model: local as LocalModelId });
     await next();
@@ -111,7 +113,11 @@ function sidecarTargets(c: Context<AppEnv>, deps: EdgeDependencies, model: Local
 
 function upstreamTarget(c: Context<AppEnv>, deps: EdgeDependencies, name: string, upstream: UpstreamConfig): Target {
   const apiKey = secretFrom(c.env, upstream.apiKeySecret);
-  if (!apiKey) throw new EdgeError('internal_error', `Edge configuration error in UPSTREAMS: secret ${upstream.apiKeySecret} for model ${name} is not set`);
+  if (!apiKey)
+    throw new EdgeError(
+      'internal_error',
+      `Edge configuration error in UPSTREAMS: secret ${upstream.apiKeySecret} for model ${name} is not set`,
+    );
   return {
     name: `upstream:${name}`,
     url: joinUrl(upstream.url, '/v1/chat/completions'),
@@ -176,7 +182,12 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     if (early !== TIMED_OUT && early.kind === 'body') {
       logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       const usage = early.status === 200 ? usageFromJson(early.text) : null;
-      if (usage) inBackground(c, afterResponse().then(() => recordUsage(c, usage)), (error) => logger.error('usage_record_failed', { message: String(error) }));
+      if (usage)
+        inBackground(
+          c,
+          afterResponse().then(() => recordUsage(c, usage)),
+          (error) => logger.error('usage_record_failed', { message: String(error) }),
+        );
       return new Response(early.text, {
         status: early.status,
         headers: { 'content-type': early.headers.get('content-type') ?? 'application/json' },

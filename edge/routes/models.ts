@@ -4,7 +4,7 @@
  * id or an alias (404 otherwise), as Mistral's API does.
  */
 import type { Context } from 'hono';
-import { LOCAL_MODELS, modelCard, type ModelCard, type ModelList } from '../../shared/api.ts';
+import { LOCAL_MODELS, type ModelCard, type ModelList, modelCard } from '../../shared/api.ts';
 import { keyAllowsModel } from '../auth/index.ts';
 import { sidecarsFrom, upstreamsFrom } from '../config/index.ts';
 import type { AppEnv } from '../env.ts';
@@ -20,7 +20,12 @@ function visibleCards(c: Context<AppEnv>): ModelCard[] {
   const local = Object.values(LOCAL_MODELS)
     .filter((model) => served.has(model.id))
     .map((model) =>
-      modelCard(model.id, { created: MODELS_CREATED, aliases: model.aliases, maxContextLength: model.maxContextLength, description: model.description }),
+      modelCard(model.id, {
+        created: MODELS_CREATED,
+        aliases: model.aliases,
+        maxContextLength: model.maxContextLength,
+        description: model.description,
+      }),
     );
   const upstream = Object.keys(upstreamsFrom(c.env)).map((name) =>
     modelCard(name, { created: MODELS_CREATED, functionCalling: true, description: 'served by an upstream Mistral-compatible API' }),

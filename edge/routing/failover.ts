@@ -24,7 +24,15 @@ export type ForwardResult =
   /** A complete non-stream answer (2xx, or a 4xx that is the caller's fault), already read. */
   | { kind: 'body'; target: Target; status: number; headers: Headers; text: string; attempts: number }
   /** A stream whose first event has arrived; `events` yields the rest, `abort` tears it down. */
-  | { kind: 'stream'; target: Target; headers: Headers; first: SseEvent; events: AsyncIterator<SseEvent>; abort(reason?: unknown): void; attempts: number };
+  | {
+      kind: 'stream';
+      target: Target;
+      headers: Headers;
+      first: SseEvent;
+      events: AsyncIterator<SseEvent>;
+      abort(reason?: unknown): void;
+      attempts: number;
+    };
 
 export interface ForwardOptions {
   targets: Target[];
@@ -84,7 +92,8 @@ async function attempt(target: Target, options: ForwardOptions, attempts: number
     const frame = classifySseEvent(first.value);
     if (frame.kind === 'error' || frame.kind === 'garbage') {
       await events.return?.(undefined);
-      const problem = frame.kind === 'error' ? `error frame before the first chunk: ${frame.message}` : `garbage before the first chunk: ${frame.reason}`;
+      const problem =
+        frame.kind === 'error' ? `error frame before the first chunk: ${frame.message}` : `garbage before the first chunk: ${frame.reason}`;
       throw new AttemptFailed(problem);
     }
     return {
@@ -134,6 +143,7 @@ export async function forwardWithFailover(options: ForwardOptions): Promise<Forw
       options.onAttemptFailed?.(target, error.message);
     }
   }
-  const reasons = problems.length > 0 ? problems.join('; ') : 'no region serving this model is configured, or every such region has an open circuit';
+  const reasons =
+    problems.length > 0 ? problems.join('; ') : 'no region serving this model is configured, or every such region has an open circuit';
   throw new EdgeError('overloaded', `No region could serve the request (${reasons})`, { retryAfterSeconds: 1 });
 }

@@ -4,7 +4,7 @@
  * the cached state meanwhile (a sidecar never probed counts as ready; passive failure marking in the
  * circuit breaker covers the gap). Results live in the isolate's memory, one monitor per app.
  */
-import { LoadReportSchema, SIDECAR_PATHS, type LoadReport } from '../../shared/protocol.ts';
+import { type LoadReport, LoadReportSchema, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { signRequest } from '../../shared/signing.ts';
 
 export interface SidecarHealth {
@@ -55,9 +55,13 @@ async function probeReady(baseUrl: string, { fetch: fetchImpl, timeoutMs, secret
   const headers = secret ? await signRequest({ secret, method: 'GET', path: SIDECAR_PATHS.ready, body: '' }) : {};
   const checkedAt = Date.now();
   try {
-    const response = await fetchImpl(new URL(SIDECAR_PATHS.ready, baseUrl), { headers: { ...headers }, signal: AbortSignal.timeout(timeoutMs) });
+    const response = await fetchImpl(new URL(SIDECAR_PATHS.ready, baseUrl), {
+      headers: { ...headers },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
     const parsed = LoadReportSchema.safeParse(await response.json().catch(() => null));
-    if (!parsed.success) return { ready: false, report: null, checkedAt, problem: `/ready answered ${response.status} without a load report` };
+    if (!parsed.success)
+      return { ready: false, report: null, checkedAt, problem: `/ready answered ${response.status} without a load report` };
     const ready = response.ok && parsed.data.ready;
     return { ready, report: parsed.data, checkedAt, problem: ready ? null : `not ready (HTTP ${response.status})` };
   } catch (error) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_TUNABLES, type SidecarConfig } from '../config/index.ts';
-import { SidecarPool, clientLocation, greatCircleKm } from './index.ts';
+import { clientLocation, greatCircleKm, SidecarPool } from './index.ts';
 
 const sidecars: SidecarConfig[] = [
   { region: 'us-east', url: 'http://us-east.test', models: ['mistral-tiny', 'mistral-small'], lat: 39.04, lon: -77.49, continent: 'NA' },
@@ -39,7 +39,8 @@ describe('SidecarPool.rank', () => {
 
   it('leaves out regions that do not serve the model or whose circuit is open', () => {
     const pool = new SidecarPool();
-    for (let i = 0; i < DEFAULT_TUNABLES.circuitFailureThreshold; i++) pool.breaker('http://eu-west.test', DEFAULT_TUNABLES).recordFailure(Date.now());
+    for (let i = 0; i < DEFAULT_TUNABLES.circuitFailureThreshold; i++)
+      pool.breaker('http://eu-west.test', DEFAULT_TUNABLES).recordFailure(Date.now());
     expect(regions(pool, 'mistral-small', { continent: 'EU' })).toEqual(['us-east']);
   });
 
@@ -55,7 +56,15 @@ describe('SidecarPool.rank', () => {
       const origin = new URL(input instanceof Request ? input.url : String(input)).origin;
       const report = reports[origin];
       if (!report) throw new TypeError('unknown origin');
-      const body = { region: origin, models: ['mistral-tiny'], activeSequences: 0, maxBatch: 4, maxQueue: 12, tokensPerSecond: 1, ...report };
+      const body = {
+        region: origin,
+        models: ['mistral-tiny'],
+        activeSequences: 0,
+        maxBatch: 4,
+        maxQueue: 12,
+        tokensPerSecond: 1,
+        ...report,
+      };
       return Response.json(body, { status: report.ready ? 200 : 503 });
     };
     await pool.refreshStale(sidecars, DEFAULT_TUNABLES, { fetch: fakeFetch, timeoutMs: 1000, secret: undefined });
@@ -69,7 +78,16 @@ describe('SidecarPool.rank', () => {
     let probes = 0;
     const fakeFetch: typeof fetch = async () => {
       probes += 1;
-      return Response.json({ ready: true, region: 'r', models: ['mistral-tiny'], queueDepth: 0, activeSequences: 0, maxBatch: 1, maxQueue: 1, tokensPerSecond: 1 });
+      return Response.json({
+        ready: true,
+        region: 'r',
+        models: ['mistral-tiny'],
+        queueDepth: 0,
+        activeSequences: 0,
+        maxBatch: 1,
+        maxQueue: 1,
+        tokensPerSecond: 1,
+      });
     };
     const probe = { fetch: fakeFetch, timeoutMs: 1000, secret: 'shh' };
     await pool.refreshStale(sidecars, DEFAULT_TUNABLES, probe);

@@ -9,13 +9,13 @@
  */
 import type { SidecarConfig, Tunables } from '../config/index.ts';
 import { CircuitBreaker } from './circuit-breaker.ts';
-import { CONTINENT_CENTROIDS, greatCircleKm, type ClientLocation, type GeoPoint } from './geo.ts';
+import { type ClientLocation, CONTINENT_CENTROIDS, type GeoPoint, greatCircleKm } from './geo.ts';
 import { HealthMonitor, type ProbeOptions } from './health.ts';
 
 export { CircuitBreaker, type CircuitState } from './circuit-breaker.ts';
-export { clientLocation, greatCircleKm, type ClientGeo, type ClientLocation } from './geo.ts';
+export { type ForwardResult, forwardWithFailover, type Target } from './failover.ts';
+export { type ClientGeo, type ClientLocation, clientLocation, greatCircleKm } from './geo.ts';
 export { HealthMonitor, type SidecarHealth } from './health.ts';
-export { forwardWithFailover, type ForwardResult, type Target } from './failover.ts';
 
 /** Distances closer than this are treated as equal, so load can break the tie. */
 const DISTANCE_BAND_KM = 300;
@@ -39,8 +39,11 @@ export class SidecarPool {
   breaker(url: string, tunables: Tunables): CircuitBreaker {
     const options = { failureThreshold: tunables.circuitFailureThreshold, cooldownMs: tunables.circuitCooldownMs };
     let breaker = this.#breakers.get(url);
-    if (!breaker) this.#breakers.set(url, (breaker = new CircuitBreaker(options)));
-    else breaker.configure(options);
+    if (breaker) breaker.configure(options);
+    else {
+      breaker = new CircuitBreaker(options);
+      this.#breakers.set(url, breaker);
+    }
     return breaker;
   }
 

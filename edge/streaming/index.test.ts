@@ -3,7 +3,15 @@ import { describe, expect, it } from 'vitest';
 import type { SseEvent } from '../../shared/sse.ts';
 import { relaySseStream, type StreamOutcome } from './index.ts';
 
-const first: SseEvent = { data: JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }) };
+const first: SseEvent = {
+  data: JSON.stringify({
+    id: 'c',
+    object: 'chat.completion.chunk',
+    created: 1,
+    model: 'm',
+    choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }],
+  }),
+};
 
 /** An upstream whose next read fails with `error`. */
 function failingEvents(error: Error): AsyncIterator<SseEvent> {
@@ -53,10 +61,21 @@ describe('relaySseStream', () => {
 
   it('keeps the usage of the last chunk for metering', async () => {
     const chunks: SseEvent[] = [
-      { data: JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } }) },
+      {
+        data: JSON.stringify({
+          id: 'c',
+          object: 'chat.completion.chunk',
+          created: 1,
+          model: 'm',
+          choices: [{ index: 0, delta: {}, finish_reason: 'stop' }],
+          usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+        }),
+      },
       { data: '[DONE]' },
     ];
-    const events: AsyncIterator<SseEvent> = { next: async () => (chunks.length ? { done: false, value: chunks.shift()! } : { done: true, value: undefined }) };
+    const events: AsyncIterator<SseEvent> = {
+      next: async () => (chunks.length ? { done: false, value: chunks.shift()! } : { done: true, value: undefined }),
+    };
     const { text, outcome } = await relay(events);
     expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
     expect(outcome).toEqual({ status: 'completed', usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });

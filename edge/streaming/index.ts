@@ -16,7 +16,7 @@
  */
 import type { Usage } from '../../shared/api.ts';
 import { streamErrorFrame } from '../../shared/errors.ts';
-import { SSE_DONE, SSE_KEEP_ALIVE, classifySseEvent, encodeSseData, type SseEvent } from '../../shared/sse.ts';
+import { classifySseEvent, encodeSseData, SSE_DONE, SSE_KEEP_ALIVE, type SseEvent } from '../../shared/sse.ts';
 
 export type StreamOutcome =
   | { status: 'completed'; usage: Usage | null }
@@ -66,7 +66,14 @@ function usageOf(chunk: Record<string, unknown>): Usage | null {
   return usage && typeof usage.total_tokens === 'number' ? (usage as Usage) : null;
 }
 
-export function relaySseStream({ first, events, abortUpstream, keepAliveMs, onFinish, clientSignal }: RelayOptions): ReadableStream<Uint8Array> {
+export function relaySseStream({
+  first,
+  events,
+  abortUpstream,
+  keepAliveMs,
+  onFinish,
+  clientSignal,
+}: RelayOptions): ReadableStream<Uint8Array> {
   let usage: Usage | null = null;
   let finished = false;
   let pending: Promise<IteratorResult<SseEvent>> | null = null;
@@ -204,4 +211,4 @@ export function relayPendingSseStream({ pending, keepAliveMs, onFinish, clientSi
 }
 
 /** Resolves with the promise's value, or TIMED_OUT first if it takes longer than `ms`. */
-export { withTimeout, TIMED_OUT };
+export { TIMED_OUT, withTimeout };

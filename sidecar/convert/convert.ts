@@ -7,12 +7,12 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { Checkpoint, expectedTensors } from '../formats/checkpoint.ts';
-import { modelError, SidecarError } from '../errors.ts';
 import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
-import { buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph, type BuildContext } from '../graph/models.ts';
+import { modelError, SidecarError } from '../errors.ts';
+import { Checkpoint, expectedTensors } from '../formats/checkpoint.ts';
+import { type Precision, quantizationPlan } from '../formats/quantize.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-manifest.ts';
-import { quantizationPlan, type Precision } from '../formats/quantize.ts';
+import { type BuildContext, buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph } from '../graph/models.ts';
 
 export type { Precision } from '../formats/quantize.ts';
 export type { Manifest } from '../formats/store-manifest.ts';

@@ -5,13 +5,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { renderChatPrompt } from '../text/chat-template.ts';
-import { demoModelDir, ensureDemoModels, writeDemoCheckpoint } from './demo-model.ts';
-import { generate } from '../serving/generate.ts';
 import { loadModel } from '../engine/index.ts';
 import { readManifest } from '../formats/store-manifest.ts';
-import { demoModelsDir } from './paths.ts';
+import { generate } from '../serving/generate.ts';
+import { renderChatPrompt } from '../text/chat-template.ts';
 import { loadTokenizer } from '../text/tokenizer.ts';
+import { demoModelDir, ensureDemoModels, writeDemoCheckpoint } from './demo-model.ts';
+import { demoModelsDir } from './paths.ts';
 
 const run = promisify(execFile);
 const repoRoot = join(import.meta.dirname, '..', '..');
@@ -30,7 +30,10 @@ afterAll(async () => {
 
 async function digest(dir: string): Promise<Record<string, string>> {
   const files: Record<string, string> = {};
-  for (const file of (await readdir(dir)).sort()) files[file] = createHash('sha256').update(await readFile(join(dir, file))).digest('hex');
+  for (const file of (await readdir(dir)).sort())
+    files[file] = createHash('sha256')
+      .update(await readFile(join(dir, file)))
+      .digest('hex');
   return files;
 }
 
@@ -94,9 +97,13 @@ describe('demo models', () => {
   it('survive two processes building them at the same moment', async () => {
     const fresh = await mkdtemp(join(tmpdir(), 'sirocco-demo-race-'));
     try {
-      const script = "const { ensureDemoModel } = await import('./sidecar/convert/demo-model.ts'); console.log(await ensureDemoModel('mistral-tiny', 'fp32'));";
+      const script =
+        "const { ensureDemoModel } = await import('./sidecar/convert/demo-model.ts'); console.log(await ensureDemoModel('mistral-tiny', 'fp32'));";
       const build = () =>
-        run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: repoRoot, env: { ...process.env, SIROCCO_HOME: fresh } });
+        run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+          cwd: repoRoot,
+          env: { ...process.env, SIROCCO_HOME: fresh },
+        });
       // A build folder left hours ago by a process that died is cleared on the way.
       const abandoned = join(fresh, 'demo', '.build-mistral-tiny-crashed');
       await mkdir(abandoned, { recursive: true });

@@ -10,11 +10,11 @@
  */
 import { mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { convertCheckpoint, type Precision } from './convert.ts';
 import { FORMAT_VERSION, isStore } from '../formats/store-manifest.ts';
-import { demoModelsDir } from './paths.ts';
-import { writeRandomCheckpoint, type ModelShape } from './random-checkpoint.ts';
 import { mistralV1TokenizerJson } from '../text/tokenizer.ts';
+import { convertCheckpoint, type Precision } from './convert.ts';
+import { demoModelsDir } from './paths.ts';
+import { type ModelShape, writeRandomCheckpoint } from './random-checkpoint.ts';
 
 export type DemoModelName = 'mistral-tiny' | 'mistral-small';
 
@@ -105,9 +105,7 @@ export function ensureDemoModel(name: DemoModelName, precision: Precision = DEFA
 }
 
 /** Store folders of both demo models, built deterministically on first call and reused after. */
-export async function ensureDemoModels(
-  options: { precision?: Precision } = {},
-): Promise<Record<DemoModelName, string>> {
+export async function ensureDemoModels(options: { precision?: Precision } = {}): Promise<Record<DemoModelName, string>> {
   const precision = options.precision ?? DEFAULT_DEMO_PRECISION;
   // One after the other: conversion already uses both cores.
   const tiny = await ensureDemoModel('mistral-tiny', precision);

@@ -1,12 +1,22 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../formats/checkpoint.ts';
-import { BENCH_1B_SHAPE, writeRandomCheckpoint, type ModelShape } from './random-checkpoint.ts';
+import { BENCH_1B_SHAPE, type ModelShape, writeRandomCheckpoint } from './random-checkpoint.ts';
 
-const DENSE: ModelShape = { dim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, hiddenDim: 96, vocabSize: 512, slidingWindow: 8, ropeTheta: 1e4 };
+const DENSE: ModelShape = {
+  dim: 64,
+  nLayers: 2,
+  nHeads: 4,
+  nKvHeads: 2,
+  headDim: 16,
+  hiddenDim: 96,
+  vocabSize: 512,
+  slidingWindow: 8,
+  ropeTheta: 1e4,
+};
 const MOE: ModelShape = { ...DENSE, slidingWindow: null, ropeTheta: 1e6, numExperts: 4, expertsPerToken: 2, contextLength: 1024 };
 
 let root: string;
@@ -17,7 +27,10 @@ afterAll(() => rm(root, { recursive: true, force: true }));
 
 async function folderDigest(dir: string): Promise<Record<string, string>> {
   const digest: Record<string, string> = {};
-  for (const file of (await readdir(dir)).sort()) digest[file] = createHash('sha256').update(await readFile(join(dir, file))).digest('hex');
+  for (const file of (await readdir(dir)).sort())
+    digest[file] = createHash('sha256')
+      .update(await readFile(join(dir, file)))
+      .digest('hex');
   return digest;
 }
 
@@ -58,7 +71,18 @@ describe('writeRandomCheckpoint', () => {
     const checkpoint = await Checkpoint.open(join(root, 'dense'));
     try {
       expect(checkpoint.layout).toBe('native');
-      expect(checkpoint.config).toMatchObject({ architecture: 'mistral', dim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, hiddenDim: 96, vocabSize: 512, slidingWindow: 8, ropeTheta: 1e4 });
+      expect(checkpoint.config).toMatchObject({
+        architecture: 'mistral',
+        dim: 64,
+        nLayers: 2,
+        nHeads: 4,
+        nKvHeads: 2,
+        headDim: 16,
+        hiddenDim: 96,
+        vocabSize: 512,
+        slidingWindow: 8,
+        ropeTheta: 1e4,
+      });
       // Linear weights and embeddings: mean 0, standard deviation 0.02 (to BF16 precision); norms 1.
       for (const name of ['tok_embeddings.weight', 'layers.1.attention.wq.weight', 'layers.0.feed_forward.w2.weight', 'output.weight']) {
         const { mean, std } = stats(await checkpoint.read(name));
@@ -77,10 +101,21 @@ describe('writeRandomCheckpoint', () => {
   it('writes Mixtral checkpoints with a router and experts, without a sliding window', async () => {
     await writeRandomCheckpoint(join(root, 'moe'), MOE, 2);
     const params = JSON.parse(await readFile(join(root, 'moe', 'params.json'), 'utf8')) as Record<string, unknown>;
-    expect(params).toMatchObject({ sliding_window: null, rope_theta: 1e6, max_seq_len: 1024, moe: { num_experts: 4, num_experts_per_tok: 2 } });
+    expect(params).toMatchObject({
+      sliding_window: null,
+      rope_theta: 1e6,
+      max_seq_len: 1024,
+      moe: { num_experts: 4, num_experts_per_tok: 2 },
+    });
     const checkpoint = await Checkpoint.open(join(root, 'moe'));
     try {
-      expect(checkpoint.config).toMatchObject({ architecture: 'mixtral', numExperts: 4, expertsPerToken: 2, slidingWindow: null, contextLength: 1024 });
+      expect(checkpoint.config).toMatchObject({
+        architecture: 'mixtral',
+        numExperts: 4,
+        expertsPerToken: 2,
+        slidingWindow: null,
+        contextLength: 1024,
+      });
       expect((await checkpoint.read('layers.1.feed_forward.experts.3.w1.weight')).length).toBe(96 * 64);
       expect((await checkpoint.read('layers.0.feed_forward.gate.weight')).length).toBe(4 * 64);
     } finally {

@@ -15,14 +15,17 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ModelConfig } from '../formats/model-config.ts';
+import { type TensorToWrite, writeSafetensors } from '../formats/safetensors.ts';
 import { createRandom } from '../sampling/sampler.ts';
-import { writeSafetensors, type TensorToWrite } from '../formats/safetensors.ts';
 
 /**
  * A model's shape as a random checkpoint needs it: the config's sizes, with the optional fields
  * defaulting as params.json does (norm_eps 1e-5, dense unless `numExperts` is set).
  */
-export type ModelShape = Pick<ModelConfig, 'dim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'hiddenDim' | 'vocabSize' | 'slidingWindow' | 'ropeTheta'> &
+export type ModelShape = Pick<
+  ModelConfig,
+  'dim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'hiddenDim' | 'vocabSize' | 'slidingWindow' | 'ropeTheta'
+> &
   Partial<Pick<ModelConfig, 'normEps' | 'contextLength' | 'numExperts' | 'expertsPerToken'>>;
 
 /** The benchmark's dense shape: a 1.0B-parameter Mistral, llama.cpp's anchor shape (bench:engine). */

@@ -2,13 +2,14 @@
  * Broken checkpoints fail conversion with a model_error naming the file and tensor or field, and
  * leave nothing behind: no store at the destination and no temporary folder beside it.
  */
-import { afterAll, describe, expect, it } from 'vitest';
-import { cpSync, existsSync, readdirSync, readFileSync, rmSync, truncateSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { checkpointDir, tempDir } from '../../test/support/golden.ts';
 import { convertCheckpoint } from '../convert/convert.ts';
 import { SidecarError } from '../errors.ts';
 import { loadModel } from './model-runtime.ts';
-import { checkpointDir, tempDir } from '../../test/support/golden.ts';
 
 const work = tempDir('bad-input');
 afterAll(() => rmSync(work, { recursive: true, force: true }));

@@ -4,13 +4,14 @@
  * batches mixing sequences of different cached lengths and new-token counts. Bad calls get
  * invalid_request_error.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { checkpointDir, fullPass, MODELS, tempDir } from '../../test/support/golden.ts';
 import { convertCheckpoint } from '../convert/convert.ts';
 import { SidecarError } from '../errors.ts';
 import { loadModel, type ModelRuntime } from './model-runtime.ts';
-import { checkpointDir, fullPass, MODELS, tempDir } from '../../test/support/golden.ts';
 
 const work = tempDir('batching');
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -93,8 +94,18 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
   // LONGER caches, wherever it sits in the batch (last of an odd batch included), over enough steps
   // that the caches cross KV-buffer growth boundaries (64-slot buckets).
   describe.each([
-    { others: 'a shorter sequence joining mid-way, first in the batch', histories: [0], last: false, prompts: (i: number) => (i === 1 ? tokens(7, 10) : [50 + i]) },
-    { others: 'longer sequences (150 and 70 cached tokens), last of three', histories: [150, 70], last: true, prompts: (i: number) => [60 + (i % 30)] },
+    {
+      others: 'a shorter sequence joining mid-way, first in the batch',
+      histories: [0],
+      last: false,
+      prompts: (i: number) => (i === 1 ? tokens(7, 10) : [50 + i]),
+    },
+    {
+      others: 'longer sequences (150 and 70 cached tokens), last of three',
+      histories: [150, 70],
+      last: true,
+      prompts: (i: number) => [60 + (i % 30)],
+    },
   ])('bit-identical logits with $others (int4)', ({ histories, last, prompts }) => {
     let int4: ModelRuntime;
     beforeAll(async () => {
@@ -124,7 +135,7 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
         expect(main.length).toBe(72); // crossed the first 64-slot bucket
         const [first] = others;
         if (withOthers && first && first.cached > 0) expect(first.sequence.length).toBe(first.cached + 60); // and the other its own
-        [main, ...others.map(({ sequence }) => sequence)].forEach((s) => int4.releaseSequence(s));
+        for (const s of [main, ...others.map(({ sequence }) => sequence)]) int4.releaseSequence(s);
         return out;
       };
       expect(await decode(true)).toEqual(await decode(false));
@@ -147,7 +158,14 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
     await bad(() => runtime.forward([{ sequence, tokens: [1.5] }]), 'token id 1.5');
     await bad(() => runtime.forward([{ sequence, tokens: [] }]), 'at least one token');
     await bad(() => runtime.forward([]), 'at least one sequence');
-    await bad(() => runtime.forward([{ sequence, tokens: [1] }, { sequence, tokens: [2] }]), 'twice');
+    await bad(
+      () =>
+        runtime.forward([
+          { sequence, tokens: [1] },
+          { sequence, tokens: [2] },
+        ]),
+      'twice',
+    );
     await bad(() => runtime.forward([{ sequence, tokens: new Array(runtime.info.contextLength + 1).fill(5) }]), 'context length');
     expect(sequence.length).toBe(0); // nothing was applied
     runtime.releaseSequence(sequence);

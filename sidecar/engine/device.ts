@@ -31,14 +31,22 @@ function sessionOptions({ device, threads }: SessionSettings): ort.InferenceSess
   };
 }
 
-const CUDA_HELP = "it needs an NVIDIA GPU with CUDA 12 and onnxruntime-node's CUDA binaries (npm install with --onnxruntime-node-install=cuda12), or use --device cpu";
+const CUDA_HELP =
+  "it needs an NVIDIA GPU with CUDA 12 and onnxruntime-node's CUDA binaries (npm install with --onnxruntime-node-install=cuda12), or use --device cpu";
 
 /**
  * onnxruntime-node loads the CUDA provider from a library beside its native binding; when the
  * package was installed without it, say so before onnxruntime prints a low-level load failure.
  */
 function cudaProviderInstalled(): boolean {
-  const binding = join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node')), '..', 'bin', 'napi-v6', process.platform, process.arch);
+  const binding = join(
+    dirname(createRequire(import.meta.url).resolve('onnxruntime-node')),
+    '..',
+    'bin',
+    'napi-v6',
+    process.platform,
+    process.arch,
+  );
   return existsSync(join(binding, process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so'));
 }
 
@@ -53,10 +61,7 @@ export async function createSession(path: string, settings: SessionSettings): Pr
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
     if (settings.device === 'cuda') {
-      throw modelError(
-        `the CUDA execution provider is not available (${reason.split('\n')[0]}); ${CUDA_HELP}`,
-        error,
-      );
+      throw modelError(`the CUDA execution provider is not available (${reason.split('\n')[0]}); ${CUDA_HELP}`, error);
     }
     throw modelError(`cannot load graph ${path}: ${reason}`, error);
   }
@@ -73,12 +78,16 @@ let int8DotProductCache: boolean | undefined;
  */
 export function cpuHasExactInt8DotProduct(): boolean {
   if (int8DotProductCache !== undefined) return int8DotProductCache;
-  if (process.arch !== 'x64' && process.arch !== 'ia32') return (int8DotProductCache = true);
+  if (process.arch !== 'x64' && process.arch !== 'ia32') {
+    int8DotProductCache = true;
+    return true;
+  }
   let flags = '';
   try {
     flags = /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '';
   } catch {
     // not Linux: assume the saturating path
   }
-  return (int8DotProductCache = /\b(avx512_vnni|avx_vnni|amx_int8)\b/.test(flags));
+  int8DotProductCache = /\b(avx512_vnni|avx_vnni|amx_int8)\b/.test(flags);
+  return int8DotProductCache;
 }

@@ -3,7 +3,7 @@
  * RoPE angles per absolute position, and how present KV flows back into each sequence's cache.
  */
 import { describe, expect, it } from 'vitest';
-import { BatchedPast, BatchStep, SequenceCache, type CacheShape } from './kv-cache.ts';
+import { BatchedPast, BatchStep, type CacheShape, SequenceCache } from './kv-cache.ts';
 
 const shape = (window: number | null): CacheShape => ({ layers: 1, kvHeads: 1, headDim: 2, window });
 
@@ -40,7 +40,10 @@ describe('attention mask', () => {
 
   it('gives an odd decode batch one padding entry that sees only itself', () => {
     const caches = [prefilled(2, null), prefilled(1, null), prefilled(3, null)];
-    const step = new BatchStep(caches.map((cache) => ({ cache, tokens: [9] })), shape(null));
+    const step = new BatchStep(
+      caches.map((cache) => ({ cache, tokens: [9] })),
+      shape(null),
+    );
     expect([step.batch, step.seq]).toEqual([4, 1]); // matmuls see 4 rows, never a lone trailing one
     expect(Array.from(step.inputIds())).toEqual([9n, 9n, 9n, 0n]);
     const unused = '.'.repeat(61);
@@ -48,7 +51,11 @@ describe('attention mask', () => {
     step.store(0, 'keys', Float32Array.of(1, 1, 2, 2, 3, 3, 4, 4));
     step.store(0, 'values', new Float32Array(8));
     step.commit(); // the padding entry's rows are dropped
-    expect(caches.map((c) => Array.from(keysOf(c).subarray(c.entries * 2 - 2, c.entries * 2)))).toEqual([[1, 1], [2, 2], [3, 3]]);
+    expect(caches.map((c) => Array.from(keysOf(c).subarray(c.entries * 2 - 2, c.entries * 2)))).toEqual([
+      [1, 1],
+      [2, 2],
+      [3, 3],
+    ]);
   });
 
   it('lets a query at position i see keys i-W+1 … i only', () => {
@@ -129,9 +136,16 @@ describe('new KV into the caches', () => {
     const reuse = new BatchedPast(window);
     /** One decode step over both caches writing key value `v` for each; returns the step's past keys. */
     const decode = (v: number) => {
-      const step = new BatchStep(caches.map((cache) => ({ cache, tokens: [1] })), window, reuse);
+      const step = new BatchStep(
+        caches.map((cache) => ({ cache, tokens: [1] })),
+        window,
+        reuse,
+      );
       const past = step.pastTensor(0, 'keys');
-      const fresh = new BatchStep(caches.map((cache) => ({ cache, tokens: [1] })), window).pastTensor(0, 'keys');
+      const fresh = new BatchStep(
+        caches.map((cache) => ({ cache, tokens: [1] })),
+        window,
+      ).pastTensor(0, 'keys');
       expect(Array.from(past)).toEqual(Array.from(fresh)); // what a step built from scratch sees
       step.store(0, 'keys', Float32Array.of(v, v, v + 1, v + 1));
       step.store(0, 'values', new Float32Array(4));
@@ -160,7 +174,11 @@ describe('new KV into the caches', () => {
   it('grows by a quarter (in 64-slot steps) and keeps the valid entries of every head', () => {
     const cache = new SequenceCache(1, { ...shape(null), kvHeads: 2 });
     const first = new BatchStep([{ cache, tokens: new Array(64).fill(1) }], cache.shape);
-    first.store(0, 'keys', Float32Array.from({ length: 2 * 64 * 2 }, (_, i) => i));
+    first.store(
+      0,
+      'keys',
+      Float32Array.from({ length: 2 * 64 * 2 }, (_, i) => i),
+    );
     first.store(0, 'values', new Float32Array(256));
     first.commit();
     cache.reserve(65);
@@ -173,7 +191,11 @@ describe('new KV into the caches', () => {
   it('compacts a sliding-window cache to the last W-1 entries once it grows past the slack', () => {
     const cache = new SequenceCache(1, shape(4));
     const step = new BatchStep([{ cache, tokens: Array.from({ length: 100 }, () => 1) }], shape(4));
-    step.store(0, 'keys', Float32Array.from({ length: 200 }, (_, i) => i));
+    step.store(
+      0,
+      'keys',
+      Float32Array.from({ length: 200 }, (_, i) => i),
+    );
     step.store(0, 'values', new Float32Array(200));
     step.commit();
     expect([cache.length, cache.entries]).toEqual([100, 3]);

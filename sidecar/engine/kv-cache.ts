@@ -67,7 +67,8 @@ export class SequenceCache {
     const capacity = Math.ceil(Math.max(slots, this.capacity * 1.25, MIN_CAPACITY) / MIN_CAPACITY) * MIN_CAPACITY;
     const grow = (old: Float32Array) => {
       const out = new Float32Array(kvHeads * capacity * headDim);
-      for (let h = 0; h < kvHeads; h++) out.set(old.subarray(h * this.capacity * headDim, (h * this.capacity + this.entries) * headDim), h * capacity * headDim);
+      for (let h = 0; h < kvHeads; h++)
+        out.set(old.subarray(h * this.capacity * headDim, (h * this.capacity + this.entries) * headDim), h * capacity * headDim);
       return out;
     };
     this.keys = this.keys.map(grow);
@@ -141,7 +142,10 @@ export class BatchedPast {
           const target = this.buffers[layer * 2 + kind]!;
           for (let h = 0; h < kvHeads; h++) {
             const start = h * cache.capacity * headDim;
-            target.set(source.subarray(start + from * headDim, start + cache.entries * headDim), ((b * kvHeads + h) * past + from) * headDim);
+            target.set(
+              source.subarray(start + from * headDim, start + cache.entries * headDim),
+              ((b * kvHeads + h) * past + from) * headDim,
+            );
           }
         }
       }
@@ -190,7 +194,8 @@ export class BatchStep {
     // Using the largest buffer capacity as P gives the sequence that owns it exactly the layout
     // it has alone, so its output does not change when others join its step.
     this.past = Math.max(...entries.map((e) => e.cache.capacity));
-    if (this.batch === 1) reuse?.clear(); // a lone sequence passes its own buffers
+    if (this.batch === 1)
+      reuse?.clear(); // a lone sequence passes its own buffers
     else this.batchedPast = (reuse ?? new BatchedPast(shape)).sync(this);
   }
 
@@ -201,7 +206,9 @@ export class BatchStep {
   /** Token ids [B, S], padding (positions and entries) with 0: masked out and never read back. */
   inputIds(): BigInt64Array {
     const ids = new BigInt64Array(this.batch * this.seq);
-    this.entries.forEach((e, b) => e.tokens.forEach((t, i) => (ids[b * this.seq + i] = BigInt(t))));
+    for (const [b, e] of this.entries.entries()) {
+      for (const [i, t] of e.tokens.entries()) ids[b * this.seq + i] = BigInt(t);
+    }
     return ids;
   }
 
@@ -276,7 +283,7 @@ export class BatchStep {
   commit(): void {
     const { kvHeads, headDim, window } = this.shape;
     const { seq } = this;
-    this.entries.forEach(({ cache, tokens }) => cache.reserve(cache.entries + tokens.length));
+    for (const { cache, tokens } of this.entries) cache.reserve(cache.entries + tokens.length);
     for (const { layer, kind, rows } of this.pending) {
       this.entries.forEach(({ cache, tokens }, b) => {
         const buffer = cache[kind][layer]!; // layer < shape.layers, as for pastTensor

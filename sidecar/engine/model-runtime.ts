@@ -7,16 +7,16 @@
  */
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { createSession, type Device, type SessionSettings } from './device.ts';
 import { invalidRequest, modelError } from '../errors.ts';
-import { IO } from '../graph/models.ts';
-import { BatchedPast, BatchStep, SequenceCache, type CacheShape, type StepEntry } from './kv-cache.ts';
 import type { Architecture, ModelConfig } from '../formats/model-config.ts';
-import { isStore, MANIFEST_FILE, readManifest, type Manifest } from '../formats/store-manifest.ts';
-import { ResidentExpertProvider, routeTopK, runExperts, type ExpertProvider } from './moe.ts';
+import { MIN_MATMUL_ROWS, type Precision } from '../formats/quantize.ts';
+import { isStore, MANIFEST_FILE, type Manifest, readManifest } from '../formats/store-manifest.ts';
+import { IO } from '../graph/models.ts';
+import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
-import { MIN_MATMUL_ROWS, type Precision } from '../formats/quantize.ts';
+import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
+import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 
 export interface ModelInfo {
   name: string;
@@ -156,7 +156,9 @@ class MoeRunner implements StepRunner {
     const hiddenDims = [step.batch, step.seq, dim];
     // Only real (unpadded) positions go through the experts; padding rows get no FFN update.
     const realRows: number[] = [];
-    step.entries.forEach((e, b) => e.tokens.forEach((_, i) => realRows.push(b * step.seq + i)));
+    for (const [b, e] of step.entries.entries()) {
+      for (let i = 0; i < e.tokens.length; i++) realRows.push(b * step.seq + i);
+    }
 
     let hidden: Float32Array | undefined;
     for (const [layer, session] of this.layers.entries()) {
@@ -180,7 +182,7 @@ class MoeRunner implements StepRunner {
       if (this.onRouting) this.reportRouting(step, layer, routing.experts);
       if (this.experts.beginLayer) {
         const realResidual = new Float32Array(realRows.length * dim);
-        realRows.forEach((row, i) => realResidual.set(residual.subarray(row * dim, (row + 1) * dim), i * dim));
+        for (const [i, row] of realRows.entries()) realResidual.set(residual.subarray(row * dim, (row + 1) * dim), i * dim);
         this.experts.beginLayer(layer, routing.experts, { data: realResidual, rows: realRows.length });
       }
       const moe = await runExperts(this.experts, layer, x, realRows.length, dim, routing, k);
@@ -200,7 +202,7 @@ class MoeRunner implements StepRunner {
   private reportRouting(step: BatchStep, layer: number, experts: Int32Array): void {
     const k = this.config.expertsPerToken;
     let slot = 0;
-    const perEntry = step.entries.map((e) => e.tokens.map(() => Array.from(experts.subarray(slot * k, (++slot) * k))));
+    const perEntry = step.entries.map((e) => e.tokens.map(() => Array.from(experts.subarray(slot * k, ++slot * k))));
     this.onRouting?.({ layer, sequences: step.entries.map((e) => e.cache), experts: perEntry });
   }
 
@@ -218,7 +220,7 @@ class EngineRuntime implements ModelRuntime {
   constructor(
     readonly info: ModelInfo,
     readonly dir: string,
-    private readonly config: ModelConfig,
+    config: ModelConfig,
     private readonly runner: StepRunner,
     private readonly pagedExperts: PagedExperts | null = null,
   ) {
@@ -247,7 +249,8 @@ class EngineRuntime implements ModelRuntime {
     const seen = new Set<number>();
     return batch.map(({ sequence, tokens }) => {
       const cache = this.sequences.get(sequence.id);
-      if (!cache || cache !== sequence) throw invalidRequest(`sequence ${sequence.id} is not active on this model (released or from another model)`);
+      if (!cache || cache !== sequence)
+        throw invalidRequest(`sequence ${sequence.id} is not active on this model (released or from another model)`);
       if (seen.has(sequence.id)) throw invalidRequest(`sequence ${sequence.id} appears twice in one batch`);
       seen.add(sequence.id);
       if (!Array.isArray(tokens) || tokens.length === 0) throw invalidRequest('each batch entry needs at least one token', 'tokens');
@@ -257,7 +260,10 @@ class EngineRuntime implements ModelRuntime {
         }
       });
       if (cache.length + tokens.length > this.info.contextLength) {
-        throw invalidRequest(`sequence would reach ${cache.length + tokens.length} tokens, beyond the model's context length of ${this.info.contextLength}`, 'tokens');
+        throw invalidRequest(
+          `sequence would reach ${cache.length + tokens.length} tokens, beyond the model's context length of ${this.info.contextLength}`,
+          'tokens',
+        );
       }
       return { cache, tokens };
     });
@@ -300,7 +306,9 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
   }
   const manifest: Manifest = await readManifest(storeDir);
   if (options.precision && options.precision !== manifest.precision) {
-    throw modelError(`store ${storeDir} holds ${manifest.precision} weights, not ${options.precision}; convert the checkpoint with --precision ${options.precision}`);
+    throw modelError(
+      `store ${storeDir} holds ${manifest.precision} weights, not ${options.precision}; convert the checkpoint with --precision ${options.precision}`,
+    );
   }
   const { config } = manifest;
   const settings: SessionSettings = { device: options.device ?? 'cpu', threads: options.threads ?? 2 };
@@ -319,14 +327,22 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     }
     const layerSessions = [];
     for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
-    const provider =
-      options.expertCacheMb !== undefined
-        ? (paged = await PagedExperts.open(storeDir, { budgetMb: options.expertCacheMb, ...options.expertCache, ...settings, onPageIn: options.onExpertPageIn }))
-        : await ResidentExpertProvider.load(
-            experts.map((row) => row.map((e) => path(e.graph))),
-            config.dim,
-            settings,
-          );
+    let provider: ExpertProvider;
+    if (options.expertCacheMb !== undefined) {
+      paged = await PagedExperts.open(storeDir, {
+        budgetMb: options.expertCacheMb,
+        ...options.expertCache,
+        ...settings,
+        onPageIn: options.onExpertPageIn,
+      });
+      provider = paged;
+    } else {
+      provider = await ResidentExpertProvider.load(
+        experts.map((row) => row.map((e) => path(e.graph))),
+        config.dim,
+        settings,
+      );
+    }
     runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
   }
   const info: ModelInfo = {

@@ -5,10 +5,10 @@
  * (`ResidentExpertProvider`) or paged from disk through a budgeted cache (experts/paged-experts.ts).
  */
 import * as ort from 'onnxruntime-node';
-import { createSession, type SessionSettings } from './device.ts';
 import { modelError } from '../errors.ts';
-import { IO } from '../graph/models.ts';
 import { MIN_MATMUL_ROWS } from '../formats/quantize.ts';
+import { IO } from '../graph/models.ts';
+import { createSession, type SessionSettings } from './device.ts';
 
 export interface Expert {
   /** x [rows, dim] → expert(x) [rows, dim]. */
@@ -127,12 +127,23 @@ export function routeTopK(logits: Float32Array, rows: number, numExperts: number
  * Σ weight · expert(x) for each row of `x` [rows, dim]. Rows are grouped by expert so each chosen
  * expert runs once on all of its rows.
  */
-export async function runExperts(provider: ExpertProvider, layer: number, x: Float32Array, rows: number, dim: number, routing: Routing, k: number): Promise<Float32Array> {
+export async function runExperts(
+  provider: ExpertProvider,
+  layer: number,
+  x: Float32Array,
+  rows: number,
+  dim: number,
+  routing: Routing,
+  k: number,
+): Promise<Float32Array> {
   const byExpert = new Map<number, number[]>(); // expert → routing slots (row * k + j)
   for (let slot = 0; slot < rows * k; slot++) {
     const expert = routing.experts[slot]!;
     let slots = byExpert.get(expert);
-    if (!slots) byExpert.set(expert, (slots = []));
+    if (!slots) {
+      slots = [];
+      byExpert.set(expert, slots);
+    }
     slots.push(slot);
   }
   const out = new Float32Array(rows * dim);

@@ -11,12 +11,13 @@
  * reaches 90% here. Measured (tiny-mistral / tiny-mixtral): plain RTN absmax with an int4 lm_head
  * 38/58 and 47/58, KL 6.7e-2 / 7.9e-2; this scheme 45/58 and 48/58, KL 4.4e-2 / 5.2e-2.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { argmax, checkpointDir, fullPass, greedy, loadGolden, MODELS, tempDir } from '../../test/support/golden.ts';
 import { convertCheckpoint, type Manifest, type Precision } from '../convert/convert.ts';
 import { loadModel, type ModelRuntime } from './model-runtime.ts';
-import { argmax, checkpointDir, fullPass, greedy, loadGolden, MODELS, tempDir } from '../../test/support/golden.ts';
 
 const work = tempDir('quantized');
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -61,7 +62,8 @@ describe.each(MODELS)('%s quantized against fp32', (model) => {
     for (const c of golden.cases) {
       const reference = await fullPass(runtimes.fp32, c.tokens);
       const quantized = await fullPass(runtimes.int8, c.tokens);
-      for (let t = 0; t < c.tokens.length; t++, positions++) if (argmax(reference, t * 512, 512) === argmax(quantized, t * 512, 512)) agree++;
+      for (let t = 0; t < c.tokens.length; t++, positions++)
+        if (argmax(reference, t * 512, 512) === argmax(quantized, t * 512, 512)) agree++;
     }
     expect(agree / positions).toBeGreaterThanOrEqual(0.95);
   });
@@ -89,7 +91,9 @@ describe.each(MODELS)('%s quantized against fp32', (model) => {
         klSum += klDivergence(row(reference), row(quantized));
       }
     }
-    console.log(`${model}: int4 top-1 agreement ${agree}/${positions} (${((100 * agree) / positions).toFixed(1)}%), mean KL(fp32‖int4) = ${(klSum / positions).toExponential(3)} nats`);
+    console.log(
+      `${model}: int4 top-1 agreement ${agree}/${positions} (${((100 * agree) / positions).toFixed(1)}%), mean KL(fp32‖int4) = ${(klSum / positions).toExponential(3)} nats`,
+    );
     expect(agree / positions).toBeGreaterThanOrEqual(0.74);
     expect(klSum / positions).toBeLessThan(0.06);
   });

@@ -3,10 +3,11 @@
  * to the same numbers once native wq/wk rows are permuted to rotate-half order; a sharded HF
  * checkpoint (model.safetensors.index.json) reads like a single file; the source hash is stable.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Checkpoint, expectedTensors, interleavedToRotateHalf } from './checkpoint.ts';
 import { SafetensorsFile, writeSafetensors } from './safetensors.ts';
 
@@ -65,7 +66,8 @@ describe('sharded Hugging Face checkpoints', () => {
 
     const sharded = await Checkpoint.open(dir);
     const reference = await Checkpoint.open(join(GOLDEN, 'tiny-mistral', 'hf'));
-    for (const { name } of expectedTensors(sharded.config)) expect(same(await sharded.read(name), await reference.read(name)), name).toBe(true);
+    for (const { name } of expectedTensors(sharded.config))
+      expect(same(await sharded.read(name), await reference.read(name)), name).toBe(true);
     await sharded.close();
     await reference.close();
     await single.close();

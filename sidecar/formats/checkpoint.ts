@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { modelError } from '../errors.ts';
-import { readModelConfig, type CheckpointLayout, type ModelConfig } from './model-config.ts';
+import { type CheckpointLayout, type ModelConfig, readModelConfig } from './model-config.ts';
 import { SafetensorsFile, type TensorInfo } from './safetensors.ts';
 
 export interface ExpectedTensor {
@@ -152,7 +152,9 @@ export class Checkpoint {
           throw modelError(`${info.file}: tensor "${sourceName}" has unsupported dtype ${info.dtype} (expected F32, F16 or BF16)`);
         }
         if (info.shape.join(',') !== shape.join(',')) {
-          throw modelError(`${info.file}: tensor "${sourceName}" has shape [${info.shape.join(', ')}] but ${basename(configFile)} implies [${shape.join(', ')}]`);
+          throw modelError(
+            `${info.file}: tensor "${sourceName}" has shape [${info.shape.join(', ')}] but ${basename(configFile)} implies [${shape.join(', ')}]`,
+          );
         }
         located.set(name, { file, info });
       }

@@ -3,14 +3,25 @@
  * rope_theta missing from v0.1 params.json means 1e4 for dense Mistral (not mistral-inference's
  * 1e6 fallback), sliding_window null means full attention, head_dim defaults to dim / n_heads.
  */
-import { describe, expect, it } from 'vitest';
+
 import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { SidecarError } from '../errors.ts';
 import { parseHfConfig, parseNativeParams, readModelConfig } from './model-config.ts';
 
 const GOLDEN = new URL('../../test/fixtures/golden/', import.meta.url).pathname;
 
-const mistral7bParams = { dim: 4096, n_layers: 32, head_dim: 128, hidden_dim: 14336, n_heads: 32, n_kv_heads: 8, norm_eps: 1e-5, sliding_window: 4096, vocab_size: 32000 };
+const mistral7bParams = {
+  dim: 4096,
+  n_layers: 32,
+  head_dim: 128,
+  hidden_dim: 14336,
+  n_heads: 32,
+  n_kv_heads: 8,
+  norm_eps: 1e-5,
+  sliding_window: 4096,
+  vocab_size: 32000,
+};
 const mixtralHf = {
   architectures: ['MixtralForCausalLM'],
   model_type: 'mixtral',
@@ -75,10 +86,19 @@ describe('Mistral native params.json', () => {
   });
 
   it('names the file and field at fault', () => {
-    expectModelError(() => parseNativeParams({ ...mistral7bParams, n_layers: undefined }, '/x/params.json'), '/x/params.json', '"n_layers"', 'missing');
+    expectModelError(
+      () => parseNativeParams({ ...mistral7bParams, n_layers: undefined }, '/x/params.json'),
+      '/x/params.json',
+      '"n_layers"',
+      'missing',
+    );
     expectModelError(() => parseNativeParams({ ...mistral7bParams, dim: 'big' }, 'params.json'), '"dim"', 'integer');
     expectModelError(() => parseNativeParams({ ...mistral7bParams, n_kv_heads: 5 }, 'params.json'), 'multiple of n_kv_heads');
-    expectModelError(() => parseNativeParams({ ...mistral7bParams, vision_encoder: {} }, 'params.json'), 'unsupported architecture', 'vision_encoder');
+    expectModelError(
+      () => parseNativeParams({ ...mistral7bParams, vision_encoder: {} }, 'params.json'),
+      'unsupported architecture',
+      'vision_encoder',
+    );
   });
 });
 
@@ -96,12 +116,27 @@ describe('Hugging Face config.json', () => {
   });
 
   it('reads Mistral with a missing rope_theta as 1e4 and head_dim null as dim / heads', () => {
-    const config = parseHfConfig({ ...mixtralHf, architectures: ['MistralForCausalLM'], model_type: 'mistral', rope_theta: undefined, head_dim: null, sliding_window: 4096 }, 'config.json');
+    const config = parseHfConfig(
+      {
+        ...mixtralHf,
+        architectures: ['MistralForCausalLM'],
+        model_type: 'mistral',
+        rope_theta: undefined,
+        head_dim: null,
+        sliding_window: 4096,
+      },
+      'config.json',
+    );
     expect(config).toMatchObject({ architecture: 'mistral', ropeTheta: 1e4, headDim: 128, slidingWindow: 4096, numExperts: 0 });
   });
 
   it('rejects unknown architectures and activations by name', () => {
-    expectModelError(() => parseHfConfig({ ...mixtralHf, model_type: 'llama', architectures: ['LlamaForCausalLM'] }, '/m/config.json'), '/m/config.json', 'unknown architecture', 'llama');
+    expectModelError(
+      () => parseHfConfig({ ...mixtralHf, model_type: 'llama', architectures: ['LlamaForCausalLM'] }, '/m/config.json'),
+      '/m/config.json',
+      'unknown architecture',
+      'llama',
+    );
     expectModelError(() => parseHfConfig({ ...mixtralHf, hidden_act: 'gelu' }, 'config.json'), 'hidden_act', 'gelu');
   });
 });

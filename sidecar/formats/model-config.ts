@@ -106,7 +106,8 @@ function validate(config: ModelConfig, file: string): ModelConfig {
 export function parseNativeParams(json: Json, file: string): ModelConfig {
   const f = new FieldReader(json, file);
   for (const unsupported of ['vision_encoder', 'lora', 'quantization']) {
-    if (f.has(unsupported)) throw modelError(`${file}: unsupported architecture (field "${unsupported}"); Sirocco runs Mistral and Mixtral text models`);
+    if (f.has(unsupported))
+      throw modelError(`${file}: unsupported architecture (field "${unsupported}"); Sirocco runs Mistral and Mixtral text models`);
   }
   const moe = f.object('moe');
   const dim = f.int('dim');
@@ -147,7 +148,9 @@ const HF_ARCHITECTURES: Record<string, Architecture> = {
 export function parseHfConfig(json: Json, file: string): ModelConfig {
   const f = new FieldReader(json, file);
   const modelType = f.string('model_type');
-  const declared = Array.isArray(json.architectures) ? (json.architectures as unknown[]).filter((a): a is string => typeof a === 'string') : [];
+  const declared = Array.isArray(json.architectures)
+    ? (json.architectures as unknown[]).filter((a): a is string => typeof a === 'string')
+    : [];
   const architecture = (modelType && HF_ARCHITECTURES[modelType]) || declared.map((a) => HF_ARCHITECTURES[a]).find(Boolean);
   if (!architecture) {
     const what = modelType ? `model_type "${modelType}"` : declared.length ? `architectures ${JSON.stringify(declared)}` : 'no model_type';
@@ -210,5 +213,7 @@ export async function readModelConfig(dir: string): Promise<{ config: ModelConfi
   const configPath = join(dir, 'config.json');
   const hf = await readJson(configPath);
   if (hf) return { config: parseHfConfig(hf, configPath), layout: 'hf', file: configPath };
-  throw modelError(`${dir} is not a model folder: no manifest.json (converted store), params.json (Mistral layout) or config.json (Hugging Face layout)`);
+  throw modelError(
+    `${dir} is not a model folder: no manifest.json (converted store), params.json (Mistral layout) or config.json (Hugging Face layout)`,
+  );
 }

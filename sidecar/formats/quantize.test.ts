@@ -4,7 +4,7 @@
  * error-minimising scales, except the lm_head (output.weight), which stays int8.
  */
 import { describe, expect, it } from 'vitest';
-import { dequantizeMatrix, quantizationPlan, quantizeMatrix, schemeFor, type QuantizedMatrix, type QuantScheme } from './quantize.ts';
+import { dequantizeMatrix, type QuantizedMatrix, type QuantScheme, quantizationPlan, quantizeMatrix, schemeFor } from './quantize.ts';
 
 const INT4_ABSMAX: QuantScheme = { bits: 4, blockSize: 32, mode: 'absmax' };
 const INT4_SEARCH: QuantScheme = { bits: 4, blockSize: 32, mode: 'search' };
@@ -12,7 +12,10 @@ const INT4_SEARCH: QuantScheme = { bits: 4, blockSize: 32, mode: 'search' };
 /** Deterministic bell-shaped weights (sum of uniforms), the kind of values a linear layer holds. */
 function randomWeights(length: number, seed = 7): Float32Array {
   let state = seed;
-  const uniform = () => (state = (state * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const uniform = () => {
+    state = (state * 1103515245 + 12345) % 2147483648;
+    return state / 2147483648;
+  };
   return Float32Array.from({ length }, () => (uniform() + uniform() + uniform() - 1.5) * 0.1);
 }
 
@@ -30,7 +33,8 @@ function stepOf(q: QuantizedMatrix, i: number): number {
 describe('quantizationPlan', () => {
   it('int8 stores: every linear at 8 bits, blocks of 32, plain round-to-nearest', () => {
     const plan = quantizationPlan('int8');
-    for (const tensor of ['layers.0.attention.wo.weight', 'output.weight']) expect(schemeFor(plan, tensor)).toEqual({ bits: 8, blockSize: 32, mode: 'absmax' });
+    for (const tensor of ['layers.0.attention.wo.weight', 'output.weight'])
+      expect(schemeFor(plan, tensor)).toEqual({ bits: 8, blockSize: 32, mode: 'absmax' });
   });
 
   it('int4 stores: linears at 4 bits in blocks of 128 with searched scales; the lm_head stays int8', () => {
@@ -66,7 +70,12 @@ describe('quantizeMatrix', () => {
   });
 
   it.each([INT4_ABSMAX, INT4_SEARCH])('pads a partial last block with the zero point (%o)', (scheme) => {
-    const q = quantizeMatrix(Float32Array.from({ length: 40 }, () => 0.5), 1, 40, scheme);
+    const q = quantizeMatrix(
+      Float32Array.from({ length: 40 }, () => 0.5),
+      1,
+      40,
+      scheme,
+    );
     expect(q.scales.length).toBe(2);
     expect(q.packed.subarray(20)).toEqual(new Uint8Array(12).fill(0x88)); // elements 40…63
     expect(Array.from(dequantizeMatrix(q))).toEqual(new Array(40).fill(0.5));
@@ -101,7 +110,8 @@ describe('quantizeMatrix', () => {
       for (let row = 0; row < n; row += 7) {
         for (let start = row * k; start < (row + 1) * k; start += blockSize) {
           const block = weight.slice(start, start + blockSize);
-          const error = (mode: 'absmax' | 'search') => squaredError(block, quantizeMatrix(block, 1, blockSize, { bits: 4, blockSize, mode }));
+          const error = (mode: 'absmax' | 'search') =>
+            squaredError(block, quantizeMatrix(block, 1, blockSize, { bits: 4, blockSize, mode }));
           expect(error('search')).toBeLessThanOrEqual(error('absmax') * (1 + 1e-9));
         }
       }

@@ -72,7 +72,7 @@ export interface QuantizedMatrix extends QuantScheme {
 function roundInto(x: Float32Array, length: number, q: Uint8Array, inverse: number, zeroPoint: number, maxQ: number): void {
   for (let i = 0; i < length; i++) {
     const v = Math.round(x[i]! * inverse) + zeroPoint;
-    q[i] = v < 0 ? 0 : v > maxQ ? maxQ : v;
+    q[i] = v < 0 ? 0 : Math.min(v, maxQ);
   }
 }
 
@@ -87,7 +87,7 @@ function tryCandidate(x: Float32Array, length: number, inverse: number, zeroPoin
   for (let i = 0; i < length; i++) {
     const xi = x[i]!;
     const v = Math.round(xi * inverse) + zeroPoint;
-    const level = (v < 0 ? 0 : v > maxQ ? maxQ : v) - zeroPoint;
+    const level = (v < 0 ? 0 : Math.min(v, maxQ)) - zeroPoint;
     xl += xi * level;
     ll += level * level;
   }

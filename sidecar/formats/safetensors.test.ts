@@ -75,7 +75,10 @@ describe('writeSafetensors + SafetensorsFile round trip', () => {
   });
 
   it('refuses data that does not match the shape', async () => {
-    await expectModelError(writeSafetensors(join(dir, 'bad.safetensors'), [{ name: 'x', dtype: 'F32', shape: [3], data: new Float32Array(2) }]), '"x"');
+    await expectModelError(
+      writeSafetensors(join(dir, 'bad.safetensors'), [{ name: 'x', dtype: 'F32', shape: [3], data: new Float32Array(2) }]),
+      '"x"',
+    );
   });
 });
 
@@ -85,7 +88,9 @@ describe('reading the golden checkpoints', () => {
     const hf = await SafetensorsFile.open(join(GOLDEN, 'tiny-mistral/hf/model.safetensors'));
     expect(hf.tensors.get('model.embed_tokens.weight')).toMatchObject({ dtype: 'BF16', shape: [512, 64] });
     expect(await hf.readFloat32('model.embed_tokens.weight')).toEqual(await native.readFloat32('tok_embeddings.weight'));
-    expect(await hf.readFloat32('model.layers.1.mlp.down_proj.weight')).toEqual(await native.readFloat32('layers.1.feed_forward.w2.weight'));
+    expect(await hf.readFloat32('model.layers.1.mlp.down_proj.weight')).toEqual(
+      await native.readFloat32('layers.1.feed_forward.w2.weight'),
+    );
     await native.close();
     await hf.close();
   });

@@ -6,7 +6,7 @@
  * block; offsets are relative to the data block. The reader validates the whole header up front
  * and then reads one tensor at a time, so a 15 GB checkpoint is never in memory at once.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { modelError } from '../errors.ts';
 
@@ -126,8 +126,14 @@ async function readHeader(path: string, handle: FileHandle) {
     if (typeof entry !== 'object' || entry === null) throw bad('has a malformed header entry');
     const { dtype, shape, data_offsets: offsets } = entry as Record<string, unknown>;
     if (!isDType(dtype)) throw bad(`has unsupported dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`);
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(`has an invalid shape ${JSON.stringify(shape)}`);
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1]) {
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      throw bad(`has an invalid shape ${JSON.stringify(shape)}`);
+    if (
+      !Array.isArray(offsets) ||
+      offsets.length !== 2 ||
+      !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+      offsets[0] > offsets[1]
+    ) {
       throw bad(`has invalid data_offsets ${JSON.stringify(offsets)}`);
     }
     const [begin, end] = offsets as [number, number];
@@ -231,7 +237,9 @@ export async function writeSafetensors(path: string, tensors: TensorToWrite[], m
   for (const tensor of tensors) {
     const elements = tensor.shape.reduce((a, b) => a * b, 1);
     if (elements !== tensor.data.length) {
-      throw modelError(`writeSafetensors ${path}: tensor "${tensor.name}" has ${tensor.data.length} values but shape [${tensor.shape.join(', ')}]`);
+      throw modelError(
+        `writeSafetensors ${path}: tensor "${tensor.name}" has ${tensor.data.length} values but shape [${tensor.shape.join(', ')}]`,
+      );
     }
     const length = elements * DTYPE_BYTES[tensor.dtype];
     header[tensor.name] = { dtype: tensor.dtype, shape: tensor.shape, data_offsets: [offset, offset + length] };

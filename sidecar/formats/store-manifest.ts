@@ -64,16 +64,22 @@ export async function readManifest(dir: string): Promise<Manifest> {
     throw modelError(`cannot read store manifest ${path}: ${(error as Error).message}`, error);
   }
   if (manifest.formatVersion !== FORMAT_VERSION) {
-    throw modelError(`${path}: store format version ${manifest.formatVersion} is not supported (this build reads version ${FORMAT_VERSION}); convert the checkpoint again`);
+    throw modelError(
+      `${path}: store format version ${manifest.formatVersion} is not supported (this build reads version ${FORMAT_VERSION}); convert the checkpoint again`,
+    );
   }
-  if (!manifest.config || !manifest.graphs || !Array.isArray(manifest.files)) throw modelError(`${path}: manifest is incomplete (config, graphs or files missing)`);
+  if (!manifest.config || !manifest.graphs || !Array.isArray(manifest.files))
+    throw modelError(`${path}: manifest is incomplete (config, graphs or files missing)`);
   for (const file of manifest.files) {
     const size = await stat(join(dir, file.path)).then(
       (s) => s.size,
       () => -1,
     );
     if (size === -1) throw modelError(`store ${dir} is missing ${file.path} (listed in ${MANIFEST_FILE})`);
-    if (size !== file.bytes) throw modelError(`store file ${join(dir, file.path)} is ${size} bytes, ${MANIFEST_FILE} says ${file.bytes}: the store is damaged; convert again`);
+    if (size !== file.bytes)
+      throw modelError(
+        `store file ${join(dir, file.path)} is ${size} bytes, ${MANIFEST_FILE} says ${file.bytes}: the store is damaged; convert again`,
+      );
   }
   return manifest;
 }

@@ -6,9 +6,9 @@
  */
 import { join } from 'node:path';
 import type { ModelConfig } from '../formats/model-config.ts';
-import { ExternalDataWriter, GraphBuilder } from './onnx-graph.ts';
 import type { Precision } from '../formats/quantize.ts';
-import { TransformerGraph, type AttentionInputs, type WeightSource } from './transformer.ts';
+import { ExternalDataWriter, GraphBuilder } from './onnx-graph.ts';
+import { type AttentionInputs, TransformerGraph, type WeightSource } from './transformer.ts';
 
 /** Input/output names shared by the graphs and the runtime. */
 export const IO = {
@@ -89,7 +89,10 @@ export function buildDecoderGraph(ctx: BuildContext): Promise<GraphFiles> {
     for (let layer = 0; layer < t.config.nLayers; layer++) {
       const past = kvInputs(t, layer);
       const { out, newKey, newValue } = await t.attention(x, layer, attention, past.key, past.value);
-      x = t.g.op('Add', [out, await t.feedForward(await t.rmsNorm(out, `layers.${layer}.ffn_norm.weight`), `layers.${layer}.feed_forward`)]);
+      x = t.g.op('Add', [
+        out,
+        await t.feedForward(await t.rmsNorm(out, `layers.${layer}.ffn_norm.weight`), `layers.${layer}.feed_forward`),
+      ]);
       kvOutputs(t, layer, newKey, newValue);
     }
     t.g.output(await t.head(x, rows), IO.logits, 'float32', ['rows', t.config.vocabSize]);
@@ -101,7 +104,10 @@ export function buildMoeLayerGraph(ctx: BuildContext, layer: number): Promise<Gr
   return buildGraph(ctx, `layer.${layer}`, async (t) => {
     const { dim, numExperts } = t.config;
     // Layer 0 starts from token ids; later layers from the previous layer's output.
-    const x = layer === 0 ? await t.embed(t.g.input(IO.inputIds, 'int64', ['batch', 'seq'])) : t.g.input(IO.hidden, 'float32', ['batch', 'seq', dim]);
+    const x =
+      layer === 0
+        ? await t.embed(t.g.input(IO.inputIds, 'int64', ['batch', 'seq']))
+        : t.g.input(IO.hidden, 'float32', ['batch', 'seq', dim]);
     const attention = attentionInputs(t);
     const past = kvInputs(t, layer);
     const { out, newKey, newValue } = await t.attention(x, layer, attention, past.key, past.value);

@@ -170,10 +170,15 @@ export class GraphBuilder {
    * Adds one node and returns its output names. `options.name` names the single output (defaults
    * to a fresh name); `options.outputs` gives the count for multi-output ops.
    */
-  node(op: string, inputs: string[], options: { name?: string; outputs?: number; domain?: string; attrs?: Record<string, AttributeValue> } = {}): string[] {
+  node(
+    op: string,
+    inputs: string[],
+    options: { name?: string; outputs?: number; domain?: string; attrs?: Record<string, AttributeValue> } = {},
+  ): string[] {
     const id = this.counter++;
     const count = options.outputs ?? 1;
-    const outputs = count === 1 && options.name ? [options.name] : Array.from({ length: count }, (_, i) => `${op}_${id}${count > 1 ? `_${i}` : ''}`);
+    const outputs =
+      count === 1 && options.name ? [options.name] : Array.from({ length: count }, (_, i) => `${op}_${id}${count > 1 ? `_${i}` : ''}`);
     this.nodes.push({
       opType: op,
       name: `${op}_${id}`,

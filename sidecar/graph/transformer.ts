@@ -9,8 +9,8 @@
  * (A later optimisation is GroupQueryAttention with fused RoPE; standard ops keep parity simple.)
  */
 import type { ModelConfig } from '../formats/model-config.ts';
-import { MS_DOMAIN, type GraphBuilder, type OutputNames } from './onnx-graph.ts';
-import { quantizationPlan, quantizeMatrix, schemeFor, type Precision, type QuantizationPlan } from '../formats/quantize.ts';
+import { type Precision, type QuantizationPlan, quantizationPlan, quantizeMatrix, schemeFor } from '../formats/quantize.ts';
+import { type GraphBuilder, MS_DOMAIN, type OutputNames } from './onnx-graph.ts';
 
 /** Where weights come from, by canonical name, already in the rotate-half layout. */
 export interface WeightSource {
@@ -72,7 +72,12 @@ export class TransformerGraph {
     const blocks = q.scales.length / n;
     const packed = this.g.initializer(`${name}.q${q.bits}`, 'uint8', [n, blocks, q.packed.length / n / blocks], q.packed);
     const scales = this.g.initializer(`${name}.scales`, 'float32', [n * blocks], q.scales);
-    return this.g.op('MatMulNBits', [x, packed, scales], { K: k, N: n, bits: q.bits, block_size: q.blockSize, accuracy_level: ACCURACY_LEVEL }, MS_DOMAIN);
+    return this.g.op(
+      'MatMulNBits',
+      [x, packed, scales],
+      { K: k, N: n, bits: q.bits, block_size: q.blockSize, accuracy_level: ACCURACY_LEVEL },
+      MS_DOMAIN,
+    );
   }
 
   async rmsNorm(x: string, name: string): Promise<string> {
@@ -82,7 +87,12 @@ export class TransformerGraph {
 
   async embed(inputIds: string): Promise<string> {
     const { vocabSize, dim } = this.config;
-    const table = this.g.initializer('tok_embeddings.weight', 'float32', [vocabSize, dim], await this.weights.read('tok_embeddings.weight'));
+    const table = this.g.initializer(
+      'tok_embeddings.weight',
+      'float32',
+      [vocabSize, dim],
+      await this.weights.read('tok_embeddings.weight'),
+    );
     return this.g.op('Gather', [table, inputIds], { axis: 0 });
   }
 
@@ -130,9 +140,17 @@ export class TransformerGraph {
       g.op('Transpose', [g.op('Reshape', [this.rope(q, cos, sin), g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] }),
       g.ints([0, 0, -1, headDim]),
     ]);
-    const scoresAgainst = (keys: string) => g.op('FusedMatMul', [qRows, keys], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
+    const scoresAgainst = (keys: string) =>
+      g.op('FusedMatMul', [qRows, keys], { transA: 0, transB: 1, alpha: { float: 1 / Math.sqrt(headDim) } }, MS_DOMAIN);
     const raw = g.op('Concat', [scoresAgainst(pastKey), scoresAgainst(kNew)], { axis: -1 });
-    const mask = group === 1 ? inputs.mask : g.op('Concat', Array.from({ length: group }, () => inputs.mask), { axis: 2 }); // [batch, 1, group×seq, total]
+    const mask =
+      group === 1
+        ? inputs.mask
+        : g.op(
+            'Concat',
+            Array.from({ length: group }, () => inputs.mask),
+            { axis: 2 },
+          ); // [batch, 1, group×seq, total]
     const probs = g.op('Softmax', [g.op('Add', [raw, mask])], { axis: -1 });
     const pastLength = g.op('Shape', [pastKey], { start: 2, end: 3 });
     const probsPast = g.op('Slice', [probs, g.ints([0]), pastLength, g.ints([-1])]);

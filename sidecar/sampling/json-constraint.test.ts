@@ -4,7 +4,15 @@
  * knows the shortest text that completes what it has seen.
  */
 import { describe, expect, it } from 'vitest';
-import { MAX_EXPONENT_DIGITS, MAX_NUMBER_DIGITS, MAX_WHITESPACE_RUN, advanceText, closingText, initialJsonState, isJsonComplete } from './json-constraint.ts';
+import {
+  advanceText,
+  closingText,
+  initialJsonState,
+  isJsonComplete,
+  MAX_EXPONENT_DIGITS,
+  MAX_NUMBER_DIGITS,
+  MAX_WHITESPACE_RUN,
+} from './json-constraint.ts';
 
 const object = () => initialJsonState({ rootObject: true });
 const anyValue = () => initialJsonState({ rootObject: false });
@@ -67,10 +75,10 @@ describe('invalid JSON', () => {
   });
 
   it(`allows at most ${MAX_WHITESPACE_RUN} whitespace characters in a row outside strings`, () => {
-    expect(accepts(' '.repeat(MAX_WHITESPACE_RUN) + '{')).toBe(true);
+    expect(accepts(`${' '.repeat(MAX_WHITESPACE_RUN)}{`)).toBe(true);
     expect(accepts(' '.repeat(MAX_WHITESPACE_RUN + 1))).toBe(false);
-    expect(accepts('{' + '\n'.repeat(MAX_WHITESPACE_RUN + 1))).toBe(false);
-    expect(accepts('{"a": "' + ' '.repeat(50) + '"')).toBe(true); // inside strings spaces are content
+    expect(accepts(`{${'\n'.repeat(MAX_WHITESPACE_RUN + 1)}`)).toBe(false);
+    expect(accepts(`{"a": "${' '.repeat(50)}"`)).toBe(true); // inside strings spaces are content
   });
 });
 

@@ -17,7 +17,7 @@ export const MAX_WHITESPACE_RUN = 4;
 export const MAX_NUMBER_DIGITS = 15;
 export const MAX_EXPONENT_DIGITS = 2;
 
-const enum Mode {
+enum Mode {
   /** A value must come next (root, after ':' or ','). */
   Value,
   /** Right after '[': a value or ']'. */
@@ -103,8 +103,8 @@ function startValue(state: JsonState, c: string): JsonState | null {
   if (isWhitespace(c)) return skipWhitespace(state);
   const atRoot = state.stack === '';
   if (atRoot && state.rootObject && c !== '{') return null;
-  if (c === '{') return next(state, { mode: Mode.KeyOrObjectEnd, stack: state.stack + '{' });
-  if (c === '[') return next(state, { mode: Mode.ValueOrArrayEnd, stack: state.stack + '[' });
+  if (c === '{') return next(state, { mode: Mode.KeyOrObjectEnd, stack: `${state.stack}{` });
+  if (c === '[') return next(state, { mode: Mode.ValueOrArrayEnd, stack: `${state.stack}[` });
   if (c === '"') return next(state, { mode: Mode.String, inKey: false });
   if (c === '-') return next(state, { mode: Mode.NumberSign });
   if (c === '0') return next(state, { mode: Mode.NumberZero });
@@ -233,7 +233,7 @@ export function closingText(state: JsonState): string {
       tail = 'n"';
       break;
     case Mode.StringUnicode:
-      tail = '0'.repeat(state.count) + '"';
+      tail = `${'0'.repeat(state.count)}"`;
       break;
     case Mode.NumberSign:
     case Mode.NumberDot:
@@ -248,6 +248,9 @@ export function closingText(state: JsonState): string {
       tail = '';
   }
   if (state.inKey && (state.mode === Mode.String || state.mode === Mode.StringEscape || state.mode === Mode.StringUnicode)) tail += ':0';
-  const closers = [...state.stack].reverse().map((open) => (open === '{' ? '}' : ']')).join('');
+  const closers = [...state.stack]
+    .reverse()
+    .map((open) => (open === '{' ? '}' : ']'))
+    .join('');
   return tail + closers;
 }

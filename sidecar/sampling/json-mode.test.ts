@@ -4,9 +4,9 @@
  * ends exactly when it closes, and closes within the token budget.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { createRandom, createSampler } from './sampler.ts';
+import { mistralV1TokenizerJson, type Tokenizer, tokenizerFromJson } from '../text/tokenizer.ts';
 import { createJsonModeSampler, jsonVocabulary, topCandidates } from './json-mode.ts';
-import { mistralV1TokenizerJson, tokenizerFromJson, type Tokenizer } from '../text/tokenizer.ts';
+import { createRandom, createSampler } from './sampler.ts';
 
 let tokenizer: Tokenizer;
 beforeAll(async () => {

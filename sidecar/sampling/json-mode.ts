@@ -19,9 +19,9 @@
  * shortest object, the answer ends with finish_reason "length" and is not complete JSON.
  */
 import { modelError } from '../errors.ts';
-import type { Sampler } from './sampler.ts';
 import type { Tokenizer } from '../text/tokenizer.ts';
 import { advanceText, closingText, initialJsonState, isJsonComplete, type JsonState } from './json-constraint.ts';
+import type { Sampler } from './sampler.ts';
 
 /** Tokens examined per step before falling back to a full vocabulary scan. */
 export const CANDIDATES = 64;
@@ -67,7 +67,10 @@ export function jsonVocabulary(tokenizer: Tokenizer): JsonVocabulary {
     if (!usable) continue;
     const first = groupKey(piece);
     let group = byFirstChar.get(first);
-    if (!group) byFirstChar.set(first, (group = []));
+    if (!group) {
+      group = [];
+      byFirstChar.set(first, group);
+    }
     group.push(id);
   }
   const vocabulary = { pieces, byFirstChar, scanCache: new Map<string, ReadonlyMap<number, unknown>>() };
@@ -205,7 +208,8 @@ export function createJsonModeSampler<S = JsonState>(
       if (choices.size === 0) choices = fullScan(closeWithin);
       // No token keeps the completion within the budget (an unusual vocabulary): any valid token.
       if (choices.size === 0 && closeWithin !== null) choices = fullScan(null);
-      if (choices.size === 0) throw modelError(`JSON mode: no token of the model's vocabulary can continue the JSON answer (${constraint.id})`);
+      if (choices.size === 0)
+        throw modelError(`JSON mode: no token of the model's vocabulary can continue the JSON answer (${constraint.id})`);
       if (masked.length !== logits.length) masked = new Float32Array(logits.length);
       masked.fill(-Infinity);
       // Allowed tokens keep their logits; −∞ everywhere else. A non-finite allowed logit becomes a

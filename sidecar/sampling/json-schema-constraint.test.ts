@@ -28,7 +28,8 @@ const accepts = (text: string) => constraint.advance(constraint.initial, text) !
 
 describe('compileJsonSchema', () => {
   it('accepts the schema shape with values of the right types, and completes at the closing brace', () => {
-    const text = '{"name":"Ada \\"A\\"","age":-36,"score":1.5e3,"ok":false,"mood":"sad","tags":["a", "b"],"counts":[1,-2],"maybe":null,"inner":{"x":0.25},"free":{"k":[1,{}]},"extra":{"any":[null]}}';
+    const text =
+      '{"name":"Ada \\"A\\"","age":-36,"score":1.5e3,"ok":false,"mood":"sad","tags":["a", "b"],"counts":[1,-2],"maybe":null,"inner":{"x":0.25},"free":{"k":[1,{}]},"extra":{"any":[null]}}';
     const state = constraint.advance(constraint.initial, text)!;
     expect(state).not.toBeNull();
     expect(constraint.isComplete(state)).toBe(true);
@@ -48,19 +49,25 @@ describe('compileJsonSchema', () => {
     ['a literal that is not a boolean', '{"name":"","age":1,"score":null,"ok":nul'],
   ])('rejects %s', (_name, text) => expect(accepts(text)).toBe(false));
 
-  it.each(['', '{"na', '{"name":"Ad', '{"name":"A","age":-', '{"name":"A","age":4', '{"name":"A","age":4,"score":1e', '{"name":"A","age":4,"score":null,"ok":t', '{"name":"A","age":4,"score":null,"ok":true,"mood":"h'])(
-    'completes %s into JSON that fits the schema',
-    (prefix) => {
-      const state = constraint.advance(constraint.initial, prefix)!;
-      const completed = prefix + constraint.closing(state);
-      expect(constraint.isComplete(constraint.advance(constraint.initial, completed)!)).toBe(true);
-      const value = JSON.parse(completed) as Record<string, unknown>;
-      expect(Object.keys(value)).toEqual(Object.keys(schema.properties));
-      expect(typeof value.name).toBe('string');
-      expect(Number.isInteger(value.age)).toBe(true);
-      expect(['happy', 'sad']).toContain(value.mood);
-    },
-  );
+  it.each([
+    '',
+    '{"na',
+    '{"name":"Ad',
+    '{"name":"A","age":-',
+    '{"name":"A","age":4',
+    '{"name":"A","age":4,"score":1e',
+    '{"name":"A","age":4,"score":null,"ok":t',
+    '{"name":"A","age":4,"score":null,"ok":true,"mood":"h',
+  ])('completes %s into JSON that fits the schema', (prefix) => {
+    const state = constraint.advance(constraint.initial, prefix)!;
+    const completed = prefix + constraint.closing(state);
+    expect(constraint.isComplete(constraint.advance(constraint.initial, completed)!)).toBe(true);
+    const value = JSON.parse(completed) as Record<string, unknown>;
+    expect(Object.keys(value)).toEqual(Object.keys(schema.properties));
+    expect(typeof value.name).toBe('string');
+    expect(Number.isInteger(value.age)).toBe(true);
+    expect(['happy', 'sad']).toContain(value.mood);
+  });
 
   it('declines schemas it cannot shape (non-object roots), so the caller falls back to json_object', () => {
     expect(compileJsonSchema({ type: 'array' })).toBeNull();

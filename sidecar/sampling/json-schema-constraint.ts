@@ -15,8 +15,9 @@
  * `anyOf`…, or an object root without properties) compiles to null and the caller falls back to
  * plain json_object. Extra properties are never generated; optional ones always are.
  */
-import { jsonObjectConstraint, type TextConstraint } from './json-mode.ts';
+
 import { advanceChar, closingText, expectsValue, initialJsonState, isJsonComplete, type JsonState } from './json-constraint.ts';
+import { jsonObjectConstraint, type TextConstraint } from './json-mode.ts';
 
 type SlotKind = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'array' | 'object' | 'any';
 /** `items`: for an array slot, the kind every element must be (scalar kinds only; others unchecked). */
@@ -42,7 +43,16 @@ const FIRST_CHARS: Record<SlotKind, string | null> = {
   object: '{',
   any: null,
 };
-const SHORTEST: Record<SlotKind, string> = { string: '""', number: '0', integer: '0', boolean: 'true', null: 'null', array: '[]', object: '{}', any: '0' };
+const SHORTEST: Record<SlotKind, string> = {
+  string: '""',
+  number: '0',
+  integer: '0',
+  boolean: 'true',
+  null: 'null',
+  array: '[]',
+  object: '{}',
+  any: '0',
+};
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -74,7 +84,12 @@ function slot(schema: Record<string, unknown>): Slot {
 
 /** Appends the steps for `schema`'s value; false when it cannot be compiled. */
 function compileValue(schema: unknown, steps: Step[]): boolean {
-  if (!isRecord(schema)) return schema === true || schema === undefined ? (steps.push({ slot: 'any', nullable: true }), true) : false;
+  if (!isRecord(schema)) {
+    // `true` and a missing schema accept any value; `false` and non-objects cannot be shaped.
+    if (schema !== true && schema !== undefined) return false;
+    steps.push({ slot: 'any', nullable: true });
+    return true;
+  }
   const values = 'const' in schema ? [schema.const] : Array.isArray(schema.enum) ? schema.enum : null;
   if (values !== null) {
     if (values.length === 0 || values.some((v) => !['string', 'number', 'boolean'].includes(typeof v))) return false;
@@ -117,7 +132,8 @@ const WRAPPED_START = advanceChar(initialJsonState({ rootObject: false }), '[')!
 /** The constraint for `schema`, or null when it is not an object schema this module can shape. */
 export function compileJsonSchema(schema: unknown): TextConstraint<SchemaState> | null {
   // A root without properties is better served by the free json_object constraint (and a slot must be followed by a literal).
-  if (!isRecord(schema) || schema.type !== 'object' || !isRecord(schema.properties) || Object.keys(schema.properties).length === 0) return null;
+  if (!isRecord(schema) || schema.type !== 'object' || !isRecord(schema.properties) || Object.keys(schema.properties).length === 0)
+    return null;
   const raw: Step[] = [];
   if (!compileObject(schema, raw)) return null;
   const steps = mergeLiterals(raw);
@@ -126,7 +142,12 @@ export function compileJsonSchema(schema: unknown): TextConstraint<SchemaState> 
   const shortestFrom: string[] = new Array<string>(steps.length + 1).fill('');
   for (let i = steps.length - 1; i >= 0; i--) {
     const step = steps[i]!;
-    const own = 'literal' in step ? step.literal : 'slot' in step ? SHORTEST[step.slot] : step.choices.reduce((a, b) => (b.length < a.length ? b : a));
+    const own =
+      'literal' in step
+        ? step.literal
+        : 'slot' in step
+          ? SHORTEST[step.slot]
+          : step.choices.reduce((a, b) => (b.length < a.length ? b : a));
     shortestFrom[i] = own + shortestFrom[i + 1]!;
   }
 
@@ -163,7 +184,14 @@ export function compileJsonSchema(schema: unknown): TextConstraint<SchemaState> 
     const integers = step.slot === 'integer' || step.items === 'integer';
     if (integers && (c === '.' || c === 'e' || c === 'E')) return null;
     // An element of a typed array starts with its kind's first character.
-    if (step.items && state.value?.stack === '[[' && expectsValue(state.value) && !/[\s\]]/u.test(c) && !FIRST_CHARS[step.items]!.includes(c)) return null;
+    if (
+      step.items &&
+      state.value?.stack === '[[' &&
+      expectsValue(state.value) &&
+      !/[\s\]]/u.test(c) &&
+      !FIRST_CHARS[step.items]!.includes(c)
+    )
+      return null;
     // The value must stay the wrapper's only element: once complete at the wrapper's level, no ',', ']' or blanks.
     if (state.value?.stack === '[' && slotComplete(state.value) && /[,\]\s]/u.test(c)) return null;
     const value = advanceChar(state.value ?? WRAPPED_START, c);

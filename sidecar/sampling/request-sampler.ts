@@ -3,10 +3,11 @@
  * constrained to a JSON object (or the schema's shape). One constructor for the scheduler and for
  * the single-sequence generate(), so both decode a request identically.
  */
+
+import type { Tokenizer } from '../text/tokenizer.ts';
 import { createJsonModeSampler } from './json-mode.ts';
 import { responseConstraint } from './json-schema-constraint.ts';
 import { createSampler, type SamplingOptions } from './sampler.ts';
-import type { Tokenizer } from '../text/tokenizer.ts';
 
 export interface ResponseFormatOptions {
   /** Constrain the answer to one JSON object; it ends when the object closes. */

@@ -5,14 +5,14 @@
  */
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
-import { modelCard, LOCAL_MODELS } from '../../shared/api.ts';
-import { HEADERS, SIDECAR_PATHS, requestIdFrom, type LoadReport } from '../../shared/protocol.ts';
+import { LOCAL_MODELS, modelCard } from '../../shared/api.ts';
+import { HEADERS, type LoadReport, requestIdFrom, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { SidecarError } from '../errors.ts';
-import type { Logger } from './logger.ts';
-import type { SidecarMetrics } from './metrics.ts';
 import { chatCompletionsHandler } from './chat-route.ts';
 import type { SidecarEnv } from './context.ts';
 import { errorResponse, toSidecarError } from './error-response.ts';
+import type { Logger } from './logger.ts';
+import type { SidecarMetrics } from './metrics.ts';
 import type { ServedModel } from './served-models.ts';
 import { signatureCheck } from './signature.ts';
 
@@ -38,7 +38,16 @@ export interface SidecarAppOptions {
 
 const ROUTES = new Set<string>([SIDECAR_PATHS.health, SIDECAR_PATHS.ready, SIDECAR_PATHS.chatCompletions, '/v1/models', '/metrics']);
 
-export function createSidecarApp({ state, region, maxBatch, maxQueue, secret, maxBodyBytes, metrics, logger }: SidecarAppOptions): Hono<SidecarEnv> {
+export function createSidecarApp({
+  state,
+  region,
+  maxBatch,
+  maxQueue,
+  secret,
+  maxBodyBytes,
+  metrics,
+  logger,
+}: SidecarAppOptions): Hono<SidecarEnv> {
   const app = new Hono<SidecarEnv>();
 
   // The edge's id, echoed unchanged in the shared format (not Hono's requestId, which replaces ids with `.` or `:`)
@@ -54,7 +63,13 @@ export function createSidecarApp({ state, region, maxBatch, maxQueue, secret, ma
     await next();
     const route = ROUTES.has(c.req.path) ? c.req.path : 'other';
     metrics.countRequest(route, c.res.status);
-    const fields = { requestId: c.get('requestId'), method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) };
+    const fields = {
+      requestId: c.get('requestId'),
+      method: c.req.method,
+      path: c.req.path,
+      status: c.res.status,
+      ms: Math.round(performance.now() - started),
+    };
     if (c.req.path === SIDECAR_PATHS.health || c.req.path === '/metrics') logger.debug('request', fields);
     else logger.info('request', fields);
   });
@@ -63,7 +78,8 @@ export function createSidecarApp({ state, region, maxBatch, maxQueue, secret, ma
   if (secret) app.use(signatureCheck({ secret, exemptPaths: [SIDECAR_PATHS.health, SIDECAR_PATHS.ready] }));
 
   const readyModels = (): ServedModel[] => {
-    if (state.phase === 'loading') throw new SidecarError('overloaded', 'the sidecar is still loading its models', { retryAfterSeconds: 5 });
+    if (state.phase === 'loading')
+      throw new SidecarError('overloaded', 'the sidecar is still loading its models', { retryAfterSeconds: 5 });
     if (state.phase === 'draining') throw new SidecarError('overloaded', 'the sidecar is shutting down', { retryAfterSeconds: 1 });
     return state.models;
   };
@@ -102,7 +118,9 @@ export function createSidecarApp({ state, region, maxBatch, maxQueue, secret, ma
 
   app.post(SIDECAR_PATHS.chatCompletions, chatCompletionsHandler({ models: readyModels, logger }));
 
-  app.notFound((c) => errorResponse(c, new SidecarError('invalid_request_error', `no route for ${c.req.method} ${c.req.path}`, { status: 404 })));
+  app.notFound((c) =>
+    errorResponse(c, new SidecarError('invalid_request_error', `no route for ${c.req.method} ${c.req.path}`, { status: 404 })),
+  );
   app.onError((error, c) => {
     const sidecarError = toSidecarError(error);
     if (sidecarError.status >= 500 && sidecarError.type !== 'overloaded') {

@@ -2,16 +2,10 @@
  * From request bytes to a scheduler request: strict UTF-8, JSON, the shared Mistral schema (422
  * with `detail[]` on failure), model resolution, then the chat template and sampling settings.
  */
-import {
-  CHAT_DEFAULTS,
-  ChatCompletionRequestSchema,
-  messageText,
-  requiresToolCall,
-  type ChatCompletionRequest,
-} from '../../shared/api.ts';
-import { renderChatPrompt, type ChatMessage } from '../text/chat-template.ts';
+import { CHAT_DEFAULTS, type ChatCompletionRequest, ChatCompletionRequestSchema, messageText, requiresToolCall } from '../../shared/api.ts';
 import { invalidRequest } from '../errors.ts';
 import type { GenerationRequest } from '../serving/decoder.ts';
+import { type ChatMessage, renderChatPrompt } from '../text/chat-template.ts';
 import type { Tokenizer } from '../text/tokenizer.ts';
 import { RequestValidationError } from './error-response.ts';
 

@@ -5,9 +5,9 @@
  * the stream ends without `[DONE]`, so no client mistakes a cut stream for a complete one.
  */
 import type { ChatCompletionChunk, ChatCompletionResponse, Usage } from '../../shared/api.ts';
-import { SSE_DONE, encodeSseData } from '../../shared/sse.ts';
-import type { GenerateEvent } from '../serving/decoder.ts';
 import { streamErrorFrame } from '../../shared/errors.ts';
+import { encodeSseData, SSE_DONE } from '../../shared/sse.ts';
+import type { GenerateEvent } from '../serving/decoder.ts';
 import { errorBodyOf, toSidecarError } from './error-response.ts';
 
 export interface CompletionIdentity {
@@ -23,7 +23,11 @@ export type DoneEvent = Extract<GenerateEvent, { type: 'done' }>;
 export type GenerationOutcome = { done: DoneEvent } | { error: unknown } | { cancelled: true };
 
 function usageOf(done: DoneEvent): Usage {
-  return { prompt_tokens: done.promptTokens, completion_tokens: done.completionTokens, total_tokens: done.promptTokens + done.completionTokens };
+  return {
+    prompt_tokens: done.promptTokens,
+    completion_tokens: done.completionTokens,
+    total_tokens: done.promptTokens + done.completionTokens,
+  };
 }
 
 /** Drains the events into one non-streaming response; null when the client left (errors propagate). */
@@ -48,7 +52,11 @@ export async function collectCompletion(
   return null;
 }
 
-function chunk(identity: CompletionIdentity, delta: ChatCompletionChunk['choices'][number]['delta'], finishReason: 'stop' | 'length' | null = null): ChatCompletionChunk {
+function chunk(
+  identity: CompletionIdentity,
+  delta: ChatCompletionChunk['choices'][number]['delta'],
+  finishReason: 'stop' | 'length' | null = null,
+): ChatCompletionChunk {
   return { ...identity, object: 'chat.completion.chunk', choices: [{ index: 0, delta, finish_reason: finishReason }] };
 }
 

@@ -9,11 +9,11 @@ import type { Context } from 'hono';
 import { SSE_HEADERS } from '../../shared/sse.ts';
 import { SidecarError } from '../errors.ts';
 import type { GenerateEvent } from '../serving/decoder.ts';
-import type { Logger } from './logger.ts';
 import { parseChatRequest, toGenerationRequest } from './chat-request.ts';
-import { collectCompletion, completionStream, type CompletionIdentity, type GenerationOutcome } from './chat-response.ts';
-import { findServedModel, type ServedModel } from './served-models.ts';
+import { type CompletionIdentity, collectCompletion, completionStream, type GenerationOutcome } from './chat-response.ts';
 import type { SidecarEnv } from './context.ts';
+import type { Logger } from './logger.ts';
+import { findServedModel, type ServedModel } from './served-models.ts';
 
 export interface ChatRouteOptions {
   /** The models, once loaded; throws 503 while loading. */

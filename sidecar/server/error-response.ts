@@ -7,7 +7,7 @@ import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type * as z from 'zod';
-import { errorBody, retryAfterHeaders, validationErrorBody, type MistralErrorBody, type ValidationDetail } from '../../shared/errors.ts';
+import { errorBody, type MistralErrorBody, retryAfterHeaders, type ValidationDetail, validationErrorBody } from '../../shared/errors.ts';
 import { SidecarError } from '../errors.ts';
 
 /** A body that parsed as JSON but does not match the schema: 422, Mistral style, with `detail[]`. */
@@ -27,7 +27,8 @@ export function toSidecarError(error: unknown): SidecarError {
   if (error instanceof HTTPException && error.status === 413) {
     return new SidecarError('payload_too_large', 'the request body is larger than this sidecar accepts');
   }
-  if (error instanceof HTTPException) return new SidecarError('invalid_request_error', error.message || 'bad request', { status: error.status });
+  if (error instanceof HTTPException)
+    return new SidecarError('invalid_request_error', error.message || 'bad request', { status: error.status });
   return new SidecarError('internal_error', 'internal error while serving the request', { cause: error });
 }
 

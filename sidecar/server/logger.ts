@@ -25,7 +25,7 @@ export interface LoggerOptions {
 }
 
 function defaultWrite(line: string, level: LogLevel): void {
-  (level === 'error' ? process.stderr : process.stdout).write(line + '\n');
+  (level === 'error' ? process.stderr : process.stdout).write(`${line}\n`);
 }
 
 /** Errors are not JSON-serialisable by default; keep their name and message (and stack in debug). */

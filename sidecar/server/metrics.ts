@@ -4,10 +4,9 @@
  * queue depth, active sequences and batch size per model, and expert-cache statistics for MoE
  * models whose engine reports them. Gauges read live state at scrape time.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { ExpertCacheCounters } from '../engine/index.ts';
 import type { SchedulerObserver, SchedulerStats } from '../serving/scheduler.ts';
-
 
 export interface SidecarMetrics {
   readonly registry: Registry;
@@ -28,7 +27,10 @@ export interface SidecarMetrics {
 // Latency buckets sized for CPU decode: milliseconds for small models up to seconds for 7B-class.
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 // Finer for inter-token latency: percentiles read from it should be good to about 20 %.
-const INTER_TOKEN_BUCKETS = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1, 1.5, 2, 3, 5, 10];
+const INTER_TOKEN_BUCKETS = [
+  0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1, 1.5, 2, 3, 5,
+  10,
+];
 
 export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics?: boolean } = {}): SidecarMetrics {
   const registry = new Registry();

@@ -7,10 +7,10 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { getRequestListener } from '@hono/node-server';
+import { createSidecarApp, type SidecarState } from './app.ts';
+import type { ServeConfig } from './config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { createSidecarMetrics } from './metrics.ts';
-import type { ServeConfig } from './config.ts';
-import { createSidecarApp, type SidecarState } from './app.ts';
 import { loadServedModels } from './served-models.ts';
 
 export interface RunningSidecar {

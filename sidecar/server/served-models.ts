@@ -3,17 +3,17 @@
  * the store cache on first use), named by its architecture (mistral → mistral-tiny, mixtral → mistral-small, the
  * wire contract's canonical ids) and given its tokenizer and its own batch scheduler.
  */
-import { LOCAL_MODELS, resolveModelId, type LocalModelId } from '../../shared/api.ts';
+import { LOCAL_MODELS, type LocalModelId, resolveModelId } from '../../shared/api.ts';
 import { ERROR_CODES } from '../../shared/errors.ts';
 import { ensureDemoModels } from '../convert/demo-model.ts';
-import { SidecarError, modelError } from '../errors.ts';
+import { openModel } from '../convert/loader.ts';
+import type { LoadOptions, ModelRuntime } from '../engine/index.ts';
+import { modelError, SidecarError } from '../errors.ts';
+import { Scheduler } from '../serving/scheduler.ts';
+import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
+import type { ServeConfig } from './config.ts';
 import type { Logger } from './logger.ts';
 import type { SidecarMetrics } from './metrics.ts';
-import type { LoadOptions, ModelRuntime } from '../engine/index.ts';
-import { openModel } from '../convert/loader.ts';
-import { Scheduler } from '../serving/scheduler.ts';
-import type { ServeConfig } from './config.ts';
-import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
 
 export interface ServedModel {
   id: LocalModelId;
@@ -46,7 +46,9 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
       const duplicate = served.find((model) => model.id === id);
       if (duplicate) {
         await runtime.dispose();
-        throw modelError(`${dir} and ${duplicate.runtime.dir} are both ${runtime.info.architecture} models; a sidecar serves one model per id (${id})`);
+        throw modelError(
+          `${dir} and ${duplicate.runtime.dir} are both ${runtime.info.architecture} models; a sidecar serves one model per id (${id})`,
+        );
       }
       const tokenizer = await loadTokenizer(runtime.dir, runtime.info.vocabSize);
       const scheduler = new Scheduler({

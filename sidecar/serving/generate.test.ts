@@ -2,16 +2,16 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { renderChatPrompt } from '../text/chat-template.ts';
 import { convertCheckpoint } from '../convert/convert.ts';
 import { writeDemoCheckpoint } from '../convert/demo-model.ts';
-import { SidecarError } from '../errors.ts';
-import type { GenerateEvent } from './decoder.ts';
-import { generate, type GenerateOptions } from './generate.ts';
-import { Scheduler } from './scheduler.ts';
 import { loadModel, type ModelRuntime, type Sequence } from '../engine/index.ts';
+import { SidecarError } from '../errors.ts';
 import { argmax } from '../sampling/sampler.ts';
+import { renderChatPrompt } from '../text/chat-template.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
+import type { GenerateEvent } from './decoder.ts';
+import { type GenerateOptions, generate } from './generate.ts';
+import { Scheduler } from './scheduler.ts';
 
 // The demo Mistral (random weights, real vocabulary) converted at fp32, so that greedy choices
 // can be checked against a plain forward pass without quantisation noise.
@@ -80,7 +80,12 @@ describe('generate', () => {
       }
     }
     expect(generated.text).toBe(tokenizer.decode(expected));
-    expect(generated.done).toEqual({ type: 'done', finishReason: 'length', promptTokens: prompt.length, completionTokens: GREEDY.maxTokens });
+    expect(generated.done).toEqual({
+      type: 'done',
+      finishReason: 'length',
+      promptTokens: prompt.length,
+      completionTokens: GREEDY.maxTokens,
+    });
   });
 
   it('stops at max_tokens with finish_reason "length"', async () => {
@@ -147,7 +152,12 @@ describe('generate', () => {
   it.each<[string, () => Partial<GenerateOptions> & { prompt?: number[] }, string, RegExp]>([
     ['max_tokens 0', () => ({ maxTokens: 0 }), 'max_tokens', /max_tokens must be a positive integer/],
     ['an empty prompt', () => ({ prompt: [] }), 'messages', /prompt is empty/],
-    ['a prompt as long as the context', () => ({ prompt: new Array<number>(runtime.info.contextLength).fill(5) }), 'messages', /context length is/],
+    [
+      'a prompt as long as the context',
+      () => ({ prompt: new Array<number>(runtime.info.contextLength).fill(5) }),
+      'messages',
+      /context length is/,
+    ],
     ['max_tokens past the context', () => ({ maxTokens: runtime.info.contextLength }), 'max_tokens', /exceeds the model's context length/],
     ['a stop that is not a list of strings', () => ({ stop: [3] as unknown as string[] }), 'stop', /stop must be a list of strings/],
     ['a negative temperature', () => ({ temperature: -0.5 }), 'temperature', /temperature/],

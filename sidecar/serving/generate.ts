@@ -18,7 +18,14 @@ export async function* generate(
 ): AsyncGenerator<GenerateEvent> {
   options.signal?.throwIfAborted();
   // No deadline and no admission window: one caller, waiting for its own answer.
-  const scheduler = new Scheduler({ runtime, tokenizer, maxBatch: 1, maxQueue: 0, admissionWindowMs: 0, requestTimeoutMs: Number.POSITIVE_INFINITY });
+  const scheduler = new Scheduler({
+    runtime,
+    tokenizer,
+    maxBatch: 1,
+    maxQueue: 0,
+    admissionWindowMs: 0,
+    requestTimeoutMs: Number.POSITIVE_INFINITY,
+  });
   let finished = false;
   try {
     for await (const event of scheduler.submit({ ...options, promptIds })) {

@@ -7,13 +7,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { renderChatPrompt } from '../text/chat-template.ts';
 import { convertCheckpoint } from '../convert/convert.ts';
 import { writeDemoCheckpoint } from '../convert/demo-model.ts';
-import type { GenerateEvent } from './decoder.ts';
-import { generate, type GenerateOptions } from './generate.ts';
 import { loadModel, type ModelRuntime } from '../engine/index.ts';
+import { renderChatPrompt } from '../text/chat-template.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
+import type { GenerateEvent } from './decoder.ts';
+import { type GenerateOptions, generate } from './generate.ts';
 
 let root: string;
 let runtime: ModelRuntime;

@@ -4,15 +4,16 @@
  * requests give the same text alone and batched, cancellation releases the sequence's KV cache at
  * the next step, and admission control answers 400/503 synchronously.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDemoModels } from '../convert/demo-model.ts';
-import { SidecarError } from '../errors.ts';
-import type { GenerateEvent } from './decoder.ts';
 import { loadModel, type ModelRuntime, type Sequence } from '../engine/index.ts';
-import { Scheduler, type SchedulerObserver } from './scheduler.ts';
+import { SidecarError } from '../errors.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
+import type { GenerateEvent } from './decoder.ts';
+import { Scheduler, type SchedulerObserver } from './scheduler.ts';
 
 let runtime: ModelRuntime;
 let tokenizer: Tokenizer;
@@ -109,7 +110,13 @@ describe('batching', () => {
 
   it('gives a seeded request the same text alone and with others joining its batch', async () => {
     const s = scheduler();
-    const request = { promptIds: prompt('Tell me about the moon and the stars at night'), maxTokens: 32, temperature: 0.9, topP: 0.95, seed: 7 };
+    const request = {
+      promptIds: prompt('Tell me about the moon and the stars at night'),
+      maxTokens: 32,
+      temperature: 0.9,
+      topP: 0.95,
+      seed: 7,
+    };
     const alone = await collect(s.submit(request));
     const probe = s.submit(request);
     const first = await probe.next();
@@ -126,7 +133,9 @@ describe('batching', () => {
     const request = { promptIds: prompt('Tell me about the moon'), maxTokens: 40, temperature: 0.9, topP: 0.95, seed: 11 };
     const alone = await collect(s.submit(request));
     // Two long-running requests with long prompts: their caches stay ≥ 100 tokens ahead of the probe's.
-    const longStreams = [1, 2].map((seed) => s.submit({ promptIds: prompt(`story ${'word '.repeat(110 + 20 * seed)}`), maxTokens: 60, temperature: 1, topP: 1, seed }));
+    const longStreams = [1, 2].map((seed) =>
+      s.submit({ promptIds: prompt(`story ${'word '.repeat(110 + 20 * seed)}`), maxTokens: 60, temperature: 1, topP: 1, seed }),
+    );
     await Promise.all(longStreams.map((stream) => stream.next())); // both decoding
     let gap = 0;
     const probe = s.submit(request);
@@ -161,7 +170,8 @@ describe('cancellation', () => {
     const batchSizes: number[] = [];
     onForward = (batch) => {
       batchSizes.push(batch.length);
-      if (batch.some((entry) => entry.sequence === created[first])) throw new SidecarError('model_error', 'cannot read expert file L1-E6.bin: ENOENT');
+      if (batch.some((entry) => entry.sequence === created[first]))
+        throw new SidecarError('model_error', 'cannot read expert file L1-E6.bin: ENOENT');
     };
     try {
       const victim = collect(s.submit({ promptIds: prompt('Victim'), maxTokens: 16, temperature: 0, topP: 1 }));
@@ -243,4 +253,3 @@ describe('admission control', () => {
     await stopped;
   });
 });
-

@@ -11,7 +11,7 @@
  * sequence's KV memory. Forward calls are serialised: the engine is not re-entrant.
  */
 import type { ForwardEntry, ModelRuntime, Sequence } from '../engine/index.ts';
-import { SidecarError, invalidRequest } from '../errors.ts';
+import { invalidRequest, SidecarError } from '../errors.ts';
 import type { Tokenizer } from '../text/tokenizer.ts';
 import {
   admittedMaxTokens,
@@ -138,7 +138,10 @@ export class Scheduler {
     const decoder = new RequestDecoder(this.tokenizer, this.runtime.info.eosId, maxTokens, request);
     const freeSlots = this.maxBatch - this.active.length;
     if (this.waiting.length - freeSlots >= this.maxQueue) {
-      throw overloaded(`the sidecar is at capacity (${this.maxBatch} running, ${this.maxQueue} queued); retry shortly`, this.retryAfterSeconds());
+      throw overloaded(
+        `the sidecar is at capacity (${this.maxBatch} running, ${this.maxQueue} queued); retry shortly`,
+        this.retryAfterSeconds(),
+      );
     }
     if (request.signal?.aborted) throw invalidRequest('the request was cancelled before it started');
 
@@ -229,7 +232,9 @@ export class Scheduler {
       // longest one, so a prompt chunk inside a decode batch would multiply the decode work.
       const decoding = this.active.filter((job) => job.prefilled === job.promptIds.length);
       if (decoding.length > 0) {
-        await this.step(decoding.map((job) => ({ job, entry: { sequence: job.sequence!, tokens: [job.nextToken] }, prefill: false, samples: true })));
+        await this.step(
+          decoding.map((job) => ({ job, entry: { sequence: job.sequence!, tokens: [job.nextToken] }, prefill: false, samples: true })),
+        );
       }
       const prefill = this.planPrefill(decoding.length > 0);
       if (prefill.length > 0) await this.step(prefill);
@@ -328,20 +333,22 @@ export class Scheduler {
 
   private applyStep(plan: PlannedEntry[], logits: Float32Array[], now: number): void {
     let generated = 0;
-    plan.forEach((planned, index) => {
-      const { job, entry, samples } = planned;
-      if (job.done) return; // failed or cancelled while the step ran
+    for (const [index, { job, entry, samples }] of plan.entries()) {
+      if (job.done) continue; // failed or cancelled while the step ran
       if (job.prefilled < job.promptIds.length) job.prefilled += entry.tokens.length;
-      if (!samples) return;
+      if (!samples) continue;
       generated += 1;
       const rowLogits = logits[index];
-      if (!rowLogits) return this.fail(job, new Error(`the engine returned ${logits.length} logit rows for ${plan.length} entries`));
+      if (!rowLogits) {
+        this.fail(job, new Error(`the engine returned ${logits.length} logit rows for ${plan.length} entries`));
+        continue;
+      }
       try {
         this.acceptToken(job, job.decoder.step(rowLogits), now);
       } catch (error) {
         this.fail(job, error); // e.g. JSON mode with a vocabulary that cannot continue: this request only
       }
-    });
+    }
     if (generated > 0) this.recordThroughput(now, generated);
   }
 

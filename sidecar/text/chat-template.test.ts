@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { renderChatPrompt, SAFE_PROMPT, type ChatMessage } from './chat-template.ts';
 import { SidecarError } from '../errors.ts';
+import { type ChatMessage, renderChatPrompt, SAFE_PROMPT } from './chat-template.ts';
 import { loadTokenizer, type Tokenizer } from './tokenizer.ts';
 
 let tokenizer: Tokenizer;
@@ -74,8 +74,22 @@ describe('renderChatPrompt (Mistral v1 instruct)', () => {
   it.each<[string, ChatMessage[], RegExp]>([
     ['no messages', [], /at least one message/],
     ['only a system message', [{ role: 'system', content: 'x' }], /must contain a user message/],
-    ['an assistant message first', [{ role: 'assistant', content: 'x' }, { role: 'user', content: 'y' }], /first non-system message must have role "user"/],
-    ['an assistant message last', [{ role: 'user', content: 'x' }, { role: 'assistant', content: 'y' }], /last message must have role "user"/],
+    [
+      'an assistant message first',
+      [
+        { role: 'assistant', content: 'x' },
+        { role: 'user', content: 'y' },
+      ],
+      /first non-system message must have role "user"/,
+    ],
+    [
+      'an assistant message last',
+      [
+        { role: 'user', content: 'x' },
+        { role: 'assistant', content: 'y' },
+      ],
+      /last message must have role "user"/,
+    ],
     ['an unknown role', [{ role: 'tool' as 'user', content: 'x' }], /messages\[0\]\.role must be one of/],
     ['non-string content', [{ role: 'user', content: 42 as unknown as string }], /messages\[0\]\.content must be a string/],
   ])('rejects %s with an invalid_request_error on "messages"', (_, messages, pattern) => {

@@ -69,11 +69,7 @@ function normaliseMessages(messages: ChatMessage[]): { system: string[]; turns: 
 }
 
 /** Token ids of the prompt for `messages`, BOS first, ready for the model to write the next answer. */
-export function renderChatPrompt(
-  tokenizer: Tokenizer,
-  messages: ChatMessage[],
-  options: { safePrompt?: boolean } = {},
-): number[] {
+export function renderChatPrompt(tokenizer: Tokenizer, messages: ChatMessage[], options: { safePrompt?: boolean } = {}): number[] {
   const { system, turns } = normaliseMessages(messages);
   if (options.safePrompt) system.unshift(SAFE_PROMPT);
   const systemPrompt = system.join('\n\n');

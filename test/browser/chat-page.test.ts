@@ -7,7 +7,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Stack } from '../../cli/commands/dev.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
@@ -51,6 +51,8 @@ async function openChat(): Promise<Page> {
   return page;
 }
 
+// Playwright's innerText() is the rendered text a reader sees, not the DOM property the rule is about.
+// biome-ignore lint/performance/useDomNodeTextContent: Playwright locator method
 const assistantText = (page: Page) => page.locator('.message.assistant').last().innerText();
 
 describe('chat page', () => {
@@ -98,7 +100,9 @@ describe('chat page', () => {
 
     // The abort travelled through the edge: the sidecar is no longer generating for this page.
     await expect
-      .poll(async () => LoadReportSchema.parse(await (await signedSidecarGet(stack, 'eu-west', '/ready')).json()).activeSequences, { timeout: 10_000 })
+      .poll(async () => LoadReportSchema.parse(await (await signedSidecarGet(stack, 'eu-west', '/ready')).json()).activeSequences, {
+        timeout: 10_000,
+      })
       .toBe(0);
   });
 

@@ -4,11 +4,12 @@
  * full-vocabulary row per input position, for a raw checkpoint or a store; mistakes exit non-zero
  * with a message naming what is wrong.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+
 import { execFile } from 'node:child_process';
 import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
 import { FORMAT_VERSION, type Manifest } from '../../sidecar/formats/store-manifest.ts';
 import { checkpointDir, loadGolden, relativeError, tempDir } from '../support/golden.ts';
 
@@ -41,7 +42,15 @@ function parseLogits(stdout: string): number[][] {
 describe('sirocco convert', () => {
   it('converts a native Mixtral checkpoint to an int8 store with a manifest, one file pair per expert', async () => {
     const store = join(work, 'mixtral-int8');
-    const { code, stdout, stderr } = await sirocco('convert', '--from', checkpointDir('tiny-mixtral', 'native'), '--to', store, '--precision', 'int8');
+    const { code, stdout, stderr } = await sirocco(
+      'convert',
+      '--from',
+      checkpointDir('tiny-mixtral', 'native'),
+      '--to',
+      store,
+      '--precision',
+      'int8',
+    );
     expect(stderr).toContain('mixtral int8');
     expect(code).toBe(0);
     expect(stdout.trim()).toBe(store);
@@ -65,7 +74,9 @@ describe('sirocco convert', () => {
     expect((await sirocco('convert', '--from', checkpointDir('tiny-mixtral', 'native'), '--to', int4)).code).toBe(0);
     expect(readdirSync(int4).filter((f) => f.startsWith('experts-'))).toEqual(['experts-int4']);
     const int4With8 = join(work, 'mixtral-int4-experts8');
-    expect((await sirocco('convert', '--from', checkpointDir('tiny-mixtral', 'native'), '--to', int4With8, '--expert-bits', '8')).code).toBe(0);
+    expect(
+      (await sirocco('convert', '--from', checkpointDir('tiny-mixtral', 'native'), '--to', int4With8, '--expert-bits', '8')).code,
+    ).toBe(0);
     expect(readdirSync(int4With8).filter((f) => f.startsWith('experts-'))).toEqual(['experts-int8']);
   });
 
@@ -83,9 +94,18 @@ describe('sirocco convert', () => {
   });
 
   it('explains usage mistakes with exit code 2', async () => {
-    expect(await sirocco('convert', '--from', checkpointDir('tiny-mistral', 'hf'))).toMatchObject({ code: 2, stderr: expect.stringContaining('--to') });
-    expect(await sirocco('convert', '--from', 'x', '--to', 'y', '--precision', 'int3')).toMatchObject({ code: 2, stderr: expect.stringContaining('int4') });
-    expect(await sirocco('convert', '--from', 'x', '--to', 'y', '--expert-bits', '2')).toMatchObject({ code: 2, stderr: expect.stringContaining('--expert-bits must be 4 or 8') });
+    expect(await sirocco('convert', '--from', checkpointDir('tiny-mistral', 'hf'))).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining('--to'),
+    });
+    expect(await sirocco('convert', '--from', 'x', '--to', 'y', '--precision', 'int3')).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining('int4'),
+    });
+    expect(await sirocco('convert', '--from', 'x', '--to', 'y', '--expert-bits', '2')).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining('--expert-bits must be 4 or 8'),
+    });
   });
 });
 
@@ -105,9 +125,18 @@ describe('sirocco logits', () => {
     expect(outOfRange).toMatchObject({ code: 1, stdout: '' });
     expect(outOfRange.stderr).toContain('token id 512 at position 1 is outside the vocabulary [0, 512)');
 
-    expect(await sirocco('logits', '--model', model, '--tokens', '1,,2')).toMatchObject({ code: 2, stderr: expect.stringContaining('--tokens') });
+    expect(await sirocco('logits', '--model', model, '--tokens', '1,,2')).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining('--tokens'),
+    });
     expect(await sirocco('logits', '--tokens', '1')).toMatchObject({ code: 2, stderr: expect.stringContaining('--model') });
-    expect(await sirocco('logits', '--model', join(work, 'missing'), '--tokens', '1')).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') });
-    expect(await sirocco('logits', '--model', model, '--tokens', '1', '--device', 'cuda')).toMatchObject({ code: 1, stderr: expect.stringContaining('CUDA execution provider') });
+    expect(await sirocco('logits', '--model', join(work, 'missing'), '--tokens', '1')).toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining('does not exist'),
+    });
+    expect(await sirocco('logits', '--model', model, '--tokens', '1', '--device', 'cuda')).toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining('CUDA execution provider'),
+    });
   });
 });

@@ -28,11 +28,15 @@ afterAll(async () => {
 });
 
 function logits(budgetMb: number, extra: string[] = []) {
-  return run(process.execPath, ['bin/sirocco.mjs', 'logits', '--model', CHECKPOINT, '--tokens', '1,17,300,42', '--expert-cache-mb', String(budgetMb), ...extra], {
-    cwd: ROOT,
-    env: { ...process.env, SIROCCO_HOME: home },
-    maxBuffer: 64 * 1024 * 1024,
-  });
+  return run(
+    process.execPath,
+    ['bin/sirocco.mjs', 'logits', '--model', CHECKPOINT, '--tokens', '1,17,300,42', '--expert-cache-mb', String(budgetMb), ...extra],
+    {
+      cwd: ROOT,
+      env: { ...process.env, SIROCCO_HOME: home },
+      maxBuffer: 64 * 1024 * 1024,
+    },
+  );
 }
 
 it('prints the same logits with a two-expert budget as with every expert in memory', async () => {
@@ -63,7 +67,7 @@ it('with --precision int4, pages int4 experts and prints the same logits for two
   expect(await readdir(join(home, 'stores', int4Store!))).toContain('experts-int4');
 });
 
-it('refuses a budget below one layer\'s top-2 experts with a clear message', async () => {
+it("refuses a budget below one layer's top-2 experts with a clear message", async () => {
   const failure = await logits(EXPERT_MB).then(
     () => null,
     (error: { code: number; stderr: string }) => error,

@@ -64,10 +64,14 @@ describe('sirocco generate', () => {
   });
 
   it('stops at Ctrl-C with exit code 130, keeping the text already streamed', async () => {
-    const child = spawn(process.execPath, ['bin/sirocco.mjs', 'generate', '--prompt', 'Go on forever.', '--max-tokens', '8000', '--temperature', '0'], {
-      cwd: repoRoot,
-      env: { ...process.env, SIROCCO_HOME: home },
-    });
+    const child = spawn(
+      process.execPath,
+      ['bin/sirocco.mjs', 'generate', '--prompt', 'Go on forever.', '--max-tokens', '8000', '--temperature', '0'],
+      {
+        cwd: repoRoot,
+        env: { ...process.env, SIROCCO_HOME: home },
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));

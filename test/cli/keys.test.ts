@@ -7,9 +7,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, REPO_ROOT, SIROCCO_BIN, spawnWranglerDev, waitUntilReady, type ManagedProcess } from '../../cli/processes.ts';
+import { freePort, type ManagedProcess, REPO_ROOT, SIROCCO_BIN, spawnWranglerDev, waitUntilReady } from '../../cli/processes.ts';
 
 /** Shell and dotenv syntax on purpose: wrangler dev must get it verbatim through its secrets file. */
+// biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${PATH} is the case under test
 const ADMIN_SECRET = "keys-cli-test-$HOME-\\${PATH}-'quoted'-#-admin-secret";
 
 let edgeUrl: string;
@@ -48,7 +49,19 @@ afterAll(async () => {
 
 describe('sirocco keys', () => {
   it('creates a key that is printed once and works, lists it, and revokes it', async () => {
-    const created = await sirocco(['create', '--url', edgeUrl, '--tenant', 'acme', '--models', 'mistral-tiny,open-mixtral-8x7b', '--rpm', '30', '--tpm', '5000']);
+    const created = await sirocco([
+      'create',
+      '--url',
+      edgeUrl,
+      '--tenant',
+      'acme',
+      '--models',
+      'mistral-tiny,open-mixtral-8x7b',
+      '--rpm',
+      '30',
+      '--tpm',
+      '5000',
+    ]);
     expect(created.code).toBe(0);
     const key = created.stdout.trim();
     expect(key).toMatch(/^sk-sirocco-[0-9a-f]{48}$/);
@@ -86,10 +99,19 @@ describe('sirocco keys', () => {
     const unreachable = await sirocco(['list', '--url', `http://127.0.0.1:${await freePort()}`]);
     expect(unreachable).toMatchObject({ code: 1, stderr: expect.stringMatching(/cannot reach the edge/) });
 
-    expect(await sirocco(['create', '--url', edgeUrl, '--rpm', 'lots'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--rpm must be an integer/) });
-    expect(await sirocco(['create', '--url', edgeUrl, '--key', 'short'])).toMatchObject({ code: 1, stderr: expect.stringMatching(/HTTP 422.*key/) });
+    expect(await sirocco(['create', '--url', edgeUrl, '--rpm', 'lots'])).toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/--rpm must be an integer/),
+    });
+    expect(await sirocco(['create', '--url', edgeUrl, '--key', 'short'])).toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/HTTP 422.*key/),
+    });
     expect(await sirocco(['revoke', 'xyz', '--url', edgeUrl])).toMatchObject({ code: 2, stderr: expect.stringMatching(/16 hex digits/) });
-    expect(await sirocco(['revoke', '0123456789abcdef', '--url', edgeUrl])).toMatchObject({ code: 1, stderr: expect.stringMatching(/HTTP 404/) });
+    expect(await sirocco(['revoke', '0123456789abcdef', '--url', edgeUrl])).toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/HTTP 404/),
+    });
     expect(await sirocco(['rotate'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/unknown action "rotate"/) });
     expect(await sirocco(['list', '--url', 'not a url'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--url must be/) });
   });

@@ -13,8 +13,8 @@ import { generateObject, generateText, streamText } from 'ai';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as z from 'zod';
-import { createSirocco } from '../../clients/ai-sdk/index.ts';
 import type { Stack } from '../../cli/commands/dev.ts';
+import { createSirocco } from '../../clients/ai-sdk/index.ts';
 import { ChatCompletionChunkSchema, ChatCompletionResponseSchema, ModelListSchema } from '../../shared/api.ts';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
@@ -134,7 +134,10 @@ describe('our AI SDK provider (createSirocco)', () => {
     };
     const provider = createSirocco({ baseURL: `${stack.edgeUrl}/v1`, apiKey: stack.apiKey, fetch: recordingFetch });
 
-    for (const [modelId, seed] of [['mistral-tiny', 1], ['mistral-small', 2]] as const) {
+    for (const [modelId, seed] of [
+      ['mistral-tiny', 1],
+      ['mistral-small', 2],
+    ] as const) {
       const result = await generateObject({
         model: provider(modelId),
         schema: z.looseObject({}),
@@ -151,7 +154,7 @@ describe('our AI SDK provider (createSirocco)', () => {
     expect(exchanges.every(({ body }) => body.response_format?.type === 'json_schema')).toBe(true);
   });
 
-  it('JSON output with a schema: the local model answers in the schema\'s shape, so generateObject validates it', async () => {
+  it("JSON output with a schema: the local model answers in the schema's shape, so generateObject validates it", async () => {
     const schema = z.object({ answer: z.string(), confidence: z.number(), sure: z.boolean() });
     const result = await generateObject({ model: model(), schema, prompt: 'Answer in JSON', maxOutputTokens: 48, seed: 3, maxRetries: 0 });
     expect(schema.safeParse(result.object).success).toBe(true);
@@ -273,7 +276,9 @@ describe('regional failover', () => {
     const model = createSirocco({ baseURL: `${stack.edgeUrl}/v1`, apiKey: stack.apiKey })('mistral-tiny');
     const ask = (prompt: string) => generateText({ model, prompt, maxOutputTokens: 4, maxRetries: 0 });
     const served = async () => {
-      const entries = await Promise.all(stack.sidecars.map(async ({ region }) => [region, await completionTokensServed(stack, region)] as const));
+      const entries = await Promise.all(
+        stack.sidecars.map(async ({ region }) => [region, await completionTokensServed(stack, region)] as const),
+      );
       return Object.fromEntries(entries);
     };
 

@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freePort, isPortFree, spawnNode, SIROCCO_BIN, type ManagedProcess } from '../../cli/processes.ts';
+import { freePort, isPortFree, type ManagedProcess, SIROCCO_BIN, spawnNode } from '../../cli/processes.ts';
 import { ENV } from '../../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
 import { TEST_HOME } from '../support/stack-fixture.ts';
@@ -18,7 +18,12 @@ afterEach(() => {
 /** `node bin/sirocco.mjs dev …` as `npm start` runs it, with everything it prints kept. */
 function startDev(args: string[], env: Record<string, string>) {
   const lines: string[] = [];
-  const dev = spawnNode({ name: 'sirocco dev', args: [SIROCCO_BIN, 'dev', ...args], env: { [ENV.home]: TEST_HOME, ...env }, onLine: (line) => lines.push(line) });
+  const dev = spawnNode({
+    name: 'sirocco dev',
+    args: [SIROCCO_BIN, 'dev', ...args],
+    env: { [ENV.home]: TEST_HOME, ...env },
+    onLine: (line) => lines.push(line),
+  });
   running.push(dev);
   return {
     kill: (signal: NodeJS.Signals) => dev.kill(signal),

@@ -2,8 +2,9 @@
  * The assembled worker in workerd: request ids on every response, the public routes, the rate-limit
  * and cache middleware wired into the chat route, and upstream (API-only model) proxying.
  */
-import { beforeAll, describe, expect, it } from 'vitest';
+
 import { exports } from 'cloudflare:workers';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { PARIS, setup } from './harness.ts';
 
 describe('the worker', () => {
@@ -14,7 +15,11 @@ describe('the worker', () => {
   });
 
   it('puts an x-request-id on success, error and not-found responses', async () => {
-    const responses = [await edge.send('/health'), await edge.send('/v1/models'), await edge.send('/nope', { headers: { authorization: `Bearer ${key}` } })];
+    const responses = [
+      await edge.send('/health'),
+      await edge.send('/v1/models'),
+      await edge.send('/nope', { headers: { authorization: `Bearer ${key}` } }),
+    ];
     const ids = responses.map((response) => response.headers.get('x-request-id'));
     for (const id of ids) expect(id).toMatch(/^[0-9a-f-]{36}$/);
     expect(new Set(ids).size).toBe(3);
@@ -43,7 +48,12 @@ describe('the worker', () => {
     };
     expect(body.object).toBe('list');
     expect(body.data.map((model) => model.id)).toEqual(['mistral-tiny', 'mistral-small']);
-    expect(body.data[0]).toMatchObject({ object: 'model', owned_by: 'mistralai', max_context_length: 32768, aliases: ['open-mistral-7b', 'mistral-tiny-2312'] });
+    expect(body.data[0]).toMatchObject({
+      object: 'model',
+      owned_by: 'mistralai',
+      max_context_length: 32768,
+      aliases: ['open-mistral-7b', 'mistral-tiny-2312'],
+    });
   });
 
   it('retrieves one model card by id or alias, and 404s an unknown one', async () => {
@@ -67,14 +77,20 @@ describe('the worker', () => {
     expect(edge.sidecars.sidecar('eu-west').requests).toHaveLength(1);
   });
 
-  it('answers an over-limit request through onError with Mistral\'s 429, the x-ratelimit-* and Retry-After headers and the request id', async () => {
+  it("answers an over-limit request through onError with Mistral's 429, the x-ratelimit-* and Retry-After headers and the request id", async () => {
     const limited = await edge.apiKey({ rpm: 1, tpm: 10_000 });
     const admitted = await edge.chat(limited, {}, { cf: PARIS });
     expect(admitted.status).toBe(200);
     await admitted.json();
     const rejected = await edge.chat(limited, {}, { cf: PARIS, headers: { 'x-request-id': 'req.2026:limited' } });
     expect(rejected.status).toBe(429);
-    expect(await rejected.json()).toEqual({ object: 'error', message: 'Rate limit exceeded', type: 'rate_limited', param: null, code: '1300' });
+    expect(await rejected.json()).toEqual({
+      object: 'error',
+      message: 'Rate limit exceeded',
+      type: 'rate_limited',
+      param: null,
+      code: '1300',
+    });
     const retryAfterMs = Number(rejected.headers.get('retry-after-ms'));
     expect(retryAfterMs).toBeGreaterThan(55_000);
     expect(retryAfterMs).toBeLessThanOrEqual(60_000);
@@ -115,7 +131,9 @@ describe('upstream routes', () => {
     const seen: { url: string; authorization: string | null; body: { model: string } }[] = [];
     const edge = setup(
       {
-        UPSTREAMS: JSON.stringify({ 'mistral-medium': { url: 'https://api.upstream.test/', apiKeySecret: 'UPSTREAM_KEY', model: 'mistral-medium-2312' } }),
+        UPSTREAMS: JSON.stringify({
+          'mistral-medium': { url: 'https://api.upstream.test/', apiKeySecret: 'UPSTREAM_KEY', model: 'mistral-medium-2312' },
+        }),
         UPSTREAM_KEY: 'operator-secret',
       },
       {
@@ -138,9 +156,17 @@ describe('upstream routes', () => {
     const response = await edge.chat(key, { model: 'mistral-medium' });
     expect(response.status).toBe(200);
     expect(((await response.json()) as { choices: { message: { content: string } }[] }).choices[0]?.message.content).toBe('from upstream');
-    expect(seen).toEqual([{ url: 'https://api.upstream.test/v1/chat/completions', authorization: 'Bearer operator-secret', body: expect.objectContaining({ model: 'mistral-medium-2312' }) }]);
+    expect(seen).toEqual([
+      {
+        url: 'https://api.upstream.test/v1/chat/completions',
+        authorization: 'Bearer operator-secret',
+        body: expect.objectContaining({ model: 'mistral-medium-2312' }),
+      },
+    ]);
 
-    const models = (await (await edge.send('/v1/models', { headers: { authorization: `Bearer ${key}` } })).json()) as { data: { id: string }[] };
+    const models = (await (await edge.send('/v1/models', { headers: { authorization: `Bearer ${key}` } })).json()) as {
+      data: { id: string }[];
+    };
     expect(models.data.map((model) => model.id)).toContain('mistral-medium');
   });
 });
@@ -149,6 +175,9 @@ describe('the deployed entry point', () => {
   it('serves /health through exports.default.fetch with the wrangler.toml bindings', async () => {
     const response = await exports.default.fetch('https://edge.test/health');
     expect(response.status).toBe(200);
-    expect(((await response.json()) as { regions: { region: string }[] }).regions.map((region) => region.region)).toEqual(['eu-west', 'us-east']);
+    expect(((await response.json()) as { regions: { region: string }[] }).regions.map((region) => region.region)).toEqual([
+      'eu-west',
+      'us-east',
+    ]);
   });
 });

@@ -3,9 +3,9 @@
  */
 import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
+import { ApiKeyCache } from '../../edge/auth/index.ts';
 import { sha256Hex } from '../../shared/crypto.ts';
 import { ADMIN_SECRET, setup } from './harness.ts';
-import { ApiKeyCache } from '../../edge/auth/index.ts';
 
 const edge = setup();
 
@@ -41,7 +41,9 @@ describe('API keys', () => {
     const denied = await edge.chat(key, { model: 'mistral-small' });
     expect(denied.status).toBe(403);
     expect(await denied.json()).toMatchObject({ object: 'error', type: 'forbidden', param: 'model' });
-    const models = (await (await edge.send('/v1/models', { headers: { authorization: `Bearer ${key}` } })).json()) as { data: { id: string }[] };
+    const models = (await (await edge.send('/v1/models', { headers: { authorization: `Bearer ${key}` } })).json()) as {
+      data: { id: string }[];
+    };
     expect(models.data.map((model) => model.id)).toEqual(['mistral-tiny']);
   });
 });
@@ -88,14 +90,25 @@ describe('admin routes', () => {
     expect(created.status).toBe(201);
     expect((await edge.chat(known, {})).status).toBe(200);
 
-    const bad = await edge.send('/admin/keys', { method: 'POST', headers: admin, body: JSON.stringify({ tenant: '', rpm: -1, colour: 'red' }) });
+    const bad = await edge.send('/admin/keys', {
+      method: 'POST',
+      headers: admin,
+      body: JSON.stringify({ tenant: '', rpm: -1, colour: 'red' }),
+    });
     expect(bad.status).toBe(422);
     expect(((await bad.json()) as { detail: unknown[] }).detail).toHaveLength(3);
   });
 });
 
 describe('ApiKeyCache', () => {
-  const record = { id: 'abcdef0123456789', hash: `abcdef0123456789${'0'.repeat(48)}`, tenant: 't', models: ['*'], limits: { requestsPerMinute: 1, tokensPerMinute: 1 }, createdAt: 0 };
+  const record = {
+    id: 'abcdef0123456789',
+    hash: `abcdef0123456789${'0'.repeat(48)}`,
+    tenant: 't',
+    models: ['*'],
+    limits: { requestsPerMinute: 1, tokensPerMinute: 1 },
+    createdAt: 0,
+  };
 
   it('serves a verified record until its TTL ends, and forgets it on eviction by id', () => {
     const cache = new ApiKeyCache(1000);

@@ -4,10 +4,11 @@
  * and answer with Mistral-shaped JSON or SSE, or misbehave on demand. The real end-to-end path
  * (wrangler dev in front of real sidecar processes) is covered by test/e2e/.
  */
-import { SSE_DONE, encodeSseData } from '../../shared/sse.ts';
-import { verifyRequest } from '../../shared/signing.ts';
+
 import { errorBody, streamErrorFrame } from '../../shared/errors.ts';
 import type { LoadReport } from '../../shared/protocol.ts';
+import { verifyRequest } from '../../shared/signing.ts';
+import { encodeSseData, SSE_DONE } from '../../shared/sse.ts';
 
 export type Behaviour =
   | 'ok'
@@ -54,7 +55,11 @@ function completionChunks(region: string, model: string) {
     { ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] },
     { ...base, choices: [{ index: 0, delta: { content: 'Hello' }, finish_reason: null }] },
     { ...base, choices: [{ index: 0, delta: { content: ` from ${region}` }, finish_reason: null }] },
-    { ...base, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 } },
+    {
+      ...base,
+      choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 },
+    },
   ];
 }
 
@@ -121,10 +126,20 @@ export function createFakeSidecars(regions: Record<string, string>, secret: stri
     const body = await request.text();
     if (url.pathname === '/ready') {
       sidecar.probes += 1;
-      const report: LoadReport = { ready: sidecar.ready, region: sidecar.region, models: ['mistral-tiny', 'mistral-small'], maxBatch: 4, maxQueue: 12, tokensPerSecond: 10, ...sidecar.load };
+      const report: LoadReport = {
+        ready: sidecar.ready,
+        region: sidecar.region,
+        models: ['mistral-tiny', 'mistral-small'],
+        maxBatch: 4,
+        maxQueue: 12,
+        tokensPerSecond: 10,
+        ...sidecar.load,
+      };
       return Response.json(report, { status: sidecar.ready ? 200 : 503 });
     }
-    const signatureOk = (await verifyRequest({ secret, method: request.method, path: url.pathname + url.search, body, headers: request.headers })).ok;
+    const signatureOk = (
+      await verifyRequest({ secret, method: request.method, path: url.pathname + url.search, body, headers: request.headers })
+    ).ok;
     sidecar.requests.push({ url: request.url, headers: request.headers, body, signal: init?.signal ?? undefined, signatureOk });
     if (!signatureOk) return Response.json(errorBody('unauthorized', 'bad signature'), { status: 401 });
     if (sidecar.startDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, sidecar.startDelayMs));

@@ -5,10 +5,10 @@
 import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
 import { afterEach } from 'vitest';
-import type { Usage } from '../../shared/api.ts';
 import { createApp } from '../../edge/app.ts';
-import { createKey, type CreateKeyRequest } from '../../edge/auth/index.ts';
+import { type CreateKeyRequest, createKey } from '../../edge/auth/index.ts';
 import type { EdgeBindings } from '../../edge/env.ts';
+import type { Usage } from '../../shared/api.ts';
 import { createFakeSidecars } from './fake-sidecar.ts';
 
 export const SIDECAR_SECRET = 'test-sidecar-secret';

@@ -48,7 +48,10 @@ describe('the access log', () => {
     expect(access[0]?.durationMs).toEqual(expect.any(Number));
     expect(typeof access[0]?.region).toBe('string');
     // Metering also runs after the response, and its usage line carries the same request id.
-    expect(lines.find((line) => line.event === 'usage')).toMatchObject({ requestId: response.headers.get('x-request-id'), tenant: 'log-tenant' });
+    expect(lines.find((line) => line.event === 'usage')).toMatchObject({
+      requestId: response.headers.get('x-request-id'),
+      tenant: 'log-tenant',
+    });
   });
 
   it('records error responses too', async () => {

@@ -4,18 +4,26 @@
  * ends the stream cleanly, and an error frame or garbage is a failure everywhere.
  */
 import { describe, expect, it } from 'vitest';
-import { streamErrorFrame } from '../../shared/errors.ts';
-import { SSE_DONE, encodeSseData, type SseEvent } from '../../shared/sse.ts';
 import { createCompletionAssembler } from '../../edge/cache/completion-assembler.ts';
 import { CircuitBreaker } from '../../edge/routing/circuit-breaker.ts';
 import { forwardWithFailover, type Target } from '../../edge/routing/failover.ts';
 import { relaySseStream, type StreamOutcome } from '../../edge/streaming/index.ts';
+import { streamErrorFrame } from '../../shared/errors.ts';
+import { encodeSseData, SSE_DONE, type SseEvent } from '../../shared/sse.ts';
 
 const header = { id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm' };
-const roleChunk: SseEvent = { data: JSON.stringify({ ...header, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }) };
-const contentChunk: SseEvent = { data: JSON.stringify({ ...header, choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] }) };
+const roleChunk: SseEvent = {
+  data: JSON.stringify({ ...header, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }),
+};
+const contentChunk: SseEvent = {
+  data: JSON.stringify({ ...header, choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] }),
+};
 const lastChunk: SseEvent = {
-  data: JSON.stringify({ ...header, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } }),
+  data: JSON.stringify({
+    ...header,
+    choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
+  }),
 };
 const done: SseEvent = { data: SSE_DONE };
 
@@ -29,11 +37,16 @@ const failures: [string, SseEvent][] = [
 ];
 
 function sseBody(events: SseEvent[]): string {
-  return events.map((event) => (event.event ? `event: ${event.event}\n` : '') + `data: ${event.data}\n\n`).join('');
+  return events.map((event) => `${event.event ? `event: ${event.event}\n` : ''}data: ${event.data}\n\n`).join('');
 }
 
 function target(name: string): Target {
-  return { name, url: `http://${name}.test/v1/chat/completions`, headers: async () => ({}), breaker: new CircuitBreaker({ failureThreshold: 5, cooldownMs: 1000 }) };
+  return {
+    name,
+    url: `http://${name}.test/v1/chat/completions`,
+    headers: async () => ({}),
+    breaker: new CircuitBreaker({ failureThreshold: 5, cooldownMs: 1000 }),
+  };
 }
 
 /** Which target failover commits to when the first answers with `firstEvent` and the second with a good stream. */
@@ -42,8 +55,17 @@ async function committedTarget(firstEvent: SseEvent): Promise<string> {
     'http://a.test/v1/chat/completions': sseBody([firstEvent, contentChunk, lastChunk, done]),
     'http://b.test/v1/chat/completions': sseBody([roleChunk, contentChunk, lastChunk, done]),
   };
-  const fakeFetch: typeof fetch = async (input) => new Response(bodies[String(input)], { headers: { 'content-type': 'text/event-stream' } });
-  const result = await forwardWithFailover({ targets: [target('a'), target('b')], body: '{}', stream: true, requestId: 'req.2026:abc', clientSignal: undefined, timeoutMs: 5000, fetch: fakeFetch });
+  const fakeFetch: typeof fetch = async (input) =>
+    new Response(bodies[String(input)], { headers: { 'content-type': 'text/event-stream' } });
+  const result = await forwardWithFailover({
+    targets: [target('a'), target('b')],
+    body: '{}',
+    stream: true,
+    requestId: 'req.2026:abc',
+    clientSignal: undefined,
+    timeoutMs: 5000,
+    fetch: fakeFetch,
+  });
   if (result.kind === 'stream') await result.events.return?.(undefined);
   return result.target.name;
 }

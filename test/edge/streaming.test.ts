@@ -69,7 +69,10 @@ describe('streaming relay', () => {
     const response = await edge.chat(key, { stream: true }, { cf: PARIS });
     expect(response.status).toBe(200); // committed after the first chunk: never replayed elsewhere
     const frames = (await readFrames(response)).map(dataOf);
-    expect(frames.slice(0, 2)).toMatchObject([{ choices: [{ delta: { role: 'assistant' } }] }, { choices: [{ delta: { content: 'Hello' } }] }]);
+    expect(frames.slice(0, 2)).toMatchObject([
+      { choices: [{ delta: { role: 'assistant' } }] },
+      { choices: [{ delta: { content: 'Hello' } }] },
+    ]);
     const last = frames.at(-1) as { object: string; type: string; message: string; error: { message: string } };
     expect(last).toMatchObject({ object: 'error', type: 'upstream_error', param: null, code: null });
     expect(last.message).toMatch(message);

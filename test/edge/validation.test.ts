@@ -13,7 +13,14 @@ beforeAll(async () => {
 
 async function errorOf(response: Response) {
   expect(response.headers.get('content-type')).toMatch(/application\/json/);
-  return (await response.json()) as { object: string; message: string; type: string; param: string | null; code: string | null; detail?: unknown[] };
+  return (await response.json()) as {
+    object: string;
+    message: string;
+    type: string;
+    param: string | null;
+    code: string | null;
+    detail?: unknown[];
+  };
 }
 
 describe('chat request validation', () => {
@@ -27,7 +34,12 @@ describe('chat request validation', () => {
   });
 
   it('rejects out-of-range sampling settings with 422 naming the field', async () => {
-    for (const [field, value] of [['temperature', 2], ['top_p', -1], ['max_tokens', 0], ['random_seed', -3]] as const) {
+    for (const [field, value] of [
+      ['temperature', 2],
+      ['top_p', -1],
+      ['max_tokens', 0],
+      ['random_seed', -3],
+    ] as const) {
       const response = await edge.chat(key, { [field]: value });
       expect(response.status).toBe(422);
       expect((await errorOf(response)).param).toBe(field);
@@ -68,7 +80,12 @@ describe('model names', () => {
     for (const model of ['mistral-large', 'mistral-small-latest']) {
       const response = await edge.chat(key, { model });
       expect(response.status).toBe(400);
-      expect(await errorOf(response)).toMatchObject({ type: 'invalid_model', code: '1500', param: 'model', message: `Invalid model: ${model}` });
+      expect(await errorOf(response)).toMatchObject({
+        type: 'invalid_model',
+        code: '1500',
+        param: 'model',
+        message: `Invalid model: ${model}`,
+      });
     }
   });
 

@@ -6,9 +6,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
-import { LoadReportSchema, type LoadReport } from '../../shared/protocol.ts';
+import { type LoadReport, LoadReportSchema } from '../../shared/protocol.ts';
 import { readSseEvents } from '../../shared/sse.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, readStream, type SidecarProcess, startSidecarProcess } from '../support/sidecar-process.ts';
 
 let sidecar: SidecarProcess;
 beforeAll(async () => {
@@ -43,7 +43,9 @@ describe('admission control', () => {
     await expect.poll(loadReport).toMatchObject({ activeSequences: 2, queueDepth: 0 });
 
     const queuedController = new AbortController();
-    const queued = postChat(sidecar.url, chatRequest('Queued', { stream: true, max_tokens: 6000, temperature: 0 }), { signal: queuedController.signal });
+    const queued = postChat(sidecar.url, chatRequest('Queued', { stream: true, max_tokens: 6000, temperature: 0 }), {
+      signal: queuedController.signal,
+    });
     await expect.poll(loadReport).toMatchObject({ activeSequences: 2, queueDepth: 1 });
 
     const rejected = await postChat(sidecar.url, chatRequest('One too many', { max_tokens: 2 }));
@@ -76,7 +78,9 @@ describe('admission control', () => {
     const first = await openLongStream('a');
     const second = await openLongStream('b');
     const controller = new AbortController();
-    const queued = postChat(sidecar.url, chatRequest('Give up', { max_tokens: 4 }), { signal: controller.signal }).catch((error: unknown) => error);
+    const queued = postChat(sidecar.url, chatRequest('Give up', { max_tokens: 4 }), { signal: controller.signal }).catch(
+      (error: unknown) => error,
+    );
     await expect.poll(loadReport).toMatchObject({ queueDepth: 1 });
     controller.abort();
     expect(await queued).toBeInstanceOf(Error);

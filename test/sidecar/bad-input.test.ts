@@ -7,7 +7,7 @@
 import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
-import { chatRequest, postChat, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, type SidecarProcess, startSidecarProcess } from '../support/sidecar-process.ts';
 
 const MAX_BODY_BYTES = 256 * 1024;
 let sidecar: SidecarProcess;
@@ -34,7 +34,12 @@ describe('malformed bodies', () => {
   });
 
   it('rejects invalid UTF-8 with 400', async () => {
-    const bytes = new Uint8Array([...new TextEncoder().encode('{"model":"mistral-tiny","messages":[{"role":"user","content":"'), 0xff, 0xfe, ...new TextEncoder().encode('"}]}')]);
+    const bytes = new Uint8Array([
+      ...new TextEncoder().encode('{"model":"mistral-tiny","messages":[{"role":"user","content":"'),
+      0xff,
+      0xfe,
+      ...new TextEncoder().encode('"}]}'),
+    ]);
     const body = await expectError(await postChat(sidecar.url, bytes), 400, 'invalid_request_error');
     expect(body.message).toMatch(/UTF-8/);
   });
@@ -79,7 +84,10 @@ describe('limits', () => {
     // A raw node:http client, because fetch reports the server closing mid-upload as a network error
     // instead of handing over the 413 that came first.
     const { status, body } = await new Promise<{ status: number; body: string }>((resolveResponse, reject) => {
-      const request = httpRequest(`${sidecar.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+      const request = httpRequest(`${sidecar.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+      });
       let answered = false;
       request.on('response', (response) => {
         answered = true;
@@ -120,16 +128,29 @@ describe('limits', () => {
 });
 
 describe('models and features the sidecar does not serve', () => {
-  it.each(['mistral-medium', 'mistral-medium-latest', 'mistral-small-latest', 'gpt-4'])('rejects model %s with 400 invalid_model', async (model) => {
-    const body = await expectError(await postChat(sidecar.url, { ...chatRequest('Hi'), model }), 400, 'invalid_model');
-    expect(body).toMatchObject({ param: 'model', code: '1500' });
-  });
+  it.each(['mistral-medium', 'mistral-medium-latest', 'mistral-small-latest', 'gpt-4'])(
+    'rejects model %s with 400 invalid_model',
+    async (model) => {
+      const body = await expectError(await postChat(sidecar.url, { ...chatRequest('Hi'), model }), 400, 'invalid_model');
+      expect(body).toMatchObject({ param: 'model', code: '1500' });
+    },
+  );
 
   it('rejects tool messages and required tool calls with 400', async () => {
-    const toolMessage = { model: 'mistral-tiny', messages: [{ role: 'user', content: 'Hi' }, { role: 'tool', content: '42', tool_call_id: 'a' }] };
+    const toolMessage = {
+      model: 'mistral-tiny',
+      messages: [
+        { role: 'user', content: 'Hi' },
+        { role: 'tool', content: '42', tool_call_id: 'a' },
+      ],
+    };
     await expectError(await postChat(sidecar.url, toolMessage), 400, 'invalid_request_error');
     const tools = [{ type: 'function', function: { name: 'add', parameters: { type: 'object' } } }];
-    const required = await expectError(await postChat(sidecar.url, chatRequest('Hi', { tools, tool_choice: 'any' })), 400, 'invalid_request_error');
+    const required = await expectError(
+      await postChat(sidecar.url, chatRequest('Hi', { tools, tool_choice: 'any' })),
+      400,
+      'invalid_request_error',
+    );
     expect(required.param).toBe('tool_choice');
   });
 

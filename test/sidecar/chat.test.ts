@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionChunkSchema, ChatCompletionResponseSchema, ModelListSchema } from '../../shared/api.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
 import { readSseEvents } from '../../shared/sse.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, readStream, type SidecarProcess, startSidecarProcess } from '../support/sidecar-process.ts';
 
 let sidecar: SidecarProcess;
 beforeAll(async () => {
@@ -92,7 +92,11 @@ describe('streaming chat', () => {
 
 describe('seeded sampling under continuous batching', () => {
   it('gives the same text alone and while other requests join its decode steps', async () => {
-    const probe = chatRequest('What is the capital of France? Answer in one long paragraph, please.', { max_tokens: 48, temperature: 1, random_seed: 42 });
+    const probe = chatRequest('What is the capital of France? Answer in one long paragraph, please.', {
+      max_tokens: 48,
+      temperature: 1,
+      random_seed: 42,
+    });
     const alone = ChatCompletionResponseSchema.parse(await (await postChat(sidecar.url, probe)).json());
 
     const probeStream = await postChat(sidecar.url, { ...probe, stream: true });
@@ -100,11 +104,17 @@ describe('seeded sampling under continuous batching', () => {
     const head = [(await events.next()).value!, (await events.next()).value!];
     // Five requests with other prompts, seeds, lengths and modes join the running batch.
     const others = [1, 2, 3, 4, 5].map((seed) =>
-      postChat(sidecar.url, chatRequest(`Other ${'x '.repeat(seed)}`, { max_tokens: 10 + seed * 5, temperature: 1, random_seed: seed, stream: seed % 2 === 0 })).then((r) => r.text()),
+      postChat(
+        sidecar.url,
+        chatRequest(`Other ${'x '.repeat(seed)}`, { max_tokens: 10 + seed * 5, temperature: 1, random_seed: seed, stream: seed % 2 === 0 }),
+      ).then((r) => r.text()),
     );
     let text = '';
     let usage: unknown;
-    for await (const event of (async function* () { yield* head; yield* events; })()) {
+    for await (const event of (async function* () {
+      yield* head;
+      yield* events;
+    })()) {
       if (event.data === '[DONE]') continue;
       const chunk = ChatCompletionChunkSchema.parse(JSON.parse(event.data));
       text += chunk.choices[0]?.delta.content ?? '';
@@ -115,11 +125,17 @@ describe('seeded sampling under continuous batching', () => {
     expect(text).toBe(alone.choices[0]!.message.content);
     expect(usage).toEqual(alone.usage);
     const metrics = await (await fetch(`${sidecar.url}/metrics`)).text();
-    expect(Number(/sirocco_batch_size_sum\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(Number(/sirocco_batch_size_count\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]));
+    expect(Number(/sirocco_batch_size_sum\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(
+      Number(/sirocco_batch_size_count\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]),
+    );
   });
 
   it('really batches: concurrent requests share forward steps (batch size histogram above 1)', async () => {
-    await Promise.all([1, 2, 3, 4].map((seed) => postChat(sidecar.url, chatRequest('Batch me', { max_tokens: 8, random_seed: seed })).then((r) => r.text())));
+    await Promise.all(
+      [1, 2, 3, 4].map((seed) =>
+        postChat(sidecar.url, chatRequest('Batch me', { max_tokens: 8, random_seed: seed })).then((r) => r.text()),
+      ),
+    );
     const metrics = await (await fetch(`${sidecar.url}/metrics`)).text();
     const count = Number(/sirocco_batch_size_count\{model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]);
     const singles = Number(/sirocco_batch_size_bucket\{le="1",model="mistral-tiny",kind="decode"\} (\d+)/.exec(metrics)?.[1]);
@@ -160,13 +176,20 @@ describe('models, health, load report and metrics', () => {
   });
 
   it('echoes the caller’s x-request-id, or makes one, and logs it as JSON', async () => {
-    const response = await postChat(sidecar.url, chatRequest('Trace me', { max_tokens: 2 }), { headers: { 'x-request-id': 'edge-req-123' } });
+    const response = await postChat(sidecar.url, chatRequest('Trace me', { max_tokens: 2 }), {
+      headers: { 'x-request-id': 'edge-req-123' },
+    });
     expect(response.headers.get('x-request-id')).toBe('edge-req-123');
     await response.text();
     const generated = await fetch(`${sidecar.url}/health`);
     expect(generated.headers.get('x-request-id')).toMatch(/^[\w-]{8,}$/);
-    await expect.poll(() => sidecar.logs.some((line) => line.requestId === 'edge-req-123' && line.msg === 'generation finished')).toBe(true);
-    expect(sidecar.logs.find((line) => line.requestId === 'edge-req-123' && line.msg === 'request')).toMatchObject({ status: 200, path: '/v1/chat/completions' });
+    await expect
+      .poll(() => sidecar.logs.some((line) => line.requestId === 'edge-req-123' && line.msg === 'generation finished'))
+      .toBe(true);
+    expect(sidecar.logs.find((line) => line.requestId === 'edge-req-123' && line.msg === 'request')).toMatchObject({
+      status: 200,
+      path: '/v1/chat/completions',
+    });
   });
 
   it('serves the MoE demo model too', async () => {

@@ -18,15 +18,15 @@
  * The shared demo store under TEST_HOME is only ever copied, never changed.
  */
 import { execFile } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { MistralErrorBodySchema, type MistralErrorBody } from '../../shared/errors.ts';
+import { type MistralErrorBody, MistralErrorBodySchema } from '../../shared/errors.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
 import { ensureDemoModels } from '../../sidecar/convert/demo-model.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, TEST_HOME, type SidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, readStream, type SidecarProcess, startSidecarProcess, TEST_HOME } from '../support/sidecar-process.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
 const MIB = 1024 * 1024;
@@ -52,7 +52,12 @@ afterAll(async () => {
 });
 
 async function readExpertIndex(storeDir: string) {
-  return JSON.parse(await readFile(join(storeDir, 'experts-int4', 'index.json'), 'utf8')) as { fileBytes: number; topK: number; layers: number; experts: number };
+  return JSON.parse(await readFile(join(storeDir, 'experts-int4', 'index.json'), 'utf8')) as {
+    fileBytes: number;
+    topK: number;
+    layers: number;
+    experts: number;
+  };
 }
 
 /** A private copy of the demo Mixtral store (real copies: the shared store is never touched). */
@@ -65,7 +70,7 @@ async function copyMixtralStore(name: string) {
   return { dir, expertsDir, index, layerFiles };
 }
 
-const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 function mixtralChat(content: string, extra: Record<string, unknown> = {}) {
   return chatRequest(content, { model: MIXTRAL, ...extra });
@@ -90,7 +95,9 @@ async function expectModelFailure(response: Response): Promise<MistralErrorBody>
 }
 
 async function expectAnswer(sidecar: SidecarProcess, model = MIXTRAL) {
-  const response = await postChat(sidecar.url, chatRequest('Are you there?', { model, max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) });
+  const response = await postChat(sidecar.url, chatRequest('Are you there?', { model, max_tokens: 4 }), {
+    signal: AbortSignal.timeout(30_000),
+  });
   expect(response.status).toBe(200);
   const body = (await response.json()) as { model: string; usage: { completion_tokens: number } };
   expect(body.model).toBe(model);
@@ -115,7 +122,9 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
     store = await copyMixtralStore('served');
     away = join(work, 'away');
     await mkdir(away);
-    sidecar = await startSidecarProcess({ args: ['--model', `${demo['mistral-tiny']},${store.dir}`, '--expert-cache-mb', String(BUDGET_MB)] });
+    sidecar = await startSidecarProcess({
+      args: ['--model', `${demo['mistral-tiny']},${store.dir}`, '--expert-cache-mb', String(BUDGET_MB)],
+    });
     pid = sidecar.child.pid;
   });
   afterAll(async () => {
@@ -130,12 +139,16 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
   async function restoreLayer0() {
     for (const file of store.layerFiles(0)) await rename(join(away, file.slice(store.expertsDir.length + 1)), file);
   }
-  const missingLayer0File = () => new RegExp(`^cannot read expert file ${escape(store.expertsDir)}/L0-E[0-7]\\.bin: ENOENT$`);
+  const missingLayer0File = () => new RegExp(`^cannot read expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin: ENOENT$`);
 
   it('answers a chat completion, and /metrics then reports misses, paged bytes, residency within the budget and page-in latency', async () => {
     const response = await postChat(sidecar.url, mixtralChat('Tell me about the mistral wind', { max_tokens: 8, temperature: 0 }));
     expect(response.status).toBe(200);
-    const completion = (await response.json()) as { model: string; choices: Array<{ message: { content: string } }>; usage: { completion_tokens: number } };
+    const completion = (await response.json()) as {
+      model: string;
+      choices: Array<{ message: { content: string } }>;
+      usage: { completion_tokens: number };
+    };
     expect(completion.model).toBe(MIXTRAL);
     expect(completion.usage.completion_tokens).toBeGreaterThan(0);
     expect(completion.choices[0]!.message.content.length).toBeGreaterThan(0);
@@ -165,14 +178,18 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
   describe('a missing expert file', () => {
     it('fails the request that must page it with a 500 naming the file; the process and the other model keep serving', async () => {
       await removeLayer0();
-      const body = await expectModelFailure(await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) }));
+      const body = await expectModelFailure(
+        await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) }),
+      );
       expect(body.message).toMatch(missingLayer0File());
       await expectHealthy(sidecar);
       await expectAnswer(sidecar, 'mistral-tiny');
     });
 
     it('fails a stream that must page it before its first byte, with the same JSON error (not an empty 200 stream)', async () => {
-      const response = await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4, stream: true }), { signal: AbortSignal.timeout(30_000) });
+      const response = await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4, stream: true }), {
+        signal: AbortSignal.timeout(30_000),
+      });
       const body = await expectModelFailure(response);
       expect(body.message).toMatch(missingLayer0File());
       await expectHealthy(sidecar);
@@ -182,14 +199,18 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
       await restoreLayer0();
       expect(sidecar.child.pid).toBe(pid);
       await expectAnswer(sidecar);
-      const stream = await readStream(await postChat(sidecar.url, mixtralChat('And now?', { max_tokens: 4, stream: true }), { signal: AbortSignal.timeout(30_000) }));
+      const stream = await readStream(
+        await postChat(sidecar.url, mixtralChat('And now?', { max_tokens: 4, stream: true }), { signal: AbortSignal.timeout(30_000) }),
+      );
       expect(stream.sawDone).toBe(true);
       expect(stream.chunks.some((chunk) => chunk.object === 'error')).toBe(false);
     });
 
     it('ends a stream that loses the file mid-way with one error frame naming it and no [DONE], then serves again once it is back', async () => {
       // Greedy and thousands of tokens long: it is still decoding when layer 0 disappears.
-      const response = await postChat(sidecar.url, mixtralChat('Keep talking', { max_tokens: 6000, temperature: 0, stream: true }), { signal: AbortSignal.timeout(60_000) });
+      const response = await postChat(sidecar.url, mixtralChat('Keep talking', { max_tokens: 6000, temperature: 0, stream: true }), {
+        signal: AbortSignal.timeout(60_000),
+      });
       expect(response.status).toBe(200);
       const events = readSseEvents(response.body!);
       const role = await events.next();
@@ -212,7 +233,8 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
       expect(frame.type).toBe('internal_error');
       expect(frame.message).toMatch(missingLayer0File());
       expect(errors[0]).toMatchObject({ error: { message: frame.message, type: 'internal_error' } });
-      for (const text of frames.slice(0, -1)) expect(text).toMatchObject({ object: 'chat.completion.chunk', choices: [{ finish_reason: null }] });
+      for (const text of frames.slice(0, -1))
+        expect(text).toMatchObject({ object: 'chat.completion.chunk', choices: [{ finish_reason: null }] });
 
       await expectHealthy(sidecar);
       expect(sidecar.child.pid).toBe(pid);
@@ -243,8 +265,12 @@ describe('a corrupt expert file', () => {
   });
 
   it('fails the request that pages it with a 500 naming the file and the checksum mismatch, keeps serving, and answers once the file is repaired', async () => {
-    const body = await expectModelFailure(await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) }));
-    expect(body.message).toMatch(new RegExp(`^expert file ${escape(store.expertsDir)}/L0-E[0-7]\\.bin is corrupt: checksum mismatch$`));
+    const body = await expectModelFailure(
+      await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) }),
+    );
+    expect(body.message).toMatch(
+      new RegExp(`^expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin is corrupt: checksum mismatch$`),
+    );
     await expectHealthy(sidecar);
 
     for (const [file, bytes] of originals) await writeFile(file, bytes);
@@ -254,7 +280,7 @@ describe('a corrupt expert file', () => {
   });
 });
 
-describe('a budget below one layer\'s top-2 experts', () => {
+describe("a budget below one layer's top-2 experts", () => {
   it('is refused at start: serve exits non-zero with a message naming --expert-cache-mb and the minimum, without a stack trace', async () => {
     // Refused while loading, before anything is read or written: the shared demo store is safe to name.
     const storeDir = demo['mistral-small'];

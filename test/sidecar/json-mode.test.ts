@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionResponseSchema } from '../../shared/api.ts';
-import { chatRequest, postChat, readStream, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, readStream, type SidecarProcess, startSidecarProcess } from '../support/sidecar-process.ts';
 
 let sidecar: SidecarProcess;
 beforeAll(async () => {
@@ -33,18 +33,27 @@ describe('json_object', () => {
     ['mistral-tiny', 1, 3],
     ['mistral-small', 0, 4],
     ['mistral-small', 0.7, 5],
-  ])('%s at temperature %s (seed %s): the content parses as a JSON object and ends with finish_reason "stop"', async (model, temperature, seed) => {
-    const request = { ...chatRequest('Reply in JSON', { max_tokens: 24, temperature, random_seed: seed, response_format: jsonObject }), model };
-    const response = await postChat(sidecar.url, request);
-    expect(response.status).toBe(200);
-    const body = ChatCompletionResponseSchema.parse(await response.json());
-    parseObject(String(body.choices[0]!.message.content));
-    expect(body.choices[0]!.finish_reason).toBe('stop');
-    expect(body.usage.completion_tokens).toBeLessThanOrEqual(24);
-  });
+  ])(
+    '%s at temperature %s (seed %s): the content parses as a JSON object and ends with finish_reason "stop"',
+    async (model, temperature, seed) => {
+      const request = {
+        ...chatRequest('Reply in JSON', { max_tokens: 24, temperature, random_seed: seed, response_format: jsonObject }),
+        model,
+      };
+      const response = await postChat(sidecar.url, request);
+      expect(response.status).toBe(200);
+      const body = ChatCompletionResponseSchema.parse(await response.json());
+      parseObject(String(body.choices[0]!.message.content));
+      expect(body.choices[0]!.finish_reason).toBe('stop');
+      expect(body.usage.completion_tokens).toBeLessThanOrEqual(24);
+    },
+  );
 
   it.each(['mistral-tiny', 'mistral-small'])('%s streams deltas that join into a JSON object', async (model) => {
-    const request = { ...chatRequest('Reply in JSON', { stream: true, max_tokens: 20, random_seed: 6, response_format: jsonObject }), model };
+    const request = {
+      ...chatRequest('Reply in JSON', { stream: true, max_tokens: 20, random_seed: 6, response_format: jsonObject }),
+      model,
+    };
     const response = await postChat(sidecar.url, request);
     expect(response.status).toBe(200);
     const { text, chunks, sawDone } = await readStream(response);
@@ -62,7 +71,10 @@ describe('json_object', () => {
   });
 
   it('with a budget too small to close the object ends with finish_reason "length"', async () => {
-    const response = await postChat(sidecar.url, chatRequest('Reply in JSON', { max_tokens: 1, temperature: 0, response_format: jsonObject }));
+    const response = await postChat(
+      sidecar.url,
+      chatRequest('Reply in JSON', { max_tokens: 1, temperature: 0, response_format: jsonObject }),
+    );
     const body = ChatCompletionResponseSchema.parse(await response.json());
     const content = String(body.choices[0]!.message.content);
     // One token can only be "{}" if the vocabulary has it; otherwise the object is cut off.
@@ -72,13 +84,16 @@ describe('json_object', () => {
 });
 
 describe('json_schema', () => {
-  it.each([1, 2, 3])('answers in the schema\'s shape: its properties, in order, with values of their types (seed %s)', async (seed) => {
+  it.each([1, 2, 3])("answers in the schema's shape: its properties, in order, with values of their types (seed %s)", async (seed) => {
     const schema = {
       type: 'object',
       properties: { name: { type: 'string' }, age: { type: 'integer' }, mood: { enum: ['happy', 'sad'] }, tags: { type: 'array' } },
     };
     const response_format = { type: 'json_schema', json_schema: { name: 'person', schema } };
-    const response = await postChat(sidecar.url, chatRequest('Reply in JSON', { max_tokens: 40, temperature: 1, random_seed: seed, response_format }));
+    const response = await postChat(
+      sidecar.url,
+      chatRequest('Reply in JSON', { max_tokens: 40, temperature: 1, random_seed: seed, response_format }),
+    );
     expect(response.status).toBe(200);
     const body = ChatCompletionResponseSchema.parse(await response.json());
     const value = parseObject(String(body.choices[0]!.message.content));
@@ -102,7 +117,9 @@ describe('text', () => {
   it('response_format text leaves decoding unconstrained', async () => {
     const request = chatRequest('Hello', { max_tokens: 8, temperature: 0 });
     const plain = ChatCompletionResponseSchema.parse(await (await postChat(sidecar.url, request)).json());
-    const text = ChatCompletionResponseSchema.parse(await (await postChat(sidecar.url, { ...request, response_format: { type: 'text' } })).json());
+    const text = ChatCompletionResponseSchema.parse(
+      await (await postChat(sidecar.url, { ...request, response_format: { type: 'text' } })).json(),
+    );
     expect(text.choices[0]!.message.content).toBe(plain.choices[0]!.message.content);
   });
 });

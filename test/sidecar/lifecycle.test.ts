@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { ChatCompletionResponseSchema } from '../../shared/api.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
 import { readSseEvents } from '../../shared/sse.ts';
-import { TEST_HOME, chatRequest, postChat, readStream, startSidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, startSidecarProcess, TEST_HOME } from '../support/sidecar-process.ts';
 
 describe('graceful shutdown', () => {
   it('finishes in-flight streams, refuses new work, then exits 0', async () => {
@@ -51,7 +51,10 @@ describe('graceful shutdown', () => {
 
 describe('per-request deadline', () => {
   it('ends a generation at the deadline with finish_reason "length", freeing the slot for the queue', async () => {
-    const sidecar = await startSidecarProcess({ args: ['--max-batch', '1', '--max-queue', '1'], env: { SIROCCO_REQUEST_TIMEOUT_MS: '1500' } });
+    const sidecar = await startSidecarProcess({
+      args: ['--max-batch', '1', '--max-queue', '1'],
+      env: { SIROCCO_REQUEST_TIMEOUT_MS: '1500' },
+    });
     try {
       const started = Date.now();
       const long = postChat(sidecar.url, chatRequest('Talk forever', { max_tokens: 8000, temperature: 0 }));
@@ -72,11 +75,15 @@ describe('per-request deadline', () => {
 describe('start-up errors', () => {
   it('names a model folder that does not exist and exits non-zero', () => {
     const missing = join(TEST_HOME, 'no-such-model');
-    const result = spawnSync(process.execPath, [resolve(import.meta.dirname, '../../bin/sirocco.mjs'), 'serve', '--port', '0', '--model', missing], {
-      env: { ...process.env, SIROCCO_HOME: TEST_HOME },
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
+    const result = spawnSync(
+      process.execPath,
+      [resolve(import.meta.dirname, '../../bin/sirocco.mjs'), 'serve', '--port', '0', '--model', missing],
+      {
+        env: { ...process.env, SIROCCO_HOME: TEST_HOME },
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
     expect(result.status).toBe(1);
     expect(result.stderr).toContain(missing);
   });

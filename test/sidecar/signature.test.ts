@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
 import { signRequest } from '../../shared/signing.ts';
-import { chatRequest, postChat, startSidecarProcess, type SidecarProcess } from '../support/sidecar-process.ts';
+import { chatRequest, postChat, type SidecarProcess, startSidecarProcess } from '../support/sidecar-process.ts';
 
 const SECRET = 'test-sidecar-secret';
 let sidecar: SidecarProcess;

@@ -30,7 +30,13 @@ export async function convertGoldenMixtral(precision: Precision) {
   const storeDir = join(work, 'store');
   await convertCheckpoint({ from: join(GOLDEN_MIXTRAL, 'native'), to: storeDir, precision });
   const store = await ExpertStore.open(storeDir);
-  return { storeDir, store, expertBytes: store.expertBytes, cases: await readGoldenCases(), cleanup: () => rm(work, { recursive: true, force: true }) };
+  return {
+    storeDir,
+    store,
+    expertBytes: store.expertBytes,
+    cases: await readGoldenCases(),
+    cleanup: () => rm(work, { recursive: true, force: true }),
+  };
 }
 
 /**
@@ -82,7 +88,9 @@ export async function expectBitIdenticalAcrossBudgets(storeDir: string, cases: G
   const all = await goldenLogits(storeDir, cases, allMb);
   for (const budgetMb of [(2 * expertBytes) / MiB, allMb / 2]) {
     const run = await goldenLogits(storeDir, cases, budgetMb);
-    run.rows.forEach((row, i) => expect(Buffer.from(row.buffer).equals(Buffer.from(all.rows[i]!.buffer)), `budget ${budgetMb} MiB, row ${i}`).toBe(true));
+    for (const [i, row] of run.rows.entries()) {
+      expect(Buffer.from(row.buffer).equals(Buffer.from(all.rows[i]!.buffer)), `budget ${budgetMb} MiB, row ${i}`).toBe(true);
+    }
     expect(run.stats!.misses).toBeGreaterThan(all.stats!.misses);
     expect(run.stats!.residentBytes).toBeLessThanOrEqual(budgetMb * MiB);
   }
@@ -98,7 +106,12 @@ export async function expectBitIdenticalAcrossBudgets(storeDir: string, cases: G
  * says which cases reach that expert (a quantised store could route differently, but then one of
  * the two expectations fails rather than passing vacuously).
  */
-export async function expectMissingExpertFailsOnlyItsSteps(storeDir: string, folder: string, cases: GoldenCase[], expertBytes: number): Promise<void> {
+export async function expectMissingExpertFailsOnlyItsSteps(
+  storeDir: string,
+  folder: string,
+  cases: GoldenCase[],
+  expertBytes: number,
+): Promise<void> {
   await rm(join(storeDir, folder, 'L1-E6.bin'));
   const runtime = await loadModel(storeDir, { expertCacheMb: (4 * expertBytes) / MiB, threads: 1 });
   try {

@@ -1,6 +1,5 @@
 /** Shared helpers for the engine tests: the golden fixtures and small numeric checks. */
-import { readFileSync } from 'node:fs';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ModelRuntime } from '../../sidecar/engine/index.ts';
@@ -35,7 +34,8 @@ export function tempDir(prefix: string): string {
 /** max |a - b| over max |b|, row-major logits [positions × vocab] against reference rows. */
 export function relativeError(actual: Float32Array, reference: number[][]): number {
   const vocab = reference[0]?.length ?? 0;
-  if (actual.length !== reference.length * vocab) throw new RangeError(`${actual.length} logits for ${reference.length}×${vocab} reference values`);
+  if (actual.length !== reference.length * vocab)
+    throw new RangeError(`${actual.length} logits for ${reference.length}×${vocab} reference values`);
   let maxRef = 0;
   let maxErr = 0;
   for (const [t, row] of reference.entries()) {

@@ -25,7 +25,13 @@ export interface SidecarProcess {
   exited: Promise<number | null>;
 }
 
-export async function startSidecarProcess({ args = [], env = {} }: { args?: string[]; env?: Record<string, string> } = {}): Promise<SidecarProcess> {
+export async function startSidecarProcess({
+  args = [],
+  env = {},
+}: {
+  args?: string[];
+  env?: Record<string, string>;
+} = {}): Promise<SidecarProcess> {
   await mkdir(TEST_HOME, { recursive: true });
   const logs: Array<Record<string, unknown>> = [];
   const { sidecar, url } = await startSidecar({

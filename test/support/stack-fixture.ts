@@ -5,10 +5,10 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { signRequest } from '../../shared/signing.ts';
-import { DEFAULT_SIDECARS, startStack, type Stack } from '../../cli/commands/dev.ts';
+import { DEFAULT_SIDECARS, type Stack, startStack } from '../../cli/commands/dev.ts';
 import { freePort } from '../../cli/processes.ts';
 import { ENV } from '../../shared/protocol.ts';
+import { signRequest } from '../../shared/signing.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
 /** Shared by every test file (and the sidecar suite), so the demo models are built once. */

@@ -9,10 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../formats/checkpoint.ts';
-import { EVICTION_POLICIES, ExpertCache, type EvictionPolicy } from './expert-cache.ts';
+import { type Routing, runExperts } from '../moe.ts';
+import { EVICTION_POLICIES, type EvictionPolicy, ExpertCache } from './expert-cache.ts';
+import { buildExpertStore, ExpertStore, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
 import { ExpertGraph, PagedExperts } from './paged-experts.ts';
-import { ExpertStore, buildExpertStore, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
-import { runExperts, type Routing } from '../moe.ts';
 
 const GOLDEN = join(import.meta.dirname, '../../../test/fixtures/golden/tiny-mixtral/native');
 const MiB = 1024 * 1024;
@@ -46,7 +46,10 @@ function int8(weights: ExpertWeights): Int8ExpertWeights {
 /** A seeded, skewed routing trace: per step and layer, 1–3 token rows, each sent to 2 experts. */
 function makeTrace(steps: number, seed: number): Array<{ layer: number; x: Float32Array; rows: number; routing: Routing }> {
   let state = seed >>> 0;
-  const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const random = () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 2 ** 32;
+  };
   const { dim, layers, experts } = store.index;
   const trace = [];
   for (let step = 0; step < steps; step++) {
@@ -93,26 +96,34 @@ async function runTrace(budgetMb: number, policy: EvictionPolicy, prefetch = tru
 }
 
 describe('expert cache', () => {
-  it('refuses a budget smaller than one layer\'s top-2 experts, naming the minimum', async () => {
+  it("refuses a budget smaller than one layer's top-2 experts, naming the minimum", async () => {
     const minimumMb = Math.ceil(((2 * store.expertBytes) / MiB) * 1e4) / 1e4;
     expect(() => new ExpertCache(store, { budgetBytes: 1.5 * store.expertBytes })).toThrow(
       new RegExp(`smaller than one layer's top-2 experts \\(2 × [\\d.]+ MiB\\); use at least ${minimumMb.toFixed(4)}`),
     );
     // The minimum it names is accepted.
     expect(new ExpertCache(store, { budgetBytes: minimumMb * MiB }).slots).toBe(2);
-    await expect(PagedExperts.open(storeDir, { budgetMb: 0.01 })).rejects.toMatchObject({ type: 'invalid_request_error', param: 'expert_cache_mb' });
+    await expect(PagedExperts.open(storeDir, { budgetMb: 0.01 })).rejects.toMatchObject({
+      type: 'invalid_request_error',
+      param: 'expert_cache_mb',
+    });
   });
 
   it('gives bit-identical expert outputs for budgets of two experts, half and all, with every policy', async () => {
     const { layers, experts } = store.index;
     const all = (layers * experts * store.expertBytes) / MiB;
     const reference = await runTrace(all, 'lru', false);
-    expect(reference.stats.pageIns).toBe(new Set(makeTrace(12, 7).flatMap((s) => Array.from(s.routing.experts, (e) => `${s.layer}.${e}`))).size);
+    expect(reference.stats.pageIns).toBe(
+      new Set(makeTrace(12, 7).flatMap((s) => Array.from(s.routing.experts, (e) => `${s.layer}.${e}`))).size,
+    );
     for (const policy of EVICTION_POLICIES) {
       for (const budgetMb of [(2 * store.expertBytes) / MiB, all / 2, all]) {
         const run = await runTrace(budgetMb, policy);
         expect(run.outputs.length).toBe(reference.outputs.length);
-        run.outputs.forEach((out, i) => expect(Buffer.from(out.buffer).equals(Buffer.from(reference.outputs[i]!.buffer)), `${policy} ${budgetMb} MiB output ${i}`).toBe(true));
+        for (const [i, out] of run.outputs.entries()) {
+          const same = Buffer.from(out.buffer).equals(Buffer.from(reference.outputs[i]!.buffer));
+          expect(same, `${policy} ${budgetMb} MiB output ${i}`).toBe(true);
+        }
         // Resident bytes never exceed the budget between steps; in flight adds at most two experts.
         expect(run.maxResident).toBeLessThanOrEqual(run.budgetBytes);
         expect(run.stats.peakBytes).toBeLessThanOrEqual(run.budgetBytes + 2 * store.expertBytes);
@@ -127,7 +138,7 @@ describe('expert cache', () => {
     const leases = await Promise.all([cache.acquire(1, 3), cache.acquire(1, 3), cache.acquire(1, 3)]);
     expect(cache.stats()).toMatchObject({ pageIns: 1, bytesPagedIn: store.expertBytes, residentBytes: store.expertBytes });
     expect(int8(leases[0]!.weights).w13).toBe(int8(leases[2]!.weights).w13);
-    leases.forEach((lease) => lease.release());
+    for (const lease of leases) lease.release();
   });
 
   it('counts used prefetches as prefetch hits and evicted unused ones as wasted', async () => {
@@ -193,7 +204,7 @@ describe('expert graph', () => {
         }
         const expected = Array.from({ length: dim }, (_, n) => h.reduce((sum, hk, k) => sum + hk * w.w2[k * dim + n]! * w.s2[n]!, 0));
         const scale = Math.max(...expected.map(Math.abs));
-        expected.forEach((value, n) => expect(Math.abs(y[r * dim + n]! - value)).toBeLessThan(0.03 * scale));
+        for (const [n, value] of expected.entries()) expect(Math.abs(y[r * dim + n]! - value)).toBeLessThan(0.03 * scale);
       }
     } finally {
       await graph.dispose();

@@ -101,8 +101,19 @@ export class ExpertCache {
   private clock = 0;
   private currentLayer = 0;
   private counters = {
-    hits: 0, misses: 0, prefetchHits: 0, prefetchWasted: 0, prefetchIssued: 0, bytesPagedIn: 0,
-    predictionsUsed: 0, predictionsMade: 0, pageIns: 0, stallSecondsTotal: 0, pageInSecondsTotal: 0, pageInSecondsMax: 0, peakBytes: 0,
+    hits: 0,
+    misses: 0,
+    prefetchHits: 0,
+    prefetchWasted: 0,
+    prefetchIssued: 0,
+    bytesPagedIn: 0,
+    predictionsUsed: 0,
+    predictionsMade: 0,
+    pageIns: 0,
+    stallSecondsTotal: 0,
+    pageInSecondsTotal: 0,
+    pageInSecondsMax: 0,
+    peakBytes: 0,
   };
   private readonly histogram = new Array<number>(PAGE_IN_BUCKETS_MS.length + 1).fill(0);
 
@@ -146,7 +157,7 @@ export class ExpertCache {
     const predicted = this.predictions.get(layer);
     if (predicted?.delete(expert)) this.counters.predictionsUsed += 1;
     let entry = this.entries.get(key);
-    if (entry && entry.weights) {
+    if (entry?.weights) {
       this.counters.hits += 1;
     } else {
       this.counters.misses += 1;
@@ -215,7 +226,7 @@ export class ExpertCache {
     const expertBytes = this.store.expertBytes;
     let resident = 0;
     let inflight = 0;
-    for (const entry of this.entries.values()) (entry.weights ? resident++ : inflight++);
+    for (const entry of this.entries.values()) entry.weights ? resident++ : inflight++;
     return {
       ...this.counters,
       policy: this.policy,
@@ -253,7 +264,17 @@ export class ExpertCache {
     if (!prefetched) this.makeRoom(key);
     const buffer = this.freeBuffers.pop() ?? this.options.buffers?.allocate() ?? this.store.allocate();
     const started = performance.now();
-    const entry: Entry = { key, layer, expert, buffer, weights: null, loading: Promise.resolve(null as never), pins: 0, prefetched, lastUse: 0 };
+    const entry: Entry = {
+      key,
+      layer,
+      expert,
+      buffer,
+      weights: null,
+      loading: Promise.resolve(null as never),
+      pins: 0,
+      prefetched,
+      lastUse: 0,
+    };
     entry.loading = this.store.read(layer, expert, buffer).then(
       (weights) => {
         entry.weights = weights;

@@ -8,7 +8,13 @@
 import { Worker as NodeWorker } from 'node:worker_threads';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import {
-  ACTIVATION_MAX, Int4ExpertKernel, highNibble16, int4GemvScalar, lowNibble16, runInt4ExpertScalar, type Int4Matrix,
+  ACTIVATION_MAX,
+  highNibble16,
+  Int4ExpertKernel,
+  type Int4Matrix,
+  int4GemvScalar,
+  lowNibble16,
+  runInt4ExpertScalar,
 } from './expert-kernel.ts';
 import { allocateExpert, expertFileBytes, expertPayloadBytes, type Int4ExpertWeights } from './expert-store.ts';
 
@@ -32,7 +38,8 @@ vi.mock('node:worker_threads', async (importOriginal) => {
 const SPLIT_MIN_BYTES = 1 << 20;
 const SPLIT_MIN_ROWS = 2 * 256;
 /** Whether a [rows, rowBytes] product is shared between the threads. */
-const shared = (rows: number, rowBytes: number): boolean => rows * rowBytes >= SPLIT_MIN_BYTES && rows >= SPLIT_MIN_ROWS && rowBytes % 16 === 0;
+const shared = (rows: number, rowBytes: number): boolean =>
+  rows * rowBytes >= SPLIT_MIN_BYTES && rows >= SPLIT_MIN_ROWS && rowBytes % 16 === 0;
 
 // ── deterministic data ─────────────────────────────────────────────────────────────────────────
 
@@ -70,7 +77,7 @@ function expertImage(dim: number, ffn: number, seed: number, anyByte: boolean): 
     for (let i = 0; i < packed.length; i++) packed[i] = anyByte ? Math.floor(random() * 256) : nibble() | (nibble() << 4);
   }
   // Σ (16·q·s)² over K terms with Var(q) ≈ 18.7 → s ≈ 1 / (16·√(18.7·K)).
-  const scale = (inner: number) => (0.5 + random()) / (16 * Math.sqrt(18.7 * inner)) * (random() < 0.1 ? -1 : 1);
+  const scale = (inner: number) => ((0.5 + random()) / (16 * Math.sqrt(18.7 * inner))) * (random() < 0.1 ? -1 : 1);
   for (let c = 0; c < 2 * ffn; c++) weights.s13[c] = scale(dim);
   for (let n = 0; n < dim; n++) weights.s2[n] = scale(ffn);
   return bytes;
@@ -148,7 +155,7 @@ describe('int4 nibble decoding', () => {
     }
   });
 
-  it('agrees with the two\'s-complement definition on all 256 byte values', () => {
+  it("agrees with the two's-complement definition on all 256 byte values", () => {
     for (let byte = 0; byte < 256; byte++) {
       expect(lowNibble16(byte), `low of 0x${byte.toString(16)}`).toBe(low16(byte));
       expect(highNibble16(byte), `high of 0x${byte.toString(16)}`).toBe(high16(byte));
@@ -207,7 +214,7 @@ describe('Int4ExpertKernel.run is bit-identical to runInt4ExpertScalar', () => {
     expect(shared(3584, 1024 / 2)).toBe(true); // w2: K = ffn, rowBytes = dim / 2
   });
 
-  it('lays weights out in its buffers as ExpertStore does (views match allocateExpert\'s)', () => {
+  it("lays weights out in its buffers as ExpertStore does (views match allocateExpert's)", () => {
     const [dim, ffn] = [64, 160];
     const image = expertImage(dim, ffn, 1, true);
     const reference = allocateExpert(dim, ffn, 4);
@@ -239,7 +246,10 @@ describe('Int4ExpertKernel.run is bit-identical to runInt4ExpertScalar', () => {
 
 describe('threads and arenas', () => {
   it('threads 1 and threads 2 give identical outputs (SIMD split and fallback shapes)', () => {
-    for (const [dim, ffn] of [[1024, 3584], [48, 40]] as const) {
+    for (const [dim, ffn] of [
+      [1024, 3584],
+      [48, 40],
+    ] as const) {
       const image = expertImage(dim, ffn, 99, false);
       const one = makeKernel(dim, ffn, 1);
       const two = makeKernel(dim, ffn, 2);
@@ -285,14 +295,18 @@ describe('threads and arenas', () => {
 });
 
 describe('rows are independent', () => {
-  it('a row\'s output is the same alone or inside a batch, whatever its batchmates\' magnitudes', () => {
-    for (const [dim, ffn, threads] of [[256, 512, 2], [1024, 3584, 2], [48, 40, 1]] as const) {
+  it("a row's output is the same alone or inside a batch, whatever its batchmates' magnitudes", () => {
+    for (const [dim, ffn, threads] of [
+      [256, 512, 2],
+      [1024, 3584, 2],
+      [48, 40, 1],
+    ] as const) {
       const kernel = makeKernel(dim, ffn, threads);
       const weights = pageIn(kernel, expertImage(dim, ffn, 7, false), dim, ffn);
       // Rows: ordinary, 1000× larger, all zeros, 1e-3× smaller.
       const rows = [randomActivations(1, dim), randomActivations(2, dim, 1000), new Float32Array(dim), randomActivations(3, dim, 1e-3)];
       const batch = new Float32Array(rows.length * dim);
-      rows.forEach((row, r) => batch.set(row, r * dim));
+      for (const [r, row] of rows.entries()) batch.set(row, r * dim);
       const together = kernel.run(batch, rows.length, weights);
       rows.forEach((row, r) => {
         expectBitIdentical(together.subarray(r * dim, (r + 1) * dim), kernel.run(row, 1, weights), `dim ${dim} row ${r}`);

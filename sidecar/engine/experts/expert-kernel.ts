@@ -24,7 +24,7 @@
  * Rows are swept 16 at a time across their whole width (see GEMV_BODY): walking a column band
  * down all rows instead touched one cache line per 4 KiB page and ran 2.5× slower.
  */
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type { ExpertBufferPool } from './expert-cache.ts';
 import type { Int4ExpertWeights } from './expert-store.ts';
 
@@ -69,7 +69,21 @@ const name = (s: string): number[] => [...leb(s.length), ...Buffer.from(s, 'lati
 const section = (id: number, body: number[]): number[] => [id, ...leb(body.length), ...body];
 const I32 = 0x7f;
 const V128 = 0x7b;
-const op = { block: 0x02, loop: 0x03, br: 0x0c, brIf: 0x0d, end: 0x0b, select: 0x1b, i32Load: 0x28, i32Const: 0x41, ltU: 0x49, geU: 0x4f, add: 0x6a, mul: 0x6c, shl: 0x74 } as const;
+const op = {
+  block: 0x02,
+  loop: 0x03,
+  br: 0x0c,
+  brIf: 0x0d,
+  end: 0x0b,
+  select: 0x1b,
+  i32Load: 0x28,
+  i32Const: 0x41,
+  ltU: 0x49,
+  geU: 0x4f,
+  add: 0x6a,
+  mul: 0x6c,
+  shl: 0x74,
+} as const;
 const get = (local: number) => [0x20, local];
 const set = (local: number) => [0x21, local];
 const tee = (local: number) => [0x22, local];
@@ -100,57 +114,179 @@ const ACC = (j: number) => 15 + j; // 8 accumulators: columns c..c+15 (lo plane)
 const V = { lo0: 23, lo1: 24, hi0: 25, hi1: 26, xx: 27, t: 28 } as const;
 const INTERLEAVE_LOW = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
 const INTERLEAVE_HIGH = INTERLEAVE_LOW.map((lane) => lane + 8);
-const accumulate = (j: number, extend: number[]) => [...get(ACC(j)), ...get(V.t), ...extend, ...get(V.xx), ...v128.dot, ...v128.i32x4Add, ...set(ACC(j))];
+const accumulate = (j: number, extend: number[]) => [
+  ...get(ACC(j)),
+  ...get(V.t),
+  ...extend,
+  ...get(V.xx),
+  ...v128.dot,
+  ...v128.i32x4Add,
+  ...set(ACC(j)),
+];
 const rowPair = (a: number, b: number, first: number) => [
-  ...get(a), ...get(b), ...v128.shuffle(INTERLEAVE_LOW), ...set(V.t),
-  ...accumulate(first, v128.extendLowS), ...accumulate(first + 1, v128.extendHighS),
-  ...get(a), ...get(b), ...v128.shuffle(INTERLEAVE_HIGH), ...set(V.t),
-  ...accumulate(first + 2, v128.extendLowS), ...accumulate(first + 3, v128.extendHighS),
+  ...get(a),
+  ...get(b),
+  ...v128.shuffle(INTERLEAVE_LOW),
+  ...set(V.t),
+  ...accumulate(first, v128.extendLowS),
+  ...accumulate(first + 1, v128.extendHighS),
+  ...get(a),
+  ...get(b),
+  ...v128.shuffle(INTERLEAVE_HIGH),
+  ...set(V.t),
+  ...accumulate(first + 2, v128.extendLowS),
+  ...accumulate(first + 3, v128.extendHighS),
 ];
 const planes = (address: number[], lo: number, hi: number) => [
-  ...address, ...v128.load(), ...tee(V.t), ...i32(4), ...v128.i8x16Shl, ...set(lo),
-  ...get(V.t), ...v128.splat8(0xf0), ...v128.and, ...set(hi),
+  ...address,
+  ...v128.load(),
+  ...tee(V.t),
+  ...i32(4),
+  ...v128.i8x16Shl,
+  ...set(lo),
+  ...get(V.t),
+  ...v128.splat8(0xf0),
+  ...v128.and,
+  ...set(hi),
 ];
 const accumulators = (first: number, base: number, store: boolean) =>
-  [0, 1, 2, 3].flatMap((j) => (store ? [...get(base), ...get(ACC(first + j)), ...v128.store(16 * j)] : [...get(base), ...v128.load(16 * j), ...set(ACC(first + j))]));
+  [0, 1, 2, 3].flatMap((j) =>
+    store ? [...get(base), ...get(ACC(first + j)), ...v128.store(16 * j)] : [...get(base), ...v128.load(16 * j), ...set(ACC(first + j))],
+  );
 const GEMV_BODY = [
-  2, 8, I32, 14, V128,
-  ...get(P.kBegin), ...set(L.kb),
-  op.block, 0x40, op.loop, 0x40, // row blocks
-  ...get(L.kb), ...get(P.kEnd), op.geU, op.brIf, 1,
-  ...get(L.kb), ...get(P.rowBlock), op.add, ...get(P.kEnd), ...get(L.kb), ...get(P.rowBlock), op.add, ...get(P.kEnd), op.ltU, op.select, ...set(L.kbEnd),
-  ...i32(0), ...set(L.strip),
-  op.block, 0x40, op.loop, 0x40, // strips of 16 packed bytes
-  ...get(L.strip), ...get(P.rowBytes), op.geU, op.brIf, 1,
-  ...get(P.acc), ...get(L.strip), ...i32(2), op.shl, op.add, ...set(L.accLo),
-  ...get(P.acc), ...get(L.strip), ...get(P.rowBytes), op.add, ...i32(2), op.shl, op.add, ...set(L.accHi),
-  ...accumulators(0, L.accLo, false), ...accumulators(4, L.accHi, false),
-  ...get(P.src), ...get(L.kb), ...get(P.rowBytes), op.mul, op.add, ...get(L.strip), op.add, ...set(L.row),
-  ...get(P.src), ...get(L.kbEnd), ...get(P.rowBytes), op.mul, op.add, ...get(L.strip), op.add, ...set(L.rowEnd),
-  ...get(P.xq), ...get(L.kb), ...i32(1), op.shl, op.add, ...set(L.x),
-  op.loop, 0x40, // row pairs
+  2,
+  8,
+  I32,
+  14,
+  V128,
+  ...get(P.kBegin),
+  ...set(L.kb),
+  op.block,
+  0x40,
+  op.loop,
+  0x40, // row blocks
+  ...get(L.kb),
+  ...get(P.kEnd),
+  op.geU,
+  op.brIf,
+  1,
+  ...get(L.kb),
+  ...get(P.rowBlock),
+  op.add,
+  ...get(P.kEnd),
+  ...get(L.kb),
+  ...get(P.rowBlock),
+  op.add,
+  ...get(P.kEnd),
+  op.ltU,
+  op.select,
+  ...set(L.kbEnd),
+  ...i32(0),
+  ...set(L.strip),
+  op.block,
+  0x40,
+  op.loop,
+  0x40, // strips of 16 packed bytes
+  ...get(L.strip),
+  ...get(P.rowBytes),
+  op.geU,
+  op.brIf,
+  1,
+  ...get(P.acc),
+  ...get(L.strip),
+  ...i32(2),
+  op.shl,
+  op.add,
+  ...set(L.accLo),
+  ...get(P.acc),
+  ...get(L.strip),
+  ...get(P.rowBytes),
+  op.add,
+  ...i32(2),
+  op.shl,
+  op.add,
+  ...set(L.accHi),
+  ...accumulators(0, L.accLo, false),
+  ...accumulators(4, L.accHi, false),
+  ...get(P.src),
+  ...get(L.kb),
+  ...get(P.rowBytes),
+  op.mul,
+  op.add,
+  ...get(L.strip),
+  op.add,
+  ...set(L.row),
+  ...get(P.src),
+  ...get(L.kbEnd),
+  ...get(P.rowBytes),
+  op.mul,
+  op.add,
+  ...get(L.strip),
+  op.add,
+  ...set(L.rowEnd),
+  ...get(P.xq),
+  ...get(L.kb),
+  ...i32(1),
+  op.shl,
+  op.add,
+  ...set(L.x),
+  op.loop,
+  0x40, // row pairs
   ...planes(get(L.row), V.lo0, V.hi0),
   ...planes([...get(L.row), ...get(P.rowBytes), op.add], V.lo1, V.hi1),
-  ...get(L.x), op.i32Load, 0x01, 0x00, ...v128.i32x4Splat, ...set(V.xx), // (x_k, x_k+1) in every lane pair
+  ...get(L.x),
+  op.i32Load,
+  0x01,
+  0x00,
+  ...v128.i32x4Splat,
+  ...set(V.xx), // (x_k, x_k+1) in every lane pair
   ...rowPair(V.lo0, V.lo1, 0),
   ...rowPair(V.hi0, V.hi1, 4),
-  ...get(L.row), ...get(P.rowBytes), ...i32(1), op.shl, op.add, ...set(L.row),
-  ...get(L.x), ...i32(4), op.add, ...set(L.x),
-  ...get(L.row), ...get(L.rowEnd), op.ltU, op.brIf, 0,
+  ...get(L.row),
+  ...get(P.rowBytes),
+  ...i32(1),
+  op.shl,
+  op.add,
+  ...set(L.row),
+  ...get(L.x),
+  ...i32(4),
+  op.add,
+  ...set(L.x),
+  ...get(L.row),
+  ...get(L.rowEnd),
+  op.ltU,
+  op.brIf,
+  0,
   op.end,
-  ...accumulators(0, L.accLo, true), ...accumulators(4, L.accHi, true),
-  ...get(L.strip), ...i32(SIMD_WIDTH), op.add, ...set(L.strip),
-  op.br, 0,
-  op.end, op.end,
-  ...get(L.kbEnd), ...set(L.kb),
-  op.br, 0,
-  op.end, op.end,
+  ...accumulators(0, L.accLo, true),
+  ...accumulators(4, L.accHi, true),
+  ...get(L.strip),
+  ...i32(SIMD_WIDTH),
+  op.add,
+  ...set(L.strip),
+  op.br,
+  0,
+  op.end,
+  op.end,
+  ...get(L.kbEnd),
+  ...set(L.kb),
+  op.br,
+  0,
+  op.end,
+  op.end,
   op.end,
 ];
 /** Compiled once; instantiated per arena memory (in this thread and in the helper thread). */
 const GEMV_MODULE = new WebAssembly.Module(
   Uint8Array.from([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00,
     ...section(1, [1, 0x60, 7, I32, I32, I32, I32, I32, I32, I32, 0]),
     ...section(2, [1, ...name('env'), ...name('memory'), 0x02, 0x03, 0x01, ...leb(MAX_PAGES)]), // shared memory
     ...section(3, [1, 0]),
@@ -200,7 +336,14 @@ type Product = (matrix: Int4Matrix, xq: Int16Array, out: Int32Array) => void;
  * `product` doing the integer sums. `xq`/`sums` are scratch of ≥ max(dim, ffn) / 2·ffn entries.
  */
 function swiglu(
-  product: Product, x: Float32Array, rows: number, weights: Int4ExpertWeights, dim: number, ffn: number, xq: Int16Array, sums: Int32Array,
+  product: Product,
+  x: Float32Array,
+  rows: number,
+  weights: Int4ExpertWeights,
+  dim: number,
+  ffn: number,
+  xq: Int16Array,
+  sums: Int32Array,
 ): Float32Array {
   const w13: Int4Matrix = { packed: weights.p13, rows: dim, rowBytes: ffn };
   const w2: Int4Matrix = { packed: weights.p2, rows: ffn, rowBytes: dim / 2 };
@@ -365,7 +508,11 @@ class Helper {
   constructor() {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    this.worker = new Worker(HELPER_SOURCE, { eval: true, workerData: { module: GEMV_MODULE, control: this.control, port: port2 }, transferList: [port2] });
+    this.worker = new Worker(HELPER_SOURCE, {
+      eval: true,
+      workerData: { module: GEMV_MODULE, control: this.control, port: port2 },
+      transferList: [port2],
+    });
     this.worker.unref();
   }
 
@@ -392,7 +539,7 @@ class Helper {
     }
     // Every chunk is claimed; wait for the ones the helper is still running.
     const deadline = performance.now() + HELPER_TIMEOUT_MS;
-    for (let inflight; (inflight = Atomics.load(control, INFLIGHT)) !== 0; ) {
+    for (let inflight = Atomics.load(control, INFLIGHT); inflight !== 0; inflight = Atomics.load(control, INFLIGHT)) {
       if (Atomics.wait(control, INFLIGHT, inflight, 1000) === 'timed-out' && performance.now() > deadline) {
         throw new Error(`the int4 expert helper thread did not finish its chunk within ${HELPER_TIMEOUT_MS / 1000} s`);
       }
@@ -463,13 +610,17 @@ export class Int4ExpertKernel implements ExpertBufferPool {
   run(x: Float32Array, rows: number, weights: Int4ExpertWeights): Float32Array {
     const { dim, ffn } = this.options;
     const arena = this.arenas.find((candidate) => candidate.owns(weights.p13));
-    if (!arena) throw new RangeError('int4 expert weights outside the kernel\'s arenas (allocate page-in buffers with Int4ExpertKernel.allocate)');
+    if (!arena)
+      throw new RangeError("int4 expert weights outside the kernel's arenas (allocate page-in buffers with Int4ExpertKernel.allocate)");
     return swiglu((matrix, xq, sums) => this.product(arena, matrix, xq, sums), x, rows, weights, dim, ffn, arena.xq, arena.sums);
   }
 
   /** One matrix product in `arena`: rows shared with the helper thread when it is worth it. */
   private product(arena: Arena, { packed, rows, rowBytes }: Int4Matrix, xq: Int16Array, sums: Int32Array): void {
-    if (rowBytes % SIMD_WIDTH !== 0 || rows % 2 !== 0) return int4GemvScalar({ packed, rows, rowBytes }, xq, sums);
+    if (rowBytes % SIMD_WIDTH !== 0 || rows % 2 !== 0) {
+      int4GemvScalar({ packed, rows, rowBytes }, xq, sums);
+      return;
+    }
     sums.fill(0, 0, 2 * rowBytes);
     if (this.helper && packed.byteLength >= SPLIT_MIN_BYTES && rows >= 2 * CHUNK_ROWS) {
       this.helper.share(arena, packed.byteOffset, rowBytes, rows, xq.byteOffset, sums);

@@ -7,11 +7,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../formats/checkpoint.ts';
-import {
-  EXPERT_FORMAT_VERSION, ExpertStore, allocateExpert, buildExpertStore, expertFileBytes, quantizeExpert, writeExpertStore,
-  type ExpertStoreIndex, type Int4ExpertWeights,
-} from './expert-store.ts';
 import { highNibble16, lowNibble16 } from './expert-kernel.ts';
+import {
+  allocateExpert,
+  buildExpertStore,
+  EXPERT_FORMAT_VERSION,
+  ExpertStore,
+  type ExpertStoreIndex,
+  expertFileBytes,
+  type Int4ExpertWeights,
+  quantizeExpert,
+  writeExpertStore,
+} from './expert-store.ts';
 
 /** The packed int4 rows as the int8 values 16·q the expert kernel multiplies ([rows, 2·rowBytes]). */
 function widen(packed: Uint8Array, rows: number, rowBytes: number): Int8Array {
@@ -98,7 +105,13 @@ describe('expert store', () => {
     const store = await ExpertStore.open(dir);
     let turns = 0;
     let done = false;
-    const spin = () => setImmediate(() => (done ? undefined : (turns++, spin())));
+    const spin = (): void => {
+      setImmediate(() => {
+        if (done) return;
+        turns++;
+        spin();
+      });
+    };
     spin();
     await store.read(0, 1, store.allocate());
     done = true;
@@ -140,17 +153,24 @@ describe('expert store', () => {
     });
 
     it('a store without paged experts (dense, or converted before paging existed)', async () => {
-      await expect(ExpertStore.open(work)).rejects.toThrow(/has no paged expert files \(experts-int4\/ or experts-int8\/index\.json\).*convert the checkpoint again/);
+      await expect(ExpertStore.open(work)).rejects.toThrow(
+        /has no paged expert files \(experts-int4\/ or experts-int8\/index\.json\).*convert the checkpoint again/,
+      );
     });
 
     it('a broken index', async () => {
-      await writeFile(join(dir, 'experts-int8', 'index.json'), `{"formatVersion": ${EXPERT_FORMAT_VERSION}, "quantization": "int8-per-column", "dim": 0}`);
+      await writeFile(
+        join(dir, 'experts-int8', 'index.json'),
+        `{"formatVersion": ${EXPERT_FORMAT_VERSION}, "quantization": "int8-per-column", "dim": 0}`,
+      );
       await expect(ExpertStore.open(dir)).rejects.toThrow(/index\.json: field "dim" must be a positive integer/);
     });
 
     it('an index from an older expert format (asks to convert again)', async () => {
       await writeFile(join(dir, 'experts-int8', 'index.json'), JSON.stringify({ ...index, formatVersion: EXPERT_FORMAT_VERSION - 1 }));
-      await expect(ExpertStore.open(dir)).rejects.toThrow(/index\.json: unsupported format \(formatVersion \d+.*convert the checkpoint again/);
+      await expect(ExpertStore.open(dir)).rejects.toThrow(
+        /index\.json: unsupported format \(formatVersion \d+.*convert the checkpoint again/,
+      );
     });
   });
 });
@@ -224,9 +244,33 @@ describe('int4 expert store', () => {
         expect(offGrid, `L${layer} E${expert}`).toEqual([]);
         const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
         const matrices = [
-          { w: await checkpoint.read(`${prefix}.w1.weight`), out: ffn, inner: dim, unpacked: w13, scales: weights.s13, total: 2 * ffn, offset: 0 },
-          { w: await checkpoint.read(`${prefix}.w3.weight`), out: ffn, inner: dim, unpacked: w13, scales: weights.s13, total: 2 * ffn, offset: ffn },
-          { w: await checkpoint.read(`${prefix}.w2.weight`), out: dim, inner: ffn, unpacked: w2, scales: weights.s2, total: dim, offset: 0 },
+          {
+            w: await checkpoint.read(`${prefix}.w1.weight`),
+            out: ffn,
+            inner: dim,
+            unpacked: w13,
+            scales: weights.s13,
+            total: 2 * ffn,
+            offset: 0,
+          },
+          {
+            w: await checkpoint.read(`${prefix}.w3.weight`),
+            out: ffn,
+            inner: dim,
+            unpacked: w13,
+            scales: weights.s13,
+            total: 2 * ffn,
+            offset: ffn,
+          },
+          {
+            w: await checkpoint.read(`${prefix}.w2.weight`),
+            out: dim,
+            inner: ffn,
+            unpacked: w2,
+            scales: weights.s2,
+            total: dim,
+            offset: 0,
+          },
         ];
         for (const { w, out, inner, unpacked, scales, total, offset } of matrices) {
           for (let n = 0; n < out; n++) {
@@ -235,7 +279,8 @@ describe('int4 expert store', () => {
             const columnError = row.reduce((sum, v, k) => sum + (back[k]! - v) ** 2, 0);
             // The scale search tries ratio 1 (absmax) and keeps the least-squares scale of the best
             // candidate, so no column can be worse than plain absmax rounding (fp32 scale slack aside).
-            if (columnError > absmaxSquaredError(row) * (1 + 1e-5) + 1e-12) worseThanAbsmax.push(`L${layer} E${expert} column ${offset + n}`);
+            if (columnError > absmaxSquaredError(row) * (1 + 1e-5) + 1e-12)
+              worseThanAbsmax.push(`L${layer} E${expert} column ${offset + n}`);
             squaredError += columnError;
             squaredWeight += row.reduce((sum, v) => sum + v * v, 0);
           }
@@ -274,7 +319,9 @@ describe('int4 expert store', () => {
     // p2 is [ffn, dim/2]: byte (k, c) = w2[c][k] | w2[c + dim/2][k] << 4.
     for (let k = 0; k < ffn; k++) {
       for (let c = 0; c < dim / 2; c++) {
-        expect(weights.p2[k * (dim / 2) + c], `p2 k ${k} c ${c}`).toBe(nibble(q2[c * ffn + k]!) | (nibble(q2[(c + dim / 2) * ffn + k]!) << 4));
+        expect(weights.p2[k * (dim / 2) + c], `p2 k ${k} c ${c}`).toBe(
+          nibble(q2[c * ffn + k]!) | (nibble(q2[(c + dim / 2) * ffn + k]!) << 4),
+        );
       }
     }
     expect(Array.from(weights.s2)).toEqual([0.125 / 16, 0.125 / 16, 0.125 / 16, 0.125 / 16]);
@@ -303,7 +350,10 @@ describe('int4 expert store', () => {
     expect(() => allocateExpert(63, 160, 8)).not.toThrow();
     const oddStore = join(work, 'int4-odd');
     await cp(join(dir, 'experts-int4'), join(oddStore, 'experts-int4'), { recursive: true });
-    await writeFile(join(oddStore, 'experts-int4', 'index.json'), JSON.stringify({ ...int4, dim: 63, fileBytes: expertFileBytes(63, 160, 4) }));
+    await writeFile(
+      join(oddStore, 'experts-int4', 'index.json'),
+      JSON.stringify({ ...int4, dim: 63, fileBytes: expertFileBytes(63, 160, 4) }),
+    );
     await expect(ExpertStore.open(oddStore)).rejects.toThrow(/index\.json: int4 experts need an even "dim", not 63/);
   });
 });

@@ -28,7 +28,7 @@
  *            p2  u8[ffn, dim/2] lo nibble = w2ᵀ column c, hi nibble = column c + dim/2
  *   Scales come first so every view is 4-byte aligned without padding.
  */
-import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { modelError } from '../../errors.ts';
@@ -140,7 +140,13 @@ function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: ExpertBits):
  * Writes the transposed int8 values into `into` (row-major [in, outTotal]) at column `columnOffset`.
  */
 function quantizeRowsAsColumns(
-  w: Float32Array, out: number, inner: number, into: Int8Array, scales: Float32Array, outTotal: number, columnOffset: number,
+  w: Float32Array,
+  out: number,
+  inner: number,
+  into: Int8Array,
+  scales: Float32Array,
+  outTotal: number,
+  columnOffset: number,
 ): void {
   for (let n = 0; n < out; n++) {
     let max = 0;
@@ -165,7 +171,14 @@ const INT4_CLIP_RATIOS = [1, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
  * (row-major [in, half]), in the low nibble for n < half and the high nibble above; the stored
  * scale is divided by 16 because the kernel multiplies 16·q (expert-kernel.ts).
  */
-function quantizeRowsAsInt4Columns(w: Float32Array, out: number, inner: number, packed: Uint8Array, scales: Float32Array, scaleOffset: number): void {
+function quantizeRowsAsInt4Columns(
+  w: Float32Array,
+  out: number,
+  inner: number,
+  packed: Uint8Array,
+  scales: Float32Array,
+  scaleOffset: number,
+): void {
   const half = out / 2;
   const q = new Int8Array(inner);
   const best = new Int8Array(inner);
@@ -217,7 +230,12 @@ export function allocateExpert(dim: number, ffn: number, bits: ExpertBits): { by
 }
 
 /** Quantises an expert from fp32 checkpoint weights into a freshly allocated file image. */
-export function quantizeExpert(weights: ExpertFloatWeights, dim: number, ffn: number, bits: ExpertBits): { bytes: Uint8Array; weights: ExpertWeights } {
+export function quantizeExpert(
+  weights: ExpertFloatWeights,
+  dim: number,
+  ffn: number,
+  bits: ExpertBits,
+): { bytes: Uint8Array; weights: ExpertWeights } {
   const expected = ffn * dim;
   for (const name of ['w1', 'w3', 'w2'] as const) {
     if (weights[name].length !== expected) {
@@ -247,7 +265,8 @@ export function sealExpert(bytes: Uint8Array, layer: number, expert: number, dim
   header.fill(0);
   header.write(MAGIC, 0, 'latin1');
   const payload = bytes.subarray(HEADER_BYTES);
-  [EXPERT_FORMAT_VERSION, layer, expert, dim, ffn, crc32(payload), payload.byteLength, bits].forEach((value, i) => header.writeUInt32LE(value >>> 0, 8 + 4 * i));
+  const fields = [EXPERT_FORMAT_VERSION, layer, expert, dim, ffn, crc32(payload), payload.byteLength, bits];
+  for (const [i, value] of fields.entries()) header.writeUInt32LE(value >>> 0, 8 + 4 * i);
   return bytes;
 }
 
@@ -274,15 +293,24 @@ export async function writeExpertStore(
     for (let layer = 0; layer < shape.layers; layer++) {
       for (let expert = 0; expert < shape.experts; expert++) {
         const image = await expertImage(layer, expert);
-        if (image.byteLength !== fileBytes) throw modelError(`expert L${layer} E${expert} image is ${image.byteLength} bytes, expected ${fileBytes}`);
+        if (image.byteLength !== fileBytes)
+          throw modelError(`expert L${layer} E${expert} image is ${image.byteLength} bytes, expected ${fileBytes}`);
         await writeFile(join(tempDir, expertFileName(layer, expert)), sealExpert(image, layer, expert, shape.dim, shape.ffn, bits));
         onProgress?.(layer * shape.experts + expert + 1, total);
       }
     }
-    await writeSafetensors(join(tempDir, ROUTERS_FILE), Array.from({ length: shape.layers }, (_, layer) => [
-      { name: `layers.${layer}.ffn_norm.weight`, dtype: 'F32' as const, shape: [shape.dim], data: routers.norm[layer]! },
-      { name: `layers.${layer}.feed_forward.gate.weight`, dtype: 'F32' as const, shape: [shape.experts, shape.dim], data: routers.gate[layer]! },
-    ]).flat());
+    await writeSafetensors(
+      join(tempDir, ROUTERS_FILE),
+      Array.from({ length: shape.layers }, (_, layer) => [
+        { name: `layers.${layer}.ffn_norm.weight`, dtype: 'F32' as const, shape: [shape.dim], data: routers.norm[layer]! },
+        {
+          name: `layers.${layer}.feed_forward.gate.weight`,
+          dtype: 'F32' as const,
+          shape: [shape.experts, shape.dim],
+          data: routers.gate[layer]!,
+        },
+      ]).flat(),
+    );
     const index: ExpertStoreIndex = { formatVersion: EXPERT_FORMAT_VERSION, quantization: QUANTIZATION[bits], ...shape, fileBytes };
     await writeFile(join(tempDir, 'index.json'), JSON.stringify(index, null, 2));
     await rm(finalDir, { recursive: true, force: true });
@@ -303,7 +331,10 @@ export interface ExpertSource {
 
 /** Quantises every expert of a Mixtral checkpoint into `<storeDir>/experts-int{bits}/`, one at a time. */
 export async function buildExpertStore(
-  source: ExpertSource, storeDir: string, bits: ExpertBits, onProgress?: (done: number, total: number) => void,
+  source: ExpertSource,
+  storeDir: string,
+  bits: ExpertBits,
+  onProgress?: (done: number, total: number) => void,
 ): Promise<ExpertStoreIndex> {
   const { dim, hiddenDim: ffn, nLayers: layers, numExperts: experts, expertsPerToken: topK, normEps } = source.config;
   if (experts <= 0) throw modelError('cannot build an expert store for a dense model (no experts in its config)');
@@ -312,11 +343,18 @@ export async function buildExpertStore(
     routers.norm.push(await source.read(`layers.${layer}.ffn_norm.weight`));
     routers.gate.push(await source.read(`layers.${layer}.feed_forward.gate.weight`));
   }
-  return writeExpertStore(storeDir, { dim, ffn, layers, experts, topK, normEps }, bits, routers, async (layer, expert) => {
-    const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
-    const [w1, w3, w2] = await Promise.all(['w1', 'w3', 'w2'].map((w) => source.read(`${prefix}.${w}.weight`)));
-    return quantizeExpert({ w1: w1!, w3: w3!, w2: w2! }, dim, ffn, bits).bytes;
-  }, onProgress);
+  return writeExpertStore(
+    storeDir,
+    { dim, ffn, layers, experts, topK, normEps },
+    bits,
+    routers,
+    async (layer, expert) => {
+      const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
+      const [w1, w3, w2] = await Promise.all(['w1', 'w3', 'w2'].map((w) => source.read(`${prefix}.${w}.weight`)));
+      return quantizeExpert({ w1: w1!, w3: w3!, w2: w2! }, dim, ffn, bits).bytes;
+    },
+    onProgress,
+  );
 }
 
 function validateIndex(index: Partial<ExpertStoreIndex>, indexPath: string, bits: ExpertBits): ExpertStoreIndex {
@@ -330,10 +368,13 @@ function validateIndex(index: Partial<ExpertStoreIndex>, indexPath: string, bits
   for (const key of ['dim', 'ffn', 'layers', 'experts', 'topK'] as const) {
     if (!positive(key)) throw modelError(`expert store index ${indexPath}: field "${key}" must be a positive integer`);
   }
-  if (typeof index.normEps !== 'number' || !(index.normEps > 0)) throw modelError(`expert store index ${indexPath}: field "normEps" must be a positive number`);
+  if (typeof index.normEps !== 'number' || !(index.normEps > 0))
+    throw modelError(`expert store index ${indexPath}: field "normEps" must be a positive number`);
   const full = index as ExpertStoreIndex;
-  if (bits === 4 && full.dim % 2 !== 0) throw modelError(`expert store index ${indexPath}: int4 experts need an even "dim", not ${full.dim}`);
-  if (full.fileBytes !== expertFileBytes(full.dim, full.ffn, bits)) throw modelError(`expert store index ${indexPath}: fileBytes does not match dim/ffn`);
+  if (bits === 4 && full.dim % 2 !== 0)
+    throw modelError(`expert store index ${indexPath}: int4 experts need an even "dim", not ${full.dim}`);
+  if (full.fileBytes !== expertFileBytes(full.dim, full.ffn, bits))
+    throw modelError(`expert store index ${indexPath}: fileBytes does not match dim/ffn`);
   return full;
 }
 
@@ -418,7 +459,8 @@ export class ExpertStore {
     try {
       handle = await open(path, 'r');
       const { size } = await handle.stat();
-      if (size !== fileBytes) throw modelError(`expert file ${path} is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
+      if (size !== fileBytes)
+        throw modelError(`expert file ${path} is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
       const file = handle;
       const readRange = async (from: number, to: number): Promise<number> => {
         for (let done = from; done < to; ) {
@@ -452,9 +494,26 @@ export class ExpertStore {
     const { dim, ffn } = this.index;
     const header = Buffer.from(bytes.buffer, bytes.byteOffset, HEADER_BYTES);
     const fields = Array.from({ length: 8 }, (_, i) => header.readUInt32LE(8 + 4 * i));
-    const [version, fileLayer, fileExpert, fileDim, fileFfn, expected, payloadBytes, bits] = fields as [number, number, number, number, number, number, number, number];
-    if (header.toString('latin1', 0, 8) !== MAGIC || version !== EXPERT_FORMAT_VERSION) throw modelError(`expert file ${path} is corrupt: bad magic or version`);
-    if (fileLayer !== layer || fileExpert !== expert || fileDim !== dim || fileFfn !== ffn || payloadBytes !== bytes.byteLength - HEADER_BYTES || bits !== this.bits) {
+    const [version, fileLayer, fileExpert, fileDim, fileFfn, expected, payloadBytes, bits] = fields as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+    ];
+    if (header.toString('latin1', 0, 8) !== MAGIC || version !== EXPERT_FORMAT_VERSION)
+      throw modelError(`expert file ${path} is corrupt: bad magic or version`);
+    if (
+      fileLayer !== layer ||
+      fileExpert !== expert ||
+      fileDim !== dim ||
+      fileFfn !== ffn ||
+      payloadBytes !== bytes.byteLength - HEADER_BYTES ||
+      bits !== this.bits
+    ) {
       throw modelError(
         `expert file ${path} is corrupt: header says layer ${fileLayer} expert ${fileExpert} dim ${fileDim} ffn ${fileFfn} int${bits}, ` +
           `expected layer ${layer} expert ${expert} dim ${dim} ffn ${ffn} int${this.bits}`,

@@ -12,13 +12,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { modelError, SidecarError } from '../../errors.ts';
+import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from '../../graph/onnx-graph.ts';
 import { cpuHasExactInt8DotProduct, createSession, type Device } from '../device.ts';
-import { SidecarError, modelError } from '../../errors.ts';
-import { ExpertCache, RouterPredictor, type EvictionPolicy, type ExpertCacheStats, type ExpertLease } from './expert-cache.ts';
+import type { Expert, ExpertProvider } from '../moe.ts';
+import { type EvictionPolicy, ExpertCache, type ExpertCacheStats, type ExpertLease, RouterPredictor } from './expert-cache.ts';
 import { Int4ExpertKernel } from './expert-kernel.ts';
 import { ExpertStore, type ExpertStoreIndex, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
-import type { Expert, ExpertProvider } from '../moe.ts';
-import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from '../../graph/onnx-graph.ts';
 
 export interface ExpertGraphOptions {
   threads?: number;
@@ -42,7 +42,8 @@ function buildExpertGraph(path: string, dim: number, ffn: number, unsignedWeight
     const s13 = g.input('s13', 'float32', [2 * ffn]);
     const w2 = g.input('w2', weightType, [ffn, dim]);
     const s2 = g.input('s2', 'float32', [dim]);
-    const zeroPoints = (count: number): string[] => (unsignedWeights ? [g.initializer(`zero_point_${count}`, 'uint8', [count], new Uint8Array(count).fill(128))] : []);
+    const zeroPoints = (count: number): string[] =>
+      unsignedWeights ? [g.initializer(`zero_point_${count}`, 'uint8', [count], new Uint8Array(count).fill(128))] : [];
     // w1 and w3 are one [dim, 2·ffn] matrix so both projections cost one pass over x.
     const h = g.op('DynamicQuantizeMatMul', [x, w13, s13, ...zeroPoints(2 * ffn)], undefined, MS_DOMAIN);
     const [gate, up] = g.split(h, [ffn, ffn], 1);
@@ -88,7 +89,10 @@ export class ExpertGraph {
       return new ExpertGraph(session, dim, ffn, unsignedWeights);
     } catch (error) {
       if (error instanceof SidecarError) throw error;
-      throw modelError(`cannot create the expert FFN graph (dim ${dim}, ffn ${ffn}): ${error instanceof Error ? error.message : String(error)}`, error);
+      throw modelError(
+        `cannot create the expert FFN graph (dim ${dim}, ffn ${ffn}): ${error instanceof Error ? error.message : String(error)}`,
+        error,
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -98,8 +102,12 @@ export class ExpertGraph {
   async run(x: Float32Array, rows: number, weights: Int8ExpertWeights): Promise<Float32Array> {
     const { dim, ffn, unsigned } = this;
     if (x.length !== rows * dim) throw new RangeError(`expert input has ${x.length} values, expected ${rows}×${dim}`);
-    const w13 = unsigned ? new ort.Tensor('uint8', flipSignBits(weights.w13, unsigned.w13), [dim, 2 * ffn]) : new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]);
-    const w2 = unsigned ? new ort.Tensor('uint8', flipSignBits(weights.w2, unsigned.w2), [ffn, dim]) : new ort.Tensor('int8', weights.w2, [ffn, dim]);
+    const w13 = unsigned
+      ? new ort.Tensor('uint8', flipSignBits(weights.w13, unsigned.w13), [dim, 2 * ffn])
+      : new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]);
+    const w2 = unsigned
+      ? new ort.Tensor('uint8', flipSignBits(weights.w2, unsigned.w2), [ffn, dim])
+      : new ort.Tensor('int8', weights.w2, [ffn, dim]);
     const result = await this.session.run({
       x: new ort.Tensor('float32', x, [rows, dim]),
       w13,
@@ -159,10 +167,21 @@ export class PagedExperts implements ExpertProvider {
         ? {
             bits: 4 as const,
             // Buffers: the budget's experts plus the loads that may be in flight beyond it (one layer's top-k).
-            kernel: new Int4ExpertKernel({ dim, ffn, bufferBytes: store.expertBytes, expectedBuffers: ExpertCache.slotsFor(store, budgetBytes) + topK, threads: options.threads ?? 2 }),
+            kernel: new Int4ExpertKernel({
+              dim,
+              ffn,
+              bufferBytes: store.expertBytes,
+              expectedBuffers: ExpertCache.slotsFor(store, budgetBytes) + topK,
+              threads: options.threads ?? 2,
+            }),
           }
         : { bits: 8 as const, graph: await ExpertGraph.create(dim, ffn, { threads: options.threads, device: options.device }) };
-    const cache = new ExpertCache(store, { budgetBytes, policy: options.policy, onPageIn: options.onPageIn, ...(runner.bits === 4 ? { buffers: runner.kernel } : {}) });
+    const cache = new ExpertCache(store, {
+      budgetBytes,
+      policy: options.policy,
+      onPageIn: options.onPageIn,
+      ...(runner.bits === 4 ? { buffers: runner.kernel } : {}),
+    });
     const predictor = options.prefetch === false ? null : new RouterPredictor(await store.readRouters(), dim, experts, topK, normEps);
     return new PagedExperts(store, cache, runner, predictor);
   }
@@ -236,7 +255,11 @@ export class PagedExperts implements ExpertProvider {
 
   /** Unpins leases started ahead but never used (a previous step failed part-way). */
   private dropAhead(): void {
-    for (const lease of this.ahead.values()) lease.then((l) => l.release(), () => undefined);
+    for (const lease of this.ahead.values())
+      lease.then(
+        (l) => l.release(),
+        () => undefined,
+      );
     this.ahead.clear();
   }
 

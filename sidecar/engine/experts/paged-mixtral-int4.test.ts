@@ -7,16 +7,16 @@
  */
 import { readdir } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ExpertStore, expertFileBytes } from './expert-store.ts';
-import { loadModel } from '../model-runtime.ts';
 import {
   convertGoldenMixtral,
   expectBitIdenticalAcrossBudgets,
   expectMissingExpertFailsOnlyItsSteps,
+  type GoldenCase,
   goldenLogits,
   topOneAgreement,
-  type GoldenCase,
 } from '../../../test/support/golden-mixtral.ts';
+import { loadModel } from '../model-runtime.ts';
+import { ExpertStore, expertFileBytes } from './expert-store.ts';
 
 const MiB = 1024 * 1024;
 
@@ -75,7 +75,8 @@ describe('Mixtral int4 store with paged experts', () => {
       const sequential: Float32Array[] = [];
       for (const c of cases) sequential.push(await one(c));
       const overlapped = await Promise.all(cases.map(one));
-      overlapped.forEach((row, i) => expect(Buffer.from(row.buffer).equals(Buffer.from(sequential[i]!.buffer)), `case ${i}`).toBe(true));
+      for (const [i, row] of overlapped.entries())
+        expect(Buffer.from(row.buffer).equals(Buffer.from(sequential[i]!.buffer)), `case ${i}`).toBe(true);
     } finally {
       await runtime.dispose();
     }

@@ -5,15 +5,15 @@
  * missing expert file fails only the forward steps that route to it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel } from '../model-runtime.ts';
 import {
   convertGoldenMixtral,
   expectBitIdenticalAcrossBudgets,
   expectMissingExpertFailsOnlyItsSteps,
+  type GoldenCase,
   goldenLogits,
   topOneAgreement,
-  type GoldenCase,
 } from '../../../test/support/golden-mixtral.ts';
+import { loadModel } from '../model-runtime.ts';
 
 const MiB = 1024 * 1024;
 
@@ -43,7 +43,7 @@ describe('Mixtral with paged experts', () => {
     expect(topOneAgreement(rows, cases)).toBeGreaterThanOrEqual(0.9);
   });
 
-  it('refuses, at load, a budget smaller than one layer\'s top-2 experts', async () => {
+  it("refuses, at load, a budget smaller than one layer's top-2 experts", async () => {
     await expect(loadModel(storeDir, { expertCacheMb: (1.5 * expertBytes) / MiB })).rejects.toThrow(
       /--expert-cache-mb [\d.]+ is smaller than one layer's top-2 experts .*use at least [\d.]+/,
     );
