@@ -210,4 +210,20 @@ describe('expert graph', () => {
       await graph.dispose();
     }
   });
+
+  it('runs paged-in weights prepared once (sign bits flipped in place) exactly as it runs them unprepared', async () => {
+    const { dim, ffn } = store.index;
+    const graph = await ExpertGraph.create(dim, ffn, { threads: 1, unsignedWeights: true });
+    try {
+      const x = Float32Array.from({ length: 2 * dim }, (_, i) => Math.cos(i * 0.21));
+      const weights = int8(await store.read(1, 5, store.allocate()));
+      const unprepared = await graph.run(x, 2, weights);
+      graph.prepare(weights);
+      graph.prepare(weights); // idempotent: a second call must not flip the bytes back
+      const prepared = await graph.run(x, 2, weights);
+      expect(Buffer.from(prepared.buffer).equals(Buffer.from(unprepared.buffer))).toBe(true);
+    } finally {
+      await graph.dispose();
+    }
+  });
 });

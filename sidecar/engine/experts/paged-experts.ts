@@ -56,28 +56,33 @@ function buildExpertGraph(path: string, dim: number, ffn: number, unsignedWeight
   }
 }
 
-/** `bytes` with every sign bit flipped into `out`: int8 q becomes uint8 q + 128. */
-function flipSignBits(bytes: Int8Array, out: Uint8Array): Uint8Array {
-  const words = bytes.length >>> 2;
-  const source = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
-  const target = new Uint32Array(out.buffer, out.byteOffset, words);
-  for (let i = 0; i < words; i++) target[i] = source[i]! ^ 0x80808080;
-  for (let i = words << 2; i < bytes.length; i++) out[i] = (bytes[i]! + 128) & 0xff;
-  return out;
+/** Flips every sign bit of `bytes` in place: int8 q becomes uint8 q + 128 (and back again). */
+function flipSignBits(bytes: Uint8Array): void {
+  let i = 0;
+  for (; i < bytes.length && (bytes.byteOffset + i) % 4 !== 0; i++) bytes[i] = bytes[i]! ^ 0x80;
+  const words = (bytes.length - i) >>> 2;
+  const view = new Int32Array(bytes.buffer, bytes.byteOffset + i, words);
+  for (let w = 0; w < words; w++) view[w] = view[w]! ^ -0x7f7f7f80; // 0x80808080 as an int32
+  for (i += words * 4; i < bytes.length; i++) bytes[i] = bytes[i]! ^ 0x80;
 }
 
+const asBytes = (values: Int8Array): Uint8Array => new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+
 export class ExpertGraph {
-  /** Sign-flipped copies of the running expert's weights, when the CPU needs unsigned weights. */
-  private readonly unsigned: { w13: Uint8Array; w2: Uint8Array } | null;
+  /**
+   * Weights whose bytes `prepare` already sign-flipped in place (paged-in buffers): they run as they
+   * are. Others are copied and flipped per run, when the CPU needs unsigned weights.
+   */
+  private readonly flipped = new WeakSet<Int8Array>();
+  private scratch: { w13: Uint8Array; w2: Uint8Array } | null = null;
 
   private constructor(
     private readonly session: ort.InferenceSession,
     readonly dim: number,
     readonly ffn: number,
-    unsignedWeights: boolean,
-  ) {
-    this.unsigned = unsignedWeights ? { w13: allocateWords(dim * 2 * ffn), w2: allocateWords(ffn * dim) } : null;
-  }
+    /** Weights go to onnxruntime as uint8 with zero point 128 (see cpuHasExactInt8DotProduct). */
+    readonly unsignedWeights: boolean,
+  ) {}
 
   static async create(dim: number, ffn: number, options: ExpertGraphOptions = {}): Promise<ExpertGraph> {
     const dir = await mkdtemp(join(tmpdir(), 'sirocco-expert-graph-'));
@@ -98,16 +103,23 @@ export class ExpertGraph {
     }
   }
 
+  /**
+   * Readies freshly paged-in weights for this graph, once per page-in: where the CPU needs unsigned
+   * weights their bytes are sign-flipped in place, so every later run feeds them as they are. After
+   * this the weights belong to the graph (their int8 views no longer hold q).
+   */
+  prepare(weights: Int8ExpertWeights): void {
+    if (!this.unsignedWeights || this.flipped.has(weights.w13)) return;
+    flipSignBits(asBytes(weights.w13));
+    flipSignBits(asBytes(weights.w2));
+    this.flipped.add(weights.w13);
+  }
+
   /** Runs one expert on `rows` row vectors `x` ([rows, dim], row-major); returns [rows, dim]. */
   async run(x: Float32Array, rows: number, weights: Int8ExpertWeights): Promise<Float32Array> {
-    const { dim, ffn, unsigned } = this;
+    const { dim, ffn } = this;
     if (x.length !== rows * dim) throw new RangeError(`expert input has ${x.length} values, expected ${rows}×${dim}`);
-    const w13 = unsigned
-      ? new ort.Tensor('uint8', flipSignBits(weights.w13, unsigned.w13), [dim, 2 * ffn])
-      : new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]);
-    const w2 = unsigned
-      ? new ort.Tensor('uint8', flipSignBits(weights.w2, unsigned.w2), [ffn, dim])
-      : new ort.Tensor('int8', weights.w2, [ffn, dim]);
+    const [w13, w2] = this.weightTensors(weights);
     const result = await this.session.run({
       x: new ort.Tensor('float32', x, [rows, dim]),
       w13,
@@ -120,14 +132,24 @@ export class ExpertGraph {
     return y.data as Float32Array;
   }
 
+  private weightTensors(weights: Int8ExpertWeights): [ort.Tensor, ort.Tensor] {
+    const { dim, ffn } = this;
+    if (!this.unsignedWeights) return [new ort.Tensor('int8', weights.w13, [dim, 2 * ffn]), new ort.Tensor('int8', weights.w2, [ffn, dim])];
+    if (this.flipped.has(weights.w13)) {
+      return [new ort.Tensor('uint8', asBytes(weights.w13), [dim, 2 * ffn]), new ort.Tensor('uint8', asBytes(weights.w2), [ffn, dim])];
+    }
+    this.scratch ??= { w13: new Uint8Array(dim * 2 * ffn), w2: new Uint8Array(ffn * dim) };
+    const { w13, w2 } = this.scratch;
+    w13.set(asBytes(weights.w13));
+    w2.set(asBytes(weights.w2));
+    flipSignBits(w13);
+    flipSignBits(w2);
+    return [new ort.Tensor('uint8', w13, [dim, 2 * ffn]), new ort.Tensor('uint8', w2, [ffn, dim])];
+  }
+
   async dispose(): Promise<void> {
     await this.session.release();
   }
-}
-
-/** A byte buffer whose length is padded to whole 32-bit words (flipSignBits works a word at a time). */
-function allocateWords(bytes: number): Uint8Array {
-  return new Uint8Array(new ArrayBuffer(Math.ceil(bytes / 4) * 4), 0, bytes);
 }
 
 export interface PagedExpertsOptions {
@@ -180,7 +202,13 @@ export class PagedExperts implements ExpertProvider {
       budgetBytes,
       policy: options.policy,
       onPageIn: options.onPageIn,
-      ...(runner.bits === 4 ? { buffers: runner.kernel } : {}),
+      ...(runner.bits === 4
+        ? { buffers: runner.kernel }
+        : {
+            prepare: (weights) => {
+              if (weights.bits === 8) runner.graph.prepare(weights);
+            },
+          }),
     });
     const predictor = options.prefetch === false ? null : new RouterPredictor(await store.readRouters(), dim, experts, topK, normEps);
     return new PagedExperts(store, cache, runner, predictor);
