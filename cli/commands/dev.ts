@@ -113,9 +113,14 @@ export interface Stack {
   /** The HMAC secret the edge signs sidecar requests with (tests use it to query a sidecar directly). */
   sidecarSecret: string;
   sidecars: Array<SidecarSpec & { url: string }>;
-  /** Resolves with a description when any child exits on its own. */
-  firstExit: Promise<string>;
-  /** Stops one sidecar (e.g. to test failover). */
+  /**
+   * Resolves with a description when the edge (wrangler dev) exits on its own: the stack cannot go on. A sidecar
+   * that dies is restarted instead (see SupervisedSidecar), so one region's crash never stops the others.
+   */
+  edgeExit: Promise<string>;
+  /** The running process of a region's sidecar (its pid changes on every restart) and how often it was restarted. */
+  sidecarProcess(region: string): { pid: number | undefined; restarts: number };
+  /** Stops one sidecar for good: it is not restarted (e.g. to test failover). */
   stopSidecar(region: string): Promise<void>;
   /** Stops everything and removes the temp state; safe to call twice. */
   stop(): Promise<void>;
@@ -144,8 +149,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const ownPersist = options.persistTo === undefined;
   const persistTo = options.persistTo ?? (await mkdtemp(join(tmpdir(), 'sirocco-wrangler-')));
   const children: ManagedProcess[] = [];
+  const supervised: SupervisedSidecar[] = [];
   const stopAll = async () => {
-    await Promise.all(children.map((child) => child.stop({ graceMs: 15_000 })));
+    await Promise.all([...supervised.map((sidecar) => sidecar.stop()), ...children.map((child) => child.stop({ graceMs: 15_000 }))]);
     if (ownPersist) await rm(persistTo, { recursive: true, force: true });
   };
 
@@ -161,15 +167,18 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
         String(spec.port),
       ];
       if (options.sidecarThreads) serveArgs.push('--threads', String(options.sidecarThreads));
-      const child = spawnSidecar({
-        name,
-        serveArgs,
-        env: { [ENV.sidecarSecret]: sidecarSecret },
-        ownProcessGroup: true,
-        onLine: (line) => onLog(name, line),
-      });
+      // The secret travels in the environment, never on the command line (where `ps` shows it to every user).
+      const spawn = () =>
+        spawnSidecar({
+          name,
+          serveArgs,
+          env: { [ENV.sidecarSecret]: sidecarSecret },
+          ownProcessGroup: true,
+          onLine: (line) => onLog(name, line),
+        });
+      const child = spawn();
       children.push(child);
-      return { ...spec, url: `http://127.0.0.1:${spec.port}`, process: child };
+      return { ...spec, url: `http://127.0.0.1:${spec.port}`, process: child, spawn };
     });
 
     const registry = sidecars.map(({ region, url, lat, lon, continent }) => ({
@@ -202,20 +211,30 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
     await createDevKey(`http://127.0.0.1:${edgePort}`, adminSecret, apiKey);
 
-    const firstExit = Promise.race(children.map((child) => child.exited.then((code) => `${child.name} exited (code ${code})`)));
+    // From here on a sidecar that dies is restarted; at start-up a death is a configuration problem and fails the start.
+    for (const sidecar of sidecars) {
+      children.splice(children.indexOf(sidecar.process), 1);
+      supervised.push(new SupervisedSidecar(sidecar.region, sidecar.process, sidecar.spawn, progress));
+    }
+    const supervisorOf = (region: string): SupervisedSidecar => {
+      const sidecar = supervised.find((candidate) => candidate.region === region);
+      if (!sidecar) throw new Error(`no sidecar in region ${region}`);
+      return sidecar;
+    };
+    const edgeExit = wrangler.exited.then((code) => `${wrangler.name} exited (code ${code})`);
     let stopped: Promise<void> | undefined;
     return {
       edgeUrl,
       apiKey,
       adminSecret,
       sidecarSecret,
-      sidecars: sidecars.map(({ process: _process, ...sidecar }) => sidecar),
-      firstExit,
-      stopSidecar: async (region) => {
-        const sidecar = sidecars.find((candidate) => candidate.region === region);
-        if (!sidecar) throw new Error(`no sidecar in region ${region}`);
-        await sidecar.process.stop({ graceMs: 15_000 });
+      sidecars: sidecars.map(({ process: _process, spawn: _spawn, ...sidecar }) => sidecar),
+      edgeExit,
+      sidecarProcess: (region) => {
+        const sidecar = supervisorOf(region);
+        return { pid: sidecar.process.child.pid, restarts: sidecar.restarts };
       },
+      stopSidecar: (region) => supervisorOf(region).stop(),
       stop: () => (stopped ??= stopAll()),
     };
   } catch (error) {
@@ -224,6 +243,56 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     // The CLI prints a CliError's message alone: the child's name and its last output say what went wrong.
     if (error instanceof ProcessError) throw new CliError(error.message, 1);
     throw error;
+  }
+}
+
+/** First restart delay after a sidecar dies; doubled on each death in a row, up to the maximum. */
+const RESTART_DELAY_MS = 500;
+const MAX_RESTART_DELAY_MS = 30_000;
+/** A sidecar that ran this long before dying starts again from the first delay. */
+const STABLE_RUN_MS = 60_000;
+
+/**
+ * Keeps one region's sidecar running: when it exits on its own (a crash, an OOM kill, `kill -9`) it is started again
+ * after a delay that doubles while it keeps dying, so a sidecar that cannot start does not spin. The edge fails
+ * over to the other regions meanwhile, and routes to this one again once its /ready answers.
+ */
+class SupervisedSidecar {
+  restarts = 0;
+  private deathsInARow = 0;
+  private stopping = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly region: string,
+    public process: ManagedProcess,
+    private readonly spawn: () => ManagedProcess,
+    private readonly progress: (message: string) => void,
+  ) {
+    this.watch(process, Date.now());
+  }
+
+  private watch(child: ManagedProcess, startedAt: number): void {
+    void child.exited.then((code) => {
+      if (this.stopping || child !== this.process) return;
+      if (Date.now() - startedAt >= STABLE_RUN_MS) this.deathsInARow = 0;
+      const delay = Math.min(MAX_RESTART_DELAY_MS, RESTART_DELAY_MS * 2 ** this.deathsInARow);
+      this.deathsInARow += 1;
+      this.progress(`${child.name} exited (${code === null ? 'killed by a signal' : `code ${code}`}); restarting it in ${delay / 1000} s`);
+      this.timer = setTimeout(() => {
+        if (this.stopping) return;
+        this.restarts += 1;
+        this.process = this.spawn();
+        this.watch(this.process, Date.now());
+      }, delay);
+    });
+  }
+
+  /** Stops it for good. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.timer);
+    await this.process.stop({ graceMs: 15_000 });
   }
 }
 
@@ -320,7 +389,7 @@ export async function run(argv: string[]): Promise<number> {
     ].join('\n'),
   );
 
-  const reason = await Promise.race([signalled, stack.firstExit.then((exit) => `unexpected: ${exit}`)]);
+  const reason = await Promise.race([signalled, stack.edgeExit.then((exit) => `unexpected: ${exit}`)]);
   console.log(`sirocco dev: stopping (${reason})…`);
   await stack.stop();
   return reason.startsWith('unexpected') ? 1 : 0;
