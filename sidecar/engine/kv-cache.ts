@@ -184,7 +184,7 @@ export class BatchStep {
     private readonly shape: CacheShape,
     reuse?: BatchedPast,
   ) {
-    const tokens = Math.max(...entries.map((e) => e.tokens.length));
+    const tokens = entries.reduce((most, e) => Math.max(most, e.tokens.length), 0);
     // Even row counts (see the header): pad S when there is one entry or several new tokens, else
     // (a decode batch) pad B — one extra row either way.
     const padTokens = entries.length === 1 || tokens > 1;
@@ -193,7 +193,7 @@ export class BatchStep {
     // Slot layout decides rounding: onnxruntime's vectorised softmax sums lanes by slot position.
     // Using the largest buffer capacity as P gives the sequence that owns it exactly the layout
     // it has alone, so its output does not change when others join its step.
-    this.past = Math.max(...entries.map((e) => e.cache.capacity));
+    this.past = entries.reduce((most, e) => Math.max(most, e.cache.capacity), 0);
     if (this.batch === 1)
       reuse?.clear(); // a lone sequence passes its own buffers
     else this.batchedPast = (reuse ?? new BatchedPast(shape)).sync(this);

@@ -4,7 +4,8 @@
  * and the shortest completion from any point yields JSON that matches the schema.
  */
 import { describe, expect, it } from 'vitest';
-import { compileJsonSchema } from './json-schema-constraint.ts';
+import { SidecarError } from '../errors.ts';
+import { compileJsonSchema, MAX_SCHEMA_DEPTH } from './json-schema-constraint.ts';
 
 const schema = {
   type: 'object',
@@ -74,5 +75,31 @@ describe('compileJsonSchema', () => {
     expect(compileJsonSchema({ anyOf: [{ type: 'object' }] })).toBeNull();
     expect(compileJsonSchema({ type: 'object', properties: { a: { enum: [{}] } } })).toBeNull();
     expect(compileJsonSchema({ type: 'object' })).toBeNull();
+  });
+
+  it('refuses a schema nested past MAX_SCHEMA_DEPTH with a 400, however deep, and compiles one at the limit', () => {
+    const nested = (depth: number, leaf: unknown, wrap: (inner: unknown) => unknown) => {
+      let schema = leaf;
+      for (let level = 0; level < depth; level++) schema = wrap(schema);
+      return schema;
+    };
+    const objects = (depth: number) => nested(depth, { type: 'string' }, (inner) => ({ type: 'object', properties: { a: inner } }));
+    expect(compileJsonSchema(objects(MAX_SCHEMA_DEPTH - 1))).not.toBeNull();
+    const tooDeep = [
+      objects(50_000),
+      { type: 'object', properties: { a: nested(50_000, { type: 'string' }, (inner) => ({ anyOf: [inner, { type: 'null' }] })) } },
+      { type: 'object', properties: { a: nested(50_000, { type: 'string' }, (inner) => ({ type: 'array', items: inner })) } },
+    ];
+    for (const schema of tooDeep) {
+      const error = (() => {
+        try {
+          compileJsonSchema(schema);
+        } catch (thrown) {
+          return thrown;
+        }
+      })();
+      expect(error).toBeInstanceOf(SidecarError);
+      expect(error).toMatchObject({ status: 400, param: 'response_format', message: expect.stringMatching(/deeper than 64 levels/) });
+    }
   });
 });

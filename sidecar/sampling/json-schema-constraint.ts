@@ -14,10 +14,27 @@
  * is any JSON value. Anything else at the root (a non-object schema, `$ref`,
  * `anyOf`…, or an object root without properties) compiles to null and the caller falls back to
  * plain json_object. Extra properties are never generated; optional ones always are.
+ *
+ * Compilation recurses once per nesting level (properties, items, anyOf/oneOf), so a schema nested
+ * deeper than MAX_SCHEMA_DEPTH is refused with a 400 rather than overflowing the stack; falling back
+ * to json_object would silently ignore a schema the caller meant.
  */
 
+import { invalidRequest } from '../errors.ts';
 import { advanceChar, closingText, expectsValue, initialJsonState, isJsonComplete, type JsonState } from './json-constraint.ts';
 import { jsonObjectConstraint, type TextConstraint } from './json-mode.ts';
+
+/** Deepest schema nesting compiled: beyond any schema an answer is shaped by, far below the stack's limit. */
+export const MAX_SCHEMA_DEPTH = 64;
+
+function checkDepth(depth: number): void {
+  if (depth > MAX_SCHEMA_DEPTH) {
+    throw invalidRequest(
+      `response_format.json_schema.schema nests deeper than ${MAX_SCHEMA_DEPTH} levels (properties, items, anyOf/oneOf)`,
+      'response_format',
+    );
+  }
+}
 
 type SlotKind = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'array' | 'object' | 'any';
 /** `items`: for an array slot, the kind every element must be (scalar kinds only; others unchecked). */
@@ -59,12 +76,14 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 /** The slot for a leaf schema: `["x","null"]` is an x slot that also takes null; other unions are any value. */
-function slot(schema: Record<string, unknown>): Slot {
+function slot(schema: Record<string, unknown>, depth: number): Slot {
+  checkDepth(depth);
   // anyOf/oneOf [X, {type: "null"}] (how zod writes .nullable()) is a nullable X.
   const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
   if (union !== null) {
     const others = union.filter((option) => !(isRecord(option) && option.type === 'null'));
-    if (others.length === 1 && isRecord(others[0]) && others.length < union.length) return { ...slot(others[0]), nullable: true };
+    if (others.length === 1 && isRecord(others[0]) && others.length < union.length)
+      return { ...slot(others[0], depth + 1), nullable: true };
     return { slot: 'any', nullable: true };
   }
   let type = schema.type;
@@ -76,14 +95,15 @@ function slot(schema: Record<string, unknown>): Slot {
   }
   const kind: SlotKind = typeof type === 'string' && type in FIRST_CHARS ? (type as SlotKind) : 'any';
   if (kind === 'array' && isRecord(schema.items)) {
-    const items = slot(schema.items).slot;
+    const items = slot(schema.items, depth + 1).slot;
     if (['string', 'number', 'integer', 'boolean'].includes(items)) return { slot: kind, nullable, items };
   }
   return { slot: kind, nullable };
 }
 
 /** Appends the steps for `schema`'s value; false when it cannot be compiled. */
-function compileValue(schema: unknown, steps: Step[]): boolean {
+function compileValue(schema: unknown, steps: Step[], depth: number): boolean {
+  checkDepth(depth);
   if (!isRecord(schema)) {
     // `true` and a missing schema accept any value; `false` and non-objects cannot be shaped.
     if (schema !== true && schema !== undefined) return false;
@@ -96,12 +116,12 @@ function compileValue(schema: unknown, steps: Step[]): boolean {
     steps.push({ choices: values.map((v) => JSON.stringify(v)) });
     return true;
   }
-  if (schema.type === 'object' && isRecord(schema.properties)) return compileObject(schema, steps);
-  steps.push(slot(schema));
+  if (schema.type === 'object' && isRecord(schema.properties)) return compileObject(schema, steps, depth);
+  steps.push(slot(schema, depth));
   return true;
 }
 
-function compileObject(schema: Record<string, unknown>, steps: Step[]): boolean {
+function compileObject(schema: Record<string, unknown>, steps: Step[], depth: number): boolean {
   const properties = isRecord(schema.properties) ? Object.entries(schema.properties) : [];
   if (properties.length === 0) {
     // No declared properties: exactly {} when nothing else is allowed, otherwise any object.
@@ -110,7 +130,7 @@ function compileObject(schema: Record<string, unknown>, steps: Step[]): boolean 
   }
   for (const [index, [name, property]] of properties.entries()) {
     steps.push({ literal: `${index === 0 ? '{' : ','}${JSON.stringify(name)}:` });
-    if (!compileValue(property, steps)) return false;
+    if (!compileValue(property, steps, depth + 1)) return false;
   }
   steps.push({ literal: '}' });
   return true;
@@ -129,13 +149,13 @@ function mergeLiterals(steps: Step[]): Step[] {
 
 const WRAPPED_START = advanceChar(initialJsonState({ rootObject: false }), '[')!;
 
-/** The constraint for `schema`, or null when it is not an object schema this module can shape. */
+/** The constraint for `schema`, or null when it is not an object schema this module can shape; a 400 past MAX_SCHEMA_DEPTH. */
 export function compileJsonSchema(schema: unknown): TextConstraint<SchemaState> | null {
   // A root without properties is better served by the free json_object constraint (and a slot must be followed by a literal).
   if (!isRecord(schema) || schema.type !== 'object' || !isRecord(schema.properties) || Object.keys(schema.properties).length === 0)
     return null;
   const raw: Step[] = [];
-  if (!compileObject(schema, raw)) return null;
+  if (!compileObject(schema, raw, 1)) return null;
   const steps = mergeLiterals(raw);
 
   // The shortest text from the start of each step to the end.

@@ -77,10 +77,16 @@ export function renderChatPrompt(tokenizer: Tokenizer, messages: ChatMessage[], 
   turns.forEach((turn, index) => {
     if (turn.role === 'user') {
       const content = index === 0 && systemPrompt !== '' ? `${systemPrompt}\n\n${turn.content}` : turn.content;
-      ids.push(...tokenizer.encode(`[INST] ${content} [/INST]`));
+      appendAll(ids, tokenizer.encode(`[INST] ${content} [/INST]`));
     } else {
-      ids.push(...tokenizer.encode(turn.content), tokenizer.eosId);
+      appendAll(ids, tokenizer.encode(turn.content));
+      ids.push(tokenizer.eosId);
     }
   });
   return ids;
+}
+
+/** A loop, not `push(...source)`: spreading passes every id as an argument, and a long prompt overflows the stack. */
+function appendAll(target: number[], source: readonly number[]): void {
+  for (const id of source) target.push(id);
 }

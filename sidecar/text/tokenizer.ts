@@ -209,7 +209,7 @@ export function sentencePieceToTokenizerJson(bytes: Uint8Array, file: string): T
       if (left in vocab && right in vocab) local.push({ left, right, score });
     }
     local.sort((a, b) => vocab[a.left]! - vocab[b.left]! || vocab[a.right]! - vocab[b.right]!);
-    ranked.push(...local);
+    for (const merge of local) ranked.push(merge);
   }
   ranked.sort((a, b) => b.score - a.score); // stable: ties keep vocabulary order
   const specials = model.pieces
