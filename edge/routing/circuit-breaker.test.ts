@@ -49,4 +49,12 @@ describe('CircuitBreaker', () => {
     breaker.release();
     expect(breaker.tryAcquire(1000)).toBe(true);
   });
+
+  it('opens on lighter failures only once their weights add up to the threshold', () => {
+    const breaker = new CircuitBreaker(options);
+    for (let i = 0; i < 11; i++) breaker.recordFailure(0, 0.25);
+    expect(breaker.state(0)).toBe('closed');
+    breaker.recordFailure(0, 0.25);
+    expect(breaker.state(0)).toBe('open');
+  });
 });

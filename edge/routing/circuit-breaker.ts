@@ -2,6 +2,8 @@
  * A per-sidecar circuit breaker. Closed: requests flow, consecutive failures are counted. After
  * `failureThreshold` failures it opens: the sidecar is skipped for `cooldownMs`. Then it is
  * half-open: exactly one trial request goes through; success closes it, failure opens it again.
+ * A failure may weigh less than one (an overloaded sidecar's 429/503, see failover.ts), so that
+ * kind opens the circuit only after several times as many answers in a row.
  */
 
 export type CircuitState = 'closed' | 'open' | 'half-open';
@@ -49,8 +51,9 @@ export class CircuitBreaker {
     this.#trialInFlight = false;
   }
 
-  recordFailure(now: number): void {
-    this.#failures += 1;
+  /** `weight` is how much of a failure this one is: 1 for a crash, less for an overload answer. */
+  recordFailure(now: number, weight = 1): void {
+    this.#failures += weight;
     this.#trialInFlight = false;
     if (this.#openedAt !== null || this.#failures >= this.options.failureThreshold) this.#openedAt = now;
   }

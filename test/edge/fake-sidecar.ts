@@ -8,13 +8,26 @@
 import { errorBody, streamErrorFrame } from '../../shared/errors.ts';
 import type { LoadReport } from '../../shared/protocol.ts';
 import { verifyRequest } from '../../shared/signing.ts';
-import { encodeSseData, SSE_DONE } from '../../shared/sse.ts';
+import { encodeSseData, SSE_DONE, SSE_KEEP_ALIVE } from '../../shared/sse.ts';
 
 export type Behaviour =
   | 'ok'
   /** Connection refused. */
   | 'refuse'
+  /** 500 with a Mistral `internal_error` body: the sidecar's own failure. */
   | 'http-500'
+  /** 500 whose Mistral body says `invalid_request_error`: the request's fault, as an older sidecar reports it. */
+  | 'http-500-request-fault'
+  /** 400 `invalid_request_error`, e.g. a prompt the sidecar cannot handle. */
+  | 'http-400'
+  /** 403: the sidecar refuses the edge's credentials. */
+  | 'http-403'
+  /** 503 `overloaded`: the sidecar sheds load. */
+  | 'http-503'
+  /** Non-stream: sends its response headers, then never finishes the body until aborted. */
+  | 'hang-after-headers'
+  /** Streams the first chunks, then no data event (only `: keep-alive` comments) until aborted, like a stopped process behind a proxy. */
+  | 'silent-mid-stream'
   /** Accepts the connection and never answers until aborted. */
   | 'hang'
   /** Streams the first chunks, then the connection drops. */
@@ -104,6 +117,18 @@ export function createFakeSidecars(regions: Record<string, string>, secret: stri
             return controller.error(error);
           }
         }
+        if (index === 2 && behaviour === 'silent-mid-stream') {
+          // Comments keep coming, data never does: the edge's idle timeout must not count comments.
+          const comments = setInterval(() => controller.enqueue(encoder.encode(SSE_KEEP_ALIVE)), 20);
+          try {
+            await rejectOnAbort(signal);
+          } catch (error) {
+            controller.error(error);
+          } finally {
+            clearInterval(comments);
+          }
+          return;
+        }
         if (index === 2 && behaviour === 'cut-mid-stream') return controller.error(new Error('connection reset by peer'));
         if ((index === 2 && behaviour === 'error-mid-stream') || behaviour === 'error-first') {
           controller.enqueue(encoder.encode(encodeSseData(streamErrorFrame('internal_error', 'decoder crashed'))));
@@ -144,6 +169,25 @@ export function createFakeSidecars(regions: Record<string, string>, secret: stri
     if (!signatureOk) return Response.json(errorBody('unauthorized', 'bad signature'), { status: 401 });
     if (sidecar.startDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, sidecar.startDelayMs));
     if (sidecar.behaviour === 'http-500') return Response.json(errorBody('internal_error', 'boom'), { status: 500 });
+    if (sidecar.behaviour === 'http-500-request-fault')
+      return Response.json(errorBody('invalid_request_error', 'Prompt has an unsupported control token', 'messages'), { status: 500 });
+    if (sidecar.behaviour === 'http-400')
+      return Response.json(errorBody('invalid_request_error', 'Prompt has an unsupported control token', 'messages'), { status: 400 });
+    if (sidecar.behaviour === 'http-403') return Response.json(errorBody('forbidden', 'bad credentials'), { status: 403 });
+    if (sidecar.behaviour === 'http-503') return Response.json(errorBody('overloaded', 'queue full'), { status: 503 });
+    if (sidecar.behaviour === 'hang-after-headers') {
+      const signal = init?.signal ?? undefined;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          try {
+            await rejectOnAbort(signal);
+          } catch (error) {
+            controller.error(error);
+          }
+        },
+      });
+      return new Response(body, { headers: { 'content-type': 'application/json' } });
+    }
     if (sidecar.behaviour === 'hang') return rejectOnAbort(init?.signal ?? undefined);
 
     const chat = JSON.parse(body) as { model: string; stream?: boolean; max_tokens?: number };

@@ -144,3 +144,78 @@ describe('circuit breaker', () => {
     expect(eu.requests).toHaveLength(0); // refused connections never reach the handler
   });
 });
+
+describe('request errors are never region failures', () => {
+  async function circuitOf(edge: ReturnType<typeof setup>, region: string): Promise<string | undefined> {
+    const health = (await (await edge.send('/health')).json()) as { regions: { region: string; circuit: string }[] };
+    return health.regions.find((entry) => entry.region === region)?.circuit;
+  }
+
+  it('relays a sidecar 400 with its body, never retries it elsewhere, and keeps the circuit closed', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '2' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-400';
+    for (let i = 0; i < 6; i++) {
+      const response = await edge.chat(key, {}, { cf: PARIS });
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ object: 'error', type: 'invalid_request_error', param: 'messages' });
+    }
+    expect(edge.sidecars.sidecar('eu-west').requests).toHaveLength(6);
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+    expect(await circuitOf(edge, 'eu-west')).toBe('closed');
+  });
+
+  it('relays a 500 whose body says invalid_request_error as a 400, without failing over or counting', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '2' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-500-request-fault';
+    for (let i = 0; i < 4; i++) {
+      const response = await edge.chat(key, {}, { cf: PARIS });
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ type: 'invalid_request_error', message: expect.stringMatching(/control token/) });
+    }
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+    expect(await circuitOf(edge, 'eu-west')).toBe('closed');
+  });
+
+  it('fails a plain 500 over to the next region and counts it on the circuit', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '2' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-500';
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(await circuitOf(edge, 'eu-west')).toBe('closed');
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+  });
+
+  it('fails a 403 (the edge credentials refused) over and counts it', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '2' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-403';
+    for (let i = 0; i < 2; i++) expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+  });
+
+  it('fails a 503 (overloaded) over, but opens the circuit only after four times as many answers as a crash', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '2' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-503';
+    for (let i = 0; i < 7; i++) expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(await circuitOf(edge, 'eu-west')).toBe('closed');
+    expect(await answeredBy(await edge.chat(key, {}, { cf: PARIS }))).toBe('us-east');
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+  });
+
+  it('answers 504 timeout when every region timed out', async () => {
+    const edge = setup({ COMPLETION_TIMEOUT_MS: '100' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'hang';
+    edge.sidecars.sidecar('us-east').behaviour = 'hang-after-headers';
+    const started = Date.now();
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(response.status).toBe(504);
+    expect(await response.json()).toMatchObject({ object: 'error', type: 'timeout', message: expect.stringMatching(/in time/) });
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(edge.sidecars.sidecar('us-east').requests[0]?.signal?.aborted).toBe(true);
+  });
+});
