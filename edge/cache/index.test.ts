@@ -6,7 +6,7 @@
 import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ChatCompletionChunkSchema, type ChatCompletionRequest, type ChatCompletionResponse, messageText } from '../../shared/api.ts';
 import { errorBody, streamErrorFrame } from '../../shared/errors.ts';
 import { encodeSseData, readSseEvents, SSE_DONE, SSE_HEADERS, SSE_KEEP_ALIVE } from '../../shared/sse.ts';
@@ -346,5 +346,24 @@ describe('responseCache', () => {
     const { send } = cachedApp(() => Response.json(errorBody('invalid_request_error', 'bad body'), { status: 422 }));
     const response = await send({ ...prompt(), temperature: 0, bogus: true } as Partial<ChatCompletionRequest>);
     expect(response).toMatchObject({ status: 422, cache: 'BYPASS' });
+  });
+
+  it('lets a request whose cache key cannot be computed through, uncached (BYPASS)', async () => {
+    const app = new Hono<CacheTestEnv>();
+    // A value JSON.stringify refuses (a BigInt) makes the key computation throw.
+    const unkeyable = { model: 'mistral-tiny', temperature: 0, ...prompt(), response_format: { type: 'json_object', seed: 1n } };
+    app.post(
+      '/v1/chat/completions',
+      responseCache<CacheTestEnv>({ tenant: () => 'acme', request: () => unkeyable as unknown as ChatCompletionRequest }),
+      (c) => c.json(completion(unkeyable as unknown as ChatCompletionRequest, 1)),
+    );
+    const logged = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    const response = await app.fetch(new Request('https://edge.test/v1/chat/completions', { method: 'POST', body: '{}' }), {
+      CACHE_TTL_SECONDS: '60',
+    });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('x-cache')).toBe('BYPASS');
+    expect(logged).toHaveBeenCalledWith(expect.stringContaining('"operation":"key"'));
+    logged.mockRestore();
   });
 });

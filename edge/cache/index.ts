@@ -19,7 +19,8 @@
  * - `x-cache: HIT | MISS | BYPASS` on every response; BYPASS when the request is not deterministic,
  *   has no tenant, the cache is off, or the client sent `x-sirocco-cache: bypass` (skip lookup and
  *   store for this request, e.g. to force a fresh answer).
- * - A failing cache never fails the request: lookup/store errors are logged and count as a miss.
+ * - A failing cache never fails the request: lookup/store errors are logged and count as a miss, and a
+ *   request whose key cannot be computed is logged and bypasses the cache.
  */
 import type { Context, Env, MiddlewareHandler } from 'hono';
 import {
@@ -98,6 +99,16 @@ async function readRequestBody<E extends Env>(c: Context<E>): Promise<ChatComple
   }
 }
 
+/** The request's cache key; a request whose key cannot be computed bypasses the cache rather than failing. */
+async function keyOrNothing(tenant: string, request: ChatCompletionRequest): Promise<string | undefined> {
+  try {
+    return await cacheKey(tenant, request);
+  } catch (error) {
+    logCacheFailure('key', error);
+    return undefined;
+  }
+}
+
 /** Worth storing: a complete answer, not an error or a truncated one. */
 function isCacheable(completion: ChatCompletionResponse): boolean {
   const reason = completion.choices[0]?.finish_reason;
@@ -158,18 +169,19 @@ export function responseCache<E extends CacheEnv>(options: ResponseCacheOptions<
     const tenant = options.tenant(c);
     const request = await requestOf(c);
     const bypass = c.req.header(CACHE_CONTROL_REQUEST_HEADER)?.trim().toLowerCase() === 'bypass';
-    if (bypass || ttlSeconds === 0 || !tenant || !request || !isDeterministic(request)) {
+    const cacheable = !bypass && ttlSeconds > 0 && tenant && request && isDeterministic(request) ? request : undefined;
+    const key = tenant && cacheable ? await keyOrNothing(tenant, cacheable) : undefined;
+    if (!cacheable || key === undefined) {
       await next();
       c.header(CACHE_STATUS_HEADER, 'BYPASS' satisfies CacheStatus);
       return;
     }
 
     const store = storeOf(c);
-    const key = await cacheKey(tenant, request);
     const cached = await store.get(key).catch((error: unknown) => logCacheFailure('lookup', error));
     if (cached) {
       const hitHeaders = { [CACHE_STATUS_HEADER]: 'HIT' satisfies CacheStatus };
-      return request.stream ? replayAsSse(cached, hitHeaders) : c.json(cached, 200, hitHeaders);
+      return cacheable.stream ? replayAsSse(cached, hitHeaders) : c.json(cached, 200, hitHeaders);
     }
 
     await next();
