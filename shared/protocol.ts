@@ -23,6 +23,8 @@ export const HEADERS = {
   requestId: 'x-request-id',
   timestamp: 'x-sirocco-timestamp',
   signature: 'x-sirocco-signature',
+  /** A fresh random value per signed request, part of what is signed: the sidecar accepts each nonce once. */
+  nonce: 'x-sirocco-nonce',
   /** A client's preferred region (the AI SDK provider's `region` option); failover still applies. */
   region: 'x-sirocco-region',
 } as const;

@@ -1,7 +1,7 @@
 /**
  * The edge → sidecar trust boundary on a real sidecar started with SIROCCO_SIDECAR_SECRET: a request
- * signed by shared/signing.ts is served; unsigned, wrongly signed, stale (> 60 s) or tampered ones
- * get 401 in Mistral's format before any model work. The /health and /ready probes stay open.
+ * signed by shared/signing.ts is served once; unsigned, wrongly signed, stale (> 60 s), tampered and
+ * replayed ones get 401 in Mistral's format before any model work. The /health and /ready probes stay open.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
@@ -68,6 +68,29 @@ describe('rejected requests', () => {
 
   it('protects the metrics too', async () => {
     await expectUnauthorized(await fetch(`${sidecar.url}/metrics`), /missing/);
+  });
+});
+
+describe('replays', () => {
+  it('serves a signed request once and answers the same signed request again with 401', async () => {
+    const headers = await signRequest({ secret: SECRET, method: 'POST', path: PATH, body });
+    expect((await postChat(sidecar.url, body, { headers: { ...headers } })).status).toBe(200);
+    await expectUnauthorized(await postChat(sidecar.url, body, { headers: { ...headers } }), /replayed/);
+  });
+
+  it('accepts the same body signed twice (two nonces)', async () => {
+    for (let i = 0; i < 2; i++) {
+      const headers = await signRequest({ secret: SECRET, method: 'GET', path: '/v1/models', body: '' });
+      expect((await fetch(`${sidecar.url}/v1/models`, { headers: { ...headers } })).status).toBe(200);
+    }
+  });
+
+  it('rejects a missing or tampered nonce', async () => {
+    const headers = await signRequest({ secret: SECRET, method: 'GET', path: '/v1/models', body: '' });
+    const { 'x-sirocco-nonce': nonce, ...withoutNonce } = headers;
+    await expectUnauthorized(await fetch(`${sidecar.url}/v1/models`, { headers: withoutNonce }), /missing/);
+    const tampered = { ...headers, 'x-sirocco-nonce': `${nonce.slice(0, -1)}${nonce.endsWith('0') ? '1' : '0'}` };
+    await expectUnauthorized(await fetch(`${sidecar.url}/v1/models`, { headers: tampered }), /mismatch/);
   });
 });
 
