@@ -24,6 +24,7 @@ export interface EdgeBindings {
   FIRST_BYTE_TIMEOUT_MS?: string;
   COMPLETION_TIMEOUT_MS?: string;
   KEEP_ALIVE_MS?: string;
+  STREAM_IDLE_TIMEOUT_MS?: string;
   HEALTH_TTL_MS?: string;
   CIRCUIT_FAILURE_THRESHOLD?: string;
   CIRCUIT_COOLDOWN_MS?: string;

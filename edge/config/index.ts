@@ -38,6 +38,8 @@ export interface Tunables {
   completionTimeoutMs: number;
   /** Idle gap after which a `: keep-alive` comment is sent on a stream. */
   keepAliveMs: number;
+  /** Streams: silence from the upstream (no data event; comments do not count) that ends the stream with a timeout frame. */
+  streamIdleTimeoutMs: number;
   /** How old a /ready probe result may be before it is refreshed in the background. */
   healthTtlMs: number;
   /** Consecutive failures that open a sidecar's circuit. */
@@ -50,6 +52,7 @@ export const DEFAULT_TUNABLES: Tunables = {
   firstByteTimeoutMs: 60_000,
   completionTimeoutMs: 300_000,
   keepAliveMs: 10_000,
+  streamIdleTimeoutMs: 30_000,
   healthTtlMs: 10_000,
   circuitFailureThreshold: 3,
   circuitCooldownMs: 15_000,
@@ -118,6 +121,7 @@ export function tunablesFrom(env: EdgeBindings): Tunables {
     firstByteTimeoutMs: positiveInteger('FIRST_BYTE_TIMEOUT_MS', env.FIRST_BYTE_TIMEOUT_MS, DEFAULT_TUNABLES.firstByteTimeoutMs),
     completionTimeoutMs: positiveInteger('COMPLETION_TIMEOUT_MS', env.COMPLETION_TIMEOUT_MS, DEFAULT_TUNABLES.completionTimeoutMs),
     keepAliveMs: positiveInteger('KEEP_ALIVE_MS', env.KEEP_ALIVE_MS, DEFAULT_TUNABLES.keepAliveMs),
+    streamIdleTimeoutMs: positiveInteger('STREAM_IDLE_TIMEOUT_MS', env.STREAM_IDLE_TIMEOUT_MS, DEFAULT_TUNABLES.streamIdleTimeoutMs),
     healthTtlMs: positiveInteger('HEALTH_TTL_MS', env.HEALTH_TTL_MS, DEFAULT_TUNABLES.healthTtlMs),
     circuitFailureThreshold: positiveInteger(
       'CIRCUIT_FAILURE_THRESHOLD',

@@ -226,10 +226,17 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
               throw EdgeError.isInstance(error) ? new StreamStartError(error.type, error.message, error.code) : error;
             }),
             keepAliveMs: tunables.keepAliveMs,
+            idleTimeoutMs: tunables.streamIdleTimeoutMs,
             onFinish,
             clientSignal: c.req.raw.signal,
           })
-        : relaySseStream({ ...toSource(early), keepAliveMs: tunables.keepAliveMs, onFinish, clientSignal: c.req.raw.signal });
+        : relaySseStream({
+            ...toSource(early),
+            keepAliveMs: tunables.keepAliveMs,
+            idleTimeoutMs: tunables.streamIdleTimeoutMs,
+            onFinish,
+            clientSignal: c.req.raw.signal,
+          });
     return new Response(relay, { status: 200, headers: SSE_HEADERS });
   };
 }

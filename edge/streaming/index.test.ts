@@ -31,6 +31,7 @@ async function relay(events: AsyncIterator<SseEvent>, clientSignal?: AbortSignal
       aborted = true;
     },
     keepAliveMs: 10_000,
+    idleTimeoutMs: 30_000,
     onFinish: (finished) => {
       outcome = finished;
     },
@@ -79,5 +80,33 @@ describe('relaySseStream', () => {
     const { text, outcome } = await relay(events);
     expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
     expect(outcome).toEqual({ status: 'completed', usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+  });
+
+  it('keeps the client alive while the upstream is quiet, then ends with one timeout frame once it has been idle too long', async () => {
+    let aborted = false;
+    let outcome: StreamOutcome | undefined;
+    const silent: AsyncIterator<SseEvent> = { next: () => new Promise(() => undefined) };
+    const started = Date.now();
+    const stream = relaySseStream({
+      first,
+      events: silent,
+      abortUpstream: () => {
+        aborted = true;
+      },
+      keepAliveMs: 30,
+      idleTimeoutMs: 200,
+      onFinish: (finished) => {
+        outcome = finished;
+      },
+    });
+    const frames = (await new Response(stream).text()).split('\n\n').filter(Boolean);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(200);
+    expect(frames[0]).toBe(`data: ${first.data}`);
+    expect(frames.slice(1, -1).length).toBeGreaterThanOrEqual(4);
+    expect(frames.slice(1, -1).every((frame) => frame === ': keep-alive')).toBe(true);
+    const last = JSON.parse((frames.at(-1) ?? '').slice('data: '.length)) as { object: string; type: string };
+    expect(last).toMatchObject({ object: 'error', type: 'timeout' });
+    expect(outcome).toMatchObject({ status: 'upstream_failed' });
+    expect(aborted).toBe(true);
   });
 });

@@ -4,6 +4,9 @@
  *
  * - Keep-alive: when the sidecar is silent for `keepAliveMs` (a long prefill), a `: keep-alive`
  *   comment goes out so proxies and clients keep the connection.
+ * - Idle upstream: when no data event (comments do not count) has come for `idleTimeoutMs`, a hung
+ *   sidecar is assumed: one `timeout` error frame, the stream closes with no `[DONE]`, the sidecar
+ *   fetch is aborted and `onFinish` reports `upstream_failed` (the caller counts it on the circuit).
  * - Upstream failure mid-stream (an error frame or garbage, as shared/sse.ts classifies events; a cut
  *   connection; an end without `[DONE]`): one `data: {"object":"error",…}` frame, then the stream
  *   closes with NO `[DONE]` (Portkey #1797).
@@ -32,6 +35,8 @@ export interface RelaySource {
 
 export interface RelayOptions extends RelaySource {
   keepAliveMs: number;
+  /** Silence from the upstream (no data event) after which the stream fails with a `timeout` frame. */
+  idleTimeoutMs: number;
   onFinish(outcome: StreamOutcome): void;
   /** The client's request signal: a read that fails after it fired is the client leaving, not the region failing. */
   clientSignal?: AbortSignal;
@@ -71,12 +76,16 @@ export function relaySseStream({
   events,
   abortUpstream,
   keepAliveMs,
+  idleTimeoutMs,
   onFinish,
   clientSignal,
 }: RelayOptions): ReadableStream<Uint8Array> {
   let usage: Usage | null = null;
   let finished = false;
   let pending: Promise<IteratorResult<SseEvent>> | null = null;
+  // The first event has just arrived: both clocks start now.
+  let lastUpstreamEventAt = Date.now();
+  let lastWriteAt = lastUpstreamEventAt;
 
   const finish = (outcome: StreamOutcome) => {
     if (finished) return;
@@ -84,8 +93,12 @@ export function relaySseStream({
     onFinish(outcome);
   };
 
-  const failUpstream = (controller: ReadableStreamDefaultController<Uint8Array>, problem: string) => {
-    controller.enqueue(encoder.encode(encodeSseData(streamErrorFrame('upstream_error', `Upstream failed mid-stream: ${problem}`))));
+  const failUpstream = (
+    controller: ReadableStreamDefaultController<Uint8Array>,
+    problem: string,
+    frame = streamErrorFrame('upstream_error', `Upstream failed mid-stream: ${problem}`),
+  ) => {
+    controller.enqueue(encoder.encode(encodeSseData(frame)));
     controller.close();
     abortUpstream(new Error(problem));
     finish({ status: 'upstream_failed', usage, problem });
@@ -119,33 +132,50 @@ export function relaySseStream({
       relay(controller, first);
     },
     async pull(controller) {
-      if (finished) return;
-      if (!pending) {
-        pending = events.next();
-        pending.catch(() => undefined); // observed below; avoids an unhandled rejection after cancel
-      }
-      let result: IteratorResult<SseEvent> | typeof TIMED_OUT;
-      try {
-        result = await withTimeout(pending, keepAliveMs);
-      } catch (error) {
-        pending = null;
+      // Loops until it has written something: a pull that returns without enqueuing is not called again.
+      for (;;) {
         if (finished) return;
-        if (clientSignal?.aborted) {
-          controller.close(); // nobody is reading any more
-          finish({ status: 'client_aborted', usage });
+        if (!pending) {
+          pending = events.next();
+          pending.catch(() => undefined); // observed below; avoids an unhandled rejection after cancel
+        }
+        const idleDeadline = lastUpstreamEventAt + idleTimeoutMs;
+        const keepAliveDue = lastWriteAt + keepAliveMs;
+        let result: IteratorResult<SseEvent> | typeof TIMED_OUT;
+        try {
+          result = await withTimeout(pending, Math.max(0, Math.min(idleDeadline, keepAliveDue) - Date.now()));
+        } catch (error) {
+          pending = null;
+          if (finished) return;
+          if (clientSignal?.aborted) {
+            controller.close(); // nobody is reading any more
+            finish({ status: 'client_aborted', usage });
+            return;
+          }
+          failUpstream(controller, error instanceof Error ? error.message : String(error));
           return;
         }
-        failUpstream(controller, error instanceof Error ? error.message : String(error));
+        if (finished) return;
+        if (result === TIMED_OUT) {
+          const now = Date.now();
+          if (now >= idleDeadline) {
+            const problem = `no data from the upstream for ${idleTimeoutMs} ms`;
+            failUpstream(controller, problem, streamErrorFrame('timeout', `Upstream stopped mid-stream: ${problem}`));
+            return;
+          }
+          if (now >= keepAliveDue) {
+            controller.enqueue(KEEP_ALIVE_BYTES);
+            lastWriteAt = now;
+            return;
+          }
+          continue; // a timer that fired a little early
+        }
+        pending = null;
+        lastUpstreamEventAt = lastWriteAt = Date.now();
+        if (result.done) failUpstream(controller, 'the stream ended without [DONE]');
+        else relay(controller, result.value);
         return;
       }
-      if (finished) return;
-      if (result === TIMED_OUT) {
-        controller.enqueue(KEEP_ALIVE_BYTES);
-        return;
-      }
-      pending = null;
-      if (result.done) failUpstream(controller, 'the stream ended without [DONE]');
-      else relay(controller, result.value);
     },
     cancel(reason) {
       abortUpstream(reason ?? new Error('client disconnected'));
@@ -159,11 +189,18 @@ export interface PendingRelayOptions {
   /** Resolves when failover has a stream; rejects (ideally with StreamStartError) when none can start. */
   pending: Promise<RelaySource>;
   keepAliveMs: number;
+  idleTimeoutMs: number;
   onFinish(outcome: StreamOutcome): void;
   clientSignal?: AbortSignal;
 }
 
-export function relayPendingSseStream({ pending, keepAliveMs, onFinish, clientSignal }: PendingRelayOptions): ReadableStream<Uint8Array> {
+export function relayPendingSseStream({
+  pending,
+  keepAliveMs,
+  idleTimeoutMs,
+  onFinish,
+  clientSignal,
+}: PendingRelayOptions): ReadableStream<Uint8Array> {
   let inner: ReadableStreamDefaultReader<Uint8Array> | null = null;
   pending.catch(() => undefined); // observed in pull; avoids an unhandled rejection after cancel
 
@@ -189,7 +226,7 @@ export function relayPendingSseStream({ pending, keepAliveMs, onFinish, clientSi
           return;
         }
         if (source === TIMED_OUT) return controller.enqueue(KEEP_ALIVE_BYTES);
-        inner = relaySseStream({ ...source, keepAliveMs, onFinish, clientSignal }).getReader();
+        inner = relaySseStream({ ...source, keepAliveMs, idleTimeoutMs, onFinish, clientSignal }).getReader();
       }
       const { done, value } = await inner.read();
       if (done) controller.close();

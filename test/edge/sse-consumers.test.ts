@@ -79,6 +79,7 @@ async function relayed(event: SseEvent): Promise<{ text: string; outcome: Stream
     events: { next: async () => (rest.length ? { done: false, value: rest.shift()! } : { done: true, value: undefined }) },
     abortUpstream: () => undefined,
     keepAliveMs: 10_000,
+    idleTimeoutMs: 30_000,
     onFinish: (finished) => {
       outcome = finished;
     },

@@ -98,6 +98,52 @@ describe('streaming relay', () => {
   });
 });
 
+async function circuitOf(edge: ReturnType<typeof setup>, region: string): Promise<string | undefined> {
+  const health = (await (await edge.send('/health')).json()) as { regions: { region: string; circuit: string }[] };
+  return health.regions.find((entry) => entry.region === region)?.circuit;
+}
+
+describe('a region that hangs', () => {
+  it('mid-stream: one timeout frame after the idle timeout (its comments do not count), no [DONE], the sidecar fetch aborted and a failure on its circuit', async () => {
+    const edge = setup({ STREAM_IDLE_TIMEOUT_MS: '300', KEEP_ALIVE_MS: '100', CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'silent-mid-stream';
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const before = await readUntil(reader, (text) => text.includes('"content":"Hello"'));
+    const silentSince = Date.now();
+    const rest = await readUntil(reader, () => false);
+    const elapsed = Date.now() - silentSince;
+    expect(elapsed).toBeGreaterThanOrEqual(250);
+    expect(elapsed).toBeLessThan(1_000);
+    const frames = (before + rest).split('\n\n').filter(Boolean);
+    const data = frames.filter((frame) => frame.startsWith('data: ')).map(dataOf);
+    expect(data).toHaveLength(3);
+    expect(data.at(-1)).toMatchObject({ object: 'error', type: 'timeout', error: { type: 'timeout' } });
+    expect(frames).toContain(': keep-alive'); // the edge's own, while it waited
+    expect(frames).not.toContain('data: [DONE]');
+    await waitFor(() => eu.requests[0]?.signal?.aborted === true);
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+  });
+
+  it('before the first byte: the first-byte timeout fails over and counts a failure on the silent region', async () => {
+    const edge = setup({ FIRST_BYTE_TIMEOUT_MS: '200', CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'hang';
+    const started = Date.now();
+    const response = await edge.chat(key, { stream: true }, { cf: PARIS });
+    const text = await response.text();
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(text).toContain('from us-east');
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    expect(edge.sidecars.sidecar('eu-west').requests[0]?.signal?.aborted).toBe(true);
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+  });
+});
+
 describe('a region that answers only after a long prefill', () => {
   it('gets keep-alives to the client before the first chunk, then the stream', async () => {
     const edge = setup({ KEEP_ALIVE_MS: '30' });
