@@ -6,7 +6,7 @@ import type { Logger } from './logging/logger.ts';
 import type { RateLimiter } from './rate-limit/rate-limiter.ts';
 
 export interface EdgeBindings {
-  /** API key records by SHA-256 hash (edge/auth). */
+  /** API key records by peppered hash (edge/auth). */
   API_KEYS: KVNamespace;
   /** Exact per-key budgets, one Durable Object per key (edge/rate-limit). */
   RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
@@ -32,13 +32,15 @@ export interface EdgeBindings {
   /** Secrets. */
   SIROCCO_SIDECAR_SECRET?: string;
   SIROCCO_ADMIN_SECRET?: string;
+  /** HMAC key API keys are hashed with (edge/auth); unset = the admin secret. */
+  SIROCCO_KEY_PEPPER?: string;
 }
 
 /** An authenticated caller, as edge/auth stores it (never the key itself). */
 export interface ApiKeyRecord {
-  /** Public id: the first 16 hex digits of the hash; used to revoke. */
+  /** Public id: the first 16 hex digits of the hash the key was created under; used to revoke. */
   id: string;
-  /** SHA-256 of the key, lower-case hex. */
+  /** HMAC-SHA-256(pepper, key), lower-case hex (bare SHA-256 only for records not yet migrated). */
   hash: string;
   tenant: string;
   /** Model names or canonical ids this key may use; ["*"] for all. */

@@ -14,7 +14,11 @@ export default defineConfig({
       wrangler: { configPath: `${repositoryRoot}wrangler.toml` },
       miniflare: {
         // Test-only secrets; real deployments set them with `wrangler secret put`.
-        bindings: { SIROCCO_SIDECAR_SECRET: 'test-sidecar-secret', SIROCCO_ADMIN_SECRET: 'test-admin-secret' },
+        bindings: {
+          SIROCCO_SIDECAR_SECRET: 'test-sidecar-secret',
+          SIROCCO_ADMIN_SECRET: 'test-admin-secret',
+          SIROCCO_KEY_PEPPER: 'test-key-pepper',
+        },
       },
     }),
   ],

@@ -1,13 +1,13 @@
 /**
- * Authentication: `Authorization: Bearer <key>` checked against the hashed records in KV, and the
+ * Authentication: `Authorization: Bearer <key>` checked against the peppered hashes in KV, and the
  * admin secret for /admin routes. Failures are 401 (no or wrong credentials) or 403 (admin routes
  * disabled) in Mistral's error format, raised as EdgeError and rendered by app.onError.
  */
 import type { MiddlewareHandler } from 'hono';
-import { sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
+import { timingSafeEqual } from '../../shared/crypto.ts';
 import type { ApiKeyRecord, AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
-import { findKey } from './key-store.ts';
+import { findKey, keyHash, keyPeppersFrom } from './key-store.ts';
 
 export * from './key-store.ts';
 
@@ -36,9 +36,9 @@ export class ApiKeyCache {
     this.#entries.set(record.hash, { record, expiresAt: now + this.ttlMs });
   }
 
-  /** Evicts every cached key whose id (hash prefix) is `id`. */
+  /** Evicts every cached key whose id is `id`. */
   evict(id: string): void {
-    for (const hash of this.#entries.keys()) if (hash.startsWith(id)) this.#entries.delete(hash);
+    for (const [hash, entry] of this.#entries) if (entry.record.id === id || hash.startsWith(id)) this.#entries.delete(hash);
   }
 }
 
@@ -58,9 +58,10 @@ export function apiKeyAuth(cache: ApiKeyCache = new ApiKeyCache()): MiddlewareHa
   return async (c, next) => {
     const token = bearerToken(c.req.header('authorization'));
     if (!token) throw new EdgeError('unauthorized', 'Unauthorized: send your API key as "Authorization: Bearer <key>"');
-    const hash = await sha256Hex(token);
+    const peppers = keyPeppersFrom(c.env);
+    const hash = await keyHash(peppers.current, token);
     const cached = cache.get(hash);
-    const record = cached && timingSafeEqual(cached.hash, hash) ? cached : await findKey(c.env.API_KEYS, token);
+    const record = cached && timingSafeEqual(cached.hash, hash) ? cached : await findKey(c.env.API_KEYS, token, peppers);
     if (!record) throw new EdgeError('unauthorized', 'Unauthorized: invalid API key');
     if (!cached) cache.set(record);
     c.set('apiKey', record);

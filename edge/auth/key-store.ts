@@ -1,11 +1,17 @@
 /**
- * API keys in KV (binding API_KEYS). Only the SHA-256 of a key is stored: `key:<hash>` → record
- * (also kept as list metadata, so listing needs no extra reads). A key's public id is the first 16
- * hex digits of its hash; revoking deletes by that prefix.
+ * API keys in KV (binding API_KEYS). A key is stored only as HMAC-SHA-256(pepper, key), the pepper
+ * being a worker secret: `key:<hash>` → record (also kept as list metadata, so listing needs no extra
+ * reads). A stolen KV dump without the pepper cannot be brute-forced offline, unlike a bare SHA-256.
+ * A key's public id is the first 16 hex digits of the hash it was created under; it never changes.
+ *
+ * Pepper: `SIROCCO_KEY_PEPPER`, else `SIROCCO_ADMIN_SECRET` (keys are created through the admin API,
+ * so that secret exists wherever keys do; `sirocco dev` sets only it). Records are migrated lazily:
+ * a key found under an older hash (the admin secret once SIROCCO_KEY_PEPPER is set, or the legacy
+ * bare SHA-256) is re-stored under the current one and the old record deleted, on its first use.
  */
 import * as z from 'zod';
 import { resolveModelId } from '../../shared/api.ts';
-import { bytesToHex, sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
+import { bytesToHex, hmacSha256Hex, sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
 import type { ApiKeyRecord } from '../env.ts';
 
 const KEY_PREFIX = 'key:';
@@ -43,9 +49,30 @@ export function generateApiKey(): string {
   return `sk-sirocco-${bytesToHex(crypto.getRandomValues(new Uint8Array(24)))}`;
 }
 
-export async function createKey(kv: KVNamespace, request: CreateKeyRequest): Promise<{ key: string; record: ApiKeyRecord }> {
+/** The secrets keys are hashed with: `current` for new keys, `previous` still accepted (and migrated). */
+export type KeyPeppers = { current: string | undefined; previous: string[] };
+
+/** The worker's peppers: SIROCCO_KEY_PEPPER, else the admin secret (see the module comment). */
+export function keyPeppersFrom(env: { SIROCCO_KEY_PEPPER?: string; SIROCCO_ADMIN_SECRET?: string }): KeyPeppers {
+  const pepper = env.SIROCCO_KEY_PEPPER || undefined;
+  const adminSecret = env.SIROCCO_ADMIN_SECRET || undefined;
+  if (pepper) return { current: pepper, previous: adminSecret && adminSecret !== pepper ? [adminSecret] : [] };
+  return { current: adminSecret, previous: [] };
+}
+
+/** What a key is stored and cached under: its HMAC with the pepper, or (no secret at all) its bare SHA-256. */
+export function keyHash(pepper: string | undefined, key: string): Promise<string> {
+  return pepper ? hmacSha256Hex(pepper, key) : sha256Hex(key);
+}
+
+export async function createKey(
+  kv: KVNamespace,
+  request: CreateKeyRequest,
+  peppers: KeyPeppers,
+): Promise<{ key: string; record: ApiKeyRecord }> {
+  if (!peppers.current) throw new Error('Cannot create API keys without a pepper: set SIROCCO_KEY_PEPPER (or SIROCCO_ADMIN_SECRET)');
   const key = request.key ?? generateApiKey();
-  const hash = await sha256Hex(key);
+  const hash = await keyHash(peppers.current, key);
   const record: ApiKeyRecord = {
     id: hash.slice(0, ID_LENGTH),
     hash,
@@ -57,17 +84,39 @@ export async function createKey(kv: KVNamespace, request: CreateKeyRequest): Pro
     },
     createdAt: Date.now(),
   };
-  await kv.put(KEY_PREFIX + hash, JSON.stringify(record), { metadata: record });
+  await storeRecord(kv, record);
   return { key, record };
 }
 
-/** The record for a presented key, or null. The stored hash is compared in constant time. */
-export async function findKey(kv: KVNamespace, key: string): Promise<ApiKeyRecord | null> {
-  const hash = await sha256Hex(key);
-  const stored = await kv.get(KEY_PREFIX + hash, 'json');
-  const parsed = ApiKeyRecordSchema.safeParse(stored);
-  if (!parsed.success) return null;
-  return timingSafeEqual(parsed.data.hash, hash) ? parsed.data : null;
+function storeRecord(kv: KVNamespace, record: ApiKeyRecord): Promise<void> {
+  return kv.put(KEY_PREFIX + record.hash, JSON.stringify(record), { metadata: record });
+}
+
+/** The record stored under `hash`, if its own hash matches (compared in constant time). */
+async function recordUnder(kv: KVNamespace, hash: string): Promise<ApiKeyRecord | null> {
+  const parsed = ApiKeyRecordSchema.safeParse(await kv.get(KEY_PREFIX + hash, 'json'));
+  return parsed.success && timingSafeEqual(parsed.data.hash, hash) ? parsed.data : null;
+}
+
+/**
+ * The record for a presented key, or null. Looked up under the current pepper first, then under
+ * older hashes; a record found under an older hash is moved to the current one (same id, limits
+ * and tenant), so each key pays the extra reads once.
+ */
+export async function findKey(kv: KVNamespace, key: string, peppers: KeyPeppers): Promise<ApiKeyRecord | null> {
+  const currentHash = await keyHash(peppers.current, key);
+  const current = await recordUnder(kv, currentHash);
+  if (current) return current;
+  const olderHashes = [...peppers.previous.map((pepper) => hmacSha256Hex(pepper, key)), ...(peppers.current ? [sha256Hex(key)] : [])];
+  for (const pending of olderHashes) {
+    const older = await recordUnder(kv, await pending);
+    if (!older) continue;
+    const migrated: ApiKeyRecord = { ...older, hash: currentHash };
+    await storeRecord(kv, migrated);
+    await kv.delete(KEY_PREFIX + older.hash);
+    return migrated;
+  }
+  return null;
 }
 
 export async function listKeys(kv: KVNamespace): Promise<ApiKeyRecord[]> {
@@ -84,12 +133,17 @@ export async function listKeys(kv: KVNamespace): Promise<ApiKeyRecord[]> {
   return records;
 }
 
-/** Deletes the key(s) whose id is `id`; returns how many were removed. */
+/**
+ * Deletes the key(s) whose id is `id`; returns how many were removed. A migrated key keeps its id
+ * but no longer sits under that prefix, hence the match on the listed records too.
+ */
 export async function revokeKey(kv: KVNamespace, id: string): Promise<number> {
   if (!/^[0-9a-f]{16}$/.test(id)) return 0;
+  const hashes = new Set((await listKeys(kv)).filter((record) => record.id === id).map((record) => record.hash));
   const page = await kv.list({ prefix: KEY_PREFIX + id });
-  await Promise.all(page.keys.map((entry) => kv.delete(entry.name)));
-  return page.keys.length;
+  for (const entry of page.keys) hashes.add(entry.name.slice(KEY_PREFIX.length));
+  await Promise.all([...hashes].map((hash) => kv.delete(KEY_PREFIX + hash)));
+  return hashes.size;
 }
 
 /** Whether a key may use a model; aliases count as their canonical id on both sides. */

@@ -3,7 +3,7 @@
  * itself is returned once, at creation; afterwards only its id and hash-derived record exist.
  */
 import { Hono } from 'hono';
-import { type ApiKeyCache, CreateKeyRequestSchema, createKey, listKeys, revokeKey } from '../auth/index.ts';
+import { type ApiKeyCache, CreateKeyRequestSchema, createKey, keyPeppersFrom, listKeys, revokeKey } from '../auth/index.ts';
 import type { ApiKeyRecord, AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { parseJsonBody } from '../validation/index.ts';
@@ -18,7 +18,7 @@ export function adminKeysRoutes(keyCache: ApiKeyCache) {
   return new Hono<AppEnv>()
     .post('/', async (c) => {
       const request = await parseJsonBody(c, CreateKeyRequestSchema);
-      const { key, record } = await createKey(c.env.API_KEYS, request);
+      const { key, record } = await createKey(c.env.API_KEYS, request, keyPeppersFrom(c.env));
       c.get('logger').info('api_key_created', { keyId: record.id, tenant: record.tenant });
       return c.json({ key, ...publicView(record) }, 201);
     })

@@ -4,10 +4,12 @@
 import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
 import { ApiKeyCache } from '../../edge/auth/index.ts';
-import { sha256Hex } from '../../shared/crypto.ts';
+import { hmacSha256Hex, sha256Hex } from '../../shared/crypto.ts';
 import { ADMIN_SECRET, setup } from './harness.ts';
 
 const edge = setup();
+/** The test pepper from edge/vitest.config.ts. */
+const KEY_PEPPER = 'test-key-pepper';
 
 describe('API keys', () => {
   it('answers a missing or malformed Authorization header with 401 in Mistral format', async () => {
@@ -24,15 +26,53 @@ describe('API keys', () => {
     expect(((await response.json()) as { message: string }).message).toMatch(/invalid API key/);
   });
 
-  it('stores only the SHA-256 of a key, never the key', async () => {
+  it('stores only the HMAC of a key with the pepper: never the key, nor its bare SHA-256', async () => {
     const key = await edge.apiKey({ tenant: 'hash-check' });
     const listed = await env.API_KEYS.list();
     const names = listed.keys.map((entry) => entry.name);
-    expect(names).toContain(`key:${await sha256Hex(key)}`);
+    expect(names).toContain(`key:${await hmacSha256Hex(KEY_PEPPER, key)}`);
+    expect(names).not.toContain(`key:${await sha256Hex(key)}`);
     for (const name of names) {
       expect(name).not.toContain(key);
       expect(await env.API_KEYS.get(name)).not.toContain(key);
     }
+  });
+
+  it('still accepts a key stored as a bare SHA-256, and moves it under the pepper on first use (same id)', async () => {
+    const key = 'sk-sirocco-legacy-key-stored-before-peppering';
+    const legacyHash = await sha256Hex(key);
+    const legacy = {
+      id: legacyHash.slice(0, 16),
+      hash: legacyHash,
+      tenant: 'legacy',
+      models: ['*'],
+      limits: { requestsPerMinute: 50, tokensPerMinute: 5000 },
+      createdAt: 1,
+    };
+    await env.API_KEYS.put(`key:${legacyHash}`, JSON.stringify(legacy), { metadata: legacy });
+
+    expect((await edge.chat(key, {})).status).toBe(200);
+    const pepperedHash = await hmacSha256Hex(KEY_PEPPER, key);
+    expect(await env.API_KEYS.get(`key:${legacyHash}`)).toBeNull();
+    expect(await env.API_KEYS.get(`key:${pepperedHash}`, 'json')).toEqual({ ...legacy, hash: pepperedHash });
+    expect((await edge.chat(key, {})).status).toBe(200);
+
+    // Its id is unchanged, so the operator's `sirocco keys revoke <id>` still finds it.
+    const admin = { authorization: `Bearer ${ADMIN_SECRET}` };
+    expect((await edge.send(`/admin/keys/${legacy.id}`, { method: 'DELETE', headers: admin })).status).toBe(200);
+    expect((await edge.chat(key, {})).status).toBe(401);
+  });
+
+  it('hashes with the admin secret when SIROCCO_KEY_PEPPER is unset, and migrates those keys once it is set', async () => {
+    const withoutPepper = setup({ SIROCCO_KEY_PEPPER: undefined });
+    const key = await withoutPepper.apiKey({ tenant: 'admin-peppered' });
+    const adminHash = await hmacSha256Hex(ADMIN_SECRET, key);
+    expect(await env.API_KEYS.get(`key:${adminHash}`)).not.toBeNull();
+    expect((await withoutPepper.chat(key, {})).status).toBe(200);
+
+    expect((await edge.chat(key, {})).status).toBe(200); // the pepper is now set
+    expect(await env.API_KEYS.get(`key:${adminHash}`)).toBeNull();
+    expect(await env.API_KEYS.get(`key:${await hmacSha256Hex(KEY_PEPPER, key)}`)).not.toBeNull();
   });
 
   it('lets a valid key through and forbids models outside its list with 403', async () => {

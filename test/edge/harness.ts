@@ -6,7 +6,7 @@ import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { env } from 'cloudflare:workers';
 import { afterEach } from 'vitest';
 import { createApp } from '../../edge/app.ts';
-import { type CreateKeyRequest, createKey } from '../../edge/auth/index.ts';
+import { type CreateKeyRequest, createKey, keyPeppersFrom } from '../../edge/auth/index.ts';
 import type { EdgeBindings } from '../../edge/env.ts';
 import type { Usage } from '../../shared/api.ts';
 import { createFakeSidecars } from './fake-sidecar.ts';
@@ -84,7 +84,7 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
   }
 
   async function apiKey(request: Partial<CreateKeyRequest> = {}) {
-    const { key } = await createKey(bindings.API_KEYS, { tenant: 'acme', ...request });
+    const { key } = await createKey(bindings.API_KEYS, { tenant: 'acme', ...request }, keyPeppersFrom(bindings));
     return key;
   }
 
