@@ -170,7 +170,11 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       body,
       stream,
       requestId: c.get('requestId'),
+      // Aborts the sidecar fetch when the client leaves, stream or not, so the sidecar stops generating.
       clientSignal: c.req.raw.signal,
+      // A sidecar sends a non-stream answer's headers only once the generation is done, so a
+      // first-byte deadline there would cut every answer longer than it: the whole answer gets
+      // COMPLETION_TIMEOUT_MS (headers and body), and a region that misses it is a 504 when none is left.
       timeoutMs: stream ? tunables.firstByteTimeoutMs : tunables.completionTimeoutMs,
       fetch: deps.fetch,
       onAttemptFailed: (target, problem) => logger.warn('upstream_attempt_failed', { region: target.name, problem }),

@@ -227,6 +227,24 @@ describe('client abort', () => {
     expect(health.regions.find((region) => region.region === 'eu-west')?.circuit).toBe('closed');
   });
 
+  it('a non-stream request whose client leaves while the sidecar is still writing aborts the sidecar fetch, counting nothing', async () => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'hang-after-headers';
+    const client = new AbortController();
+    const pending = edge.chat(key, {}, { cf: PARIS, signal: client.signal });
+    await waitFor(() => eu.requests.length === 1);
+    const upstreamSignal = eu.requests[0]?.signal;
+    expect(upstreamSignal?.aborted).toBe(false);
+    client.abort();
+    await waitFor(() => upstreamSignal?.aborted === true, 500);
+    expect((await pending).status).toBe(499);
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+    const health = (await (await edge.send('/health')).json()) as { regions: { region: string; circuit: string }[] };
+    expect(health.regions.find((region) => region.region === 'eu-west')?.circuit).toBe('closed');
+  });
+
   it('a client gone before the first byte does not count against the region', async () => {
     const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1' });
     const key = await edge.apiKey();
