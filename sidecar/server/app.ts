@@ -124,7 +124,8 @@ export function createSidecarApp({
   app.onError((error, c) => {
     const sidecarError = toSidecarError(error);
     if (sidecarError.status >= 500 && sidecarError.type !== 'overloaded') {
-      logger.error('request failed', { requestId: c.get('requestId'), path: c.req.path, error: sidecarError.cause ?? sidecarError });
+      // The full message (file paths included) is for the operator; the client gets the public one.
+      logger.error('request failed', { requestId: c.get('requestId'), path: c.req.path, error: sidecarError, cause: sidecarError.cause });
     }
     return errorResponse(c, sidecarError);
   });

@@ -69,6 +69,8 @@ export function completionStream(
   events: AsyncGenerator<GenerateEvent>,
   identity: CompletionIdentity,
   onOutcome: (outcome: GenerationOutcome) => void,
+  /** Named in an error frame, so the caller can quote it to the operator. */
+  requestId?: string,
 ): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
   let pending: GenerateEvent | null = first;
@@ -100,7 +102,7 @@ export function completionStream(
           }
           event = next.value;
         } catch (error) {
-          const body = errorBodyOf(toSidecarError(error));
+          const body = errorBodyOf(toSidecarError(error), requestId);
           send(streamErrorFrame(body.type, body.message, body.code));
           settle({ error });
           return controller.close();

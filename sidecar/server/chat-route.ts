@@ -69,6 +69,6 @@ export function chatCompletionsHandler({ models, logger }: ChatRouteOptions) {
       throw error;
     }
     if (first.done) return clientGone(logOutcome);
-    return c.body(completionStream(first.value, events, identity, logOutcome), 200, SSE_HEADERS);
+    return c.body(completionStream(first.value, events, identity, logOutcome, c.get('requestId')), 200, SSE_HEADERS);
   };
 }

@@ -1,7 +1,9 @@
 /**
  * The sidecar's one error → HTTP mapping: every failure leaves as Mistral's flat error body with
  * the status its SidecarError carries, plus `Retry-After` / `retry-after-ms` (shared/errors.ts) on 429 and 503.
- * Used by `app.onError`, `app.notFound` and mid-stream error frames.
+ * Used by `app.onError`, `app.notFound` and mid-stream error frames. The body carries the error's
+ * `publicMessage` (no server paths); a server-side failure also names the request id, which is
+ * what the operator finds the full message by in the sidecar's log.
  */
 import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
@@ -9,6 +11,7 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type * as z from 'zod';
 import { errorBody, type MistralErrorBody, retryAfterHeaders, type ValidationDetail, validationErrorBody } from '../../shared/errors.ts';
 import { SidecarError } from '../errors.ts';
+import type { SidecarEnv } from './context.ts';
 
 /** A body that parsed as JSON but does not match the schema: 422, Mistral style, with `detail[]`. */
 export class RequestValidationError extends SidecarError {
@@ -32,18 +35,20 @@ export function toSidecarError(error: unknown): SidecarError {
   return new SidecarError('internal_error', 'internal error while serving the request', { cause: error });
 }
 
-export function errorBodyOf(error: SidecarError): MistralErrorBody {
+export function errorBodyOf(error: SidecarError, requestId?: string): MistralErrorBody {
   // A bad checkpoint is the operator's problem, not the caller's: report it as an internal error.
-  const type = error.type === 'model_error' ? 'internal_error' : error.type;
-  const body = errorBody(type, error.message, error.param, error.code);
+  const serverSide = error.type === 'model_error' || error.type === 'internal_error';
+  const type = serverSide ? 'internal_error' : error.type;
+  const message = serverSide && requestId ? `${error.publicMessage} (request ${requestId})` : error.publicMessage;
+  const body = errorBody(type, message, error.param, error.code);
   return error instanceof RequestValidationError ? { ...body, detail: error.detail } : body;
 }
 
-export function errorResponse(c: Context, error: SidecarError): Response {
+export function errorResponse(c: Context<SidecarEnv>, error: SidecarError): Response {
   if (error.retryAfterSeconds !== undefined) {
     for (const [name, value] of Object.entries(retryAfterHeaders(error.retryAfterSeconds))) c.header(name, value);
   }
   // The rest of an oversized body is never read: close the connection so no client reuses it.
   if (error.status === 413) c.header('connection', 'close');
-  return c.json(errorBodyOf(error), error.status as ContentfulStatusCode);
+  return c.json(errorBodyOf(error, c.get('requestId')), error.status as ContentfulStatusCode);
 }

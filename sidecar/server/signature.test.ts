@@ -6,6 +6,7 @@
 import { Hono } from 'hono';
 import { describe, expect, it } from 'vitest';
 import { signRequest } from '../../shared/signing.ts';
+import type { SidecarEnv } from './context.ts';
 import { errorResponse, toSidecarError } from './error-response.ts';
 import { NonceRegistry, signatureCheck } from './signature.ts';
 
@@ -13,7 +14,7 @@ const SECRET = 'unit-secret';
 const NOW = 1_700_000_000;
 
 function appWith(options: { maxRememberedNonces?: number; clock: { now: number } }) {
-  const app = new Hono();
+  const app = new Hono<SidecarEnv>();
   app.onError((error, c) => errorResponse(c, toSidecarError(error)));
   app.use(signatureCheck({ secret: SECRET, maxRememberedNonces: options.maxRememberedNonces, nowSeconds: () => options.clock.now }));
   app.get('/v1/models', (c) => c.json({ ok: true }));

@@ -6,11 +6,12 @@
  *   misses, bytes paged in (= page-ins × file size), resident bytes within the budget, the budget
  *   itself in bytes, and the page-in latency histogram, all for the Mixtral model id.
  * - A missing expert file fails the request that must page it (500, Mistral's error body naming
- *   the file; before the first byte of a stream, or as one SSE error frame without [DONE] once it
- *   has started); the process keeps serving the dense model, and the same Mixtral answers again
- *   once the file is back, without a restart.
+ *   the expert's layer and index and the request id, never the server's path; before the first
+ *   byte of a stream, or as one SSE error frame without [DONE] once it has started); the process
+ *   keeps serving the dense model, and the same Mixtral answers again once the file is back,
+ *   without a restart. The sidecar's own log line names the file.
  * - A corrupt expert file (payload bytes flipped before its first page-in) fails the request with
- *   the file and "checksum mismatch"; the sidecar keeps serving and answers once it is repaired.
+ *   the expert and "checksum mismatch"; the sidecar keeps serving and answers once it is repaired.
  * - A budget below one layer's top-2 experts is refused at start: non-zero exit, a message naming
  *   --expert-cache-mb and the minimum, no stack trace.
  *
@@ -24,6 +25,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type MistralErrorBody, MistralErrorBodySchema } from '../../shared/errors.ts';
+import { HEADERS } from '../../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
 import { ensureDemoModels } from '../../sidecar/convert/demo-model.ts';
 import { chatRequest, postChat, readStream, type SidecarProcess, startSidecarProcess, TEST_HOME } from '../support/sidecar-process.ts';
@@ -85,13 +87,24 @@ function metric(page: string, name: string, model = MIXTRAL): number | undefined
   return undefined;
 }
 
-async function expectModelFailure(response: Response): Promise<MistralErrorBody> {
+/** The 500 body, and the request id the sidecar answered under (what its message must quote). */
+async function expectModelFailure(response: Response): Promise<MistralErrorBody & { requestId: string }> {
   expect(response.status).toBe(500);
   expect(response.headers.get('content-type')).toContain('application/json');
   const body = MistralErrorBodySchema.parse(await response.json());
-  // A bad store is the operator's problem: the caller sees an internal error with the real message.
+  // A bad store is the operator's problem: the caller sees an internal error naming the expert, not the server's paths.
   expect(body.type).toBe('internal_error');
-  return body;
+  expect(body.message).not.toMatch(/\//);
+  const requestId = response.headers.get(HEADERS.requestId);
+  expect(requestId).toBeTruthy();
+  return { ...body, requestId: requestId! };
+}
+
+/** The operator's log line for a failed request names the file the client is not told about (stdout may trail the response). */
+async function expectLoggedPath(sidecar: SidecarProcess, requestId: string, path: RegExp) {
+  await vi.waitFor(() => expect(JSON.stringify(sidecar.logs.filter((line) => line.requestId === requestId))).toMatch(path), {
+    timeout: 5_000,
+  });
 }
 
 async function expectAnswer(sidecar: SidecarProcess, model = MIXTRAL) {
@@ -139,7 +152,9 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
   async function restoreLayer0() {
     for (const file of store.layerFiles(0)) await rename(join(away, file.slice(store.expertsDir.length + 1)), file);
   }
-  const missingLayer0File = () => new RegExp(`^cannot read expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin: ENOENT$`);
+  const missingLayer0File = (requestId: string) =>
+    new RegExp(`^the file of expert [0-7] in layer 0 cannot be read: ENOENT \\(request ${escapeRegExp(requestId)}\\)$`);
+  const loggedLayer0File = () => new RegExp(`expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin cannot be read: ENOENT`);
 
   it('answers a chat completion, and /metrics then reports misses, paged bytes, residency within the budget and page-in latency', async () => {
     const response = await postChat(sidecar.url, mixtralChat('Tell me about the mistral wind', { max_tokens: 8, temperature: 0 }));
@@ -176,12 +191,13 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
   });
 
   describe('a missing expert file', () => {
-    it('fails the request that must page it with a 500 naming the file; the process and the other model keep serving', async () => {
+    it('fails the request that must page it with a 500 naming the expert and the request id; the process and the other model keep serving', async () => {
       await removeLayer0();
       const body = await expectModelFailure(
         await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) }),
       );
-      expect(body.message).toMatch(missingLayer0File());
+      expect(body.message).toMatch(missingLayer0File(body.requestId));
+      await expectLoggedPath(sidecar, body.requestId, loggedLayer0File());
       await expectHealthy(sidecar);
       await expectAnswer(sidecar, 'mistral-tiny');
     });
@@ -191,7 +207,7 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
         signal: AbortSignal.timeout(30_000),
       });
       const body = await expectModelFailure(response);
-      expect(body.message).toMatch(missingLayer0File());
+      expect(body.message).toMatch(missingLayer0File(body.requestId));
       await expectHealthy(sidecar);
     });
 
@@ -206,12 +222,13 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
       expect(stream.chunks.some((chunk) => chunk.object === 'error')).toBe(false);
     });
 
-    it('ends a stream that loses the file mid-way with one error frame naming it and no [DONE], then serves again once it is back', async () => {
+    it('ends a stream that loses the file mid-way with one error frame naming the expert and no [DONE], then serves again once it is back', async () => {
       // Greedy and thousands of tokens long: it is still decoding when layer 0 disappears.
       const response = await postChat(sidecar.url, mixtralChat('Keep talking', { max_tokens: 6000, temperature: 0, stream: true }), {
         signal: AbortSignal.timeout(60_000),
       });
       expect(response.status).toBe(200);
+      const requestId = response.headers.get(HEADERS.requestId)!;
       const events = readSseEvents(response.body!);
       const role = await events.next();
       const firstToken = await events.next();
@@ -231,7 +248,7 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
       expect(frames.at(-1)).toBe(errors[0]);
       const frame = MistralErrorBodySchema.parse(errors[0]);
       expect(frame.type).toBe('internal_error');
-      expect(frame.message).toMatch(missingLayer0File());
+      expect(frame.message).toMatch(missingLayer0File(requestId));
       expect(errors[0]).toMatchObject({ error: { message: frame.message, type: 'internal_error' } });
       for (const text of frames.slice(0, -1))
         expect(text).toMatchObject({ object: 'chat.completion.chunk', choices: [{ finish_reason: null }] });
@@ -264,13 +281,14 @@ describe('a corrupt expert file', () => {
     expect(await sidecar?.stop()).toBe(0);
   });
 
-  it('fails the request that pages it with a 500 naming the file and the checksum mismatch, keeps serving, and answers once the file is repaired', async () => {
+  it('fails the request that pages it with a 500 naming the expert and the checksum mismatch, keeps serving, and answers once the file is repaired', async () => {
     const body = await expectModelFailure(
       await postChat(sidecar.url, mixtralChat('Hello there', { max_tokens: 4 }), { signal: AbortSignal.timeout(30_000) }),
     );
     expect(body.message).toMatch(
-      new RegExp(`^expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin is corrupt: checksum mismatch$`),
+      new RegExp(`^the file of expert [0-7] in layer 0 is corrupt: checksum mismatch \\(request ${escapeRegExp(body.requestId)}\\)$`),
     );
+    await expectLoggedPath(sidecar, body.requestId, new RegExp(`expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin is corrupt`));
     await expectHealthy(sidecar);
 
     for (const [file, bytes] of originals) await writeFile(file, bytes);

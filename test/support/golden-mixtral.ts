@@ -120,7 +120,7 @@ export async function expectMissingExpertFailsOnlyItsSteps(
     const fine = cases.find((c) => !usesE6(c)) ?? { tokens: [1], experts: [] };
     await expect(runtime.forward([{ sequence: runtime.createSequence(), tokens: broken.tokens }])).rejects.toMatchObject({
       type: 'model_error',
-      message: expect.stringMatching(new RegExp(`cannot read expert file .*${folder}/L1-E6\\.bin: ENOENT`)),
+      message: expect.stringMatching(new RegExp(`expert file .*${folder}/L1-E6\\.bin cannot be read: ENOENT`)),
     });
     const [logits] = await runtime.forward([{ sequence: runtime.createSequence(), tokens: fine.tokens }]);
     expect(logits!.every(Number.isFinite)).toBe(true);

@@ -162,7 +162,7 @@ describe('expert cache', () => {
       const x = new Float32Array(store.index.dim).fill(0.5);
       await expect(runLayer(paged, 1, x, 1, routeTo([5, 6]))).rejects.toMatchObject({
         type: 'model_error',
-        message: expect.stringMatching(/cannot read expert file .*experts-int8\/L1-E6\.bin: ENOENT/),
+        message: expect.stringMatching(/expert file .*experts-int8\/L1-E6\.bin cannot be read: ENOENT/),
       });
       const y = await runLayer(paged, 1, x, 1, routeTo([5, 4]));
       expect(y.length).toBe(store.index.dim);

@@ -129,7 +129,7 @@ describe('expert store', () => {
 
     it('missing', async () => {
       await rm(store.path(0, 1));
-      await expect(store.read(0, 1, store.allocate())).rejects.toThrow(/cannot read expert file .*L0-E1\.bin: ENOENT/);
+      await expect(store.read(0, 1, store.allocate())).rejects.toThrow(/expert file .*L0-E1\.bin cannot be read: ENOENT/);
     });
 
     it('truncated', async () => {
@@ -144,6 +144,8 @@ describe('expert store', () => {
       await expect(store.read(0, 3, store.allocate())).rejects.toMatchObject({
         type: 'model_error',
         message: expect.stringMatching(/expert file .*L0-E3\.bin is corrupt: checksum mismatch/),
+        // What an HTTP client sees names the expert, not the server's path.
+        publicMessage: 'the file of expert 3 in layer 0 is corrupt: checksum mismatch',
       });
     });
 

@@ -31,7 +31,7 @@
 import { type FileHandle, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { modelError } from '../../errors.ts';
+import { modelError, SidecarError } from '../../errors.ts';
 import { SafetensorsFile, writeSafetensors } from '../../formats/safetensors.ts';
 
 export type ExpertBits = 4 | 8;
@@ -378,6 +378,17 @@ function validateIndex(index: Partial<ExpertStoreIndex>, indexPath: string, bits
   return full;
 }
 
+/**
+ * A page-in failure: the operator's message names the file, the client's names the expert (its
+ * layer and index) and never the server's paths.
+ */
+function expertFileError(path: string, layer: number, expert: number, problem: string, cause?: unknown): SidecarError {
+  return new SidecarError('model_error', `expert file ${path} ${problem}`, {
+    cause,
+    publicMessage: `the file of expert ${expert} in layer ${layer} ${problem}`,
+  });
+}
+
 /** Reads a paged expert store: validates the index once, then pages experts in on demand. */
 export class ExpertStore {
   /** Experts whose checksum has been verified once; later page-ins only check header and size. */
@@ -460,12 +471,12 @@ export class ExpertStore {
       handle = await open(path, 'r');
       const { size } = await handle.stat();
       if (size !== fileBytes)
-        throw modelError(`expert file ${path} is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
+        throw expertFileError(path, layer, expert, `is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
       const file = handle;
       const readRange = async (from: number, to: number): Promise<number> => {
         for (let done = from; done < to; ) {
           const { bytesRead } = await file.read(into, done, to - done, done);
-          if (bytesRead === 0) throw modelError(`expert file ${path} ended after ${done} of ${fileBytes} bytes`);
+          if (bytesRead === 0) throw expertFileError(path, layer, expert, `ended after ${done} of ${fileBytes} bytes`);
           done += bytesRead;
         }
         return to;
@@ -480,7 +491,8 @@ export class ExpertStore {
       }
     } catch (error) {
       if (error instanceof Error && error.name === 'SidecarError') throw error;
-      throw modelError(`cannot read expert file ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, error);
+      const reason = (error as NodeJS.ErrnoException).code ?? (error instanceof Error ? error.name : 'unknown error');
+      throw expertFileError(path, layer, expert, `cannot be read: ${reason}`, error);
     } finally {
       await handle?.close();
     }
@@ -505,7 +517,7 @@ export class ExpertStore {
       number,
     ];
     if (header.toString('latin1', 0, 8) !== MAGIC || version !== EXPERT_FORMAT_VERSION)
-      throw modelError(`expert file ${path} is corrupt: bad magic or version`);
+      throw expertFileError(path, layer, expert, 'is corrupt: bad magic or version');
     if (
       fileLayer !== layer ||
       fileExpert !== expert ||
@@ -514,11 +526,14 @@ export class ExpertStore {
       payloadBytes !== bytes.byteLength - HEADER_BYTES ||
       bits !== this.bits
     ) {
-      throw modelError(
-        `expert file ${path} is corrupt: header says layer ${fileLayer} expert ${fileExpert} dim ${fileDim} ffn ${fileFfn} int${bits}, ` +
+      throw expertFileError(
+        path,
+        layer,
+        expert,
+        `is corrupt: header says layer ${fileLayer} expert ${fileExpert} dim ${fileDim} ffn ${fileFfn} int${bits}, ` +
           `expected layer ${layer} expert ${expert} dim ${dim} ffn ${ffn} int${this.bits}`,
       );
     }
-    if (checksum !== null && checksum !== expected) throw modelError(`expert file ${path} is corrupt: checksum mismatch`);
+    if (checksum !== null && checksum !== expected) throw expertFileError(path, layer, expert, 'is corrupt: checksum mismatch');
   }
 }
