@@ -109,4 +109,34 @@ describe('relaySseStream', () => {
     expect(outcome).toMatchObject({ status: 'upstream_failed' });
     expect(aborted).toBe(true);
   });
+
+  it('does not take a client that reads slowly for an idle upstream', async () => {
+    const rest: SseEvent[] = [{ data: first.data }, { data: '[DONE]' }];
+    // Each event takes a moment to arrive, as from a network read.
+    const events: AsyncIterator<SseEvent> = {
+      next: () =>
+        new Promise((resolve) =>
+          setTimeout(() => resolve(rest.length ? { done: false, value: rest.shift()! } : { done: true, value: undefined }), 5),
+        ),
+    };
+    let outcome: StreamOutcome | undefined;
+    const stream = relaySseStream({
+      first,
+      events,
+      abortUpstream: () => undefined,
+      keepAliveMs: 10_000,
+      idleTimeoutMs: 100,
+      onFinish: (finished) => {
+        outcome = finished;
+      },
+    });
+    const reader = stream.getReader();
+    await reader.read();
+    await new Promise((resolve) => setTimeout(resolve, 250)); // the client is busy for longer than the idle timeout
+    let text = '';
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
+    expect(text).not.toContain('"object":"error"');
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    expect(outcome).toMatchObject({ status: 'completed' });
+  });
 });

@@ -83,9 +83,10 @@ export function relaySseStream({
   let usage: Usage | null = null;
   let finished = false;
   let pending: Promise<IteratorResult<SseEvent>> | null = null;
-  // The first event has just arrived: both clocks start now.
-  let lastUpstreamEventAt = Date.now();
-  let lastWriteAt = lastUpstreamEventAt;
+  // Idle time is counted from when the relay asked the upstream for an event, not from the last one
+  // it relayed: a client that reads slowly must not make a working upstream look idle.
+  let readIssuedAt = Date.now();
+  let lastWriteAt = readIssuedAt;
 
   const finish = (outcome: StreamOutcome) => {
     if (finished) return;
@@ -138,8 +139,9 @@ export function relaySseStream({
         if (!pending) {
           pending = events.next();
           pending.catch(() => undefined); // observed below; avoids an unhandled rejection after cancel
+          readIssuedAt = Date.now();
         }
-        const idleDeadline = lastUpstreamEventAt + idleTimeoutMs;
+        const idleDeadline = readIssuedAt + idleTimeoutMs;
         const keepAliveDue = lastWriteAt + keepAliveMs;
         let result: IteratorResult<SseEvent> | typeof TIMED_OUT;
         try {
@@ -171,7 +173,7 @@ export function relaySseStream({
           continue; // a timer that fired a little early
         }
         pending = null;
-        lastUpstreamEventAt = lastWriteAt = Date.now();
+        lastWriteAt = Date.now();
         if (result.done) failUpstream(controller, 'the stream ended without [DONE]');
         else relay(controller, result.value);
         return;
