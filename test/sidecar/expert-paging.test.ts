@@ -12,6 +12,7 @@
  *   without a restart. The sidecar's own log line names the file.
  * - A corrupt expert file (payload bytes flipped before its first page-in) fails the request with
  *   the expert and "checksum mismatch"; the sidecar keeps serving and answers once it is repaired.
+ *   So does one corrupted after it was paged and verified: a changed file is verified again.
  * - A budget below one layer's top-2 experts is refused at start: non-zero exit, a message naming
  *   --expert-cache-mb and the minimum, no stack trace.
  *
@@ -295,6 +296,48 @@ describe('a corrupt expert file', () => {
     await expectAnswer(sidecar);
     const page = await (await fetch(`${sidecar.url}/metrics`)).text();
     expect(metric(page, 'sirocco_expert_cache_resident_bytes')).toBeLessThanOrEqual(BUDGET_BYTES);
+  });
+});
+
+describe('an expert file corrupted after its first successful use', () => {
+  let sidecar: SidecarProcess;
+  let store: Awaited<ReturnType<typeof copyMixtralStore>>;
+  const originals = new Map<string, Buffer>();
+  // Greedy, same prompt: the second request's first step routes to exactly the layer-0 experts the
+  // first request paged (and verified), and the four-expert budget must page them again.
+  const request = () =>
+    postChat(sidecar.url, mixtralChat('The mistral blows down the Rhone valley', { max_tokens: 4, temperature: 0 }), {
+      signal: AbortSignal.timeout(30_000),
+    });
+
+  beforeAll(async () => {
+    store = await copyMixtralStore('corrupt-later');
+    sidecar = await startSidecarProcess({
+      args: ['--model', `${demo['mistral-tiny']},${store.dir}`, '--expert-cache-mb', String(BUDGET_MB)],
+    });
+  });
+  afterAll(async () => {
+    expect(await sidecar?.stop()).toBe(0);
+  });
+
+  it('fails the next request that pages it with a 500 naming the expert and the checksum mismatch, keeps serving others, and answers once repaired', async () => {
+    expect((await request()).status).toBe(200);
+    // Written in place, same size and header: only a new checksum over the changed file can tell.
+    for (const file of store.layerFiles(0)) {
+      const bytes = await readFile(file);
+      originals.set(file, Buffer.from(bytes));
+      bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
+      await writeFile(file, bytes);
+    }
+    const body = await expectModelFailure(await request());
+    expect(body.message).toMatch(
+      new RegExp(`^the file of expert [0-7] in layer 0 is corrupt: checksum mismatch \\(request ${escapeRegExp(body.requestId)}\\)$`),
+    );
+    await expectHealthy(sidecar);
+    await expectAnswer(sidecar, 'mistral-tiny');
+
+    for (const [file, bytes] of originals) await writeFile(file, bytes);
+    expect((await request()).status).toBe(200);
   });
 });
 

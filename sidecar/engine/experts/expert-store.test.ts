@@ -2,7 +2,7 @@
  * The paged expert store: every expert of the golden Mixtral checkpoint quantised to int8 or int4
  * per column, one file per expert, paged back with one read and checked (size, header, checksum).
  */
-import { cp, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -147,6 +147,29 @@ describe('expert store', () => {
         // What an HTTP client sees names the expert, not the server's path.
         publicMessage: 'the file of expert 3 in layer 0 is corrupt: checksum mismatch',
       });
+    });
+
+    it('a payload byte flipped after a verified page-in, in place or by replacing the file (its stamp changed: verified again)', async () => {
+      for (const [expert, replace] of [
+        [0, false],
+        [1, true],
+      ] as const) {
+        const path = store.path(1, expert);
+        await store.read(1, expert, store.allocate());
+        await store.read(1, expert, store.allocate()); // unchanged: served without the checksum
+        const bytes = await readFile(path);
+        bytes[bytes.length - 10]! ^= 0x55;
+        if (replace) {
+          await writeFile(`${path}.new`, bytes);
+          await rename(`${path}.new`, path);
+        } else await writeFile(path, bytes);
+        const corrupt = { type: 'model_error', publicMessage: `the file of expert ${expert} in layer 1 is corrupt: checksum mismatch` };
+        await expect(store.read(1, expert, store.allocate())).rejects.toMatchObject(corrupt);
+        await expect(store.read(1, expert, store.allocate())).rejects.toMatchObject(corrupt); // not trusted after a failure
+        bytes[bytes.length - 10]! ^= 0x55;
+        await writeFile(path, bytes);
+        await expect(store.read(1, expert, store.allocate())).resolves.toBeDefined();
+      }
     });
 
     it('a file copied from another expert (header names the wrong slot)', async () => {

@@ -389,10 +389,28 @@ function expertFileError(path: string, layer: number, expert: number, problem: s
   });
 }
 
+/**
+ * What identifies one version of a file without reading it: a file written in place changes its
+ * mtime and ctime (ctime cannot be set back from user space), a replaced one its inode.
+ */
+interface FileStamp {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+const sameStamp = (a: FileStamp, b: FileStamp): boolean =>
+  a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+
 /** Reads a paged expert store: validates the index once, then pages experts in on demand. */
 export class ExpertStore {
-  /** Experts whose checksum has been verified once; later page-ins only check header and size. */
-  private readonly verified = new Set<number>();
+  /**
+   * Per expert, the file version whose checksum was verified. A page-in of the same version only
+   * checks header and size; a changed file (rewritten, replaced) is verified again before use.
+   */
+  private readonly verified = new Map<number, FileStamp>();
 
   private constructor(
     readonly dir: string,
@@ -461,15 +479,23 @@ export class ExpertStore {
     const { dim, ffn, fileBytes } = this.index;
     const path = this.path(layer, expert);
     if (into.byteLength !== fileBytes) throw new RangeError(`expert buffer is ${into.byteLength} bytes, expected ${fileBytes}`);
-    // The checksum costs about as much as the read itself, so each file is verified once per
-    // process, slice by slice while the next slice is being read.
+    // The checksum costs about as much as the read itself, so each version of a file is verified
+    // once per process, slice by slice while the next slice is being read; the stat that every
+    // page-in makes anyway tells whether the file changed since. Corruption below the file system
+    // (a disk's bit rot) leaves the stamp unchanged and is not caught after the first read.
     const key = layer * this.index.experts + expert;
-    const verify = !this.verified.has(key);
+    let verify = true;
+    let stamp: FileStamp | undefined;
     let checksum = 0;
     let handle: FileHandle | undefined;
     try {
       handle = await open(path, 'r');
-      const { size } = await handle.stat();
+      const stat = await handle.stat({ bigint: true });
+      stamp = { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs };
+      const verifiedStamp = this.verified.get(key);
+      verify = verifiedStamp === undefined || !sameStamp(verifiedStamp, stamp);
+      if (verify) this.verified.delete(key);
+      const size = Number(stat.size);
       if (size !== fileBytes)
         throw expertFileError(path, layer, expert, `is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
       const file = handle;
@@ -497,7 +523,7 @@ export class ExpertStore {
       await handle?.close();
     }
     this.checkHeader(path, into, layer, expert, verify ? checksum >>> 0 : null);
-    this.verified.add(key);
+    if (verify) this.verified.set(key, stamp);
     return viewsOf(into, dim, ffn, this.bits);
   }
 
