@@ -20,7 +20,7 @@ import type { EdgeDependencies } from './dependencies.ts';
 import type { AppEnv } from './env.ts';
 import { EdgeError } from './errors.ts';
 import { accessLog, createLogger } from './logging/index.ts';
-import { chargeTokens, type RateLimitSubject, rateLimit } from './rate-limit/index.ts';
+import { chargeTokens, type RateLimitSubject, rateLimit, tokensToReserve } from './rate-limit/index.ts';
 import { requestId } from './request-id/index.ts';
 import { adminKeysRoutes } from './routes/admin-keys.ts';
 import { chatCompletions, resolveChatRoute, validateChatRequest } from './routes/chat-completions.ts';
@@ -62,7 +62,7 @@ function rateLimitSubject(c: Context<AppEnv>): RateLimitSubject | undefined {
   return key && { keyHash: key.hash, limits: key.limits };
 }
 
-/** Default metering: charge the tokens to the key's rate-limit window and log the usage. */
+/** Default metering: settle the request's token reservation to its usage (or charge it) and log the usage. */
 async function chargeUsage(c: Context<AppEnv>, usage: Usage): Promise<unknown> {
   c.get('logger').info('usage', {
     tenant: c.get('apiKey')?.tenant,
@@ -70,6 +70,8 @@ async function chargeUsage(c: Context<AppEnv>, usage: Usage): Promise<unknown> {
     completionTokens: usage.completion_tokens,
     totalTokens: usage.total_tokens,
   });
+  const reservation = c.get('tokenReservation');
+  if (reservation) return reservation.settle(usage.total_tokens);
   const subject = rateLimitSubject(c);
   return subject ? chargeTokens(c.env.RATE_LIMITER, subject, usage.total_tokens) : undefined;
 }
@@ -98,7 +100,11 @@ export function createApp(options: CreateAppOptions = {}) {
     '/v1/chat/completions',
     validateChatRequest(),
     resolveChatRoute(),
-    rateLimit<AppEnv>({ namespace: (c) => c.env.RATE_LIMITER, subject: rateLimitSubject }),
+    rateLimit<AppEnv>({
+      namespace: (c) => c.env.RATE_LIMITER,
+      subject: rateLimitSubject,
+      reserveTokens: (c, limits) => tokensToReserve(c.get('chatRequest'), limits),
+    }),
     responseCache<AppEnv>({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.get('chatRequest') }),
     chatCompletions(deps, recordUsage),
   );

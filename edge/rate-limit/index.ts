@@ -11,9 +11,16 @@
  *       namespace: (c) => c.env.RATE_LIMITER,
  *       subject: (c) => { const key = c.get('apiKey'); return key && { keyHash: key.hash, limits: key.limits }; },
  *     }));
+ *   With `reserveTokens` (edge/app.ts passes the chat request's worst case, ./token-reservation.ts)
+ *   a request is admitted only if those tokens fit beside the ones already spent and the reservations
+ *   of the key's running requests; the reservation is `c.get('tokenReservation')`.
  * - When a response ends (non-stream: after reading usage; stream: when the last chunk's usage has
- *   passed), charge the real usage without delaying the client:
- *     c.executionCtx.waitUntil(chargeTokens(c.env.RATE_LIMITER, { keyHash, limits }, usage.total_tokens));
+ *   passed), settle the reservation to the real usage without delaying the client:
+ *     c.executionCtx.waitUntil(c.get('tokenReservation').settle(usage.total_tokens));
+ *   (without a reservation: chargeTokens(c.env.RATE_LIMITER, { keyHash, limits }, usage.total_tokens)).
+ *   A reservation not settled by then is released once the response body has ended (fully sent, the
+ *   client gone, or an error) or at once for an error status or a thrown error; a settlement arriving
+ *   after the release is an ordinary debit, so usage is always charged.
  *
  * Admitted responses carry x-ratelimit-{limit,remaining}-{req,tokens}-minute. Rejected requests throw
  * an EdgeError that the app's `onError` turns into 429
@@ -25,11 +32,18 @@
 import type { Context, Env, MiddlewareHandler } from 'hono';
 import { ERROR_CODES } from '../../shared/errors.ts';
 import { EdgeError } from '../errors.ts';
-import type { RateLimiter } from './rate-limiter.ts';
-import { assertValidLimits, type RateLimitDecision, type RateLimitStatus, type RateLimits } from './sliding-window.ts';
+import type { AdmitResult, RateLimiter } from './rate-limiter.ts';
+import { assertValidLimits, type RateLimitStatus, type RateLimits } from './sliding-window.ts';
 
-export { RateLimiter, SAVE_INTERVAL_MS } from './rate-limiter.ts';
+export { type AdmitResult, RateLimiter, RESERVATION_TTL_MS, SAVE_INTERVAL_MS } from './rate-limiter.ts';
 export { type RateLimitDecision, type RateLimitStatus, type RateLimits, WINDOW_MS } from './sliding-window.ts';
+export { DEFAULT_CONTEXT_TOKENS, estimatePromptTokens, tokensToReserve } from './token-reservation.ts';
+
+declare module 'hono' {
+  interface ContextVariableMap {
+    tokenReservation: TokenReservation | undefined;
+  }
+}
 
 /** Whose budget a request spends: the API key's SHA-256 hash (never the key) and its limits. */
 export type RateLimitSubject = {
@@ -42,7 +56,40 @@ export type RateLimitOptions<E extends Env> = {
   namespace: (c: Context<E>) => DurableObjectNamespace<RateLimiter>;
   /** The caller's key and limits; `undefined` lets the request through unmetered. */
   subject: (c: Context<E>) => RateLimitSubject | undefined;
+  /**
+   * Tokens the request reserves at admission (its worst case; `upToRemaining`: whatever is left, at
+   * most that many). Omitted or 0: none, tokens are only charged afterwards.
+   */
+  reserveTokens?: (c: Context<E>, limits: RateLimits) => { tokens: number; upToRemaining?: boolean };
 };
+
+/**
+ * One admitted request's reserved tokens. Exactly one of `settle` and `release` takes effect; a
+ * `settle` after a `release` still charges the usage (as a plain debit).
+ */
+export class TokenReservation {
+  #held = true;
+
+  constructor(
+    private readonly limiter: DurableObjectStub<RateLimiter>,
+    readonly id: string,
+    private readonly limits: RateLimits,
+  ) {}
+
+  /** Replaces the reservation by the tokens the request used. */
+  async settle(tokens: number): Promise<RateLimitStatus> {
+    const held = this.#held;
+    this.#held = false;
+    return held ? this.limiter.settle(this.id, tokens, this.limits) : this.limiter.debit(tokens, this.limits);
+  }
+
+  /** Gives the reserved tokens back; a no-op once settled or released. */
+  async release(): Promise<void> {
+    if (!this.#held) return;
+    this.#held = false;
+    await this.limiter.release(this.id);
+  }
+}
 
 export const RATE_LIMIT_HEADERS = {
   limitRequests: 'x-ratelimit-limit-req-minute',
@@ -98,9 +145,11 @@ export function rateLimit<E extends Env>(options: RateLimitOptions<E>): Middlewa
     if (!subject) return next();
     assertValidLimits(subject.limits); // a malformed key record is an operator bug: let onError report it
 
-    let decision: RateLimitDecision;
+    const limiter = limiterFor(options.namespace(c), subject.keyHash);
+    const reservation = options.reserveTokens?.(c, subject.limits) ?? { tokens: 0 };
+    let decision: AdmitResult;
     try {
-      decision = await limiterFor(options.namespace(c), subject.keyHash).admit(subject.limits);
+      decision = await limiter.admit(subject.limits, reservation);
     } catch (error) {
       console.error(JSON.stringify({ event: 'rate_limiter_unavailable', message: String(error) }));
       throw new EdgeError('overloaded', 'Rate limiter unavailable, retry shortly', {
@@ -117,7 +166,65 @@ export function rateLimit<E extends Env>(options: RateLimitOptions<E>): Middlewa
         headers,
       });
     }
-    await next();
+    const held = decision.reservationId ? new TokenReservation(limiter, decision.reservationId, subject.limits) : undefined;
+    c.set('tokenReservation', held);
+    try {
+      await next();
+    } catch (error) {
+      if (held) releaseInBackground(c, held);
+      throw error;
+    }
+    if (held) releaseWhenDone(c, held);
     for (const [name, value] of Object.entries(headers)) c.header(name, value);
   };
+}
+
+function releaseInBackground<E extends Env>(c: Context<E>, reservation: TokenReservation): void {
+  // After the handler's own background work was queued, so a settlement in flight goes first.
+  const work = new Promise((resolve) => setTimeout(resolve, 0))
+    .then(() => reservation.release())
+    .catch((error: unknown) => console.error(JSON.stringify({ event: 'token_reservation_release_failed', message: String(error) })));
+  try {
+    c.executionCtx.waitUntil(work);
+  } catch {
+    // No execution context (app.request in a unit test): the promise still runs.
+  }
+}
+
+/**
+ * Releases the reservation when the response can no longer lead to a settlement: at once for an
+ * error status or a body-less answer, else when its body ends (read to the end, cancelled by a
+ * departing client, or failed).
+ */
+function releaseWhenDone<E extends Env>(c: Context<E>, reservation: TokenReservation): void {
+  const response = c.res;
+  if (response.status !== 200 || !response.body) {
+    releaseInBackground(c, reservation);
+    return;
+  }
+  const reader = response.body.getReader();
+  const ended = () => releaseInBackground(c, reservation);
+  // A hand-written pull stream rather than pipeThrough, so that a client's cancel reliably reaches the source.
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        ended();
+        throw error;
+      }
+      if (chunk.done) {
+        controller.close();
+        ended();
+      } else {
+        controller.enqueue(chunk.value);
+      }
+    },
+    cancel(reason) {
+      ended();
+      return reader.cancel(reason);
+    },
+  });
+  c.res = new Response(body, response);
 }

@@ -4,7 +4,13 @@
  *
  * Exactness comes from the object being single-threaded: `admit` and `debit` read and update the
  * in-memory window without awaiting anything, so concurrent requests are decided one after another
- * and can never both take the last slot.
+ * and can never both take the last slot — nor the last tokens: a request reserves its worst-case
+ * tokens at admission, and the reservation is settled to the real usage (`settle`) or released
+ * (`release`) when it ends.
+ *
+ * Reservations live in memory only: they last one request, and one whose worker died without
+ * settling is dropped after RESERVATION_TTL_MS. An object evicted meanwhile (it is not, while calls
+ * keep coming) forgets them, and the late settlement is then an ordinary debit.
  *
  * Persistence is write-behind: the window is saved at most once per second, after the replies
  * (`allowUnconfirmed`, so no output gate waits on it). No request waits for a durable write — the
@@ -26,13 +32,21 @@ import {
   type WindowState,
 } from './sliding-window.ts';
 
+/** What `admit` answers; an admitted request that reserved tokens gets the id to settle them with. */
+export type AdmitResult = RateLimitDecision & { reservationId?: string };
+
+type Reservation = { tokens: number; expiresAtMs: number };
+
 const STORAGE_KEY = 'window';
 /** Longest time an admitted request or debit stays unsaved. */
 export const SAVE_INTERVAL_MS = 1_000;
+/** Longest a reservation holds tokens without being settled or released (longer than any response). */
+export const RESERVATION_TTL_MS = 15 * 60_000;
 
 export class RateLimiter extends DurableObject {
   private window: WindowState = [];
   private saveScheduled = false;
+  private readonly reservations = new Map<string, Reservation>();
 
   constructor(ctx: DurableObjectState, env: Cloudflare.Env) {
     super(ctx, env);
@@ -41,13 +55,36 @@ export class RateLimiter extends DurableObject {
     });
   }
 
-  /** Admits one request if the key has requests and tokens left in the window, and counts it. */
-  admit(limits: RateLimits): RateLimitDecision {
+  /**
+   * Admits one request if the key has requests and tokens left in the window, and counts it. With
+   * `reservation.tokens` > 0 the request is admitted only if that many tokens (capped at the limit, so
+   * a lone request always fits an empty window) fit beside the debited and reserved ones — or, with
+   * `upToRemaining`, if any are left, taking at most that many — and they stay reserved under the
+   * returned id until `settle` or `release`.
+   */
+  admit(limits: RateLimits, reservation: { tokens: number; upToRemaining?: boolean } = { tokens: 0 }): AdmitResult {
     assertValidLimits(limits);
     const now = Date.now();
-    const result = admit(prune(this.window, now), limits, now);
-    if (result.decision.allowed) this.save(result.state); // a rejection changes nothing worth saving
-    return result.decision;
+    const requested = Math.min(Math.max(0, Math.ceil(reservation.tokens)), limits.tokensPerMinute);
+    const hold = { inFlight: this.reservedTokens(now), requested, upToRemaining: reservation.upToRemaining };
+    const result = admit(prune(this.window, now), limits, now, hold);
+    if (!result.decision.allowed) return result.decision; // a rejection changes nothing worth saving
+    this.save(result.state);
+    if (result.reservedTokens === 0) return result.decision;
+    const reservationId = crypto.randomUUID();
+    this.reservations.set(reservationId, { tokens: result.reservedTokens, expiresAtMs: now + RESERVATION_TTL_MS });
+    return { ...result.decision, reservationId };
+  }
+
+  /** Replaces a reservation by the tokens the request really used; returns the budget left. */
+  settle(reservationId: string, tokens: number, limits: RateLimits): RateLimitStatus {
+    this.reservations.delete(reservationId);
+    return this.debit(tokens, limits);
+  }
+
+  /** Gives a reservation's tokens back: the request failed or its client left before any usage was known. */
+  release(reservationId: string): void {
+    this.reservations.delete(reservationId);
   }
 
   /** Charges the tokens a finished response used (prompt + completion); returns the budget left. */
@@ -63,6 +100,16 @@ export class RateLimiter extends DurableObject {
   peek(limits: RateLimits): RateLimitStatus {
     assertValidLimits(limits);
     return status(prune(this.window, Date.now()), limits);
+  }
+
+  /** Tokens reserved by running requests; drops reservations past their TTL. */
+  private reservedTokens(now: number): number {
+    let total = 0;
+    for (const [id, reservation] of this.reservations) {
+      if (reservation.expiresAtMs <= now) this.reservations.delete(id);
+      else total += reservation.tokens;
+    }
+    return total;
   }
 
   private save(next: WindowState): void {

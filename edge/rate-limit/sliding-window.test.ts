@@ -3,7 +3,7 @@
  * request or token counts for 60 s after it happened, and Retry-After says when the next request fits.
  */
 import { describe, expect, it } from 'vitest';
-import { admit, assertValidLimits, debit, prune, status, WINDOW_MS, type WindowState } from './sliding-window.ts';
+import { admit, assertValidLimits, debit, IN_FLIGHT_RETRY_MS, prune, status, WINDOW_MS, type WindowState } from './sliding-window.ts';
 
 const limits = { requestsPerMinute: 3, tokensPerMinute: 100 };
 const start = 1_700_000_000_000;
@@ -72,5 +72,40 @@ describe('sliding rate-limit window', () => {
     );
     expect(() => assertValidLimits({ requestsPerMinute: 5, tokensPerMinute: 1.5 })).toThrow(/tokensPerMinute/);
     expect(() => debit([], -1, start)).toThrow(/non-negative integer, got -1/);
+  });
+});
+
+describe('token reservations', () => {
+  const generous = { requestsPerMinute: 1_000, tokensPerMinute: 100 };
+
+  it('admits a reservation only if it fits beside the debited and in-flight tokens', () => {
+    const spent = debit([], 40, start);
+    expect(admit(spent, generous, start, { inFlight: 30, requested: 30 })).toMatchObject({
+      decision: { allowed: true },
+      reservedTokens: 30,
+    });
+    const refused = admit(spent, generous, start + 1_000, { inFlight: 30, requested: 31 });
+    expect(refused).toMatchObject({ decision: { allowed: false, remainingTokens: 60 }, reservedTokens: 0 });
+    // Room appears when the 40 debited tokens leave the window, 60 s after they were spent.
+    expect(refused.decision.retryAfterMs).toBe(WINDOW_MS - 1_000);
+  });
+
+  it('tells a request kept out only by running reservations to retry shortly', () => {
+    expect(admit([], generous, start, { inFlight: 90, requested: 11 }).decision).toMatchObject({
+      allowed: false,
+      retryAfterMs: IN_FLIGHT_RETRY_MS,
+    });
+  });
+
+  it('with upToRemaining, takes what is left and needs only some of it', () => {
+    const spent = debit([], 40, start);
+    expect(admit(spent, generous, start, { inFlight: 50, requested: 100, upToRemaining: true }).reservedTokens).toBe(10);
+    expect(admit(spent, generous, start, { inFlight: 60, requested: 100, upToRemaining: true }).decision.allowed).toBe(false);
+  });
+
+  it('leaves requests without a reservation exactly as before', () => {
+    const spent = debit([], 99, start);
+    expect(admit(spent, generous, start).decision.allowed).toBe(true);
+    expect(admit(debit(spent, 1, start), generous, start).decision.allowed).toBe(false);
   });
 });

@@ -10,7 +10,9 @@
  *
  * Requests are admitted while fewer than `requestsPerMinute` were admitted and fewer than
  * `tokensPerMinute` tokens were debited in the window. Token cost is unknown until the response ends,
- * so tokens are debited afterwards (see `debit`) and block later requests, never the one that used them.
+ * so a request may reserve its worst case at admission (`TokenHold`): it is admitted only if the
+ * tokens debited, the reservations of the requests still running and its own reservation fit the
+ * budget together. The reservation is settled to the real usage (`debit`) when the response ends.
  *
  * Pure functions over plain data: the Durable Object owns the state and the clock.
  */
@@ -41,6 +43,18 @@ export type RateLimitStatus = {
   limitTokens: number;
   remainingTokens: number;
 };
+
+/**
+ * The token side of one admission: tokens reserved by the key's running requests (`inFlight`), and
+ * the reservation this request asks for (`requested`, 0 for none). With `upToRemaining` the request
+ * takes whatever is left of the budget, up to `requested`, and needs only some of it to be left.
+ */
+export type TokenHold = { inFlight: number; requested: number; upToRemaining?: boolean };
+
+const NO_HOLD: TokenHold = { inFlight: 0, requested: 0 };
+
+/** How long a request kept out only by other requests' reservations is told to wait: they settle soon. */
+export const IN_FLIGHT_RETRY_MS = 1_000;
 
 export type RateLimitDecision = RateLimitStatus & {
   allowed: boolean;
@@ -73,7 +87,10 @@ export function windowTotals(state: WindowState): { requests: number; tokens: nu
   return { requests, tokens };
 }
 
-/** Limits and remaining budget of a pruned window. */
+/**
+ * Limits and remaining budget of a pruned window. Reservations are left out: the figures report what
+ * was spent (a reservation lasts one request and is replaced by its real usage).
+ */
 export function status(state: WindowState, limits: RateLimits): RateLimitStatus {
   const used = windowTotals(state);
   return {
@@ -86,17 +103,48 @@ export function status(state: WindowState, limits: RateLimits): RateLimitStatus 
 
 /**
  * Decides one request against a window (already pruned at `nowMs`). When admitted, the returned
- * state counts it and the remaining figures include it.
+ * state counts it and `reservedTokens` is what it holds until settled. Without a reservation
+ * (`hold.requested` 0) tokens block only once the debited ones reach the limit.
  */
-export function admit(state: WindowState, limits: RateLimits, nowMs: number): { state: WindowState; decision: RateLimitDecision } {
+export function admit(
+  state: WindowState,
+  limits: RateLimits,
+  nowMs: number,
+  hold: TokenHold = NO_HOLD,
+): { state: WindowState; decision: RateLimitDecision; reservedTokens: number } {
   const used = windowTotals(state);
   const requestsWait = used.requests >= limits.requestsPerMinute ? waitUntilBelow(state, 'requests', limits.requestsPerMinute, nowMs) : 0;
-  const tokensWait = used.tokens >= limits.tokensPerMinute ? waitUntilBelow(state, 'tokens', limits.tokensPerMinute, nowMs) : 0;
-  if (requestsWait > 0 || tokensWait > 0) {
-    return { state, decision: { allowed: false, retryAfterMs: Math.max(requestsWait, tokensWait), ...status(state, limits) } };
+  const tokens = tokenAdmission(state, used.tokens, limits.tokensPerMinute, hold, nowMs);
+  if (requestsWait > 0 || tokens.waitMs > 0) {
+    const decision = { allowed: false, retryAfterMs: Math.max(requestsWait, tokens.waitMs), ...status(state, limits) };
+    return { state, decision, reservedTokens: 0 };
   }
   const next = record(state, nowMs, 1, 0);
-  return { state: next, decision: { allowed: true, retryAfterMs: 0, ...status(next, limits) } };
+  return { state: next, decision: { allowed: true, retryAfterMs: 0, ...status(next, limits) }, reservedTokens: tokens.reserved };
+}
+
+/** The tokens a request may reserve, or how long until it may (`waitMs` > 0). */
+function tokenAdmission(
+  state: WindowState,
+  usedTokens: number,
+  limit: number,
+  hold: TokenHold,
+  nowMs: number,
+): { waitMs: number; reserved: number } {
+  if (hold.requested === 0) return { waitMs: usedTokens >= limit ? waitUntilBelow(state, 'tokens', limit, nowMs) : 0, reserved: 0 };
+  // The debited tokens must drop below `debitedBelow` for the request to fit.
+  let debitedBelow: number;
+  if (hold.upToRemaining) {
+    const room = limit - usedTokens - hold.inFlight;
+    if (room >= 1) return { waitMs: 0, reserved: Math.min(hold.requested, room) };
+    debitedBelow = limit - hold.inFlight;
+  } else {
+    if (usedTokens < limit && usedTokens + hold.inFlight + hold.requested <= limit) return { waitMs: 0, reserved: hold.requested };
+    debitedBelow = Math.min(limit, limit - hold.inFlight - hold.requested + 1);
+  }
+  // Nothing the window sheds can make room while running requests hold it: they settle soon.
+  if (debitedBelow <= 0) return { waitMs: IN_FLIGHT_RETRY_MS, reserved: 0 };
+  return { waitMs: waitUntilBelow(state, 'tokens', debitedBelow, nowMs), reserved: 0 };
 }
 
 /** Adds `tokens` used by a finished response to the window (already pruned at `nowMs`). */

@@ -1,0 +1,42 @@
+/**
+ * How many tokens a chat request reserves at admission, so that concurrent requests cannot together
+ * spend more than the key's budget:
+ *
+ * - `max_tokens` set: its worst case, the prompt estimate plus `max_tokens`; admitted only if that
+ *   fits beside the tokens spent and reserved (exact).
+ * - `max_tokens` unset: the completion is bounded only by the model's context (the sidecar caps it
+ *   at context − prompt), so the request reserves the rest of the key's budget, at most the model's
+ *   context length (DEFAULT_CONTEXT_TOKENS for a model the edge has no card for, an upstream API);
+ *   admitted while any budget is left. Such requests run one at a time on a small budget, side by
+ *   side on a large one, and the one admitted last can overshoot by its own excess only.
+ * Never more than the key's limit: a request bigger than the whole budget still runs alone in an
+ * empty window, and is charged its real usage.
+ *
+ * The prompt estimate is cheap: UTF-8 bytes of the message text / 4 (about one token per 4 bytes of
+ * English). The real usage replaces the reservation when the request ends.
+ */
+import { type ChatCompletionRequest, LOCAL_MODELS, messageText, resolveModelId } from '../../shared/api.ts';
+import type { RateLimits } from './sliding-window.ts';
+
+/** Context length assumed for a model without a local model card (Mistral's 2023 models: 32k). */
+export const DEFAULT_CONTEXT_TOKENS = 32_768;
+const BYTES_PER_TOKEN = 4;
+
+const encoder = new TextEncoder();
+
+/** A cheap, tokenizer-free estimate of the prompt's tokens. */
+export function estimatePromptTokens(request: ChatCompletionRequest): number {
+  let bytes = 0;
+  for (const message of request.messages) bytes += encoder.encode(messageText(message.content)).length;
+  return Math.ceil(bytes / BYTES_PER_TOKEN);
+}
+
+/** The reservation for `request` under `limits` (see the module comment). */
+export function tokensToReserve(request: ChatCompletionRequest, limits: RateLimits): { tokens: number; upToRemaining: boolean } {
+  if (request.max_tokens == null) {
+    const local = resolveModelId(request.model);
+    const contextTokens = local ? LOCAL_MODELS[local].maxContextLength : DEFAULT_CONTEXT_TOKENS;
+    return { tokens: Math.min(contextTokens, limits.tokensPerMinute), upToRemaining: true };
+  }
+  return { tokens: Math.min(estimatePromptTokens(request) + request.max_tokens, limits.tokensPerMinute), upToRemaining: false };
+}
