@@ -71,6 +71,23 @@ describe('token reservations', () => {
     await finish(next);
   });
 
+  it('releases the reservation of an answer served from the cache', async () => {
+    const edge = setup({}, { realMetering: true });
+    const key = await edge.apiKey({ tpm: 100, rpm: 1_000 });
+    // A 36-byte prompt estimates to 9 tokens: each of these reserves 9 + 80 = 89.
+    const deterministic = { temperature: 0, max_tokens: 80, messages: [{ role: 'user', content: crypto.randomUUID() }] };
+    const fresh = await edge.chat(key, deterministic, { cf: PARIS }); // settled to its real 8
+    expect(fresh.headers.get('x-cache')).toBe('MISS');
+    await finish(fresh);
+    const cached = await edge.chat(key, deterministic, { cf: PARIS }); // 89 of the 92 left, then uses none
+    expect(cached.headers.get('x-cache')).toBe('HIT');
+    await finish(cached);
+    const next = await edge.chat(key, { max_tokens: 90 }, { cf: PARIS }); // 91 fits only if the hit gave its 89 back
+    expect(next.status).toBe(200);
+    expect(remainingTokens(next)).toBe(92);
+    await finish(next);
+  });
+
   it('holds the reservation while a stream runs and releases it when the client leaves', async () => {
     const edge = setup({}, { realMetering: true });
     const key = await edge.apiKey({ tpm: 100, rpm: 1_000 });
