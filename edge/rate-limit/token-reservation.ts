@@ -12,23 +12,27 @@
  * Never more than the key's limit: a request bigger than the whole budget still runs alone in an
  * empty window, and is charged its real usage.
  *
- * The prompt estimate is cheap: UTF-8 bytes of the message text / 4 (about one token per 4 bytes of
- * English). The real usage replaces the reservation when the request ends.
+ * The prompt estimate is an upper bound, without a tokenizer: a SentencePiece vocabulary with byte
+ * fallback never needs more than one token per UTF-8 byte, and the chat template adds a few control
+ * tokens per message. It over-reserves (English averages about 4 bytes per token), which only lowers
+ * how many requests run at once on a nearly spent budget; an estimate that could come in low would
+ * let concurrent requests overrun it. The real usage replaces the reservation when the request ends.
  */
 import { type ChatCompletionRequest, LOCAL_MODELS, messageText, resolveModelId } from '../../shared/api.ts';
 import type { RateLimits } from './sliding-window.ts';
 
 /** Context length assumed for a model without a local model card (Mistral's 2023 models: 32k). */
 export const DEFAULT_CONTEXT_TOKENS = 32_768;
-const BYTES_PER_TOKEN = 4;
+/** Template tokens per message at most ([INST], [/INST], BOS/EOS and the spaces around them). */
+const TEMPLATE_TOKENS_PER_MESSAGE = 8;
 
 const encoder = new TextEncoder();
 
-/** A cheap, tokenizer-free estimate of the prompt's tokens. */
+/** At least as many tokens as the prompt will take, without a tokenizer (see the module comment). */
 export function estimatePromptTokens(request: ChatCompletionRequest): number {
-  let bytes = 0;
-  for (const message of request.messages) bytes += encoder.encode(messageText(message.content)).length;
-  return Math.ceil(bytes / BYTES_PER_TOKEN);
+  let tokens = 1; // BOS
+  for (const message of request.messages) tokens += encoder.encode(messageText(message.content)).length + TEMPLATE_TOKENS_PER_MESSAGE;
+  return tokens;
 }
 
 /** The reservation for `request` under `limits` (see the module comment). */

@@ -21,12 +21,12 @@ describe('token reservations', () => {
     for (const region of ['eu-west', 'us-east'] as const) edge.sidecars.sidecar(region).startDelayMs = 200; // all 100 in flight at once
     const key = await edge.apiKey({ tpm: 100, rpm: 1_000 });
 
-    // "Hi" estimates to 1 prompt token: each request reserves 1 + 10 = 11 tokens.
+    // "Hi" bounds to 11 prompt tokens (BOS + 2 bytes + 8 template tokens): each request reserves 11 + 10 = 21.
     const responses = await Promise.all(Array.from({ length: 100 }, () => edge.chat(key, { max_tokens: 10 }, { cf: PARIS })));
     const admitted = responses.filter((response) => response.status === 200).length;
     const rejected = responses.filter((response) => response.status === 429);
-    expect(admitted).toBe(9);
-    expect(rejected).toHaveLength(91);
+    expect(admitted).toBe(4);
+    expect(rejected).toHaveLength(96);
     const refusal = rejected[0];
     expect(await refusal?.json()).toEqual({
       object: 'error',
@@ -39,18 +39,18 @@ describe('token reservations', () => {
     expect(Number(refusal?.headers.get('retry-after-ms'))).toBeGreaterThan(0);
     await Promise.all(responses.map(finish));
 
-    // Settled to the fake sidecar's 8 tokens each: 72 spent, 28 left, no reservation outstanding.
+    // Settled to the fake sidecar's 8 tokens each: 32 spent, 68 left, no reservation outstanding.
     for (const region of ['eu-west', 'us-east'] as const) edge.sidecars.sidecar(region).startDelayMs = 0;
-    const tooBig = await edge.chat(key, { max_tokens: 28 }, { cf: PARIS }); // 1 + 28 = 29 > 28
+    const tooBig = await edge.chat(key, { max_tokens: 58 }, { cf: PARIS }); // 11 + 58 = 69 > 68
     expect(tooBig.status).toBe(429);
-    expect(remainingTokens(tooBig)).toBe(28);
+    expect(remainingTokens(tooBig)).toBe(68);
     await finish(tooBig);
-    const fits = await edge.chat(key, { max_tokens: 27 }, { cf: PARIS }); // 1 + 27 = 28
+    const fits = await edge.chat(key, { max_tokens: 57 }, { cf: PARIS }); // 11 + 57 = 68
     expect(fits.status).toBe(200);
-    expect(remainingTokens(fits)).toBe(28);
+    expect(remainingTokens(fits)).toBe(68);
     await finish(fits);
-    const spent = await edge.chat(key, { max_tokens: 10 }, { cf: PARIS }); // 80 spent: 20 left
-    expect(remainingTokens(spent)).toBe(20);
+    const spent = await edge.chat(key, { max_tokens: 10 }, { cf: PARIS }); // 40 spent: 60 left
+    expect(remainingTokens(spent)).toBe(60);
     await finish(spent);
   });
 
@@ -59,7 +59,7 @@ describe('token reservations', () => {
     const key = await edge.apiKey({ tpm: 100, rpm: 1_000 });
     for (const behaviour of ['http-500', 'http-400'] as const) {
       for (const region of ['eu-west', 'us-east'] as const) edge.sidecars.sidecar(region).behaviour = behaviour;
-      const failed = await edge.chat(key, { max_tokens: 90 }, { cf: PARIS }); // reserves 91
+      const failed = await edge.chat(key, { max_tokens: 90 }, { cf: PARIS }); // reserves the whole 100 (11 + 90, capped)
       expect(failed.status).toBeGreaterThanOrEqual(400);
       expect(failed.status).not.toBe(429);
       await finish(failed);
@@ -74,15 +74,15 @@ describe('token reservations', () => {
   it('releases the reservation of an answer served from the cache', async () => {
     const edge = setup({}, { realMetering: true });
     const key = await edge.apiKey({ tpm: 100, rpm: 1_000 });
-    // A 36-byte prompt estimates to 9 tokens: each of these reserves 9 + 80 = 89.
-    const deterministic = { temperature: 0, max_tokens: 80, messages: [{ role: 'user', content: crypto.randomUUID() }] };
+    // A 36-byte prompt bounds to 45 tokens: each of these reserves 45 + 40 = 85.
+    const deterministic = { temperature: 0, max_tokens: 40, messages: [{ role: 'user', content: crypto.randomUUID() }] };
     const fresh = await edge.chat(key, deterministic, { cf: PARIS }); // settled to its real 8
     expect(fresh.headers.get('x-cache')).toBe('MISS');
     await finish(fresh);
-    const cached = await edge.chat(key, deterministic, { cf: PARIS }); // 89 of the 92 left, then uses none
+    const cached = await edge.chat(key, deterministic, { cf: PARIS }); // 85 of the 92 left, then uses none
     expect(cached.headers.get('x-cache')).toBe('HIT');
     await finish(cached);
-    const next = await edge.chat(key, { max_tokens: 90 }, { cf: PARIS }); // 91 fits only if the hit gave its 89 back
+    const next = await edge.chat(key, { max_tokens: 80 }, { cf: PARIS }); // 11 + 80 = 91 fits only if the hit gave its 85 back
     expect(next.status).toBe(200);
     expect(remainingTokens(next)).toBe(92);
     await finish(next);
