@@ -97,6 +97,8 @@ export interface StackOptions {
   persistTo?: string;
   /** onnxruntime threads per sidecar. */
   sidecarThreads?: number;
+  /** Extra wrangler vars for the edge (tunables such as STREAM_IDLE_TIMEOUT_MS). */
+  edgeVars?: Record<string, string>;
   /** Every line the children print, prefixed with their name. */
   onLog?: (name: string, line: string) => void;
   /** Progress messages of the launcher itself. */
@@ -194,7 +196,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       persistTo,
       logLevel: 'warn',
       inspectorPort: await freePort(),
-      vars: { SIDECARS: JSON.stringify(registry) },
+      vars: { ...options.edgeVars, SIDECARS: JSON.stringify(registry) },
       // The same bindings the worker reads from `wrangler secret` in production.
       secrets: { [ENV.sidecarSecret]: sidecarSecret, [ENV.adminSecret]: adminSecret },
       onLine: (line) => onLog('wrangler dev', line),

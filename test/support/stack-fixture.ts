@@ -15,7 +15,7 @@ const REPO_ROOT = resolve(import.meta.dirname, '../..');
 export const TEST_HOME = join(REPO_ROOT, 'test/.tmp/home');
 export const TEST_OUTPUT = join(REPO_ROOT, 'test/.tmp');
 
-export async function startTestStack(options: { regions?: string[] } = {}): Promise<Stack> {
+export async function startTestStack(options: { regions?: string[]; edgeVars?: Record<string, string> } = {}): Promise<Stack> {
   await mkdir(TEST_HOME, { recursive: true });
   process.env[ENV.home] = TEST_HOME;
   const regions = options.regions ?? DEFAULT_SIDECARS.map((sidecar) => sidecar.region);
@@ -31,6 +31,7 @@ export async function startTestStack(options: { regions?: string[] } = {}): Prom
       devKey: `sk-e2e-${randomBytes(16).toString('hex')}`,
       // Two cores for two sidecars, wrangler and the test itself.
       sidecarThreads: 1,
+      edgeVars: options.edgeVars,
       onLog: (name, line) => {
         log.push(`[${name}] ${line}`);
         if (process.env.SIROCCO_E2E_VERBOSE) console.log(`[${name}] ${line}`);
