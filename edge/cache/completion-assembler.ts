@@ -1,5 +1,6 @@
 /**
- * Rebuilds the non-stream completion from a streamed answer, so a stream can fill the cache.
+ * Rebuilds the non-stream completion from a streamed answer, so a stream can fill the cache (and so
+ * the edge can answer a non-stream request from a sidecar's stream: edge/streaming/collect.ts).
  *
  * Feed it every SSE event of the response; `completion()` returns the assembled answer only if the
  * stream finished cleanly: every event was a chunk (as shared/sse.ts classifies events) with the
@@ -55,9 +56,12 @@ export function createCompletionAssembler(): CompletionAssembler {
       if (broken || !done || !header || !usage || finishReason === null || finishReason === 'error') return undefined;
       const message =
         toolCalls.length > 0 ? { role: 'assistant' as const, content, tool_calls: toolCalls } : { role: 'assistant' as const, content };
+      // The fields in the order a sidecar's non-stream answer has them: the edge serves this as one.
       return {
-        ...header,
+        id: header.id,
         object: 'chat.completion',
+        created: header.created,
+        model: header.model,
         choices: [{ index: 0, message, finish_reason: finishReason }],
         usage,
       };

@@ -8,6 +8,13 @@
  *                           records usage in waitUntil. A stream is committed (200) when the first
  *                           chunk arrives, or after one keep-alive interval if the region is still
  *                           silent (long prefill): from then on, failures become error frames.
+ *
+ * Sidecars are always asked for a stream, also when the client wants one JSON answer: a sidecar sends
+ * a non-stream answer's headers only when the generation is done, so only a stream shows a hung
+ * region early. The edge then reads the stream to its end (edge/streaming/collect.ts) and answers the
+ * JSON a non-stream sidecar would have sent, with the deadlines streams have: failover before the
+ * first token (FIRST_BYTE_TIMEOUT_MS), 504 `timeout` after STREAM_IDLE_TIMEOUT_MS of silence
+ * mid-generation (a failure on the region's circuit), and COMPLETION_TIMEOUT_MS for the whole answer.
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import {
@@ -28,6 +35,7 @@ import { afterResponse, type EdgeDependencies, inBackground } from '../dependenc
 import type { AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
 import { type ClientGeo, clientLocation, type ForwardResult, forwardWithFailover, type Target } from '../routing/index.ts';
+import { collectSseCompletion } from '../streaming/collect.ts';
 import {
   type RelaySource,
   relayPendingSseStream,
@@ -161,41 +169,80 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
 
     const targets = route.kind === 'local' ? sidecarTargets(c, deps, route.model) : [upstreamTarget(c, deps, route.name, route.upstream)];
     const model = route.kind === 'local' ? route.model : (route.upstream.model ?? route.name);
-    const body = JSON.stringify({ ...request, model });
     const stream = request.stream === true;
+    // Upstream APIs keep plain non-stream requests: their chunks are not the sidecars' (tool-call
+    // deltas, usage only on request), and they are watched by their operators, not by this edge; the
+    // whole answer gets COMPLETION_TIMEOUT_MS (headers and body), a 504 when it is missed.
+    const streamFromRegion = stream || route.kind === 'local';
+    // The sidecar's stream always ends with a usage chunk, so no flag is needed to get one.
+    const body = JSON.stringify({ ...request, model, ...(streamFromRegion ? { stream: true } : {}) });
 
     const forwardStarted = Date.now();
     const forwarding = forwardWithFailover({
       targets,
       body,
-      stream,
+      stream: streamFromRegion,
       requestId: c.get('requestId'),
       // Aborts the sidecar fetch when the client leaves, stream or not, so the sidecar stops generating.
       clientSignal: c.req.raw.signal,
-      // A sidecar sends a non-stream answer's headers only once the generation is done, so a
-      // first-byte deadline there would cut every answer longer than it: the whole answer gets
-      // COMPLETION_TIMEOUT_MS (headers and body), and a region that misses it is a 504 when none is left.
-      timeoutMs: stream ? tunables.firstByteTimeoutMs : tunables.completionTimeoutMs,
+      // Per attempt: until the first SSE event when the region streams (for a JSON client never longer
+      // than its whole answer may take), until the whole body when it does not.
+      timeoutMs: !streamFromRegion
+        ? tunables.completionTimeoutMs
+        : stream
+          ? tunables.firstByteTimeoutMs
+          : Math.min(tunables.firstByteTimeoutMs, tunables.completionTimeoutMs),
       fetch: deps.fetch,
       onAttemptFailed: (target, problem) => logger.warn('upstream_attempt_failed', { region: target.name, problem }),
     });
     // A stream whose region has not answered within one keep-alive interval (a long prefill) is
     // committed now, so the client gets keep-alives; quicker answers keep their real HTTP status.
     const early = stream ? await withTimeout(forwarding, tunables.keepAliveMs) : await forwarding;
+    const recordUsageAfterResponse = (usage: Usage) =>
+      inBackground(
+        c,
+        afterResponse().then(() => recordUsage(c, usage)),
+        (error) => logger.error('usage_record_failed', { message: String(error) }),
+      );
 
     if (early !== TIMED_OUT && early.kind === 'body') {
       logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       const usage = early.status === 200 ? usageFromJson(early.text) : null;
-      if (usage)
-        inBackground(
-          c,
-          afterResponse().then(() => recordUsage(c, usage)),
-          (error) => logger.error('usage_record_failed', { message: String(error) }),
-        );
+      if (usage) recordUsageAfterResponse(usage);
       return new Response(early.text, {
         status: early.status,
         headers: { 'content-type': early.headers.get('content-type') ?? 'application/json' },
       });
+    }
+
+    if (early !== TIMED_OUT && !stream) {
+      const outcome = await collectSseCompletion({
+        first: early.first,
+        events: early.events,
+        abortUpstream: early.abort,
+        idleTimeoutMs: tunables.streamIdleTimeoutMs,
+        deadline: forwardStarted + tunables.completionTimeoutMs,
+        clientSignal: c.req.raw.signal,
+      });
+      logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
+      switch (outcome.status) {
+        case 'completed':
+          recordUsageAfterResponse(outcome.completion.usage);
+          return Response.json(outcome.completion);
+        case 'upstream_failed':
+          early.target.breaker.recordFailure(Date.now());
+          logger.warn('completion_upstream_failed', { region: early.target.name, problem: outcome.problem });
+          throw outcome.idle
+            ? new EdgeError('timeout', `The region stopped mid-generation: ${outcome.problem}`)
+            : new EdgeError('upstream_error', `The region failed mid-generation: ${outcome.problem}`);
+        case 'deadline_exceeded':
+          // Not a region failure: it was never silent for the idle timeout (the rule for a hang); the answer is just long.
+          logger.warn('completion_deadline_exceeded', { region: early.target.name });
+          throw new EdgeError('timeout', `The answer was not complete within ${tunables.completionTimeoutMs} ms`);
+        case 'client_aborted':
+          logger.info('completion_client_aborted', { region: early.target.name });
+          throw new EdgeError('invalid_request_error', 'Client closed the request', { status: 499 });
+      }
     }
 
     // Registered now, settled when the stream ends: streamed tokens are charged at the end.

@@ -16,6 +16,9 @@
  * `relayPendingSseStream` covers a sidecar that answers only after a long prefill: the client gets
  * a 200 with keep-alive comments while failover is still choosing a region (comments are not data,
  * so nothing is replayed), then the relay; a failure before the first chunk becomes an error frame.
+ *
+ * A client that asked for one JSON answer gets a sidecar's stream read to its end by ./collect.ts,
+ * under the same idle rule.
  */
 import type { Usage } from '../../shared/api.ts';
 import { streamErrorFrame } from '../../shared/errors.ts';

@@ -261,3 +261,127 @@ describe('client abort', () => {
     expect(health.regions.find((region) => region.region === 'eu-west')?.circuit).toBe('closed');
   });
 });
+
+describe('a non-stream request, answered from the sidecar stream the edge asks for', () => {
+  it('gets the JSON a non-stream sidecar sends, field for field, and is metered', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(await response.text()).toBe(
+      JSON.stringify({
+        id: 'cmpl-eu-west',
+        object: 'chat.completion',
+        created: 1_700_000_000,
+        model: 'mistral-tiny',
+        choices: [{ index: 0, message: { role: 'assistant', content: 'Hello from eu-west' }, finish_reason: 'stop' }],
+        usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 },
+      }),
+    );
+    expect(JSON.parse(edge.sidecars.sidecar('eu-west').requests[0]?.body ?? '{}')).toMatchObject({ stream: true });
+    await response.settled();
+    expect(edge.usage).toEqual([{ prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 }]);
+  });
+
+  it('keeps a response_format JSON answer byte for byte, however its deltas split it', async () => {
+    const answer = '{"city": "Zürich", "quote": "a \\"b\\"\\n", "n": [1, 2]}';
+    const pieces = [answer.slice(0, 7), answer.slice(7, 20), answer.slice(20)];
+    const base = { id: 'cmpl-json', object: 'chat.completion.chunk', created: 1_700_000_001, model: 'mistral-tiny' };
+    const chunks = [
+      { ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] },
+      ...pieces.map((content) => ({ ...base, choices: [{ index: 0, delta: { content }, finish_reason: null }] })),
+      {
+        ...base,
+        choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }],
+        usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 },
+      },
+    ];
+    const sse = `${chunks.map((chunk) => `data: ${JSON.stringify(chunk)}\n\n`).join('')}data: [DONE]\n\n`;
+    const edge = setup({}, { wrapFetch: () => async () => new Response(sse, { headers: { 'content-type': 'text/event-stream' } }) });
+    const key = await edge.apiKey();
+    const response = await edge.chat(key, { response_format: { type: 'json_object' } }, { cf: PARIS });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as { choices: { message: { content: string } }[] };
+    expect(body).toEqual({
+      id: 'cmpl-json',
+      object: 'chat.completion',
+      created: 1_700_000_001,
+      model: 'mistral-tiny',
+      choices: [{ index: 0, message: { role: 'assistant', content: answer }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 },
+    });
+    expect(JSON.parse(body.choices[0]?.message.content ?? '')).toEqual({ city: 'Zürich', quote: 'a "b"\n', n: [1, 2] });
+  });
+
+  it('gets a 504 timeout error JSON when the region goes silent mid-generation, the fetch aborted and a failure on its circuit', async () => {
+    const edge = setup({ STREAM_IDLE_TIMEOUT_MS: '300', COMPLETION_TIMEOUT_MS: '10000', CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'silent-mid-stream';
+    const started = Date.now();
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    const elapsed = Date.now() - started;
+    expect(response.status).toBe(504);
+    expect(await response.json()).toMatchObject({ object: 'error', type: 'timeout', message: expect.stringMatching(/no data .* 300 ms/) });
+    expect(elapsed).toBeGreaterThanOrEqual(250);
+    expect(elapsed).toBeLessThan(1_000);
+    expect(eu.requests[0]?.signal?.aborted).toBe(true);
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+    await response.settled();
+    expect(edge.usage).toEqual([]);
+  });
+
+  it('fails over to the next region when the first sends no first token within FIRST_BYTE_TIMEOUT_MS', async () => {
+    const edge = setup({ FIRST_BYTE_TIMEOUT_MS: '200', COMPLETION_TIMEOUT_MS: '10000', CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'hang';
+    const started = Date.now();
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    const elapsed = Date.now() - started;
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ choices: [{ message: { content: 'Hello from us-east' } }] });
+    expect(elapsed).toBeGreaterThanOrEqual(150);
+    expect(elapsed).toBeLessThan(1_000);
+    expect(edge.sidecars.sidecar('eu-west').requests[0]?.signal?.aborted).toBe(true);
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+  });
+
+  it.each([
+    ['the connection drops', 'cut-mid-stream', /connection reset/],
+    ['the sidecar sends an error frame', 'error-mid-stream', /decoder crashed/],
+  ] as const)('gets a 502 upstream_error JSON and a failure on the circuit when %s mid-generation', async (_name, behaviour, message) => {
+    const edge = setup({ CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = behaviour;
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ object: 'error', type: 'upstream_error', message });
+    expect(await circuitOf(edge, 'eu-west')).toBe('open');
+  });
+
+  it('gets a 504 when the answer is not done within COMPLETION_TIMEOUT_MS (before any idle timeout), counting nothing against the region', async () => {
+    const edge = setup({ COMPLETION_TIMEOUT_MS: '300', FIRST_BYTE_TIMEOUT_MS: '2000', CIRCUIT_FAILURE_THRESHOLD: '1' });
+    const key = await edge.apiKey();
+    const eu = edge.sidecars.sidecar('eu-west');
+    eu.behaviour = 'stall';
+    const started = Date.now();
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(response.status).toBe(504);
+    expect(await response.json()).toMatchObject({ object: 'error', type: 'timeout', message: expect.stringMatching(/300 ms/) });
+    expect(eu.requests[0]?.signal?.aborted).toBe(true);
+    expect(await circuitOf(edge, 'eu-west')).toBe('closed');
+  });
+
+  it('relays a sidecar 400 before the first token as is', async () => {
+    const edge = setup();
+    const key = await edge.apiKey();
+    edge.sidecars.sidecar('eu-west').behaviour = 'http-400';
+    const response = await edge.chat(key, {}, { cf: PARIS });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ object: 'error', type: 'invalid_request_error', param: 'messages' });
+    expect(edge.sidecars.sidecar('us-east').requests).toHaveLength(0);
+  });
+});
