@@ -1,10 +1,11 @@
 /**
- * The real local stack (two sidecar processes and `wrangler dev`) under attack and failure, each case its own test:
- * a prompt too long for the model leaves every circuit closed and other keys served; a hung sidecar (SIGSTOP) ends
- * its stream with an error frame within the idle timeout; a client that leaves a non-stream request frees the
- * sidecar's slot within a second (see the note on that test); concurrent requests never overrun a key's token budget; a replayed signed sidecar
- * request is refused. (A sidecar killed mid-stream: supervised-stack.test.ts; an expert file corrupted after its
- * first use: test/sidecar/expert-paging.test.ts.)
+ * The real local stack (two sidecar processes and `wrangler dev`) under attack and failure, each case its own
+ * test: a prompt too long for the model leaves every circuit closed and other keys served; a hung sidecar
+ * (SIGSTOP) ends its stream with an error frame, or a non-stream request with a 504, within the idle timeout; a
+ * client that leaves a non-stream request frees the sidecar's slot within a second (see the note on that test);
+ * concurrent requests never overrun a key's token budget; a replayed signed sidecar request is refused. (A
+ * sidecar killed mid-stream: supervised-stack.test.ts; an expert file corrupted after its first use:
+ * test/sidecar/expert-paging.test.ts.)
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Stack } from '../../cli/commands/dev.ts';
@@ -104,6 +105,29 @@ describe('chaos on the local stack', () => {
     expect(frames.filter((kind) => kind === 'error')).toHaveLength(1);
     expect(frames).not.toContain('done');
     expect(endedAfterMs).toBeLessThan(IDLE_TIMEOUT_MS + 3_000);
+  }, 120_000);
+
+  it('a hung sidecar (SIGSTOP) during a non-stream request gives a 504 within the idle timeout, not after minutes', async () => {
+    const region = 'eu-west';
+    const { pid } = stack.sidecarProcess(region);
+    expect(pid).toBeDefined();
+    // Stop it once it is generating: the edge already has the first token, so it cannot fail over.
+    const generating = expect.poll(() => activeSequences(region), { timeout: 30_000, interval: 20 }).toBe(1);
+    const pending = chat({ max_tokens: 2000 }, { region });
+    await generating;
+    process.kill(pid as number, 'SIGSTOP');
+    const stoppedAt = performance.now();
+    let response: Response;
+    try {
+      response = await pending;
+    } finally {
+      process.kill(pid as number, 'SIGCONT');
+    }
+    const answeredAfterMs = performance.now() - stoppedAt;
+    report(`a non-stream request to a stopped sidecar was answered ${Math.round(answeredAfterMs)} ms after SIGSTOP`);
+    expect(response.status).toBe(504);
+    expect(((await response.json()) as { type: string }).type).toBe('timeout');
+    expect(answeredAfterMs).toBeLessThan(IDLE_TIMEOUT_MS + 3_000);
   }, 120_000);
 
   // The edge's half of a non-stream abort (request.signal → the sidecar fetch) is tested in workerd
