@@ -18,6 +18,20 @@ import { type ModelShape, writeRandomCheckpoint } from './random-checkpoint.ts';
 
 export type DemoModelName = 'mistral-tiny' | 'mistral-small';
 
+/** The names that stand for a demo model wherever a model folder is asked for (`--model demo`). */
+const DEMO_MODEL_ALIASES: Record<string, DemoModelName> = {
+  demo: 'mistral-tiny',
+  'demo-tiny': 'mistral-tiny',
+  'demo-small': 'mistral-small',
+};
+
+export const DEMO_MODEL_ALIAS_NAMES = Object.keys(DEMO_MODEL_ALIASES);
+
+/** The demo model a `--model` value names, or undefined when it is a folder. */
+export function demoModelNamed(model: string): DemoModelName | undefined {
+  return Object.hasOwn(DEMO_MODEL_ALIASES, model) ? DEMO_MODEL_ALIASES[model] : undefined;
+}
+
 /** Bump when shapes, seeds, the weight generator or the generated tokenizer.json change. */
 const DEMO_VERSION = 1;
 

@@ -39,14 +39,30 @@ function templateMessages(request: ChatCompletionRequest): ChatMessage[] {
   });
 }
 
+export interface GenerationRequestOptions {
+  signal?: AbortSignal;
+  /** The model's `max_tokens` for a request that leaves it unset (the demo models' cap); undefined = the rest of the context. */
+  defaultMaxTokens?: number;
+  /** The model's context length, so the default never asks for more than the prompt leaves. */
+  contextLength?: number;
+}
+
 /** The scheduler request for a validated chat request on a model with `tokenizer`. */
-export function toGenerationRequest(request: ChatCompletionRequest, tokenizer: Tokenizer, signal?: AbortSignal): GenerationRequest {
+export function toGenerationRequest(
+  request: ChatCompletionRequest,
+  tokenizer: Tokenizer,
+  { signal, defaultMaxTokens, contextLength = Infinity }: GenerationRequestOptions = {},
+): GenerationRequest {
   if (requiresToolCall(request)) throw invalidRequest('the local models cannot make tool calls', 'tool_choice');
   const promptIds = renderChatPrompt(tokenizer, templateMessages(request), { safePrompt: request.safe_prompt ?? false });
   const stop = request.stop == null ? [] : typeof request.stop === 'string' ? [request.stop] : request.stop;
+  // When the context has less room than the default, unset keeps its meaning (the rest of the
+  // context), so the decoder's own rules and messages apply.
+  const cappedDefault =
+    defaultMaxTokens !== undefined && contextLength - promptIds.length > defaultMaxTokens ? defaultMaxTokens : undefined;
   return {
     promptIds,
-    maxTokens: request.max_tokens ?? undefined,
+    maxTokens: request.max_tokens ?? cappedDefault,
     temperature: request.temperature ?? CHAT_DEFAULTS.temperature,
     topP: request.top_p ?? CHAT_DEFAULTS.top_p,
     seed: request.random_seed ?? undefined,

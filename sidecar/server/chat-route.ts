@@ -47,7 +47,13 @@ export function chatCompletionsHandler({ models, logger }: ChatRouteOptions) {
       else log.info('generation cancelled', { seconds });
     };
 
-    const events = model.scheduler.submit(toGenerationRequest(request, model.tokenizer, c.req.raw.signal));
+    const events = model.scheduler.submit(
+      toGenerationRequest(request, model.tokenizer, {
+        signal: c.req.raw.signal,
+        defaultMaxTokens: model.defaultMaxTokens,
+        contextLength: model.runtime.info.contextLength,
+      }),
+    );
     if (!request.stream) {
       let completion: Awaited<ReturnType<typeof collectCompletion>>;
       try {

@@ -42,3 +42,9 @@ export const SERVE_DEFAULTS = {
   prefillChunkTokens: 64,
   admissionWindowMs: 20,
 };
+
+/**
+ * The demo models' `max_tokens` when a request leaves it unset: their random weights seldom write
+ * an end-of-sequence token, so an unbounded answer would fill the whole 8k context (tens of seconds).
+ */
+export const DEMO_DEFAULT_MAX_TOKENS = 256;

@@ -5,13 +5,13 @@
  */
 import { LOCAL_MODELS, type LocalModelId, resolveModelId } from '../../shared/api.ts';
 import { ERROR_CODES } from '../../shared/errors.ts';
-import { ensureDemoModels } from '../convert/demo-model.ts';
+import { demoModelNamed, ensureDemoModel, ensureDemoModels } from '../convert/demo-model.ts';
 import { openModel } from '../convert/loader.ts';
 import type { LoadOptions, ModelRuntime } from '../engine/index.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { Scheduler } from '../serving/scheduler.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
-import type { ServeConfig } from './config.ts';
+import { DEMO_DEFAULT_MAX_TOKENS, type ServeConfig } from './config.ts';
 import type { Logger } from './logger.ts';
 import type { SidecarMetrics } from './metrics.ts';
 
@@ -20,6 +20,24 @@ export interface ServedModel {
   runtime: ModelRuntime;
   tokenizer: Tokenizer;
   scheduler: Scheduler;
+  /** `max_tokens` for a request that leaves it unset; undefined = the rest of the context. */
+  defaultMaxTokens: number | undefined;
+}
+
+interface ModelSource {
+  dir: string;
+  demo: boolean;
+}
+
+/** The folders to load: the configured ones (a demo alias such as `demo` names a demo store), else both demo models. */
+async function modelSources(config: ServeConfig): Promise<ModelSource[]> {
+  if (config.modelDirs.length === 0) return Object.values(await ensureDemoModels()).map((dir) => ({ dir, demo: true }));
+  const sources: ModelSource[] = [];
+  for (const model of config.modelDirs) {
+    const demo = demoModelNamed(model);
+    sources.push(demo ? { dir: await ensureDemoModel(demo), demo: true } : { dir: model, demo: false });
+  }
+  return sources;
 }
 
 const ID_BY_ARCHITECTURE: Record<ModelRuntime['info']['architecture'], LocalModelId> = {
@@ -29,10 +47,10 @@ const ID_BY_ARCHITECTURE: Record<ModelRuntime['info']['architecture'], LocalMode
 
 /** Loads every configured folder in turn (or the two demo models); fails naming the folder at fault. */
 export async function loadServedModels(config: ServeConfig, metrics: SidecarMetrics, logger: Logger): Promise<ServedModel[]> {
-  const dirs = config.modelDirs.length > 0 ? config.modelDirs : Object.values(await ensureDemoModels());
+  const sources = await modelSources(config);
   const served: ServedModel[] = [];
   try {
-    for (const dir of dirs) {
+    for (const { dir, demo } of sources) {
       const started = performance.now();
       let id: LocalModelId | null = null; // known once loaded; page-ins only happen after that
       const options: LoadOptions = {
@@ -64,7 +82,7 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
       });
       metrics.watchScheduler(id, () => scheduler.stats());
       if (runtime.expertCacheStats) metrics.watchExpertCache(id, () => runtime.expertCacheStats?.() ?? null);
-      served.push({ id, runtime, tokenizer, scheduler });
+      served.push({ id, runtime, tokenizer, scheduler, defaultMaxTokens: demo ? DEMO_DEFAULT_MAX_TOKENS : undefined });
       logger.info('model loaded', {
         model: id,
         dir: runtime.dir,

@@ -53,6 +53,32 @@ describe('non-streaming chat', () => {
   });
 });
 
+describe('demo model defaults', () => {
+  it('caps an unset max_tokens at 256 on the demo models, so an answer cannot fill the 8k context', async () => {
+    const response = await postChat(sidecar.url, chatRequest('Go on forever.', { temperature: 0, max_tokens: undefined }));
+    const body = ChatCompletionResponseSchema.parse(await response.json());
+    expect(body.choices[0]!.finish_reason).toBe('length');
+    expect(body.usage.completion_tokens).toBe(256);
+  });
+
+  it('serves a demo model named with --model demo-small, capped the same way', async () => {
+    const named = await startSidecarProcess({ args: ['--model', 'demo-small'] });
+    try {
+      const models = ModelListSchema.parse(await (await fetch(`${named.url}/v1/models`)).json());
+      expect(models.data.map((model) => model.id)).toEqual(['mistral-small']);
+      const response = await postChat(named.url, {
+        ...chatRequest('Go on forever.', { temperature: 0, max_tokens: undefined }),
+        model: 'mistral-small',
+      });
+      const body = ChatCompletionResponseSchema.parse(await response.json());
+      expect(body.choices[0]!.finish_reason).toBe('length');
+      expect(body.usage.completion_tokens).toBe(256);
+    } finally {
+      expect(await named.stop()).toBe(0);
+    }
+  });
+});
+
 describe('streaming chat', () => {
   it('sends the role chunk first, content chunks, usage in the last chunk, then [DONE]', async () => {
     const response = await postChat(sidecar.url, chatRequest('Tell me a story', { stream: true, max_tokens: 8, random_seed: 11 }));
