@@ -13,9 +13,10 @@ export const ENGINE_FLAGS = {
   threads: { type: 'string' },
 } as const;
 
-export const ENGINE_FLAGS_HELP = `  --expert-cache-mb N   Mixtral expert cache budget in MiB (may be fractional); experts are paged from disk
-  --device D            cpu (default) | cuda (onnxruntime's CUDA execution provider)
-  --threads N           onnxruntime intra-op threads (default 2)`;
+export const ENGINE_FLAGS_HELP = `  --expert-cache-mb N   Mixtral expert cache budget in MiB, > 0 (may be fractional); experts are paged
+                        from disk (default: no budget, every expert stays in memory)
+  --device D            cpu | cuda (onnxruntime's CUDA execution provider) (default cpu)
+  --threads N           onnxruntime intra-op threads, an integer from 1 to 1024 (default 2)`;
 
 export interface EngineFlags {
   /** Undefined when --precision was not given: the caller picks its own default. */
@@ -39,7 +40,7 @@ export function parseEngineFlags(values: EngineFlagValues): EngineFlags {
   if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
   return {
     precision: parsePrecision(values.precision),
-    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { min: Number.MIN_VALUE }),
+    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { above: 0 }),
     device,
     threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1, max: 1024 }),
   };

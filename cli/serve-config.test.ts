@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SERVE_DEFAULTS } from '../sidecar/server/config.ts';
 import { CliError } from './args.ts';
-import { loadServeConfig } from './serve-config.ts';
+import { loadServeConfig, SERVE_HELP } from './serve-config.ts';
 
 describe('sirocco serve configuration', () => {
   it('uses the documented defaults with no flags and no environment', () => {
@@ -65,10 +65,41 @@ describe('sirocco serve configuration', () => {
 
   it('returns null for --help', () => {
     expect(loadServeConfig(['--help'], {})).toBeNull();
+    expect(loadServeConfig(['-h'], {})).toBeNull();
+  });
+
+  it('keeps demo model names for the loader, which resolves them to the demo stores', () => {
+    expect(loadServeConfig(['--model', 'demo,demo-small'], {})?.modelDirs).toEqual(['demo', 'demo-small']);
+  });
+
+  it('documents every flag with its default, the environment and examples in --help', () => {
+    for (const flag of [
+      '--model',
+      '--host',
+      '--port',
+      '--region',
+      '--max-batch',
+      '--max-queue',
+      '--device',
+      '--expert-cache-mb',
+      '--threads',
+    ]) {
+      expect(SERVE_HELP).toContain(flag);
+    }
+    expect(SERVE_HELP).toContain(`(default ${SERVE_DEFAULTS.port})`);
+    expect(SERVE_HELP).toContain(`(default ${SERVE_DEFAULTS.maxBatch})`);
+    expect(SERVE_HELP).toContain('SIROCCO_SIDECAR_SECRET');
+    expect(SERVE_HELP).toMatch(/examples:\n {2}sirocco serve/);
+    expect(SERVE_HELP).not.toMatch(/Infinity/);
   });
 
   it.each([
-    [['--port', '70000'], /--port must be an integer in \[0, 65535\]/],
+    [['--port', '70000'], /--port must be an integer from 0 to 65535, got 70000/],
+    [['--port', '-1'], /--port must be an integer from 0 to 65535, got -1/],
+    [['--max-queue', '-5'], /--max-queue must be an integer from 0 to 100000, got -5/],
+    [['--threads', '0'], /--threads must be an integer from 1 to 1024, got 0/],
+    [['--expert-cache-mb', '0'], /--expert-cache-mb must be a number > 0, got 0/],
+    [['--prot', '80'], /unknown option --prot; did you mean --port\?/],
     [['--max-batch', '0'], /--max-batch/],
     [['--device', 'tpu'], /--device must be one of cpu, cuda/],
     [['--model', ','], /--model needs at least one folder/],
@@ -80,6 +111,8 @@ describe('sirocco serve configuration', () => {
   });
 
   it('names the environment variable at fault', () => {
-    expect(() => loadServeConfig([], { SIROCCO_MAX_BODY_BYTES: 'lots' })).toThrow(/SIROCCO_MAX_BODY_BYTES/);
+    expect(() => loadServeConfig([], { SIROCCO_MAX_BODY_BYTES: 'lots' })).toThrow(
+      'environment variable SIROCCO_MAX_BODY_BYTES must be an integer ≥ 1, got "lots"',
+    );
   });
 });

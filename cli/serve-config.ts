@@ -2,21 +2,52 @@
  * The one configuration loader for `sirocco serve`: command-line flags first, then environment
  * variables, then defaults. Every bad value is a CliError naming the flag or variable.
  *
- * Flags: --model DIR[,DIR…] --host --port --region --device cpu|cuda --max-batch --max-queue
- *        --expert-cache-mb --threads
+ * Flags: --model DIR[,DIR…]|demo|demo-small --host --port --region --device cpu|cuda --max-batch
+ *        --max-queue --expert-cache-mb --threads
  * Environment: SIROCCO_SIDECAR_SECRET (HMAC secret; when set every request except the /health and /ready probes must
  *        be signed), SIROCCO_REGION, SIROCCO_MAX_BODY_BYTES, SIROCCO_REQUEST_TIMEOUT_MS,
  *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS, SIROCCO_ADMISSION_WINDOW_MS.
  */
 
 import { ENV } from '../shared/protocol.ts';
-import { SERVE_DEFAULTS, type ServeConfig } from '../sidecar/server/config.ts';
-import { CliError, parseCommandArgs, parseNumberOption } from './args.ts';
-import { ENGINE_FLAGS, parseEngineFlags } from './engine-flags.ts';
+import { DEMO_DEFAULT_MAX_TOKENS, SERVE_DEFAULTS, type ServeConfig } from '../sidecar/server/config.ts';
+import { CliError, describeRange, parseCommandArgs, parseNumberOption } from './args.ts';
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from './engine-flags.ts';
 
-export const SERVE_USAGE =
-  'usage: sirocco serve [--model DIR[,DIR…]] [--host 127.0.0.1] [--port 8080] [--region local] [--device cpu|cuda] ' +
-  '[--max-batch 16] [--max-queue 64] [--expert-cache-mb N] [--threads N]';
+/** Ranges shared by the parser and the help text. */
+const PORT_RANGE = { integer: true, min: 0, max: 65535 };
+const MAX_BATCH_RANGE = { integer: true, min: 1, max: 1024 };
+const MAX_QUEUE_RANGE = { integer: true, min: 0, max: 100_000 };
+
+export const SERVE_HELP = `usage: sirocco serve [options]
+
+Runs a sidecar: the Mistral chat API over local models with continuous batching. Logs are JSON lines
+on stdout; SIGTERM or SIGINT shuts it down gracefully.
+
+  --model DIR[,DIR…]    checkpoint folders or converted stores, one per model id; "demo" = the built-in
+                        tiny Mistral, "demo-small" = the tiny Mixtral (default: both demo models).
+                        The demo models have random weights (nonsense text); on them an unset
+                        max_tokens is ${DEMO_DEFAULT_MAX_TOKENS}.
+  --host HOST           address to listen on (default ${SERVE_DEFAULTS.host})
+  --port N              port, ${describeRange(PORT_RANGE)}; 0 picks a free one (default ${SERVE_DEFAULTS.port})
+  --region NAME         region name reported to the edge (default $SIROCCO_REGION, else ${SERVE_DEFAULTS.region})
+  --max-batch N         requests decoded together, ${describeRange(MAX_BATCH_RANGE)} (default ${SERVE_DEFAULTS.maxBatch})
+  --max-queue N         requests waiting for a batch slot before a 503, ${describeRange(MAX_QUEUE_RANGE)} (default ${SERVE_DEFAULTS.maxQueue})
+${ENGINE_FLAGS_HELP}
+  -h, --help            this help
+
+environment:
+  ${ENV.sidecarSecret}        HMAC secret; when set, every request except /health and /ready must be signed
+  SIROCCO_MAX_BODY_BYTES        largest request body (default ${SERVE_DEFAULTS.maxBodyBytes})
+  SIROCCO_REQUEST_TIMEOUT_MS    longest request (default ${SERVE_DEFAULTS.requestTimeoutMs})
+  SIROCCO_SHUTDOWN_GRACE_MS     time in-flight requests get on shutdown (default ${SERVE_DEFAULTS.shutdownGraceMs})
+  SIROCCO_PREFILL_CHUNK_TOKENS  prompt tokens per prefill step (default ${SERVE_DEFAULTS.prefillChunkTokens})
+  SIROCCO_ADMISSION_WINDOW_MS   wait to gather new requests into one prefill (default ${SERVE_DEFAULTS.admissionWindowMs})
+
+examples:
+  sirocco serve                                  # both demo models on http://127.0.0.1:${SERVE_DEFAULTS.port}
+  sirocco serve --model demo --port 8081 --region eu-west
+  sirocco serve --model ./Mistral-7B-v0.1,./Mixtral-8x7B-v0.1 --expert-cache-mb 8192`;
 
 const FLAGS = {
   model: { type: 'string' },
@@ -53,11 +84,11 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
   return {
     modelDirs,
     host,
-    port: parseNumberOption(values.port, 'port', { integer: true, min: 0, max: 65535 }) ?? SERVE_DEFAULTS.port,
+    port: parseNumberOption(values.port, 'port', PORT_RANGE) ?? SERVE_DEFAULTS.port,
     region,
     device,
-    maxBatch: parseNumberOption(values['max-batch'], 'max-batch', { integer: true, min: 1, max: 1024 }) ?? SERVE_DEFAULTS.maxBatch,
-    maxQueue: parseNumberOption(values['max-queue'], 'max-queue', { integer: true, min: 0, max: 100_000 }) ?? SERVE_DEFAULTS.maxQueue,
+    maxBatch: parseNumberOption(values['max-batch'], 'max-batch', MAX_BATCH_RANGE) ?? SERVE_DEFAULTS.maxBatch,
+    maxQueue: parseNumberOption(values['max-queue'], 'max-queue', MAX_QUEUE_RANGE) ?? SERVE_DEFAULTS.maxQueue,
     expertCacheMb,
     threads,
     sidecarSecret: secret ? secret : null,
@@ -73,6 +104,7 @@ function envNumber(env: Record<string, string | undefined>, name: string, fallba
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
-  if (!Number.isInteger(value) || value < min) throw new CliError(`environment variable ${name} must be an integer ≥ ${min}, got "${raw}"`);
+  if (!Number.isInteger(value) || value < min)
+    throw new CliError(`environment variable ${name} must be ${describeRange({ integer: true, min })}, got "${raw}"`);
   return value;
 }

@@ -12,13 +12,21 @@ export const summary = 'convert a checkpoint into a store: --from DIR --to STORE
 
 const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]
 
+Progress goes to stderr; the store's path to stdout.
+
   --from DIR        checkpoint folder: params.json + consolidated*.safetensors (Mistral) or
                     config.json + model*.safetensors [+ model.safetensors.index.json] (Hugging Face)
-  --to STORE        new folder for the converted store (must not exist or be empty)
-  --precision P     int4 (default, MatMulNBits 4-bit), int8, or fp32
+                    (required)
+  --to STORE        new folder for the converted store (must not exist or be empty) (required)
+  --precision P     int4 (MatMulNBits 4-bit), int8, or fp32 (default int4)
   --expert-bits B   Mixtral: format of the experts paged by --expert-cache-mb: 4 (default for int4
                     stores: half the bytes on disk and in the cache) or 8 (default otherwise: twice
-                    the bytes, finer quantisation)`;
+                    the bytes, finer quantisation)
+  -h, --help        this help
+
+examples:
+  sirocco convert --from ./Mistral-7B-v0.1 --to ./stores/mistral-7b-int4
+  sirocco convert --from ./Mixtral-8x7B-v0.1 --to ./stores/mixtral-int8 --precision int8 --expert-bits 4`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
@@ -72,5 +80,5 @@ export async function run(argv: string[]): Promise<number> {
 function parseExpertBits(value: string | undefined): ExpertBits | undefined {
   if (value === undefined) return undefined;
   if (value === '4' || value === '8') return Number(value) as ExpertBits;
-  throw new CliError(`--expert-bits must be 4 or 8, not "${value}"`);
+  throw new CliError(`--expert-bits must be 4 or 8, got ${value}`);
 }

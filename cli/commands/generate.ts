@@ -3,7 +3,7 @@
  * stderr so stdout holds only the generated text.
  */
 
-import { type DemoModelName, ensureDemoModel } from '../../sidecar/convert/demo-model.ts';
+import { demoModelNamed, ensureDemoModel } from '../../sidecar/convert/demo-model.ts';
 import { openModel } from '../../sidecar/convert/loader.ts';
 import { generate } from '../../sidecar/serving/generate.ts';
 import { renderChatPrompt } from '../../sidecar/text/chat-template.ts';
@@ -17,25 +17,30 @@ export const summary =
 /** New tokens when --max-tokens is not given. */
 const DEFAULT_MAX_TOKENS = 128;
 
+/** The API's temperature range, so a value that works here works against the API too. */
+const TEMPERATURE_RANGE = { min: 0, max: 1.5 };
+
 const HELP = `usage: sirocco generate --prompt TEXT [options]
 
-  --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store;
-                        "demo" (default) = the built-in tiny Mistral, "demo-small" = the tiny Mixtral.
-                        The demo models have random weights: their text is nonsense.
-  --prompt TEXT         the user message (wrapped in Mistral's [INST] template unless --raw)
-  --raw                 feed the prompt as plain text after BOS, without the chat template
-  --max-tokens N        new tokens at most (default 128, or what the context has left)
-  --temperature T       0 = greedy (default 0.7)
-  --top-p P             nucleus sampling mass in (0, 1] (default 1)
-  --seed S              random seed: the same seed gives the same text
-  --precision P         fp32 | int8 | int4: conversion precision for a raw checkpoint or the demo (default int4)
-${ENGINE_FLAGS_HELP}`;
+Streams a completion to stdout; usage figures go to stderr.
 
-const DEMO_ALIASES: Record<string, DemoModelName> = {
-  demo: 'mistral-tiny',
-  'demo-tiny': 'mistral-tiny',
-  'demo-small': 'mistral-small',
-};
+  --prompt TEXT         the user message (wrapped in Mistral's [INST] template unless --raw) (required)
+  --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store;
+                        "demo" = the built-in tiny Mistral, "demo-small" = the tiny Mixtral (default demo).
+                        The demo models have random weights: their text is nonsense.
+  --raw                 feed the prompt as plain text after BOS, without the chat template (default off)
+  --max-tokens N        new tokens at most, an integer ≥ 1 (default ${DEFAULT_MAX_TOKENS}, or what the context has left)
+  --temperature T       0 to ${TEMPERATURE_RANGE.max}; 0 = greedy (default 0.7)
+  --top-p P             nucleus sampling mass, > 0 and ≤ 1 (default 1)
+  --seed S              random seed, an integer ≥ 0: the same seed gives the same text (default: random)
+  --precision P         fp32 | int8 | int4: conversion precision for a raw checkpoint or the demo (default int4)
+${ENGINE_FLAGS_HELP}
+  -h, --help            this help
+
+examples:
+  sirocco generate --prompt "Write a haiku about the sea" --max-tokens 40
+  sirocco generate --model demo-small --prompt Hello --temperature 0 --seed 7
+  sirocco generate --model ./Mistral-7B-v0.1 --prompt "Why is the sky blue?" --precision int8`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
@@ -55,12 +60,12 @@ export async function run(argv: string[]): Promise<number> {
   }
   const prompt = requireOption(values.prompt, 'prompt');
   const maxTokensFlag = parseNumberOption(values['max-tokens'], 'max-tokens', { integer: true, min: 1 });
-  const temperature = parseNumberOption(values.temperature, 'temperature', { min: 0 }) ?? 0.7;
-  const topP = parseNumberOption(values['top-p'], 'top-p', { min: Number.MIN_VALUE, max: 1 }) ?? 1;
+  const temperature = parseNumberOption(values.temperature, 'temperature', TEMPERATURE_RANGE) ?? 0.7;
+  const topP = parseNumberOption(values['top-p'], 'top-p', { above: 0, max: 1 }) ?? 1;
   const seed = parseNumberOption(values.seed, 'seed', { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER });
   const engine = parseEngineFlags(values);
 
-  const demo = DEMO_ALIASES[values.model];
+  const demo = demoModelNamed(values.model);
   if (demo) process.stderr.write(`sirocco generate: using the demo model ${demo} (random weights, nonsense output)\n`);
   const modelDir = demo ? await ensureDemoModel(demo, engine.precision) : values.model;
   const runtime = await openModel(modelDir, engine);

@@ -12,11 +12,19 @@ export const summary = 'print the logits of every position: --model DIR --tokens
 
 const HELP = `usage: sirocco logits --model DIR --tokens 1,2,3 [options]
 
+Prints one JSON object {"logits": [[…], …]} on stdout: a row per input position, the full vocabulary.
+
   --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store
-  --tokens IDS          comma-separated token ids (BOS is not added)
+                        (required)
+  --tokens IDS          comma-separated token ids; BOS is not added (required)
   --precision P         fp32 | int8 | int4; for a checkpoint folder the conversion precision (default fp32),
-                        for a store it must match the store's
-${ENGINE_FLAGS_HELP}`;
+                        for a store it must match the store's (default: the store's)
+${ENGINE_FLAGS_HELP}
+  -h, --help            this help
+
+examples:
+  sirocco logits --model ./Mistral-7B-v0.1 --tokens 1,22557,28808
+  sirocco logits --model ./stores/mistral-7b-int4 --tokens 1,2,3 --threads 4`;
 
 function parseTokens(value: string): number[] {
   return value.split(',').map((part) => {

@@ -6,14 +6,14 @@
 
 import { createLogger } from '../../sidecar/server/logger.ts';
 import { type RunningSidecar, startSidecar } from '../../sidecar/server/serve.ts';
-import { loadServeConfig, SERVE_USAGE } from '../serve-config.ts';
+import { loadServeConfig, SERVE_HELP } from '../serve-config.ts';
 
 export const summary = 'run a sidecar: Mistral-compatible API over local models with continuous batching';
 
 export async function run(argv: string[]): Promise<number> {
   const config = loadServeConfig(argv);
   if (!config) {
-    console.log(SERVE_USAGE);
+    console.log(SERVE_HELP);
     return 0;
   }
   const logger = createLogger();

@@ -109,6 +109,22 @@ describe('sirocco convert', () => {
   });
 });
 
+describe('sirocco itself', () => {
+  it('prints the package version with --version and -v', async () => {
+    const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    expect(await sirocco('--version')).toMatchObject({ code: 0, stdout: `${version}\n` });
+    expect(await sirocco('-v')).toMatchObject({ code: 0, stdout: `${version}\n` });
+  });
+
+  it.each(['convert', 'logits', 'serve'])('%s --help lists its flags with defaults and examples', async (command) => {
+    const { code, stdout } = await sirocco(command, '--help');
+    expect(code).toBe(0);
+    expect(stdout).toMatch(new RegExp(`^usage: sirocco ${command} `));
+    expect(stdout).toMatch(/\(default /);
+    expect(stdout).toMatch(new RegExp(`examples:\n {2}sirocco ${command}`));
+  });
+});
+
 describe('sirocco logits', () => {
   it('prints the golden logits for a Hugging Face checkpoint folder (fp32 by default)', async () => {
     const golden = loadGolden('tiny-mistral').cases[1]!;

@@ -87,14 +87,16 @@ describe('sirocco generate', () => {
   });
 
   it.each([
-    [['--max-tokens', '0', '--prompt', 'x'], /--max-tokens must be an integer in \[1, Infinity\], got "0"/],
+    [['--max-tokens', '0', '--prompt', 'x'], /--max-tokens must be an integer ≥ 1, got 0$/m],
+    [['--temperature', '-1', '--prompt', 'x'], /--temperature must be a number from 0 to 1\.5, got -1$/m],
     [['--temperature', 'hot', '--prompt', 'x'], /--temperature must be a number/],
-    [['--top-p', '1.5', '--prompt', 'x'], /--top-p must be a number in/],
+    [['--top-p', '1.5', '--prompt', 'x'], /--top-p must be a number > 0 and ≤ 1, got 1\.5/],
     [['--seed=-1', '--prompt', 'x'], /--seed must be an integer/],
     [['--seed', '1.5', '--prompt', 'x'], /--seed must be an integer/],
     [['--precision', 'int3', '--prompt', 'x'], /--precision must be one of fp32, int8, int4, got "int3"/],
     [['--device', 'tpu', '--prompt', 'x'], /--device must be one of cpu, cuda, got "tpu"/],
-    [['--prompt', 'x', '--frobnicate'], /Unknown option '--frobnicate'/],
+    [['--prompt', 'x', '--frobnicate'], /unknown option --frobnicate$/m],
+    [['--prompt', 'x', '--tempature', '0'], /unknown option --tempature; did you mean --temperature\?/],
     [[], /missing required option --prompt/],
   ])('rejects %j with a clear message and exit code 2', async (args, message) => {
     const result = await sirocco(...args);
@@ -116,5 +118,8 @@ describe('sirocco generate', () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(/demo-small/);
     expect(result.stdout).toMatch(/nonsense/);
+    expect(result.stdout).toMatch(/--max-tokens N .*\(default 128/);
+    expect(result.stdout).toMatch(/examples:\n {2}sirocco generate/);
+    expect(result.stdout).not.toMatch(/Infinity/);
   });
 });

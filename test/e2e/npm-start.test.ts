@@ -110,6 +110,6 @@ describe('npm start (sirocco dev)', () => {
   it('rejects a bad port with a message naming it', async () => {
     const dev = startDev(['--port', '99999'], {});
     expect(await dev.exited).toBe(2);
-    expect(dev.output()).toContain('--port must be an integer in [1, 65535], got "99999"');
+    expect(dev.output()).toContain('--port must be an integer from 1 to 65535, got 99999');
   });
 });
