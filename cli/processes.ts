@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { ENV } from '../shared/protocol.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const SIROCCO_BIN = join(REPO_ROOT, 'bin/sirocco.mjs');
@@ -387,9 +388,17 @@ export async function spawnWranglerDev(launch: WranglerDevLaunch): Promise<Manag
   return wrangler;
 }
 
+/**
+ * The project's local secrets file: the repository's .dev.vars (where wrangler dev looks), or SIROCCO_DEV_VARS.
+ * `npm start` keeps its generated secrets there (cli/dev-vars.ts), so the file wrangler reads and ours agree.
+ */
+export function devVarsFile(): string {
+  return process.env[ENV.devVars] || join(REPO_ROOT, '.dev.vars');
+}
+
 /** Where wrangler dev reads local secrets when it is given no --env-file: .dev.vars, else .env and .env.local. */
 function projectSecretFiles(): string[] {
-  const devVars = join(REPO_ROOT, '.dev.vars');
+  const devVars = devVarsFile();
   if (existsSync(devVars)) return [devVars];
   if (process.env.CLOUDFLARE_LOAD_DEV_VARS_FROM_DOT_ENV?.toLowerCase() === 'false') return [];
   return ['.env', '.env.local'].map((file) => join(REPO_ROOT, file)).filter((file) => existsSync(file));

@@ -67,6 +67,10 @@ export const ENV = {
   devKey: 'SIROCCO_DEV_KEY',
   /** Edge port for `npm start`. */
   port: 'PORT',
+  /** Where `npm start` keeps its generated secrets and dev key, and `sirocco keys` looks (default <repo>/.dev.vars). */
+  devVars: 'SIROCCO_DEV_VARS',
+  /** Bearer token a Prometheus scraper sends to a sidecar's /metrics instead of a signature. */
+  metricsToken: 'SIROCCO_METRICS_TOKEN',
   /** Where demo models and converted stores live (default ~/.cache/sirocco). */
   home: 'SIROCCO_HOME',
 } as const;

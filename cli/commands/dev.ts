@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { build } from 'esbuild';
 import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
+import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
 import {
   freePort,
   isPortFree,
@@ -105,6 +106,12 @@ export interface StackOptions {
   onProgress?: (message: string) => void;
   /** Aborts a start in progress (Ctrl-C while models load): everything started so far is stopped. */
   signal?: AbortSignal;
+  /**
+   * A dotenv file (`npm start`: the repository's .dev.vars) that keeps the generated admin and sidecar secrets and
+   * dev key across starts: values the environment does not set are read from it, and generated ones written to it.
+   * Without it every start generates fresh ones (the tests' throwaway stacks).
+   */
+  devVarsFile?: string;
 }
 
 export interface Stack {
@@ -137,9 +144,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   await assertPortFree(edgePort, 'edge', 'set PORT to another port');
   for (const spec of specs) await assertPortFree(spec.port, `${spec.region} sidecar`, 'choose others with --sidecar-ports');
 
-  const sidecarSecret = process.env[ENV.sidecarSecret] || randomBytes(32).toString('hex');
-  const adminSecret = process.env[ENV.adminSecret] || randomBytes(32).toString('hex');
-  const apiKey = options.devKey || process.env[ENV.devKey] || `sk-dev-${randomBytes(16).toString('hex')}`;
+  const { sidecarSecret, adminSecret, apiKey } = await devCredentials(options, progress);
 
   if (await refreshPageSseModule()) progress('rebuilt edge/public/sse.js from shared/sse.ts');
   progress('preparing the demo models (built once, then reused)…');
@@ -248,6 +253,39 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   }
 }
 
+/**
+ * The stack's secrets and dev key: the option or environment first, then the dev-vars file, else generated (and
+ * written to that file, so the next start reuses them: keys are hashed with the admin secret, and the dev state in
+ * .wrangler/state outlives a restart).
+ */
+async function devCredentials(
+  options: StackOptions,
+  progress: (message: string) => void,
+): Promise<{ sidecarSecret: string; adminSecret: string; apiKey: string }> {
+  const saved = options.devVarsFile === undefined ? new Map<string, string>() : await readDevVars(options.devVarsFile);
+  const generated: Record<string, string> = {};
+  const pick = (name: string, given: string | undefined, generate: () => string): string => {
+    if (given) return given;
+    const kept = saved.get(name);
+    if (kept) return kept;
+    const fresh = generate();
+    generated[name] = fresh;
+    return fresh;
+  };
+  const sidecarSecret = pick(ENV.sidecarSecret, process.env[ENV.sidecarSecret], () => randomBytes(32).toString('hex'));
+  const adminSecret = pick(ENV.adminSecret, process.env[ENV.adminSecret], () => randomBytes(32).toString('hex'));
+  const apiKey = pick(ENV.devKey, options.devKey || process.env[ENV.devKey], () => `sk-dev-${randomBytes(16).toString('hex')}`);
+  if (options.devVarsFile !== undefined) {
+    if (Object.keys(generated).length > 0) {
+      await writeDevVars(generated, options.devVarsFile);
+      progress(`wrote ${Object.keys(generated).join(', ')} to ${options.devVarsFile} (reused on the next start)`);
+    } else {
+      progress(`using the secrets and dev key kept in ${options.devVarsFile}`);
+    }
+  }
+  return { sidecarSecret, adminSecret, apiKey };
+}
+
 /** First restart delay after a sidecar dies; doubled on each death in a row, up to the maximum. */
 const RESTART_DELAY_MS = 500;
 const MAX_RESTART_DELAY_MS = 30_000;
@@ -335,7 +373,8 @@ export async function run(argv: string[]): Promise<number> {
   });
   if (values.help) {
     console.log(
-      `usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}.`,
+      `usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}, ${ENV.devVars}.\n` +
+        `The admin and sidecar secrets and the dev key it generates are kept in ${devVarsFile()} (0600) and reused on the next start.`,
     );
     return 0;
   }
@@ -370,6 +409,7 @@ export async function run(argv: string[]): Promise<number> {
     sidecars,
     signal: interrupted.signal,
     persistTo: join(REPO_ROOT, '.wrangler/state'),
+    devVarsFile: devVarsFile(),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
     onLog: (name, line) => {
       if (!isRoutineNoise(line)) console.log(`[${name}] ${line}`);
@@ -381,6 +421,7 @@ export async function run(argv: string[]): Promise<number> {
       '',
       `  Sirocco is running at ${stack.edgeUrl}  (chat page: ${stack.edgeUrl}/)`,
       `  API key: ${stack.apiKey}`,
+      `  Admin secret: ${process.env[ENV.adminSecret] ? `${ENV.adminSecret} from your environment` : `${ENV.adminSecret} in ${devVarsFile()}`}  (\`npx sirocco keys list\` reads it from there)`,
       '',
       `  curl -N ${stack.edgeUrl}/v1/chat/completions \\`,
       `    -H "Authorization: Bearer ${stack.apiKey}" -H "Content-Type: application/json" \\`,

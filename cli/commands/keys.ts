@@ -5,18 +5,23 @@
  *   sirocco keys list [--url U] [--json]
  *   sirocco keys revoke <id> [--url U]
  *
- * The admin secret comes from SIROCCO_ADMIN_SECRET; the edge URL defaults to http://localhost:$PORT
- * (8787). A created key is printed once: the edge keeps only its SHA-256.
+ * The admin secret comes from SIROCCO_ADMIN_SECRET, else from the repository's .dev.vars (where `npm start`
+ * keeps the one it generated); the edge URL defaults to http://localhost:$PORT (8787). A created key is printed
+ * once: the edge keeps only its peppered hash.
  */
 import { DEFAULT_PORTS, ENV } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
+import { devVarsFile, readDevVars } from '../dev-vars.ts';
 
-export const summary = 'create, list or revoke API keys on an edge (admin secret from SIROCCO_ADMIN_SECRET)';
+export const summary = 'create, list or revoke API keys on an edge (admin secret from SIROCCO_ADMIN_SECRET or .dev.vars)';
 
 const USAGE = `usage:
   sirocco keys create [--tenant T] [--models a,b] [--rpm N] [--tpm N] [--key K] [--url URL] [--json]
   sirocco keys list [--url URL] [--json]
-  sirocco keys revoke <id> [--url URL]`;
+  sirocco keys revoke <id> [--url URL]
+
+The admin secret is ${ENV.adminSecret} from the environment, else from ${devVarsFile()}
+(where \`npm start\` keeps the one it generated). --url defaults to http://localhost:$PORT (8787).`;
 
 interface KeyView {
   id: string;
@@ -32,9 +37,12 @@ function defaultUrl(): string {
   return `http://localhost:${process.env[ENV.port] || DEFAULT_PORTS.edge}`;
 }
 
-function adminSecret(): string {
-  const secret = process.env[ENV.adminSecret];
-  if (!secret) throw new CliError(`set ${ENV.adminSecret} to the edge's admin secret`);
+/** The environment's admin secret, else the one `npm start` keeps in .dev.vars. */
+async function adminSecret(): Promise<string> {
+  const secret = process.env[ENV.adminSecret] || (await readDevVars(devVarsFile())).get(ENV.adminSecret);
+  if (!secret) {
+    throw new CliError(`set ${ENV.adminSecret} to the edge's admin secret (\`npm start\` keeps its own in ${devVarsFile()})`);
+  }
   return secret;
 }
 
@@ -46,7 +54,7 @@ async function callAdmin(url: string, method: string, path: string, body?: unkno
   } catch {
     throw new CliError(`--url must be an http(s) URL, got "${url}"`);
   }
-  const authorization = `Bearer ${adminSecret()}`;
+  const authorization = `Bearer ${await adminSecret()}`;
   let response: Response;
   try {
     response = await fetch(new URL(path, base), {

@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeDevVars } from '../../cli/dev-vars.ts';
 import { freePort, type ManagedProcess, REPO_ROOT, SIROCCO_BIN, spawnWranglerDev, waitUntilReady } from '../../cli/processes.ts';
 
 /** Shell and dotenv syntax on purpose: wrangler dev must get it verbatim through its secrets file. */
@@ -87,10 +88,28 @@ describe('sirocco keys', () => {
   it('provisions a chosen key value (what npm start does with SIROCCO_DEV_KEY)', async () => {
     const created = await sirocco(['create', '--url', edgeUrl, '--key', 'sk-chosen-value-0123456789', '--json']);
     expect(JSON.parse(created.stdout)).toMatchObject({ key: 'sk-chosen-value-0123456789', tenant: 'default', models: ['*'] });
+
+    // npm start provisions its kept dev key on every start: the same key again is the same record, not a second one.
+    const again = await sirocco(['create', '--url', edgeUrl, '--key', 'sk-chosen-value-0123456789', '--json']);
+    const { id } = JSON.parse(again.stdout) as { id: string };
+    expect(id).toBe((JSON.parse(created.stdout) as { id: string }).id);
+    const listed = JSON.parse((await sirocco(['list', '--url', edgeUrl, '--json'])).stdout) as Array<{ id: string }>;
+    expect(listed.filter((key) => key.id === id)).toHaveLength(1);
+  });
+
+  it('reads the admin secret from the dev-vars file (where npm start keeps it) when the environment has none', async () => {
+    const devVars = join(persistTo, 'dev.vars');
+    await writeDevVars({ SIROCCO_ADMIN_SECRET: ADMIN_SECRET }, devVars);
+    const listed = await sirocco(['list', '--url', edgeUrl, '--json'], { SIROCCO_ADMIN_SECRET: '', SIROCCO_DEV_VARS: devVars });
+    expect(listed).toMatchObject({ code: 0 });
+    expect(JSON.parse(listed.stdout)).toEqual(expect.any(Array));
   });
 
   it('explains every mistake with a message and a non-zero exit code', async () => {
-    const noSecret = await sirocco(['list', '--url', edgeUrl], { SIROCCO_ADMIN_SECRET: '' });
+    const noSecret = await sirocco(['list', '--url', edgeUrl], {
+      SIROCCO_ADMIN_SECRET: '',
+      SIROCCO_DEV_VARS: join(persistTo, 'no-such.vars'),
+    });
     expect(noSecret).toMatchObject({ code: 2, stderr: expect.stringMatching(/set SIROCCO_ADMIN_SECRET/) });
 
     const wrongSecret = await sirocco(['list', '--url', edgeUrl], { SIROCCO_ADMIN_SECRET: 'nope' });
