@@ -7,6 +7,7 @@
  *   GET  /v1/models, /v1/models/:id      API key
  *   POST /v1/chat/completions            API key → validate → route → rate limit → cache → forward
  *   /admin/keys (POST, GET, DELETE /:id) admin secret
+ *   GET  /metrics                        admin secret (Prometheus text; counters kept per isolate)
  */
 import { type Context, Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
@@ -20,6 +21,7 @@ import type { EdgeDependencies } from './dependencies.ts';
 import type { AppEnv } from './env.ts';
 import { EdgeError } from './errors.ts';
 import { accessLog, createLogger } from './logging/index.ts';
+import { EdgeMetrics, METRICS_CONTENT_TYPE } from './metrics/index.ts';
 import { chargeTokens, type RateLimitSubject, rateLimit, tokensToReserve } from './rate-limit/index.ts';
 import { requestId } from './request-id/index.ts';
 import { adminKeysRoutes } from './routes/admin-keys.ts';
@@ -81,7 +83,8 @@ export function createApp(options: CreateAppOptions = {}) {
   const recordUsage = options.recordUsage ?? chargeUsage;
   const app = new Hono<AppEnv>();
 
-  app.use(requestId(), accessLog(), corsFromEnv());
+  const metrics = new EdgeMetrics();
+  app.use(requestId(), accessLog({ onLogged: (fields) => metrics.record(fields) }), corsFromEnv());
   app.use(
     bodyLimit({
       maxSize: MAX_BODY_BYTES,
@@ -108,6 +111,7 @@ export function createApp(options: CreateAppOptions = {}) {
     responseCache<AppEnv>({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.get('chatRequest') }),
     chatCompletions(deps, recordUsage),
   );
+  app.get('/metrics', adminAuth(), (c) => c.body(metrics.render(), 200, { 'content-type': METRICS_CONTENT_TYPE }));
   app.use('/admin/*', adminAuth());
   app.route('/admin/keys', adminKeysRoutes(keyCache));
 

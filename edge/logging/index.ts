@@ -1,8 +1,10 @@
 /**
  * The access-log middleware: one structured line per request with method, path, status, duration,
- * tenant and the fields handlers `annotate`, written after the response has gone out.
+ * tenant, key id (never the key), cache status and the fields handlers `annotate` (model, region,
+ * tokens…), written after the response has gone out.
  */
 import type { MiddlewareHandler } from 'hono';
+import { CACHE_STATUS_HEADER } from '../cache/index.ts';
 import { afterResponse, inBackground } from '../dependencies.ts';
 import type { AppEnv } from '../env.ts';
 import { createLogger, type LogFields } from './logger.ts';
@@ -16,7 +18,7 @@ export { createLogger, type LogFields, type Logger } from './logger.ts';
  * @example
  * app.use(requestId(), accessLog());
  */
-export function accessLog(): MiddlewareHandler<AppEnv> {
+export function accessLog(options: { onLogged?: (fields: LogFields) => void } = {}): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const started = Date.now();
     const logger = createLogger({ requestId: c.get('requestId') });
@@ -28,13 +30,16 @@ export function accessLog(): MiddlewareHandler<AppEnv> {
       status: c.res.status,
       durationMs: Date.now() - started,
       tenant: c.get('apiKey')?.tenant,
-      ...logger.annotations,
+      keyId: c.get('apiKey')?.id,
+      cache: c.res.headers.get(CACHE_STATUS_HEADER) ?? undefined,
     };
-    // Written once the response is on its way: a log line costs more than the rest of the hot path.
-    inBackground(
-      c,
-      afterResponse().then(() => logger.info('request', fields)),
-      () => undefined,
-    );
+    // Written once the response is on its way (a log line costs more than the rest of the hot path),
+    // and after whatever the handler held it for (a stream's end: its tokens).
+    const written = Promise.all([afterResponse(), ...logger.accessLogHolds.map((hold) => hold.catch(() => undefined))]).then(() => {
+      const line = { ...fields, ...logger.annotations };
+      logger.info('request', line);
+      options.onLogged?.(line);
+    });
+    inBackground(c, written, () => undefined);
   };
 }

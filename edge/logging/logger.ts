@@ -11,10 +11,18 @@ export interface Logger {
   /** Adds fields to this request's access-log line. */
   annotate(fields: LogFields): void;
   readonly annotations: LogFields;
+  /**
+   * Delays this request's access-log line until `work` settles (a stream's end, when its tokens are known), so the
+   * line carries what only the end of the response tells.
+   */
+  holdAccessLogUntil(work: Promise<unknown>): void;
+  /** What holdAccessLogUntil was given. */
+  readonly accessLogHolds: ReadonlyArray<Promise<unknown>>;
 }
 
 export function createLogger(base: LogFields): Logger {
   const annotations: LogFields = {};
+  const accessLogHolds: Array<Promise<unknown>> = [];
   const write = (level: 'info' | 'warn' | 'error', event: string, fields: LogFields = {}) => {
     const line = JSON.stringify({ level, event, time: new Date().toISOString(), ...base, ...fields });
     if (level === 'error') console.error(line);
@@ -27,5 +35,7 @@ export function createLogger(base: LogFields): Logger {
     error: (event, fields) => write('error', event, fields),
     annotate: (fields) => Object.assign(annotations, fields),
     annotations,
+    holdAccessLogUntil: (work) => accessLogHolds.push(work),
+    accessLogHolds,
   };
 }

@@ -34,6 +34,7 @@ import { secretFrom, sidecarsFrom, tunablesFrom, type UpstreamConfig, upstreamsF
 import { afterResponse, type EdgeDependencies, inBackground } from '../dependencies.ts';
 import type { AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
+import type { Logger } from '../logging/index.ts';
 import { type ClientGeo, clientLocation, type ForwardResult, forwardWithFailover, type Target } from '../routing/index.ts';
 import { collectSseCompletion } from '../streaming/collect.ts';
 import {
@@ -62,7 +63,10 @@ declare module 'hono' {
  */
 export function validateChatRequest(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    c.set('chatRequest', await parseJsonBody(c, ChatCompletionRequestSchema));
+    const request = await parseJsonBody(c, ChatCompletionRequestSchema);
+    // The name as asked (bounded: it is the client's text); replaced by the resolved id once routed.
+    c.get('logger').annotate({ model: request.model.slice(0, 64) });
+    c.set('chatRequest', request);
     await next();
   };
 }
@@ -158,6 +162,11 @@ function usageFromJson(text: string): Usage | null {
   }
 }
 
+/** A response's token counts on its access-log line. */
+function annotateTokens(logger: Logger, usage: Usage): void {
+  logger.annotate({ promptTokens: usage.prompt_tokens, completionTokens: usage.completion_tokens, tokens: usage.total_tokens });
+}
+
 export type UsageRecorder = (c: Context<AppEnv>, usage: Usage) => Promise<unknown>;
 
 export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecorder): MiddlewareHandler<AppEnv> {
@@ -198,12 +207,14 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     // A stream whose region has not answered within one keep-alive interval (a long prefill) is
     // committed now, so the client gets keep-alives; quicker answers keep their real HTTP status.
     const early = stream ? await withTimeout(forwarding, tunables.keepAliveMs) : await forwarding;
-    const recordUsageAfterResponse = (usage: Usage) =>
+    const recordUsageAfterResponse = (usage: Usage) => {
+      annotateTokens(logger, usage);
       inBackground(
         c,
         afterResponse().then(() => recordUsage(c, usage)),
         (error) => logger.error('usage_record_failed', { message: String(error) }),
       );
+    };
 
     if (early !== TIMED_OUT && early.kind === 'body') {
       logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
@@ -253,6 +264,8 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       finished.then((outcome) => outcome.usage && recordUsage(c, outcome.usage)),
       (error) => logger.error('usage_record_failed', { message: String(error) }),
     );
+    // The access-log line waits for the stream's end, so it has the stream's tokens.
+    logger.holdAccessLogUntil(finished.then((outcome) => outcome.usage && annotateTokens(logger, outcome.usage)));
     let chosen: Target | null = null;
     const onFinish = (outcome: StreamOutcome) => {
       if (outcome.status === 'upstream_failed') {

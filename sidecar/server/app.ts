@@ -6,7 +6,7 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { LOCAL_MODELS, modelCard } from '../../shared/api.ts';
-import { HEADERS, type LoadReport, requestIdFrom, SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { ENV, HEADERS, type LoadReport, requestIdFrom, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { SidecarError } from '../errors.ts';
 import { chatCompletionsHandler } from './chat-route.ts';
 import type { SidecarEnv } from './context.ts';
@@ -14,7 +14,7 @@ import { errorResponse, toSidecarError } from './error-response.ts';
 import type { Logger } from './logger.ts';
 import type { SidecarMetrics } from './metrics.ts';
 import type { ServedModel } from './served-models.ts';
-import { signatureCheck } from './signature.ts';
+import { bearerTokenCheck, signatureCheck } from './signature.ts';
 
 /** Lifecycle: listening while models load, then ready, then draining after SIGTERM. */
 export type SidecarPhase = 'loading' | 'ready' | 'draining';
@@ -31,6 +31,12 @@ export interface SidecarAppOptions {
   maxQueue: number;
   /** HMAC secret shared with the edge; null ⇒ no signature check. */
   secret: string | null;
+  /**
+   * Bearer token that opens /metrics without a signature, for a Prometheus scraper; default SIROCCO_METRICS_TOKEN
+   * from the environment. Unset: /metrics is signed like every other route (open when there is no secret either);
+   * set without a secret: /metrics needs it.
+   */
+  metricsToken?: string | null;
   maxBodyBytes: number;
   metrics: SidecarMetrics;
   logger: Logger;
@@ -44,6 +50,7 @@ export function createSidecarApp({
   maxBatch,
   maxQueue,
   secret,
+  metricsToken = process.env[ENV.metricsToken] || null,
   maxBodyBytes,
   metrics,
   logger,
@@ -75,7 +82,18 @@ export function createSidecarApp({
   });
   app.use(bodyLimit({ maxSize: maxBodyBytes }));
   // Probes stay open so load balancers and `npm start` can poll them; they do no model work.
-  if (secret) app.use(signatureCheck({ secret, exemptPaths: [SIDECAR_PATHS.health, SIDECAR_PATHS.ready] }));
+  if (secret) {
+    app.use(
+      signatureCheck({
+        secret,
+        exemptPaths: [SIDECAR_PATHS.health, SIDECAR_PATHS.ready],
+        bearerPaths: metricsToken ? { '/metrics': metricsToken } : {},
+      }),
+    );
+  } else if (metricsToken) {
+    // No signatures to check, but a metrics token was set: it is what opens /metrics.
+    app.use('/metrics', bearerTokenCheck(metricsToken));
+  }
 
   const readyModels = (): ServedModel[] => {
     if (state.phase === 'loading')

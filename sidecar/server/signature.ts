@@ -5,8 +5,12 @@
  * (shared/signing.ts). Unsigned, wrong and stale (> 60 s skew) requests get 401 before any work is
  * done, and so does a replay: each accepted nonce is remembered until its timestamp leaves the
  * window, after which the timestamp check alone refuses it.
+ *
+ * A path may also open with a bearer token (`bearerPaths`: `/metrics` with SIROCCO_METRICS_TOKEN), for a client that
+ * cannot sign, such as a Prometheus scraper; a wrong token is a 401 like a wrong signature.
  */
 import type { MiddlewareHandler } from 'hono';
+import { timingSafeEqual } from '../../shared/crypto.ts';
 import { SIGNATURE_MAX_SKEW_SECONDS } from '../../shared/protocol.ts';
 import { verifyRequest } from '../../shared/signing.ts';
 import { SidecarError } from '../errors.ts';
@@ -21,6 +25,8 @@ export interface SignatureCheckOptions {
   secret: string;
   /** Paths served without a signature (liveness probes). */
   exemptPaths?: string[];
+  /** Path → token: `Authorization: Bearer <token>` (compared in constant time) serves it instead of a signature. */
+  bearerPaths?: Record<string, string>;
   maxSkewSeconds?: number;
   maxRememberedNonces?: number;
   /** Unix seconds (a seam for tests). */
@@ -69,6 +75,7 @@ export class NonceRegistry {
 export function signatureCheck({
   secret,
   exemptPaths = [],
+  bearerPaths = {},
   maxSkewSeconds = SIGNATURE_MAX_SKEW_SECONDS,
   maxRememberedNonces = DEFAULT_MAX_REMEMBERED_NONCES,
   nowSeconds = () => Math.floor(Date.now() / 1000),
@@ -78,6 +85,12 @@ export function signatureCheck({
   const nonces = new NonceRegistry(maxRememberedNonces, maxSkewSeconds);
   return async function signatureCheck(c, next) {
     if (exempt.has(c.req.path)) return next();
+    const pathToken = Object.hasOwn(bearerPaths, c.req.path) ? bearerPaths[c.req.path] : undefined;
+    const presented = pathToken ? bearerToken(c.req.header('authorization')) : undefined;
+    if (pathToken && presented !== undefined) {
+      if (!timingSafeEqual(presented, pathToken)) throw new SidecarError('unauthorized', 'Unauthorized: invalid bearer token');
+      return next();
+    }
     const url = new URL(c.req.url);
     // Hono caches the body, so the route reads the same bytes that were verified.
     const body = c.req.raw.body ? new Uint8Array(await c.req.arrayBuffer()) : '';
@@ -100,6 +113,21 @@ export function signatureCheck({
         retryAfterSeconds: 1,
       });
     }
+    await next();
+  };
+}
+
+function bearerToken(header: string | undefined): string | undefined {
+  return /^Bearer\s+(\S+)\s*$/i.exec(header ?? '')?.[1];
+}
+
+/** Without a signing secret: a route that needs `Authorization: Bearer <token>` (compared in constant time). */
+export function bearerTokenCheck(token: string): MiddlewareHandler {
+  if (!token) throw new Error('bearerTokenCheck needs a non-empty token');
+  return async function bearerTokenCheck(c, next) {
+    const presented = bearerToken(c.req.header('authorization'));
+    if (presented === undefined) throw new SidecarError('unauthorized', 'Unauthorized: send "Authorization: Bearer <token>"');
+    if (!timingSafeEqual(presented, token)) throw new SidecarError('unauthorized', 'Unauthorized: invalid bearer token');
     await next();
   };
 }
