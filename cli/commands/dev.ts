@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { build } from 'esbuild';
 import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
+import { describeWranglerLine } from '../dev-console.ts';
 import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
 import {
   freePort,
@@ -73,6 +74,9 @@ function interruptedError(): CliError {
 }
 
 // ─── The stack ───────────────────────────────────────────────────────────────
+
+/** The edge's process name in errors and in `onLog`. */
+export const WRANGLER_NAME = 'wrangler dev';
 
 export interface SidecarSpec {
   region: string;
@@ -197,14 +201,17 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       continent,
     }));
     const wrangler = await spawnWranglerDev({
+      name: WRANGLER_NAME,
       port: edgePort,
       persistTo,
-      logLevel: 'warn',
+      // `log`, not `warn`: the worker's access-log lines (console.log) are what the console shows per request;
+      // run() leaves out wrangler's own routine lines (cli/dev-console.ts).
+      logLevel: 'log',
       inspectorPort: await freePort(),
       vars: { ...options.edgeVars, SIDECARS: JSON.stringify(registry) },
       // The same bindings the worker reads from `wrangler secret` in production.
       secrets: { [ENV.sidecarSecret]: sidecarSecret, [ENV.adminSecret]: adminSecret },
-      onLine: (line) => onLog('wrangler dev', line),
+      onLine: (line) => onLog(WRANGLER_NAME, line),
     });
     children.push(wrangler);
 
@@ -412,7 +419,10 @@ export async function run(argv: string[]): Promise<number> {
     devVarsFile: devVarsFile(),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
     onLog: (name, line) => {
-      if (!isRoutineNoise(line)) console.log(`[${name}] ${line}`);
+      if (isRoutineNoise(line)) return;
+      // The edge's lines become one compact line per request; wrangler's own routine lines are left out.
+      const described = name === WRANGLER_NAME ? describeWranglerLine(line) : line;
+      if (described !== undefined) console.log(`[${name === WRANGLER_NAME ? 'edge' : name}] ${described}`);
     },
   });
 
@@ -427,6 +437,7 @@ export async function run(argv: string[]): Promise<number> {
       `    -H "Authorization: Bearer ${stack.apiKey}" -H "Content-Type: application/json" \\`,
       `    -d '{"model":"mistral-tiny","stream":true,"max_tokens":32,"messages":[{"role":"user","content":"Hello!"}]}'`,
       '',
+      '  Each request is logged below as [edge] METHOD PATH STATUS  key  model  region  tokens  cache  ms.',
       '  The demo models have random weights: their output is nonsense. Ctrl-C stops everything.',
       '',
     ].join('\n'),

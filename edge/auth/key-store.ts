@@ -73,6 +73,9 @@ export async function createKey(
   if (!peppers.current) throw new Error('Cannot create API keys without a pepper: set SIROCCO_KEY_PEPPER (or SIROCCO_ADMIN_SECRET)');
   const key = request.key ?? generateApiKey();
   const hash = await keyHash(peppers.current, key);
+  // The same key again (`npm start` provisions its kept dev key on every start) is the same record: one per hash,
+  // its creation time kept; tenant, models and limits are the request's.
+  const existing = await recordUnder(kv, hash);
   const record: ApiKeyRecord = {
     id: hash.slice(0, ID_LENGTH),
     hash,
@@ -82,7 +85,7 @@ export async function createKey(
       requestsPerMinute: request.rpm ?? DEFAULT_LIMITS.requestsPerMinute,
       tokensPerMinute: request.tpm ?? DEFAULT_LIMITS.tokensPerMinute,
     },
-    createdAt: Date.now(),
+    createdAt: existing?.createdAt ?? Date.now(),
   };
   await storeRecord(kv, record);
   return { key, record };

@@ -35,8 +35,10 @@ export function accessLog(options: { onLogged?: (fields: LogFields) => void } = 
     };
     // Written once the response is on its way (a log line costs more than the rest of the hot path),
     // and after whatever the handler held it for (a stream's end: its tokens).
-    const written = Promise.all([afterResponse(), ...logger.accessLogHolds.map((hold) => hold.catch(() => undefined))]).then(() => {
-      const line = { ...fields, ...logger.annotations };
+    const holds = logger.accessLogHolds;
+    const written = Promise.all([afterResponse(), ...holds.map((hold) => hold.catch(() => undefined))]).then(() => {
+      // durationMs is until the response started; a held line (a stream) also says when the response ended.
+      const line = { ...fields, ...(holds.length > 0 ? { completedMs: Date.now() - started } : {}), ...logger.annotations };
       logger.info('request', line);
       options.onLogged?.(line);
     });

@@ -141,6 +141,25 @@ describe('admin routes', () => {
     expect(bad.status).toBe(422);
     expect(((await bad.json()) as { detail: unknown[] }).detail).toHaveLength(3);
   });
+
+  it('keep one record for a key created twice (npm start provisions its dev key on every start), its creation time kept', async () => {
+    const known = 'sk-sirocco-dev-key-created-twice';
+    const create = async () => {
+      const response = await edge.send('/admin/keys', {
+        method: 'POST',
+        headers: admin,
+        body: JSON.stringify({ tenant: 'dev', key: known }),
+      });
+      expect(response.status).toBe(201);
+      return (await response.json()) as { id: string; created_at: number };
+    };
+    const first = await create();
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const second = await create();
+    expect(second).toEqual(first);
+    const list = (await (await edge.send('/admin/keys', { headers: admin })).json()) as { data: Array<{ id: string }> };
+    expect(list.data.filter((key) => key.id === first.id)).toHaveLength(1);
+  });
 });
 
 describe('ApiKeyCache', () => {
