@@ -1,7 +1,8 @@
 /**
  * A Prometheus scraper on a real sidecar: with SIROCCO_METRICS_TOKEN set, `/metrics` answers
  * `Authorization: Bearer <token>` without a signature; a wrong token and no token get 401 while a signing secret is
- * set, and a signed request still works. The token opens nothing else.
+ * set, and a signed request still works. The token opens nothing else. Without a signing secret, a set token is
+ * what /metrics needs.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
@@ -45,5 +46,22 @@ describe('/metrics with SIROCCO_METRICS_TOKEN', () => {
 
   it('opens no other route', async () => {
     await expectUnauthorized(await fetch(`${sidecar.url}/v1/models`, { headers: { authorization: `Bearer ${TOKEN}` } }));
+  });
+});
+
+describe('/metrics with SIROCCO_METRICS_TOKEN and no signing secret', () => {
+  let unsigned: SidecarProcess;
+  beforeAll(async () => {
+    unsigned = await startSidecarProcess({ env: { SIROCCO_METRICS_TOKEN: TOKEN } });
+  });
+  afterAll(async () => {
+    expect(await unsigned?.stop()).toBe(0);
+  });
+
+  it('needs the token', async () => {
+    const scrape = (headers: Record<string, string> = {}) => fetch(`${unsigned.url}/metrics`, { headers });
+    expect((await scrape({ authorization: `Bearer ${TOKEN}` })).status).toBe(200);
+    await expectUnauthorized(await scrape({ authorization: 'Bearer not-the-token' }));
+    await expectUnauthorized(await scrape());
   });
 });
