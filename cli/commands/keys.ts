@@ -136,8 +136,40 @@ async function revoke(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** Each action's own help: its flags with their defaults, and an example. */
+const ACTION_HELP: Record<string, string> = {
+  create: `usage: sirocco keys create [options]
+
+Creates an API key and prints it once (the edge keeps only its peppered hash).
+
+  --tenant T     the tenant the key's usage belongs to (default "default")
+  --models a,b   model names or ids the key may use (default: all)
+  --rpm N        requests per minute (default 120)
+  --tpm N        tokens per minute (default 2000000)
+  --key K        use this value instead of a random sk-… key (at least 20 characters)
+  --url URL      the edge (default http://localhost:$PORT, 8787)
+  --json         print the created record as JSON, key included
+
+example: sirocco keys create --tenant acme --models mistral-tiny --rpm 60`,
+  list: `usage: sirocco keys list [--url URL] [--json]
+
+Lists the keys (never their values): id, tenant, models, limits, creation time.
+
+example: sirocco keys list --json`,
+  revoke: `usage: sirocco keys revoke <id> [--url URL]
+
+Revokes the key with this id (16 hex digits, as \`sirocco keys list\` shows it).
+
+example: sirocco keys revoke 61691f121e108b27`,
+};
+
 export async function run(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
+  const actionHelp = action === undefined ? undefined : ACTION_HELP[action];
+  if (actionHelp && (rest.includes('--help') || rest.includes('-h'))) {
+    console.log(`${actionHelp}\n\nThe admin secret is ${ENV.adminSecret} from the environment, else from ${devVarsFile()}.`);
+    return 0;
+  }
   switch (action) {
     case 'create':
       return create(rest);
