@@ -4,8 +4,13 @@ import { defineConfig } from 'vitest/config';
  * Two test projects: `node` (sidecar, shared, CLI, clients, end-to-end across real processes) and
  * `edge` (the worker inside workerd through @cloudflare/vitest-pool-workers; see edge/vitest.config.ts).
  */
+/** The tiers' structured log lines (one JSON object each): tests assert on them, readers need not see them. */
+const STRUCTURED_LOG_LINE = /^\s*\{"(level|event|time)":/;
+
 export default defineConfig({
   test: {
+    // Quiet unless something fails; SIROCCO_TEST_LOGS=1 shows every log line.
+    onConsoleLog: (log) => (process.env.SIROCCO_TEST_LOGS || !STRUCTURED_LOG_LINE.test(log) ? undefined : false),
     projects: [
       'edge/vitest.config.ts',
       {
