@@ -38,6 +38,7 @@ ${ENGINE_FLAGS_HELP}
 
 environment:
   ${ENV.sidecarSecret}        HMAC secret; when set, every request except /health and /ready must be signed
+  ${ENV.metricsToken}         bearer token that also opens /metrics, for a Prometheus scraper
   SIROCCO_MAX_BODY_BYTES        largest request body (default ${SERVE_DEFAULTS.maxBodyBytes})
   SIROCCO_REQUEST_TIMEOUT_MS    longest request (default ${SERVE_DEFAULTS.requestTimeoutMs})
   SIROCCO_SHUTDOWN_GRACE_MS     time in-flight requests get on shutdown (default ${SERVE_DEFAULTS.shutdownGraceMs})
@@ -92,6 +93,7 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     expertCacheMb,
     threads,
     sidecarSecret: secret ? secret : null,
+    metricsToken: env[ENV.metricsToken] || null,
     maxBodyBytes: envNumber(env, 'SIROCCO_MAX_BODY_BYTES', SERVE_DEFAULTS.maxBodyBytes, 1),
     requestTimeoutMs: envNumber(env, 'SIROCCO_REQUEST_TIMEOUT_MS', SERVE_DEFAULTS.requestTimeoutMs, 1),
     shutdownGraceMs: envNumber(env, 'SIROCCO_SHUTDOWN_GRACE_MS', SERVE_DEFAULTS.shutdownGraceMs, 0),

@@ -35,9 +35,9 @@ import { EdgeError } from '../errors.ts';
 import type { AdmitResult, RateLimiter } from './rate-limiter.ts';
 import { assertValidLimits, type RateLimitStatus, type RateLimits } from './sliding-window.ts';
 
-export { type AdmitResult, RateLimiter, RESERVATION_TTL_MS, SAVE_INTERVAL_MS } from './rate-limiter.ts';
+export { RateLimiter, SAVE_INTERVAL_MS } from './rate-limiter.ts';
 export { type RateLimitDecision, type RateLimitStatus, type RateLimits, WINDOW_MS } from './sliding-window.ts';
-export { DEFAULT_CONTEXT_TOKENS, estimatePromptTokens, tokensToReserve } from './token-reservation.ts';
+export { tokensToReserve } from './token-reservation.ts';
 
 declare module 'hono' {
   interface ContextVariableMap {

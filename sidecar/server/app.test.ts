@@ -18,6 +18,7 @@ function sidecarApp(phase: SidecarPhase = 'ready') {
     maxBatch: 1,
     maxQueue: 1,
     secret: null,
+    metricsToken: null,
     maxBodyBytes: 1024,
     metrics: createSidecarMetrics({ defaultMetrics: false }),
     logger: createLogger({ level: 'debug', write: (line) => lines.push(JSON.parse(line) as Record<string, unknown>) }),

@@ -6,7 +6,7 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { LOCAL_MODELS, modelCard } from '../../shared/api.ts';
-import { ENV, HEADERS, type LoadReport, requestIdFrom, SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { HEADERS, type LoadReport, requestIdFrom, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { SidecarError } from '../errors.ts';
 import { chatCompletionsHandler } from './chat-route.ts';
 import type { SidecarEnv } from './context.ts';
@@ -32,11 +32,10 @@ export interface SidecarAppOptions {
   /** HMAC secret shared with the edge; null ⇒ no signature check. */
   secret: string | null;
   /**
-   * Bearer token that opens /metrics without a signature, for a Prometheus scraper; default SIROCCO_METRICS_TOKEN
-   * from the environment. Unset: /metrics is signed like every other route (open when there is no secret either);
-   * set without a secret: /metrics needs it.
+   * Bearer token that opens /metrics without a signature, for a Prometheus scraper. Null: /metrics is signed like
+   * every other route (open when there is no secret either); set without a secret: /metrics needs it.
    */
-  metricsToken?: string | null;
+  metricsToken: string | null;
   maxBodyBytes: number;
   metrics: SidecarMetrics;
   logger: Logger;
@@ -50,7 +49,7 @@ export function createSidecarApp({
   maxBatch,
   maxQueue,
   secret,
-  metricsToken = process.env[ENV.metricsToken] || null,
+  metricsToken,
   maxBodyBytes,
   metrics,
   logger,

@@ -21,6 +21,8 @@ export interface ServeConfig {
   threads: number | undefined;
   /** HMAC secret shared with the edge; null ⇒ requests are not signed. */
   sidecarSecret: string | null;
+  /** Bearer token that opens /metrics to a Prometheus scraper without a signature; null ⇒ none. */
+  metricsToken: string | null;
   maxBodyBytes: number;
   requestTimeoutMs: number;
   shutdownGraceMs: number;

@@ -33,6 +33,7 @@ export async function startSidecar(config: ServeConfig, logger: Logger = createL
     maxBatch: config.maxBatch,
     maxQueue: config.maxQueue,
     secret: config.sidecarSecret,
+    metricsToken: config.metricsToken,
     maxBodyBytes: config.maxBodyBytes,
     metrics,
     logger,
