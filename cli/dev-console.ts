@@ -18,7 +18,19 @@ const WRANGLER_ROUTINE = [
   /^env\.[A-Z_]+ /,
   /\s(Environment Variable|KV Namespace|Durable Object|Assets)\s+local\s*$/,
   /^⎔ Starting local server/,
+  // Offline, wrangler cannot download the `request.cf` placeholder; it says so with a stack trace.
+  /Unable to fetch the `Request.cf` object/,
+  /getaddrinfo ENOTFOUND workers\.cloudflare\.com/,
+  /^\s+at .*(GetAddrInfoReqWrap|callbackTrampoline)/,
 ];
+
+/** A sidecar's access-log line for a readiness probe (ours at start-up, the edge's periodic ones). */
+const SIDECAR_PROBE = /"msg":"request".*"path":"\/(ready|health)"/;
+
+/** The console line for one line of a sidecar's output, or undefined to leave it out. */
+export function describeSidecarLine(line: string): string | undefined {
+  return SIDECAR_PROBE.test(line) ? undefined : line;
+}
 
 function parseEdgeLog(line: string): EdgeLogLine | undefined {
   if (!line.startsWith('{')) return undefined;

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { build } from 'esbuild';
 import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
-import { describeWranglerLine } from '../dev-console.ts';
+import { describeSidecarLine, describeWranglerLine } from '../dev-console.ts';
 import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
 import {
   freePort,
@@ -359,19 +359,6 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
 
 // ─── The command ─────────────────────────────────────────────────────────────
 
-/**
- * Lines that would drown the useful ones: the sidecars' access-log entries for the readiness probes (ours at
- * start-up, the edge's periodic ones), and wrangler's offline warning (it cannot download the `request.cf` placeholder) with its stack.
- */
-function isRoutineNoise(line: string): boolean {
-  return (
-    /"msg":"request".*"path":"\/(ready|health)"/.test(line) ||
-    line.includes('Unable to fetch the `Request.cf` object') ||
-    line.includes('getaddrinfo ENOTFOUND workers.cloudflare.com') ||
-    /^\s+at .*(GetAddrInfoReqWrap|callbackTrampoline)/.test(line)
-  );
-}
-
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
     port: { type: 'string' },
@@ -419,9 +406,8 @@ export async function run(argv: string[]): Promise<number> {
     devVarsFile: devVarsFile(),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
     onLog: (name, line) => {
-      if (isRoutineNoise(line)) return;
-      // The edge's lines become one compact line per request; wrangler's own routine lines are left out.
-      const described = name === WRANGLER_NAME ? describeWranglerLine(line) : line;
+      // The edge's lines become one compact line per request; routine lines of wrangler and the sidecars are left out.
+      const described = name === WRANGLER_NAME ? describeWranglerLine(line) : describeSidecarLine(line);
       if (described !== undefined) console.log(`[${name === WRANGLER_NAME ? 'edge' : name}] ${described}`);
     },
   });
