@@ -14,7 +14,7 @@ import { ChatCompletionResponseSchema } from '../../shared/api.ts';
 import { HEADERS, LoadReportSchema, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { signRequest } from '../../shared/signing.ts';
 import { classifySseEvent, readSseEvents } from '../../shared/sse.ts';
-import { completionTokensServed, signedSidecarGet, startTestStack } from '../support/stack-fixture.ts';
+import { completionTokensServed, reportFigure, signedSidecarGet, startTestStack } from '../support/stack-fixture.ts';
 
 const IDLE_TIMEOUT_MS = 3_000;
 const FIRST_BYTE_TIMEOUT_MS = 5_000;
@@ -29,10 +29,7 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-/** Figures for the record, printed only when asked for (tests stay quiet). */
-const report = (line: string) => {
-  if (process.env.SIROCCO_E2E_VERBOSE) console.log(`chaos: ${line}`);
-};
+const report = (line: string) => reportFigure('chaos', line);
 
 function chat(body: Record<string, unknown>, options: { key?: string; region?: string; signal?: AbortSignal } = {}): Promise<Response> {
   return fetch(`${stack.edgeUrl}/v1/chat/completions`, {

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Stack } from '../../cli/commands/dev.ts';
 import { HEADERS, LoadReportSchema } from '../../shared/protocol.ts';
 import { classifySseEvent, readSseEvents } from '../../shared/sse.ts';
-import { completionTokensServed, signedSidecarGet, startTestStack } from '../support/stack-fixture.ts';
+import { completionTokensServed, reportFigure, signedSidecarGet, startTestStack } from '../support/stack-fixture.ts';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -17,10 +17,7 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-/** Figures for the record, printed only when asked for (tests stay quiet). */
-const report = (line: string) => {
-  if (process.env.SIROCCO_E2E_VERBOSE) console.log(`supervised stack: ${line}`);
-};
+const report = (line: string) => reportFigure('supervised stack', line);
 
 const VICTIM = 'eu-west';
 const SURVIVOR = 'us-east';

@@ -59,3 +59,8 @@ export async function completionTokensServed(stack: Stack, region: string): Prom
     .filter((line) => line.startsWith('sirocco_completion_tokens_total'))
     .reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
 }
+
+/** A figure for the record, printed only with SIROCCO_E2E_VERBOSE (tests stay quiet otherwise). */
+export function reportFigure(suite: string, line: string): void {
+  if (process.env.SIROCCO_E2E_VERBOSE) console.log(`${suite}: ${line}`);
+}
