@@ -16,6 +16,9 @@
  *
  *   --batches LIST  batch sizes for the batched-decode table (default 1,2,4,8,16; "" skips it)
  *
+ * With LLAMA_ANCHOR_DIR set (bench/anchor.ts), decode and prefill are set against llama.cpp's figures for this shape
+ * timed on this machine (its anchor-dense.json) rather than the documented ones.
+ *
  * The batched-decode table runs the engine's own batch dimension with no HTTP or scheduler in
  * between: that many sequences (32-token prompts) decode together, and each size reports ms per
  * step, aggregate tokens/s, the speed-up over one sequence and the marginal cost of each extra
@@ -33,6 +36,7 @@ import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
 import { loadModel, type ModelRuntime } from '../sidecar/engine/index.ts';
 import { readManifest } from '../sidecar/formats/store-manifest.ts';
 import { argmax } from '../sidecar/sampling/sampler.ts';
+import { anchorReport, formatAnchorCell, readAnchor } from './anchor.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 
 /** Single-thread sequential read bandwidth in GB/s: memchr over 1 GiB that never matches. */
@@ -112,6 +116,8 @@ async function main(): Promise<void> {
   const threads = parseNumberOption(values.threads, 'threads', { integer: true, min: 1 }) ?? 2;
   const decodeTokens = parseNumberOption(values.tokens, 'tokens', { integer: true, min: 1 }) ?? 64;
   const promptLength = parseNumberOption(values.prompt, 'prompt', { integer: true, min: 1 }) ?? 512;
+  // Read before the run, so a broken anchor file is reported at once rather than after minutes of measuring.
+  const anchor = readAnchor('dense');
 
   const store = await ensureBenchStore(bench1bModel(precision));
   const manifest = await readManifest(store);
@@ -176,6 +182,7 @@ async function main(): Promise<void> {
     batchedDecode,
     peakRssMiB: (process.resourceUsage().maxRSS * 1024) / 2 ** 20,
     llamaCppQ4_0: { decodeTokensPerSecond: 36.2, prefillTokensPerSecond: 109, effectiveGBps: 19.5 },
+    llamaCppAnchor: anchor && anchorReport(anchor, { decode: decodeTps, prefill: promptLength / ttftSeconds }),
     measuredAt: new Date().toISOString(),
   };
 
@@ -184,8 +191,14 @@ async function main(): Promise<void> {
     ['weights read per token', `${(weightBytes / 2 ** 20).toFixed(0)} MiB`],
     ['load', `${loadSeconds.toFixed(2)} s`],
     [`time to first token (${promptLength}-token prompt)`, `${result.timeToFirstTokenMs.toFixed(0)} ms`],
-    ['prefill', `${result.prefillTokensPerSecond.toFixed(1)} tokens/s   (llama.cpp Q4_0: 109)`],
-    ['decode', `${decodeTps.toFixed(1)} tokens/s, ${result.decodeMsPerToken.toFixed(1)} ms/token   (llama.cpp Q4_0: 36.2)`],
+    [
+      'prefill',
+      `${result.prefillTokensPerSecond.toFixed(1)} tokens/s   (${anchor ? `ours / llama.cpp Q4_0 here = ${formatAnchorCell(result.prefillTokensPerSecond, anchor.prefillTokensPerSecond)}` : 'llama.cpp Q4_0: 109'})`,
+    ],
+    [
+      'decode',
+      `${decodeTps.toFixed(1)} tokens/s, ${result.decodeMsPerToken.toFixed(1)} ms/token   (${anchor ? `ours / llama.cpp Q4_0 here = ${formatAnchorCell(decodeTps, anchor.decodeTokensPerSecond)}` : 'llama.cpp Q4_0: 36.2'})`,
+    ],
     ['effective bandwidth', `${effective.toFixed(1)} GB/s   (llama.cpp Q4_0: 19.5)`],
     ['memory read bandwidth (measured)', `${bandwidth.toFixed(1)} GB/s → roofline ${result.rooflineTokensPerSecond.toFixed(1)} tokens/s`],
     ['decode vs roofline', `${(100 * result.fractionOfRoofline).toFixed(0)}%   (target ≥ 70%)`],

@@ -21,6 +21,9 @@
  *                    read and page-in are then sampled on 8 experts
  *   --cold           drop the page cache before each paged run (root only; affects the whole host)
  *   --out FILE       JSON results (default bench/results/moe.json)
+ *
+ * With LLAMA_ANCHOR_DIR set (bench/anchor.ts), the resident decode is set against llama.cpp's figure for this shape timed
+ * on this machine (its anchor-moe.json); not with --store, whose shape is not this one.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
@@ -37,6 +40,7 @@ import {
   ExpertStore,
   loadModel,
 } from '../sidecar/engine/index.ts';
+import { anchorReport, formatAnchorCell, readAnchor } from './anchor.ts';
 import { ensureBenchStore } from './bench-store.ts';
 import { mean, percentile } from './stats.ts';
 
@@ -237,6 +241,7 @@ async function main(argv: string[]): Promise<void> {
   );
 
   const customStore = values.store as string | undefined;
+  const anchor = customStore ? null : readAnchor('moe');
   const stores = customStore ? [resolve(customStore)] : [];
   if (!customStore) {
     for (const bits of [4, 8] as const) {
@@ -308,6 +313,7 @@ async function main(argv: string[]): Promise<void> {
   const rows = results.map((r) => ({
     config: r.budgetMb === null ? 'resident int4 experts' : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
+    ...(anchor && { 'vs llama.cpp': `${fmt(r.decodeTokensPerSecond / anchor.decodeTokensPerSecond, 2)}×` }),
     'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
     'prefetch acc': r.prefetchAccuracy === null ? '—' : `${fmt(r.prefetchAccuracy * 100, 0)}%`,
     'pf hits/wasted': r.prefetchHits === null ? '—' : `${r.prefetchHits}/${r.prefetchWasted}`,
@@ -363,11 +369,22 @@ async function main(argv: string[]): Promise<void> {
       summary.map((f) => `, paged int${f.expertBits} at 100% ${fmt(f.allPagedTokensPerSecond)}`).join('') +
       `; llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')} tok/s`,
   );
+  // This bench times no prefill of its own; llama.cpp's stays in the JSON for reference.
+  const llamaCppAnchor = anchor && anchorReport(anchor, { decode: resident?.decodeTokensPerSecond ?? null, prefill: null });
+  if (anchor) {
+    console.log(
+      `llama.cpp Q4_0 on this machine: decode ${fmt(anchor.decodeTokensPerSecond)} tok/s` +
+        (resident
+          ? `, resident int4 ours / llama.cpp = ${formatAnchorCell(resident.decodeTokensPerSecond, anchor.decodeTokensPerSecond)}`
+          : '') +
+        `; prefill ${fmt(anchor.prefillTokensPerSecond)} tok/s (not timed by this bench)`,
+    );
+  }
   const llamaCppQ4_0TokensPerSecond = LLAMA_CPP_TOKENS_PER_SECOND;
   await mkdir(dirname(out), { recursive: true });
   await writeFile(
     out,
-    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, llamaCppQ4_0TokensPerSecond, summary, results }, null, 2)}\n`,
+    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, llamaCppQ4_0TokensPerSecond, llamaCppAnchor, summary, results }, null, 2)}\n`,
   );
   console.log(`wrote ${out}`);
 }

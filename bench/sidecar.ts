@@ -26,6 +26,10 @@
  *   --levels 1,4,8,16 concurrency levels
  *   --threads N       onnxruntime threads in the sidecar (default 2)
  *   --out FILE        JSON results (default bench/results/sidecar.json)
+ *
+ * With LLAMA_ANCHOR_DIR set (bench/anchor.ts), the single-stream decode and the prefill are set against llama.cpp's
+ * figures for the same 1.0B shape timed on this machine (its anchor-dense.json). llama.cpp's are single-sequence engine
+ * figures with no HTTP in between; only the one-stream level is comparable, so the other levels get no ratio.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
@@ -35,6 +39,7 @@ import { REPO_ROOT, startSidecar } from '../cli/processes.ts';
 import { ENV } from '../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
 import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
+import { anchorReport, formatAnchorCell, readAnchor } from './anchor.ts';
 import { bench1bModel, ensureBenchStore } from './bench-store.ts';
 import { percentile, roundTo } from './stats.ts';
 
@@ -242,6 +247,8 @@ async function main(): Promise<void> {
     .split(',')
     .map((level) => parseNumberOption(level, 'levels', { integer: true, min: 1, max: 64 })!);
   const out = resolve(values.out ?? join(REPO_ROOT, 'bench/results/sidecar.json'));
+  // The sidecar serves bench:engine's 1.0B store, the shape llama.cpp's "dense" figures are for.
+  const anchor = readAnchor('dense');
 
   const store = await ensureBenchStore(bench1bModel('int4'));
   const sidecar = await startBenchSidecar(store, threads, Math.max(...levels));
@@ -299,6 +306,12 @@ async function main(): Promise<void> {
       `for scale: prefill of one ~250-token prompt ${prefillTokensPerSecond} tokens/s = ${round(prefillTokensPerSecond / single.decodeTokensPerSecond, 2)}x the single-stream decode rate`,
     );
   }
+  if (anchor) {
+    console.log(
+      `llama.cpp Q4_0 on this machine (same shape): ${single ? `1-stream decode ours / llama.cpp = ${formatAnchorCell(single.decodeTokensPerSecond, anchor.decodeTokensPerSecond)}` : `decode ${anchor.decodeTokensPerSecond} tokens/s (no 1-stream level run)`}; prefill ours / llama.cpp = ${formatAnchorCell(prefillTokensPerSecond, anchor.prefillTokensPerSecond)}`,
+    );
+  }
+  const llamaCppAnchor = anchor && anchorReport(anchor, { decode: single?.decodeTokensPerSecond ?? null, prefill: prefillTokensPerSecond });
   if (targets) {
     console.log(
       `8 streams: ${targets.throughputAt8.measured}x single-stream throughput (target ≥ 4x: ${targets.throughputAt8.met ? 'met' : 'not met'}); p99 per-token ITL ${targets.p99InterTokenAt8.measured}x single-stream, ${targets.p99InterTokenAt8.perSseEvent}x per SSE event (target < 2x: ${targets.p99InterTokenAt8.met ? 'met' : 'not met'})`,
@@ -307,7 +320,7 @@ async function main(): Promise<void> {
   await mkdir(dirname(out), { recursive: true });
   await writeFile(
     out,
-    `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), prefillTokensPerSecond, results, targets }, null, 2)}\n`,
+    `${JSON.stringify({ model: 'mistral-1b-int4 (random weights)', shape: BENCH_1B_SHAPE, tokensPerStream: tokens, threads, date: new Date().toISOString(), loadAverage: loadavg(), prefillTokensPerSecond, llamaCppAnchor, results, targets }, null, 2)}\n`,
   );
   console.log(`results written to ${out}`);
 }
