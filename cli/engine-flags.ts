@@ -13,15 +13,19 @@ export const ENGINE_FLAGS = {
   threads: { type: 'string' },
 } as const;
 
-export const ENGINE_FLAGS_HELP = `  --expert-cache-mb N   Mixtral expert cache budget in MiB, > 0 (may be fractional); experts are paged
-                        from disk (default: no budget, every expert stays in memory)
+export const ENGINE_FLAGS_HELP = `  --expert-cache-mb N|auto
+                        Mixtral expert cache budget in MiB, > 0 (may be fractional); experts are paged
+                        from disk. auto: the memory available at load less the dense weights and a
+                        headroom of 10% of RAM (at least 1 GiB); every expert if they all fit
+                        (default: no budget, every expert stays in memory)
   --device D            cpu | cuda (onnxruntime's CUDA execution provider) (default cpu)
   --threads N           onnxruntime intra-op threads, an integer from 1 to 1024 (default 2)`;
 
 export interface EngineFlags {
   /** Undefined when --precision was not given: the caller picks its own default. */
   precision: Precision | undefined;
-  expertCacheMb: number | undefined;
+  /** MiB, or 'auto' for the engine to size from available memory; undefined ⇒ every expert resident. */
+  expertCacheMb: number | 'auto' | undefined;
   device: Device;
   threads: number | undefined;
 }
@@ -35,12 +39,23 @@ export function parsePrecision(value: string | undefined): Precision | undefined
   return value as Precision;
 }
 
+/** `--expert-cache-mb`: a positive number of MiB (fractional allowed) or `auto`. */
+export function parseExpertCacheMb(value: string | undefined): number | 'auto' | undefined {
+  if (value === undefined) return undefined;
+  const trimmed = value.trim();
+  if (trimmed.toLowerCase() === 'auto') return 'auto';
+  const mb = Number(trimmed);
+  if (trimmed === '' || !Number.isFinite(mb) || mb <= 0)
+    throw new CliError(`--expert-cache-mb must be a number > 0 (MiB) or "auto", got ${trimmed === '' ? '""' : value}`);
+  return mb;
+}
+
 export function parseEngineFlags(values: EngineFlagValues): EngineFlags {
   const device = (values.device ?? 'cpu') as Device;
   if (!DEVICES.includes(device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
   return {
     precision: parsePrecision(values.precision),
-    expertCacheMb: parseNumberOption(values['expert-cache-mb'], 'expert-cache-mb', { above: 0 }),
+    expertCacheMb: parseExpertCacheMb(values['expert-cache-mb']),
     device,
     threads: parseNumberOption(values.threads, 'threads', { integer: true, min: 1, max: 1024 }),
   };

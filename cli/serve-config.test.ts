@@ -53,6 +53,16 @@ describe('sirocco serve configuration', () => {
     });
   });
 
+  it.each([
+    ['auto', 'auto'],
+    ['AUTO', 'auto'],
+    ['8192', 8192],
+    ['1e3', 1000],
+  ] as const)('reads --expert-cache-mb %s as %j, left for the engine to resolve', (flag, expected) => {
+    expect(loadServeConfig(['--expert-cache-mb', flag], {})?.expertCacheMb).toBe(expected);
+    expect(loadServeConfig([`--expert-cache-mb=${flag}`], {})?.expertCacheMb).toBe(expected);
+  });
+
   it('takes the signing secret and tuning knobs from the environment', () => {
     const config = loadServeConfig([], {
       SIROCCO_SIDECAR_SECRET: 's3cret',
@@ -91,6 +101,8 @@ describe('sirocco serve configuration', () => {
     expect(SERVE_HELP).toContain('SIROCCO_SIDECAR_SECRET');
     expect(SERVE_HELP).toMatch(/examples:\n {2}sirocco serve/);
     expect(SERVE_HELP).not.toMatch(/Infinity/);
+    expect(SERVE_HELP).toContain('--expert-cache-mb N|auto');
+    expect(SERVE_HELP).toContain('--expert-cache-mb auto');
   });
 
   it.each([
@@ -98,7 +110,12 @@ describe('sirocco serve configuration', () => {
     [['--port', '-1'], /--port must be an integer from 0 to 65535, got -1/],
     [['--max-queue', '-5'], /--max-queue must be an integer from 0 to 100000, got -5/],
     [['--threads', '0'], /--threads must be an integer from 1 to 1024, got 0/],
-    [['--expert-cache-mb', '0'], /--expert-cache-mb must be a number > 0, got 0/],
+    [['--expert-cache-mb', '0'], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got 0/],
+    [['--expert-cache-mb', '-1'], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got -1/],
+    [['--expert-cache-mb', 'lots'], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got lots/],
+    [['--expert-cache-mb', 'Infinity'], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got Infinity/],
+    [['--expert-cache-mb', ''], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got ""/],
+    [['--expert-cache-mb'], /--expert-cache-mb needs a value/],
     [['--prot', '80'], /unknown option --prot; did you mean --port\?/],
     [['--max-batch', '0'], /--max-batch/],
     [['--device', 'tpu'], /--device must be one of cpu, cuda/],

@@ -3,7 +3,7 @@
  * variables, then defaults. Every bad value is a CliError naming the flag or variable.
  *
  * Flags: --model DIR[,DIR…]|demo|demo-small --host --port --region --device cpu|cuda --max-batch
- *        --max-queue --expert-cache-mb --threads
+ *        --max-queue --expert-cache-mb N|auto --threads
  * Environment: SIROCCO_SIDECAR_SECRET (HMAC secret; when set every request except the /health and /ready probes must
  *        be signed), SIROCCO_REGION, SIROCCO_MAX_BODY_BYTES, SIROCCO_REQUEST_TIMEOUT_MS,
  *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS, SIROCCO_ADMISSION_WINDOW_MS.
@@ -48,7 +48,8 @@ environment:
 examples:
   sirocco serve                                  # both demo models on http://127.0.0.1:${SERVE_DEFAULTS.port}
   sirocco serve --model demo --port 8081 --region eu-west
-  sirocco serve --model ./Mistral-7B-v0.1,./Mixtral-8x7B-v0.1 --expert-cache-mb 8192`;
+  sirocco serve --model ./Mistral-7B-v0.1,./Mixtral-8x7B-v0.1 --expert-cache-mb 8192
+  sirocco serve --model ./stores/mixtral-int4 --expert-cache-mb auto`;
 
 const FLAGS = {
   model: { type: 'string' },

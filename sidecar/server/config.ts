@@ -15,8 +15,11 @@ export interface ServeConfig {
   device: Device;
   maxBatch: number;
   maxQueue: number;
-  /** Expert-cache budget for MoE models, in MiB (fractional allowed); undefined ⇒ all resident. */
-  expertCacheMb: number | undefined;
+  /**
+   * Expert-cache budget for MoE models, in MiB (fractional allowed), or 'auto' for the engine to size
+   * it from the memory available at load; undefined ⇒ all resident.
+   */
+  expertCacheMb: number | 'auto' | undefined;
   /** Intra-op threads per onnxruntime session; undefined ⇒ the engine's default. */
   threads: number | undefined;
   /** HMAC secret shared with the edge; null ⇒ requests are not signed. */
