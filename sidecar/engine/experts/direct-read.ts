@@ -12,6 +12,8 @@
  *   - The destination must hold `bytes` rounded up to 4096: the last read asks for the whole final
  *     block, so the bytes past `bytes` up to that boundary may be overwritten (with the file's
  *     bytes there, if it is longer).
+ *   - A WebAssembly.Memory must not grow while a read is in flight: growing detaches the view the
+ *     read and onSlice use.
  * readWhole checks what it can (byteOffset and capacity) and throws a RangeError otherwise. Where
  * the file system refuses O_DIRECT (EINVAL at open or read: some overlay and network file systems,
  * tmpfs before Linux 6.6) or the platform has none, the read is a normal buffered one and the result
