@@ -14,7 +14,7 @@ describe('sirocco serve configuration', () => {
       device: 'cpu',
       maxBatch: SERVE_DEFAULTS.maxBatch,
       maxQueue: SERVE_DEFAULTS.maxQueue,
-      expertCacheMb: undefined,
+      expertCacheMb: 'auto', // Mixtral's block experts fill what memory allows
       sidecarSecret: null,
     });
   });

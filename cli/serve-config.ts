@@ -91,7 +91,8 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     device,
     maxBatch: parseNumberOption(values['max-batch'], 'max-batch', MAX_BATCH_RANGE) ?? SERVE_DEFAULTS.maxBatch,
     maxQueue: parseNumberOption(values['max-queue'], 'max-queue', MAX_QUEUE_RANGE) ?? SERVE_DEFAULTS.maxQueue,
-    expertCacheMb,
+    // Mixtral's block experts fill what memory allows unless told otherwise.
+    expertCacheMb: expertCacheMb ?? 'auto',
     threads,
     sidecarSecret: secret ? secret : null,
     metricsToken: env[ENV.metricsToken] || null,

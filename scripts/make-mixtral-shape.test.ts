@@ -49,25 +49,31 @@ it('writes a paged-only store: per-layer int4 graphs, head, and one int4 file pe
     layers: 2,
     experts: 8,
     topK: 2,
-    quantization: 'int4-per-column',
+    quantization: 'q4_0',
     fileBytes: expertFileBytes(64, 160, 4),
   });
   expect((await readdir(join(storeDir, 'experts-int4'))).filter((f) => f.endsWith('.bin'))).toHaveLength(16);
 });
 
-it('fills int4 experts with random nibbles in [-7, 7] centred on 0 (never -8, which would bias every weight)', async () => {
+it('fills Q4_0 experts with random nibbles for [-7, 7] centred on 0 (never -8, which would bias every weight), one scale for all', async () => {
   const bytes = await readFile(join(storeDir, 'experts-int4', 'L1-E3.bin'));
-  const packed = bytes.subarray(64 + 4 * (2 * 160 + 64)); // header, then the fp32 scales
-  expect(packed.length).toBe((3 * 64 * 160) / 2);
+  const blocks = bytes.subarray(64); // after the header
+  expect(blocks.length).toBe((3 * 64 * 160 * 18) / 32);
   const counts = new Array<number>(16).fill(0);
-  for (const byte of packed) {
-    counts[byte & 0x0f]! += 1;
-    counts[byte >> 4]! += 1;
+  const scales = new Set<number>();
+  for (let at = 0; at < blocks.length; at += 18) {
+    scales.add(blocks[at]! | (blocks[at + 1]! << 8));
+    for (const byte of blocks.subarray(at + 2, at + 18)) {
+      counts[byte & 0x0f]! += 1;
+      counts[byte >> 4]! += 1;
+    }
   }
-  expect(counts[8]).toBe(0);
-  const mean = counts.reduce((sum, count, nibble) => sum + count * ((nibble << 28) >> 28), 0) / (2 * packed.length);
-  expect(Math.abs(mean)).toBeLessThan(0.15); // 6σ of a uniform [-7, 7] mean over 30720 nibbles
-  expect(counts.filter((count, nibble) => nibble !== 8 && count > 0)).toHaveLength(15);
+  expect(scales.size).toBe(1);
+  expect(counts[0]).toBe(0); // nibble 0 is the value -8
+  const nibbles = counts.reduce((sum, count) => sum + count, 0);
+  const mean = counts.reduce((sum, count, nibble) => sum + count * (nibble - 8), 0) / nibbles;
+  expect(Math.abs(mean)).toBeLessThan(0.15); // 6σ of a uniform [-7, 7] mean over 30720 nibbles (8 twice as likely)
+  expect(counts.filter((count) => count > 0)).toHaveLength(15);
 });
 
 it('decodes with paged experts, bit-identically for a two-expert budget and for all experts', async () => {

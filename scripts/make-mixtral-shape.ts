@@ -2,12 +2,11 @@
  * Writes a store of a Mixtral shape with random weights directly in its final quantised form —
  * never a float checkpoint on disk: attention, norms, router and head are generated one tensor at
  * a time and quantised by the engine's graph builders (int4), and the experts are generated as
- * random packed int4 (or int8) bytes + per-column scales straight into the paged expert files.
- * The store only runs with `--expert-cache-mb` (it has no resident int4 expert graphs).
+ * random Q4_0 (or Q8_0) blocks straight into the expert files.
  *
  *   npx tsx scripts/make-mixtral-shape.ts --out DIR [--shape mixtral-8x7b|bench|tiny] [--layers N] [--seed S] [--expert-bits 4|8]
  *
- * mixtral-8x7b: 46.7B parameters; experts-int4 ≈ 22.6 GB (experts-int8 ≈ 45 GB) + ≈ 1 GB of int4
+ * mixtral-8x7b: 46.7B parameters; experts-int4 (Q4_0) ≈ 25.4 GB (experts-int8, Q8_0 ≈ 48 GB) + ≈ 1 GB of int4
  * attention/head graphs.
  */
 import { randomFillSync } from 'node:crypto';
@@ -15,7 +14,14 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../cli/args.ts';
-import { allocateExpert, type ExpertBits, type RouterWeights, writeExpertStore } from '../sidecar/engine/experts/expert-store.ts';
+import {
+  allocateExpert,
+  EXPERT_FORMATS,
+  type ExpertBits,
+  type RouterWeights,
+  writeExpertStore,
+} from '../sidecar/engine/experts/expert-store.ts';
+import { BLOCK_BYTES, toFloat16Bits } from '../sidecar/formats/blocks.ts';
 import type { ModelConfig } from '../sidecar/formats/model-config.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/formats/store-manifest.ts';
 import { type BuildContext, buildHeadGraph, buildMoeLayerGraph } from '../sidecar/graph/models.ts';
@@ -74,20 +80,19 @@ function randomWeights(config: ModelConfig, seed: number): { read(name: string):
 }
 
 /**
- * Random bytes hold the nibble -8 (0b1000) in 1 of 16 places; the quantiser never writes it, and
- * it would give every expert weight a mean of -0.5 steps. Over 4096-wide dot products that shared
- * bias outgrows the random part, every hidden state points the same way and the router picks the
- * same experts for every token (measured: 100% cache hits at a 38% budget). Turned into 0 here,
- * 8 nibbles per 32-bit word at a time.
+ * Random Q4_0 nibbles would include 0 (the value −8), which the quantiser writes only for a
+ * block's largest weight: uniform 0..15 gives every expert weight a mean of −0.5 steps. Over
+ * 4096-wide dot products that shared bias outgrows the random part, every hidden state points the
+ * same way and the router picks the same experts for every token (measured: 100% cache hits at a
+ * 38% budget). Nibble 0 becomes 8 (the value 0) here, 8 nibbles per 32-bit word at a time.
  */
 export function clearNibbleMinus8(bytes: Uint8Array): void {
   if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % 4 !== 0) throw new RangeError('clearNibbleMinus8 needs 4-byte aligned, whole words');
   const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
-    const x = word ^ 0x88888888; // a nibble of 8 becomes 0
-    const nonZero = (x | (x >>> 1) | (x >>> 2) | (x >>> 3)) & 0x11111111;
-    words[i] = word & ~((~nonZero & 0x11111111) << 3);
+    const nonZero = (word | (word >>> 1) | (word >>> 2) | (word >>> 3)) & 0x11111111;
+    words[i] = word | ((~nonZero & 0x11111111) << 3);
   }
 }
 
@@ -113,8 +118,7 @@ export async function makeMixtralShape(
     const head = await buildHeadGraph(ctx);
     const graphFiles = (await readdir(staging)).sort();
 
-    // Experts: random quantised values + the per-column scale a uniform ±std·√3 weight would get
-    // (int4: random nibbles in [-7, 7], scale (std·√3/7)/16 since the kernel multiplies 16·q).
+    // Experts: random quantised values in blocks.
     const { dim, hiddenDim: ffn, nLayers, numExperts: experts, expertsPerToken: topK, normEps } = config;
     const routers: RouterWeights = { norm: [], gate: [] };
     for (let layer = 0; layer < nLayers; layer++) {
@@ -122,10 +126,10 @@ export async function makeMixtralShape(
       routers.gate.push(await weights.read(`layers.${layer}.feed_forward.gate.weight`));
     }
     const image = allocateExpert(dim, ffn, expertBits);
-    const scale = expertBits === 4 ? (LINEAR_STD * Math.sqrt(3)) / 7 / 16 : (LINEAR_STD * Math.sqrt(3)) / 127;
-    image.weights.s13.fill(scale);
-    image.weights.s2.fill(scale);
-    const payload = image.weights.bits === 4 ? [image.weights.p13, image.weights.p2] : [image.weights.w13, image.weights.w2];
+    // The block scale a uniform ±std·√3 weight would get.
+    const scale = toFloat16Bits((LINEAR_STD * Math.sqrt(3)) / (expertBits === 4 ? 7 : 127));
+    const format = EXPERT_FORMATS[expertBits];
+    const payload = image.bytes.subarray(image.weights.w13.byteOffset - image.bytes.byteOffset);
     let lastLogged = 0;
     await writeExpertStore(
       staging,
@@ -133,8 +137,12 @@ export async function makeMixtralShape(
       expertBits,
       routers,
       () => {
-        for (const bytes of payload) randomFillSync(bytes);
-        if (image.weights.bits === 4) [image.weights.p13, image.weights.p2].forEach(clearNibbleMinus8);
+        randomFillSync(payload);
+        if (format === 'q4_0') clearNibbleMinus8(image.bytes);
+        for (let at = 0; at < payload.length; at += BLOCK_BYTES[format]) {
+          payload[at] = scale & 0xff;
+          payload[at + 1] = scale >>> 8;
+        }
         return image.bytes;
       },
       (done, total) => {

@@ -27,8 +27,8 @@ export interface ConvertOptions {
   /** Model name recorded in the manifest; defaults to the source folder's name. */
   name?: string;
   /**
-   * Mixtral: the paged experts' format (expert-store.ts). Default: 4 for int4 stores (half the
-   * bytes to page and cache, run by our int4 kernel), 8 otherwise (twice the bytes, onnxruntime's int8 kernel).
+   * Mixtral: the experts' block format (expert-store.ts): 4 = Q4_0, 8 = Q8_0. Default: 4 for int4
+   * stores, 8 otherwise (fp32 stores use these files only when paging with --expert-cache-mb).
    */
   expertBits?: ExpertBits;
 }
@@ -54,11 +54,14 @@ async function buildGraphs(ctx: BuildContext): Promise<Manifest['graphs']> {
   const experts = [];
   for (let layer = 0; layer < ctx.config.nLayers; layer++) {
     layers.push(await buildMoeLayerGraph(ctx, layer));
+    // Quantised stores run their experts from the block files (expert-store.ts), resident or
+    // paged; only fp32 keeps exact per-expert graphs, the reference the quantised ones are judged by.
+    if (ctx.precision !== 'fp32') continue;
     const perLayer = [];
     for (let expert = 0; expert < ctx.config.numExperts; expert++) perLayer.push(await buildExpertGraph(ctx, layer, expert));
     experts.push(perLayer);
   }
-  return { layers, experts, head: await buildHeadGraph(ctx) };
+  return { layers, ...(experts.length > 0 ? { experts } : {}), head: await buildHeadGraph(ctx) };
 }
 
 export async function convertCheckpoint(options: ConvertOptions): Promise<Manifest> {

@@ -136,11 +136,16 @@ describe('conversion of a broken checkpoint fails cleanly', () => {
 describe('a damaged store is refused at load', () => {
   it('names the missing or resized file', async () => {
     const store = join(work, 'damaged');
-    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: store, precision: 'int8' });
+    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: store, precision: 'fp32' });
     truncateSync(join(store, 'expert.1.3.bin'), 10);
     await expect(loadModel(store)).rejects.toThrow(/expert\.1\.3\.bin is 10 bytes/);
     rmSync(join(store, 'expert.1.3.bin'));
     await expect(loadModel(store)).rejects.toThrow(/missing expert\.1\.3\.bin/);
+    // An int8 store's experts are block files, read whole at load when every expert is resident.
+    const int8 = join(work, 'damaged-int8');
+    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: int8, precision: 'int8' });
+    truncateSync(join(int8, 'experts-int8', 'L1-E3.bin'), 10);
+    await expect(loadModel(int8)).rejects.toThrow(/expert file .*experts-int8\/L1-E3\.bin is 10 bytes, expected \d+/);
   });
 
   it('refuses a precision the store was not converted to', async () => {

@@ -42,12 +42,14 @@ export interface LoadOptions {
   device?: Device;
   threads?: number;
   /**
-   * Mixtral: page experts from the store's expert files (int4 or int8, as converted) through a
-   * cache of this many MiB (fractional allowed) instead of keeping every expert resident. Output is
-   * bit-identical for every budget (but not identical to the resident int4 experts). Ignored for
+   * Mixtral: page experts from the store's block files (Q4_0 or Q8_0, as converted) through a
+   * cache of this many MiB (fractional allowed) instead of keeping every expert resident. Logits
+   * are bit-identical for every budget and to no budget at all (int4 / int8 stores: the same files
+   * and kernel either way; fp32 stores keep exact experts unless paged). 'auto': sized from
+   * available memory, every expert when they fit (fp32 stores: their exact experts). Ignored for
    * dense models.
    */
-  expertCacheMb?: number;
+  expertCacheMb?: number | 'auto';
   /** Expert cache tuning (benchmarks): eviction policy (default lru) and next-layer prefetch (default on). */
   expertCache?: { policy?: EvictionPolicy; prefetch?: boolean };
   /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
@@ -78,8 +80,10 @@ export interface ModelRuntime {
    */
   forward(batch: ForwardEntry[], options?: { allPositions?: boolean }): Promise<Float32Array[]>;
   releaseSequence(sequence: Sequence): void;
-  /** Expert-cache statistics when experts are paged (`expertCacheMb`), else null. */
+  /** Expert-cache statistics when experts run from their block files (resident or paged), else null. */
   expertCacheStats?(): ExpertCacheStats | null;
+  /** How the expert budget was chosen, when experts run from their block files. */
+  expertBudgetReason?(): string | null;
   dispose(): Promise<void>;
 }
 
@@ -243,6 +247,11 @@ class EngineRuntime implements ModelRuntime {
     return this.pagedExperts?.stats() ?? null;
   }
 
+  /** How the expert budget was chosen (block experts), for the operator's log. */
+  expertBudgetReason(): string | null {
+    return this.pagedExperts?.budgetReason ?? null;
+  }
+
   /** Checks a batch and pairs each entry with its cache. */
   private validate(batch: ForwardEntry[]): StepEntry[] {
     if (batch.length === 0) throw invalidRequest('forward needs at least one sequence');
@@ -321,27 +330,28 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     if (!decoder) throw modelError(`${path('manifest.json')}: dense model without a decoder graph`);
     runner = new DenseRunner(await createSession(path(decoder.graph), settings), config);
   } else {
-    if (!layers || !experts || !head) throw modelError(`${path('manifest.json')}: Mixtral store without layer, expert or head graphs`);
+    if (!layers || !head) throw modelError(`${path('manifest.json')}: Mixtral store without layer or head graphs`);
     if (layers.length !== config.nLayers) {
       throw modelError(`${path('manifest.json')}: ${layers.length} layer graphs for ${config.nLayers} layers; convert it again`);
     }
     const layerSessions = [];
     for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
     let provider: ExpertProvider;
-    if (options.expertCacheMb !== undefined) {
-      paged = await PagedExperts.open(storeDir, {
-        budgetMb: options.expertCacheMb,
-        ...options.expertCache,
-        ...settings,
-        onPageIn: options.onExpertPageIn,
-      });
-      provider = paged;
-    } else {
+    if (experts && (options.expertCacheMb === undefined || options.expertCacheMb === 'auto')) {
+      // fp32 stores: exact per-expert graphs, the reference for the quantised formats.
       provider = await ResidentExpertProvider.load(
         experts.map((row) => row.map((e) => path(e.graph))),
         config.dim,
         settings,
       );
+    } else {
+      paged = await PagedExperts.open(storeDir, {
+        budgetMb: options.expertCacheMb ?? 'all',
+        ...options.expertCache,
+        ...settings,
+        onPageIn: options.onExpertPageIn,
+      });
+      provider = paged;
     }
     runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
   }

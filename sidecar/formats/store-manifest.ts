@@ -15,8 +15,10 @@ export const MANIFEST_FILE = 'manifest.json';
  * 3: attention flattens each KV head's query group into matmul rows (batch-invariant kernels).
  * 4: int4 stores: error-minimising scales, lm_head at int8; the manifest records the quantization.
  * 5: Mixtral int4 stores page int4 experts (experts-int4/); expert files carry their bit width.
+ * 6: Mixtral expert files hold Q4_0 / Q8_0 blocks; int4 and int8 stores have no per-expert graphs
+ *    (their experts run in the block kernel, resident or paged).
  */
-export const FORMAT_VERSION = 5;
+export const FORMAT_VERSION = 6;
 
 export interface GraphEntry {
   graph: string;
@@ -37,7 +39,7 @@ export interface Manifest {
   graphs: {
     /** Dense models. */
     decoder?: GraphEntry;
-    /** Mixtral: per-layer attention graphs, per-layer-per-expert FFN graphs, the head. */
+    /** Mixtral: per-layer attention graphs, per-layer-per-expert FFN graphs (fp32 stores only), the head. */
     layers?: GraphEntry[];
     experts?: GraphEntry[][];
     head?: GraphEntry;

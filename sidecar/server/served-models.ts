@@ -83,11 +83,13 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
       metrics.watchScheduler(id, () => scheduler.stats());
       if (runtime.expertCacheStats) metrics.watchExpertCache(id, () => runtime.expertCacheStats?.() ?? null);
       served.push({ id, runtime, tokenizer, scheduler, defaultMaxTokens: demo ? DEMO_DEFAULT_MAX_TOKENS : undefined });
+      const experts = runtime.expertBudgetReason?.() ?? null;
       logger.info('model loaded', {
         model: id,
         dir: runtime.dir,
         architecture: runtime.info.architecture,
         precision: runtime.info.precision,
+        ...(experts ? { experts } : {}),
         contextLength: runtime.info.contextLength,
         seconds: Math.round(performance.now() - started) / 1000,
       });

@@ -80,12 +80,20 @@ const MiB = 1024 * 1024;
 
 /**
  * The paged-expert guarantees every expert format gives on the golden Mixtral, as assertions:
- * logits bit-identical with budgets of two experts, half and all of them (16 experts), the
- * smaller budgets paging more and staying within budget; returns the all-experts run's stats.
+ * logits bit-identical with budgets of two experts, half and all of them (16 experts) — and with
+ * no budget at all where the store's resident experts are the same blocks (`noBudgetToo`: int4
+ * and int8 stores) — the smaller budgets paging more and staying within budget; returns the
+ * all-experts run's stats.
  */
-export async function expectBitIdenticalAcrossBudgets(storeDir: string, cases: GoldenCase[], expertBytes: number) {
+export async function expectBitIdenticalAcrossBudgets(storeDir: string, cases: GoldenCase[], expertBytes: number, noBudgetToo = false) {
   const allMb = (16 * expertBytes) / MiB;
   const all = await goldenLogits(storeDir, cases, allMb);
+  if (noBudgetToo) {
+    const resident = await goldenLogits(storeDir, cases, null);
+    for (const [i, row] of resident.rows.entries()) {
+      expect(Buffer.from(row.buffer).equals(Buffer.from(all.rows[i]!.buffer)), `no budget, row ${i}`).toBe(true);
+    }
+  }
   for (const budgetMb of [(2 * expertBytes) / MiB, allMb / 2]) {
     const run = await goldenLogits(storeDir, cases, budgetMb);
     for (const [i, row] of run.rows.entries()) {

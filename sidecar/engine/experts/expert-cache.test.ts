@@ -1,5 +1,5 @@
 /**
- * The expert cache and the shared expert graph on the golden Mixtral checkpoint's experts:
+ * The expert cache and paged experts on the golden Mixtral checkpoint's experts (Q8_0):
  * outputs are bit-identical whatever the budget and eviction policy, memory stays within the
  * budget plus loads in flight, loads are deduplicated, prefetches are counted, and a bad expert
  * file fails only the request that needs it.
@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../formats/checkpoint.ts';
 import { type Routing, runExperts } from '../moe.ts';
 import { EVICTION_POLICIES, type EvictionPolicy, ExpertCache } from './expert-cache.ts';
-import { buildExpertStore, ExpertStore, type ExpertWeights, type Int8ExpertWeights } from './expert-store.ts';
-import { ExpertGraph, PagedExperts } from './paged-experts.ts';
+import { buildExpertStore, ExpertStore } from './expert-store.ts';
+import { PagedExperts } from './paged-experts.ts';
 
 const GOLDEN = join(import.meta.dirname, '../../../test/fixtures/golden/tiny-mixtral/native');
 const MiB = 1024 * 1024;
@@ -36,12 +36,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
-
-/** This file's store is int8 (the format the graph runs on directly). */
-function int8(weights: ExpertWeights): Int8ExpertWeights {
-  if (weights.bits !== 8) throw new Error(`expected int8 expert weights, got int${weights.bits}`);
-  return weights;
-}
 
 /** A seeded, skewed routing trace: per step and layer, 1–3 token rows, each sent to 2 experts. */
 function makeTrace(steps: number, seed: number): Array<{ layer: number; x: Float32Array; rows: number; routing: Routing }> {
@@ -137,7 +131,7 @@ describe('expert cache', () => {
     const cache = new ExpertCache(store, { budgetBytes: 4 * store.expertBytes });
     const leases = await Promise.all([cache.acquire(1, 3), cache.acquire(1, 3), cache.acquire(1, 3)]);
     expect(cache.stats()).toMatchObject({ pageIns: 1, bytesPagedIn: store.expertBytes, residentBytes: store.expertBytes });
-    expect(int8(leases[0]!.weights).w13).toBe(int8(leases[2]!.weights).w13);
+    expect(leases[0]!.weights.w13).toBe(leases[2]!.weights.w13);
     for (const lease of leases) lease.release();
   });
 
@@ -174,56 +168,6 @@ describe('expert cache', () => {
       expect(paged.stats().residentBytes).toBe(0);
     } finally {
       await paged.dispose();
-    }
-  });
-});
-
-describe('expert graph', () => {
-  // Default: int8 weights where this CPU's u8×s8 products are exact, sign-flipped uint8 elsewhere.
-  it.each([
-    ['this CPU', undefined],
-    ['uint8 weights', true],
-  ])('computes w2(silu(w1·x) ⊙ w3·x) from the int8 weights, activations quantised on the fly (%s)', async (_, unsignedWeights) => {
-    const { dim, ffn } = store.index;
-    const graph = await ExpertGraph.create(dim, ffn, { threads: 1, unsignedWeights });
-    try {
-      const w = int8(await store.read(0, 2, store.allocate()));
-      const rows = 3;
-      const x = Float32Array.from({ length: rows * dim }, (_, i) => Math.sin(i * 0.37));
-      const y = await graph.run(x, rows, w);
-      for (let r = 0; r < rows; r++) {
-        const h = new Float64Array(ffn);
-        for (let n = 0; n < ffn; n++) {
-          let a = 0;
-          let b = 0;
-          for (let k = 0; k < dim; k++) {
-            a += x[r * dim + k]! * w.w13[k * 2 * ffn + n]! * w.s13[n]!;
-            b += x[r * dim + k]! * w.w13[k * 2 * ffn + ffn + n]! * w.s13[ffn + n]!;
-          }
-          h[n] = (a / (1 + Math.exp(-a))) * b;
-        }
-        const expected = Array.from({ length: dim }, (_, n) => h.reduce((sum, hk, k) => sum + hk * w.w2[k * dim + n]! * w.s2[n]!, 0));
-        const scale = Math.max(...expected.map(Math.abs));
-        for (const [n, value] of expected.entries()) expect(Math.abs(y[r * dim + n]! - value)).toBeLessThan(0.03 * scale);
-      }
-    } finally {
-      await graph.dispose();
-    }
-  });
-
-  it('runs paged-in weights prepared once (sign bits flipped in place) exactly as it runs them unprepared', async () => {
-    const { dim, ffn } = store.index;
-    const graph = await ExpertGraph.create(dim, ffn, { threads: 1, unsignedWeights: true });
-    try {
-      const x = Float32Array.from({ length: 2 * dim }, (_, i) => Math.cos(i * 0.21));
-      const weights = int8(await store.read(1, 5, store.allocate()));
-      const unprepared = await graph.run(x, 2, weights);
-      graph.prepare(weights);
-      graph.prepare(weights); // idempotent: a second call must not flip the bytes back
-      const prepared = await graph.run(x, 2, weights);
-      expect(Buffer.from(prepared.buffer).equals(Buffer.from(unprepared.buffer))).toBe(true);
-    } finally {
-      await graph.dispose();
     }
   });
 });

@@ -31,8 +31,6 @@ export interface ExpertCacheOptions {
   policy?: EvictionPolicy;
   /** Called with each page-in's latency (e.g. the sidecar's prom-client histogram). */
   onPageIn?: (seconds: number) => void;
-  /** Called once per page-in with the freshly read (and checked) weights, before any lease sees them. */
-  prepare?: (weights: ExpertWeights) => void;
 }
 
 /** Upper bounds (ms) of the page-in latency histogram; the last bucket is open. */
@@ -279,7 +277,6 @@ export class ExpertCache {
     };
     entry.loading = this.store.read(layer, expert, buffer).then(
       (weights) => {
-        this.options.prepare?.(weights);
         entry.weights = weights;
         this.recordPageIn((performance.now() - started) / 1000);
         this.enforceBudget();

@@ -1,36 +1,37 @@
 /**
- * The paged expert store: every expert of the golden Mixtral checkpoint quantised to int8 or int4
- * per column, one file per expert, paged back with one read and checked (size, header, checksum).
+ * The expert store: every expert of the golden Mixtral checkpoint in Q8_0 or Q4_0 blocks, one
+ * file per expert, paged back with one read and checked (size, header, checksum).
  */
 import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { blockMatrixBytes, quantizeBlocks } from '../../formats/blocks.ts';
 import { Checkpoint } from '../../formats/checkpoint.ts';
-import { highNibble16, lowNibble16 } from './expert-kernel.ts';
 import {
   allocateExpert,
   buildExpertStore,
   EXPERT_FORMAT_VERSION,
   ExpertStore,
   type ExpertStoreIndex,
+  type ExpertWeights,
   expertFileBytes,
-  type Int4ExpertWeights,
   quantizeExpert,
   writeExpertStore,
 } from './expert-store.ts';
 
-/** The packed int4 rows as the int8 values 16·q the expert kernel multiplies ([rows, 2·rowBytes]). */
-function widen(packed: Uint8Array, rows: number, rowBytes: number): Int8Array {
-  const out = new Int8Array(2 * rows * rowBytes);
-  for (let k = 0; k < rows; k++) {
-    for (let c = 0; c < rowBytes; c++) {
-      out[2 * k * rowBytes + c] = lowNibble16(packed[k * rowBytes + c]!);
-      out[2 * k * rowBytes + rowBytes + c] = highNibble16(packed[k * rowBytes + c]!);
-    }
-  }
-  return out;
+/** The expert's matrices quantised straight from the checkpoint: what its file must hold. */
+async function expectedBlocks(checkpoint: Checkpoint, layer: number, expert: number, format: 'q4_0' | 'q8_0', dim: number, ffn: number) {
+  const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
+  const [w1, w3, w2] = await Promise.all(['w1', 'w3', 'w2'].map((w) => checkpoint.read(`${prefix}.${w}.weight`)));
+  const w13 = new Uint8Array(blockMatrixBytes(format, 2 * ffn, dim));
+  quantizeBlocks(format, w3!, ffn, dim, w13, quantizeBlocks(format, w1!, ffn, dim, w13));
+  const w2Blocks = new Uint8Array(blockMatrixBytes(format, dim, ffn));
+  quantizeBlocks(format, w2!, dim, ffn, w2Blocks);
+  return { w13, w2: w2Blocks };
 }
+
+const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 
 const GOLDEN = join(import.meta.dirname, '../../../test/fixtures/golden/tiny-mixtral');
 
@@ -51,30 +52,20 @@ afterAll(async () => {
 
 describe('expert store', () => {
   it('records the checkpoint shape: 2 layers × 8 experts, top-2, one fixed-size file each', () => {
-    expect(index).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'int8-per-column' });
+    expect(index).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'q8_0' });
     expect(index.fileBytes).toBe(expertFileBytes(64, 160, 8));
+    // 64-byte header + 34 bytes per 32 weights (3·dim·ffn weights).
+    expect(index.fileBytes).toBe(64 + (3 * 64 * 160 * 34) / 32);
   });
 
-  it('pages an expert back whose int8 × scale reproduces the fp32 weights to half a quantisation step', async () => {
+  it('pages an expert back as Q8_0 blocks: w1 rows then w3 rows, then w2, exactly as quantised from the checkpoint', async () => {
     const store = await ExpertStore.open(join(work, 'native'));
     expect(store.bits).toBe(8);
-    const weights = await store.read(1, 5, store.allocate());
-    if (weights.bits !== 8) throw new Error('expected int8 weights');
-    const w1 = await checkpoint.read('layers.1.feed_forward.experts.5.w1.weight'); // [ffn, dim]
-    const w2 = await checkpoint.read('layers.1.feed_forward.experts.5.w2.weight'); // [dim, ffn]
-    const { dim, ffn } = index;
-    for (let n = 0; n < ffn; n += 7) {
-      for (let k = 0; k < dim; k++) {
-        const back = weights.w13[k * 2 * ffn + n]! * weights.s13[n]!;
-        expect(Math.abs(back - w1[n * dim + k]!)).toBeLessThanOrEqual(weights.s13[n]! / 2 + 1e-7);
-      }
-    }
-    for (let n = 0; n < dim; n += 5) {
-      for (let k = 0; k < ffn; k++) {
-        const back = weights.w2[k * dim + n]! * weights.s2[n]!;
-        expect(Math.abs(back - w2[n * ffn + k]!)).toBeLessThanOrEqual(weights.s2[n]! / 2 + 1e-7);
-      }
-    }
+    const weights: ExpertWeights = await store.read(1, 5, store.allocate());
+    expect(weights.format).toBe('q8_0');
+    const expected = await expectedBlocks(checkpoint, 1, 5, 'q8_0', index.dim, index.ffn);
+    expect(same(weights.w13, expected.w13)).toBe(true);
+    expect(same(weights.w2, expected.w2)).toBe(true);
   });
 
   it('writes byte-identical stores from the native and Hugging Face layouts of the same weights', async () => {
@@ -186,7 +177,7 @@ describe('expert store', () => {
     it('a broken index', async () => {
       await writeFile(
         join(dir, 'experts-int8', 'index.json'),
-        `{"formatVersion": ${EXPERT_FORMAT_VERSION}, "quantization": "int8-per-column", "dim": 0}`,
+        `{"formatVersion": ${EXPERT_FORMAT_VERSION}, "quantization": "q8_0", "dim": 0}`,
       );
       await expect(ExpertStore.open(dir)).rejects.toThrow(/index\.json: field "dim" must be a positive integer/);
     });
@@ -200,17 +191,6 @@ describe('expert store', () => {
   });
 });
 
-/** w ([out, in] rows) as the graph sees it: unpacked column n of `unpacked` ([in, total]) × its scale. */
-function dequantizedColumn(unpacked: Int8Array, scales: Float32Array, total: number, column: number, inner: number): Float64Array {
-  return Float64Array.from({ length: inner }, (_, k) => unpacked[k * total + column]! * scales[column]!);
-}
-
-/** Round-to-nearest int4 of one row at the plain absmax step max|w|/7: the baseline the clip search must not lose to. */
-function absmaxSquaredError(row: Float32Array): number {
-  const step = row.reduce((max, v) => Math.max(max, Math.abs(v)), 0) / 7;
-  return row.reduce((sum, v) => sum + (step === 0 ? v * v : (Math.max(-7, Math.min(7, Math.round(v / step))) * step - v) ** 2), 0);
-}
-
 describe('int4 expert store', () => {
   let dir: string;
   let int4: ExpertStoreIndex;
@@ -219,28 +199,27 @@ describe('int4 expert store', () => {
     int4 = await buildExpertStore(checkpoint, dir, 4);
   });
 
-  it('writes experts-int4/ with quantization int4-per-column and files about half the int8 size', async () => {
-    expect(int4).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'int4-per-column' });
+  it('writes experts-int4/ in Q4_0 blocks: 18 bytes per 32 weights, about half the Q8_0 size', async () => {
+    expect(int4).toMatchObject({ dim: 64, ffn: 160, layers: 2, experts: 8, topK: 2, quantization: 'q4_0' });
     const bytes = expertFileBytes(64, 160, 4);
     expect(int4.fileBytes).toBe(bytes);
     expect((await stat(join(dir, 'experts-int4', 'L1-E7.bin'))).size).toBe(bytes);
-    // 64-byte header + fp32 scales (2·ffn + dim) + half a byte per weight (3·dim·ffn).
-    expect(bytes).toBe(64 + 4 * (2 * 160 + 64) + (3 * 64 * 160) / 2);
-    const int8 = expertFileBytes(64, 160, 8);
-    expect(bytes - 64 - 4 * (2 * 160 + 64)).toBe((int8 - 64 - 4 * (2 * 160 + 64)) / 2);
-    expect(bytes / int8).toBeGreaterThan(0.5);
-    expect(bytes / int8).toBeLessThan(0.55);
+    expect(bytes).toBe(64 + (3 * 64 * 160 * 18) / 32);
+    expect(bytes / expertFileBytes(64, 160, 8)).toBeLessThan(0.55);
   });
 
-  it('opens as a 4-bit store and pages experts back as packed nibbles with their scales', async () => {
+  it('pages every expert back exactly as quantised from the checkpoint', async () => {
     const store = await ExpertStore.open(dir);
     expect(store.bits).toBe(4);
-    expect(store.index.quantization).toBe('int4-per-column');
-    expect(store.expertBytes).toBe(expertFileBytes(64, 160, 4));
-    const weights = await store.read(0, 3, store.allocate());
-    expect(weights.bits).toBe(4);
-    const { p13, p2, s13, s2 } = weights as Int4ExpertWeights;
-    expect([p13.length, p2.length, s13.length, s2.length]).toEqual([64 * 160, (160 * 64) / 2, 2 * 160, 64]);
+    expect(store.index.quantization).toBe('q4_0');
+    for (let layer = 0; layer < int4.layers; layer++) {
+      for (let expert = 0; expert < int4.experts; expert++) {
+        const weights = await store.read(layer, expert, store.allocate());
+        const expected = await expectedBlocks(checkpoint, layer, expert, 'q4_0', int4.dim, int4.ffn);
+        expect(weights.format).toBe('q4_0');
+        expect(same(weights.w13, expected.w13) && same(weights.w2, expected.w2), `L${layer} E${expert}`).toBe(true);
+      }
+    }
   });
 
   it('prefers experts-int4/ when a store holds both formats', async () => {
@@ -253,103 +232,18 @@ describe('int4 expert store', () => {
     expect((await ExpertStore.open(both)).bits).toBe(8);
   });
 
-  it('dequantises (16·q × scale/16) every expert back to the fp32 weights: q in [-7, 7], no column worse than absmax rounding', async () => {
-    const store = await ExpertStore.open(dir);
-    const { dim, ffn, layers, experts } = int4;
-    let squaredError = 0;
-    let squaredWeight = 0;
-    const worseThanAbsmax: string[] = [];
-    for (let layer = 0; layer < layers; layer++) {
-      for (let expert = 0; expert < experts; expert++) {
-        const weights = (await store.read(layer, expert, store.allocate())) as Int4ExpertWeights;
-        const w13 = widen(weights.p13, dim, ffn);
-        const w2 = widen(weights.p2, ffn, dim / 2);
-        // Widened values are 16·q with q ∈ [-7, 7]: never the nibble -8.
-        const offGrid = [...w13, ...w2].filter((value) => value % 16 !== 0 || Math.abs(value) > 112);
-        expect(offGrid, `L${layer} E${expert}`).toEqual([]);
-        const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
-        const matrices = [
-          {
-            w: await checkpoint.read(`${prefix}.w1.weight`),
-            out: ffn,
-            inner: dim,
-            unpacked: w13,
-            scales: weights.s13,
-            total: 2 * ffn,
-            offset: 0,
-          },
-          {
-            w: await checkpoint.read(`${prefix}.w3.weight`),
-            out: ffn,
-            inner: dim,
-            unpacked: w13,
-            scales: weights.s13,
-            total: 2 * ffn,
-            offset: ffn,
-          },
-          {
-            w: await checkpoint.read(`${prefix}.w2.weight`),
-            out: dim,
-            inner: ffn,
-            unpacked: w2,
-            scales: weights.s2,
-            total: dim,
-            offset: 0,
-          },
-        ];
-        for (const { w, out, inner, unpacked, scales, total, offset } of matrices) {
-          for (let n = 0; n < out; n++) {
-            const row = w.subarray(n * inner, (n + 1) * inner);
-            const back = dequantizedColumn(unpacked, scales, total, offset + n, inner);
-            const columnError = row.reduce((sum, v, k) => sum + (back[k]! - v) ** 2, 0);
-            // The scale search tries ratio 1 (absmax) and keeps the least-squares scale of the best
-            // candidate, so no column can be worse than plain absmax rounding (fp32 scale slack aside).
-            if (columnError > absmaxSquaredError(row) * (1 + 1e-5) + 1e-12)
-              worseThanAbsmax.push(`L${layer} E${expert} column ${offset + n}`);
-            squaredError += columnError;
-            squaredWeight += row.reduce((sum, v) => sum + v * v, 0);
-          }
-        }
-      }
-    }
-    expect(worseThanAbsmax).toEqual([]);
-    // Relative RMS error over all experts: measured 0.101 (int8: 0.006). Uniform rounding noise at
-    // the absmax step (≈ 2.5–3σ / 7 for these Gaussian-like rows) would give Δ/√12 ≈ 0.10–0.12σ;
-    // 0.12 allows that and still fails if packing, nibble order or scales go wrong (errors ≥ 0.5).
-    const relativeRms = Math.sqrt(squaredError / squaredWeight);
-    expect(relativeRms).toBeGreaterThan(0.01); // it is 4-bit: an int8-level error would mean the test reads the wrong thing
-    expect(relativeRms).toBeLessThan(0.12);
-  });
-
-  it('puts w1 row n in the low and w3 row n in the high nibble of packed column n; w2 rows split at dim/2', () => {
-    const dim = 4;
-    const ffn = 2;
-    // Every row is q × a power-of-two unit with some |q| = 7: absmax rounding is exact, so q and the scale (unit/16) are known.
-    const w1 = Float32Array.from([7, -7, 1, 0, /* row 1 */ 3, 2, -7, 1].map((q, i) => q * (i < 4 ? 0.5 : 0.25)));
-    const w3 = Float32Array.from([-3, 7, 0, 0, /* row 1 */ 1, 1, 7, -2].map((q) => q * 2));
-    const q2 = [7, 1, /* row 1 */ -7, 0, /* row 2 */ 2, 7, /* row 3 */ 0, -7]; // w2 is [dim, ffn]
-    const w2 = Float32Array.from(q2, (q) => q * 0.125);
+  it('quantizeExpert puts w1 rows first, then w3 rows, in w13', () => {
+    const dim = 32;
+    const ffn = 32;
+    const w1 = new Float32Array(ffn * dim).fill(1);
+    const w3 = new Float32Array(ffn * dim).fill(-2);
+    const w2 = new Float32Array(dim * ffn).fill(0.5);
     const { weights } = quantizeExpert({ w1, w3, w2 }, dim, ffn, 4);
-    if (weights.bits !== 4) throw new Error('expected int4 weights');
-    const nibble = (v: number) => v & 0x0f;
-    // p13 is [dim, ffn]: byte (k, n) = w1[n][k] | w3[n][k] << 4.
-    for (let k = 0; k < dim; k++) {
-      for (let n = 0; n < ffn; n++) {
-        const q1 = Math.round(w1[n * dim + k]! / (n === 0 ? 0.5 : 0.25));
-        const q3 = Math.round(w3[n * dim + k]! / 2);
-        expect(weights.p13[k * ffn + n], `p13 k ${k} n ${n}`).toBe(nibble(q1) | (nibble(q3) << 4));
-      }
-    }
-    expect(Array.from(weights.s13)).toEqual([0.5 / 16, 0.25 / 16, 2 / 16, 2 / 16]);
-    // p2 is [ffn, dim/2]: byte (k, c) = w2[c][k] | w2[c + dim/2][k] << 4.
-    for (let k = 0; k < ffn; k++) {
-      for (let c = 0; c < dim / 2; c++) {
-        expect(weights.p2[k * (dim / 2) + c], `p2 k ${k} c ${c}`).toBe(
-          nibble(q2[c * ffn + k]!) | (nibble(q2[(c + dim / 2) * ffn + k]!) << 4),
-        );
-      }
-    }
-    expect(Array.from(weights.s2)).toEqual([0.125 / 16, 0.125 / 16, 0.125 / 16, 0.125 / 16]);
+    const one = new Uint8Array(18);
+    quantizeBlocks('q4_0', w1, 1, dim, one);
+    expect(same(weights.w13.subarray(0, 18), one)).toBe(true);
+    quantizeBlocks('q4_0', w3, 1, dim, one);
+    expect(same(weights.w13.subarray(ffn * 18, ffn * 18 + 18), one)).toBe(true);
   });
 
   it('rejects an expert file whose header bit width disagrees with its folder, as corrupt', async () => {
@@ -363,22 +257,18 @@ describe('int4 expert store', () => {
       type: 'model_error',
       message: expect.stringMatching(/expert file .*experts-int4\/L1-E2\.bin is corrupt: header says .* int8, expected .* int4/),
     });
-    // An int8 file dropped into experts-int4/ is refused on its size before anything else.
+    // A Q8_0 file dropped into experts-int4/ is refused on its size before anything else.
     await cp(join(work, 'native', 'experts-int8', 'L1-E3.bin'), store.path(1, 3));
     await expect(store.read(1, 3, store.allocate())).rejects.toThrow(/L1-E3\.bin is \d+ bytes, expected \d+/);
   });
 
-  it('refuses an odd model width: int4 packs two columns of a row per byte', async () => {
-    expect(() => allocateExpert(63, 160, 4)).toThrow(/int4 paged experts need an even model width, not 63/);
-    const odd = new Float32Array(63 * 160);
-    expect(() => quantizeExpert({ w1: odd, w3: odd, w2: odd }, 63, 160, 4)).toThrow(/even model width/);
-    expect(() => allocateExpert(63, 160, 8)).not.toThrow();
+  it('refuses shapes that blocks of 32 do not divide', async () => {
+    expect(() => allocateExpert(48, 160, 4)).toThrow(/multiples of 32, not 48 and 160/);
+    const odd = new Float32Array(48 * 160);
+    expect(() => quantizeExpert({ w1: odd, w3: odd, w2: odd }, 48, 160, 8)).toThrow(/multiples of 32/);
     const oddStore = join(work, 'int4-odd');
     await cp(join(dir, 'experts-int4'), join(oddStore, 'experts-int4'), { recursive: true });
-    await writeFile(
-      join(oddStore, 'experts-int4', 'index.json'),
-      JSON.stringify({ ...int4, dim: 63, fileBytes: expertFileBytes(63, 160, 4) }),
-    );
-    await expect(ExpertStore.open(oddStore)).rejects.toThrow(/index\.json: int4 experts need an even "dim", not 63/);
+    await writeFile(join(oddStore, 'experts-int4', 'index.json'), JSON.stringify({ ...int4, dim: 48 }));
+    await expect(ExpertStore.open(oddStore)).rejects.toThrow(/index\.json: "dim" and "ffn" must be multiples of 32/);
   });
 });

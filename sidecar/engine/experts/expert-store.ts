@@ -1,46 +1,39 @@
 /**
- * The on-disk paged expert store: every Mixtral expert quantised with one fp32 scale per output
- * column, laid out so that a page-in is ONE sequential read of one file into a reusable buffer —
- * no parsing, no copying, no onnxruntime session per expert.
+ * The on-disk expert store: every Mixtral expert in GGUF's Q4_0 or Q8_0 blocks (formats/blocks.ts),
+ * one file per expert, laid out so that a page-in is ONE sequential read of one file into a
+ * reusable buffer — no parsing, no copying, no onnxruntime session per expert. The same bytes run
+ * in the same kernel (block-kernel.ts) whether an expert is paged in or kept resident, so logits
+ * do not depend on the cache budget; and a GGUF file's Q4_0 / Q8_0 expert tensors are these
+ * blocks already.
  *
- * Why per-column int8 weights (docs/expert-paging.md): onnxruntime 1.30's DynamicQuantizeMatMul
- * accepts int8 weights as graph *inputs* at a few × the prepacked speed, whereas int4 MatMulNBits
- * with weights as inputs is ~130× slower and a session per expert costs 20–950 ms. Two formats:
- *   int8-per-column  (`experts-int8/`, int8/fp32 stores): the bytes the graph runs on.
- *   int4-per-column  (`experts-int4/`, int4 stores): half the bytes on disk and in the cache; each
- *                    byte holds two signed nibbles, which our WebAssembly kernel multiplies as
- *                    16·q with two bit operations (expert-kernel.ts).
- * The paged path uses its own quantisation, so its output is identical for every cache budget
- * (same bytes, same kernel) but not identical to the resident int4 engine.
- *
- * Folder layout (`<store>/experts-int8/` or `<store>/experts-int4/`):
+ * Folder layout (`<store>/experts-int4/` for Q4_0 or `<store>/experts-int8/` for Q8_0):
  *   index.json            { formatVersion, quantization, dim, ffn, layers, experts, topK, normEps, fileBytes }
  *   routers.safetensors   per layer `layers.N.ffn_norm.weight` [dim] and `layers.N.feed_forward.gate.weight`
  *                         [experts, dim], fp32: what speculative prefetch needs to guess the next layer's experts
  *   L<layer>-E<expert>.bin one expert, little-endian:
  *     header (64 B): magic "SIRXPRT1", u32 version, u32 layer, u32 expert, u32 dim, u32 ffn,
- *                    u32 crc32(payload), u32 payload bytes, u32 bits (8 or 4), zero padding
- *     s13 f32[2·ffn]   column scales of w13 (w1 columns first, then w3); int4: already divided by 16
- *     s2  f32[dim]     column scales of w2 (int4: divided by 16)
- *     int8:  w13 i8[dim, 2·ffn] (w1ᵀ | w3ᵀ, row-major [in, out], the B operand of DynamicQuantizeMatMul)
- *            w2  i8[ffn, dim]   (w2ᵀ)
- *     int4:  p13 u8[dim, ffn]   lo nibble = w1ᵀ column c, hi nibble = w3ᵀ column c
- *            p2  u8[ffn, dim/2] lo nibble = w2ᵀ column c, hi nibble = column c + dim/2
- *   Scales come first so every view is 4-byte aligned without padding.
+ *                    u32 crc32(payload), u32 payload bytes, u32 bits (4: Q4_0, 8: Q8_0), zero padding
+ *     w13  blocks of [2·ffn, dim]: w1's rows, then w3's (one product computes both)
+ *     w2   blocks of [dim, ffn]
+ *   Rows run along the input dimension, as in the checkpoints and in GGUF.
  */
-import { type FileHandle, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { modelError, SidecarError } from '../../errors.ts';
+import { BLOCK, type BlockFormat, blockMatrixBytes, quantizeBlocks } from '../../formats/blocks.ts';
 import { SafetensorsFile, writeSafetensors } from '../../formats/safetensors.ts';
+import { DIRECT_IO_ALIGNMENT, readWhole } from './direct-read.ts';
 
 export type ExpertBits = 4 | 8;
-export type ExpertQuantization = 'int8-per-column' | 'int4-per-column';
-const QUANTIZATION: Record<ExpertBits, ExpertQuantization> = { 8: 'int8-per-column', 4: 'int4-per-column' };
+export type ExpertQuantization = BlockFormat;
+/** The block format of each `--expert-bits`. */
+export const EXPERT_FORMATS: Record<ExpertBits, BlockFormat> = { 4: 'q4_0', 8: 'q8_0' };
 /** The store's expert folder for each format. */
 export const EXPERT_STORE_DIRS: Record<ExpertBits, string> = { 8: 'experts-int8', 4: 'experts-int4' };
 const ROUTERS_FILE = 'routers.safetensors';
-export const EXPERT_FORMAT_VERSION = 2;
+/** 3: Q4_0 / Q8_0 blocks (2 held per-column int4 / int8, which this build refuses). */
+export const EXPERT_FORMAT_VERSION = 3;
 const MAGIC = 'SIRXPRT1';
 const HEADER_BYTES = 64;
 /** Read and checksum slice: ≈ 3–6 ms of CRC on the event loop, while the next slice is read. */
@@ -72,26 +65,14 @@ export interface ExpertStoreIndex extends ExpertShape {
   fileBytes: number;
 }
 
-/** An expert as the graph runs it: int8 weights and per-column scales. */
-export interface Int8ExpertWeights {
-  bits: 8;
-  s13: Float32Array;
-  s2: Float32Array;
-  w13: Int8Array;
-  w2: Int8Array;
-}
-
-/** An int4 expert as stored and cached: two signed nibbles per byte (see the module comment). */
-export interface Int4ExpertWeights {
-  bits: 4;
-  s13: Float32Array;
-  s2: Float32Array;
-  p13: Uint8Array;
-  p2: Uint8Array;
-}
-
 /** One expert's weights as views into a single buffer (the page-in destination). */
-export type ExpertWeights = Int8ExpertWeights | Int4ExpertWeights;
+export interface ExpertWeights {
+  format: BlockFormat;
+  /** w1's rows then w3's: [2·ffn, dim] in blocks. */
+  w13: Uint8Array;
+  /** [dim, ffn] in blocks. */
+  w2: Uint8Array;
+}
 
 /** fp32 weights in the checkpoints' [out, in] layout: w1, w3 [ffn, dim], w2 [dim, ffn]. */
 export interface ExpertFloatWeights {
@@ -101,7 +82,8 @@ export interface ExpertFloatWeights {
 }
 
 export function expertPayloadBytes(dim: number, ffn: number, bits: ExpertBits): number {
-  return 4 * (2 * ffn + dim) + ((dim * 2 * ffn + ffn * dim) * bits) / 8;
+  const format = EXPERT_FORMATS[bits];
+  return blockMatrixBytes(format, 2 * ffn, dim) + blockMatrixBytes(format, dim, ffn);
 }
 
 export function expertFileBytes(dim: number, ffn: number, bits: ExpertBits): number {
@@ -113,118 +95,28 @@ export function expertFileName(layer: number, expert: number): string {
 }
 
 /** Views over `bytes` (a whole expert file) in the documented order. */
-function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: 8): Int8ExpertWeights;
-function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: 4): Int4ExpertWeights;
-function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: ExpertBits): ExpertWeights;
 function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: ExpertBits): ExpertWeights {
-  let offset = bytes.byteOffset + HEADER_BYTES;
-  const take = <T>(make: (buffer: ArrayBuffer, offset: number, length: number) => T, length: number, width: number): T => {
-    const view = make(bytes.buffer as ArrayBuffer, offset, length);
-    offset += length * width;
-    return view;
+  const format = EXPERT_FORMATS[bits];
+  const w13Bytes = blockMatrixBytes(format, 2 * ffn, dim);
+  const start = HEADER_BYTES;
+  return {
+    format,
+    w13: bytes.subarray(start, start + w13Bytes),
+    w2: bytes.subarray(start + w13Bytes, start + w13Bytes + blockMatrixBytes(format, dim, ffn)),
   };
-  const s13 = take((b, o, n) => new Float32Array(b, o, n), 2 * ffn, 4);
-  const s2 = take((b, o, n) => new Float32Array(b, o, n), dim, 4);
-  if (bits === 4) {
-    const p13 = take((b, o, n) => new Uint8Array(b, o, n), dim * ffn, 1);
-    const p2 = take((b, o, n) => new Uint8Array(b, o, n), (ffn * dim) / 2, 1);
-    return { bits, s13, s2, p13, p2 };
-  }
-  const w13 = take((b, o, n) => new Int8Array(b, o, n), dim * 2 * ffn, 1);
-  const w2 = take((b, o, n) => new Int8Array(b, o, n), ffn * dim, 1);
-  return { bits, s13, s2, w13, w2 };
 }
 
-/**
- * Symmetric per-output-column int8: column n of Bᵀ is row n of `w` ([out, in]); scale = max|row|/127.
- * Writes the transposed int8 values into `into` (row-major [in, outTotal]) at column `columnOffset`.
- */
-function quantizeRowsAsColumns(
-  w: Float32Array,
-  out: number,
-  inner: number,
-  into: Int8Array,
-  scales: Float32Array,
-  outTotal: number,
-  columnOffset: number,
-): void {
-  for (let n = 0; n < out; n++) {
-    let max = 0;
-    const row = n * inner;
-    for (let k = 0; k < inner; k++) max = Math.max(max, Math.abs(w[row + k]!));
-    const scale = max === 0 ? 1 : max / 127;
-    scales[columnOffset + n] = scale;
-    for (let k = 0; k < inner; k++) {
-      into[k * outTotal + columnOffset + n] = Math.max(-127, Math.min(127, Math.round(w[row + k]! / scale)));
-    }
-  }
-}
+const alignUp = (value: number, alignment: number) => Math.ceil(value / alignment) * alignment;
 
-const INT4_MAX = 7;
-/** Clip ratios tried for each int4 column (llama.cpp-style search; the least-squares scale wins). */
-const INT4_CLIP_RATIOS = [1, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
-
-/**
- * Symmetric per-output-column int4 (q ∈ [-7, 7]) with a searched scale: for each clip ratio the
- * values are rounded, the least-squares scale Σwq/Σq² is taken, and the ratio with the smallest
- * squared error is kept. Row n of `w` ([out, in]) becomes packed column `n % half` of `packed`
- * (row-major [in, half]), in the low nibble for n < half and the high nibble above; the stored
- * scale is divided by 16 because the kernel multiplies 16·q (expert-kernel.ts).
- */
-function quantizeRowsAsInt4Columns(
-  w: Float32Array,
-  out: number,
-  inner: number,
-  packed: Uint8Array,
-  scales: Float32Array,
-  scaleOffset: number,
-): void {
-  const half = out / 2;
-  const q = new Int8Array(inner);
-  const best = new Int8Array(inner);
-  for (let n = 0; n < out; n++) {
-    const row = n * inner;
-    let max = 0;
-    for (let k = 0; k < inner; k++) max = Math.max(max, Math.abs(w[row + k]!));
-    let bestGain = -1;
-    let bestScale = 0;
-    if (max > 0) {
-      for (const ratio of INT4_CLIP_RATIOS) {
-        const inverse = INT4_MAX / (max * ratio);
-        let wq = 0;
-        let qq = 0;
-        for (let k = 0; k < inner; k++) {
-          const value = Math.max(-INT4_MAX, Math.min(INT4_MAX, Math.round(w[row + k]! * inverse)));
-          q[k] = value;
-          wq += w[row + k]! * value;
-          qq += value * value;
-        }
-        // Squared error at the least-squares scale is Σw² − (Σwq)²/Σq²: maximise the second term.
-        const gain = qq > 0 ? (wq * wq) / qq : 0;
-        if (gain > bestGain) {
-          bestGain = gain;
-          bestScale = qq > 0 ? wq / qq : 0;
-          best.set(q);
-        }
-      }
-    } else best.fill(0);
-    scales[scaleOffset + n] = (bestScale > 0 ? bestScale : 1) / 16;
-    const column = n % half;
-    const high = n >= half;
-    for (let k = 0; k < inner; k++) {
-      const index = k * half + column;
-      const nibble = best[k]! & 0x0f;
-      packed[index] = high ? (packed[index]! & 0x0f) | (nibble << 4) : (packed[index]! & 0xf0) | nibble;
-    }
+function checkBlockShape(dim: number, ffn: number): void {
+  if (dim % BLOCK !== 0 || ffn % BLOCK !== 0) {
+    throw modelError(`block-quantised experts need a model width and expert size that are multiples of ${BLOCK}, not ${dim} and ${ffn}`);
   }
 }
 
 /** Allocates one expert file's bytes (header zeroed) and returns it with its weight views. */
-export function allocateExpert(dim: number, ffn: number, bits: 8): { bytes: Uint8Array; weights: Int8ExpertWeights };
-export function allocateExpert(dim: number, ffn: number, bits: 4): { bytes: Uint8Array; weights: Int4ExpertWeights };
-export function allocateExpert(dim: number, ffn: number, bits: ExpertBits): { bytes: Uint8Array; weights: ExpertWeights };
 export function allocateExpert(dim: number, ffn: number, bits: ExpertBits): { bytes: Uint8Array; weights: ExpertWeights } {
-  if (bits === 4 && dim % 2 !== 0) throw modelError(`int4 paged experts need an even model width, not ${dim}`);
+  checkBlockShape(dim, ffn);
   const bytes = new Uint8Array(expertFileBytes(dim, ffn, bits));
   return { bytes, weights: viewsOf(bytes, dim, ffn, bits) };
 }
@@ -243,19 +135,10 @@ export function quantizeExpert(
     }
   }
   const image = allocateExpert(dim, ffn, bits);
-  const q = image.weights;
-  if (q.bits === 4) {
-    // w1 and w3 share bytes (lo / hi nibble of the same column): one [2·ffn, dim] "row" matrix.
-    const w13 = new Float32Array(2 * ffn * dim);
-    w13.set(weights.w1, 0);
-    w13.set(weights.w3, ffn * dim);
-    quantizeRowsAsInt4Columns(w13, 2 * ffn, dim, q.p13, q.s13, 0);
-    quantizeRowsAsInt4Columns(weights.w2, dim, ffn, q.p2, q.s2, 0);
-  } else {
-    quantizeRowsAsColumns(weights.w1, ffn, dim, q.w13, q.s13, 2 * ffn, 0);
-    quantizeRowsAsColumns(weights.w3, ffn, dim, q.w13, q.s13, 2 * ffn, ffn);
-    quantizeRowsAsColumns(weights.w2, dim, ffn, q.w2, q.s2, dim, 0);
-  }
+  const { format, w13, w2 } = image.weights;
+  const afterW1 = quantizeBlocks(format, weights.w1, ffn, dim, w13);
+  quantizeBlocks(format, weights.w3, ffn, dim, w13, afterW1);
+  quantizeBlocks(format, weights.w2, dim, ffn, w2);
   return image;
 }
 
@@ -283,6 +166,7 @@ export async function writeExpertStore(
   expertImage: (layer: number, expert: number) => Promise<Uint8Array> | Uint8Array,
   onProgress?: (done: number, total: number) => void,
 ): Promise<ExpertStoreIndex> {
+  checkBlockShape(shape.dim, shape.ffn);
   const finalDir = join(storeDir, EXPERT_STORE_DIRS[bits]);
   const tempDir = `${finalDir}.tmp-${process.pid}`;
   await rm(tempDir, { recursive: true, force: true });
@@ -311,7 +195,7 @@ export async function writeExpertStore(
         },
       ]).flat(),
     );
-    const index: ExpertStoreIndex = { formatVersion: EXPERT_FORMAT_VERSION, quantization: QUANTIZATION[bits], ...shape, fileBytes };
+    const index: ExpertStoreIndex = { formatVersion: EXPERT_FORMAT_VERSION, quantization: EXPERT_FORMATS[bits], ...shape, fileBytes };
     await writeFile(join(tempDir, 'index.json'), JSON.stringify(index, null, 2));
     await rm(finalDir, { recursive: true, force: true });
     await rename(tempDir, finalDir);
@@ -359,10 +243,10 @@ export async function buildExpertStore(
 
 function validateIndex(index: Partial<ExpertStoreIndex>, indexPath: string, bits: ExpertBits): ExpertStoreIndex {
   const positive = (key: keyof ExpertShape) => Number.isInteger(index[key]) && (index[key] as number) > 0;
-  if (index.formatVersion !== EXPERT_FORMAT_VERSION || index.quantization !== QUANTIZATION[bits]) {
+  if (index.formatVersion !== EXPERT_FORMAT_VERSION || index.quantization !== EXPERT_FORMATS[bits]) {
     throw modelError(
       `expert store index ${indexPath}: unsupported format (formatVersion ${String(index.formatVersion)}, quantization ${String(index.quantization)}; ` +
-        `this build reads version ${EXPERT_FORMAT_VERSION}, ${QUANTIZATION[bits]}); convert the checkpoint again`,
+        `this build reads version ${EXPERT_FORMAT_VERSION}, ${EXPERT_FORMATS[bits]}); convert the checkpoint again`,
     );
   }
   for (const key of ['dim', 'ffn', 'layers', 'experts', 'topK'] as const) {
@@ -371,8 +255,8 @@ function validateIndex(index: Partial<ExpertStoreIndex>, indexPath: string, bits
   if (typeof index.normEps !== 'number' || !(index.normEps > 0))
     throw modelError(`expert store index ${indexPath}: field "normEps" must be a positive number`);
   const full = index as ExpertStoreIndex;
-  if (bits === 4 && full.dim % 2 !== 0)
-    throw modelError(`expert store index ${indexPath}: int4 experts need an even "dim", not ${full.dim}`);
+  if (full.dim % BLOCK !== 0 || full.ffn % BLOCK !== 0)
+    throw modelError(`expert store index ${indexPath}: "dim" and "ffn" must be multiples of ${BLOCK}`);
   if (full.fileBytes !== expertFileBytes(full.dim, full.ffn, bits))
     throw modelError(`expert store index ${indexPath}: fileBytes does not match dim/ffn`);
   return full;
@@ -411,6 +295,8 @@ export class ExpertStore {
    * checks header and size; a changed file (rewritten, replaced) is verified again before use.
    */
   private readonly verified = new Map<number, FileStamp>();
+  /** Page-ins that bypassed the page cache, and those that could not (buffer or file system). */
+  readonly reads = { direct: 0, buffered: 0 };
 
   private constructor(
     readonly dir: string,
@@ -472,55 +358,46 @@ export class ExpertStore {
   }
 
   /**
-   * Pages one expert into `into` (from `allocate`) with one positioned read on the libuv pool —
-   * the event loop stays free. A missing, truncated or corrupt file throws a modelError naming it.
+   * Pages one expert into `into` (from `allocate`, or a kernel buffer) with one whole-file read on
+   * the libuv pool — the event loop stays free. Where `into` allows it (4096-aligned, room for the
+   * last whole block: the kernel's buffers) the read bypasses the OS page cache, so the cache
+   * budget is the only copy in RAM (direct-read.ts). A missing, truncated or corrupt file throws a
+   * modelError naming it.
    */
   async read(layer: number, expert: number, into: Uint8Array): Promise<ExpertWeights> {
     const { dim, ffn, fileBytes } = this.index;
     const path = this.path(layer, expert);
-    if (into.byteLength !== fileBytes) throw new RangeError(`expert buffer is ${into.byteLength} bytes, expected ${fileBytes}`);
+    if (into.byteLength < fileBytes) throw new RangeError(`expert buffer is ${into.byteLength} bytes, expected ${fileBytes}`);
     // The checksum costs about as much as the read itself, so each version of a file is verified
     // once per process, slice by slice while the next slice is being read; the stat that every
     // page-in makes anyway tells whether the file changed since. Corruption below the file system
     // (a disk's bit rot) leaves the stamp unchanged and is not caught after the first read.
     const key = layer * this.index.experts + expert;
     let verify = true;
-    let stamp: FileStamp | undefined;
     let checksum = 0;
-    let handle: FileHandle | undefined;
+    let stamp: FileStamp;
     try {
-      handle = await open(path, 'r');
-      const stat = await handle.stat({ bigint: true });
-      stamp = { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs };
+      const stats = await stat(path, { bigint: true });
+      stamp = { dev: stats.dev, ino: stats.ino, size: stats.size, mtimeNs: stats.mtimeNs, ctimeNs: stats.ctimeNs };
       const verifiedStamp = this.verified.get(key);
       verify = verifiedStamp === undefined || !sameStamp(verifiedStamp, stamp);
       if (verify) this.verified.delete(key);
-      const size = Number(stat.size);
+      const size = Number(stats.size);
       if (size !== fileBytes)
         throw expertFileError(path, layer, expert, `is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
-      const file = handle;
-      const readRange = async (from: number, to: number): Promise<number> => {
-        for (let done = from; done < to; ) {
-          const { bytesRead } = await file.read(into, done, to - done, done);
-          if (bytesRead === 0) throw expertFileError(path, layer, expert, `ended after ${done} of ${fileBytes} bytes`);
-          done += bytesRead;
-        }
-        return to;
-      };
-      const slice = verify ? CHECKSUM_SLICE_BYTES : fileBytes;
-      let next = readRange(0, Math.min(slice, fileBytes));
-      for (let done = 0; done < fileBytes; ) {
-        const start = done;
-        done = await next;
-        if (done < fileBytes) next = readRange(done, Math.min(done + slice, fileBytes));
-        if (verify) checksum = crc32(into.subarray(Math.max(start, HEADER_BYTES), done), checksum);
-      }
+      const direct = into.byteOffset % DIRECT_IO_ALIGNMENT === 0 && into.byteLength >= alignUp(fileBytes, DIRECT_IO_ALIGNMENT);
+      const result = await readWhole(path, into, fileBytes, {
+        direct,
+        sliceBytes: verify ? CHECKSUM_SLICE_BYTES : alignUp(fileBytes, DIRECT_IO_ALIGNMENT),
+        onSlice: verify ? (from, to) => (checksum = crc32(into.subarray(Math.max(from, HEADER_BYTES), to), checksum)) : undefined,
+      });
+      this.reads[result.direct ? 'direct' : 'buffered']++;
     } catch (error) {
       if (error instanceof Error && error.name === 'SidecarError') throw error;
-      const reason = (error as NodeJS.ErrnoException).code ?? (error instanceof Error ? error.name : 'unknown error');
+      const { code, bytesRead } = error as NodeJS.ErrnoException & { bytesRead?: number };
+      if (code === 'ESHORT') throw expertFileError(path, layer, expert, `ended after ${bytesRead} of ${fileBytes} bytes`, error);
+      const reason = code ?? (error instanceof Error ? error.name : 'unknown error');
       throw expertFileError(path, layer, expert, `cannot be read: ${reason}`, error);
-    } finally {
-      await handle?.close();
     }
     this.checkHeader(path, into, layer, expert, verify ? checksum >>> 0 : null);
     if (verify) this.verified.set(key, stamp);
@@ -549,7 +426,7 @@ export class ExpertStore {
       fileExpert !== expert ||
       fileDim !== dim ||
       fileFfn !== ffn ||
-      payloadBytes !== bytes.byteLength - HEADER_BYTES ||
+      payloadBytes !== this.index.fileBytes - HEADER_BYTES ||
       bits !== this.bits
     ) {
       throw expertFileError(

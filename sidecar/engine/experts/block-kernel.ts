@@ -1,0 +1,703 @@
+/**
+ * Mixtral experts straight from their Q4_0 / Q8_0 blocks (formats/blocks.ts): a WebAssembly SIMD
+ * kernel on two threads, the same one whether an expert stays resident or was paged in, so
+ * logits do not depend on the cache budget.
+ *
+ * Why our own kernel: onnxruntime 1.30 has no fast kernel that takes 4-bit weights as graph
+ * inputs (MatMulNBits from an input dequantises all of B to fp32 per call), and its int8 path
+ * saturates on CPUs without VNNI (docs/engine-facts.md). This kernel reads each block once.
+ *
+ * The arithmetic is llama.cpp's: each row of activations is quantised per block of 32 to int8
+ * with an fp32 scale dx (quantize_row_q8_0), integer dot products per block, then
+ *   y[n] = Σ_blocks fp32(isum) · (dw · dx)      accumulated in fp32, blocks in order.
+ * Q4_0 nibbles are used unsigned (0..15) and the offset folded out once per block:
+ * Σ x·(q − 8) = Σ x·q − 8·Σx, with 8·Σx precomputed per activation block. Integer sums are exact,
+ * and the fp32 steps happen in a fixed order per output, so the result is the same for every
+ * thread split, batch size and variant (tested against `blockGemmScalar`).
+ *
+ * Two variants of the Q4_0 inner product, bit-identical:
+ *   relaxed-simd  i16x8.relaxed_dot_i8x16_i7x16_s (one pmaddubsw on x86): unsigned nibbles are
+ *                 valid i7 operands, |pair| ≤ 2·15·127, so no saturation.
+ *   simd          nibbles widened to i16 and i32x4.dot_i16x8_s: for engines without relaxed SIMD.
+ * Node 20's V8 has relaxed SIMD behind --experimental-wasm-relaxed-simd (set at load; Node 22 has
+ * it on), and its i32x4 "dot … add" form returns wrong sums, so only the i16x8 form is used and
+ * the variant is checked against the plain one on first use. Q8_0 weights are signed (not i7):
+ * one variant, sign-extending loads and i32x4.dot_i16x8_s.
+ *
+ * Loop order: four output rows at a time (four sequential weight streams; their four partial
+ * sums reduced with two shuffles and one scale vector), then each activation row against those
+ * four rows — a batch re-reads the rows' few KiB from L1/L2, not from memory.
+ */
+
+import { setFlagsFromString } from 'node:v8';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import wabtInit from 'wabt';
+import { BLOCK, BLOCK_BYTES, type BlockFormat, fromFloat16Bits } from '../../formats/blocks.ts';
+import { DIRECT_IO_ALIGNMENT } from './direct-read.ts';
+import type { ExpertBufferPool } from './expert-cache.ts';
+import type { ExpertWeights } from './expert-store.ts';
+
+export type KernelVariant = 'relaxed-simd' | 'simd';
+
+/** Activation rows quantised and multiplied per pass (scratch size; results do not depend on it). */
+const ROWS_PER_PASS = 16;
+/** Output rows per claimed chunk when two threads share a product (a multiple of 4). */
+const CHUNK_ROWS = 64;
+/** Below this many weight bytes a product runs on this thread alone: the hand-off (≈ 20 µs) would cost more. */
+const SPLIT_MIN_BYTES = 256 * 1024;
+const PAGE = 65536;
+/** A wasm32 memory's limit (4 GiB) less one page for V8's limit checks. */
+const MAX_PAGES = 65535;
+/** Page-in buffers start on this boundary and span whole blocks of it (O_DIRECT reads need both). */
+export const BUFFER_ALIGNMENT = DIRECT_IO_ALIGNMENT;
+
+// ── the WebAssembly kernel, in text form ───────────────────────────────────────────────────────
+
+const _get = (name: string) => `(local.get $${name})`;
+const splatI32 = (value: number) => `(v128.const i32x4 ${value} ${value} ${value} ${value})`;
+/** Byte lanes of i8x16.shuffle picking i32 lanes `lanes` from (a, b) (b's lanes are 4..7). */
+const pick = (lanes: number[]) => lanes.flatMap((lane) => [0, 1, 2, 3].map((byte) => 4 * lane + byte)).join(' ');
+
+/** [Σ s0, Σ s1, Σ s2, Σ s3] from four i32x4 partial sums. */
+const REDUCE = `(i32x4.add
+    (i8x16.shuffle ${pick([0, 2, 4, 6])} (local.get $t01) (local.get $t23))
+    (i8x16.shuffle ${pick([1, 3, 5, 7])} (local.get $t01) (local.get $t23)))`;
+const pairSums = (a: string, b: string, into: string) => `(local.set $${into} (i32x4.add
+    (i8x16.shuffle ${pick([0, 1, 4, 5])} (local.get $${a}) (local.get $${b}))
+    (i8x16.shuffle ${pick([2, 3, 6, 7])} (local.get $${a}) (local.get $${b}))))`;
+
+/**
+ * The fp16 scales of the four rows' current blocks as f32x4 (exact: magnitude·2^112, sign copied).
+ * Row r's block sits `r·stride` bytes after row 0's.
+ */
+const scales = (stride: number) => `(local.set $h
+    (v128.load16_lane offset=${3 * stride} align=1 6 (local.get $p) (v128.load16_lane offset=${2 * stride} align=1 4 (local.get $p)
+    (v128.load16_lane offset=${stride} align=1 2 (local.get $p) (v128.load16_lane align=1 0 (local.get $p) (v128.const i32x4 0 0 0 0))))))
+  (v128.or
+    (f32x4.mul (i32x4.shl (v128.and (local.get $h) ${splatI32(0x7fff)}) (i32.const 13)) (v128.const f32x4 0x1p112 0x1p112 0x1p112 0x1p112))
+    (i32x4.shl (v128.and (local.get $h) ${splatI32(0x8000)}) (i32.const 16)))`;
+
+/** The activation block as i16x8 × 4 (elements 0–7, 8–15, 16–23, 24–31), for the widening products. */
+const WIDE_X = [0, 8, 16, 24]
+  .map((offset, i) => `(local.set $x${i} (v128.load8x8_s offset=${offset} align=1 (local.get $xqp)))`)
+  .join('\n');
+/** The activation block as two i8x16 (elements 0–15, 16–31), for the relaxed products. */
+const NARROW_X = `(local.set $xa (v128.load align=1 (local.get $xqp))) (local.set $xb (v128.load offset=16 align=1 (local.get $xqp)))`;
+
+/** Σ x·q over the Q4_0 block `at` bytes after $p (q the unsigned nibbles), as four i32 lanes. */
+const q4RowDot = (variant: KernelVariant, at: number): string => {
+  const load = `(local.set $q (v128.load offset=${at + 2} align=1 (local.get $p)))`;
+  const lo = `(v128.and (local.get $q) ${splatI32(0x0f0f0f0f)})`;
+  const hi = `(i8x16.shr_u (local.get $q) (i32.const 4))`;
+  if (variant === 'relaxed-simd') {
+    return `${load}
+    (i32x4.extadd_pairwise_i16x8_s (i16x8.add
+      (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xa) ${lo})
+      (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xb) ${hi})))`;
+  }
+  return `${load}
+    (local.set $lo ${lo})
+    (local.set $hi ${hi})
+    (i32x4.add
+      (i32x4.add (i32x4.dot_i16x8_s (local.get $x0) (i16x8.extend_low_i8x16_u (local.get $lo)))
+                 (i32x4.dot_i16x8_s (local.get $x1) (i16x8.extend_high_i8x16_u (local.get $lo))))
+      (i32x4.add (i32x4.dot_i16x8_s (local.get $x2) (i16x8.extend_low_i8x16_u (local.get $hi)))
+                 (i32x4.dot_i16x8_s (local.get $x3) (i16x8.extend_high_i8x16_u (local.get $hi)))))`;
+};
+
+/** Σ x·q over the Q8_0 block `at` bytes after $p, as four i32 lanes. */
+const q8RowDot = (at: number): string => {
+  const part = (i: number) => `(i32x4.dot_i16x8_s (local.get $x${i}) (v128.load8x8_s offset=${at + 2 + 8 * i} align=1 (local.get $p)))`;
+  return `(i32x4.add (i32x4.add ${part(0)} ${part(1)}) (i32x4.add ${part(2)} ${part(3)}))`;
+};
+
+/** The export running `format` products over `cols` inputs. */
+const gemmName = (format: BlockFormat, cols: number) => `${format}_${cols}`;
+
+/**
+ * gemm(w, row, rowEnd, m, xq, xd, xs, out, n), specialised for rows of `cols` inputs (so every
+ * row offset is a constant and one pointer walks four rows): for output rows [row, rowEnd)
+ * (multiples of 4) of the block matrix at w and activation rows i < m (xq: int8 [m, cols];
+ * xd: f32 [m, cols/32] block scales; xs: i32 [m, cols/32] = 8·Σ block, Q4_0 only),
+ * out[i·n + r] = y.
+ */
+const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string => {
+  const size = BLOCK_BYTES[format];
+  const nb = cols / BLOCK;
+  const stride = nb * size;
+  const rowDot = (r: number) => (format === 'q4_0' ? q4RowDot(variant, r * stride) : q8RowDot(r * stride));
+  const loadX = format === 'q4_0' && variant === 'relaxed-simd' ? NARROW_X : WIDE_X;
+  const sums = format === 'q4_0' ? `(i32x4.sub ${REDUCE} (i32x4.splat (i32.load (local.get $xsp))))` : REDUCE;
+  return `
+  (func (export "${gemmName(format, cols)}") (param $w i32) (param $row i32) (param $rowEnd i32) (param $m i32)
+        (param $xq i32) (param $xd i32) (param $xs i32) (param $out i32) (param $n i32)
+    (local $i i32) (local $b i32) (local $p i32) (local $xqp i32) (local $xdp i32) (local $xsp i32)
+    (local $acc v128) (local $xa v128) (local $xb v128) (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
+    (local $q v128) (local $lo v128) (local $hi v128) (local $s0 v128) (local $s1 v128) (local $s2 v128) (local $s3 v128)
+    (local $t01 v128) (local $t23 v128) (local $h v128)
+    (block $done (loop $rows
+      (br_if $done (i32.ge_u (local.get $row) (local.get $rowEnd)))
+      (local.set $i (i32.const 0))
+      (block $rowsDone (loop $activations
+        (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $m)))
+        (local.set $p (i32.add (local.get $w) (i32.mul (local.get $row) (i32.const ${stride}))))
+        (local.set $xqp (i32.add (local.get $xq) (i32.mul (local.get $i) (i32.const ${cols}))))
+        (local.set $xdp (i32.add (local.get $xd) (i32.mul (local.get $i) (i32.const ${4 * nb}))))
+        (local.set $xsp (i32.add (local.get $xs) (i32.mul (local.get $i) (i32.const ${4 * nb}))))
+        (local.set $acc (v128.const i32x4 0 0 0 0))
+        (local.set $b (i32.const ${nb}))
+        (loop $blocks
+          ${loadX}
+          (local.set $s0 ${rowDot(0)})
+          (local.set $s1 ${rowDot(1)})
+          (local.set $s2 ${rowDot(2)})
+          (local.set $s3 ${rowDot(3)})
+          ${pairSums('s0', 's1', 't01')}
+          ${pairSums('s2', 's3', 't23')}
+          (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+            (f32x4.convert_i32x4_s ${sums})
+            (f32x4.mul (block (result v128) ${scales(stride)}) (f32x4.splat (f32.load (local.get $xdp)))))))
+          (local.set $p (i32.add (local.get $p) (i32.const ${size})))
+          (local.set $xqp (i32.add (local.get $xqp) (i32.const ${BLOCK})))
+          (local.set $xdp (i32.add (local.get $xdp) (i32.const 4)))
+          (local.set $xsp (i32.add (local.get $xsp) (i32.const 4)))
+          (br_if $blocks (local.tee $b (i32.sub (local.get $b) (i32.const 1)))))
+        (v128.store align=4 (i32.add (local.get $out)
+            (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $row)) (i32.const 2)))
+          (local.get $acc))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $activations)))
+      (local.set $row (i32.add (local.get $row) (i32.const 4)))
+      (br $rows)))
+  )`;
+};
+
+/** One module per variant and set of row widths: both formats, each width its own function. */
+const kernelText = (variant: KernelVariant, widths: readonly number[]): string =>
+  `(module
+  (import "env" "memory" (memory 1 ${MAX_PAGES} shared))
+  ${FORMATS.flatMap((format) => widths.map((cols) => gemm(format, cols, variant))).join('\n')}
+)`;
+
+/** One specialised product (see `gemm`). */
+type Gemm = (w: number, row: number, rowEnd: number, m: number, xq: number, xd: number, xs: number, out: number, n: number) => void;
+const FORMATS: readonly BlockFormat[] = ['q4_0', 'q8_0'];
+
+type Wabt = Awaited<ReturnType<typeof wabtInit>>;
+let wabt: Promise<Wabt> | null = null;
+
+function assemble(toolkit: Wabt, variant: KernelVariant, widths: readonly number[]): Uint8Array<ArrayBuffer> {
+  const features = { simd: true, threads: true, relaxed_simd: variant === 'relaxed-simd' };
+  const parsed = toolkit.parseWat(`block-kernel-${variant}.wat`, kernelText(variant, widths), features);
+  try {
+    // wabt.js's validate takes the features too (its typings omit the parameter).
+    (parsed.validate as (options: typeof features) => void).call(parsed, features);
+    return new Uint8Array(parsed.toBinary({}).buffer);
+  } finally {
+    parsed.destroy();
+  }
+}
+
+/** The relaxed kernel's bytes are valid here, turning on Node 20's flag first if needed. */
+function engineAccepts(bytes: Uint8Array<ArrayBuffer>): boolean {
+  if (WebAssembly.validate(bytes)) return true;
+  setFlagsFromString('--experimental-wasm-relaxed-simd');
+  return WebAssembly.validate(bytes);
+}
+
+/** The width the relaxed variant is checked on. */
+const PROBE_COLS = 128;
+let relaxedCheck: Promise<string | null> | null = null;
+
+/** Null where the relaxed variant runs here and agrees bit for bit with the plain one; else why not. */
+function relaxedUnavailable(): Promise<string | null> {
+  relaxedCheck ??= (async () => {
+    const toolkit = await (wabt ??= wabtInit());
+    const relaxedBytes = assemble(toolkit, 'relaxed-simd', [PROBE_COLS]);
+    if (!engineAccepts(relaxedBytes)) return 'this WebAssembly engine has no relaxed SIMD';
+    const plain = new WebAssembly.Module(assemble(toolkit, 'simd', [PROBE_COLS]));
+    return agreesWithPlain(new WebAssembly.Module(relaxedBytes), plain)
+      ? null
+      : 'relaxed SIMD dot products disagree with the exact ones on this engine';
+  })();
+  return relaxedCheck;
+}
+
+const modules = new Map<string, Promise<WebAssembly.Module>>();
+
+/** The module for `variant` specialised to `widths`, compiled once per process. */
+function moduleFor(variant: KernelVariant, widths: readonly number[]): Promise<WebAssembly.Module> {
+  const key = `${variant}:${widths.join(',')}`;
+  let module = modules.get(key);
+  if (!module) {
+    module = (async () => new WebAssembly.Module(assemble(await (wabt ??= wabtInit()), variant, widths)))();
+    modules.set(key, module);
+  }
+  return module;
+}
+
+/** Runs both modules on one random Q4_0 product and compares the bits. */
+function agreesWithPlain(relaxed: WebAssembly.Module, simd: WebAssembly.Module): boolean {
+  const rows = 8;
+  const cols = PROBE_COLS;
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
+  const bytes = new Uint8Array(memory.buffer);
+  let seed = 12345;
+  const random = () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed >>> 8;
+  };
+  const nb = cols / BLOCK;
+  const weights = 0;
+  const xq = 4096;
+  const xd = 8192;
+  const xs = 8448;
+  for (let i = 0; i < rows * nb * BLOCK_BYTES.q4_0; i++) bytes[weights + i] = random() & 0xff;
+  for (let block = 0; block < rows * nb; block++) {
+    bytes[weights + block * BLOCK_BYTES.q4_0 + 1] = 0x3c; // scale ≈ 1: finite
+  }
+  const view = new DataView(memory.buffer);
+  for (let i = 0; i < cols; i++) view.setInt8(xq + i, (random() % 255) - 127);
+  for (let b = 0; b < nb; b++) {
+    view.setFloat32(xd + 4 * b, 0.01 * (b + 1), true);
+    let sum = 0;
+    for (let j = 0; j < BLOCK; j++) sum += view.getInt8(xq + b * BLOCK + j);
+    view.setInt32(xs + 4 * b, 8 * sum, true);
+  }
+  const run = (module: WebAssembly.Module, out: number) => {
+    const gemm = new WebAssembly.Instance(module, { env: { memory } }).exports[gemmName('q4_0', cols)] as Gemm;
+    gemm(weights, 0, rows, 1, xq, xd, xs, out, rows);
+    return Array.from(new Uint32Array(memory.buffer, out, rows));
+  };
+  return run(relaxed, 12288).join() === run(simd, 12800).join();
+}
+
+/** Which variant `BlockExpertKernel.create` picks by default, and why not the other. */
+export async function defaultKernelVariant(): Promise<{ variant: KernelVariant; note: string | null }> {
+  const note = await relaxedUnavailable();
+  return { variant: note === null ? 'relaxed-simd' : 'simd', note };
+}
+
+// ── the reference ──────────────────────────────────────────────────────────────────────────────
+
+/** Quantised activation rows as the kernel reads them (see `quantizeActivations`). */
+export interface QuantizedActivations {
+  /** int8 [rows, cols]. */
+  q: Int8Array;
+  /** f32 [rows, cols/32]: the block scales. */
+  d: Float32Array;
+  /** i32 [rows, cols/32]: 8 · Σ q over the block. */
+  sum8: Int32Array;
+}
+
+/**
+ * quantize_row_q8_0 in fp32 on `rows` rows of `cols` values from `values` at `from`, into the
+ * given arrays (which may be views into a kernel arena).
+ */
+export function quantizeActivations(values: Float32Array, from: number, rows: number, cols: number, into: QuantizedActivations): void {
+  const { q, d, sum8 } = into;
+  const blocks = (rows * cols) / BLOCK;
+  for (let block = 0; block < blocks; block++) {
+    const base = from + block * BLOCK;
+    let amax = 0;
+    for (let j = 0; j < BLOCK; j++) amax = Math.max(amax, Math.abs(values[base + j]!));
+    const scale = Math.fround(amax / 127);
+    const inverse = scale ? Math.fround(1 / scale) : 0;
+    d[block] = scale;
+    let sum = 0;
+    for (let j = 0; j < BLOCK; j++) {
+      const v = Math.fround(values[base + j]! * inverse);
+      const rounded = v < 0 ? -Math.round(-v) : Math.round(v); // roundf: half away from zero
+      q[block * BLOCK + j] = rounded;
+      sum += rounded;
+    }
+    sum8[block] = 8 * sum;
+  }
+}
+
+/** The kernel's sums and roundings in plain JS: out[i·n + r] for rows r < n, activation rows i < m. */
+export function blockGemmScalar(
+  format: BlockFormat,
+  weights: Uint8Array,
+  n: number,
+  cols: number,
+  m: number,
+  x: QuantizedActivations,
+  out: Float32Array,
+): void {
+  const nb = cols / BLOCK;
+  const size = BLOCK_BYTES[format];
+  const fround = Math.fround;
+  for (let r = 0; r < n; r++) {
+    for (let i = 0; i < m; i++) {
+      let acc = 0;
+      for (let b = 0; b < nb; b++) {
+        const at = (r * nb + b) * size;
+        const dw = fromFloat16Bits(weights[at]! | (weights[at + 1]! << 8));
+        const xb = (i * nb + b) * BLOCK;
+        let sum = 0;
+        if (format === 'q4_0') {
+          for (let j = 0; j < BLOCK / 2; j++) {
+            const byte = weights[at + 2 + j]!;
+            sum += x.q[xb + j]! * (byte & 0x0f) + x.q[xb + j + 16]! * (byte >>> 4);
+          }
+          sum -= x.sum8[i * nb + b]!;
+        } else {
+          for (let j = 0; j < BLOCK; j++) sum += x.q[xb + j]! * ((weights[at + 2 + j]! << 24) >> 24);
+        }
+        acc = fround(acc + fround(sum * fround(dw * x.d[i * nb + b]!)));
+      }
+      out[i * n + r] = acc;
+    }
+  }
+}
+
+// ── the SwiGLU around the two products ─────────────────────────────────────────────────────────
+
+/** The kernel's view of one product: x quantised in `scratch`, results in `scratch.out`. */
+type Product = (matrix: Uint8Array, n: number, cols: number, m: number) => void;
+
+interface Scratch extends QuantizedActivations {
+  out: Float32Array;
+  hidden: Float32Array;
+}
+
+/** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x ([rows, dim]), ROWS_PER_PASS rows per pass. */
+function swiglu(
+  product: Product,
+  scratch: Scratch,
+  x: Float32Array,
+  rows: number,
+  weights: ExpertWeights,
+  dim: number,
+  ffn: number,
+): Float32Array {
+  const y = new Float32Array(rows * dim);
+  const { out, hidden } = scratch;
+  for (let first = 0; first < rows; first += ROWS_PER_PASS) {
+    const m = Math.min(ROWS_PER_PASS, rows - first);
+    quantizeActivations(x, first * dim, m, dim, scratch);
+    product(weights.w13, 2 * ffn, dim, m);
+    for (let i = 0; i < m; i++) {
+      for (let c = 0; c < ffn; c++) {
+        const gate = out[i * 2 * ffn + c]!;
+        hidden[i * ffn + c] = (gate / (1 + Math.exp(-gate))) * out[i * 2 * ffn + ffn + c]!;
+      }
+    }
+    quantizeActivations(hidden, 0, m, ffn, scratch);
+    product(weights.w2, dim, ffn, m);
+    y.set(out.subarray(0, m * dim), first * dim);
+  }
+  return y;
+}
+
+function scratchFor(dim: number, ffn: number): { q: number; blocks: number; out: number } {
+  const widest = Math.max(dim, ffn);
+  return { q: ROWS_PER_PASS * widest, blocks: (ROWS_PER_PASS * widest) / BLOCK, out: ROWS_PER_PASS * Math.max(2 * ffn, dim) };
+}
+
+/** The whole expert in plain JS: bit-identical to `BlockExpertKernel.run` (tested). */
+export function runBlockExpertScalar(x: Float32Array, rows: number, weights: ExpertWeights, dim: number, ffn: number): Float32Array {
+  const size = scratchFor(dim, ffn);
+  const scratch: Scratch = {
+    q: new Int8Array(size.q),
+    d: new Float32Array(size.blocks),
+    sum8: new Int32Array(size.blocks),
+    out: new Float32Array(size.out),
+    hidden: new Float32Array(ROWS_PER_PASS * ffn),
+  };
+  const product: Product = (matrix, n, cols, m) => blockGemmScalar(weights.format, matrix, n, cols, m, scratch, scratch.out);
+  return swiglu(product, scratch, x, rows, weights, dim, ffn);
+}
+
+// ── arenas: the expert cache's buffers inside shared wasm memories ─────────────────────────────
+
+function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
+
+/** One shared wasm memory: a small scratch (activations, outputs) then fixed-size page-in buffers. */
+class Arena {
+  readonly memory: WebAssembly.Memory;
+  /** The module's products by export name (`gemmName`). */
+  readonly gemm: Record<string, Gemm>;
+  readonly scratch: Scratch;
+  private readonly free: number[] = [];
+  private readonly stride: number;
+  private readonly buffersStart: number;
+
+  constructor(
+    readonly id: number,
+    module: WebAssembly.Module,
+    readonly layout: ArenaLayout,
+    count: number,
+    ffn: number,
+  ) {
+    this.buffersStart = layout.buffersStart;
+    this.stride = layout.stride;
+    const pages = Math.ceil((this.buffersStart + count * this.stride) / PAGE);
+    this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+    this.gemm = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as Record<string, Gemm>;
+    const { buffer } = this.memory;
+    this.scratch = {
+      q: new Int8Array(buffer, layout.q, layout.size.q),
+      d: new Float32Array(buffer, layout.d, layout.size.blocks),
+      sum8: new Int32Array(buffer, layout.sum8, layout.size.blocks),
+      out: new Float32Array(buffer, layout.out, layout.size.out),
+      hidden: new Float32Array(ROWS_PER_PASS * ffn),
+    };
+    for (let slot = count - 1; slot >= 0; slot--) this.free.push(slot);
+  }
+
+  /** A whole slot: the image's bytes and the tail block a direct read may fill. */
+  allocate(): Uint8Array | null {
+    const slot = this.free.pop();
+    return slot === undefined ? null : new Uint8Array(this.memory.buffer, this.buffersStart + slot * this.stride, this.stride);
+  }
+
+  owns(bytes: Uint8Array): boolean {
+    return bytes.buffer === this.memory.buffer;
+  }
+
+  release(bytes: Uint8Array): void {
+    this.free.push((bytes.byteOffset - this.buffersStart) / this.stride);
+  }
+}
+
+interface ArenaLayout {
+  size: ReturnType<typeof scratchFor>;
+  q: number;
+  d: number;
+  sum8: number;
+  out: number;
+  buffersStart: number;
+  /** Size and distance of buffers: an image rounded up to BUFFER_ALIGNMENT (a direct read may fill the tail block). */
+  stride: number;
+}
+
+function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout {
+  const size = scratchFor(dim, ffn);
+  const q = 0;
+  const d = alignUp(q + size.q, 64);
+  const sum8 = alignUp(d + 4 * size.blocks, 64);
+  const out = alignUp(sum8 + 4 * size.blocks, 64);
+  const buffersStart = alignUp(out + 4 * size.out, BUFFER_ALIGNMENT);
+  return { size, q, d, sum8, out, buffersStart, stride: alignUp(bufferBytes, BUFFER_ALIGNMENT) };
+}
+
+// ── sharing a product with a helper thread ─────────────────────────────────────────────────────
+
+/**
+ * A product's output rows are cut into chunks that both threads claim from one shared counter;
+ * each chunk writes its own outputs, so the result does not depend on who took which. A helper
+ * that wakes late (2 cores, other work) only takes what is left: the calling thread never waits
+ * for it to start, only for a chunk it is already running.
+ *
+ * Control words: JOB counts published products (the helper sleeps on it); CLAIM is
+ * (product seq << 16 | next chunk); INFLIGHT counts helper claim attempts in progress; FAILED is
+ * set by a helper that threw. Each product's arguments sit in one of two slots (seq & 1): the
+ * caller writes the next product's slot while a late helper may still read the current one.
+ */
+const JOB = 0;
+const CLAIM = 1;
+const INFLIGHT = 2;
+const FAILED = 3;
+const ARGS = 4; // two slots of: arena, product (index into `names`), w, n, m, xq, xd, xs, out, chunks
+const SLOT = 10;
+/** A chunk takes well under a millisecond: far beyond this, the helper is gone. */
+const HELPER_TIMEOUT_MS = 30_000;
+
+const HELPER_SOURCE = `
+const { workerData, receiveMessageOnPort } = require('node:worker_threads');
+const { module, names, control, port } = workerData;
+const arenas = new Map();
+const receive = () => {
+  const received = receiveMessageOnPort(port);
+  if (received) {
+    const { id, memory } = received.message;
+    const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
+    arenas.set(id, names.map((name) => exports[name]));
+  }
+  return received !== undefined;
+};
+let seenJob = Atomics.load(control, ${JOB});
+for (;;) {
+  Atomics.wait(control, ${JOB}, seenJob);
+  seenJob = Atomics.load(control, ${JOB});
+  for (;;) {
+    Atomics.add(control, ${INFLIGHT}, 1);
+    let more = false;
+    try {
+      const claim = Atomics.load(control, ${CLAIM});
+      const seq = claim >>> 16;
+      const base = ${ARGS} + (seq & 1) * ${SLOT};
+      const [id, product, w, n, m, xq, xd, xs, out, chunks] = control.subarray(base, base + ${SLOT});
+      const chunk = claim & 0xffff;
+      if (chunk < chunks && Atomics.compareExchange(control, ${CLAIM}, claim, claim + 1) === claim) {
+        // An arena posted just before this product may still be on its way.
+        while (receive());
+        for (let spins = 0; !arenas.has(id) && spins < 1e7; spins++) receive();
+        arenas.get(id)[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, xq, xd, xs, out, n);
+        more = true;
+      } else more = chunk < chunks; // lost a race for a chunk: try the next one
+    } catch {
+      Atomics.store(control, ${FAILED}, 1);
+    }
+    Atomics.sub(control, ${INFLIGHT}, 1);
+    Atomics.notify(control, ${INFLIGHT});
+    if (!more) break;
+  }
+}`;
+
+class Helper {
+  private readonly control = new Int32Array(new SharedArrayBuffer(4 * (ARGS + 2 * SLOT)));
+  private readonly port: MessagePort;
+  private readonly worker: Worker;
+  private seq = 0;
+
+  /** `names`: the module's products, in the order the control words index them. */
+  constructor(
+    module: WebAssembly.Module,
+    private readonly names: readonly string[],
+  ) {
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    this.worker = new Worker(HELPER_SOURCE, {
+      eval: true,
+      workerData: { module, names, control: this.control, port: port2 },
+      transferList: [port2],
+    });
+    this.worker.unref();
+  }
+
+  addArena(arena: Arena): void {
+    this.port.postMessage({ id: arena.id, memory: arena.memory });
+  }
+
+  /** The product over all n output rows, chunks shared with the helper thread. */
+  share(arena: Arena, name: string, w: number, n: number, m: number): void {
+    const { control } = this;
+    const { q, d, sum8, out } = arena.scratch;
+    const chunks = Math.ceil(n / CHUNK_ROWS);
+    // No helper attempt of the previous product is in flight (we waited for INFLIGHT).
+    this.seq = (this.seq % 0x7fff) + 1;
+    const args = [w, n, m, q.byteOffset, d.byteOffset, sum8.byteOffset, out.byteOffset];
+    control.set([arena.id, this.names.indexOf(name), ...args, chunks], ARGS + (this.seq & 1) * SLOT);
+    Atomics.store(control, CLAIM, this.seq << 16);
+    Atomics.add(control, JOB, 1);
+    Atomics.notify(control, JOB);
+    const gemm = arena.gemm[name]!;
+    for (;;) {
+      const chunk = Atomics.add(control, CLAIM, 1) & 0xffff;
+      if (chunk >= chunks) break;
+      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, q.byteOffset, d.byteOffset, sum8.byteOffset, out.byteOffset, n);
+    }
+    // Every chunk is claimed; wait for the ones the helper is still running.
+    const deadline = performance.now() + HELPER_TIMEOUT_MS;
+    for (let inflight = Atomics.load(control, INFLIGHT); inflight !== 0; inflight = Atomics.load(control, INFLIGHT)) {
+      if (Atomics.wait(control, INFLIGHT, inflight, 1000) === 'timed-out' && performance.now() > deadline) {
+        throw new Error(`the expert kernel's helper thread did not finish its chunk within ${HELPER_TIMEOUT_MS / 1000} s`);
+      }
+    }
+    if (Atomics.exchange(control, FAILED, 0) !== 0)
+      throw new Error("the expert kernel's helper thread failed on its part of a matrix product");
+  }
+
+  async terminate(): Promise<void> {
+    this.port.close();
+    await this.worker.terminate();
+  }
+}
+
+// ── the kernel the expert provider uses ────────────────────────────────────────────────────────
+
+export interface BlockExpertKernelOptions {
+  dim: number;
+  ffn: number;
+  /** Size of one expert file image; buffers are this rounded up to BUFFER_ALIGNMENT. */
+  bufferBytes: number;
+  /** Buffers the first arenas are sized for (the cache's experts plus loads in flight); more get a new arena. */
+  expectedBuffers: number;
+  /** 2: this thread plus a helper thread; 1: this thread alone. */
+  threads: number;
+  /** Default: relaxed SIMD where it is available and exact (see `defaultKernelVariant`). */
+  variant?: KernelVariant;
+}
+
+/**
+ * Runs block-quantised experts from the expert cache's buffers, which it allocates inside its
+ * arenas (the kernel can only address its own memory; an arena is one shared wasm memory of
+ * ≤ 4 GiB). Each `run` is synchronous from start to end, so one scratch per arena suffices even
+ * when forward passes overlap.
+ */
+export class BlockExpertKernel implements ExpertBufferPool {
+  private readonly arenas: Arena[] = [];
+  private readonly helper: Helper | null;
+  private readonly layout: ArenaLayout;
+  private provisioned = 0;
+
+  private constructor(
+    private readonly options: BlockExpertKernelOptions,
+    private readonly module: WebAssembly.Module,
+    readonly variant: KernelVariant,
+  ) {
+    const { dim, ffn } = options;
+    if (dim % BLOCK !== 0 || ffn % BLOCK !== 0)
+      throw new RangeError(`block experts need dim and ffn multiples of ${BLOCK}, not ${dim} and ${ffn}`);
+    this.layout = arenaLayout(dim, ffn, options.bufferBytes);
+    const names = FORMATS.flatMap((format) => [gemmName(format, dim), gemmName(format, ffn)]);
+    this.helper = options.threads > 1 ? new Helper(module, names) : null;
+  }
+
+  static async create(options: BlockExpertKernelOptions): Promise<BlockExpertKernel> {
+    const unavailable = await relaxedUnavailable();
+    const variant = options.variant ?? (unavailable === null ? 'relaxed-simd' : 'simd');
+    if (variant === 'relaxed-simd' && unavailable !== null)
+      throw new Error(`the relaxed SIMD expert kernel cannot run here: ${unavailable}`);
+    const widths = [...new Set([options.dim, options.ffn])];
+    return new BlockExpertKernel(options, await moduleFor(variant, widths), variant);
+  }
+
+  allocate(): Uint8Array {
+    for (const arena of this.arenas) {
+      const buffer = arena.allocate();
+      if (buffer) return buffer;
+    }
+    const fit = Math.max(0, Math.floor((MAX_PAGES * PAGE - this.layout.buffersStart) / this.layout.stride));
+    const count = Math.max(1, Math.min(fit, this.options.expectedBuffers - this.provisioned));
+    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn);
+    this.arenas.push(arena);
+    this.helper?.addArena(arena);
+    this.provisioned += count;
+    return arena.allocate()!;
+  }
+
+  release(buffer: Uint8Array): void {
+    this.arenas.find((arena) => arena.owns(buffer))?.release(buffer);
+  }
+
+  /** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x [rows, dim]; `weights` must live in one of our buffers. */
+  run(x: Float32Array, rows: number, weights: ExpertWeights): Float32Array {
+    const { dim, ffn } = this.options;
+    const arena = this.arenas.find((candidate) => candidate.owns(weights.w13));
+    if (!arena?.owns(weights.w2)) {
+      throw new RangeError("expert weights outside the kernel's arenas (allocate page-in buffers with BlockExpertKernel.allocate)");
+    }
+    const product: Product = (matrix, n, cols, m) => this.product(arena, weights.format, matrix, n, cols, m);
+    return swiglu(product, arena.scratch, x, rows, weights, dim, ffn);
+  }
+
+  private product(arena: Arena, format: BlockFormat, matrix: Uint8Array, n: number, cols: number, m: number): void {
+    const name = gemmName(format, cols);
+    if (this.helper && matrix.byteLength >= SPLIT_MIN_BYTES && n >= 2 * CHUNK_ROWS) {
+      this.helper.share(arena, name, matrix.byteOffset, n, m);
+    } else {
+      const { q, d, sum8, out } = arena.scratch;
+      arena.gemm[name]!(matrix.byteOffset, 0, n, m, q.byteOffset, d.byteOffset, sum8.byteOffset, out.byteOffset, n);
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await this.helper?.terminate();
+  }
+}
