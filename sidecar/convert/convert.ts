@@ -1,5 +1,5 @@
 /**
- * Checkpoint → store conversion: reads the source tensor by tensor, builds the ONNX graphs at the
+ * Checkpoint folder or GGUF file → store conversion: reads the source tensor by tensor, builds the ONNX graphs at the
  * requested precision, copies tokenizer files, writes the manifest. Everything is written into a
  * temporary sibling folder that is renamed into place at the end, so a failure leaves nothing
  * half-written at the destination.
@@ -7,12 +7,15 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
+import type { ExpertBits } from '../engine/experts/expert-store.ts';
 import { modelError, SidecarError } from '../errors.ts';
-import { Checkpoint, expectedTensors } from '../formats/checkpoint.ts';
+import { expectedTensors } from '../formats/checkpoint.ts';
+import { openModelSource } from '../formats/open-model-source.ts';
 import { type Precision, quantizationPlan } from '../formats/quantize.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-manifest.ts';
 import { type BuildContext, buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph } from '../graph/models.ts';
+import { sentencePiecesToTokenizerJson } from '../text/tokenizer.ts';
+import { buildExpertStoreFrom } from './expert-blocks.ts';
 
 export type { Precision } from '../formats/quantize.ts';
 export type { Manifest } from '../formats/store-manifest.ts';
@@ -24,7 +27,7 @@ export interface ConvertOptions {
   to: string;
   precision: Precision;
   onProgress?: (done: number, total: number, label: string) => void;
-  /** Model name recorded in the manifest; defaults to the source folder's name. */
+  /** Model name recorded in the manifest; defaults to the source folder's name (a GGUF file's, without .gguf). */
   name?: string;
   /**
    * Mixtral: the experts' block format (expert-store.ts): 4 = Q4_0, 8 = Q8_0. Default: 4 for int4
@@ -70,35 +73,42 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
   const from = resolve(options.from);
   const to = resolve(options.to);
   if (await isNonEmptyDir(to)) throw modelError(`destination ${to} already exists and is not empty; choose a new folder`);
-  if (!(await exists(from))) throw modelError(`checkpoint folder ${from} does not exist`);
+  if (!(await exists(from))) throw modelError(`checkpoint folder or GGUF file ${from} does not exist`);
 
-  const checkpoint = await Checkpoint.open(from);
+  const source = await openModelSource(from);
   const staging = join(dirname(to), `.${basename(to)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await mkdir(staging, { recursive: true });
-    const { config } = checkpoint;
+    const { config } = source;
     const tensors = expectedTensors(config);
     const total = tensors.length;
     let done = 0;
     onProgress?.(0, total, 'reading checkpoint');
     const weights = {
       read: async (name: string) => {
-        const data = await checkpoint.read(name);
+        const data = await source.read(name);
         onProgress?.(++done, total, name);
         return data;
       },
     };
     const graphs = await buildGraphs({ dir: staging, config, precision, weights });
-    // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts).
-    if (config.numExperts > 0) await buildExpertStore(checkpoint, staging, options.expertBits ?? (precision === 'int4' ? 4 : 8));
-    for (const file of await checkpoint.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
+    // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts);
+    // a GGUF file's experts already in that block format are copied as they are.
+    if (config.numExperts > 0) await buildExpertStoreFrom(source, staging, options.expertBits ?? (precision === 'int4' ? 4 : 8));
+    for (const file of await source.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
+    // A GGUF file's vocabulary becomes the store's tokenizer.json.
+    const vocabulary = source.vocabulary?.();
+    if (vocabulary) {
+      const json = sentencePiecesToTokenizerJson(vocabulary.pieces, vocabulary.addDummyPrefix);
+      await writeFile(join(staging, 'tokenizer.json'), JSON.stringify(json));
+    }
 
     const files = [];
     for (const file of (await readdir(staging)).sort()) files.push({ path: file, bytes: (await stat(join(staging, file))).size });
     const manifest: Manifest = {
       formatVersion: FORMAT_VERSION,
-      name: options.name ?? basename(from),
-      sourceHash: await checkpoint.sourceHash(),
+      name: options.name ?? source.defaultName,
+      sourceHash: await source.sourceHash(),
       precision,
       ...(precision === 'fp32' ? {} : { quantization: quantizationPlan(precision) }),
       architecture: config.architecture,
@@ -120,6 +130,6 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
     if (error instanceof SidecarError) throw error;
     throw modelError(`converting ${from} failed: ${(error as Error).message}`, error);
   } finally {
-    await checkpoint.close();
+    await source.close();
   }
 }

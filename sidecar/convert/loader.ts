@@ -1,12 +1,12 @@
 /**
- * Checkpoint folder → store. A folder that is already a store is used as it is; a raw checkpoint
- * (Mistral's or Hugging Face's layout) is converted once into the store cache, keyed by its
+ * Checkpoint folder or GGUF file → store. A folder that is already a store is used as it is; a raw
+ * checkpoint (Mistral's or Hugging Face's layout, or a GGUF file) is converted once into the store cache, keyed by its
  * content hash and precision, and reused from then on. The engine itself only runs stores.
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type LoadOptions, loadModel, type ModelRuntime } from '../engine/index.ts';
-import { Checkpoint } from '../formats/checkpoint.ts';
+import { openModelSource } from '../formats/open-model-source.ts';
 import type { Precision } from '../formats/quantize.ts';
 import { isStore, readManifest } from '../formats/store-manifest.ts';
 import { convertCheckpoint } from './convert.ts';
@@ -18,7 +18,7 @@ export const DEFAULT_CHECKPOINT_PRECISION: Precision = 'int4';
 /** The store for `dir`: `dir` itself when it is one, else the checkpoint's converted store in the cache. */
 export async function storeFor(dir: string, precision: Precision = DEFAULT_CHECKPOINT_PRECISION): Promise<string> {
   if (await isStore(dir)) return dir;
-  const checkpoint = await Checkpoint.open(dir);
+  const checkpoint = await openModelSource(dir);
   let hash: string;
   try {
     hash = await checkpoint.sourceHash();

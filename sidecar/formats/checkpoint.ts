@@ -12,6 +12,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { modelError } from '../errors.ts';
 import { type CheckpointLayout, type ModelConfig, readModelConfig } from './model-config.ts';
+import type { ModelSource } from './model-source.ts';
 import { SafetensorsFile, type TensorInfo } from './safetensors.ts';
 
 export interface ExpectedTensor {
@@ -123,7 +124,7 @@ async function listWeightFiles(dir: string, layout: CheckpointLayout): Promise<s
   return files.map((f) => join(dir, f));
 }
 
-export class Checkpoint {
+export class Checkpoint implements ModelSource {
   private constructor(
     readonly dir: string,
     readonly layout: CheckpointLayout,
@@ -207,6 +208,14 @@ export class Checkpoint {
   async tokenizerFiles(): Promise<string[]> {
     const entries = await readdir(this.dir);
     return ['tokenizer.json', 'tokenizer.model', 'tokenizer_config.json'].filter((f) => entries.includes(f)).map((f) => join(this.dir, f));
+  }
+
+  get path(): string {
+    return this.dir;
+  }
+
+  get defaultName(): string {
+    return basename(this.dir);
   }
 
   async close(): Promise<void> {

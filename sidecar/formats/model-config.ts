@@ -88,7 +88,7 @@ class FieldReader {
 }
 
 /** Checks the relations between fields that the graph relies on. */
-function validate(config: ModelConfig, file: string): ModelConfig {
+export function validateConfig(config: ModelConfig, file: string): ModelConfig {
   if (config.nHeads % config.nKvHeads !== 0) {
     throw modelError(`${file}: n_heads (${config.nHeads}) must be a multiple of n_kv_heads (${config.nKvHeads})`);
   }
@@ -113,7 +113,7 @@ export function parseNativeParams(json: Json, file: string): ModelConfig {
   const dim = f.int('dim');
   const nHeads = f.int('n_heads');
   const numExperts = moe ? moe.int('num_experts') : 0;
-  return validate(
+  return validateConfig(
     {
       architecture: moe ? 'mixtral' : 'mistral',
       dim,
@@ -161,7 +161,7 @@ export function parseHfConfig(json: Json, file: string): ModelConfig {
   const dim = f.int('hidden_size');
   const nHeads = f.int('num_attention_heads');
   const isMoe = architecture === 'mixtral';
-  return validate(
+  return validateConfig(
     {
       architecture,
       dim,

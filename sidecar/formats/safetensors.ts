@@ -164,7 +164,7 @@ function halfToFloatTable(): Float32Array {
   return halfTable;
 }
 
-function decodeFloats(bytes: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): Float32Array {
+export function decodeFloats(bytes: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): Float32Array {
   // Copying into a fresh aligned buffer: the file's offsets need not be aligned.
   if (dtype === 'F32') return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
   const count = bytes.byteLength / 2;

@@ -166,7 +166,8 @@ message ModelProto {
 /** protobufjs message type for SentencePiece's ModelProto (also used by tests to write model files). */
 export const sentencePieceModelProto = protobuf.parse(SENTENCEPIECE_PROTO, { keepCase: true }).root.lookupType('ModelProto');
 
-interface SentencePiece {
+/** One vocabulary entry as SentencePiece (and GGUF's llama vocabulary) lists it. */
+export interface SentencePiece {
   piece: string;
   score: number;
   type: number;
@@ -197,10 +198,19 @@ export function sentencePieceToTokenizerJson(bytes: Uint8Array, file: string): T
   if (modelType !== BPE_MODEL) {
     throw modelError(`${file}: only SentencePiece BPE models are supported (model_type ${modelType}); provide tokenizer.json instead`);
   }
+  return sentencePiecesToTokenizerJson(model.pieces, model.normalizer_spec?.add_dummy_prefix ?? true);
+}
+
+/**
+ * A SentencePiece BPE vocabulary (pieces in id order, scores, types) as tokenizer.json: every split
+ * of a piece into two pieces is a merge, ranked by the merged piece's score; unknown and control
+ * pieces become special tokens.
+ */
+export function sentencePiecesToTokenizerJson(pieces: readonly SentencePiece[], addDummyPrefix: boolean): TokenizerJson {
   const vocab: Record<string, number> = {};
-  for (const [id, { piece }] of model.pieces.entries()) vocab[piece] = id;
+  for (const [id, { piece }] of pieces.entries()) vocab[piece] = id;
   const ranked: Array<{ left: string; right: string; score: number }> = [];
-  for (const { piece, score } of model.pieces) {
+  for (const { piece, score } of pieces) {
     const local: Array<{ left: string; right: string; score: number }> = [];
     const chars = Array.from(piece);
     for (let split = 1; split < chars.length; split++) {
@@ -212,14 +222,14 @@ export function sentencePieceToTokenizerJson(bytes: Uint8Array, file: string): T
     for (const merge of local) ranked.push(merge);
   }
   ranked.sort((a, b) => b.score - a.score); // stable: ties keep vocabulary order
-  const specials = model.pieces
+  const specials = pieces
     .map(({ piece, type }, id) => ({ id, content: piece, type }))
     .filter(({ type }) => type === PIECE_CONTROL || type === PIECE_UNKNOWN);
   return sentencePieceBpeJson(
     vocab,
     ranked.map(({ left, right }) => [left, right]),
     specials,
-    model.normalizer_spec?.add_dummy_prefix ?? true,
+    addDummyPrefix,
   );
 }
 
