@@ -24,7 +24,7 @@ export const SERVE_HELP = `usage: sirocco serve [options]
 Runs a sidecar: the Mistral chat API over local models with continuous batching. Logs are JSON lines
 on stdout; SIGTERM or SIGINT shuts it down gracefully.
 
-  --model DIR[,DIR…]    checkpoint folders or converted stores, one per model id; "demo" = the built-in
+  --model DIR[,DIR…]    checkpoint folders, GGUF files or converted stores, one per model id; "demo" = the built-in
                         tiny Mistral, "demo-small" = the tiny Mixtral (default: both demo models).
                         The demo models have random weights (nonsense text); on them an unset
                         max_tokens is ${DEMO_DEFAULT_MAX_TOKENS}.

@@ -1,5 +1,5 @@
 /**
- * `sirocco convert`: turn a Mistral-native or Hugging Face checkpoint folder into a store
+ * `sirocco convert`: turn a Mistral-native or Hugging Face checkpoint folder, or a GGUF file, into a store
  * (ONNX graphs + quantized weights + manifest). Progress goes to stderr; the store path to stdout.
  */
 import { SingleBar } from 'cli-progress';
@@ -8,14 +8,17 @@ import type { ExpertBits } from '../../sidecar/engine/index.ts';
 import { CliError, parseCommandArgs, requireOption } from '../args.ts';
 import { parsePrecision } from '../engine-flags.ts';
 
-export const summary = 'convert a checkpoint into a store: --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]';
+export const summary =
+  'convert a checkpoint into a store: --from DIR|FILE.gguf --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]';
 
-const HELP = `usage: sirocco convert --from DIR --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]
+const HELP = `usage: sirocco convert --from DIR|FILE.gguf --to STORE [--precision int4|int8|fp32] [--expert-bits 4|8]
 
 Progress goes to stderr; the store's path to stdout.
 
   --from DIR        checkpoint folder: params.json + consolidated*.safetensors (Mistral) or
-                    config.json + model*.safetensors [+ model.safetensors.index.json] (Hugging Face)
+                    config.json + model*.safetensors [+ model.safetensors.index.json] (Hugging Face);
+                    or a llama.cpp GGUF file (llama architecture: Mistral, Mixtral; F32, F16, BF16,
+                    Q8_0, Q4_0, Q4_K, Q5_K, Q6_K tensors; llama.cpp semantics: no sliding window)
                     (required)
   --to STORE        new folder for the converted store (must not exist or be empty) (required)
   --precision P     int4 (MatMulNBits 4-bit), int8, or fp32 (default int4)
@@ -26,7 +29,8 @@ Progress goes to stderr; the store's path to stdout.
 
 examples:
   sirocco convert --from ./Mistral-7B-v0.1 --to ./stores/mistral-7b-int4
-  sirocco convert --from ./Mixtral-8x7B-v0.1 --to ./stores/mixtral-int8 --precision int8 --expert-bits 4`;
+  sirocco convert --from ./Mixtral-8x7B-v0.1 --to ./stores/mixtral-int8 --precision int8 --expert-bits 4
+  sirocco convert --from ./mixtral-8x7b.Q4_0.gguf --to ./stores/mixtral-q4`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {

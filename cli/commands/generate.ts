@@ -25,7 +25,7 @@ const HELP = `usage: sirocco generate --prompt TEXT [options]
 Streams a completion to stdout; usage figures go to stderr.
 
   --prompt TEXT         the user message (wrapped in Mistral's [INST] template unless --raw) (required)
-  --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store;
+  --model DIR           checkpoint folder (Mistral native or Hugging Face layout), GGUF file or converted store;
                         "demo" = the built-in tiny Mistral, "demo-small" = the tiny Mixtral (default demo).
                         The demo models have random weights: their text is nonsense.
   --raw                 feed the prompt as plain text after BOS, without the chat template (default off)

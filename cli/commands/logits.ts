@@ -8,16 +8,16 @@ import { isStore } from '../../sidecar/formats/store-manifest.ts';
 import { CliError, parseCommandArgs, requireOption } from '../args.ts';
 import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from '../engine-flags.ts';
 
-export const summary = 'print the logits of every position: --model DIR --tokens 1,2,3 [--precision fp32|int8|int4]';
+export const summary = 'print the logits of every position: --model DIR|FILE.gguf --tokens 1,2,3 [--precision fp32|int8|int4]';
 
-const HELP = `usage: sirocco logits --model DIR --tokens 1,2,3 [options]
+const HELP = `usage: sirocco logits --model DIR|FILE.gguf --tokens 1,2,3 [options]
 
 Prints one JSON object {"logits": [[…], …]} on stdout: a row per input position, the full vocabulary.
 
-  --model DIR           checkpoint folder (Mistral native or Hugging Face layout) or converted store
-                        (required)
+  --model DIR           checkpoint folder (Mistral native or Hugging Face layout), GGUF file (converted
+                        once into the store cache) or converted store (required)
   --tokens IDS          comma-separated token ids; BOS is not added (required)
-  --precision P         fp32 | int8 | int4; for a checkpoint folder the conversion precision (default fp32),
+  --precision P         fp32 | int8 | int4; for a checkpoint folder or GGUF file the conversion precision (default fp32),
                         for a store it must match the store's (default: the store's)
 ${ENGINE_FLAGS_HELP}
   -h, --help            this help
@@ -49,7 +49,7 @@ export async function run(argv: string[]): Promise<number> {
   const model = requireOption(values.model, 'model');
   const tokens = parseTokens(requireOption(values.tokens, 'tokens'));
   const engine = parseEngineFlags(values);
-  // A store keeps its own precision; a raw checkpoint defaults to exact fp32 logits.
+  // A store keeps its own precision; a raw checkpoint or GGUF file defaults to exact fp32 logits.
   const precision = engine.precision ?? ((await isStore(model)) ? undefined : 'fp32');
 
   const runtime = await openModel(model, { ...engine, precision });

@@ -98,6 +98,10 @@ export class GgufFile {
       }
       if (!parsed.littleEndian) throw modelError(`${path}: big-endian GGUF files are not supported`);
       const dataOffset = toNumber(parsed.tensorDataOffset);
+      // The parser reads past the end of a short file as zeros rather than failing.
+      if (parsed.tensorInfoByteRange[1] > size || dataOffset > size) {
+        throw modelError(`${path} is truncated: the file ends (at byte ${size}) inside its header`);
+      }
       const tensors = new Map<string, GgufTensor>();
       for (const info of parsed.tensorInfos) {
         const shape = info.shape.map(toNumber);
@@ -115,7 +119,7 @@ export class GgufFile {
         }
         tensors.set(info.name, { name: info.name, typeName, layout, shape, byteOffset: dataOffset + toNumber(info.offset), byteLength });
       }
-      checkExtents(path, size, dataOffset, [...tensors.values()]);
+      checkExtents(path, size, [...tensors.values()]);
       return new GgufFile(path, handle, size, parsed.metadata as Record<string, MetadataValue>, tensors, dataOffset);
     } catch (error) {
       await handle.close();
@@ -195,9 +199,7 @@ export function decodeTensorBytes(dtype: GgufDType, bytes: Uint8Array, count: nu
 }
 
 /** Every tensor lies inside the file, after the header, without overlapping the next one. */
-function checkExtents(path: string, size: number, dataOffset: number, tensors: GgufTensor[]): void {
-  if (dataOffset > size)
-    throw modelError(`${path} is truncated: its header says the data starts at byte ${dataOffset}, the file has ${size}`);
+function checkExtents(path: string, size: number, tensors: GgufTensor[]): void {
   const sorted = [...tensors].sort((a, b) => a.byteOffset - b.byteOffset);
   for (const [i, tensor] of sorted.entries()) {
     const end = tensor.byteOffset + tensor.byteLength;
