@@ -9,6 +9,6 @@ import type { ModelSource } from './model-source.ts';
 export async function openModelSource(path: string): Promise<ModelSource> {
   const stats = await stat(path).catch(() => undefined);
   if (stats?.isFile()) return GgufModel.open(path);
-  if (!stats) throw modelError(`model ${path} does not exist`);
-  return Checkpoint.open(path);
+  if (!stats && path.toLowerCase().endsWith('.gguf')) throw modelError(`GGUF file ${path} does not exist`);
+  return Checkpoint.open(path); // a missing folder is named by its message
 }
