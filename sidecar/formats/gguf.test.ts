@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { MetadataValue } from '@huggingface/gguf';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type GgufTensorSpec, readGguf, writeGguf } from '../../test/support/gguf-writer.ts';
-import { fromFloat16Bits } from './blocks.ts';
+import { fromFloat16Bits, toFloat16Bits } from './blocks.ts';
 import { Checkpoint, expectedTensors } from './checkpoint.ts';
 import { GgufFile } from './gguf.ts';
 import { GgufModel } from './gguf-model.ts';
@@ -85,6 +85,28 @@ describe('GGUF files as model sources', () => {
       expect(await model.expertBlocks(1, 5, 'q8_0')).toBeUndefined();
     } finally {
       await Promise.all([model.close(), file.close()]);
+    }
+  });
+
+  it('reads F16 and BF16 tensors', async () => {
+    const source = await GgufFile.open(join(GGUF, 'tiny-mistral/f32.gguf'));
+    const values = await source.readFloat32('blk.0.attn_v.weight');
+    await source.close();
+    const f16 = Uint16Array.from(values, (v) => toFloat16Bits(v));
+    const bf16 = Uint16Array.from(new Uint32Array(values.buffer), (bits) => bits >>> 16); // truncated: exact in BF16
+    for (const [type, halves, expected] of [
+      [1, f16, Float32Array.from(f16, (h) => fromFloat16Bits(h))],
+      [30, bf16, new Float32Array(Uint32Array.from(bf16, (h) => h << 16).buffer)],
+    ] as const) {
+      const path = await variant(`type-${type}`, 'tiny-mistral/f32.gguf', (_, tensors) =>
+        tensors.map((t) => (t.name === 'blk.0.attn_v.weight' ? { ...t, type, data: new Uint8Array(halves.buffer) } : t)),
+      );
+      const model = await GgufModel.open(path);
+      try {
+        expect(await model.read('layers.0.attention.wv.weight')).toEqual(expected);
+      } finally {
+        await model.close();
+      }
     }
   });
 
