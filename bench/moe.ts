@@ -12,8 +12,9 @@
  * eviction policy / prefetch off at 50 % for int4: decode tokens/s, hit rate, prefetch accuracy
  * (predicted experts the router then picked), prefetch hits and wasted prefetches, page-in latency
  * next to the raw read time of the same expert files measured in this run (warm page cache, and
- * cold after dropping it when run as root), bytes paged per token, peak RSS. The engine's resident
- * int4 expert sessions (no --expert-cache-mb) are the speed reference.
+ * cold after dropping it when run as root), bytes paged per token, peak RSS. No --expert-cache-mb
+ * (every expert resident, the same kernel and bytes) is the speed reference. First, the kernel
+ * alone against the machine's read bandwidth (kernel-roofline.ts).
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
  *   --store DIR --budgets-mb A,B   run on an existing paged store instead (e.g. the full 8x7B shape
@@ -42,6 +43,7 @@ import {
 } from '../sidecar/engine/index.ts';
 import { anchorReport, formatAnchorCell, readAnchor } from './anchor.ts';
 import { ensureBenchStore } from './bench-store.ts';
+import { kernelRoofline } from './kernel-roofline.ts';
 import { mean, percentile } from './stats.ts';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -76,7 +78,7 @@ interface RunConfig {
 
 interface RunResult {
   label: string;
-  /** Paged expert format (null: resident int4 sessions). */
+  /** Paged expert format (null: no budget, every expert resident). */
   expertBits: ExpertBits | null;
   budgetMb: number | null;
   budgetFraction: number | null;
@@ -182,7 +184,7 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     const { layers, experts } = paged?.index ?? { layers: 1, experts: 1 };
     const expertBytes = after?.expertBytes ?? 1;
     return {
-      label: paged ? `int${paged.bits} ${config.policy}${config.prefetch ? '' : ' no-prefetch'}` : 'resident int4',
+      label: paged ? `${paged.index.quantization} ${config.policy}${config.prefetch ? '' : ' no-prefetch'}` : 'resident q4_0',
       expertBits: paged?.bits ?? null,
       budgetMb: config.budgetMb,
       budgetFraction:
@@ -242,6 +244,8 @@ async function main(argv: string[]): Promise<void> {
 
   const customStore = values.store as string | undefined;
   const anchor = customStore ? null : readAnchor('moe');
+  // The kernel alone first, on a quiet process: one Mixtral-sized expert against the read bandwidth.
+  const kernel = await kernelRoofline();
   const stores = customStore ? [resolve(customStore)] : [];
   if (!customStore) {
     for (const bits of [4, 8] as const) {
@@ -311,7 +315,10 @@ async function main(argv: string[]): Promise<void> {
   }
 
   const rows = results.map((r) => ({
-    config: r.budgetMb === null ? 'resident int4 experts' : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB)`,
+    config:
+      r.budgetMb === null
+        ? 'no --expert-cache-mb (q4_0, all resident)'
+        : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
     ...(anchor && { 'vs llama.cpp': `${fmt(r.decodeTokensPerSecond / anchor.decodeTokensPerSecond, 2)}×` }),
     'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
@@ -358,15 +365,15 @@ async function main(argv: string[]): Promise<void> {
         ` = ${fmt(f.pageInOverRawRead, 2)}× raw read (target ≤ 2×)` +
         (f.halfBudgetOverAllPaged === null
           ? ''
-          : `; 50% budget at ${fmt(f.halfBudgetOverAllPaged * 100, 0)}% of all-paged-resident (target ≥ 60%)`) +
+          : `; 50% budget at ${fmt(f.halfBudgetOverAllPaged * 100, 0)}% of a 100% budget (target ≥ 60%)`) +
         (f.halfBudgetOverResidentSessions === null
           ? ''
-          : `, ${fmt(f.halfBudgetOverResidentSessions * 100, 0)}% of the resident int4 sessions`),
+          : `, ${fmt(f.halfBudgetOverResidentSessions * 100, 0)}% of no budget (all resident)`),
     );
   }
   console.log(
-    `all experts resident: int4 sessions ${fmt(resident?.decodeTokensPerSecond ?? null)} tok/s` +
-      summary.map((f) => `, paged int${f.expertBits} at 100% ${fmt(f.allPagedTokensPerSecond)}`).join('') +
+    `all experts resident (no budget): ${fmt(resident?.decodeTokensPerSecond ?? null)} tok/s` +
+      summary.map((f) => `, int${f.expertBits} at a 100% budget ${fmt(f.allPagedTokensPerSecond)}`).join('') +
       `; llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')} tok/s`,
   );
   // This bench times no prefill of its own; llama.cpp's stays in the JSON for reference.
@@ -375,7 +382,7 @@ async function main(argv: string[]): Promise<void> {
     console.log(
       `llama.cpp Q4_0 on this machine: decode ${fmt(anchor.decodeTokensPerSecond)} tok/s` +
         (resident
-          ? `, resident int4 ours / llama.cpp = ${formatAnchorCell(resident.decodeTokensPerSecond, anchor.decodeTokensPerSecond)}`
+          ? `, ours (q4_0, no budget) / llama.cpp = ${formatAnchorCell(resident.decodeTokensPerSecond, anchor.decodeTokensPerSecond)}`
           : '') +
         `; prefill ${fmt(anchor.prefillTokensPerSecond)} tok/s (not timed by this bench)`,
     );
@@ -384,7 +391,7 @@ async function main(argv: string[]): Promise<void> {
   await mkdir(dirname(out), { recursive: true });
   await writeFile(
     out,
-    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, llamaCppQ4_0TokensPerSecond, llamaCppAnchor, summary, results }, null, 2)}\n`,
+    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, kernel, llamaCppQ4_0TokensPerSecond, llamaCppAnchor, summary, results }, null, 2)}\n`,
   );
   console.log(`wrote ${out}`);
 }

@@ -7,6 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { type BlockFormat, dequantizeBlocks, quantizeBlocks } from '../../formats/blocks.ts';
 import {
+  ACTIVATION_RECORD_BYTES,
   BlockExpertKernel,
   BUFFER_ALIGNMENT,
   blockGemmScalar,
@@ -75,26 +76,31 @@ describe('the variant this engine runs', () => {
 });
 
 describe('a product against blockGemmScalar', () => {
-  it.each(['q4_0', 'q8_0'] as const)('%s: one matrix, every row and activation row, bit for bit', async (format: BlockFormat) => {
-    const [n, cols, m] = [12, 96, 3];
-    const weights = new Uint8Array(4096);
-    quantizeBlocks(format, randomValues(1, n * cols), n, cols, weights);
-    const x = randomValues(2, m * cols);
-    const activations = { q: new Int8Array(m * cols), d: new Float32Array((m * cols) / 32), sum8: new Int32Array((m * cols) / 32) };
-    quantizeActivations(x, 0, m, cols, activations);
-    const reference = new Float32Array(m * n);
-    blockGemmScalar(format, weights, n, cols, m, activations, reference);
-    // Against the definition: Σ blocks fp32(Σ q·x_q) · (d_w·d_x) with the stored values.
-    const dequantised = dequantizeBlocks(format, weights, n, cols);
-    for (let i = 0; i < m; i++) {
-      for (let r = 0; r < n; r++) {
-        let exact = 0;
-        for (let k = 0; k < cols; k++)
-          exact += dequantised[r * cols + k]! * activations.q[i * cols + k]! * activations.d[Math.floor((i * cols + k) / 32)]!;
-        expect(Math.abs(reference[i * n + r]! - exact)).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(exact)));
+  it.each(['q4_0', 'q8_0'] as const)(
+    '%s: the reference follows the definition, Σ blocks (Σ q_w·q_x)·d_w·d_x',
+    async (format: BlockFormat) => {
+      const [n, cols, m] = [12, 96, 3];
+      const weights = new Uint8Array(4096);
+      quantizeBlocks(format, randomValues(1, n * cols), n, cols, weights);
+      const x = randomValues(2, m * cols);
+      const records = new Uint8Array((m * cols * ACTIVATION_RECORD_BYTES) / 32);
+      quantizeActivations(x, 0, m, cols, records);
+      const reference = new Float32Array(m * n);
+      blockGemmScalar(format, weights, n, cols, m, records, reference);
+      // Against the definition: Σ blocks (Σ q_w·q_x) · d_w · d_x with the stored values.
+      const dequantised = dequantizeBlocks(format, weights, n, cols);
+      const view = new DataView(records.buffer);
+      const xq = (i: number, k: number) => view.getInt8(Math.floor((i * cols + k) / 32) * ACTIVATION_RECORD_BYTES + (k % 32));
+      const dx = (i: number, k: number) => view.getFloat32(Math.floor((i * cols + k) / 32) * ACTIVATION_RECORD_BYTES + 32, true);
+      for (let i = 0; i < m; i++) {
+        for (let r = 0; r < n; r++) {
+          let exact = 0;
+          for (let k = 0; k < cols; k++) exact += dequantised[r * cols + k]! * xq(i, k) * dx(i, k);
+          expect(Math.abs(reference[i * n + r]! - exact)).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(exact)));
+        }
       }
-    }
-  });
+    },
+  );
 });
 
 describe('the whole expert is bit-identical to runBlockExpertScalar', () => {

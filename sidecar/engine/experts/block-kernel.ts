@@ -67,27 +67,30 @@ const pairSums = (a: string, b: string, into: string) => `(local.set $${into} (i
     (i8x16.shuffle ${pick([2, 3, 6, 7])} (local.get $${a}) (local.get $${b}))))`;
 
 /**
- * The fp16 scales of the four rows' current blocks as f32x4 (exact: magnitude·2^112, sign copied).
- * Row r's block sits `r·stride` bytes after row 0's.
+ * The fp16 scales of four rows' current blocks (rows `first`…`first`+3, `stride` bytes apart) as
+ * f32x4, exactly: h << 16 then an arithmetic shift by 3 puts the magnitude at f32's bits 27–13
+ * with the sign at 31 (bits 30–28 cleared by the mask), which as an f32 is the value · 2^-112.
  */
-const scales = (stride: number) => `(local.set $h
-    (v128.load16_lane offset=${3 * stride} align=1 6 (local.get $p) (v128.load16_lane offset=${2 * stride} align=1 4 (local.get $p)
-    (v128.load16_lane offset=${stride} align=1 2 (local.get $p) (v128.load16_lane align=1 0 (local.get $p) (v128.const i32x4 0 0 0 0))))))
-  (v128.or
-    (f32x4.mul (i32x4.shl (v128.and (local.get $h) ${splatI32(0x7fff)}) (i32.const 13)) (v128.const f32x4 0x1p112 0x1p112 0x1p112 0x1p112))
-    (i32x4.shl (v128.and (local.get $h) ${splatI32(0x8000)}) (i32.const 16)))`;
+const scales = (stride: number, first: number) => `(f32x4.mul
+    (v128.and
+      (i32x4.shr_s (i32x4.shl
+        (v128.load16_lane offset=${(first + 3) * stride} align=1 6 (local.get $p) (v128.load16_lane offset=${(first + 2) * stride} align=1 4 (local.get $p)
+        (v128.load16_lane offset=${(first + 1) * stride} align=1 2 (local.get $p) (v128.load16_lane offset=${first * stride} align=1 0 (local.get $p) (v128.const i32x4 0 0 0 0)))))
+        (i32.const 16)) (i32.const 3))
+      (local.get $signAndMagnitude))
+    (local.get $twoTo112))`;
 
 /** The activation block as i16x8 × 4 (elements 0–7, 8–15, 16–23, 24–31), for the widening products. */
 const WIDE_X = [0, 8, 16, 24]
-  .map((offset, i) => `(local.set $x${i} (v128.load8x8_s offset=${offset} align=1 (local.get $xqp)))`)
+  .map((offset, i) => `(local.set $x${i} (v128.load8x8_s offset=${offset} align=1 (local.get $xp)))`)
   .join('\n');
 /** The activation block as two i8x16 (elements 0–15, 16–31), for the relaxed products. */
-const NARROW_X = `(local.set $xa (v128.load align=1 (local.get $xqp))) (local.set $xb (v128.load offset=16 align=1 (local.get $xqp)))`;
+const NARROW_X = `(local.set $xa (v128.load align=1 (local.get $xp))) (local.set $xb (v128.load offset=16 align=1 (local.get $xp)))`;
 
 /** Σ x·q over the Q4_0 block `at` bytes after $p (q the unsigned nibbles), as four i32 lanes. */
 const q4RowDot = (variant: KernelVariant, at: number): string => {
   const load = `(local.set $q (v128.load offset=${at + 2} align=1 (local.get $p)))`;
-  const lo = `(v128.and (local.get $q) ${splatI32(0x0f0f0f0f)})`;
+  const lo = `(v128.and (local.get $q) (local.get $lowNibbles))`;
   const hi = `(i8x16.shr_u (local.get $q) (i32.const 4))`;
   if (variant === 'relaxed-simd') {
     return `${load}
@@ -114,12 +117,14 @@ const q8RowDot = (at: number): string => {
 /** The export running `format` products over `cols` inputs. */
 const gemmName = (format: BlockFormat, cols: number) => `${format}_${cols}`;
 
+/** Output rows one pass of the kernel computes (two groups of four sharing the activation loads). */
+const ROWS_PER_STEP = 8;
+
 /**
- * gemm(w, row, rowEnd, m, xq, xd, xs, out, n), specialised for rows of `cols` inputs (so every
- * row offset is a constant and one pointer walks four rows): for output rows [row, rowEnd)
- * (multiples of 4) of the block matrix at w and activation rows i < m (xq: int8 [m, cols];
- * xd: f32 [m, cols/32] block scales; xs: i32 [m, cols/32] = 8·Σ block, Q4_0 only),
- * out[i·n + r] = y.
+ * gemm(w, row, rowEnd, m, x, out, n), specialised for rows of `cols` inputs (so every row offset
+ * is a constant and one pointer walks eight rows): for output rows [row, rowEnd) (multiples of 8)
+ * of the block matrix at w and activation rows i < m (x: m·cols/32 ACTIVATION_RECORD_BYTES
+ * records), out[i·n + r] = y.
  */
 const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string => {
   const size = BLOCK_BYTES[format];
@@ -127,47 +132,55 @@ const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string
   const stride = nb * size;
   const rowDot = (r: number) => (format === 'q4_0' ? q4RowDot(variant, r * stride) : q8RowDot(r * stride));
   const loadX = format === 'q4_0' && variant === 'relaxed-simd' ? NARROW_X : WIDE_X;
-  const sums = format === 'q4_0' ? `(i32x4.sub ${REDUCE} (i32x4.splat (i32.load (local.get $xsp))))` : REDUCE;
+  const group = (first: number, acc: string) => {
+    const sums = format === 'q4_0' ? `(i32x4.sub ${REDUCE} (local.get $offset))` : REDUCE;
+    return `(local.set $s0 ${rowDot(first)})
+          (local.set $s1 ${rowDot(first + 1)})
+          (local.set $s2 ${rowDot(first + 2)})
+          (local.set $s3 ${rowDot(first + 3)})
+          ${pairSums('s0', 's1', 't01')}
+          ${pairSums('s2', 's3', 't23')}
+          (local.set $${acc} (f32x4.add (local.get $${acc})
+            (f32x4.mul (f32x4.convert_i32x4_s ${sums}) (f32x4.mul ${scales(stride, first)} (local.get $dx)))))`;
+  };
   return `
   (func (export "${gemmName(format, cols)}") (param $w i32) (param $row i32) (param $rowEnd i32) (param $m i32)
-        (param $xq i32) (param $xd i32) (param $xs i32) (param $out i32) (param $n i32)
-    (local $i i32) (local $b i32) (local $p i32) (local $xqp i32) (local $xdp i32) (local $xsp i32)
-    (local $acc v128) (local $xa v128) (local $xb v128) (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
+        (param $x i32) (param $out i32) (param $n i32)
+    (local $i i32) (local $b i32) (local $p i32) (local $xp i32) (local $at i32)
+    (local $acc0 v128) (local $acc1 v128) (local $dx v128) (local $offset v128)
+    (local $xa v128) (local $xb v128) (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
     (local $q v128) (local $lo v128) (local $hi v128) (local $s0 v128) (local $s1 v128) (local $s2 v128) (local $s3 v128)
-    (local $t01 v128) (local $t23 v128) (local $h v128)
+    (local $t01 v128) (local $t23 v128)
+    ;; Constants in locals, set once: V8 would otherwise rebuild them in the loop.
+    (local $lowNibbles v128) (local $signAndMagnitude v128) (local $twoTo112 v128)
+    (local.set $lowNibbles ${splatI32(0x0f0f0f0f)})
+    (local.set $signAndMagnitude ${splatI32(0x8fffffff)})
+    (local.set $twoTo112 (v128.const f32x4 0x1p112 0x1p112 0x1p112 0x1p112))
     (block $done (loop $rows
       (br_if $done (i32.ge_u (local.get $row) (local.get $rowEnd)))
       (local.set $i (i32.const 0))
       (block $rowsDone (loop $activations
         (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $m)))
         (local.set $p (i32.add (local.get $w) (i32.mul (local.get $row) (i32.const ${stride}))))
-        (local.set $xqp (i32.add (local.get $xq) (i32.mul (local.get $i) (i32.const ${cols}))))
-        (local.set $xdp (i32.add (local.get $xd) (i32.mul (local.get $i) (i32.const ${4 * nb}))))
-        (local.set $xsp (i32.add (local.get $xs) (i32.mul (local.get $i) (i32.const ${4 * nb}))))
-        (local.set $acc (v128.const i32x4 0 0 0 0))
+        (local.set $xp (i32.add (local.get $x) (i32.mul (local.get $i) (i32.const ${nb * ACTIVATION_RECORD_BYTES}))))
+        (local.set $acc0 (v128.const i32x4 0 0 0 0))
+        (local.set $acc1 (v128.const i32x4 0 0 0 0))
         (local.set $b (i32.const ${nb}))
         (loop $blocks
           ${loadX}
-          (local.set $s0 ${rowDot(0)})
-          (local.set $s1 ${rowDot(1)})
-          (local.set $s2 ${rowDot(2)})
-          (local.set $s3 ${rowDot(3)})
-          ${pairSums('s0', 's1', 't01')}
-          ${pairSums('s2', 's3', 't23')}
-          (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
-            (f32x4.convert_i32x4_s ${sums})
-            (f32x4.mul (block (result v128) ${scales(stride)}) (f32x4.splat (f32.load (local.get $xdp)))))))
+          (local.set $dx (f32x4.splat (f32.load offset=${BLOCK} (local.get $xp))))
+          ${format === 'q4_0' ? `(local.set $offset (i32x4.splat (i32.load offset=${BLOCK + 4} (local.get $xp))))` : ''}
+          ${group(0, 'acc0')}
+          ${group(4, 'acc1')}
           (local.set $p (i32.add (local.get $p) (i32.const ${size})))
-          (local.set $xqp (i32.add (local.get $xqp) (i32.const ${BLOCK})))
-          (local.set $xdp (i32.add (local.get $xdp) (i32.const 4)))
-          (local.set $xsp (i32.add (local.get $xsp) (i32.const 4)))
+          (local.set $xp (i32.add (local.get $xp) (i32.const ${ACTIVATION_RECORD_BYTES})))
           (br_if $blocks (local.tee $b (i32.sub (local.get $b) (i32.const 1)))))
-        (v128.store align=4 (i32.add (local.get $out)
-            (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $row)) (i32.const 2)))
-          (local.get $acc))
+        (local.set $at (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $row)) (i32.const 2))))
+        (v128.store align=4 (local.get $at) (local.get $acc0))
+        (v128.store offset=16 align=4 (local.get $at) (local.get $acc1))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $activations)))
-      (local.set $row (i32.add (local.get $row) (i32.const 4)))
+      (local.set $row (i32.add (local.get $row) (i32.const ${ROWS_PER_STEP})))
       (br $rows)))
   )`;
 };
@@ -180,7 +193,7 @@ const kernelText = (variant: KernelVariant, widths: readonly number[]): string =
 )`;
 
 /** One specialised product (see `gemm`). */
-type Gemm = (w: number, row: number, rowEnd: number, m: number, xq: number, xd: number, xs: number, out: number, n: number) => void;
+type Gemm = (w: number, row: number, rowEnd: number, m: number, x: number, out: number, n: number) => void;
 const FORMATS: readonly BlockFormat[] = ['q4_0', 'q8_0'];
 
 type Wabt = Awaited<ReturnType<typeof wabtInit>>;
@@ -238,7 +251,7 @@ function moduleFor(variant: KernelVariant, widths: readonly number[]): Promise<W
 
 /** Runs both modules on one random Q4_0 product and compares the bits. */
 function agreesWithPlain(relaxed: WebAssembly.Module, simd: WebAssembly.Module): boolean {
-  const rows = 8;
+  const rows = ROWS_PER_STEP;
   const cols = PROBE_COLS;
   const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
   const bytes = new Uint8Array(memory.buffer);
@@ -247,26 +260,15 @@ function agreesWithPlain(relaxed: WebAssembly.Module, simd: WebAssembly.Module):
     seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
     return seed >>> 8;
   };
-  const nb = cols / BLOCK;
   const weights = 0;
-  const xq = 4096;
-  const xd = 8192;
-  const xs = 8448;
-  for (let i = 0; i < rows * nb * BLOCK_BYTES.q4_0; i++) bytes[weights + i] = random() & 0xff;
-  for (let block = 0; block < rows * nb; block++) {
-    bytes[weights + block * BLOCK_BYTES.q4_0 + 1] = 0x3c; // scale ≈ 1: finite
-  }
-  const view = new DataView(memory.buffer);
-  for (let i = 0; i < cols; i++) view.setInt8(xq + i, (random() % 255) - 127);
-  for (let b = 0; b < nb; b++) {
-    view.setFloat32(xd + 4 * b, 0.01 * (b + 1), true);
-    let sum = 0;
-    for (let j = 0; j < BLOCK; j++) sum += view.getInt8(xq + b * BLOCK + j);
-    view.setInt32(xs + 4 * b, 8 * sum, true);
-  }
+  const x = 4096;
+  for (let i = 0; i < (rows * cols * BLOCK_BYTES.q4_0) / BLOCK; i++) bytes[weights + i] = random() & 0xff;
+  for (let block = 0; block < (rows * cols) / BLOCK; block++) bytes[weights + block * BLOCK_BYTES.q4_0 + 1] = 0x3c; // scale ≈ 1: finite
+  const values = Float32Array.from({ length: cols }, () => (random() % 2001) / 1000 - 1);
+  quantizeActivations(values, 0, 1, cols, new Uint8Array(memory.buffer, x, (cols / BLOCK) * ACTIVATION_RECORD_BYTES));
   const run = (module: WebAssembly.Module, out: number) => {
     const gemm = new WebAssembly.Instance(module, { env: { memory } }).exports[gemmName('q4_0', cols)] as Gemm;
-    gemm(weights, 0, rows, 1, xq, xd, xs, out, rows);
+    gemm(weights, 0, rows, 1, x, out, rows);
     return Array.from(new Uint32Array(memory.buffer, out, rows));
   };
   return run(relaxed, 12288).join() === run(simd, 12800).join();
@@ -280,38 +282,46 @@ export async function defaultKernelVariant(): Promise<{ variant: KernelVariant; 
 
 // ── the reference ──────────────────────────────────────────────────────────────────────────────
 
-/** Quantised activation rows as the kernel reads them (see `quantizeActivations`). */
-export interface QuantizedActivations {
-  /** int8 [rows, cols]. */
-  q: Int8Array;
-  /** f32 [rows, cols/32]: the block scales. */
-  d: Float32Array;
-  /** i32 [rows, cols/32]: 8 · Σ q over the block. */
-  sum8: Int32Array;
+/**
+ * A quantised activation block as the kernel reads it, one pointer for all of it: 32 int8 values,
+ * then the fp32 scale, then 8 · Σ values (Q4_0's offset of 8 folded out once per block).
+ */
+export const ACTIVATION_RECORD_BYTES = BLOCK + 8;
+
+/** Views of activation records (`into.byteOffset` a multiple of 4). */
+function recordViews(records: Uint8Array) {
+  const { buffer, byteOffset, byteLength } = records;
+  return {
+    q: new Int8Array(buffer, byteOffset, byteLength),
+    words: new Float32Array(buffer, byteOffset, byteLength >>> 2),
+    ints: new Int32Array(buffer, byteOffset, byteLength >>> 2),
+  };
 }
 
 /**
- * quantize_row_q8_0 in fp32 on `rows` rows of `cols` values from `values` at `from`, into the
- * given arrays (which may be views into a kernel arena).
+ * quantize_row_q8_0 in fp32 on `rows` rows of `cols` values from `values` at `from`, into
+ * activation records (`into`, which may be a view into a kernel arena).
  */
-export function quantizeActivations(values: Float32Array, from: number, rows: number, cols: number, into: QuantizedActivations): void {
-  const { q, d, sum8 } = into;
+export function quantizeActivations(values: Float32Array, from: number, rows: number, cols: number, into: Uint8Array): void {
+  const { q, words, ints } = recordViews(into);
   const blocks = (rows * cols) / BLOCK;
+  const recordWords = ACTIVATION_RECORD_BYTES / 4;
   for (let block = 0; block < blocks; block++) {
     const base = from + block * BLOCK;
+    const record = block * ACTIVATION_RECORD_BYTES;
     let amax = 0;
     for (let j = 0; j < BLOCK; j++) amax = Math.max(amax, Math.abs(values[base + j]!));
     const scale = Math.fround(amax / 127);
     const inverse = scale ? Math.fround(1 / scale) : 0;
-    d[block] = scale;
     let sum = 0;
     for (let j = 0; j < BLOCK; j++) {
       const v = Math.fround(values[base + j]! * inverse);
       const rounded = v < 0 ? -Math.round(-v) : Math.round(v); // roundf: half away from zero
-      q[block * BLOCK + j] = rounded;
+      q[record + j] = rounded;
       sum += rounded;
     }
-    sum8[block] = 8 * sum;
+    words[block * recordWords + BLOCK / 4] = scale;
+    ints[block * recordWords + BLOCK / 4 + 1] = 8 * sum;
   }
 }
 
@@ -322,30 +332,33 @@ export function blockGemmScalar(
   n: number,
   cols: number,
   m: number,
-  x: QuantizedActivations,
+  x: Uint8Array,
   out: Float32Array,
 ): void {
   const nb = cols / BLOCK;
   const size = BLOCK_BYTES[format];
   const fround = Math.fround;
+  const { q, words, ints } = recordViews(x);
+  const recordWords = ACTIVATION_RECORD_BYTES / 4;
   for (let r = 0; r < n; r++) {
     for (let i = 0; i < m; i++) {
       let acc = 0;
       for (let b = 0; b < nb; b++) {
         const at = (r * nb + b) * size;
         const dw = fromFloat16Bits(weights[at]! | (weights[at + 1]! << 8));
-        const xb = (i * nb + b) * BLOCK;
+        const record = i * nb + b;
+        const xb = record * ACTIVATION_RECORD_BYTES;
         let sum = 0;
         if (format === 'q4_0') {
           for (let j = 0; j < BLOCK / 2; j++) {
             const byte = weights[at + 2 + j]!;
-            sum += x.q[xb + j]! * (byte & 0x0f) + x.q[xb + j + 16]! * (byte >>> 4);
+            sum += q[xb + j]! * (byte & 0x0f) + q[xb + j + 16]! * (byte >>> 4);
           }
-          sum -= x.sum8[i * nb + b]!;
+          sum -= ints[record * recordWords + BLOCK / 4 + 1]!;
         } else {
-          for (let j = 0; j < BLOCK; j++) sum += x.q[xb + j]! * ((weights[at + 2 + j]! << 24) >> 24);
+          for (let j = 0; j < BLOCK; j++) sum += q[xb + j]! * ((weights[at + 2 + j]! << 24) >> 24);
         }
-        acc = fround(acc + fround(sum * fround(dw * x.d[i * nb + b]!)));
+        acc = fround(acc + fround(sum * fround(dw * words[record * recordWords + BLOCK / 4]!)));
       }
       out[i * n + r] = acc;
     }
@@ -354,10 +367,12 @@ export function blockGemmScalar(
 
 // ── the SwiGLU around the two products ─────────────────────────────────────────────────────────
 
-/** The kernel's view of one product: x quantised in `scratch`, results in `scratch.out`. */
+/** The kernel's view of one product: x quantised in `scratch.x`, results in `scratch.out`. */
 type Product = (matrix: Uint8Array, n: number, cols: number, m: number) => void;
 
-interface Scratch extends QuantizedActivations {
+interface Scratch {
+  /** Activation records (ACTIVATION_RECORD_BYTES per block). */
+  x: Uint8Array;
   out: Float32Array;
   hidden: Float32Array;
 }
@@ -376,7 +391,7 @@ function swiglu(
   const { out, hidden } = scratch;
   for (let first = 0; first < rows; first += ROWS_PER_PASS) {
     const m = Math.min(ROWS_PER_PASS, rows - first);
-    quantizeActivations(x, first * dim, m, dim, scratch);
+    quantizeActivations(x, first * dim, m, dim, scratch.x);
     product(weights.w13, 2 * ffn, dim, m);
     for (let i = 0; i < m; i++) {
       for (let c = 0; c < ffn; c++) {
@@ -384,29 +399,23 @@ function swiglu(
         hidden[i * ffn + c] = (gate / (1 + Math.exp(-gate))) * out[i * 2 * ffn + ffn + c]!;
       }
     }
-    quantizeActivations(hidden, 0, m, ffn, scratch);
+    quantizeActivations(hidden, 0, m, ffn, scratch.x);
     product(weights.w2, dim, ffn, m);
     y.set(out.subarray(0, m * dim), first * dim);
   }
   return y;
 }
 
-function scratchFor(dim: number, ffn: number): { q: number; blocks: number; out: number } {
-  const widest = Math.max(dim, ffn);
-  return { q: ROWS_PER_PASS * widest, blocks: (ROWS_PER_PASS * widest) / BLOCK, out: ROWS_PER_PASS * Math.max(2 * ffn, dim) };
+/** Scratch sizes: activation record bytes and output values. */
+function scratchFor(dim: number, ffn: number): { x: number; out: number } {
+  return { x: ((ROWS_PER_PASS * Math.max(dim, ffn)) / BLOCK) * ACTIVATION_RECORD_BYTES, out: ROWS_PER_PASS * Math.max(2 * ffn, dim) };
 }
 
 /** The whole expert in plain JS: bit-identical to `BlockExpertKernel.run` (tested). */
 export function runBlockExpertScalar(x: Float32Array, rows: number, weights: ExpertWeights, dim: number, ffn: number): Float32Array {
   const size = scratchFor(dim, ffn);
-  const scratch: Scratch = {
-    q: new Int8Array(size.q),
-    d: new Float32Array(size.blocks),
-    sum8: new Int32Array(size.blocks),
-    out: new Float32Array(size.out),
-    hidden: new Float32Array(ROWS_PER_PASS * ffn),
-  };
-  const product: Product = (matrix, n, cols, m) => blockGemmScalar(weights.format, matrix, n, cols, m, scratch, scratch.out);
+  const scratch: Scratch = { x: new Uint8Array(size.x), out: new Float32Array(size.out), hidden: new Float32Array(ROWS_PER_PASS * ffn) };
+  const product: Product = (matrix, n, cols, m) => blockGemmScalar(weights.format, matrix, n, cols, m, scratch.x, scratch.out);
   return swiglu(product, scratch, x, rows, weights, dim, ffn);
 }
 
@@ -440,9 +449,7 @@ class Arena {
     this.gemm = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as Record<string, Gemm>;
     const { buffer } = this.memory;
     this.scratch = {
-      q: new Int8Array(buffer, layout.q, layout.size.q),
-      d: new Float32Array(buffer, layout.d, layout.size.blocks),
-      sum8: new Int32Array(buffer, layout.sum8, layout.size.blocks),
+      x: new Uint8Array(buffer, layout.x, layout.size.x),
       out: new Float32Array(buffer, layout.out, layout.size.out),
       hidden: new Float32Array(ROWS_PER_PASS * ffn),
     };
@@ -466,9 +473,7 @@ class Arena {
 
 interface ArenaLayout {
   size: ReturnType<typeof scratchFor>;
-  q: number;
-  d: number;
-  sum8: number;
+  x: number;
   out: number;
   buffersStart: number;
   /** Size and distance of buffers: an image rounded up to BUFFER_ALIGNMENT (a direct read may fill the tail block). */
@@ -477,12 +482,10 @@ interface ArenaLayout {
 
 function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout {
   const size = scratchFor(dim, ffn);
-  const q = 0;
-  const d = alignUp(q + size.q, 64);
-  const sum8 = alignUp(d + 4 * size.blocks, 64);
-  const out = alignUp(sum8 + 4 * size.blocks, 64);
+  const x = 0;
+  const out = alignUp(x + size.x, 64);
   const buffersStart = alignUp(out + 4 * size.out, BUFFER_ALIGNMENT);
-  return { size, q, d, sum8, out, buffersStart, stride: alignUp(bufferBytes, BUFFER_ALIGNMENT) };
+  return { size, x, out, buffersStart, stride: alignUp(bufferBytes, BUFFER_ALIGNMENT) };
 }
 
 // ── sharing a product with a helper thread ─────────────────────────────────────────────────────
@@ -502,8 +505,8 @@ const JOB = 0;
 const CLAIM = 1;
 const INFLIGHT = 2;
 const FAILED = 3;
-const ARGS = 4; // two slots of: arena, product (index into `names`), w, n, m, xq, xd, xs, out, chunks
-const SLOT = 10;
+const ARGS = 4; // two slots of: arena, product (index into `names`), w, n, m, x, out, chunks
+const SLOT = 8;
 /** A chunk takes well under a millisecond: far beyond this, the helper is gone. */
 const HELPER_TIMEOUT_MS = 30_000;
 
@@ -531,13 +534,13 @@ for (;;) {
       const claim = Atomics.load(control, ${CLAIM});
       const seq = claim >>> 16;
       const base = ${ARGS} + (seq & 1) * ${SLOT};
-      const [id, product, w, n, m, xq, xd, xs, out, chunks] = control.subarray(base, base + ${SLOT});
+      const [id, product, w, n, m, x, out, chunks] = control.subarray(base, base + ${SLOT});
       const chunk = claim & 0xffff;
       if (chunk < chunks && Atomics.compareExchange(control, ${CLAIM}, claim, claim + 1) === claim) {
         // An arena posted just before this product may still be on its way.
         while (receive());
         for (let spins = 0; !arenas.has(id) && spins < 1e7; spins++) receive();
-        arenas.get(id)[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, xq, xd, xs, out, n);
+        arenas.get(id)[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, x, out, n);
         more = true;
       } else more = chunk < chunks; // lost a race for a chunk: try the next one
     } catch {
@@ -577,12 +580,12 @@ class Helper {
   /** The product over all n output rows, chunks shared with the helper thread. */
   share(arena: Arena, name: string, w: number, n: number, m: number): void {
     const { control } = this;
-    const { q, d, sum8, out } = arena.scratch;
+    const x = arena.scratch.x.byteOffset;
+    const out = arena.scratch.out.byteOffset;
     const chunks = Math.ceil(n / CHUNK_ROWS);
     // No helper attempt of the previous product is in flight (we waited for INFLIGHT).
     this.seq = (this.seq % 0x7fff) + 1;
-    const args = [w, n, m, q.byteOffset, d.byteOffset, sum8.byteOffset, out.byteOffset];
-    control.set([arena.id, this.names.indexOf(name), ...args, chunks], ARGS + (this.seq & 1) * SLOT);
+    control.set([arena.id, this.names.indexOf(name), w, n, m, x, out, chunks], ARGS + (this.seq & 1) * SLOT);
     Atomics.store(control, CLAIM, this.seq << 16);
     Atomics.add(control, JOB, 1);
     Atomics.notify(control, JOB);
@@ -590,7 +593,7 @@ class Helper {
     for (;;) {
       const chunk = Atomics.add(control, CLAIM, 1) & 0xffff;
       if (chunk >= chunks) break;
-      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, q.byteOffset, d.byteOffset, sum8.byteOffset, out.byteOffset, n);
+      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, x, out, n);
     }
     // Every chunk is claimed; wait for the ones the helper is still running.
     const deadline = performance.now() + HELPER_TIMEOUT_MS;
@@ -692,8 +695,8 @@ export class BlockExpertKernel implements ExpertBufferPool {
     if (this.helper && matrix.byteLength >= SPLIT_MIN_BYTES && n >= 2 * CHUNK_ROWS) {
       this.helper.share(arena, name, matrix.byteOffset, n, m);
     } else {
-      const { q, d, sum8, out } = arena.scratch;
-      arena.gemm[name]!(matrix.byteOffset, 0, n, m, q.byteOffset, d.byteOffset, sum8.byteOffset, out.byteOffset, n);
+      const { x, out } = arena.scratch;
+      arena.gemm[name]!(matrix.byteOffset, 0, n, m, x.byteOffset, out.byteOffset, n);
     }
   }
 
