@@ -10,8 +10,9 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { ExpertBits } from '../engine/experts/expert-store.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { expectedTensors } from '../formats/checkpoint.ts';
+import type { ModelSource } from '../formats/model-source.ts';
 import { openModelSource } from '../formats/open-model-source.ts';
-import { type Precision, quantizationPlan } from '../formats/quantize.ts';
+import { type Precision, type QuantizationPlan, quantizationPlan } from '../formats/quantize.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-manifest.ts';
 import { type BuildContext, buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph } from '../graph/models.ts';
 import { sentencePiecesToTokenizerJson } from '../text/tokenizer.ts';
@@ -67,6 +68,22 @@ async function buildGraphs(ctx: BuildContext): Promise<Manifest['graphs']> {
   return { layers, ...(experts.length > 0 ? { experts } : {}), head: await buildHeadGraph(ctx) };
 }
 
+/**
+ * The precision's plan, except that at int4 a matrix the source holds as Q4_0 (a GGUF file's) is
+ * quantised in blocks of 32, its own: its values are then represented exactly (the searched scale
+ * finds Q4_0's d), where the default blocks of 128 would round them a second time.
+ */
+function planFor(precision: Precision, source: ModelSource, tensors: string[]): QuantizationPlan | undefined {
+  if (precision === 'fp32') return undefined;
+  const plan = quantizationPlan(precision);
+  if (precision !== 'int4' || !source.blockFormatOf) return plan;
+  for (const name of tensors) {
+    if (plan.overrides[name] || name.includes('.experts.')) continue; // experts: block files of their own
+    if (source.blockFormatOf(name) === 'q4_0') plan.overrides[name] = { ...plan.linears, blockSize: 32 };
+  }
+  return plan;
+}
+
 export async function convertCheckpoint(options: ConvertOptions): Promise<Manifest> {
   const { precision, onProgress } = options;
   if (!PRECISIONS.includes(precision)) throw modelError(`unknown precision "${precision}" (expected ${PRECISIONS.join(', ')})`);
@@ -91,7 +108,12 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
         return data;
       },
     };
-    const graphs = await buildGraphs({ dir: staging, config, precision, weights });
+    const quantization = planFor(
+      precision,
+      source,
+      tensors.map((t) => t.name),
+    );
+    const graphs = await buildGraphs({ dir: staging, config, precision, weights, quantization });
     // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts);
     // a GGUF file's experts already in that block format are copied as they are.
     if (config.numExperts > 0) await buildExpertStoreFrom(source, staging, options.expertBits ?? (precision === 'int4' ? 4 : 8));
@@ -110,7 +132,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       name: options.name ?? source.defaultName,
       sourceHash: await source.sourceHash(),
       precision,
-      ...(precision === 'fp32' ? {} : { quantization: quantizationPlan(precision) }),
+      ...(quantization ? { quantization } : {}),
       architecture: config.architecture,
       config,
       tensors: Object.fromEntries(tensors.map((t) => [t.name, t.shape])),

@@ -232,6 +232,11 @@ export class GgufModel implements ModelSource {
     return { w1: w1!, w3: w3!, w2: w2! };
   }
 
+  blockFormatOf(name: string): BlockFormat | undefined {
+    const { typeName } = this.file.info(this.locate(name).tensor);
+    return typeName === 'Q4_0' ? 'q4_0' : typeName === 'Q8_0' ? 'q8_0' : undefined;
+  }
+
   private readRows(info: GgufTensor, { tensor, firstRow, rows }: Location): Promise<Uint8Array> {
     const perRow = rowBytes(this.file.layoutOf(tensor), info.shape[0]!);
     return this.file.readBytes(tensor, firstRow * perRow, rows * perRow);

@@ -34,6 +34,8 @@ export interface ModelSource {
    * undefined when it does not.
    */
   expertBlocks?(layer: number, expert: number, format: BlockFormat): Promise<ExpertBlocks | undefined>;
+  /** The block format a tensor is stored in, when it is Q4_0 or Q8_0 (a GGUF file's). */
+  blockFormatOf?(name: string): BlockFormat | undefined;
   /** A cheap fingerprint of the source, the key of its converted store in the cache. */
   sourceHash(): Promise<string>;
   /** Tokenizer files to copy into a store (tokenizer.json, tokenizer.model…), when the source has them. */

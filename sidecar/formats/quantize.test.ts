@@ -44,6 +44,22 @@ describe('quantizationPlan', () => {
   });
 });
 
+describe('schemeFor', () => {
+  it("gives stacked linears their parts' common override, else the plan's scheme", () => {
+    const plan = quantizationPlan('int4');
+    const q = 'layers.0.attention.wq.weight';
+    const k = 'layers.0.attention.wk.weight';
+    const v = 'layers.0.attention.wv.weight';
+    const block32: QuantScheme = { bits: 4, blockSize: 32, mode: 'search' };
+    plan.overrides[q] = block32;
+    plan.overrides[k] = { ...block32 };
+    expect(schemeFor(plan, `${q}+${k}`)).toEqual(block32);
+    expect(schemeFor(plan, `${q}+${k}+${v}`)).toEqual(plan.linears);
+    plan.overrides[v] = { ...block32, blockSize: 64 };
+    expect(schemeFor(plan, `${q}+${k}+${v}`)).toEqual(plan.linears);
+  });
+});
+
 describe('quantizeMatrix', () => {
   it('stores one scale per block and block×bits/8 bytes per block', () => {
     const q = quantizeMatrix(new Float32Array(2 * 256), 2, 256, { bits: 4, blockSize: 128, mode: 'search' });

@@ -47,7 +47,15 @@ export function quantizationPlan(precision: 'int8' | 'int4'): QuantizationPlan {
 }
 
 export function schemeFor(plan: QuantizationPlan, tensor: string): QuantScheme {
-  return plan.overrides[tensor] ?? plan.linears;
+  const own = plan.overrides[tensor];
+  if (own) return own;
+  // Stacked linears ("a+b+c", one matmul) share their parts' override when all parts have the same one.
+  const parts = tensor.split('+');
+  const first = plan.overrides[parts[0]!];
+  const same = (s: QuantScheme | undefined) =>
+    s !== undefined && s.bits === first?.bits && s.blockSize === first.blockSize && s.mode === first.mode;
+  if (parts.length > 1 && first && parts.every((part) => same(plan.overrides[part]))) return first;
+  return plan.linears;
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import type { ModelConfig } from '../formats/model-config.ts';
-import type { Precision } from '../formats/quantize.ts';
+import type { Precision, QuantizationPlan } from '../formats/quantize.ts';
 import { ExternalDataWriter, GraphBuilder } from './onnx-graph.ts';
 import { type AttentionInputs, TransformerGraph, type WeightSource } from './transformer.ts';
 
@@ -41,6 +41,8 @@ export interface BuildContext {
   config: ModelConfig;
   precision: Precision;
   weights: WeightSource;
+  /** Quantization plan for int8/int4; default: the precision's own (quantize.ts). */
+  quantization?: QuantizationPlan;
 }
 
 async function buildGraph(ctx: BuildContext, base: string, body: (t: TransformerGraph) => Promise<void>): Promise<GraphFiles> {
@@ -48,7 +50,7 @@ async function buildGraph(ctx: BuildContext, base: string, body: (t: Transformer
   const external = new ExternalDataWriter(join(ctx.dir, files.data));
   try {
     const builder = new GraphBuilder(base, external);
-    await body(new TransformerGraph(builder, ctx.config, ctx.precision, ctx.weights));
+    await body(new TransformerGraph(builder, ctx.config, ctx.precision, ctx.weights, ctx.quantization));
     builder.save(join(ctx.dir, files.graph));
   } finally {
     external.close();

@@ -35,8 +35,10 @@ export class TransformerGraph {
     readonly config: ModelConfig,
     readonly precision: Precision,
     private readonly weights: WeightSource,
+    /** The store's plan when it differs from the precision's default one (see convert.ts). */
+    plan?: QuantizationPlan,
   ) {
-    this.quantization = precision === 'fp32' ? null : quantizationPlan(precision);
+    this.quantization = precision === 'fp32' ? null : (plan ?? quantizationPlan(precision));
   }
 
   /** y = x · Wᵀ for a PyTorch-layout weight [n, k]; quantized unless `keepFp32`. */
