@@ -24,7 +24,8 @@ Progress goes to stderr; the store's path to stdout.
   --precision P     int4 (MatMulNBits 4-bit), int8, or fp32 (default int4)
   --expert-bits B   Mixtral: format of the experts paged by --expert-cache-mb: 4 (default for int4
                     stores: half the bytes on disk and in the cache) or 8 (default otherwise: twice
-                    the bytes, finer quantisation)
+                    the bytes, finer quantisation); a GGUF file's Q4_0 / Q8_0 experts default to
+                    their own format, copied as they are
   -h, --help        this help
 
 examples:

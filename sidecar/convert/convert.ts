@@ -31,8 +31,9 @@ export interface ConvertOptions {
   /** Model name recorded in the manifest; defaults to the source folder's name (a GGUF file's, without .gguf). */
   name?: string;
   /**
-   * Mixtral: the experts' block format (expert-store.ts): 4 = Q4_0, 8 = Q8_0. Default: 4 for int4
-   * stores, 8 otherwise (fp32 stores use these files only when paging with --expert-cache-mb).
+   * Mixtral: the experts' block format (expert-store.ts): 4 = Q4_0, 8 = Q8_0. Default: a GGUF file's
+   * own Q4_0 / Q8_0, else 4 for int4 stores and 8 otherwise (fp32 stores use these files only when
+   * paging with --expert-cache-mb).
    */
   expertBits?: ExpertBits;
 }
@@ -66,6 +67,16 @@ async function buildGraphs(ctx: BuildContext): Promise<Manifest['graphs']> {
     experts.push(perLayer);
   }
   return { layers, ...(experts.length > 0 ? { experts } : {}), head: await buildHeadGraph(ctx) };
+}
+
+/**
+ * Mixtral expert files: the source's own block format when it has one (a GGUF file's Q4_0 / Q8_0
+ * experts are then copied, not rounded again), else Q4_0 for int4 stores and Q8_0 otherwise.
+ */
+function defaultExpertBits(source: ModelSource, precision: Precision): ExpertBits {
+  const format = source.blockFormatOf?.('layers.0.feed_forward.experts.0.w1.weight');
+  if (format) return format === 'q4_0' ? 4 : 8;
+  return precision === 'int4' ? 4 : 8;
 }
 
 /**
@@ -116,7 +127,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
     const graphs = await buildGraphs({ dir: staging, config, precision, weights, quantization });
     // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts);
     // a GGUF file's experts already in that block format are copied as they are.
-    if (config.numExperts > 0) await buildExpertStoreFrom(source, staging, options.expertBits ?? (precision === 'int4' ? 4 : 8));
+    if (config.numExperts > 0) await buildExpertStoreFrom(source, staging, options.expertBits ?? defaultExpertBits(source, precision));
     for (const file of await source.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
     // A GGUF file's vocabulary becomes the store's tokenizer.json.
     const vocabulary = source.vocabulary?.();

@@ -122,6 +122,16 @@ describe.each(['tiny-mistral', 'tiny-mixtral'])('%s q4_0.gguf → int4 store', (
   });
 });
 
+describe("a GGUF file's expert format is the expert files' default", () => {
+  it('an int8 store of a Q4_0 Mixtral pages Q4_0 experts, unless told otherwise', async () => {
+    const from = join(GGUF, 'tiny-mixtral/q4_0.gguf');
+    await convertCheckpoint({ from, to: join(work, 'q4-int8'), precision: 'int8' });
+    expect(readdirSync(join(work, 'q4-int8')).filter((f) => f.startsWith('experts-'))).toEqual(['experts-int4']);
+    await convertCheckpoint({ from, to: join(work, 'q4-int8-8'), precision: 'int8', expertBits: 8 });
+    expect(readdirSync(join(work, 'q4-int8-8')).filter((f) => f.startsWith('experts-'))).toEqual(['experts-int8']);
+  });
+});
+
 describe("the store's tokenizer comes from the file's vocabulary", () => {
   it('tokenizes like a tokenizer.model holding the same vocabulary', async () => {
     const store = join(work, 'tokenizer-store');
