@@ -70,20 +70,19 @@ const pairSums = (a: string, b: string, into: string) => `(local.set $${into} (i
  * The fp16 scales of four rows' current blocks (rows `first`…`first`+3, `stride` bytes apart) as
  * f32x4, exactly: h << 16 then an arithmetic shift by 3 puts the magnitude at f32's bits 27–13
  * with the sign at 31 (bits 30–28 cleared by the mask), which as an f32 is the value · 2^-112.
+ * The lanes are loaded into whatever $q holds: the shift by 16 discards the other half of each lane.
  */
 const scales = (stride: number, first: number) => `(f32x4.mul
     (v128.and
       (i32x4.shr_s (i32x4.shl
         (v128.load16_lane offset=${(first + 3) * stride} align=1 6 (local.get $p) (v128.load16_lane offset=${(first + 2) * stride} align=1 4 (local.get $p)
-        (v128.load16_lane offset=${(first + 1) * stride} align=1 2 (local.get $p) (v128.load16_lane offset=${first * stride} align=1 0 (local.get $p) (v128.const i32x4 0 0 0 0)))))
+        (v128.load16_lane offset=${(first + 1) * stride} align=1 2 (local.get $p) (v128.load16_lane offset=${first * stride} align=1 0 (local.get $p) (local.get $q)))))
         (i32.const 16)) (i32.const 3))
       (local.get $signAndMagnitude))
     (local.get $twoTo112))`;
 
 /** The activation block as i16x8 × 4 (elements 0–7, 8–15, 16–23, 24–31), for the widening products. */
-const WIDE_X = [0, 8, 16, 24]
-  .map((offset, i) => `(local.set $x${i} (v128.load8x8_s offset=${offset} align=1 (local.get $xp)))`)
-  .join('\n');
+const WIDE_X = [0, 8, 16, 24].map((offset, i) => `(local.set $x${i} (v128.load8x8_s offset=${offset} align=1 (local.get $xp)))`).join('\n');
 /** The activation block as two i8x16 (elements 0–15, 16–31), for the relaxed products. */
 const NARROW_X = `(local.set $xa (v128.load align=1 (local.get $xp))) (local.set $xb (v128.load offset=16 align=1 (local.get $xp)))`;
 
@@ -91,10 +90,12 @@ const NARROW_X = `(local.set $xa (v128.load align=1 (local.get $xp))) (local.set
 const q4RowDot = (variant: KernelVariant, at: number): string => {
   const load = `(local.set $q (v128.load offset=${at + 2} align=1 (local.get $p)))`;
   const lo = `(v128.and (local.get $q) (local.get $lowNibbles))`;
-  const hi = `(i8x16.shr_u (local.get $q) (i32.const 4))`;
+  // A 16-bit shift and the low-nibble mask: V8 lowers i8x16.shr_u to the same two instructions
+  // plus a rebuilt mask each time.
+  const hi = `(v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $lowNibbles))`;
   if (variant === 'relaxed-simd') {
     return `${load}
-    (i32x4.extadd_pairwise_i16x8_s (i16x8.add
+    (i32x4.dot_i16x8_s (local.get $ones) (i16x8.add
       (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xa) ${lo})
       (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xb) ${hi})))`;
   }
@@ -117,6 +118,13 @@ const q8RowDot = (at: number): string => {
 /** The export running `format` products over `cols` inputs. */
 const gemmName = (format: BlockFormat, cols: number) => `${format}_${cols}`;
 
+/**
+ * The activation block's scale and Q4_0 offset, splatted where used (one broadcast load each):
+ * kept in registers they would push the accumulators out to the stack.
+ */
+const DX = `(f32x4.splat (f32.load offset=${BLOCK} (local.get $xp)))`;
+const OFFSET = `(i32x4.splat (i32.load offset=${BLOCK + 4} (local.get $xp)))`;
+
 /** Output rows one pass of the kernel computes (two groups of four sharing the activation loads). */
 const ROWS_PER_STEP = 8;
 
@@ -133,7 +141,7 @@ const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string
   const rowDot = (r: number) => (format === 'q4_0' ? q4RowDot(variant, r * stride) : q8RowDot(r * stride));
   const loadX = format === 'q4_0' && variant === 'relaxed-simd' ? NARROW_X : WIDE_X;
   const group = (first: number, acc: string) => {
-    const sums = format === 'q4_0' ? `(i32x4.sub ${REDUCE} (local.get $offset))` : REDUCE;
+    const sums = format === 'q4_0' ? `(i32x4.sub ${REDUCE} ${OFFSET})` : REDUCE;
     return `(local.set $s0 ${rowDot(first)})
           (local.set $s1 ${rowDot(first + 1)})
           (local.set $s2 ${rowDot(first + 2)})
@@ -141,19 +149,21 @@ const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string
           ${pairSums('s0', 's1', 't01')}
           ${pairSums('s2', 's3', 't23')}
           (local.set $${acc} (f32x4.add (local.get $${acc})
-            (f32x4.mul (f32x4.convert_i32x4_s ${sums}) (f32x4.mul ${scales(stride, first)} (local.get $dx)))))`;
+            (f32x4.mul (f32x4.convert_i32x4_s ${sums}) (f32x4.mul ${scales(stride, first)} ${DX}))))`;
   };
   return `
   (func (export "${gemmName(format, cols)}") (param $w i32) (param $row i32) (param $rowEnd i32) (param $m i32)
         (param $x i32) (param $out i32) (param $n i32)
     (local $i i32) (local $b i32) (local $p i32) (local $xp i32) (local $at i32)
-    (local $acc0 v128) (local $acc1 v128) (local $dx v128) (local $offset v128)
+    (local $acc0 v128) (local $acc1 v128)
     (local $xa v128) (local $xb v128) (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
     (local $q v128) (local $lo v128) (local $hi v128) (local $s0 v128) (local $s1 v128) (local $s2 v128) (local $s3 v128)
     (local $t01 v128) (local $t23 v128)
     ;; Constants in locals, set once: V8 would otherwise rebuild them in the loop.
-    (local $lowNibbles v128) (local $signAndMagnitude v128) (local $twoTo112 v128)
+    (local $lowNibbles v128) (local $signAndMagnitude v128) (local $twoTo112 v128) (local $ones v128)
     (local.set $lowNibbles ${splatI32(0x0f0f0f0f)})
+    ;; Pairwise i16 sums as a dot product with ones: extadd_pairwise reloads its constant each time.
+    (local.set $ones (v128.const i16x8 1 1 1 1 1 1 1 1))
     (local.set $signAndMagnitude ${splatI32(0x8fffffff)})
     (local.set $twoTo112 (v128.const f32x4 0x1p112 0x1p112 0x1p112 0x1p112))
     (block $done (loop $rows
@@ -168,8 +178,6 @@ const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string
         (local.set $b (i32.const ${nb}))
         (loop $blocks
           ${loadX}
-          (local.set $dx (f32x4.splat (f32.load offset=${BLOCK} (local.get $xp))))
-          ${format === 'q4_0' ? `(local.set $offset (i32x4.splat (i32.load offset=${BLOCK + 4} (local.get $xp))))` : ''}
           ${group(0, 'acc0')}
           ${group(4, 'acc1')}
           (local.set $p (i32.add (local.get $p) (i32.const ${size})))
