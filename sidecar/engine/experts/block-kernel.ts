@@ -207,6 +207,12 @@ const FORMATS: readonly BlockFormat[] = ['q4_0', 'q8_0'];
 type Wabt = Awaited<ReturnType<typeof wabtInit>>;
 let wabt: Promise<Wabt> | null = null;
 
+/** The WebAssembly toolkit, loaded once (it is itself a WebAssembly module). */
+function loadWabt(): Promise<Wabt> {
+  wabt ??= wabtInit();
+  return wabt;
+}
+
 function assemble(toolkit: Wabt, variant: KernelVariant, widths: readonly number[]): Uint8Array<ArrayBuffer> {
   const features = { simd: true, threads: true, relaxed_simd: variant === 'relaxed-simd' };
   const parsed = toolkit.parseWat(`block-kernel-${variant}.wat`, kernelText(variant, widths), features);
@@ -233,7 +239,7 @@ let relaxedCheck: Promise<string | null> | null = null;
 /** Null where the relaxed variant runs here and agrees bit for bit with the plain one; else why not. */
 function relaxedUnavailable(): Promise<string | null> {
   relaxedCheck ??= (async () => {
-    const toolkit = await (wabt ??= wabtInit());
+    const toolkit = await loadWabt();
     const relaxedBytes = assemble(toolkit, 'relaxed-simd', [PROBE_COLS]);
     if (!engineAccepts(relaxedBytes)) return 'this WebAssembly engine has no relaxed SIMD';
     const plain = new WebAssembly.Module(assemble(toolkit, 'simd', [PROBE_COLS]));
@@ -251,7 +257,7 @@ function moduleFor(variant: KernelVariant, widths: readonly number[]): Promise<W
   const key = `${variant}:${widths.join(',')}`;
   let module = modules.get(key);
   if (!module) {
-    module = (async () => new WebAssembly.Module(assemble(await (wabt ??= wabtInit()), variant, widths)))();
+    module = (async () => new WebAssembly.Module(assemble(await loadWabt(), variant, widths)))();
     modules.set(key, module);
   }
   return module;
