@@ -15,6 +15,7 @@ import { openModelSource } from '../formats/open-model-source.ts';
 import { type Precision, type QuantizationPlan, quantizationPlan } from '../formats/quantize.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-manifest.ts';
 import { type BuildContext, buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph } from '../graph/models.ts';
+import { CHAT_TEMPLATE_FILE } from '../text/chat-template.ts';
 import { sentencePiecesToTokenizerJson } from '../text/tokenizer.ts';
 import { buildExpertStoreFrom } from './expert-blocks.ts';
 
@@ -135,6 +136,9 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       const json = sentencePiecesToTokenizerJson(vocabulary.pieces, vocabulary.addDummyPrefix);
       await writeFile(join(staging, 'tokenizer.json'), JSON.stringify(json));
     }
+    // …and its chat template, when it has one, the store's (text/chat-template.ts).
+    const chatTemplate = source.chatTemplate?.();
+    if (chatTemplate) await writeFile(join(staging, CHAT_TEMPLATE_FILE), chatTemplate);
 
     const files = [];
     for (const file of (await readdir(staging)).sort()) files.push({ path: file, bytes: (await stat(join(staging, file))).size });

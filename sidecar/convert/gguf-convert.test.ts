@@ -16,6 +16,7 @@ import { loadModel, type ModelRuntime } from '../engine/index.ts';
 import { GgufFile } from '../formats/gguf.ts';
 import { GgufModel } from '../formats/gguf-model.ts';
 import type { Manifest } from '../formats/store-manifest.ts';
+import { CHAT_TEMPLATE_FILE, loadChatRenderer, renderChatPrompt } from '../text/chat-template.ts';
 import { loadTokenizer, mistralV1TokenizerJson, sentencePieceModelProto } from '../text/tokenizer.ts';
 import { convertCheckpoint } from './convert.ts';
 import { openModel } from './loader.ts';
@@ -29,6 +30,14 @@ interface Reference {
   cases: Array<{ tokens: number[]; logits: number[][] }>;
   greedy: { prompt: number[]; continuation: number[] };
 }
+
+/** Mistral 7B Instruct's chat template as its tokenizer_config.json and GGUF files carry it. */
+const MISTRAL_INSTRUCT_TEMPLATE =
+  "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}" +
+  "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}" +
+  "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}" +
+  "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}" +
+  "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
 
 const reference = (model: string, file: string): Reference =>
   JSON.parse(readFileSync(join(GGUF, model, `${file}.json`), 'utf8')) as Reference;
@@ -183,6 +192,7 @@ describe("the store's tokenizer comes from the file's vocabulary", () => {
         'tokenizer.ggml.tokens': pieces.map(([piece]) => piece),
         'tokenizer.ggml.scores': pieces.map(([piece, id]) => (id < 259 ? 0 : -(firstMerge.get(piece) ?? 1e6 + id))),
         'tokenizer.ggml.token_type': pieces.map(([, id]) => (id === 0 ? 2 : id < 3 ? 3 : id < 259 ? 6 : 1)),
+        'tokenizer.chat_template': MISTRAL_INSTRUCT_TEMPLATE,
       },
       [
         { name: 'token_embd.weight', ...zeros(dim, 32000) },
@@ -202,6 +212,13 @@ describe("the store's tokenizer comes from the file's vocabulary", () => {
       expect([tokenizer.bosId, ...tokenizer.encode(text)], text).toEqual(ids);
       expect(tokenizer.decode(ids), text).toBe(text);
     }
+    // The file's chat template travels with the store and renders its prompts: for Mistral's own
+    // template, the same ids as the built-in one.
+    expect(readFileSync(join(store, CHAT_TEMPLATE_FILE), 'utf8')).toBe(MISTRAL_INSTRUCT_TEMPLATE);
+    const render = await loadChatRenderer(store);
+    expect(render).not.toBe(renderChatPrompt);
+    const chat = [{ role: 'user' as const, content: 'Write a haiku about the wind.' }];
+    expect(render(tokenizer, chat)).toEqual(renderChatPrompt(tokenizer, chat));
   });
 });
 

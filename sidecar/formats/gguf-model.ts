@@ -283,6 +283,11 @@ export class GgufModel implements ModelSource {
     return { pieces, addDummyPrefix: this.meta.bool('tokenizer.ggml.add_space_prefix', true) };
   }
 
+  /** `tokenizer.chat_template`, when the file carries one. */
+  chatTemplate(): string | undefined {
+    return this.meta.string('tokenizer.chat_template');
+  }
+
   async close(): Promise<void> {
     await this.file.close();
   }

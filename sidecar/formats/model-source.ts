@@ -42,5 +42,7 @@ export interface ModelSource {
   tokenizerFiles(): Promise<string[]>;
   /** A SentencePiece vocabulary held in the source itself (GGUF), for the store's tokenizer.json. */
   vocabulary?(): SentencePieceVocabulary | undefined;
+  /** A Jinja chat template held in the source itself (GGUF's `tokenizer.chat_template`). */
+  chatTemplate?(): string | undefined;
   close(): Promise<void>;
 }

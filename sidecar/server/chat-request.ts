@@ -5,7 +5,7 @@
 import { CHAT_DEFAULTS, type ChatCompletionRequest, ChatCompletionRequestSchema, messageText, requiresToolCall } from '../../shared/api.ts';
 import { invalidRequest } from '../errors.ts';
 import type { GenerationRequest } from '../serving/decoder.ts';
-import { type ChatMessage, renderChatPrompt } from '../text/chat-template.ts';
+import { type ChatMessage, type ChatPromptRenderer, renderChatPrompt } from '../text/chat-template.ts';
 import type { Tokenizer } from '../text/tokenizer.ts';
 import { RequestValidationError } from './error-response.ts';
 
@@ -45,16 +45,18 @@ export interface GenerationRequestOptions {
   defaultMaxTokens?: number;
   /** The model's context length, so the default never asks for more than the prompt leaves. */
   contextLength?: number;
+  /** The model's chat template (default: Mistral's v1). */
+  renderPrompt?: ChatPromptRenderer;
 }
 
 /** The scheduler request for a validated chat request on a model with `tokenizer`. */
 export function toGenerationRequest(
   request: ChatCompletionRequest,
   tokenizer: Tokenizer,
-  { signal, defaultMaxTokens, contextLength = Infinity }: GenerationRequestOptions = {},
+  { signal, defaultMaxTokens, contextLength = Infinity, renderPrompt = renderChatPrompt }: GenerationRequestOptions = {},
 ): GenerationRequest {
   if (requiresToolCall(request)) throw invalidRequest('the local models cannot make tool calls', 'tool_choice');
-  const promptIds = renderChatPrompt(tokenizer, templateMessages(request), { safePrompt: request.safe_prompt ?? false });
+  const promptIds = renderPrompt(tokenizer, templateMessages(request), { safePrompt: request.safe_prompt ?? false });
   const stop = request.stop == null ? [] : typeof request.stop === 'string' ? [request.stop] : request.stop;
   // When the context has less room than the default, unset keeps its meaning (the rest of the
   // context), so the decoder's own rules and messages apply.

@@ -52,6 +52,7 @@ export function chatCompletionsHandler({ models, logger }: ChatRouteOptions) {
         signal: c.req.raw.signal,
         defaultMaxTokens: model.defaultMaxTokens,
         contextLength: model.runtime.info.contextLength,
+        renderPrompt: model.renderPrompt,
       }),
     );
     if (!request.stream) {

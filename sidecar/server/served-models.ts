@@ -10,6 +10,7 @@ import { openModel } from '../convert/loader.ts';
 import type { LoadOptions, ModelRuntime } from '../engine/index.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { Scheduler } from '../serving/scheduler.ts';
+import { type ChatPromptRenderer, loadChatRenderer } from '../text/chat-template.ts';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer.ts';
 import { DEMO_DEFAULT_MAX_TOKENS, type ServeConfig } from './config.ts';
 import type { Logger } from './logger.ts';
@@ -19,6 +20,8 @@ export interface ServedModel {
   id: LocalModelId;
   runtime: ModelRuntime;
   tokenizer: Tokenizer;
+  /** Its chat template: the store's own (from a GGUF file) or Mistral's v1. */
+  renderPrompt: ChatPromptRenderer;
   scheduler: Scheduler;
   /** `max_tokens` for a request that leaves it unset; undefined = the rest of the context. */
   defaultMaxTokens: number | undefined;
@@ -69,6 +72,7 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
         );
       }
       const tokenizer = await loadTokenizer(runtime.dir, runtime.info.vocabSize);
+      const renderPrompt = await loadChatRenderer(runtime.dir);
       const scheduler = new Scheduler({
         runtime,
         tokenizer,
@@ -82,7 +86,7 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
       });
       metrics.watchScheduler(id, () => scheduler.stats());
       if (runtime.expertCacheStats) metrics.watchExpertCache(id, () => runtime.expertCacheStats?.() ?? null);
-      served.push({ id, runtime, tokenizer, scheduler, defaultMaxTokens: demo ? DEMO_DEFAULT_MAX_TOKENS : undefined });
+      served.push({ id, runtime, tokenizer, renderPrompt, scheduler, defaultMaxTokens: demo ? DEMO_DEFAULT_MAX_TOKENS : undefined });
       const experts = runtime.expertBudgetReason?.() ?? null;
       logger.info('model loaded', {
         model: id,

@@ -1,6 +1,16 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { SidecarError } from '../errors.ts';
-import { type ChatMessage, renderChatPrompt, SAFE_PROMPT } from './chat-template.ts';
+import {
+  CHAT_TEMPLATE_FILE,
+  type ChatMessage,
+  jinjaChatRenderer,
+  loadChatRenderer,
+  renderChatPrompt,
+  SAFE_PROMPT,
+} from './chat-template.ts';
 import { loadTokenizer, type Tokenizer } from './tokenizer.ts';
 
 let tokenizer: Tokenizer;
@@ -102,5 +112,59 @@ describe('renderChatPrompt (Mistral v1 instruct)', () => {
     expect(error).toBeInstanceOf(SidecarError);
     expect(error).toMatchObject({ type: 'invalid_request_error', status: 400, param: 'messages' });
     expect((error as Error).message).toMatch(pattern);
+  });
+});
+
+describe("a model's own Jinja chat template (a GGUF file's tokenizer.chat_template)", () => {
+  const CHATML =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}" +
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+  it('renders the template and encodes its text, its own <s> and </s> becoming BOS and EOS', () => {
+    const render = jinjaChatRenderer(`{{ bos_token }}${CHATML}{{ eos_token }}`, 'test.jinja');
+    const ids = render(tokenizer, [
+      { role: 'system', content: 'Be brief.' },
+      { role: 'user', content: 'Hi' },
+    ]);
+    const text = '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n';
+    expect(ids).toEqual([1, ...segment(text), 2]);
+  });
+
+  it('keeps "<s>" and "</s>" written inside a message as text, never control tokens', () => {
+    const render = jinjaChatRenderer(`{{ bos_token }}${CHATML}`, 'test.jinja');
+    const ids = render(tokenizer, [{ role: 'user', content: 'say </s><s> please' }]);
+    expect(ids.filter((id) => id === 1)).toEqual([1]);
+    expect(ids).not.toContain(2);
+    expect(tokenizer.decode(ids)).toContain('say </s><s> please');
+  });
+
+  it("turns the template's raise_exception into an invalid_request_error, and refuses a template it cannot parse", () => {
+    const strict = jinjaChatRenderer(
+      "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}",
+      'x.jinja',
+    );
+    expect(() =>
+      strict(tokenizer, [
+        { role: 'system', content: 'a' },
+        { role: 'user', content: 'b' },
+      ]),
+    ).toThrow(expect.objectContaining({ type: 'invalid_request_error', message: expect.stringContaining('no system role') }));
+    expect(() => jinjaChatRenderer('{% for %}', '/store/chat_template.jinja')).toThrow(
+      expect.objectContaining({ type: 'model_error', message: expect.stringContaining('/store/chat_template.jinja') }),
+    );
+  });
+
+  it('is the one a store holds in chat_template.jinja; without one, Mistral v1', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sirocco-chat-template-'));
+    try {
+      expect(await loadChatRenderer(dir)).toBe(renderChatPrompt);
+      await writeFile(join(dir, CHAT_TEMPLATE_FILE), CHATML);
+      const render = await loadChatRenderer(dir);
+      expect(render(tokenizer, [{ role: 'user', content: 'Hi' }])).toEqual(
+        segment('<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'),
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
