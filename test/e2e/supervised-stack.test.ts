@@ -80,7 +80,10 @@ describe('a sidecar killed mid-stream', () => {
     const failover = await chat(VICTIM, { max_tokens: 4 });
     const failoverMs = performance.now() - killedAt;
     expect(failover.status).toBe(200);
-    expect(failoverMs).toBeLessThan(1_000);
+    // At once, not after a timeout on the dead region (30 s idle, or a retry loop): the figure
+    // itself (under 1 s on a quiet machine) is reported, not asserted, since the survivor is busy
+    // with its own three streams and CI shares two cores with other suites.
+    expect(failoverMs).toBeLessThan(5_000);
     report(`a new request after the kill answered in ${Math.round(failoverMs)} ms`);
 
     for (const { region, outcome } of await Promise.all(streams)) {
