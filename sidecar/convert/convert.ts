@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import type { ExpertBits } from '../engine/experts/expert-store.ts';
+import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { expectedTensors } from '../formats/checkpoint.ts';
 import type { ModelSource } from '../formats/model-source.ts';
@@ -17,7 +17,6 @@ import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-m
 import { type BuildContext, buildDecoderGraph, buildExpertGraph, buildHeadGraph, buildMoeLayerGraph } from '../graph/models.ts';
 import { CHAT_TEMPLATE_FILE } from '../text/chat-template.ts';
 import { sentencePiecesToTokenizerJson } from '../text/tokenizer.ts';
-import { buildExpertStoreFrom } from './expert-blocks.ts';
 
 export type { Precision } from '../formats/quantize.ts';
 export type { Manifest } from '../formats/store-manifest.ts';
@@ -128,7 +127,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
     const graphs = await buildGraphs({ dir: staging, config, precision, weights, quantization });
     // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts);
     // a GGUF file's experts already in that block format are copied as they are.
-    if (config.numExperts > 0) await buildExpertStoreFrom(source, staging, options.expertBits ?? defaultExpertBits(source, precision));
+    if (config.numExperts > 0) await buildExpertStore(source, staging, options.expertBits ?? defaultExpertBits(source, precision));
     for (const file of await source.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
     // A GGUF file's vocabulary becomes the store's tokenizer.json.
     const vocabulary = source.vocabulary?.();

@@ -206,14 +206,26 @@ export async function writeExpertStore(
   }
 }
 
-/** What `buildExpertStore` needs from a checkpoint (sidecar/checkpoint.ts `Checkpoint` fits). */
+/** What `buildExpertStore` needs from a model source (formats/model-source.ts's `ModelSource` fits). */
 export interface ExpertSource {
   config: { dim: number; hiddenDim: number; nLayers: number; numExperts: number; expertsPerToken: number; normEps: number };
+  /** Where it was read from, for messages. */
+  path?: string;
   /** A tensor by canonical (Mistral native) name as float32, [out, in]. */
   read(name: string): Promise<Float32Array>;
+  /** An expert's matrices when the source already holds them as `format` blocks (a GGUF file's), else undefined. */
+  expertBlocks?(
+    layer: number,
+    expert: number,
+    format: BlockFormat,
+  ): Promise<{ w1: Uint8Array; w3: Uint8Array; w2: Uint8Array } | undefined>;
 }
 
-/** Quantises every expert of a Mixtral checkpoint into `<storeDir>/experts-int{bits}/`, one at a time. */
+/**
+ * Writes every expert of a Mixtral source into `<storeDir>/experts-int{bits}/`, one at a time.
+ * Experts the source already holds in the store's block format are copied byte for byte (so they
+ * run exactly as llama.cpp runs them, not quantised a second time); others are quantised from fp32.
+ */
 export async function buildExpertStore(
   source: ExpertSource,
   storeDir: string,
@@ -227,18 +239,26 @@ export async function buildExpertStore(
     routers.norm.push(await source.read(`layers.${layer}.ffn_norm.weight`));
     routers.gate.push(await source.read(`layers.${layer}.feed_forward.gate.weight`));
   }
-  return writeExpertStore(
-    storeDir,
-    { dim, ffn, layers, experts, topK, normEps },
-    bits,
-    routers,
-    async (layer, expert) => {
+  const expertImage = async (layer: number, expert: number): Promise<Uint8Array> => {
+    const blocks = await source.expertBlocks?.(layer, expert, EXPERT_FORMATS[bits]);
+    if (!blocks) {
       const prefix = `layers.${layer}.feed_forward.experts.${expert}`;
       const [w1, w3, w2] = await Promise.all(['w1', 'w3', 'w2'].map((w) => source.read(`${prefix}.${w}.weight`)));
       return quantizeExpert({ w1: w1!, w3: w3!, w2: w2! }, dim, ffn, bits).bytes;
-    },
-    onProgress,
-  );
+    }
+    const image = allocateExpert(dim, ffn, bits);
+    const { w13, w2 } = image.weights;
+    if (blocks.w1.byteLength + blocks.w3.byteLength !== w13.byteLength || blocks.w2.byteLength !== w2.byteLength) {
+      throw modelError(
+        `${source.path ?? 'the source'}: expert ${expert} of layer ${layer} has blocks of the wrong size for [${ffn}, ${dim}]`,
+      );
+    }
+    w13.set(blocks.w1);
+    w13.set(blocks.w3, blocks.w1.byteLength);
+    w2.set(blocks.w2);
+    return image.bytes;
+  };
+  return writeExpertStore(storeDir, { dim, ffn, layers, experts, topK, normEps }, bits, routers, expertImage, onProgress);
 }
 
 function validateIndex(index: Partial<ExpertStoreIndex>, indexPath: string, bits: ExpertBits): ExpertStoreIndex {
