@@ -11,14 +11,8 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createSession } from '../engine/device.ts';
-import {
-  buildMatMulNBitsExpertGraph,
-  MATMULNBITS_BLOB_BYTES,
-  Q4_0_BLOCK,
-  Q4_0_BLOCK_BYTES,
-  repackQ4_0Expert,
-  repackQ4_0ForMatMulNBits,
-} from './gpu-expert-graph.ts';
+import { BLOCK, BLOCK_BYTES, blockMatrixBytes, dequantizeBlocks, fromFloat16Bits, quantizeBlocks } from '../formats/blocks.ts';
+import { buildMatMulNBitsExpertGraph, MATMULNBITS_BLOB_BYTES, repackQ4_0Expert, repackQ4_0ForMatMulNBits } from './gpu-expert-graph.ts';
 
 // ── deterministic data ─────────────────────────────────────────────────────────────────────────
 
@@ -43,93 +37,26 @@ function randomMatrix(rows: number, cols: number, seed: number, scale: number): 
   return Float32Array.from({ length: rows * cols }, () => scale * gaussian(random));
 }
 
-// ── a reference Q4_0 quantiser and dequantiser, written from the format's definition ─────────────
+// ── Q4_0 blocks as the store writes them (formats/blocks.ts, byte-identical to llama.cpp's) ──────
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
+const Q4_0_BLOCK = BLOCK;
+const Q4_0_BLOCK_BYTES = BLOCK_BYTES.q4_0;
 
-/** fp32 → fp16 bits, round to nearest even (normal and subnormal halves; the test's scales are normal). */
-function toHalfBits(value: number): number {
-  f32[0] = value;
-  const bits = u32[0]!;
-  const sign = (bits >>> 16) & 0x8000;
-  const exponent = ((bits >>> 23) & 0xff) - 127 + 15;
-  let mantissa = bits & 0x7fffff;
-  if (exponent <= 0) {
-    if (exponent < -10) return sign;
-    mantissa |= 0x800000;
-    const shift = 14 - exponent;
-    const rest = mantissa & ((1 << shift) - 1);
-    const halfway = 1 << (shift - 1);
-    let m = mantissa >>> shift;
-    if (rest > halfway || (rest === halfway && m & 1)) m++;
-    return sign | m;
-  }
-  if (exponent >= 0x1f) return sign | 0x7c00;
-  const rest = mantissa & 0x1fff;
-  let result = sign | (exponent << 10) | (mantissa >>> 13);
-  // A carry out of the mantissa rolls into the exponent, which is the correct rounding.
-  if (rest > 0x1000 || (rest === 0x1000 && result & 1)) result++;
-  return result;
-}
-
-function halfToNumber(bits: number): number {
-  const sign = bits & 0x8000 ? -1 : 1;
-  const exponent = (bits >>> 10) & 0x1f;
-  const mantissa = bits & 0x3ff;
-  if (exponent === 0) return sign * mantissa * 2 ** -24;
-  if (exponent === 0x1f) return mantissa ? Number.NaN : sign * Number.POSITIVE_INFINITY;
-  return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
-}
-
-/**
- * ggml's reference Q4_0 quantiser: d = (the value of largest magnitude) / −8, q = min(15,
- * trunc(x/d + 8.5)), in fp32 arithmetic; d is stored as fp16.
- */
 function quantiseQ4_0(values: Float32Array, rows: number, cols: number): Uint8Array {
-  const out = new Uint8Array(rows * (cols / Q4_0_BLOCK) * Q4_0_BLOCK_BYTES);
-  let o = 0;
-  for (let start = 0; start < values.length; start += Q4_0_BLOCK) {
-    let max = 0;
-    for (let j = 0; j < Q4_0_BLOCK; j++) {
-      const v = values[start + j]!;
-      if (Math.abs(v) > Math.abs(max)) max = v;
-    }
-    const d = Math.fround(max / -8);
-    const id = d ? Math.fround(1 / d) : 0;
-    const half = toHalfBits(d);
-    out[o] = half & 0xff;
-    out[o + 1] = half >>> 8;
-    for (let j = 0; j < 16; j++) {
-      const q0 = Math.min(15, Math.trunc(Math.fround(Math.fround(values[start + j]! * id) + 8.5)));
-      const q1 = Math.min(15, Math.trunc(Math.fround(Math.fround(values[start + j + 16]! * id) + 8.5)));
-      out[o + 2 + j] = q0 | (q1 << 4);
-    }
-    o += Q4_0_BLOCK_BYTES;
-  }
+  const out = new Uint8Array(blockMatrixBytes('q4_0', rows, cols));
+  quantizeBlocks('q4_0', values, rows, cols, out);
   return out;
 }
 
 /** Q4_0 blocks → float64 [rows, cols], from the GGUF definition (independent of the repack). */
-function dequantiseQ4_0(blocks: Uint8Array, rows: number, cols: number): Float64Array {
-  const out = new Float64Array(rows * cols);
-  for (let block = 0; block * Q4_0_BLOCK < rows * cols; block++) {
-    const o = block * Q4_0_BLOCK_BYTES;
-    const d = halfToNumber(blocks[o]! | (blocks[o + 1]! << 8));
-    for (let j = 0; j < 16; j++) {
-      const q = blocks[o + 2 + j]!;
-      out[block * Q4_0_BLOCK + j] = ((q & 0x0f) - 8) * d;
-      out[block * Q4_0_BLOCK + j + 16] = ((q >>> 4) - 8) * d;
-    }
-  }
-  return out;
-}
+const dequantiseQ4_0 = (blocks: Uint8Array, rows: number, cols: number): Float64Array =>
+  Float64Array.from(dequantizeBlocks('q4_0', blocks, rows, cols));
 
 /** MatMulNBits B + scales → float64 [rows, cols], from onnxruntime's definition (low nibble = even element). */
 function dequantiseMatMulNBits(b: Uint8Array, scales: Uint16Array, rows: number, cols: number): Float64Array {
   const out = new Float64Array(rows * cols);
   for (let block = 0; block < scales.length; block++) {
-    const d = halfToNumber(scales[block]!);
+    const d = fromFloat16Bits(scales[block]!);
     for (let i = 0; i < MATMULNBITS_BLOB_BYTES; i++) {
       const byte = b[block * MATMULNBITS_BLOB_BYTES + i]!;
       out[block * Q4_0_BLOCK + 2 * i] = ((byte & 0x0f) - 8) * d;

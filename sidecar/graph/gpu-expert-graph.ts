@@ -13,12 +13,12 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import onnxProto from 'onnx-proto';
+import { BLOCK, BLOCK_BYTES } from '../formats/blocks.ts';
 import { ExternalDataWriter, GraphBuilder, MS_DOMAIN } from './onnx-graph.ts';
 
 /** Weights per Q4_0 block, along the input dimension; also MatMulNBits' block_size here. */
-export const Q4_0_BLOCK = 32;
-/** Bytes of one Q4_0 block: fp16 scale + 16 bytes of nibbles. */
-export const Q4_0_BLOCK_BYTES = 18;
+const Q4_0_BLOCK = BLOCK;
+const Q4_0_BLOCK_BYTES = BLOCK_BYTES.q4_0;
 /** Bytes of one MatMulNBits 4-bit blob for block_size 32 (block_size · bits / 8). */
 export const MATMULNBITS_BLOB_BYTES = 16;
 
