@@ -10,32 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
+import { gaussianValues } from '../../test/support/random.ts';
 import { createSession } from '../engine/device.ts';
 import { BLOCK, BLOCK_BYTES, blockMatrixBytes, dequantizeBlocks, fromFloat16Bits, quantizeBlocks } from '../formats/blocks.ts';
 import { buildMatMulNBitsExpertGraph, MATMULNBITS_BLOB_BYTES, repackQ4_0Expert, repackQ4_0ForMatMulNBits } from './gpu-expert-graph.ts';
 
 // ── deterministic data ─────────────────────────────────────────────────────────────────────────
 
-/** mulberry32: a seeded uniform generator in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function gaussian(random: () => number): number {
-  return Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
-}
-
-function randomMatrix(rows: number, cols: number, seed: number, scale: number): Float32Array {
-  const random = rng(seed);
-  return Float32Array.from({ length: rows * cols }, () => scale * gaussian(random));
-}
+const randomMatrix = (rows: number, cols: number, seed: number, scale: number) => gaussianValues(seed, rows * cols, scale);
 
 // ── Q4_0 blocks as the store writes them (formats/blocks.ts, byte-identical to llama.cpp's) ──────
 

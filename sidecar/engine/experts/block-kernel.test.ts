@@ -5,6 +5,7 @@
  * aligned, disjoint page-in buffers.
  */
 import { describe, expect, it } from 'vitest';
+import { gaussianValues } from '../../../test/support/random.ts';
 import { type BlockFormat, dequantizeBlocks, quantizeBlocks } from '../../formats/blocks.ts';
 import {
   ACTIVATION_RECORD_BYTES,
@@ -18,31 +19,13 @@ import {
 } from './block-kernel.ts';
 import { allocateExpert, EXPERT_FORMATS, type ExpertBits, type ExpertWeights, expertFileBytes } from './expert-store.ts';
 
-/** mulberry32: a seeded uniform generator in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const gaussian = (random: () => number) => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
-const randomValues = (seed: number, length: number, scale = 1) => {
-  const random = rng(seed);
-  return Float32Array.from({ length }, () => gaussian(random) * scale);
-};
-
 /** An expert file image quantised from random Gaussian weights. */
 function expertImage(dim: number, ffn: number, bits: ExpertBits, seed: number): Uint8Array {
   const { bytes, weights } = allocateExpert(dim, ffn, bits);
   const std = 1 / Math.sqrt(dim);
-  const after = quantizeBlocks(weights.format, randomValues(seed, ffn * dim, std), ffn, dim, weights.w13);
-  quantizeBlocks(weights.format, randomValues(seed + 1, ffn * dim, std), ffn, dim, weights.w13, after);
-  quantizeBlocks(weights.format, randomValues(seed + 2, dim * ffn, 1 / Math.sqrt(ffn)), dim, ffn, weights.w2);
+  const after = quantizeBlocks(weights.format, gaussianValues(seed, ffn * dim, std), ffn, dim, weights.w13);
+  quantizeBlocks(weights.format, gaussianValues(seed + 1, ffn * dim, std), ffn, dim, weights.w13, after);
+  quantizeBlocks(weights.format, gaussianValues(seed + 2, dim * ffn, 1 / Math.sqrt(ffn)), dim, ffn, weights.w2);
   return bytes;
 }
 
@@ -81,8 +64,8 @@ describe('a product against blockGemmScalar', () => {
     async (format: BlockFormat) => {
       const [n, cols, m] = [12, 96, 3];
       const weights = new Uint8Array(4096);
-      quantizeBlocks(format, randomValues(1, n * cols), n, cols, weights);
-      const x = randomValues(2, m * cols);
+      quantizeBlocks(format, gaussianValues(1, n * cols), n, cols, weights);
+      const x = gaussianValues(2, m * cols);
       const records = new Uint8Array((m * cols * ACTIVATION_RECORD_BYTES) / 32);
       quantizeActivations(x, 0, m, cols, records);
       const reference = new Float32Array(m * n);
@@ -117,7 +100,7 @@ describe('the whole expert is bit-identical to runBlockExpertScalar', () => {
             try {
               const weights = pageIn(kernel, expertImage(dim, ffn, bits, 7), dim, ffn, bits);
               for (const rows of [1, 3, 17]) {
-                const x = randomValues(100 + rows, rows * dim);
+                const x = gaussianValues(100 + rows, rows * dim);
                 expectSameBits(kernel.run(x, rows, weights), runBlockExpertScalar(x, rows, weights, dim, ffn), `${rows} rows`);
               }
             } finally {
@@ -136,9 +119,9 @@ describe('rows are independent', () => {
     const kernel = await kernelFor(dim, ffn, 4, 2);
     try {
       const weights = pageIn(kernel, expertImage(dim, ffn, 4, 21), dim, ffn, 4);
-      const row = randomValues(5, dim);
+      const row = gaussianValues(5, dim);
       const batch = new Float32Array(20 * dim);
-      for (let r = 0; r < 20; r++) batch.set(randomValues(50 + r, dim, 10 ** ((r % 5) - 2)), r * dim);
+      for (let r = 0; r < 20; r++) batch.set(gaussianValues(50 + r, dim, 10 ** ((r % 5) - 2)), r * dim);
       batch.set(row, 17 * dim); // in the second pass of 16 rows
       const alone = kernel.run(row, 1, weights);
       expectSameBits(kernel.run(batch, 20, weights).subarray(17 * dim, 18 * dim), alone, 'row 17 of 20');
@@ -157,7 +140,7 @@ describe('accuracy against float64', () => {
       const w13 = dequantizeBlocks(weights.format, weights.w13, 2 * ffn, dim);
       const w2 = dequantizeBlocks(weights.format, weights.w2, dim, ffn);
       const rows = 4;
-      const x = randomValues(41, rows * dim);
+      const x = gaussianValues(41, rows * dim);
       const y = kernel.run(x, rows, weights);
       let error = 0;
       let norm = 0;
@@ -214,7 +197,7 @@ describe('buffers and arenas', () => {
     const [dim, ffn] = [512, 1024];
     const kernel = await kernelFor(dim, ffn, 4, 2, undefined, 2);
     try {
-      const x = randomValues(11, 2 * dim);
+      const x = gaussianValues(11, 2 * dim);
       const experts: { weights: ExpertWeights; expected: Float32Array }[] = [];
       for (let e = 0; e < 4; e++) {
         const weights = pageIn(kernel, expertImage(dim, ffn, 4, 500 + e), dim, ffn, 4);
