@@ -33,7 +33,7 @@ import { setFlagsFromString } from 'node:v8';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import wabtInit from 'wabt';
 import { BLOCK, BLOCK_BYTES, type BlockFormat, fromFloat16Bits } from '../../formats/blocks.ts';
-import { DIRECT_IO_ALIGNMENT } from './direct-read.ts';
+import { DIRECT_IO_ALIGNMENT, directReadCapacity } from './direct-read.ts';
 import type { ExpertBufferPool } from './expert-cache.ts';
 import type { ExpertWeights } from './expert-store.ts';
 
@@ -499,7 +499,7 @@ function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout
   const x = 0;
   const out = alignUp(x + size.x, 64);
   const buffersStart = alignUp(out + 4 * size.out, BUFFER_ALIGNMENT);
-  return { size, x, out, buffersStart, stride: alignUp(bufferBytes, BUFFER_ALIGNMENT) };
+  return { size, x, out, buffersStart, stride: directReadCapacity(bufferBytes) };
 }
 
 // ── sharing a product with a helper thread ─────────────────────────────────────────────────────

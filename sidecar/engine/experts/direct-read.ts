@@ -70,7 +70,7 @@ export async function readWhole(
       throw new RangeError(
         `direct read destination must start on a ${DIRECT_IO_ALIGNMENT}-byte boundary, byteOffset is ${into.byteOffset}`,
       );
-    const capacity = roundUp(bytes);
+    const capacity = directReadCapacity(bytes);
     if (into.byteLength < capacity)
       throw new RangeError(`direct read destination holds ${into.byteLength} bytes; ${bytes} bytes need ${capacity} (whole blocks)`);
     if (sliceBytes % DIRECT_IO_ALIGNMENT !== 0)
@@ -131,7 +131,7 @@ async function pump(
     let at = from;
     while (at < to) {
       // Direct reads ask for whole blocks; only the file's last block comes back short.
-      const length = direct ? roundUp(to - at) : to - at;
+      const length = direct ? directReadCapacity(to - at) : to - at;
       let bytesRead: number;
       try {
         ({ bytesRead } = await handle.read(into, at, length, at));
@@ -176,7 +176,8 @@ async function pump(
   }
 }
 
-function roundUp(bytes: number): number {
+/** Bytes a destination must hold for a direct read of `bytes`: whole DIRECT_IO_ALIGNMENT blocks. */
+export function directReadCapacity(bytes: number): number {
   return Math.ceil(bytes / DIRECT_IO_ALIGNMENT) * DIRECT_IO_ALIGNMENT;
 }
 

@@ -23,7 +23,7 @@ import { crc32 } from 'node:zlib';
 import { modelError, SidecarError } from '../../errors.ts';
 import { BLOCK, type BlockFormat, blockMatrixBytes, quantizeBlocks } from '../../formats/blocks.ts';
 import { SafetensorsFile, writeSafetensors } from '../../formats/safetensors.ts';
-import { DIRECT_IO_ALIGNMENT, readWhole } from './direct-read.ts';
+import { DIRECT_IO_ALIGNMENT, directReadCapacity, readWhole } from './direct-read.ts';
 
 export type ExpertBits = 4 | 8;
 export type ExpertQuantization = BlockFormat;
@@ -105,8 +105,6 @@ function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: ExpertBits):
     w2: bytes.subarray(start + w13Bytes, start + w13Bytes + blockMatrixBytes(format, dim, ffn)),
   };
 }
-
-const alignUp = (value: number, alignment: number) => Math.ceil(value / alignment) * alignment;
 
 function checkBlockShape(dim: number, ffn: number): void {
   if (dim % BLOCK !== 0 || ffn % BLOCK !== 0) {
@@ -405,10 +403,10 @@ export class ExpertStore {
       const size = Number(stats.size);
       if (size !== fileBytes)
         throw expertFileError(path, layer, expert, `is ${size} bytes, expected ${fileBytes} (truncated or from another model)`);
-      const direct = into.byteOffset % DIRECT_IO_ALIGNMENT === 0 && into.byteLength >= alignUp(fileBytes, DIRECT_IO_ALIGNMENT);
+      const direct = into.byteOffset % DIRECT_IO_ALIGNMENT === 0 && into.byteLength >= directReadCapacity(fileBytes);
       const result = await readWhole(path, into, fileBytes, {
         direct,
-        sliceBytes: verify ? CHECKSUM_SLICE_BYTES : alignUp(fileBytes, DIRECT_IO_ALIGNMENT),
+        sliceBytes: verify ? CHECKSUM_SLICE_BYTES : directReadCapacity(fileBytes),
         onSlice: verify ? (from, to) => (checksum = crc32(into.subarray(Math.max(from, HEADER_BYTES), to), checksum)) : undefined,
       });
       this.reads[result.direct ? 'direct' : 'buffered']++;
