@@ -5,31 +5,18 @@
  * with a message naming what is wrong.
  */
 
-import { execFile } from 'node:child_process';
 import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FORMAT_VERSION, type Manifest } from '../../sidecar/formats/store-manifest.ts';
+import { runSirocco } from '../support/cli.ts';
 import { checkpointDir, loadGolden, relativeError, tempDir } from '../support/golden.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const work = tempDir('cli');
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-async function sirocco(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(ROOT, 'bin/sirocco.mjs'), ...args], {
-      cwd: ROOT,
-      env: { ...process.env, SIROCCO_HOME: join(work, 'home') },
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const sirocco = (...args: string[]) => runSirocco(join(work, 'home'), ...args);
 
 function parseLogits(stdout: string): number[][] {
   const [line, ...rest] = stdout.trim().split('\n');

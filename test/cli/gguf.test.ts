@@ -3,13 +3,11 @@
  * file's reference logits (converted once into the store cache), `sirocco convert --from FILE.gguf`
  * writes a store, and a bad file fails naming it, leaving nothing behind.
  */
-
-import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../sidecar/formats/store-manifest.ts';
+import { runSirocco } from '../support/cli.ts';
 import { relativeError, tempDir } from '../support/golden.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
@@ -17,19 +15,7 @@ const GGUF = join(ROOT, 'test/fixtures/golden/gguf');
 const work = tempDir('cli-gguf');
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-async function sirocco(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(ROOT, 'bin/sirocco.mjs'), ...args], {
-      cwd: ROOT,
-      env: { ...process.env, SIROCCO_HOME: join(work, 'home') },
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const sirocco = (...args: string[]) => runSirocco(join(work, 'home'), ...args);
 
 describe('GGUF files in the CLI', () => {
   it('logits --model FILE.gguf prints the reference logits, as for a checkpoint', async () => {
