@@ -78,6 +78,9 @@ describe('waitUntilReady', () => {
 
   it('gives up at the deadline, naming the process and the URL', async () => {
     const silent = script('silent child', `console.log('still loading'); setInterval(() => {}, 1000)`);
+    // The child has spoken before the wait starts: on a busy machine node can take longer to
+    // start than the 300 ms deadline, and the message would then have no output to show.
+    await waitForLine(silent, exactly('still loading'), { timeoutMs: 10_000, what: '"still loading"' });
     const url = `http://127.0.0.1:${await freePort()}/ready`;
     await expect(waitUntilReady(silent, url, { timeoutMs: 300, intervalMs: 50 })).rejects.toThrow(
       new RegExp(`^silent child was not ready at ${url} after 0 s:\\nstill loading$`),
