@@ -7,9 +7,9 @@
  * Its children are launched, awaited and stopped by cli/processes.ts, as the benches' and the tests' are.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { build } from 'esbuild';
 import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
@@ -28,7 +28,7 @@ import {
 
 export const summary = 'run the whole stack locally (demo model, two sidecars, wrangler dev); PORT or --port sets the edge port';
 
-// ─── The chat page's SSE module ──────────────────────────────────────────────
+// ─── The pages' generated assets ─────────────────────────────────────────────
 
 /** The browser copy of shared/sse.ts, served by the worker's static assets next to the chat page. */
 export const PAGE_SSE_MODULE = join(REPO_ROOT, 'edge/public/sse.js');
@@ -48,13 +48,58 @@ export async function bundlePageSseModule(): Promise<string> {
   return result.outputFiles[0]!.text;
 }
 
-/** Rewrites edge/public/sse.js when shared/sse.ts changed, so the page never parses SSE differently from the tiers. */
-export async function refreshPageSseModule(): Promise<boolean> {
-  const fresh = await bundlePageSseModule();
-  const current = await readFile(PAGE_SSE_MODULE, 'utf8').catch(() => null);
-  if (current === fresh) return false;
-  await writeFile(PAGE_SSE_MODULE, fresh);
-  return true;
+const UPLOT_PACKAGE = join(REPO_ROOT, 'node_modules/uplot');
+/** The operator console's chart library (uPlot) and its stylesheet, copied from node_modules. */
+export const PAGE_CHART_MODULE = join(REPO_ROOT, 'edge/public/vendor/uplot.js');
+export const PAGE_CHART_STYLES = join(REPO_ROOT, 'edge/public/vendor/uplot.css');
+
+async function uplotBanner(): Promise<string> {
+  const { version } = JSON.parse(await readFile(join(UPLOT_PACKAGE, 'package.json'), 'utf8')) as { version: string };
+  return `uPlot ${version} (MIT licence, (c) Leon Sorokin), copied from node_modules by \`sirocco dev\` (cli/commands/dev.ts). Do not edit.`;
+}
+
+/** uPlot's ES module, minified (its dist file is unminified). */
+export async function bundlePageChartModule(): Promise<string> {
+  const result = await build({
+    entryPoints: [join(UPLOT_PACKAGE, 'dist/uPlot.esm.js')],
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    write: false,
+    legalComments: 'none',
+    banner: { js: `// ${await uplotBanner()}` },
+  });
+  return result.outputFiles[0]!.text;
+}
+
+export async function pageChartStyles(): Promise<string> {
+  return `/* ${await uplotBanner()} */\n${await readFile(join(UPLOT_PACKAGE, 'dist/uPlot.min.css'), 'utf8')}\n`;
+}
+
+/** The files under edge/public generated from other sources; committed, so `wrangler deploy` ships them. */
+export const GENERATED_PAGE_ASSETS: ReadonlyArray<{ path: string; generate: () => Promise<string> }> = [
+  { path: PAGE_SSE_MODULE, generate: bundlePageSseModule },
+  { path: PAGE_CHART_MODULE, generate: bundlePageChartModule },
+  { path: PAGE_CHART_STYLES, generate: pageChartStyles },
+];
+
+/**
+ * Rewrites each generated page asset whose source changed (so the chat page never parses SSE differently from the
+ * tiers, and the console runs the installed uPlot); returns the paths rewritten.
+ */
+export async function refreshPageAssets(): Promise<string[]> {
+  const rewritten: string[] = [];
+  for (const asset of GENERATED_PAGE_ASSETS) {
+    const fresh = await asset.generate();
+    const current = await readFile(asset.path, 'utf8').catch(() => null);
+    if (current === fresh) continue;
+    await mkdir(dirname(asset.path), { recursive: true });
+    await writeFile(asset.path, fresh);
+    rewritten.push(asset.path);
+  }
+  return rewritten;
 }
 
 // ─── Ports and interruption ──────────────────────────────────────────────────
@@ -150,7 +195,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
   const { sidecarSecret, adminSecret, apiKey } = await devCredentials(options, progress);
 
-  if (await refreshPageSseModule()) progress('rebuilt edge/public/sse.js from shared/sse.ts');
+  for (const path of await refreshPageAssets()) progress(`rebuilt ${relative(REPO_ROOT, path)}`);
   progress('preparing the demo models (built once, then reused)…');
   // Loaded lazily: the engine (onnxruntime) is only needed when a stack really starts.
   const { ensureDemoModels } = await import('../../sidecar/convert/demo-model.ts');

@@ -1,10 +1,12 @@
 /**
- * The chat page parses SSE with the project's one parser: edge/public/sse.js is shared/sse.ts bundled for the
- * browser. It is committed (so `wrangler deploy` ships it) and must match a fresh bundle of the current source.
+ * The pages' generated assets are committed (so `wrangler deploy` ships them) and must match a fresh build of their
+ * sources: the chat page parses SSE with the project's one parser (edge/public/sse.js is shared/sse.ts bundled for
+ * the browser), and the operator console draws with the installed uPlot (edge/public/vendor/).
  */
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bundlePageSseModule, PAGE_SSE_MODULE } from './dev.ts';
+import { bundlePageSseModule, GENERATED_PAGE_ASSETS, PAGE_CHART_MODULE, PAGE_SSE_MODULE } from './dev.ts';
 
 describe('edge/public/sse.js', () => {
   it('is the current bundle of shared/sse.ts (run `npm start` to refresh it)', async () => {
@@ -24,5 +26,21 @@ describe('edge/public/sse.js', () => {
     const events: string[] = [];
     for await (const event of module.readSseEvents(body)) events.push(event.data);
     expect(events).toEqual(['{"a":1}', module.SSE_DONE]);
+  });
+});
+
+describe('edge/public/vendor (uPlot)', () => {
+  const vendored = GENERATED_PAGE_ASSETS.filter((asset) => asset.path !== PAGE_SSE_MODULE).map((asset) => ({
+    ...asset,
+    name: basename(asset.path),
+  }));
+  it.each(vendored)('$name is the current copy of node_modules/uplot (run `npm start` to refresh it)', async ({ path, generate }) => {
+    expect(await readFile(path, 'utf8')).toBe(await generate());
+  });
+
+  it('is an ES module whose default export is the uPlot constructor', async () => {
+    const source = await readFile(PAGE_CHART_MODULE, 'utf8');
+    expect(source).toMatch(/^\/\/ uPlot \d+\.\d+\.\d+ \(MIT licence/);
+    expect(source).toMatch(/export\s*\{[^}]*as default\s*\}/);
   });
 });
