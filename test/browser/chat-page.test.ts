@@ -1,40 +1,20 @@
 /**
  * The chat page served by the worker, in headless Chromium against the real stack (wrangler dev → real sidecar on
  * the demo models): tokens visibly stream into the page, and Stop ends the stream.
- *
- * Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`); playwright-core drives it, so no
- * browser is downloaded at install time.
  */
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Stack } from '../../cli/commands/dev.ts';
 import { LoadReportSchema } from '../../shared/protocol.ts';
+import { launchBrowser } from '../support/browser.ts';
 import { signedSidecarGet, startTestStack, TEST_OUTPUT } from '../support/stack-fixture.ts';
-
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 
 let stack: Stack;
 let browser: Browser;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`The browser test needs Chromium at ${CHROMIUM}: install it with \`apt-get update && apt-get install -y chromium\`.`);
-  }
-  [stack, browser] = await Promise.all([
-    startTestStack({ regions: ['eu-west'] }),
-    chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS }),
-  ]);
+  [stack, browser] = await Promise.all([startTestStack({ regions: ['eu-west'] }), launchBrowser()]);
 }, 300_000);
 afterAll(async () => {
   await browser?.close();
