@@ -78,11 +78,35 @@ export async function pageChartStyles(): Promise<string> {
   return `/* ${await uplotBanner()} */\n${await readFile(join(UPLOT_PACKAGE, 'dist/uPlot.min.css'), 'utf8')}\n`;
 }
 
+const MARKDOWN_PACKAGE = join(REPO_ROOT, 'node_modules/markdown-it');
+/** The chat page's Markdown renderer (markdown-it), copied from node_modules. */
+export const PAGE_MARKDOWN_MODULE = join(REPO_ROOT, 'edge/public/vendor/markdown-it.js');
+
+/** markdown-it's browser ES module with its dependencies, minified. */
+export async function bundlePageMarkdownModule(): Promise<string> {
+  const { version } = JSON.parse(await readFile(join(MARKDOWN_PACKAGE, 'package.json'), 'utf8')) as { version: string };
+  const result = await build({
+    entryPoints: [join(MARKDOWN_PACKAGE, 'dist/markdown-it.mjs')],
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    write: false,
+    legalComments: 'none',
+    banner: {
+      js: `// markdown-it ${version} (MIT licence, (c) Vitaly Puzrin, Alex Kocharin), copied from node_modules by \`sirocco dev\` (cli/commands/dev.ts). Do not edit.`,
+    },
+  });
+  return result.outputFiles[0]!.text;
+}
+
 /** The files under edge/public generated from other sources; committed, so `wrangler deploy` ships them. */
 export const GENERATED_PAGE_ASSETS: ReadonlyArray<{ path: string; generate: () => Promise<string> }> = [
   { path: PAGE_SSE_MODULE, generate: bundlePageSseModule },
   { path: PAGE_CHART_MODULE, generate: bundlePageChartModule },
   { path: PAGE_CHART_STYLES, generate: pageChartStyles },
+  { path: PAGE_MARKDOWN_MODULE, generate: bundlePageMarkdownModule },
 ];
 
 /**
@@ -404,6 +428,14 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
 
 // ─── The command ─────────────────────────────────────────────────────────────
 
+/**
+ * The chat page with the key in the URL fragment, which the browser never sends to the server: the page moves it
+ * into sessionStorage and removes it from the address bar.
+ */
+export function chatPageUrl(edgeUrl: string, apiKey: string): string {
+  return `${edgeUrl}/#key=${encodeURIComponent(apiKey)}`;
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
     port: { type: 'string' },
@@ -460,7 +492,8 @@ export async function run(argv: string[]): Promise<number> {
   console.log(
     [
       '',
-      `  Sirocco is running at ${stack.edgeUrl}  (chat page: ${stack.edgeUrl}/)`,
+      `  Sirocco is running at ${stack.edgeUrl}`,
+      `  Chat page: ${chatPageUrl(stack.edgeUrl, stack.apiKey)}`,
       `  API key: ${stack.apiKey}`,
       `  Admin secret: ${process.env[ENV.adminSecret] ? `${ENV.adminSecret} from your environment` : `${ENV.adminSecret} in ${devVarsFile()}`}  (\`npx sirocco keys list\` reads it from there)`,
       '',

@@ -1,12 +1,21 @@
 /**
  * The pages' generated assets are committed (so `wrangler deploy` ships them) and must match a fresh build of their
  * sources: the chat page parses SSE with the project's one parser (edge/public/sse.js is shared/sse.ts bundled for
- * the browser), and the operator console draws with the installed uPlot (edge/public/vendor/).
+ * the browser), the operator console draws with the installed uPlot, and the chat page renders Markdown with the
+ * installed markdown-it (edge/public/vendor/).
  */
 import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bundlePageSseModule, GENERATED_PAGE_ASSETS, PAGE_CHART_MODULE, PAGE_SSE_MODULE } from './dev.ts';
+import {
+  bundlePageMarkdownModule,
+  bundlePageSseModule,
+  GENERATED_PAGE_ASSETS,
+  PAGE_CHART_MODULE,
+  PAGE_CHART_STYLES,
+  PAGE_MARKDOWN_MODULE,
+  PAGE_SSE_MODULE,
+} from './dev.ts';
 
 describe('edge/public/sse.js', () => {
   it('is the current bundle of shared/sse.ts (run `npm start` to refresh it)', async () => {
@@ -30,10 +39,12 @@ describe('edge/public/sse.js', () => {
 });
 
 describe('edge/public/vendor (uPlot)', () => {
-  const vendored = GENERATED_PAGE_ASSETS.filter((asset) => asset.path !== PAGE_SSE_MODULE).map((asset) => ({
-    ...asset,
-    name: basename(asset.path),
-  }));
+  const vendored = GENERATED_PAGE_ASSETS.filter((asset) => asset.path === PAGE_CHART_MODULE || asset.path === PAGE_CHART_STYLES).map(
+    (asset) => ({
+      ...asset,
+      name: basename(asset.path),
+    }),
+  );
   it.each(vendored)('$name is the current copy of node_modules/uplot (run `npm start` to refresh it)', async ({ path, generate }) => {
     expect(await readFile(path, 'utf8')).toBe(await generate());
   });
@@ -42,5 +53,22 @@ describe('edge/public/vendor (uPlot)', () => {
     const source = await readFile(PAGE_CHART_MODULE, 'utf8');
     expect(source).toMatch(/^\/\/ uPlot \d+\.\d+\.\d+ \(MIT licence/);
     expect(source).toMatch(/export\s*\{[^}]*as default\s*\}/);
+  });
+});
+
+describe('edge/public/vendor/markdown-it.js', () => {
+  it('is the current bundle of node_modules/markdown-it (run `npm start` to refresh it)', async () => {
+    expect(await readFile(PAGE_MARKDOWN_MODULE, 'utf8')).toBe(await bundlePageMarkdownModule());
+  });
+
+  it('renders Markdown and, with html off as the page configures it, leaves raw HTML and script links inert', async () => {
+    type MarkdownIt = (options: { html: boolean }) => { render(source: string): string };
+    const markdownit = ((await import(PAGE_MARKDOWN_MODULE)) as { default: MarkdownIt }).default;
+    const md = markdownit({ html: false });
+    expect(md.render('**bold** and `code`')).toBe('<p><strong>bold</strong> and <code>code</code></p>\n');
+    expect(md.render('<script>alert(1)</script>')).toBe('<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>\n');
+    expect(md.render('<img src=x onerror=alert(1)>')).toBe('<p>&lt;img src=x onerror=alert(1)&gt;</p>\n');
+    expect(md.render('[click](javascript:alert(1))')).not.toContain('href');
+    expect(md.render('```html\n<b>x</b>\n```')).toBe('<pre><code class="language-html">&lt;b&gt;x&lt;/b&gt;\n</code></pre>\n');
   });
 });
