@@ -14,6 +14,8 @@ const REPO_ROOT = resolve(import.meta.dirname, '../..');
 /** Shared by every test file (and the sidecar suite), so the demo models are built once. */
 export const TEST_HOME = join(REPO_ROOT, 'test/.tmp/home');
 export const TEST_OUTPUT = join(REPO_ROOT, 'test/.tmp');
+/** Screenshots and other files a person may want to look at after a run (git-ignored). */
+export const TEST_ARTIFACTS = join(REPO_ROOT, 'test-artifacts');
 
 export async function startTestStack(options: { regions?: string[]; edgeVars?: Record<string, string> } = {}): Promise<Stack> {
   await mkdir(TEST_HOME, { recursive: true });
