@@ -1,10 +1,13 @@
 /**
  * Test helper: a real node:http server that answers `POST /v1/chat/completions` with scripted Mistral-format replies
- * (JSON, error envelopes, or SSE written in arbitrary network-sized pieces), and records what clients sent.
+ * (JSON, error envelopes, or SSE written in arbitrary network-sized pieces), and records what clients sent. A body
+ * the server's own strict request schema refuses is answered 422 as the edge would, so the provider's wire types
+ * (sirocco-api.ts) cannot drift from the API's.
  */
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ChatCompletionChunk, ChatCompletionResponse } from '../../shared/api.ts';
+import { type ChatCompletionChunk, ChatCompletionRequestSchema, type ChatCompletionResponse } from '../../shared/api.ts';
+import { validationErrorBody } from '../../shared/errors.ts';
 import { encodeSseData, SSE_DONE, SSE_HEADERS } from '../../shared/sse.ts';
 
 export type ScriptedReply =
@@ -53,6 +56,11 @@ export async function startChatTestServer(): Promise<ChatTestServer> {
       clientDisconnected,
     });
 
+    const validation = ChatCompletionRequestSchema.safeParse(requests.at(-1)?.body);
+    if (!validation.success) {
+      res.writeHead(422, { 'content-type': 'application/json' }).end(JSON.stringify(validationErrorBody(validation.error)));
+      return;
+    }
     const reply = replies.length > 1 ? replies.shift()! : replies[0];
     if (!reply) {
       res.writeHead(500).end('no scripted reply');

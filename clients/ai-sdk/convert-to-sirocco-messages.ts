@@ -1,10 +1,6 @@
 /** Converts the AI SDK's prompt into Mistral chat messages (text only: the Sirocco models have no vision or tools). */
 import { type LanguageModelV3Prompt, UnsupportedFunctionalityError } from '@ai-sdk/provider';
-
-export type SiroccoChatMessage =
-  | { role: 'system'; content: string }
-  | { role: 'user'; content: string }
-  | { role: 'assistant'; content: string };
+import type { SiroccoChatMessage } from './sirocco-api.ts';
 
 export function convertToSiroccoMessages(prompt: LanguageModelV3Prompt): SiroccoChatMessage[] {
   return prompt.map(convertMessage);

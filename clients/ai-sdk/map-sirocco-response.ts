@@ -1,9 +1,9 @@
-/** Maps Mistral's response fields (parsed with the project's shared schemas) onto the AI SDK's V3 shapes. */
+/** Maps Mistral's response fields (parsed with the provider's schemas, sirocco-api.ts) onto the AI SDK's V3 shapes. */
 import type { JSONObject, LanguageModelV3FinishReason, LanguageModelV3Usage } from '@ai-sdk/provider';
-import type { Usage } from '../../shared/api.ts';
+import type { SiroccoUsage } from './sirocco-api.ts';
 
 /** The SDK's nested usage; the objects exist even when the server sent no counts. */
-export function convertSiroccoUsage(usage: Usage | null | undefined): LanguageModelV3Usage {
+export function convertSiroccoUsage(usage: SiroccoUsage | null | undefined): LanguageModelV3Usage {
   return {
     inputTokens: { total: usage?.prompt_tokens, noCache: usage?.prompt_tokens, cacheRead: undefined, cacheWrite: undefined },
     outputTokens: { total: usage?.completion_tokens, text: usage?.completion_tokens, reasoning: undefined },

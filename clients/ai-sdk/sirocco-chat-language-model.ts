@@ -20,17 +20,17 @@ import {
   parseProviderOptions,
   postJsonToApi,
 } from '@ai-sdk/provider-utils';
-import * as z from 'zod';
-import {
-  type ChatCompletionChunk,
-  ChatCompletionChunkSchema,
-  type ChatCompletionRequest,
-  ChatCompletionResponseSchema,
-  type Usage,
-} from '../../shared/api.ts';
-import { MistralErrorBodySchema } from '../../shared/errors.ts';
+import * as z from 'zod/v4';
 import { convertToSiroccoMessages } from './convert-to-sirocco-messages.ts';
 import { convertSiroccoUsage, mapSiroccoFinishReason, responseMetadata } from './map-sirocco-response.ts';
+import {
+  type SiroccoChatChunk,
+  type SiroccoChatRequest,
+  type SiroccoUsage,
+  siroccoChatChunkSchema,
+  siroccoChatResponseSchema,
+  siroccoErrorBodySchema,
+} from './sirocco-api.ts';
 import { siroccoFailedResponseHandler } from './sirocco-error.ts';
 
 /** Canonical ids and Mistral's aliases; any other string is passed through (e.g. an operator's upstream route). */
@@ -99,7 +99,7 @@ export class SiroccoChatLanguageModel implements LanguageModelV3 {
       prompt = injectJsonInstructionIntoMessages({ messages: prompt, schema: responseFormat.schema });
     }
 
-    const body: ChatCompletionRequest = {
+    const body: SiroccoChatRequest = {
       model: this.modelId,
       messages: convertToSiroccoMessages(prompt),
       max_tokens: options.maxOutputTokens,
@@ -136,7 +136,7 @@ export class SiroccoChatLanguageModel implements LanguageModelV3 {
       headers: combineHeaders(this.config.headers(), options.headers),
       body,
       failedResponseHandler: siroccoFailedResponseHandler,
-      successfulResponseHandler: createJsonResponseHandler(ChatCompletionResponseSchema),
+      successfulResponseHandler: createJsonResponseHandler(siroccoChatResponseSchema),
       abortSignal: options.abortSignal,
       fetch: this.config.fetch,
     });
@@ -164,18 +164,18 @@ export class SiroccoChatLanguageModel implements LanguageModelV3 {
       headers: combineHeaders(this.config.headers(), options.headers),
       body,
       failedResponseHandler: siroccoFailedResponseHandler,
-      successfulResponseHandler: createEventSourceResponseHandler(ChatCompletionChunkSchema),
+      successfulResponseHandler: createEventSourceResponseHandler(siroccoChatChunkSchema),
       abortSignal: options.abortSignal,
       fetch: this.config.fetch,
     });
 
     let finishReason: LanguageModelV3FinishReason = { unified: 'other', raw: undefined };
-    let usage: Usage | undefined;
+    let usage: SiroccoUsage | undefined;
     let isFirstChunk = true;
     let textOpen = false;
 
     const stream = events.pipeThrough(
-      new TransformStream<ParseResult<ChatCompletionChunk>, LanguageModelV3StreamPart>({
+      new TransformStream<ParseResult<SiroccoChatChunk>, LanguageModelV3StreamPart>({
         start(controller) {
           controller.enqueue({ type: 'stream-start', warnings });
         },
@@ -218,6 +218,6 @@ export class SiroccoChatLanguageModel implements LanguageModelV3 {
 
 /** The message of an error frame sent inside an SSE stream, if the raw event is one. */
 function streamedError(rawValue: unknown): Error | undefined {
-  const parsed = MistralErrorBodySchema.safeParse(rawValue);
+  const parsed = siroccoErrorBodySchema.safeParse(rawValue);
   return parsed.success ? new Error(parsed.data.message) : undefined;
 }

@@ -4,9 +4,9 @@
  * not Mistral's envelope (e.g. a proxy's HTML 502) still becomes an APICallError, with the status text as message.
  */
 import { createJsonErrorResponseHandler } from '@ai-sdk/provider-utils';
-import { MistralErrorBodySchema } from '../../shared/errors.ts';
+import { siroccoErrorBodySchema } from './sirocco-api.ts';
 
 export const siroccoFailedResponseHandler = createJsonErrorResponseHandler({
-  errorSchema: MistralErrorBodySchema,
+  errorSchema: siroccoErrorBodySchema,
   errorToMessage: (data) => data.message,
 });

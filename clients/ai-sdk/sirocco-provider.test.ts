@@ -3,14 +3,16 @@
  * generateObject) against a real local HTTP server that speaks Mistral's JSON and SSE formats.
  */
 import { APICallError, LoadAPIKeyError, UnsupportedFunctionalityError } from '@ai-sdk/provider';
-import { generateObject, generateText, streamText, type TextStreamPart, type ToolSet } from 'ai';
+import { generateObject, generateText, Output, streamText, type TextStreamPart, type ToolSet } from 'ai';
 import { convertReadableStreamToArray } from 'ai/test';
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, expectTypeOf, it, vi } from 'vitest';
 import * as z from 'zod';
+import { type ChatCompletionRequest, ChatCompletionRequestSchema } from '../../shared/api.ts';
 import { errorBody } from '../../shared/errors.ts';
 import { encodeSseData } from '../../shared/sse.ts';
 import { type ChatTestServer, chatCompletion, chatStreamEvents, startChatTestServer } from './chat-test-server.ts';
 import { createSirocco } from './index.ts';
+import type { SiroccoChatRequest } from './sirocco-api.ts';
 
 // Warnings are asserted on results; keep the SDK from also printing them.
 (globalThis as { AI_SDK_LOG_WARNINGS?: boolean }).AI_SDK_LOG_WARNINGS = false;
@@ -442,5 +444,43 @@ describe('default instance', () => {
     expect(provider.chat('mistral-tiny').provider).toBe('sirocco.chat');
     expect(() => provider.embeddingModel('mistral-embed')).toThrow(/No such embeddingModel/);
     expect(() => provider.imageModel('x')).toThrow(/No such imageModel/);
+  });
+});
+
+describe('wire types', () => {
+  it("the provider's own request type fits the API's, and a request with every setting passes the API's strict schema", async () => {
+    expectTypeOf<SiroccoChatRequest>().toExtend<ChatCompletionRequest>();
+    server.script({ kind: 'json', body: chatCompletion('{"a":1}') });
+    await generateText({
+      model: provider()('mistral-tiny'),
+      output: Output.object({ schema: z.object({ a: z.number() }), description: 'one number' }),
+      system: 'Be brief.',
+      messages: [
+        { role: 'user', content: 'a?' },
+        { role: 'assistant', content: 'Which a?' },
+        { role: 'user', content: 'The first.' },
+      ],
+      maxOutputTokens: 16,
+      temperature: 0.2,
+      topP: 0.9,
+      seed: 5,
+      stopSequences: ['END'],
+      providerOptions: { sirocco: { safePrompt: true } },
+    });
+    const body = server.requests[0]!.body;
+    expect(Object.keys(body).sort()).toEqual(
+      ['max_tokens', 'messages', 'model', 'random_seed', 'response_format', 'safe_prompt', 'stop', 'temperature', 'top_p'].sort(),
+    );
+    expect(ChatCompletionRequestSchema.safeParse(body).success).toBe(true);
+  });
+
+  it('the test server answers 422 to a body the API refuses, as the edge does', async () => {
+    const response = await fetch(`${server.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mistral-tiny', messages: [{ role: 'user', content: 'x' }], top_k: 3 }),
+    });
+    expect(response.status).toBe(422);
+    expect(await response.json()).toMatchObject({ object: 'error', detail: [{ loc: ['body', 'top_k'], type: 'extra_forbidden' }] });
   });
 });
