@@ -5,8 +5,10 @@
  *   request id → access log → CORS → body limit
  *   GET  /health                         (public)
  *   GET  /v1/models, /v1/models/:id      API key
- *   POST /v1/chat/completions            API key → validate → route → rate limit → cache → forward
- *   /admin/keys (POST, GET, DELETE /:id) admin secret
+ *   POST /v1/chat/completions            API key → validate → route → rate limit → spend caps → cache → forward
+ *   GET  /v1/usage                       API key (the key's own usage)
+ *   /admin/keys (POST, GET, PATCH /:id, DELETE /:id), /admin/usage, /admin/usage/events,
+ *   /admin/tenants, PUT /admin/tenants/:tenant/caps   admin secret
  *   GET  /metrics                        admin secret (Prometheus text; counters kept per isolate)
  */
 import { type Context, Hono } from 'hono';
@@ -17,7 +19,7 @@ import { errorBody, type MistralErrorBody, retryAfterHeaders } from '../shared/e
 import { ApiKeyCache, adminAuth, apiKeyAuth } from './auth/index.ts';
 import { responseCache } from './cache/index.ts';
 import { corsFromEnv } from './cors/index.ts';
-import type { EdgeDependencies } from './dependencies.ts';
+import { afterResponse, type EdgeDependencies, inBackground } from './dependencies.ts';
 import type { AppEnv } from './env.ts';
 import { EdgeError } from './errors.ts';
 import { accessLog, createLogger } from './logging/index.ts';
@@ -25,10 +27,20 @@ import { EdgeMetrics, METRICS_CONTENT_TYPE } from './metrics/index.ts';
 import { chargeTokens, type RateLimitSubject, rateLimit, tokensToReserve } from './rate-limit/index.ts';
 import { requestId } from './request-id/index.ts';
 import { adminKeysRoutes } from './routes/admin-keys.ts';
-import { chatCompletions, resolveChatRoute, validateChatRequest } from './routes/chat-completions.ts';
+import { adminTenantsRoutes } from './routes/admin-tenants.ts';
+import { adminUsageRoutes } from './routes/admin-usage.ts';
+import {
+  chatCompletions,
+  resolveChatRoute,
+  type UsageOutcome,
+  type UsageRecorder,
+  validateChatRequest,
+} from './routes/chat-completions.ts';
 import { healthRoute } from './routes/health.ts';
 import { modelRoute, modelsRoute } from './routes/models.ts';
+import { usageRoute } from './routes/usage.ts';
 import { SidecarPool } from './routing/index.ts';
+import { recordUsageEvent, spendCaps } from './usage/index.ts';
 
 /** Chat bodies beyond this are refused (32k-token contexts fit with room to spare). */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -54,8 +66,8 @@ export function toErrorResponse(error: unknown): { status: number; body: Mistral
 export interface CreateAppOptions {
   /** How sidecars and upstreams are reached; tests inject fakes here. */
   fetch?: typeof fetch;
-  /** Called in waitUntil with each finished response's usage (token metering). */
-  recordUsage?: (c: Context<AppEnv>, usage: Usage) => Promise<unknown>;
+  /** Called in waitUntil with each finished response's usage (token metering, the usage ledger, spend). */
+  recordUsage?: UsageRecorder;
 }
 
 /** Whose budget a request spends: the key's hash and limits (never the key). */
@@ -64,18 +76,25 @@ function rateLimitSubject(c: Context<AppEnv>): RateLimitSubject | undefined {
   return key && { keyHash: key.hash, limits: key.limits };
 }
 
-/** Default metering: settle the request's token reservation to its usage (or charge it) and log the usage. */
-async function chargeUsage(c: Context<AppEnv>, usage: Usage): Promise<unknown> {
+/** Settles the request's token reservation to its usage (or charges it); a cache hit spent no tokens. */
+async function chargeRateLimit(c: Context<AppEnv>, usage: Usage, outcome: UsageOutcome): Promise<unknown> {
+  if (outcome.cached) return undefined;
+  const reservation = c.get('tokenReservation');
+  if (reservation) return reservation.settle(usage.total_tokens);
+  const subject = rateLimitSubject(c);
+  return subject ? chargeTokens(c.env.RATE_LIMITER, subject, usage.total_tokens) : undefined;
+}
+
+/** Default metering: log the usage, charge the rate-limit window, and record it in the ledger and the month's spend. */
+async function chargeUsage(c: Context<AppEnv>, usage: Usage, outcome: UsageOutcome): Promise<unknown> {
   c.get('logger').info('usage', {
     tenant: c.get('apiKey')?.tenant,
     promptTokens: usage.prompt_tokens,
     completionTokens: usage.completion_tokens,
     totalTokens: usage.total_tokens,
+    cached: outcome.cached,
   });
-  const reservation = c.get('tokenReservation');
-  if (reservation) return reservation.settle(usage.total_tokens);
-  const subject = rateLimitSubject(c);
-  return subject ? chargeTokens(c.env.RATE_LIMITER, subject, usage.total_tokens) : undefined;
+  return Promise.all([chargeRateLimit(c, usage, outcome), recordUsageEvent(c, usage, outcome)]);
 }
 
 export function createApp(options: CreateAppOptions = {}) {
@@ -99,6 +118,7 @@ export function createApp(options: CreateAppOptions = {}) {
   app.use('/v1/*', apiKeyAuth(keyCache));
   app.get('/v1/models', modelsRoute());
   app.get('/v1/models/:id', modelRoute());
+  app.get('/v1/usage', usageRoute());
   app.post(
     '/v1/chat/completions',
     validateChatRequest(),
@@ -108,12 +128,24 @@ export function createApp(options: CreateAppOptions = {}) {
       subject: rateLimitSubject,
       reserveTokens: (c, limits) => tokensToReserve(c.get('chatRequest'), limits),
     }),
-    responseCache<AppEnv>({ tenant: (c) => c.get('apiKey')?.tenant, request: (c) => c.get('chatRequest') }),
+    spendCaps(),
+    responseCache<AppEnv>({
+      tenant: (c) => c.get('apiKey')?.tenant,
+      request: (c) => c.get('chatRequest'),
+      onHit: (c, completion) =>
+        inBackground(
+          c,
+          afterResponse().then(() => recordUsage(c, completion.usage, { status: 200, cached: true })),
+          (error) => c.get('logger').error('usage_record_failed', { message: String(error) }),
+        ),
+    }),
     chatCompletions(deps, recordUsage),
   );
   app.get('/metrics', adminAuth(), (c) => c.body(metrics.render(), 200, { 'content-type': METRICS_CONTENT_TYPE }));
   app.use('/admin/*', adminAuth());
   app.route('/admin/keys', adminKeysRoutes(keyCache));
+  app.route('/admin/usage', adminUsageRoutes());
+  app.route('/admin/tenants', adminTenantsRoutes());
 
   app.notFound(() => {
     throw new EdgeError('not_found', 'Not Found');

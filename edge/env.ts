@@ -2,14 +2,23 @@
  * The edge worker's bindings (wrangler.toml + secrets) and the per-request variables its middleware
  * share through Hono's context.
  */
+
+import type { UsageEvent } from '../shared/usage.ts';
 import type { Logger } from './logging/logger.ts';
 import type { RateLimiter } from './rate-limit/rate-limiter.ts';
+import type { SpendLimiter } from './usage/spend-limiter.ts';
 
 export interface EdgeBindings {
   /** API key records by peppered hash (edge/auth). */
   API_KEYS: KVNamespace;
   /** Exact per-key budgets, one Durable Object per key (edge/rate-limit). */
   RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+  /** Month-to-date spend and tokens, one Durable Object per key and one per tenant (edge/usage). */
+  SPEND_LIMITER: DurableObjectNamespace<SpendLimiter>;
+  /** The usage ledger's queue (edge/usage): one event per finished chat request. Unbound: usage is not recorded. */
+  USAGE_QUEUE?: Queue<UsageEvent>;
+  /** The usage ledger (D1, schema in migrations/), written by the queue consumer. */
+  USAGE_DB?: D1Database;
   /** Optional KV store for the response cache (edge/cache). */
   RESPONSE_CACHE?: KVNamespace;
   /** The static chat page (edge/public). */
@@ -29,6 +38,9 @@ export interface EdgeBindings {
   CIRCUIT_FAILURE_THRESHOLD?: string;
   CIRCUIT_COOLDOWN_MS?: string;
   CACHE_TTL_SECONDS?: string;
+  /** JSON price table (edge/config), and how many days raw usage events are kept. */
+  PRICES?: string;
+  USAGE_RETENTION_DAYS?: string;
   /** Secrets. */
   SIROCCO_SIDECAR_SECRET?: string;
   SIROCCO_ADMIN_SECRET?: string;
@@ -46,6 +58,9 @@ export interface ApiKeyRecord {
   /** Model names or canonical ids this key may use; ["*"] for all. */
   models: string[];
   limits: { requestsPerMinute: number; tokensPerMinute: number };
+  /** Monthly caps (UTC months): spend in micro-units of the price table's currency, and tokens; absent or null = none. */
+  spendCapMonthMicros?: number | null;
+  tokenCapMonth?: number | null;
   /** Unix milliseconds. */
   createdAt: number;
 }

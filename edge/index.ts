@@ -5,21 +5,31 @@
 import { createApp } from './app.ts';
 import type { EdgeBindings } from './env.ts';
 
+import { consumeUsageBatch, pruneUsageEvents } from './usage/index.ts';
+
 /** Durable Object classes must be exported from the worker's main module. */
 export { RateLimiter } from './rate-limit/index.ts';
+export { SpendLimiter } from './usage/index.ts';
 
 const app = createApp();
 
 export default {
   fetch: (request, env, ctx) => app.fetch(request, env, ctx),
-} satisfies ExportedHandler<EdgeBindings>;
+  /** The usage ledger's consumer: batches of usage events into D1 (edge/usage/consumer.ts). */
+  queue: (batch, env) => consumeUsageBatch(batch, env),
+  /** The daily cron (wrangler.toml [triggers]): raw usage events past USAGE_RETENTION_DAYS are deleted. */
+  scheduled: async (_controller, env) => {
+    const deleted = await pruneUsageEvents(env);
+    console.log(JSON.stringify({ level: 'info', event: 'usage_events_pruned', deleted }));
+  },
+} satisfies ExportedHandler<EdgeBindings, unknown>;
 
 declare global {
   namespace Cloudflare {
     interface Env extends EdgeBindings {}
     interface GlobalProps {
       mainModule: typeof import('./index.ts');
-      durableNamespaces: 'RateLimiter';
+      durableNamespaces: 'RateLimiter' | 'SpendLimiter';
     }
   }
 }

@@ -3,14 +3,14 @@
  * @cloudflare/vitest-pool-workers, with the bindings from wrangler.toml (KV, Durable Objects, vars).
  */
 import { fileURLToPath } from 'node:url';
-import { cloudflareTest } from '@cloudflare/vitest-pool-workers';
+import { cloudflareTest, readD1Migrations } from '@cloudflare/vitest-pool-workers';
 import { defineConfig } from 'vitest/config';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
 
 export default defineConfig({
   plugins: [
-    cloudflareTest({
+    cloudflareTest(async () => ({
       wrangler: { configPath: `${repositoryRoot}wrangler.toml` },
       miniflare: {
         // Test-only secrets; real deployments set them with `wrangler secret put`.
@@ -18,9 +18,11 @@ export default defineConfig({
           SIROCCO_SIDECAR_SECRET: 'test-sidecar-secret',
           SIROCCO_ADMIN_SECRET: 'test-admin-secret',
           SIROCCO_KEY_PEPPER: 'test-key-pepper',
+          // The ledger's D1 migrations (read here, in Node), for applyD1Migrations in the usage tests.
+          TEST_MIGRATIONS: await readD1Migrations(`${repositoryRoot}migrations`),
         },
       },
-    }),
+    })),
   ],
   test: {
     name: 'edge',

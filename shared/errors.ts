@@ -52,8 +52,16 @@ export const ERROR_STATUS = {
 } as const;
 export type MistralErrorType = keyof typeof ERROR_STATUS;
 
-/** Mistral's codes where it sends one (bad model: 1500, rate limited: 1300). */
-export const ERROR_CODES = { invalidModel: '1500', rateLimited: '1300' } as const;
+/**
+ * Mistral's codes where it sends one (bad model: 1500, rate limited: 1300), and this platform's own for a 429
+ * that waiting a minute cannot lift: a key's or tenant's monthly spend or token cap.
+ */
+export const ERROR_CODES = {
+  invalidModel: '1500',
+  rateLimited: '1300',
+  spendCapExceeded: 'spend_cap_exceeded',
+  tokenCapExceeded: 'token_cap_exceeded',
+} as const;
 
 /** The longest wait a retry hint names: one rate-limit window. */
 export const MAX_RETRY_AFTER_SECONDS = 60;

@@ -25,8 +25,13 @@ export const ApiKeyRecordSchema = z.object({
   tenant: z.string(),
   models: z.array(z.string()),
   limits: z.object({ requestsPerMinute: z.number().int().positive(), tokensPerMinute: z.number().int().positive() }),
+  spendCapMonthMicros: z.number().int().positive().nullable().optional(),
+  tokenCapMonth: z.number().int().positive().nullable().optional(),
   createdAt: z.number(),
 });
+
+/** A monthly cap as the admin API takes it: a positive integer (spend in micro-units of the price table's currency). */
+const MonthlyCapSchema = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 
 /** What an admin may set when creating a key. */
 export const CreateKeyRequestSchema = z.strictObject({
@@ -35,6 +40,8 @@ export const CreateKeyRequestSchema = z.strictObject({
   models: z.array(z.string().min(1)).min(1).optional(),
   rpm: z.number().int().positive().optional(),
   tpm: z.number().int().positive().optional(),
+  spend_cap_month_micros: MonthlyCapSchema.optional(),
+  token_cap_month: MonthlyCapSchema.optional(),
   /** Provision a known key (e.g. SIROCCO_DEV_KEY for `npm start`); otherwise one is generated. */
   key: z
     .string()
@@ -44,6 +51,18 @@ export const CreateKeyRequestSchema = z.strictObject({
     .optional(),
 });
 export type CreateKeyRequest = z.infer<typeof CreateKeyRequestSchema>;
+
+/** What an admin may change on an existing key (`PATCH /admin/keys/:id`); a cap set to null is removed. */
+export const UpdateKeyRequestSchema = z
+  .strictObject({
+    models: z.array(z.string().min(1)).min(1).optional(),
+    rpm: z.number().int().positive().optional(),
+    tpm: z.number().int().positive().optional(),
+    spend_cap_month_micros: MonthlyCapSchema.nullable().optional(),
+    token_cap_month: MonthlyCapSchema.nullable().optional(),
+  })
+  .refine((update) => Object.keys(update).length > 0, 'name at least one of models, rpm, tpm, spend_cap_month_micros, token_cap_month');
+export type UpdateKeyRequest = z.infer<typeof UpdateKeyRequestSchema>;
 
 export function generateApiKey(): string {
   return `sk-sirocco-${bytesToHex(crypto.getRandomValues(new Uint8Array(24)))}`;
@@ -85,6 +104,8 @@ export async function createKey(
       requestsPerMinute: request.rpm ?? DEFAULT_LIMITS.requestsPerMinute,
       tokensPerMinute: request.tpm ?? DEFAULT_LIMITS.tokensPerMinute,
     },
+    ...(request.spend_cap_month_micros === undefined ? {} : { spendCapMonthMicros: request.spend_cap_month_micros }),
+    ...(request.token_cap_month === undefined ? {} : { tokenCapMonth: request.token_cap_month }),
     createdAt: existing?.createdAt ?? Date.now(),
   };
   await storeRecord(kv, record);
@@ -147,6 +168,28 @@ export async function revokeKey(kv: KVNamespace, id: string): Promise<number> {
   for (const entry of page.keys) hashes.add(entry.name.slice(KEY_PREFIX.length));
   await Promise.all([...hashes].map((hash) => kv.delete(KEY_PREFIX + hash)));
   return hashes.size;
+}
+
+/** Applies `update` to the key(s) whose id is `id`; returns the updated record, or null when there is none. */
+export async function updateKey(kv: KVNamespace, id: string, update: UpdateKeyRequest): Promise<ApiKeyRecord | null> {
+  if (!/^[0-9a-f]{16}$/.test(id)) return null;
+  const records = (await listKeys(kv)).filter((record) => record.id === id);
+  let updated: ApiKeyRecord | null = null;
+  for (const record of records) {
+    updated = {
+      ...record,
+      models: update.models ?? record.models,
+      limits: {
+        requestsPerMinute: update.rpm ?? record.limits.requestsPerMinute,
+        tokensPerMinute: update.tpm ?? record.limits.tokensPerMinute,
+      },
+      spendCapMonthMicros:
+        update.spend_cap_month_micros === undefined ? (record.spendCapMonthMicros ?? null) : update.spend_cap_month_micros,
+      tokenCapMonth: update.token_cap_month === undefined ? (record.tokenCapMonth ?? null) : update.token_cap_month,
+    };
+    await storeRecord(kv, updated);
+  }
+  return updated;
 }
 
 /** Whether a key may use a model; aliases count as their canonical id on both sides. */

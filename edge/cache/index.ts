@@ -9,7 +9,8 @@
  * Bindings it reads from `c.env`: `CACHE_TTL_SECONDS` (var, default 600; "0" turns the cache off) and
  * `RESPONSE_CACHE` (optional KV namespace: entries then also go to KV, read behind the data centre's
  * Cache API; without it only the Cache API is used). A cache hit
- * does not reach the handler, so no tokens are charged for it (it still counts as a request).
+ * does not reach the handler, so no tokens are charged for it (it still counts as a request; `onHit` lets the
+ * usage ledger record it).
  *
  * Behaviour:
  * - Key: SHA-256 of tenant + normalised request (./cache-key.ts); streamed and non-streamed requests
@@ -62,6 +63,8 @@ export type ResponseCacheOptions<E extends Env> = {
   ttlSeconds?: (c: Context<E>) => number;
   /** Where entries live; defaults to the Cache API, in front of KV `RESPONSE_CACHE` when that is bound. */
   store?: (c: Context<E>) => CompletionStore;
+  /** Called with the answer a hit serves (the usage ledger records it as a cached request). */
+  onHit?: (c: Context<E>, completion: ChatCompletionResponse) => void;
 };
 
 type CacheEnv = Env & { Bindings: ResponseCacheBindings };
@@ -180,6 +183,7 @@ export function responseCache<E extends CacheEnv>(options: ResponseCacheOptions<
     const store = storeOf(c);
     const cached = await store.get(key).catch((error: unknown) => logCacheFailure('lookup', error));
     if (cached) {
+      options.onHit?.(c, cached);
       const hitHeaders = { [CACHE_STATUS_HEADER]: 'HIT' satisfies CacheStatus };
       return cacheable.stream ? replayAsSse(cached, hitHeaders) : c.json(cached, 200, hitHeaders);
     }

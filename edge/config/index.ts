@@ -132,6 +132,56 @@ export function tunablesFrom(env: EdgeBindings): Tunables {
   };
 }
 
+/** A price in currency units per million tokens, with at most six decimals (whole micro-units per million). */
+const PricePerMillionSchema = z
+  .number()
+  .nonnegative()
+  .max(1_000_000)
+  .refine((price) => Math.abs(price * 1_000_000 - Math.round(price * 1_000_000)) < 1e-6, 'at most six decimals')
+  .transform((price) => Math.round(price * 1_000_000));
+
+export const PriceTableSchema = z.strictObject({
+  /** ISO 4217 code of every price and amount (amounts are integer micro-units of it). */
+  currency: z.string().regex(/^[A-Z]{3}$/, 'a three-letter currency code such as "EUR"'),
+  /** Model name (a local id or an UPSTREAMS name) → price per million input and output tokens. */
+  models: z.record(z.string().min(1), z.strictObject({ input: PricePerMillionSchema, output: PricePerMillionSchema })),
+});
+
+/** Prices as the ledger uses them: integer micro-units of `currency` per million tokens. */
+export type PriceTable = { currency: string; models: Record<string, ModelPrice> };
+export type ModelPrice = { inputMicrosPerMillion: number; outputMicrosPerMillion: number };
+
+/** Mistral's 2023 list prices, per million input / output tokens. */
+export const DEFAULT_PRICES = JSON.stringify({
+  currency: 'EUR',
+  models: {
+    'mistral-tiny': { input: 0.14, output: 0.42 },
+    'mistral-small': { input: 0.6, output: 1.8 },
+    'mistral-medium': { input: 2.5, output: 7.5 },
+  },
+});
+
+export function pricesFrom(env: EdgeBindings): PriceTable {
+  const raw = env.PRICES ?? DEFAULT_PRICES;
+  return memo(`PRICES:${raw}`, () => {
+    const parsed = parseJsonVar('PRICES', raw, PriceTableSchema);
+    const models = Object.fromEntries(
+      Object.entries(parsed.models).map(([model, price]) => [
+        model,
+        { inputMicrosPerMillion: price.input, outputMicrosPerMillion: price.output },
+      ]),
+    );
+    return { currency: parsed.currency, models };
+  });
+}
+
+export const DEFAULT_USAGE_RETENTION_DAYS = 30;
+
+/** Days raw usage events are kept (rollups are kept for good). */
+export function usageRetentionDaysFrom(env: EdgeBindings): number {
+  return positiveInteger('USAGE_RETENTION_DAYS', env.USAGE_RETENTION_DAYS, DEFAULT_USAGE_RETENTION_DAYS);
+}
+
 /** Reads a secret binding by name (upstream API keys are named in UPSTREAMS). */
 export function secretFrom(env: EdgeBindings, name: string): string | undefined {
   const value = (env as unknown as Record<string, unknown>)[name];

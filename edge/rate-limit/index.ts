@@ -179,11 +179,14 @@ export function rateLimit<E extends Env>(options: RateLimitOptions<E>): Middlewa
   };
 }
 
-function releaseInBackground<E extends Env>(c: Context<E>, reservation: TokenReservation): void {
+/** A hold on a budget that a finished request gives back unless it was settled (token or spend reservations). */
+export type Releasable = { release(): Promise<void> };
+
+export function releaseInBackground<E extends Env>(c: Context<E>, reservation: Releasable): void {
   // After the handler's own background work was queued, so a settlement in flight goes first.
   const work = new Promise((resolve) => setTimeout(resolve, 0))
     .then(() => reservation.release())
-    .catch((error: unknown) => console.error(JSON.stringify({ event: 'token_reservation_release_failed', message: String(error) })));
+    .catch((error: unknown) => console.error(JSON.stringify({ event: 'reservation_release_failed', message: String(error) })));
   try {
     c.executionCtx.waitUntil(work);
   } catch {
@@ -196,7 +199,7 @@ function releaseInBackground<E extends Env>(c: Context<E>, reservation: TokenRes
  * error status or a body-less answer, else when its body ends (read to the end, cancelled by a
  * departing client, or failed).
  */
-function releaseWhenDone<E extends Env>(c: Context<E>, reservation: TokenReservation): void {
+export function releaseWhenDone<E extends Env>(c: Context<E>, reservation: Releasable): void {
   const response = c.res;
   if (response.status !== 200 || !response.body) {
     releaseInBackground(c, reservation);

@@ -1,19 +1,44 @@
 /**
- * `/admin/keys`: create, list and revoke API keys (guarded by adminAuth in edge/app.ts). The key
- * itself is returned once, at creation; afterwards only its id and hash-derived record exist.
+ * `/admin/keys`: create, list, change and revoke API keys (guarded by adminAuth in edge/app.ts). The key
+ * itself is returned once, at creation; afterwards only its id and hash-derived record exist. A listed key
+ * carries its month to date and last use from its SpendLimiter object (edge/usage).
  */
 import { Hono } from 'hono';
-import { type ApiKeyCache, CreateKeyRequestSchema, createKey, keyPeppersFrom, listKeys, revokeKey } from '../auth/index.ts';
+import {
+  type ApiKeyCache,
+  CreateKeyRequestSchema,
+  createKey,
+  keyPeppersFrom,
+  listKeys,
+  revokeKey,
+  UpdateKeyRequestSchema,
+  updateKey,
+} from '../auth/index.ts';
 import type { ApiKeyRecord, AppEnv } from '../env.ts';
 import { EdgeError } from '../errors.ts';
+import { keySubject, type MonthToDate, monthToDate } from '../usage/index.ts';
 import { parseJsonBody } from '../validation/index.ts';
 
-/** What admins see of a key: everything but the hash. */
-function publicView({ id, tenant, models, limits, createdAt }: ApiKeyRecord) {
-  return { id, tenant, models, rpm: limits.requestsPerMinute, tpm: limits.tokensPerMinute, created_at: Math.floor(createdAt / 1000) };
+/** What admins see of a key: everything but the hash, with its caps and (when known) month to date. */
+function publicView(record: ApiKeyRecord, month?: MonthToDate) {
+  const { id, tenant, models, limits, createdAt } = record;
+  return {
+    id,
+    tenant,
+    models,
+    rpm: limits.requestsPerMinute,
+    tpm: limits.tokensPerMinute,
+    spend_cap_month_micros: record.spendCapMonthMicros ?? null,
+    token_cap_month: record.tokenCapMonth ?? null,
+    created_at: Math.floor(createdAt / 1000),
+    ...(month && {
+      last_used_at: month.lastUsedMs === null ? null : Math.floor(month.lastUsedMs / 1000),
+      spend_month_micros: month.spentMicros,
+    }),
+  };
 }
 
-/** `keyCache` is the API-key middleware's cache: a revocation evicts from it at once. */
+/** `keyCache` is the API-key middleware's cache: a revocation or change evicts from it at once. */
 export function adminKeysRoutes(keyCache: ApiKeyCache) {
   return new Hono<AppEnv>()
     .post('/', async (c) => {
@@ -24,7 +49,17 @@ export function adminKeysRoutes(keyCache: ApiKeyCache) {
     })
     .get('/', async (c) => {
       const keys = await listKeys(c.env.API_KEYS);
-      return c.json({ object: 'list', data: keys.map(publicView) });
+      const months = await Promise.all(keys.map((record) => monthToDate(c.env.SPEND_LIMITER, keySubject(record))));
+      return c.json({ object: 'list', data: keys.map((record, index) => publicView(record, months[index])) });
+    })
+    .patch('/:id', async (c) => {
+      const id = c.req.param('id');
+      const update = await parseJsonBody(c, UpdateKeyRequestSchema);
+      const record = await updateKey(c.env.API_KEYS, id, update);
+      keyCache.evict(id);
+      if (!record) throw new EdgeError('not_found', `No API key with id "${id}"`, { param: 'id' });
+      c.get('logger').info('api_key_updated', { keyId: id });
+      return c.json(publicView(record, await monthToDate(c.env.SPEND_LIMITER, keySubject(record))));
     })
     .delete('/:id', async (c) => {
       const id = c.req.param('id');

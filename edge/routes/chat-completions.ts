@@ -167,7 +167,16 @@ function annotateTokens(logger: Logger, usage: Usage): void {
   logger.annotate({ promptTokens: usage.prompt_tokens, completionTokens: usage.completion_tokens, tokens: usage.total_tokens });
 }
 
-export type UsageRecorder = (c: Context<AppEnv>, usage: Usage) => Promise<unknown>;
+/** How a request that produced usage ended: the status its client got, and whether the cache answered it. */
+export type UsageOutcome = { status: number; cached: boolean };
+
+export type UsageRecorder = (c: Context<AppEnv>, usage: Usage, outcome: UsageOutcome) => Promise<unknown>;
+
+/** The status a stream's usage is recorded under: 200, or what a JSON answer would have had (a client that left: 499). */
+function streamStatus(outcome: StreamOutcome): number {
+  if (outcome.status === 'completed') return 200;
+  return outcome.status === 'client_aborted' ? 499 : 502;
+}
 
 export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecorder): MiddlewareHandler<AppEnv> {
   return async (c) => {
@@ -207,11 +216,11 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     // A stream whose region has not answered within one keep-alive interval (a long prefill) is
     // committed now, so the client gets keep-alives; quicker answers keep their real HTTP status.
     const early = stream ? await withTimeout(forwarding, tunables.keepAliveMs) : await forwarding;
-    const recordUsageAfterResponse = (usage: Usage) => {
+    const recordUsageAfterResponse = (usage: Usage, status: number) => {
       annotateTokens(logger, usage);
       inBackground(
         c,
-        afterResponse().then(() => recordUsage(c, usage)),
+        afterResponse().then(() => recordUsage(c, usage, { status, cached: false })),
         (error) => logger.error('usage_record_failed', { message: String(error) }),
       );
     };
@@ -219,7 +228,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     if (early !== TIMED_OUT && early.kind === 'body') {
       logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       const usage = early.status === 200 ? usageFromJson(early.text) : null;
-      if (usage) recordUsageAfterResponse(usage);
+      if (usage) recordUsageAfterResponse(usage, early.status);
       return new Response(early.text, {
         status: early.status,
         headers: { 'content-type': early.headers.get('content-type') ?? 'application/json' },
@@ -238,7 +247,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       logger.annotate({ model, region: early.target.name, attempts: early.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       switch (outcome.status) {
         case 'completed':
-          recordUsageAfterResponse(outcome.completion.usage);
+          recordUsageAfterResponse(outcome.completion.usage, 200);
           return Response.json(outcome.completion);
         case 'upstream_failed':
           early.target.breaker.recordFailure(Date.now());
@@ -261,7 +270,7 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     const finished = new Promise<StreamOutcome>((resolve) => (settle = resolve));
     inBackground(
       c,
-      finished.then((outcome) => outcome.usage && recordUsage(c, outcome.usage)),
+      finished.then((outcome) => outcome.usage && recordUsage(c, outcome.usage, { status: streamStatus(outcome), cached: false })),
       (error) => logger.error('usage_record_failed', { message: String(error) }),
     );
     // The access-log line waits for the stream's end, so it has the stream's tokens.

@@ -9,6 +9,7 @@ import { createApp } from '../../edge/app.ts';
 import { type CreateKeyRequest, createKey, keyPeppersFrom } from '../../edge/auth/index.ts';
 import type { EdgeBindings } from '../../edge/env.ts';
 import type { Usage } from '../../shared/api.ts';
+import type { UsageEvent } from '../../shared/usage.ts';
 import { createFakeSidecars } from './fake-sidecar.ts';
 
 export const SIDECAR_SECRET = 'test-sidecar-secret';
@@ -36,6 +37,17 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
     SIDECAR_SECRET,
   );
   const usage: Usage[] = [];
+  // The ledger's queue, captured: tests hand the events to the consumer themselves (test/edge/usage*.test.ts),
+  // so no batch is delivered behind a test's back.
+  const usageEvents: UsageEvent[] = [];
+  const usageQueue = {
+    send: async (event: UsageEvent) => {
+      usageEvents.push(event);
+    },
+    sendBatch: async (batch: Iterable<MessageSendRequest<UsageEvent>>) => {
+      for (const message of batch) usageEvents.push(message.body);
+    },
+  } as unknown as Queue<UsageEvent>;
   const app = createApp({
     fetch: options.wrapFetch ? options.wrapFetch(sidecars.fetch) : sidecars.fetch,
     recordUsage: options.realMetering
@@ -59,6 +71,7 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
     CIRCUIT_FAILURE_THRESHOLD: '2',
     CIRCUIT_COOLDOWN_MS: '200',
     HEALTH_TTL_MS: '60000',
+    USAGE_QUEUE: usageQueue,
     ...overrides,
   };
 
@@ -97,7 +110,7 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
     });
   }
 
-  return { app, bindings, sidecars, usage, send, apiKey, chat };
+  return { app, bindings, sidecars, usage, usageEvents, send, apiKey, chat };
 }
 
 /** Reads an SSE body to the end and returns its raw frames (`data: …`, `: keep-alive`). */
