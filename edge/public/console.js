@@ -167,6 +167,7 @@ async function withBusy(button, statusElement, loadingText, work) {
   statusElement.closest('section, form, dialog')?.setAttribute('aria-busy', 'true');
   try {
     const result = await work();
+    setStatus(statusElement, '');
     return result;
   } catch (error) {
     setStatus(statusElement, error instanceof Error ? error.message : String(error), 'error');
@@ -185,7 +186,7 @@ function rememberModels(models) {
 function capsText(spendCap, tokenCap) {
   const parts = [];
   if (spendCap !== null && spendCap !== undefined) parts.push(formatMoney(spendCap));
-  if (tokenCap !== null && tokenCap !== undefined) parts.push(`${formatCount(tokenCap)} tokens`);
+  if (tokenCap !== null && tokenCap !== undefined) parts.push(`${formatCount(tokenCap)} ${tokenCap === 1 ? 'token' : 'tokens'}`);
   return parts.length === 0 ? 'none' : parts.join(' · ');
 }
 
