@@ -9,9 +9,11 @@
  * keeps the one it generated); the edge URL defaults to http://localhost:$PORT (8787). A created key is printed
  * once: the edge keeps only its peppered hash.
  */
-import { DEFAULT_PORTS, ENV } from '../../shared/protocol.ts';
+import { ENV } from '../../shared/protocol.ts';
+import { formatMicros } from '../../shared/usage.ts';
+import { callAdmin, defaultEdgeUrl as defaultUrl } from '../admin-api.ts';
 import { CliError, parseCommandArgs, parseNumberOption, requireOption } from '../args.ts';
-import { devVarsFile, readDevVars } from '../dev-vars.ts';
+import { devVarsFile } from '../dev-vars.ts';
 
 export const summary = 'create, list or revoke API keys on an edge (admin secret from SIROCCO_ADMIN_SECRET or .dev.vars)';
 
@@ -31,59 +33,30 @@ interface KeyView {
   tpm: number;
   created_at: number;
   key?: string;
+  /** In listings: unix seconds of the last request (null: none yet), and the spend of the UTC month so far. */
+  last_used_at?: number | null;
+  spend_month_micros?: number;
 }
 
-function defaultUrl(): string {
-  return `http://localhost:${process.env[ENV.port] || DEFAULT_PORTS.edge}`;
-}
-
-/** The environment's admin secret, else the one `npm start` keeps in .dev.vars. */
-async function adminSecret(): Promise<string> {
-  const secret = process.env[ENV.adminSecret] || (await readDevVars(devVarsFile())).get(ENV.adminSecret);
-  if (!secret) {
-    throw new CliError(`set ${ENV.adminSecret} to the edge's admin secret (\`npm start\` keeps its own in ${devVarsFile()})`);
-  }
-  return secret;
-}
-
-/** Calls an admin route; the edge's Mistral error message becomes the CLI error. */
-async function callAdmin(url: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  let base: URL;
-  try {
-    base = new URL(url);
-  } catch {
-    throw new CliError(`--url must be an http(s) URL, got "${url}"`);
-  }
-  const authorization = `Bearer ${await adminSecret()}`;
-  let response: Response;
-  try {
-    response = await fetch(new URL(path, base), {
-      method,
-      headers: { authorization, 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(15_000),
-    });
-  } catch (error) {
-    const reason = error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error);
-    throw new CliError(`cannot reach the edge at ${base.origin}: ${reason}`, 1);
-  }
-  const text = await response.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  if (!response.ok) {
-    const message = json && typeof json === 'object' && 'message' in json ? String(json.message) : text.slice(0, 200);
-    throw new CliError(`${method} ${path} failed (HTTP ${response.status}): ${message}`, 1);
-  }
-  return json;
+/** Micro-units as a decimal amount (the edge's price table names the currency, EUR by default). */
+function amount(micros: number): string {
+  return formatMicros(micros, '').trimEnd();
 }
 
 function describeKey(key: KeyView): string {
   const created = new Date(key.created_at * 1000).toISOString();
-  return `${key.id}  tenant=${key.tenant}  models=${key.models.join(',')}  rpm=${key.rpm}  tpm=${key.tpm}  created=${created}`;
+  const fields = [
+    key.id,
+    `tenant=${key.tenant}`,
+    `models=${key.models.join(',')}`,
+    `rpm=${key.rpm}`,
+    `tpm=${key.tpm}`,
+    `created=${created}`,
+  ];
+  if (key.last_used_at !== undefined)
+    fields.push(`last_used=${key.last_used_at === null ? 'never' : new Date(key.last_used_at * 1000).toISOString()}`);
+  if (key.spend_month_micros !== undefined) fields.push(`spend_month=${amount(key.spend_month_micros)}`);
+  return fields.join('  ');
 }
 
 async function create(argv: string[]): Promise<number> {
@@ -153,7 +126,8 @@ Creates an API key and prints it once (the edge keeps only its peppered hash).
 example: sirocco keys create --tenant acme --models mistral-tiny --rpm 60`,
   list: `usage: sirocco keys list [--url URL] [--json]
 
-Lists the keys (never their values): id, tenant, models, limits, creation time.
+Lists the keys (never their values): id, tenant, models, limits, creation time, last use and the spend of
+the UTC month so far (in the edge's price currency, EUR by default).
 
 example: sirocco keys list --json`,
   revoke: `usage: sirocco keys revoke <id> [--url URL]
