@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { CliError } from './args.ts';
 
-const COMMANDS = ['convert', 'logits', 'generate', 'serve', 'keys', 'usage', 'dev'] as const;
+const COMMANDS = ['convert', 'logits', 'generate', 'serve', 'keys', 'usage', 'dev', 'deploy'] as const;
 type CommandName = (typeof COMMANDS)[number];
 
 interface CommandModule {
