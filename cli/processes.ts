@@ -388,6 +388,25 @@ export async function spawnWranglerDev(launch: WranglerDevLaunch): Promise<Manag
   return wrangler;
 }
 
+/** The usage ledger's D1 binding in wrangler.toml (`wrangler d1 migrations apply` takes a binding or a name). */
+export const USAGE_DB_BINDING = 'USAGE_DB';
+
+/**
+ * Applies the ledger's migrations (migrations/) to the local D1 database in `persistTo`, the state folder `wrangler
+ * dev --persist-to` then serves: the same command as for a deploy, with `--local`. Already applied ones are skipped.
+ */
+export async function applyLocalD1Migrations(launch: { persistTo: string; onLine?: LineListener }): Promise<void> {
+  const migrate = spawnNode({
+    name: 'wrangler d1 migrations apply',
+    args: [WRANGLER_BIN, 'd1', 'migrations', 'apply', USAGE_DB_BINDING, '--local', '--persist-to', launch.persistTo],
+    // CI: never ask for a confirmation (wrangler answers yes on its own without a terminal, but says so).
+    env: { WRANGLER_SEND_METRICS: 'false', CI: 'true' },
+    onLine: launch.onLine,
+  });
+  const code = await migrate.exited;
+  if (code !== 0) throw await migrate.failure(`failed (exit code ${code})`);
+}
+
 /**
  * The project's local secrets file: the repository's .dev.vars (where wrangler dev looks), or SIROCCO_DEV_VARS.
  * `npm start` keeps its generated secrets there (cli/dev-vars.ts), so the file wrangler reads and ours agree.

@@ -16,6 +16,7 @@ import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
 import { describeSidecarLine, describeWranglerLine } from '../dev-console.ts';
 import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
 import {
+  applyLocalD1Migrations,
   freePort,
   isPortFree,
   type ManagedProcess,
@@ -167,7 +168,7 @@ export interface StackOptions {
   sidecars?: SidecarSpec[];
   /** The dev API key's value (default SIROCCO_DEV_KEY, else random). */
   devKey?: string;
-  /** Local KV/Durable Object state for wrangler; default a fresh temp folder removed on stop. */
+  /** Local KV/Durable Object/D1 state for wrangler; default a fresh temp folder removed on stop. */
   persistTo?: string;
   /** onnxruntime threads per sidecar. */
   sidecarThreads?: number;
@@ -269,6 +270,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       lon,
       continent,
     }));
+    // The usage ledger's tables, in the same state folder wrangler dev serves (skips those already applied).
+    progress('applying the usage ledger migrations to the local D1 database…');
+    await applyLocalD1Migrations({ persistTo, onLine: (line) => onLog('wrangler d1 migrations apply', line) });
     const wrangler = await spawnWranglerDev({
       name: WRANGLER_NAME,
       port: edgePort,

@@ -12,11 +12,16 @@ export interface CliResult {
 }
 
 /** Runs the CLI with `home` as SIROCCO_HOME; a non-zero exit is a result, not a rejection. */
-export async function runSirocco(home: string, ...args: string[]): Promise<CliResult> {
+export function runSirocco(home: string, ...args: string[]): Promise<CliResult> {
+  return runSiroccoWith({ home }, ...args);
+}
+
+/** runSirocco with more environment variables (e.g. SIROCCO_ADMIN_SECRET for the admin commands). */
+export async function runSiroccoWith(options: { home: string; env?: Record<string, string> }, ...args: string[]): Promise<CliResult> {
   try {
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(ROOT, 'bin/sirocco.mjs'), ...args], {
       cwd: ROOT,
-      env: { ...process.env, SIROCCO_HOME: home },
+      env: { ...process.env, ...options.env, SIROCCO_HOME: options.home },
       maxBuffer: 64 * 1024 * 1024,
     });
     return { code: 0, stdout, stderr };
