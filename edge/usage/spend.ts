@@ -102,6 +102,8 @@ export function spendCaps(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const key = c.get('apiKey');
     if (!key) return next();
+    // A bad PRICES fails the request here, naming the variable, rather than every usage record after it.
+    const prices = pricesFrom(c.env);
     const subjects = [
       { name: keySubject(key), caps: keyCaps(key), whose: `key ${key.id}` },
       { name: tenantSubject(key.tenant), caps: await tenantCaps(c.env.API_KEYS, key.tenant), whose: `tenant ${key.tenant}` },
@@ -121,7 +123,7 @@ export function spendCaps(): MiddlewareHandler<AppEnv> {
         }
         if (!admission.allowed) {
           for (const hold of holds.values()) releaseInBackground(c, hold);
-          throw capExceeded(admission, subject.whose, pricesFrom(c.env).currency, Date.now());
+          throw capExceeded(admission, subject.whose, prices.currency, Date.now());
         }
         holds.set(subject.name, new SpendHold(limiter, admission.reservationId));
       }
