@@ -13,6 +13,10 @@
  *                        at once, so the figures are pure edge overhead;
  *   --upstream demo      a real `sirocco serve` sidecar on the demo model (via `sirocco dev`'s launcher);
  *                        the direct baseline calls it signed, as the edge does.
+ *   --ledger on|off|both (default both) with the usage ledger's bindings (USAGE_QUEUE, USAGE_DB: each request
+ *                        queues an event from waitUntil, the worker's consumer writes D1) or without them; "both"
+ *                        runs the miniflare edge twice, so the two rows show what the ledger adds to the first
+ *                        byte. wrangler dev always runs with wrangler.toml's bindings (ledger on).
  *   --duration <s>       seconds per measurement (default 5); --out <file> (default bench/results/edge.json).
  *
  * Latency is time to first byte: from the request leaving autocannon to its response headers (for
@@ -31,6 +35,7 @@ import { Miniflare, type MiniflareOptions } from 'miniflare';
 import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import { startStack } from '../cli/commands/dev.ts';
 import {
+  applyLocalD1Migrations,
   freePort,
   type ManagedProcess,
   REPO_ROOT,
@@ -185,6 +190,8 @@ type Runner = 'miniflare' | 'wrangler';
 
 interface EdgeInstance {
   url: string;
+  /** Whether the usage ledger's queue and database are bound. */
+  ledger: boolean;
   adminSecret: string;
   stop: () => Promise<void>;
 }
@@ -222,29 +229,35 @@ async function startWranglerEdge(target: EdgeTarget): Promise<EdgeInstance> {
   };
   const url = `http://127.0.0.1:${port}`;
   try {
+    await applyLocalD1Migrations({ persistTo });
     wrangler = await spawnWranglerDev({ port, persistTo, logLevel: 'error', ...edgeBindings(target, adminSecret) });
     await waitUntilReady(wrangler, `${url}/health`, { timeoutMs: 120_000 });
   } catch (error) {
     await stop();
     throw error;
   }
-  return { url, adminSecret, stop };
+  return { url, ledger: true, adminSecret, stop };
 }
 
 /**
  * The bundle `wrangler deploy` would upload, served by Miniflare (workerd) with the bindings of
  * wrangler.toml: the worker as it runs in production, without wrangler dev's proxy in front.
  */
-async function startMiniflareEdge(target: EdgeTarget): Promise<EdgeInstance> {
+async function startMiniflareEdge(target: EdgeTarget, ledger: boolean): Promise<EdgeInstance> {
   const adminSecret = crypto.randomUUID();
   const outdir = await mkdtemp(join(tmpdir(), 'sirocco-bench-bundle-'));
   try {
     await runToCompletion('wrangler deploy --dry-run', [WRANGLER_BIN, 'deploy', '--dry-run', '--outdir', outdir]);
     const { unstable_getMiniflareWorkerOptions } = await import('wrangler');
     const { workerOptions } = unstable_getMiniflareWorkerOptions(join(REPO_ROOT, 'wrangler.toml'));
+    const { queueProducers, queueConsumers, d1Databases, ...withoutLedger } = workerOptions;
+    // With the ledger: its D1 database where `wrangler d1 migrations apply --local` puts it (wrangler's layout).
+    if (ledger) await applyLocalD1Migrations({ persistTo: outdir });
+    const ledgerOptions = ledger ? { queueProducers, queueConsumers, d1Databases, d1Persist: join(outdir, 'v3', 'd1') } : {};
     const { vars, secrets } = edgeBindings(target, adminSecret);
     const miniflare = new Miniflare({
-      ...workerOptions,
+      ...withoutLedger,
+      ...ledgerOptions,
       modules: true,
       scriptPath: join(outdir, 'index.js'),
       modulesRoot: outdir,
@@ -264,6 +277,7 @@ async function startMiniflareEdge(target: EdgeTarget): Promise<EdgeInstance> {
     const url = (await miniflare.ready).origin;
     return {
       url,
+      ledger,
       adminSecret,
       stop: async () => {
         await miniflare.dispose();
@@ -276,7 +290,8 @@ async function startMiniflareEdge(target: EdgeTarget): Promise<EdgeInstance> {
   }
 }
 
-const startEdge = (runner: Runner, target: EdgeTarget) => (runner === 'wrangler' ? startWranglerEdge(target) : startMiniflareEdge(target));
+const startEdge = (runner: Runner, target: EdgeTarget, ledger: boolean) =>
+  runner === 'wrangler' ? startWranglerEdge(target) : startMiniflareEdge(target, ledger);
 
 /** A key with limits far above what the bench sends, so no request is rate limited. */
 async function createBenchKey(edgeUrl: string, adminSecret: string): Promise<string> {
@@ -376,6 +391,8 @@ async function startUpstream(mode: Upstream['mode']): Promise<Upstream> {
 
 interface Row {
   runner: Runner;
+  /** The usage ledger bound (on) or not (off). */
+  ledger: 'on' | 'off';
   scenario: string;
   clients: number;
   direct?: RunStats;
@@ -396,6 +413,7 @@ function chatBody(request: Partial<ChatCompletionRequest>): string {
 function printTable(rows: Row[], mode: string, duration: number): void {
   const header = [
     'edge runner',
+    'ledger',
     'scenario',
     'clients',
     'direct p50',
@@ -409,6 +427,7 @@ function printTable(rows: Row[], mode: string, duration: number): void {
   const ms = (value: number | undefined) => (value === undefined ? '–' : `${value.toFixed(2)} ms`);
   const lines = rows.map((row) => [
     row.runner === 'wrangler' ? 'wrangler dev' : 'miniflare',
+    row.ledger,
     row.scenario,
     String(row.clients),
     ms(row.direct?.ttfbP50Ms),
@@ -421,7 +440,7 @@ function printTable(rows: Row[], mode: string, duration: number): void {
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...lines.map((line) => line[column]!.length)));
   const format = (cells: string[]) =>
-    cells.map((cell, column) => (column < 2 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ');
+    cells.map((cell, column) => (column < 3 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ');
   const load = loadavg()
     .map((value) => value.toFixed(1))
     .join(' ');
@@ -434,8 +453,9 @@ function printTable(rows: Row[], mode: string, duration: number): void {
 }
 
 /** Every measurement against one edge instance: uncached JSON and SSE at 1 and 32 clients, then cached answers. */
-async function benchEdge(runner: Runner, upstream: Upstream, duration: number, problems: string[]): Promise<Row[]> {
-  const edge = await startEdge(runner, upstream.target);
+async function benchEdge(runner: Runner, ledger: boolean, upstream: Upstream, duration: number, problems: string[]): Promise<Row[]> {
+  const edge = await startEdge(runner, upstream.target, ledger);
+  const ledgerColumn = edge.ledger ? 'on' : 'off';
   const rows: Row[] = [];
   try {
     const apiKey = await createBenchKey(edge.url, edge.adminSecret);
@@ -454,11 +474,12 @@ async function benchEdge(runner: Runner, upstream: Upstream, duration: number, p
     }
     for (const clients of [1, 32]) {
       for (const { scenario, body } of scenarios) {
-        console.error(`bench: ${runner}, ${scenario}, ${clients} client(s)…`);
+        console.error(`bench: ${runner}, ledger ${ledgerColumn}, ${scenario}, ${clients} client(s)…`);
         const direct = await measure(directUrl, await upstream.directHeaders(body), body, clients, duration);
         const edgeStats = await measure(edgeUrl, auth, body, clients, duration);
         rows.push({
           runner,
+          ledger: ledgerColumn,
           scenario,
           clients,
           direct,
@@ -478,7 +499,13 @@ async function benchEdge(runner: Runner, upstream: Upstream, duration: number, p
     if (check.headers.get('x-cache') === 'HIT') {
       for (const clients of [1, 32]) {
         console.error(`bench: ${runner}, cached answer, ${clients} client(s)…`);
-        rows.push({ runner, scenario: 'cached (HIT)', clients, edge: await measure(edgeUrl, auth, cachedBody, clients, duration) });
+        rows.push({
+          runner,
+          ledger: ledgerColumn,
+          scenario: 'cached (HIT)',
+          clients,
+          edge: await measure(edgeUrl, auth, cachedBody, clients, duration),
+        });
       }
     } else {
       problems.push(
@@ -496,6 +523,7 @@ export async function runEdgeBench(argv: string[]): Promise<number> {
     upstream: { type: 'string', default: 'instant' },
     runner: { type: 'string', default: 'both' },
     duration: { type: 'string', default: '5' },
+    ledger: { type: 'string', default: 'both' },
     out: { type: 'string', default: join(REPO_ROOT, 'bench/results/edge.json') },
   });
   if (values.upstream !== 'instant' && values.upstream !== 'demo')
@@ -508,13 +536,21 @@ export async function runEdgeBench(argv: string[]): Promise<number> {
         : [];
   if (runners.length === 0) throw new CliError(`--runner must be "miniflare", "wrangler" or "both", got "${values.runner}"`);
   const duration = parseNumberOption(values.duration, 'duration', { integer: true, min: 1, max: 600 })!;
+  const ledgerModes = values.ledger === 'both' ? [true, false] : values.ledger === 'on' ? [true] : values.ledger === 'off' ? [false] : [];
+  if (ledgerModes.length === 0) throw new CliError(`--ledger must be "on", "off" or "both", got "${values.ledger}"`);
+  if (values.ledger === 'off' && runners.includes('wrangler')) {
+    throw new CliError('--ledger off needs --runner miniflare: wrangler dev always binds what wrangler.toml names');
+  }
 
   console.error(`bench: starting the ${values.upstream} upstream…`);
   const upstream = await startUpstream(values.upstream);
   const rows: Row[] = [];
   const problems: string[] = [];
   try {
-    for (const runner of runners) rows.push(...(await benchEdge(runner, upstream, duration, problems)));
+    for (const runner of runners) {
+      for (const ledger of runner === 'wrangler' ? [true] : ledgerModes)
+        rows.push(...(await benchEdge(runner, ledger, upstream, duration, problems)));
+    }
   } finally {
     await upstream.stop();
   }
@@ -527,7 +563,11 @@ export async function runEdgeBench(argv: string[]): Promise<number> {
   for (const problem of problems) console.log(`warning: ${problem}`);
   // The target is the worker's own cost: judged on the production-like runner when it ran.
   const judged = runners.includes('miniflare') ? 'miniflare' : 'wrangler';
-  const singleClient = rows.filter((row) => row.runner === judged && row.clients === 1 && row.addedP50Ms !== undefined);
+  // With the ledger when it ran: the edge as deployed.
+  const judgedLedger = rows.some((row) => row.runner === judged && row.ledger === 'on') ? 'on' : 'off';
+  const singleClient = rows.filter(
+    (row) => row.runner === judged && row.ledger === judgedLedger && row.clients === 1 && row.addedP50Ms !== undefined,
+  );
   const worstAddedP50 = Math.max(...singleClient.map((row) => row.addedP50Ms!));
   const meetsTarget = worstAddedP50 <= TARGET_ADDED_P50_MS;
   console.log(
