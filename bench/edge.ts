@@ -512,10 +512,29 @@ async function benchEdge(runner: Runner, ledger: boolean, upstream: Upstream, du
         `${runner}: no cache HIT on a repeated deterministic request (x-cache: ${check.headers.get('x-cache')}): cached throughput not measured`,
       );
     }
+    if (edge.ledger) {
+      const recorded = await ledgerRequests(edge);
+      if (recorded === 0) problems.push(`${runner}: the usage ledger recorded no request (is its queue consumer running?)`);
+      else console.error(`bench: ${runner}: the usage ledger holds ${recorded} requests`);
+    }
   } finally {
     await edge.stop();
   }
   return rows;
+}
+
+/** Requests the edge's ledger holds once its queue has delivered (batches wait up to 5 s); 0 if none within 20 s. */
+async function ledgerRequests(edge: EdgeInstance): Promise<number> {
+  const deadline = Date.now() + 20_000;
+  let recorded = 0;
+  for (;;) {
+    const response = await fetch(`${edge.url}/admin/usage?group_by=tenant`, { headers: { authorization: `Bearer ${edge.adminSecret}` } });
+    const report = (await response.json()) as { data?: { requests: number }[] };
+    const now = (report.data ?? []).reduce((sum, row) => sum + row.requests, 0);
+    if ((now > 0 && now === recorded) || Date.now() > deadline) return now;
+    recorded = now;
+    await new Promise((resolveWait) => setTimeout(resolveWait, 6_000));
+  }
 }
 
 export async function runEdgeBench(argv: string[]): Promise<number> {
