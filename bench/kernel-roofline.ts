@@ -9,8 +9,8 @@ import { randomFillSync } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import wabtInit from 'wabt';
 import { BlockExpertKernel, defaultKernelVariant, type KernelVariant } from '../sidecar/engine/experts/block-kernel.ts';
-import { allocateExpert, EXPERT_FORMATS, type ExpertBits, expertFileBytes } from '../sidecar/engine/experts/expert-store.ts';
-import { BLOCK_BYTES, toFloat16Bits } from '../sidecar/formats/blocks.ts';
+import { EXPERT_FORMATS, type ExpertBits, expertFileBytes, expertViews, setExpertScales } from '../sidecar/engine/experts/expert-store.ts';
+import { toFloat16Bits } from '../sidecar/formats/blocks.ts';
 import { percentile } from './stats.ts';
 
 const MIXTRAL = { dim: 4096, ffn: 14336 };
@@ -88,18 +88,13 @@ export async function expertTimings(bits: ExpertBits, variants: KernelVariant[],
     for (const threads of [1, 2]) {
       const kernel = await BlockExpertKernel.create({ dim, ffn, bufferBytes: bytes, expectedBuffers: 4, threads, variant });
       try {
-        const views = allocateExpert(dim, ffn, bits).weights;
         const experts = [0, 1, 2, 3].map(() => {
           const buffer = kernel.allocate();
           // Random blocks with one small scale: the values do not change the work, only finite outputs matter.
           randomFillSync(buffer.subarray(0, bytes));
-          const scale = toFloat16Bits(1 / 4096);
-          for (let at = 64; at < bytes; at += BLOCK_BYTES[format]) {
-            buffer[at] = scale & 0xff;
-            buffer[at + 1] = scale >>> 8;
-          }
-          const at = (view: Uint8Array) => buffer.subarray(view.byteOffset, view.byteOffset + view.byteLength);
-          return { format, w13: at(views.w13), w2: at(views.w2) };
+          const weights = expertViews(buffer, dim, ffn, bits);
+          setExpertScales(weights, toFloat16Bits(1 / 4096));
+          return weights;
         });
         for (const rows of [1, 8]) {
           const x = Float32Array.from({ length: rows * dim }, (_, i) => Math.sin(i * 0.37));

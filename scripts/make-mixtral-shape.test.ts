@@ -7,7 +7,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ExpertStore, expertFileBytes } from '../sidecar/engine/experts/expert-store.ts';
+import { ExpertStore, expertBlocksInRowOrder, expertFileBytes, expertViews } from '../sidecar/engine/experts/expert-store.ts';
 import { loadModel } from '../sidecar/engine/model-runtime.ts';
 import { makeMixtralShape, SHAPES } from './make-mixtral-shape.ts';
 
@@ -56,8 +56,9 @@ it('writes a paged-only store: per-layer int4 graphs, head, and one int4 file pe
 });
 
 it('fills Q4_0 experts with random nibbles for [-7, 7] centred on 0 (never -8, which would bias every weight), one scale for all', async () => {
-  const bytes = await readFile(join(storeDir, 'experts-int4', 'L1-E3.bin'));
-  const blocks = bytes.subarray(64); // after the header
+  const bytes = new Uint8Array(await readFile(join(storeDir, 'experts-int4', 'L1-E3.bin')));
+  const rowOrder = expertBlocksInRowOrder(expertViews(bytes, 64, 160, 4), 64, 160);
+  const blocks = Buffer.concat([rowOrder.w13, rowOrder.w2]);
   expect(blocks.length).toBe((3 * 64 * 160 * 18) / 32);
   const counts = new Array<number>(16).fill(0);
   const scales = new Set<number>();

@@ -19,9 +19,10 @@ import {
   EXPERT_FORMATS,
   type ExpertBits,
   type RouterWeights,
+  setExpertScales,
   writeExpertStore,
 } from '../sidecar/engine/experts/expert-store.ts';
-import { BLOCK_BYTES, toFloat16Bits } from '../sidecar/formats/blocks.ts';
+import { toFloat16Bits } from '../sidecar/formats/blocks.ts';
 import type { ModelConfig } from '../sidecar/formats/model-config.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/formats/store-manifest.ts';
 import { type BuildContext, buildHeadGraph, buildMoeLayerGraph } from '../sidecar/graph/models.ts';
@@ -139,10 +140,7 @@ export async function makeMixtralShape(
       () => {
         randomFillSync(payload);
         if (format === 'q4_0') clearNibbleMinus8(image.bytes);
-        for (let at = 0; at < payload.length; at += BLOCK_BYTES[format]) {
-          payload[at] = scale & 0xff;
-          payload[at + 1] = scale >>> 8;
-        }
+        setExpertScales(image.weights, scale);
         return image.bytes;
       },
       (done, total) => {

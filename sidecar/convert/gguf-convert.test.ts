@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeGguf } from '../../test/support/gguf-writer.ts';
 import { argmax, fullPass, greedy, relativeError, tempDir } from '../../test/support/golden.ts';
-import { loadModel, type ModelRuntime } from '../engine/index.ts';
+import { expertBlocksInRowOrder, expertViews, loadModel, type ModelRuntime } from '../engine/index.ts';
 import { GgufFile } from '../formats/gguf.ts';
 import { GgufModel } from '../formats/gguf-model.ts';
 import type { Manifest } from '../formats/store-manifest.ts';
@@ -115,18 +115,19 @@ describe.each(['tiny-mistral', 'tiny-mixtral'])('%s q4_0.gguf → int4 store', (
 
   // Only Mixtral has experts: the test exists for it alone (not a skipped one for Mistral).
   if (model === 'tiny-mixtral')
-    it("copies the experts' Q4_0 blocks byte for byte into the expert files", async () => {
+    it("keeps the experts' Q4_0 blocks bit for bit in the expert files (rows interleaved by four)", async () => {
       const file = await GgufFile.open(join(GGUF, 'tiny-mixtral/q4_0.gguf'));
       try {
-        const expertFile = readFileSync(join(store, 'experts-int4', 'L1-E6.bin'));
-        const matrix = 160 * (64 / 32) * 18; // [160, 64] in Q4_0 blocks
+        const [dim, ffn] = [64, 160];
+        const expertFile = new Uint8Array(readFileSync(join(store, 'experts-int4', 'L1-E6.bin')));
+        const matrix = ffn * (dim / 32) * 18; // [160, 64] in Q4_0 blocks
         const slice = (tensor: string) => file.readBytes(tensor, 6 * matrix, matrix);
-        const payload = Buffer.concat([
-          await slice('blk.1.ffn_gate_exps.weight'),
-          await slice('blk.1.ffn_up_exps.weight'),
-          await slice('blk.1.ffn_down_exps.weight'),
-        ]);
-        expect(expertFile.subarray(64).equals(payload)).toBe(true);
+        const gate = await slice('blk.1.ffn_gate_exps.weight');
+        const up = await slice('blk.1.ffn_up_exps.weight');
+        const down = await slice('blk.1.ffn_down_exps.weight');
+        const rowOrder = expertBlocksInRowOrder(expertViews(expertFile, dim, ffn, 4), dim, ffn);
+        expect(Buffer.from(rowOrder.w13).equals(Buffer.concat([gate, up]))).toBe(true);
+        expect(Buffer.from(rowOrder.w2).equals(down)).toBe(true);
       } finally {
         await file.close();
       }

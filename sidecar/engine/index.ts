@@ -11,7 +11,7 @@ export {
   type ExpertCacheCounters,
   type ExpertCacheStats,
 } from './experts/expert-cache.ts';
-export { type ExpertBits, ExpertStore, expertFileBytes } from './experts/expert-store.ts';
+export { type ExpertBits, ExpertStore, expertBlocksInRowOrder, expertFileBytes, expertViews } from './experts/expert-store.ts';
 export {
   type ForwardEntry,
   type LoadOptions,

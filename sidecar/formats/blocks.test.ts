@@ -7,7 +7,18 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gguf } from '@huggingface/gguf';
 import { describe, expect, it } from 'vitest';
-import { BLOCK, BLOCK_BYTES, blockMatrixBytes, dequantizeBlocks, fromFloat16Bits, quantizeBlocks, toFloat16Bits } from './blocks.ts';
+import {
+  BLOCK,
+  BLOCK_BYTES,
+  blockMatrixBytes,
+  deinterleaveQ4_0Rows,
+  dequantizeBlocks,
+  fromFloat16Bits,
+  interleaveQ4_0Rows,
+  Q4_0X4_GROUP_BYTES,
+  quantizeBlocks,
+  toFloat16Bits,
+} from './blocks.ts';
 import { Checkpoint } from './checkpoint.ts';
 
 const FIXTURES = join(import.meta.dirname, '../../test/fixtures/golden');
@@ -84,5 +95,38 @@ describe('block quantisation', () => {
     const zero = new Uint8Array(BLOCK_BYTES.q4_0);
     quantizeBlocks('q4_0', new Float32Array(BLOCK), 1, BLOCK, zero);
     expect(dequantizeBlocks('q4_0', zero, 1, BLOCK).every((value) => value === 0)).toBe(true);
+  });
+});
+
+describe('Q4_0 rows interleaved four at a time', () => {
+  const rows = 8;
+  const cols = 3 * BLOCK;
+  const blocks = Uint8Array.from({ length: blockMatrixBytes('q4_0', rows, cols) }, (_, i) => (i * 37 + 11) & 0xff);
+
+  it('keeps every block and its bits: de-interleaving gives GGUF order back', () => {
+    const interleaved = interleaveQ4_0Rows(blocks, rows, cols);
+    expect(interleaved).not.toEqual(blocks);
+    expect(deinterleaveQ4_0Rows(interleaved, rows, cols)).toEqual(blocks);
+  });
+
+  it("puts four rows' scales first, then slices of four bytes from each row", () => {
+    const interleaved = interleaveQ4_0Rows(blocks, rows, cols);
+    const nb = cols / BLOCK;
+    const blockOf = (row: number, b: number) => blocks.subarray((row * nb + b) * 18, (row * nb + b + 1) * 18);
+    // Rows 4–7, block column 2: the group's third block column.
+    const group = interleaved.subarray((nb + 2) * Q4_0X4_GROUP_BYTES, (nb + 3) * Q4_0X4_GROUP_BYTES);
+    for (let lane = 0; lane < 4; lane++) {
+      const block = blockOf(4 + lane, 2);
+      expect(Array.from(group.subarray(2 * lane, 2 * lane + 2))).toEqual(Array.from(block.subarray(0, 2)));
+      for (let k = 0; k < 4; k++) {
+        const slice = group.subarray(8 + 16 * k + 4 * lane, 8 + 16 * k + 4 * lane + 4);
+        expect(Array.from(slice)).toEqual(Array.from(block.subarray(2 + 4 * k, 6 + 4 * k)));
+      }
+    }
+  });
+
+  it('refuses shapes it cannot interleave', () => {
+    expect(() => interleaveQ4_0Rows(new Uint8Array(blockMatrixBytes('q4_0', 6, 32)), 6, 32)).toThrow(/multiple of 4/);
+    expect(() => interleaveQ4_0Rows(new Uint8Array(10), 4, 32)).toThrow(/bytes/);
   });
 });

@@ -154,3 +154,73 @@ export function dequantizeBlocks(format: BlockFormat, bytes: Uint8Array, rows: n
   }
   return out;
 }
+
+// ── rows interleaved four at a time (the expert files' Q4_0 layout) ─────────────────────────────
+
+/**
+ * Q4_0 rows stored four at a time, interleaved (the idea of llama.cpp's block_q4_0x4 repack): for
+ * each group of four rows and each block column, the four rows' fp16 scales (8 B), then four
+ * slices of 16 B, slice k holding bytes qs[4k … 4k+3] of row 0, then of rows 1, 2, 3. The blocks
+ * and their bits are GGUF's; only their order changes. Reading 16 B then gives four bytes of each
+ * of four rows, so a SIMD lane can hold one output row and no horizontal sums are needed.
+ */
+export const Q4_0X4_ROWS = 4;
+/** One block column of a group of four rows: 4 scales, then 4 × 16 B of nibbles. */
+export const Q4_0X4_GROUP_BYTES = Q4_0X4_ROWS * BLOCK_BYTES.q4_0;
+
+function checkInterleavable(blocks: Uint8Array, rows: number, cols: number, into: Uint8Array): void {
+  if (rows % Q4_0X4_ROWS !== 0 || cols % BLOCK !== 0)
+    throw new RangeError(`interleaved Q4_0 needs rows a multiple of ${Q4_0X4_ROWS} and cols of ${BLOCK}; got ${rows}×${cols}`);
+  const bytes = blockMatrixBytes('q4_0', rows, cols);
+  if (blocks.length !== bytes || into.length !== bytes)
+    throw new RangeError(`a ${rows}×${cols} Q4_0 matrix is ${bytes} bytes; got ${blocks.length} in, ${into.length} out`);
+}
+
+/** Byte `j` (0 … 17: scale bytes, then qs) of row `row`'s block `b`, in the interleaved layout. */
+export function q4_0x4Offset(row: number, b: number, j: number, blocksPerRow: number): number {
+  const lane = row % Q4_0X4_ROWS;
+  const base = ((row - lane) * blocksPerRow + b * Q4_0X4_ROWS) * BLOCK_BYTES.q4_0;
+  if (j < 2) return base + 2 * lane + j;
+  const q = j - 2;
+  return base + 2 * Q4_0X4_ROWS + 16 * (q >>> 2) + 4 * lane + (q & 3);
+}
+
+/** Row-major Q4_0 blocks [rows, cols] → the interleaved layout (into `into`, same size). */
+export function interleaveQ4_0Rows(
+  blocks: Uint8Array,
+  rows: number,
+  cols: number,
+  into: Uint8Array = new Uint8Array(blocks.length),
+): Uint8Array {
+  checkInterleavable(blocks, rows, cols, into);
+  const nb = cols / BLOCK;
+  const size = BLOCK_BYTES.q4_0;
+  for (let row = 0; row < rows; row++) {
+    for (let b = 0; b < nb; b++) {
+      const from = (row * nb + b) * size;
+      into[q4_0x4Offset(row, b, 0, nb)] = blocks[from]!;
+      into[q4_0x4Offset(row, b, 1, nb)] = blocks[from + 1]!;
+      for (let k = 0; k < 4; k++) into.set(blocks.subarray(from + 2 + 4 * k, from + 6 + 4 * k), q4_0x4Offset(row, b, 2 + 4 * k, nb));
+    }
+  }
+  return into;
+}
+
+/** The interleaved layout → row-major Q4_0 blocks (GGUF's order). */
+export function deinterleaveQ4_0Rows(
+  interleaved: Uint8Array,
+  rows: number,
+  cols: number,
+  into: Uint8Array = new Uint8Array(interleaved.length),
+): Uint8Array {
+  checkInterleavable(interleaved, rows, cols, into);
+  const nb = cols / BLOCK;
+  const size = BLOCK_BYTES.q4_0;
+  for (let row = 0; row < rows; row++) {
+    for (let b = 0; b < nb; b++) {
+      const to = (row * nb + b) * size;
+      for (let j = 0; j < size; j++) into[to + j] = interleaved[q4_0x4Offset(row, b, j, nb)]!;
+    }
+  }
+  return into;
+}

@@ -17,8 +17,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 5: Mixtral int4 stores page int4 experts (experts-int4/); expert files carry their bit width.
  * 6: Mixtral expert files hold Q4_0 / Q8_0 blocks; int4 and int8 stores have no per-expert graphs
  *    (their experts run in the block kernel, resident or paged).
+ * 7: Q4_0 expert files interleave rows four at a time (formats/blocks.ts, Q4_0X4).
  */
-export const FORMAT_VERSION = 6;
+export const FORMAT_VERSION = 7;
 
 export interface GraphEntry {
   graph: string;

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { gaussianValues } from '../../../test/support/random.ts';
-import { type BlockFormat, dequantizeBlocks, quantizeBlocks } from '../../formats/blocks.ts';
+import { type BlockFormat, blockMatrixBytes, dequantizeBlocks, interleaveQ4_0Rows, quantizeBlocks } from '../../formats/blocks.ts';
 import {
   ACTIVATION_RECORD_BYTES,
   BlockExpertKernel,
@@ -17,25 +17,33 @@ import {
   quantizeActivations,
   runBlockExpertScalar,
 } from './block-kernel.ts';
-import { allocateExpert, EXPERT_FORMATS, type ExpertBits, type ExpertWeights, expertFileBytes } from './expert-store.ts';
+import {
+  allocateExpert,
+  EXPERT_FORMATS,
+  type ExpertBits,
+  type ExpertWeights,
+  expertBlocksInRowOrder,
+  expertFileBytes,
+  expertViews,
+  quantizeExpert,
+} from './expert-store.ts';
 
 /** An expert file image quantised from random Gaussian weights. */
 function expertImage(dim: number, ffn: number, bits: ExpertBits, seed: number): Uint8Array {
-  const { bytes, weights } = allocateExpert(dim, ffn, bits);
   const std = 1 / Math.sqrt(dim);
-  const after = quantizeBlocks(weights.format, gaussianValues(seed, ffn * dim, std), ffn, dim, weights.w13);
-  quantizeBlocks(weights.format, gaussianValues(seed + 1, ffn * dim, std), ffn, dim, weights.w13, after);
-  quantizeBlocks(weights.format, gaussianValues(seed + 2, dim * ffn, 1 / Math.sqrt(ffn)), dim, ffn, weights.w2);
-  return bytes;
+  const weights = {
+    w1: gaussianValues(seed, ffn * dim, std),
+    w3: gaussianValues(seed + 1, ffn * dim, std),
+    w2: gaussianValues(seed + 2, dim * ffn, 1 / Math.sqrt(ffn)),
+  };
+  return quantizeExpert(weights, dim, ffn, bits).bytes;
 }
 
 /** The image copied into one of the kernel's buffers, with views as the store makes them. */
 function pageIn(kernel: BlockExpertKernel, image: Uint8Array, dim: number, ffn: number, bits: ExpertBits): ExpertWeights {
   const buffer = kernel.allocate();
   buffer.set(image);
-  const views = allocateExpert(dim, ffn, bits).weights;
-  const at = (view: Uint8Array) => buffer.subarray(view.byteOffset, view.byteOffset + view.byteLength);
-  return { format: views.format, w13: at(views.w13), w2: at(views.w2) };
+  return expertViews(buffer, dim, ffn, bits);
 }
 
 const kernelFor = (dim: number, ffn: number, bits: ExpertBits, threads: number, variant?: KernelVariant, expectedBuffers = 4) =>
@@ -63,15 +71,17 @@ describe('a product against blockGemmScalar', () => {
     '%s: the reference follows the definition, Σ blocks (Σ q_w·q_x)·d_w·d_x',
     async (format: BlockFormat) => {
       const [n, cols, m] = [12, 96, 3];
-      const weights = new Uint8Array(4096);
-      quantizeBlocks(format, gaussianValues(1, n * cols), n, cols, weights);
+      const rowOrder = new Uint8Array(blockMatrixBytes(format, n, cols));
+      quantizeBlocks(format, gaussianValues(1, n * cols), n, cols, rowOrder);
+      // The layout the expert files use: Q4_0 rows interleaved by four, Q8_0 in row order.
+      const weights = format === 'q4_0' ? interleaveQ4_0Rows(rowOrder, n, cols) : rowOrder;
       const x = gaussianValues(2, m * cols);
       const records = new Uint8Array((m * cols * ACTIVATION_RECORD_BYTES) / 32);
       quantizeActivations(x, 0, m, cols, records);
       const reference = new Float32Array(m * n);
       blockGemmScalar(format, weights, n, cols, m, records, reference);
       // Against the definition: Σ blocks (Σ q_w·q_x) · d_w · d_x with the stored values.
-      const dequantised = dequantizeBlocks(format, weights, n, cols);
+      const dequantised = dequantizeBlocks(format, rowOrder, n, cols);
       const view = new DataView(records.buffer);
       const xq = (i: number, k: number) => view.getInt8(Math.floor((i * cols + k) / 32) * ACTIVATION_RECORD_BYTES + (k % 32));
       const dx = (i: number, k: number) => view.getFloat32(Math.floor((i * cols + k) / 32) * ACTIVATION_RECORD_BYTES + 32, true);
@@ -137,8 +147,9 @@ describe('accuracy against float64', () => {
     const kernel = await kernelFor(dim, ffn, bits, 1);
     try {
       const weights = pageIn(kernel, expertImage(dim, ffn, bits, 31), dim, ffn, bits);
-      const w13 = dequantizeBlocks(weights.format, weights.w13, 2 * ffn, dim);
-      const w2 = dequantizeBlocks(weights.format, weights.w2, dim, ffn);
+      const rowOrder = expertBlocksInRowOrder(weights, dim, ffn);
+      const w13 = dequantizeBlocks(weights.format, rowOrder.w13, 2 * ffn, dim);
+      const w2 = dequantizeBlocks(weights.format, rowOrder.w2, dim, ffn);
       const rows = 4;
       const x = gaussianValues(41, rows * dim);
       const y = kernel.run(x, rows, weights);

@@ -15,6 +15,7 @@ import {
   ExpertStore,
   type ExpertStoreIndex,
   type ExpertWeights,
+  expertBlocksInRowOrder,
   expertFileBytes,
   quantizeExpert,
   writeExpertStore,
@@ -217,7 +218,8 @@ describe('int4 expert store', () => {
         const weights = await store.read(layer, expert, store.allocate());
         const expected = await expectedBlocks(checkpoint, layer, expert, 'q4_0', int4.dim, int4.ffn);
         expect(weights.format).toBe('q4_0');
-        expect(same(weights.w13, expected.w13) && same(weights.w2, expected.w2), `L${layer} E${expert}`).toBe(true);
+        const rowOrder = expertBlocksInRowOrder(weights, int4.dim, int4.ffn);
+        expect(same(rowOrder.w13, expected.w13) && same(rowOrder.w2, expected.w2), `L${layer} E${expert}`).toBe(true);
       }
     }
   });
@@ -239,11 +241,14 @@ describe('int4 expert store', () => {
     const w3 = new Float32Array(ffn * dim).fill(-2);
     const w2 = new Float32Array(dim * ffn).fill(0.5);
     const { weights } = quantizeExpert({ w1, w3, w2 }, dim, ffn, 4);
+    const { w13 } = expertBlocksInRowOrder(weights, dim, ffn);
     const one = new Uint8Array(18);
     quantizeBlocks('q4_0', w1, 1, dim, one);
-    expect(same(weights.w13.subarray(0, 18), one)).toBe(true);
+    expect(same(w13.subarray(0, 18), one)).toBe(true);
     quantizeBlocks('q4_0', w3, 1, dim, one);
-    expect(same(weights.w13.subarray(ffn * 18, ffn * 18 + 18), one)).toBe(true);
+    expect(same(w13.subarray(ffn * 18, ffn * 18 + 18), one)).toBe(true);
+    // In the file the rows are interleaved by four: w3's first row starts a group of its own.
+    expect(same(weights.w13.subarray(0, 18), one)).toBe(false);
   });
 
   it('rejects an expert file whose header bit width disagrees with its folder, as corrupt', async () => {

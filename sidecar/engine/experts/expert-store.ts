@@ -15,13 +15,26 @@
  *                    u32 crc32(payload), u32 payload bytes, u32 bits (4: Q4_0, 8: Q8_0), zero padding
  *     w13  blocks of [2·ffn, dim]: w1's rows, then w3's (one product computes both)
  *     w2   blocks of [dim, ffn]
- *   Rows run along the input dimension, as in the checkpoints and in GGUF.
+ *   Rows run along the input dimension, as in the checkpoints and in GGUF. Q8_0 rows are in GGUF's
+ *   order; Q4_0 rows are interleaved four at a time (formats/blocks.ts, Q4_0X4): the same blocks,
+ *   reordered so the kernel reads four rows per load (`placeExpertBlocks` / `expertBlocksInRowOrder`).
  */
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { modelError, SidecarError } from '../../errors.ts';
-import { BLOCK, type BlockFormat, blockMatrixBytes, quantizeBlocks } from '../../formats/blocks.ts';
+import {
+  BLOCK,
+  BLOCK_BYTES,
+  type BlockFormat,
+  blockMatrixBytes,
+  deinterleaveQ4_0Rows,
+  interleaveQ4_0Rows,
+  Q4_0X4_GROUP_BYTES,
+  Q4_0X4_ROWS,
+  quantizeBlocks,
+} from '../../formats/blocks.ts';
+import type { ExpertBlocks } from '../../formats/model-source.ts';
 import { SafetensorsFile, writeSafetensors } from '../../formats/safetensors.ts';
 import { DIRECT_IO_ALIGNMENT, directReadCapacity, readWhole } from './direct-read.ts';
 
@@ -32,8 +45,11 @@ export const EXPERT_FORMATS: Record<ExpertBits, BlockFormat> = { 4: 'q4_0', 8: '
 /** The store's expert folder for each format. */
 export const EXPERT_STORE_DIRS: Record<ExpertBits, string> = { 8: 'experts-int8', 4: 'experts-int4' };
 const ROUTERS_FILE = 'routers.safetensors';
-/** 3: Q4_0 / Q8_0 blocks (2 held per-column int4 / int8, which this build refuses). */
-export const EXPERT_FORMAT_VERSION = 3;
+/**
+ * 4: Q4_0 rows interleaved four at a time, Q8_0 in row order. Earlier versions (3: Q4_0 in row
+ * order; 2: per-column int4 / int8) are refused with "convert again"; the caches rebuild.
+ */
+export const EXPERT_FORMAT_VERSION = 4;
 const MAGIC = 'SIRXPRT1';
 const HEADER_BYTES = 64;
 /** Read and checksum slice: ≈ 3–6 ms of CRC on the event loop, while the next slice is read. */
@@ -94,8 +110,8 @@ export function expertFileName(layer: number, expert: number): string {
   return `L${layer}-E${expert}.bin`;
 }
 
-/** Views over `bytes` (a whole expert file) in the documented order. */
-function viewsOf(bytes: Uint8Array, dim: number, ffn: number, bits: ExpertBits): ExpertWeights {
+/** Views over `bytes` (a whole expert file image) in the documented order. */
+export function expertViews(bytes: Uint8Array, dim: number, ffn: number, bits: ExpertBits): ExpertWeights {
   const format = EXPERT_FORMATS[bits];
   const w13Bytes = blockMatrixBytes(format, 2 * ffn, dim);
   const start = HEADER_BYTES;
@@ -116,7 +132,47 @@ function checkBlockShape(dim: number, ffn: number): void {
 export function allocateExpert(dim: number, ffn: number, bits: ExpertBits): { bytes: Uint8Array; weights: ExpertWeights } {
   checkBlockShape(dim, ffn);
   const bytes = new Uint8Array(expertFileBytes(dim, ffn, bits));
-  return { bytes, weights: viewsOf(bytes, dim, ffn, bits) };
+  return { bytes, weights: expertViews(bytes, dim, ffn, bits) };
+}
+
+/** One matrix in the file layout of `format` (see the header comment). */
+function placeMatrix(format: BlockFormat, blocks: Uint8Array, rows: number, cols: number, into: Uint8Array): void {
+  if (format === 'q4_0') interleaveQ4_0Rows(blocks, rows, cols, into);
+  else into.set(blocks);
+}
+
+/** Writes an expert's row-order blocks into an image's views, in the file layout. */
+export function placeExpertBlocks(weights: ExpertWeights, blocks: ExpertBlocks, dim: number, ffn: number): void {
+  const { format, w13, w2 } = weights;
+  const half = blockMatrixBytes(format, ffn, dim);
+  if (blocks.w1.byteLength !== half || blocks.w3.byteLength !== half || blocks.w2.byteLength !== w2.byteLength) {
+    throw modelError(`expert blocks have the wrong size for ${format} [${ffn}, ${dim}] and [${dim}, ${ffn}]`);
+  }
+  placeMatrix(format, blocks.w1, ffn, dim, w13.subarray(0, half));
+  placeMatrix(format, blocks.w3, ffn, dim, w13.subarray(half));
+  placeMatrix(format, blocks.w2, dim, ffn, w2);
+}
+
+/** An image's matrices back in GGUF's row order: w13 [2·ffn, dim], w2 [dim, ffn]. */
+export function expertBlocksInRowOrder(weights: ExpertWeights, dim: number, ffn: number): { w13: Uint8Array; w2: Uint8Array } {
+  const { format, w13, w2 } = weights;
+  if (format !== 'q4_0') return { w13: w13.slice(), w2: w2.slice() };
+  return { w13: deinterleaveQ4_0Rows(w13, 2 * ffn, dim), w2: deinterleaveQ4_0Rows(w2, dim, ffn) };
+}
+
+/** Sets every block's fp16 scale in an image to `half` (for generated images: random weights, one scale). */
+export function setExpertScales(weights: ExpertWeights, half: number): void {
+  const { format } = weights;
+  // A Q4_0 group block starts with its four rows' scales; a Q8_0 block with its own.
+  const [step, count] = format === 'q4_0' ? [Q4_0X4_GROUP_BYTES, Q4_0X4_ROWS] : [BLOCK_BYTES.q8_0, 1];
+  for (const matrix of [weights.w13, weights.w2]) {
+    for (let at = 0; at < matrix.length; at += step) {
+      for (let lane = 0; lane < count; lane++) {
+        matrix[at + 2 * lane] = half & 0xff;
+        matrix[at + 2 * lane + 1] = half >>> 8;
+      }
+    }
+  }
 }
 
 /** Quantises an expert from fp32 checkpoint weights into a freshly allocated file image. */
@@ -133,10 +189,14 @@ export function quantizeExpert(
     }
   }
   const image = allocateExpert(dim, ffn, bits);
-  const { format, w13, w2 } = image.weights;
-  const afterW1 = quantizeBlocks(format, weights.w1, ffn, dim, w13);
-  quantizeBlocks(format, weights.w3, ffn, dim, w13, afterW1);
-  quantizeBlocks(format, weights.w2, dim, ffn, w2);
+  const { format } = image.weights;
+  const quantized = (values: Float32Array, rows: number, cols: number) => {
+    const blocks = new Uint8Array(blockMatrixBytes(format, rows, cols));
+    quantizeBlocks(format, values, rows, cols, blocks);
+    return blocks;
+  };
+  const blocks = { w1: quantized(weights.w1, ffn, dim), w3: quantized(weights.w3, ffn, dim), w2: quantized(weights.w2, dim, ffn) };
+  placeExpertBlocks(image.weights, blocks, dim, ffn);
   return image;
 }
 
@@ -212,17 +272,13 @@ export interface ExpertSource {
   /** A tensor by canonical (Mistral native) name as float32, [out, in]. */
   read(name: string): Promise<Float32Array>;
   /** An expert's matrices when the source already holds them as `format` blocks (a GGUF file's), else undefined. */
-  expertBlocks?(
-    layer: number,
-    expert: number,
-    format: BlockFormat,
-  ): Promise<{ w1: Uint8Array; w3: Uint8Array; w2: Uint8Array } | undefined>;
+  expertBlocks?(layer: number, expert: number, format: BlockFormat): Promise<ExpertBlocks | undefined>;
 }
 
 /**
  * Writes every expert of a Mixtral source into `<storeDir>/experts-int{bits}/`, one at a time.
- * Experts the source already holds in the store's block format are copied byte for byte (so they
- * run exactly as llama.cpp runs them, not quantised a second time); others are quantised from fp32.
+ * Experts the source already holds in the store's block format keep their blocks bit for bit (so
+ * they run exactly as llama.cpp runs them, not quantised a second time); others are quantised from fp32.
  */
 export async function buildExpertStore(
   source: ExpertSource,
@@ -245,15 +301,11 @@ export async function buildExpertStore(
       return quantizeExpert({ w1: w1!, w3: w3!, w2: w2! }, dim, ffn, bits).bytes;
     }
     const image = allocateExpert(dim, ffn, bits);
-    const { w13, w2 } = image.weights;
-    if (blocks.w1.byteLength + blocks.w3.byteLength !== w13.byteLength || blocks.w2.byteLength !== w2.byteLength) {
-      throw modelError(
-        `${source.path ?? 'the source'}: expert ${expert} of layer ${layer} has blocks of the wrong size for [${ffn}, ${dim}]`,
-      );
+    try {
+      placeExpertBlocks(image.weights, blocks, dim, ffn);
+    } catch (error) {
+      throw modelError(`${source.path ?? 'the source'}: expert ${expert} of layer ${layer}: ${(error as Error).message}`);
     }
-    w13.set(blocks.w1);
-    w13.set(blocks.w3, blocks.w1.byteLength);
-    w2.set(blocks.w2);
     return image.bytes;
   };
   return writeExpertStore(storeDir, { dim, ffn, layers, experts, topK, normEps }, bits, routers, expertImage, onProgress);
@@ -419,7 +471,7 @@ export class ExpertStore {
     }
     this.checkHeader(path, into, layer, expert, verify ? checksum >>> 0 : null);
     if (verify) this.verified.set(key, stamp);
-    return viewsOf(into, dim, ffn, this.bits);
+    return expertViews(into, dim, ffn, this.bits);
   }
 
   /** Header fields against the slot; `checksum` (of the payload, when verified this time) against the header's. */
