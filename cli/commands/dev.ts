@@ -12,8 +12,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { build } from 'esbuild';
 import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
-import { CliError, parseCommandArgs, parseNumberOption } from '../args.ts';
+import { CliError, parseCommandArgs } from '../args.ts';
 import { describeSidecarLine, describeWranglerLine } from '../dev-console.ts';
+import { checkDevEnvironment } from '../dev-environment.ts';
 import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
 import {
   applyLocalD1Migrations,
@@ -448,23 +449,27 @@ export async function run(argv: string[]): Promise<number> {
   });
   if (values.help) {
     console.log(
-      `usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey}, ${ENV.home}, ${ENV.devVars}.\n` +
+      `usage: sirocco dev [--port 8787] [--sidecar-ports 8081,8082]\n\n${summary}.\nEnvironment: PORT, ${ENV.devKey} (20 to 256 printable characters, as the edge takes keys), ${ENV.adminSecret} and ${ENV.sidecarSecret} (16 or more; generated when unset), ${ENV.home}, ${ENV.devVars}; all checked before anything starts.\n` +
         `The admin and sidecar secrets and the dev key it generates are kept in ${devVarsFile()} (0600) and reused on the next start.`,
     );
     return 0;
   }
-  const portRange = { integer: true, min: 1, max: 65535 };
-  const edgePort =
-    parseNumberOption(values.port, 'port', portRange) ??
-    parseNumberOption(process.env[ENV.port], 'port (from PORT)', portRange) ??
-    DEFAULT_PORTS.edge;
-  let sidecars = DEFAULT_SIDECARS;
-  if (values['sidecar-ports'] !== undefined) {
-    const ports = values['sidecar-ports'].split(',');
-    if (ports.length !== DEFAULT_SIDECARS.length)
-      throw new CliError(`--sidecar-ports takes ${DEFAULT_SIDECARS.length} ports, e.g. 8081,8082`);
-    sidecars = DEFAULT_SIDECARS.map((spec, index) => ({ ...spec, port: parseNumberOption(ports[index], 'sidecar-ports', portRange)! }));
+  // Everything is checked before anything starts: a bad setting is one message naming it, and no process is spawned.
+  const savedVarsFile = devVarsFile();
+  const settings = checkDevEnvironment({
+    portFlag: values.port,
+    sidecarPortsFlag: values['sidecar-ports'],
+    sidecarCount: DEFAULT_SIDECARS.length,
+    env: process.env,
+    devVarsFile: savedVarsFile,
+    // An unreadable file is reported by the check itself.
+    saved: await readDevVars(savedVarsFile).catch(() => new Map<string, string>()),
+  });
+  if (settings.problems.length > 0) {
+    throw new CliError(`nothing was started:\n${settings.problems.map((problem) => `  ${problem}`).join('\n')}`);
   }
+  const { edgePort } = settings;
+  const sidecars = DEFAULT_SIDECARS.map((spec, index) => ({ ...spec, port: settings.sidecarPorts?.[index] ?? spec.port }));
 
   // Listen from the start: a Ctrl-C while the models load must stop the children too (they run in their own
   // process groups, so the terminal's SIGINT does not reach them).

@@ -11,6 +11,7 @@
  */
 import * as z from 'zod';
 import { resolveModelId } from '../../shared/api.ts';
+import { ApiKeyValueSchema } from '../../shared/api-key.ts';
 import { bytesToHex, hmacSha256Hex, sha256Hex, timingSafeEqual } from '../../shared/crypto.ts';
 import type { ApiKeyRecord } from '../env.ts';
 
@@ -43,12 +44,7 @@ export const CreateKeyRequestSchema = z.strictObject({
   spend_cap_month_micros: MonthlyCapSchema.optional(),
   token_cap_month: MonthlyCapSchema.optional(),
   /** Provision a known key (e.g. SIROCCO_DEV_KEY for `npm start`); otherwise one is generated. */
-  key: z
-    .string()
-    .min(20)
-    .max(256)
-    .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces')
-    .optional(),
+  key: ApiKeyValueSchema.optional(),
 });
 export type CreateKeyRequest = z.infer<typeof CreateKeyRequestSchema>;
 

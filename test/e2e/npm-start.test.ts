@@ -175,6 +175,6 @@ describe('npm start (sirocco dev)', () => {
   it('rejects a bad port with a message naming it', async () => {
     const dev = startDev(['--port', '99999'], {});
     expect(await dev.exited).toBe(2);
-    expect(dev.output()).toContain('--port must be an integer from 1 to 65535, got 99999');
+    expect(dev.output()).toContain("--port must be an integer from 1 to 65535 (the edge's port), got 99999");
   });
 });

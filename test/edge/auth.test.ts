@@ -140,6 +140,15 @@ describe('admin routes', () => {
     });
     expect(bad.status).toBe(422);
     expect(((await bad.json()) as { detail: unknown[] }).detail).toHaveLength(3);
+
+    // The key rule (shared/api-key.ts) that `npm start` also checks SIROCCO_DEV_KEY against.
+    const short = await edge.send('/admin/keys', {
+      method: 'POST',
+      headers: admin,
+      body: JSON.stringify({ tenant: 'dev', key: 'k'.repeat(19) }),
+    });
+    expect(short.status).toBe(422);
+    expect(((await short.json()) as { detail: Array<{ loc: unknown[] }> }).detail.map((entry) => entry.loc)).toEqual([['body', 'key']]);
   });
 
   it('keep one record for a key created twice (npm start provisions its dev key on every start), its creation time kept', async () => {
