@@ -469,6 +469,7 @@ localStorage.removeItem(KEY_STORAGE);
 apiKeyInput.value = sessionStorage.getItem(KEY_STORAGE) ?? '';
 restoreSettings();
 void loadModels();
+if (apiKeyInput.value) promptInput.focus();
 
 // Opening another `#key=` link in this tab changes only the fragment: no reload, so read it here.
 window.addEventListener('hashchange', () => {
@@ -504,8 +505,15 @@ composer.addEventListener('submit', (event) => {
   const prompt = promptInput.value.trim();
   if (!prompt || inFlight) return;
   promptInput.value = '';
+  fitPromptHeight();
   send(prompt);
 });
+// The box grows with what is typed, up to the height the stylesheet allows.
+function fitPromptHeight() {
+  promptInput.style.height = 'auto';
+  promptInput.style.height = `${promptInput.scrollHeight + 2}px`;
+}
+promptInput.addEventListener('input', fitPromptHeight);
 promptInput.addEventListener('keydown', (event) => {
   if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
     event.preventDefault();

@@ -41,6 +41,8 @@ afterAll(async () => {
 
 interface OpenedChat {
   page: Page;
+  /** The page's own response headers. */
+  headers: Record<string, string>;
   /** Every request the page made, so a test can check where the key went. */
   requests: Request[];
   errors: string[];
@@ -56,9 +58,9 @@ async function openChat(options: { viewport?: { width: number; height: number };
   const errors: string[] = [];
   page.on('request', (request) => requests.push(request));
   page.on('pageerror', (error) => errors.push(error.message));
-  await page.goto(chatPageUrl(stack.edgeUrl, options.key ?? stack.apiKey));
+  const response = await page.goto(chatPageUrl(stack.edgeUrl, options.key ?? stack.apiKey));
   if (!options.key) await expect.poll(() => page.locator('#model option').allTextContents(), STACK_WAIT).toContain('mistral-tiny');
-  return { page, requests, errors };
+  return { page, headers: response?.headers() ?? {}, requests, errors };
 }
 
 // Playwright's innerText() is the rendered text a reader sees, not the DOM property the rule is about.
@@ -108,7 +110,10 @@ async function waitUntilDone(page: Page): Promise<void> {
 
 describe('chat page', () => {
   it('takes the key from the #key= link into sessionStorage, clears the address bar, and lists the models', async () => {
-    const { page, requests, errors } = await openChat();
+    const { page, headers, requests, errors } = await openChat();
+    // Only the page's own scripts run, it talks to this origin only, and no other site may frame it.
+    expect(headers['content-security-policy']).toContain("script-src 'self';");
+    expect(headers['content-security-policy']).toContain("frame-ancestors 'none'");
     expect(await page.inputValue('#api-key')).toBe(stack.apiKey);
     expect(new URL(page.url()).hash).toBe('');
     expect(await page.evaluate(() => sessionStorage.getItem('sirocco.apiKey'))).toBe(stack.apiKey);
@@ -328,6 +333,27 @@ describe('chat page', () => {
     expect(await page.textContent('#status')).toBe('Error: 429: Rate limit exceeded: 60 requests per minute');
     // The failed turn can be retried.
     expect(await lastAnswer(page).locator('.regenerate').isVisible()).toBe(true);
+
+    // An error event in the middle of a stream keeps what was shown and says what happened.
+    await page.unrouteAll();
+    await page.route('**/v1/chat/completions', (route) =>
+      route.fulfill({
+        status: 200,
+        headers: { ...SSE_HEADERS },
+        body:
+          encodeSseData({
+            id: 'cmpl-test',
+            object: 'chat.completion.chunk',
+            created: 1_700_000_000,
+            model: 'mistral-tiny',
+            choices: [{ index: 0, delta: { role: 'assistant', content: 'Half an ans' }, finish_reason: null }],
+          } satisfies ChatCompletionChunk) + encodeSseData(errorBody('upstream_error', 'The region went away mid-answer')),
+      }),
+    );
+    await lastAnswer(page).locator('.regenerate').click();
+    await expect.poll(() => page.textContent('#status'), STACK_WAIT).toBe('Error: The region went away mid-answer');
+    expect(await lastAnswerText(page)).toBe('Half an ans');
+    expect(await page.locator('.message.assistant.error').count()).toBe(1);
 
     const wrongKey = await openChat({ key: 'sk-wrong' });
     await expect.poll(() => wrongKey.page.textContent('#status'), STACK_WAIT).toMatch(/^Could not list the models: 401: \S/);
