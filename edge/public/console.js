@@ -303,6 +303,7 @@ $('create-key').addEventListener('submit', async (event) => {
   $('new-key').hidden = false;
   $('new-key-value').select();
   void loadKeys();
+  void loadTenants();
 });
 
 $('copy-key').addEventListener('click', async () => {
@@ -391,6 +392,7 @@ $('revoke').addEventListener('submit', async (event) => {
   if (!revoked) return;
   dialog.close();
   void loadKeys().then(() => setStatus($('keys-status'), `Revoked key ${id}.`));
+  void loadTenants();
 });
 
 $('revoke-cancel').addEventListener('click', () => $('revoke-dialog').close());
@@ -484,13 +486,20 @@ async function loadUsage() {
       api('GET', `/admin/usage?${query({ from, to, group_by: `day,${group}` })}`),
       api('GET', `/admin/usage?${query({ from, to, group_by: 'key' })}`),
       api('GET', `/admin/usage/events?${query({ errors_only: 'true', limit: RECENT_ERRORS })}`),
+      // Only for the models the create and edit forms suggest.
+      api('GET', `/admin/usage?${query({ from, to, group_by: 'model' })}`),
     ]),
   );
   if (!loaded) return;
-  const [perDay, perKey, errors] = loaded;
-  state.currency = perDay.currency ?? state.currency;
-  for (const element of document.querySelectorAll('.currency-name')) element.textContent = state.currency;
-  rememberModels(perDay.data.map((row) => row.model));
+  const [perDay, perKey, errors, perModel] = loaded;
+  if (perDay.currency && perDay.currency !== state.currency) {
+    state.currency = perDay.currency;
+    for (const element of document.querySelectorAll('.currency-name')) element.textContent = state.currency;
+    // The key and tenant amounts were shown in the assumed currency: show them again in the price table's.
+    void loadKeys();
+    void loadTenants();
+  }
+  rememberModels(perModel.data.map((row) => row.model));
   renderTotals(perKey.data);
   renderChart(perDay, group);
   renderTopKeys(perKey.data);
@@ -552,7 +561,8 @@ function renderChart(usage, group) {
       {
         stroke: 'currentColor',
         grid: { stroke: 'rgba(128,128,128,0.2)' },
-        size: 70,
+        // Wide enough for the longest label (amounts can have six decimals).
+        size: (_plot, values) => 16 + 8 * Math.max(4, ...(values ?? []).map((value) => value.length)),
         values: (_plot, ticks) => ticks.map((tick) => compactValue(metric, tick)),
       },
     ],
