@@ -123,6 +123,9 @@ describe('operator console', () => {
     const response = await page.request.get(`${stack.edgeUrl}/console`);
     expect(response.headers()['content-security-policy']).toContain("script-src 'self'");
     expect(response.headers()['content-security-policy']).toContain("frame-ancestors 'none'");
+    // Were the form ever submitted natively (before the script runs), it would carry no field and may not navigate.
+    expect(response.headers()['content-security-policy']).toContain("form-action 'none'");
+    expect(await page.evaluate(() => [...new FormData(document.getElementById('sign-in') as HTMLFormElement).keys()])).toEqual([]);
     expect(await page.isVisible('#sign-in')).toBe(true);
     expect(await page.isHidden('#console')).toBe(true);
 
@@ -212,6 +215,12 @@ describe('operator console', () => {
       await waitUntilLoaded(page);
       expect(await text(page, `${row} td[data-label="Spend this month"]`)).toMatch(/^€0\.\d*[1-9]/);
       expect(await text(page, `${row} td[data-label="Last used"]`)).toMatch(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC$/);
+      // The tenant's month is its one key's.
+      await page.click('#tenants-refresh');
+      await waitUntilLoaded(page);
+      expect(await text(page, `#tenants-table tbody tr[data-tenant="${tenant}"] td[data-label="Spend this month"]`)).toBe(
+        await text(page, `${row} td[data-label="Spend this month"]`),
+      );
       await page.screenshot({ path: join(TEST_ARTIFACTS, 'console-usage.png'), fullPage: true });
 
       // Lowering its token cap below one request's worst case: the API refuses the next request.
