@@ -76,9 +76,12 @@ function rateLimitSubject(c: Context<AppEnv>): RateLimitSubject | undefined {
   return key && { keyHash: key.hash, limits: key.limits };
 }
 
-/** Settles the request's token reservation to its usage (or charges it); a cache hit spent no tokens. */
+/**
+ * Settles the request's token reservation to its usage (or charges it). A cache hit spent no tokens; a cut stream's
+ * counted tokens are the ledger's, the window keeps to reported usage (its reservation is released).
+ */
 async function chargeRateLimit(c: Context<AppEnv>, usage: Usage, outcome: UsageOutcome): Promise<unknown> {
-  if (outcome.cached) return undefined;
+  if (outcome.cached || outcome.partial) return undefined;
   const reservation = c.get('tokenReservation');
   if (reservation) return reservation.settle(usage.total_tokens);
   const subject = rateLimitSubject(c);

@@ -13,7 +13,7 @@ export { SpendLimiter } from './usage/index.ts';
 
 const app = createApp();
 
-export default {
+const worker: ExportedHandler<EdgeBindings, unknown> = {
   fetch: (request, env, ctx) => app.fetch(request, env, ctx),
   /** The usage ledger's consumer: batches of usage events into D1 (edge/usage/consumer.ts). */
   queue: (batch, env) => consumeUsageBatch(batch, env),
@@ -22,7 +22,9 @@ export default {
     const deleted = await pruneUsageEvents(env);
     console.log(JSON.stringify({ level: 'info', event: 'usage_events_pruned', deleted }));
   },
-} satisfies ExportedHandler<EdgeBindings, unknown>;
+};
+
+export default worker;
 
 declare global {
   namespace Cloudflare {

@@ -46,6 +46,7 @@ import {
   TIMED_OUT,
   withTimeout,
 } from '../streaming/index.ts';
+import { StreamedTokens } from '../usage/streamed-tokens.ts';
 import { parseJsonBody } from '../validation/index.ts';
 
 export type ChatRoute = { kind: 'local'; model: LocalModelId } | { kind: 'upstream'; name: string; upstream: UpstreamConfig };
@@ -167,8 +168,12 @@ function annotateTokens(logger: Logger, usage: Usage): void {
   logger.annotate({ promptTokens: usage.prompt_tokens, completionTokens: usage.completion_tokens, tokens: usage.total_tokens });
 }
 
-/** How a request that produced usage ended: the status its client got, and whether the cache answered it. */
-export type UsageOutcome = { status: number; cached: boolean };
+/**
+ * How a request that produced usage ended: the status its client got, whether the cache answered it, and whether
+ * its usage is only what a cut stream relayed (edge/usage/streamed-tokens.ts: recorded in the ledger, not charged
+ * to the per-minute window, which counts reported usage only).
+ */
+export type UsageOutcome = { status: number; cached: boolean; partial?: boolean };
 
 export type UsageRecorder = (c: Context<AppEnv>, usage: Usage, outcome: UsageOutcome) => Promise<unknown>;
 
@@ -268,9 +273,15 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
     // Registered now, settled when the stream ends: streamed tokens are charged at the end.
     let settle: (outcome: StreamOutcome) => void = () => undefined;
     const finished = new Promise<StreamOutcome>((resolve) => (settle = resolve));
+    const streamed = new StreamedTokens();
     inBackground(
       c,
-      finished.then((outcome) => outcome.usage && recordUsage(c, outcome.usage, { status: streamStatus(outcome), cached: false })),
+      finished.then((outcome) => {
+        const status = streamStatus(outcome);
+        if (outcome.usage) return recordUsage(c, outcome.usage, { status, cached: false });
+        const partial = streamed.usage();
+        return partial && recordUsage(c, partial, { status, cached: false, partial: true });
+      }),
       (error) => logger.error('usage_record_failed', { message: String(error) }),
     );
     // The access-log line waits for the stream's end, so it has the stream's tokens.
@@ -289,7 +300,8 @@ export function chatCompletions(deps: EdgeDependencies, recordUsage: UsageRecord
       logger.annotate({ model, region: result.target.name, attempts: result.attempts, stream, upstreamMs: Date.now() - forwardStarted });
       if (result.kind === 'body') throw startErrorFrom(result.status, result.text);
       chosen = result.target;
-      return { first: result.first, events: result.events, abortUpstream: result.abort };
+      streamed.observe(result.first);
+      return { first: result.first, events: streamed.wrap(result.events), abortUpstream: result.abort };
     };
 
     const relay =
