@@ -323,6 +323,42 @@ describe('operator console', () => {
     expect(errors).toEqual([]);
   });
 
+  it('lists the latest failed requests from the ledger', async () => {
+    // The ledger holds a failed request only when it still had usage (a stream cut after its last chunk), which the
+    // stack cannot be made to do on demand: the events route's answer is given here, in the contract's shape.
+    const failed = {
+      time: '2026-12-03T10:15:00.000Z',
+      request_id: 'req-<b>1</b>',
+      key_id: '0123456789abcdef',
+      tenant: 'acme',
+      model: 'mistral-small',
+      region: 'eu-west',
+      prompt_tokens: 12,
+      completion_tokens: 3,
+      cached: false,
+      status: 502,
+      cost_micros: 7,
+    };
+    const { page, errors } = await openConsole();
+    const asked: Array<{ url: URL; authorization: string | undefined }> = [];
+    await page.route('**/admin/usage/events?*', (route) => {
+      asked.push({ url: new URL(route.request().url()), authorization: route.request().headers().authorization });
+      return route.fulfill({ json: { object: 'list', data: [failed] } });
+    });
+    await signIn(page);
+    expect(asked).toHaveLength(1);
+    expect(asked[0]!.url.searchParams.get('errors_only')).toBe('true');
+    expect(asked[0]!.authorization).toBe(`Bearer ${stack.adminSecret}`);
+    expect(await page.locator('#recent-errors tbody tr td').allTextContents()).toEqual([
+      '2026-12-03 10:15 UTC',
+      '502',
+      '0123456789abcdef',
+      'mistral-small',
+      'req-<b>1</b>',
+    ]);
+    expect(errors).toEqual([]);
+  });
+
   it('shows server data as text, never as markup', async () => {
     const tenant = '<img src=x onerror="window.injected=1">';
     expect((await admin('/admin/keys', { method: 'POST', body: { tenant, models: ['<b>bold</b>'] } })).status).toBe(201);
