@@ -200,17 +200,13 @@ const rowSums = (a: string, b: string) => `(i32x4.add
     (i8x16.shuffle ${pick([0, 2, 4, 6])} (local.get $${a}) (local.get $${b}))
     (i8x16.shuffle ${pick([1, 3, 5, 7])} (local.get $${a}) (local.get $${b})))`;
 
-/** Byte lanes of i8x16.shuffle zipping the low i16 lanes of (zero, v): each i32 lane is h << 16. */
-const ZIP_LOW_WORDS = '0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23';
-
 /**
- * The four fp16 scales of an interleaved group's block (8 bytes at `at` after $p) as f32x4, exactly,
- * by the same shifts as `scales`.
+ * The four fp16 scales of an interleaved group's block (8 bytes at `at` after $p) as f32x4, exactly:
+ * sign-extended to i32 and shifted left by 13, the sign fills bits 31–28 and the magnitude sits at
+ * f32's bits 27–13; clearing bits 30–28 leaves an f32 of the value · 2^-112.
  */
 const groupScales = (at: number) => `(f32x4.mul
-    (v128.and
-      (i32x4.shr_s (i8x16.shuffle ${ZIP_LOW_WORDS} (local.get $zero) (v128.load64_zero offset=${at} align=1 (local.get $p))) (i32.const 3))
-      (local.get $signAndMagnitude))
+    (v128.and (i32x4.shl (v128.load16x4_s offset=${at} align=1 (local.get $p)) (i32.const 13)) (local.get $signAndMagnitude))
     (local.get $twoTo112))`;
 
 /**
@@ -221,41 +217,50 @@ const groupScales = (at: number) => `(f32x4.mul
 const q4GroupDot = (variant: KernelVariant): string => {
   const lines: string[] = [];
   for (let k = 0; k < 4; k++) {
+    // Broadcast loads (one vbroadcastss each) rather than one load and shuffles: the same count,
+    // and V8 keeps fewer values live across the block.
     const xLow = `(v128.load32_splat offset=${4 * k} align=1 (local.get $xp))`;
     const xHigh = `(v128.load32_splat offset=${16 + 4 * k} align=1 (local.get $xp))`;
+    if (variant === 'relaxed-simd') lines.push(`(local.set $xl ${xLow}) (local.set $xh ${xHigh})`);
+    else lines.push(`(local.set $xl (i16x8.extend_low_i8x16_s ${xLow})) (local.set $xh (i16x8.extend_low_i8x16_s ${xHigh}))`);
     lines.push(`(local.set $q (v128.load offset=${2 * Q4_0X4_ROWS + 16 * k} align=1 (local.get $p)))`);
     const lo = `(v128.and (local.get $q) (local.get $lowNibbles))`;
     // A 16-bit shift and the low-nibble mask: V8 lowers i8x16.shr_u to the same two instructions
     // plus a rebuilt mask each time.
     const hi = `(v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $lowNibbles))`;
+    const add = (into: string, value: string) =>
+      k === 0
+        ? `(local.set $${into} ${value})`
+        : `(local.set $${into} (${variant === 'relaxed-simd' ? 'i16x8' : 'i32x4'}.add (local.get $${into}) ${value}))`;
     if (variant === 'relaxed-simd') {
-      const both = `(i16x8.add (i16x8.relaxed_dot_i8x16_i7x16_s ${xLow} ${lo}) (i16x8.relaxed_dot_i8x16_i7x16_s ${xHigh} ${hi}))`;
-      lines.push(k === 0 ? `(local.set $pairs ${both})` : `(local.set $pairs (i16x8.add (local.get $pairs) ${both}))`);
+      lines.push(
+        add(
+          'pairs',
+          `(i16x8.add (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xl) ${lo}) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xh) ${hi}))`,
+        ),
+      );
     } else {
-      // Rows 0–1 in $pairs, rows 2–3 in $pairs23, two i32 lanes per row until the end.
+      // Rows 0–1 in $pairs, rows 2–3 in $pairsHigh: two i32 lanes per row until the end.
       lines.push(`(local.set $lo ${lo}) (local.set $hi ${hi})`);
-      lines.push(`(local.set $xl (i16x8.extend_low_i8x16_s ${xLow})) (local.set $xh (i16x8.extend_low_i8x16_s ${xHigh}))`);
       const dots = (half: 'low' | 'high') =>
         `(i32x4.add (i32x4.dot_i16x8_s (local.get $xl) (i16x8.extend_${half}_i8x16_u (local.get $lo)))
                    (i32x4.dot_i16x8_s (local.get $xh) (i16x8.extend_${half}_i8x16_u (local.get $hi))))`;
-      for (const [into, half] of [
-        ['pairs', 'low'],
-        ['pairs23', 'high'],
-      ] as const) {
-        lines.push(k === 0 ? `(local.set $${into} ${dots(half)})` : `(local.set $${into} (i32x4.add (local.get $${into}) ${dots(half)}))`);
-      }
+      lines.push(add('pairs', dots('low')), add('pairsHigh', dots('high')));
     }
   }
   return lines.join('\n          ');
 };
 
-/** Q4_0 in the interleaved layout: one group of four rows per pass of the block loop, two per step. */
+/**
+ * Q4_0 in the interleaved layout, one group of four rows per pass of the block loop. (Two groups
+ * sharing the activation loads need more registers than x64 has: V8 then spills more than it saves.)
+ */
 const q4Gemm = (cols: number, variant: KernelVariant): string => {
   const nb = cols / BLOCK;
   const groupStride = nb * Q4_0X4_GROUP_BYTES;
-  const sums = variant === 'relaxed-simd' ? `(i32x4.dot_i16x8_s (local.get $pairs) (local.get $ones))` : rowSums('pairs', 'pairs23');
+  const sums = variant === 'relaxed-simd' ? `(i32x4.dot_i16x8_s (local.get $pairs) (local.get $ones))` : rowSums('pairs', 'pairsHigh');
   return gemmFrame(gemmName('q4_0', cols), nb, Q4_0X4_ROWS, {
-    locals: `(local $pairs v128) (local $pairs23 v128) (local $lo v128) (local $hi v128) (local $xl v128) (local $xh v128) (local $zero v128)`,
+    locals: `(local $pairs v128) (local $pairsHigh v128) (local $lo v128) (local $hi v128) (local $xl v128) (local $xh v128)`,
     start: `(local.set $p (i32.add (local.get $w) (i32.mul (i32.shr_u (local.get $row) (i32.const 2)) (i32.const ${groupStride}))))`,
     blocks: `${q4GroupDot(variant)}
           ${accumulate('acc0', `(i32x4.sub ${sums} ${OFFSET})`, groupScales(0))}`,
