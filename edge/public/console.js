@@ -25,24 +25,22 @@ const state = {
 
 // ─── Talking to the edge ─────────────────────────────────────────────────────
 
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
-
-/** Calls the admin API; a failure is an ApiError whose message is the Mistral error body's (or the HTTP status). */
-async function api(method, path, body, secret = sessionStorage.getItem(SECRET_STORAGE)) {
+/**
+ * Calls the admin API with the kept secret (or `candidate`, while signing in); a failure is an Error whose message is
+ * the Mistral error body's (or the HTTP status). An answer that arrives after a sign-out is dropped, not shown.
+ */
+async function api(method, path, body, candidate) {
+  const secret = candidate ?? sessionStorage.getItem(SECRET_STORAGE);
   const headers = { authorization: `Bearer ${secret ?? ''}`, accept: 'application/json' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   let response;
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (error) {
-    throw new ApiError(0, `Could not reach the edge: ${error instanceof Error ? error.message : String(error)}`);
+    throw new Error(`Could not reach the edge: ${error instanceof Error ? error.message : String(error)}`);
   }
   const text = await response.text();
+  if (candidate === undefined && sessionStorage.getItem(SECRET_STORAGE) !== secret) throw new Error('Signed out.');
   let json = null;
   try {
     json = JSON.parse(text);
@@ -51,11 +49,11 @@ async function api(method, path, body, secret = sessionStorage.getItem(SECRET_ST
   }
   if (!response.ok) {
     const message = typeof json?.message === 'string' ? json.message : text.trim().slice(0, 200) || response.statusText;
-    const error = new ApiError(response.status, `${response.status}: ${message}`);
+    const error = new Error(`${response.status}: ${message}`);
     if (response.status === 401) signOut(`The admin secret was refused (${error.message}). Enter it again.`);
     throw error;
   }
-  if (json === null) throw new ApiError(response.status, `${method} ${path} answered something other than JSON`);
+  if (json === null) throw new Error(`${method} ${path} answered something other than JSON`);
   return json;
 }
 
@@ -198,10 +196,17 @@ function showConsole(signedIn) {
   $('nav').hidden = !signedIn;
 }
 
-function signOut(message = '') {
+/** Forgets the secret and everything shown with it (a new key's value above all), for whoever uses the tab next. */
+function signOut(message, kind = 'error') {
   sessionStorage.removeItem(SECRET_STORAGE);
+  for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
+  $('new-key-value').value = '';
+  $('new-key').hidden = true;
+  for (const body of document.querySelectorAll('#console tbody')) body.replaceChildren();
+  state.chart?.destroy();
+  state.chart = null;
   showConsole(false);
-  setStatus($('sign-in-status'), message, message ? 'error' : 'info');
+  setStatus($('sign-in-status'), message, kind);
   $('admin-secret').value = '';
 }
 
@@ -222,7 +227,7 @@ $('sign-in').addEventListener('submit', async (event) => {
   void loadEverything();
 });
 
-$('sign-out').addEventListener('click', () => signOut('Signed out.'));
+$('sign-out').addEventListener('click', () => signOut('Signed out.', 'info'));
 
 // ─── Keys ────────────────────────────────────────────────────────────────────
 

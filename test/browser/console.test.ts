@@ -146,8 +146,13 @@ describe('operator console', () => {
     // Still signed in after a reload of the tab; signed out for good after Sign out.
     await page.reload();
     await page.locator('#console').waitFor({ state: 'visible' });
+    await waitUntilLoaded(page);
+    expect(await page.locator('#keys-table tbody tr[data-key-id]').count()).toBeGreaterThan(0);
     await page.click('#sign-out');
     expect(await page.isVisible('#sign-in')).toBe(true);
+    expect(await text(page, '#sign-in-status')).toBe('Signed out.');
+    // Nothing shown with the secret is left in the page for the tab's next user.
+    expect(await page.locator('#console tbody tr').count()).toBe(0);
     expect(await page.evaluate((name) => sessionStorage.getItem(name), SECRET_STORAGE)).toBeNull();
     expect(errors).toEqual([]);
   });
