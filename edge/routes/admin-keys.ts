@@ -19,8 +19,8 @@ import { EdgeError } from '../errors.ts';
 import { keySubject, type MonthToDate, monthToDate } from '../usage/index.ts';
 import { parseJsonBody } from '../validation/index.ts';
 
-/** What admins see of a key: everything but the hash, with its caps and (when known) month to date. */
-function publicView(record: ApiKeyRecord, month?: MonthToDate) {
+/** What admins see of a key: everything but the hash, with its caps and month to date. */
+function publicView(record: ApiKeyRecord, month: MonthToDate) {
   const { id, tenant, models, limits, createdAt } = record;
   return {
     id,
@@ -31,10 +31,8 @@ function publicView(record: ApiKeyRecord, month?: MonthToDate) {
     spend_cap_month_micros: record.spendCapMonthMicros ?? null,
     token_cap_month: record.tokenCapMonth ?? null,
     created_at: Math.floor(createdAt / 1000),
-    ...(month && {
-      last_used_at: month.lastUsedMs === null ? null : Math.floor(month.lastUsedMs / 1000),
-      spend_month_micros: month.spentMicros,
-    }),
+    last_used_at: month.lastUsedMs === null ? null : Math.floor(month.lastUsedMs / 1000),
+    spend_month_micros: month.spentMicros,
   };
 }
 
@@ -45,12 +43,15 @@ export function adminKeysRoutes(keyCache: ApiKeyCache) {
       const request = await parseJsonBody(c, CreateKeyRequestSchema);
       const { key, record } = await createKey(c.env.API_KEYS, request, keyPeppersFrom(c.env));
       c.get('logger').info('api_key_created', { keyId: record.id, tenant: record.tenant });
-      return c.json({ key, ...publicView(record) }, 201);
+      // The same key provisioned again (npm start's dev key) keeps its month: the row is the one GET lists.
+      return c.json({ key, ...publicView(record, await monthToDate(c.env.SPEND_LIMITER, keySubject(record))) }, 201);
     })
     .get('/', async (c) => {
       const keys = await listKeys(c.env.API_KEYS);
-      const months = await Promise.all(keys.map((record) => monthToDate(c.env.SPEND_LIMITER, keySubject(record))));
-      return c.json({ object: 'list', data: keys.map((record, index) => publicView(record, months[index])) });
+      const data = await Promise.all(
+        keys.map(async (record) => publicView(record, await monthToDate(c.env.SPEND_LIMITER, keySubject(record)))),
+      );
+      return c.json({ object: 'list', data });
     })
     .patch('/:id', async (c) => {
       const id = c.req.param('id');
