@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { describeWranglerLine } from './dev-console.ts';
+import { describeMigrationsLine, describeWranglerLine } from './dev-console.ts';
 
 const accessLine = (fields: Record<string, unknown>) =>
   JSON.stringify({ level: 'info', event: 'request', time: '2026-01-01T00:00:00.000Z', requestId: 'r-1', ...fields });
@@ -57,6 +57,10 @@ describe("npm start's console lines for wrangler dev", () => {
       'Binding                                              Resource                  Mode',
       'env.API_KEYS (00000000000000000000000000000001)      KV Namespace              local',
       '⎔ Starting local server...',
+      '\x1b[33m▲ \x1b[43;33m[\x1b[43;30mWARNING\x1b[43;33m]\x1b[0m \x1b[1mScheduled Workers are not automatically triggered during local development.\x1b[0m',
+      '  To manually trigger a scheduled event, run:',
+      '    curl "http://127.0.0.1:8787/cdn-cgi/handler/scheduled"',
+      '  For more details, see \x1b[4mhttps://developers.cloudflare.com/workers/configuration/cron-triggers/#test-cron-triggers-locally\x1b[0m',
     ]) {
       expect(describeWranglerLine(routine)).toBeUndefined();
     }
@@ -67,5 +71,25 @@ describe("npm start's console lines for wrangler dev", () => {
         JSON.stringify({ level: 'warn', event: 'upstream_attempt_failed', time: 't', region: 'eu-west', problem: 'HTTP 503' }),
       ),
     ).toBe('warn upstream_attempt_failed region=eu-west problem=HTTP 503');
+  });
+});
+
+describe("npm start's console lines for the local D1 migrations", () => {
+  it('shows their errors and warnings only, not the banner, tables and prompts of a run that worked', () => {
+    for (const routine of [
+      ' ⛅️ wrangler 4.86.0 (update available 4.164.0)',
+      'Resource location: local ',
+      '│ 0001_usage_ledger.sql │ ✅     │',
+      '? About to apply 1 migration(s)',
+      '🤖 Using fallback value in non-interactive context: yes',
+      '🚣 8 commands executed successfully.',
+      '✅ No migrations to apply!',
+    ]) {
+      expect(describeMigrationsLine(routine)).toBeUndefined();
+    }
+    expect(describeMigrationsLine('✘ [ERROR] near "TABLE": syntax error')).toBe('✘ [ERROR] near "TABLE": syntax error');
+    expect(describeMigrationsLine('▲ [WARNING] Processing wrangler.toml configuration')).toBe(
+      '▲ [WARNING] Processing wrangler.toml configuration',
+    );
   });
 });

@@ -22,7 +22,17 @@ const WRANGLER_ROUTINE = [
   /Unable to fetch the `Request.cf` object/,
   /getaddrinfo ENOTFOUND workers\.cloudflare\.com/,
   /^\s+at .*(GetAddrInfoReqWrap|callbackTrampoline)/,
+  // The usage ledger's cron trigger: wrangler dev never fires it, and says so at every start.
+  /Scheduled Workers are not automatically triggered during local development/,
+  /^\s*To manually trigger a scheduled event, run:/,
+  /^\s*curl "http:\/\/[^"]*\/cdn-cgi\/handler\/scheduled"/,
+  /^\s*For more details, see .*cron-triggers/,
 ];
+
+/** A line of `wrangler d1 migrations apply` worth showing: its errors and warnings (its banner, tables and prompts are not). */
+export function describeMigrationsLine(line: string): string | undefined {
+  return /✘|\[ERROR\]|▲|\[WARNING\]/.test(line) ? line : undefined;
+}
 
 /** A sidecar's access-log line for a readiness probe (ours at start-up, the edge's periodic ones). */
 const SIDECAR_PROBE = /"msg":"request".*"path":"\/(ready|health)"/;

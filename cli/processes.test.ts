@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -85,6 +87,28 @@ describe('waitUntilReady', () => {
     await expect(waitUntilReady(silent, url, { timeoutMs: 300, intervalMs: 50 })).rejects.toThrow(
       new RegExp(`^silent child was not ready at ${url} after 0 s:\\nstill loading$`),
     );
+  });
+
+  it('reads the whole answer: a server that sends the body after the headers is not hung up on mid-response', async () => {
+    // workerd prints a "Broken pipe" stack trace for every client that closes the connection before the body is
+    // written; on a busy machine its headers and body can go out separately.
+    const owner = script('edge', 'setInterval(() => {}, 1000)');
+    let answered!: (ending: string) => void;
+    const ending = new Promise<string>((resolveEnding) => (answered = resolveEnding));
+    const server = createHttpServer((_request, response) => {
+      response.on('close', () => answered(response.writableFinished ? 'finished' : 'hung up'));
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.flushHeaders();
+      setTimeout(() => response.end('{"status":"ok"}'), 100);
+    });
+    await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+    try {
+      await waitUntilReady(owner, `http://127.0.0.1:${(server.address() as AddressInfo).port}/health`, { timeoutMs: 10_000 });
+      expect(await ending).toBe('finished');
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 
   it('stops waiting when its signal is aborted', async () => {

@@ -246,7 +246,8 @@ export async function waitUntilReady(
     if (!owner.running) throw await owner.failure(`exited during start-up (code ${await owner.exited})`);
     try {
       const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
-      await response.body?.cancel();
+      // Read to the end, not cancelled: hanging up before the body arrives makes workerd print a Broken pipe trace.
+      await response.arrayBuffer();
       if (response.ok) return;
     } catch {
       // Not listening yet.

@@ -13,7 +13,7 @@ import { dirname, join, relative } from 'node:path';
 import { build } from 'esbuild';
 import { DEFAULT_PORTS, ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { CliError, parseCommandArgs } from '../args.ts';
-import { describeSidecarLine, describeWranglerLine } from '../dev-console.ts';
+import { describeMigrationsLine, describeSidecarLine, describeWranglerLine } from '../dev-console.ts';
 import { checkDevEnvironment } from '../dev-environment.ts';
 import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
 import {
@@ -148,6 +148,8 @@ function interruptedError(): CliError {
 
 /** The edge's process name in errors and in `onLog`. */
 export const WRANGLER_NAME = 'wrangler dev';
+/** The local D1 migrations' process name in `onLog`. */
+export const MIGRATIONS_NAME = 'wrangler d1 migrations apply';
 
 export interface SidecarSpec {
   region: string;
@@ -273,7 +275,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     }));
     // The usage ledger's tables, in the same state folder wrangler dev serves (skips those already applied).
     progress('applying the usage ledger migrations to the local D1 database…');
-    await applyLocalD1Migrations({ persistTo, onLine: (line) => onLog('wrangler d1 migrations apply', line) });
+    await applyLocalD1Migrations({ persistTo, onLine: (line) => onLog(MIGRATIONS_NAME, line) });
     const wrangler = await spawnWranglerDev({
       name: WRANGLER_NAME,
       port: edgePort,
@@ -428,7 +430,8 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
   if (!response.ok) {
     throw new CliError(`could not create the dev API key: POST /admin/keys answered ${response.status} ${await response.text()}`, 1);
   }
-  await response.body?.cancel();
+  // Read to the end (see waitUntilReady): a hang-up before the body makes workerd print a Broken pipe trace.
+  await response.arrayBuffer();
 }
 
 // ─── The command ─────────────────────────────────────────────────────────────
@@ -492,8 +495,14 @@ export async function run(argv: string[]): Promise<number> {
     devVarsFile: devVarsFile(),
     onProgress: (message) => console.log(`sirocco dev: ${message}`),
     onLog: (name, line) => {
-      // The edge's lines become one compact line per request; routine lines of wrangler and the sidecars are left out.
-      const described = name === WRANGLER_NAME ? describeWranglerLine(line) : describeSidecarLine(line);
+      // The edge's lines become one compact line per request; routine lines of wrangler and the sidecars are left out,
+      // and of the migrations (a failure still shows their last lines, in the error).
+      const described =
+        name === WRANGLER_NAME
+          ? describeWranglerLine(line)
+          : name === MIGRATIONS_NAME
+            ? describeMigrationsLine(line)
+            : describeSidecarLine(line);
       if (described !== undefined) console.log(`[${name === WRANGLER_NAME ? 'edge' : name}] ${described}`);
     },
   });

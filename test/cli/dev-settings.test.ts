@@ -26,7 +26,7 @@ function startDev(env: Record<string, string>, ...args: string[]) {
 }
 
 describe('sirocco dev refuses bad settings before starting anything', () => {
-  it.each([
+  it.each<{ name: string; env: Record<string, string>; args: string[]; names: string }>([
     {
       name: 'a dev key shorter than the edge accepts',
       env: { SIROCCO_DEV_KEY: 'sk-dev-short' },
