@@ -3,7 +3,7 @@
  * demo models, the usage ledger in local D1): sign in with the admin secret, create a capped key, use it through
  * the API (non-stream and stream), watch its usage arrive (the queue consumer batches, so the page is refreshed
  * until it shows, within a bound), change its cap and see the API enforce it, set a tenant's caps, revoke the key
- * and see the API refuse it. Screenshots go to test-artifacts/.
+ * and see the API refuse it. Screenshots go to test-artifacts/console/ (git-ignored).
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,13 +14,14 @@ import { ChatCompletionChunkSchema, ChatCompletionResponseSchema, type Usage } f
 import { MistralErrorBodySchema } from '../../shared/errors.ts';
 import { classifySseEvent, readSseEvents } from '../../shared/sse.ts';
 import { launchBrowser } from '../support/browser.ts';
-import { startTestStack, TEST_ARTIFACTS } from '../support/stack-fixture.ts';
+import { reportFigure, startTestStack, TEST_ARTIFACTS } from '../support/stack-fixture.ts';
 
 /** How long the page is refreshed while waiting for the ledger (the consumer's batch window is 5 s). */
 const LEDGER_WAIT_MS = 60_000;
 /** The whole create → use → ledger → cap → revoke story, ledger wait included. */
 const STORY_TIMEOUT_MS = 180_000;
 const SECRET_STORAGE = 'sirocco.adminSecret';
+const SCREENSHOTS = join(TEST_ARTIFACTS, 'console');
 
 let stack: Stack;
 let browser: Browser;
@@ -29,7 +30,7 @@ beforeAll(async () => {
   [stack, browser] = await Promise.all([
     startTestStack({ regions: ['eu-west'] }),
     launchBrowser(),
-    mkdir(TEST_ARTIFACTS, { recursive: true }),
+    mkdir(SCREENSHOTS, { recursive: true }),
   ]);
 }, 300_000);
 afterAll(async () => {
@@ -172,7 +173,7 @@ describe('operator console', () => {
       await page.click('#copy-key');
       await expect.poll(() => text(page, '#copy-status')).toBe('Copied to the clipboard.');
       expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(key);
-      await page.screenshot({ path: join(TEST_ARTIFACTS, 'console-new-key.png') });
+      await page.screenshot({ path: join(SCREENSHOTS, 'new-key.png') });
       await page.click('#dismiss-key');
       expect(await page.isHidden('#new-key')).toBe(true);
       expect(await page.inputValue('#new-key-value')).toBe('');
@@ -195,6 +196,7 @@ describe('operator console', () => {
       const tokens = plainUsage.total_tokens + streamUsage.total_tokens;
 
       // Its usage reaches the console once the ledger's consumer has written the batch.
+      const ledgerWaitStarted = Date.now();
       const topKeyRow = `#top-keys tbody tr[data-key-id="${id}"]`;
       await expect
         .poll(
@@ -206,6 +208,7 @@ describe('operator console', () => {
           { timeout: LEDGER_WAIT_MS, interval: 1_000 },
         )
         .toBe('2');
+      reportFigure('console', `usage shown ${Date.now() - ledgerWaitStarted} ms after the requests' answers`);
       expect(await text(page, `${topKeyRow} td[data-label="Tokens"]`)).toBe(new Intl.NumberFormat('en').format(tokens));
       expect(await text(page, `${topKeyRow} td[data-label="Spend"]`)).toMatch(/^€0\.\d*[1-9]/);
       expect(Number((await text(page, '#total-requests')).replaceAll(',', ''))).toBeGreaterThanOrEqual(2);
@@ -226,7 +229,7 @@ describe('operator console', () => {
       expect(await text(page, `#tenants-table tbody tr[data-tenant="${tenant}"] td[data-label="Spend this month"]`)).toBe(
         await text(page, `${row} td[data-label="Spend this month"]`),
       );
-      await page.screenshot({ path: join(TEST_ARTIFACTS, 'console-usage.png'), fullPage: true });
+      await page.screenshot({ path: join(SCREENSHOTS, 'usage.png'), fullPage: true });
 
       // Lowering its token cap below one request's worst case: the API refuses the next request.
       await page.click(`${row} button.edit`);
@@ -388,7 +391,7 @@ describe('operator console', () => {
     expect(await page.$eval('#keys-table thead', (head) => getComputedStyle(head).display)).toBe('none');
     const firstRow = await page.$eval('#keys-table tbody tr', (row) => row.getBoundingClientRect().width);
     expect(firstRow).toBeLessThanOrEqual(390);
-    await page.screenshot({ path: join(TEST_ARTIFACTS, 'console-phone.png'), fullPage: true });
+    await page.screenshot({ path: join(SCREENSHOTS, 'phone.png'), fullPage: true });
     expect(errors).toEqual([]);
   });
 });
