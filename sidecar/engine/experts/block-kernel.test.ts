@@ -13,6 +13,7 @@ import {
   BUFFER_ALIGNMENT,
   blockGemmScalar,
   defaultKernelVariant,
+  expScalar,
   type KernelVariant,
   quantizeActivations,
   runBlockExpertScalar,
@@ -226,5 +227,22 @@ describe('buffers and arenas', () => {
     } finally {
       await expect(kernel.dispose()).resolves.toBeUndefined();
     }
+  });
+});
+
+describe("the activation's exp (the kernel's and expScalar, bit-identical through the expert tests)", () => {
+  it('is within 2 float32 ulps of Math.exp over the range silu meets', () => {
+    let worst = 0;
+    for (let x = -87; x <= 87; x += 0.0137) {
+      const exact = Math.exp(Math.fround(x));
+      worst = Math.max(worst, Math.abs(expScalar(x) - exact) / exact);
+    }
+    expect(worst).toBeLessThan(2 * 2 ** -23);
+  });
+
+  it('saturates instead of overflowing: silu of large gates stays finite', () => {
+    expect(Number.isFinite(expScalar(1000))).toBe(true);
+    expect(expScalar(-1000)).toBeGreaterThan(0);
+    expect(expScalar(0)).toBe(1);
   });
 });

@@ -273,11 +273,70 @@ const q4Gemm = (cols: number, variant: KernelVariant): string => {
 const gemm = (format: BlockFormat, cols: number, variant: KernelVariant): string =>
   format === 'q4_0' ? q4Gemm(cols, variant) : q8Gemm(cols);
 
+// ── the activation between the products ───────────────────────────────────────────────────────
+
+/**
+ * exp(x) in float32 by Cephes' expf: x = n·ln 2 + r (ln 2 split in two so r is exact), a degree-5
+ * polynomial for e^r, then 2^n through the exponent bits. x is clamped to ±EXP_LIMIT so 2^n stays
+ * a normal float. Every step is one float32 operation, in this order, in the kernel and in
+ * `expScalar`, so the two agree bit for bit (≤ 1 ulp from the true value).
+ */
+const EXP_LIMIT = 87.3;
+const LOG2E = Math.LOG2E;
+const LN2_HIGH = 0.693359375;
+const LN2_LOW = -2.1219444e-4;
+const EXP_POLYNOMIAL = [1.98756915e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+
+const f32Splat = (value: number) => `(f32x4.splat (f32.const ${value}))`;
+
+/** The WAT for exp of the f32x4 in local $e, into $e (locals $n, $r, $y). */
+const EXP_TEXT = `
+    (local.set $e (f32x4.min (f32x4.max (local.get $e) ${f32Splat(-EXP_LIMIT)}) ${f32Splat(EXP_LIMIT)}))
+    (local.set $n (f32x4.floor (f32x4.add (f32x4.mul (local.get $e) ${f32Splat(LOG2E)}) ${f32Splat(0.5)})))
+    (local.set $r (f32x4.sub (f32x4.sub (local.get $e) (f32x4.mul (local.get $n) ${f32Splat(LN2_HIGH)})) (f32x4.mul (local.get $n) ${f32Splat(LN2_LOW)})))
+    (local.set $y ${f32Splat(EXP_POLYNOMIAL[0]!)})
+    ${EXP_POLYNOMIAL.slice(1)
+      .map((c) => `(local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) ${f32Splat(c)}))`)
+      .join('\n    ')}
+    (local.set $y (f32x4.add (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r)) ${f32Splat(1)}))
+    (local.set $e (f32x4.mul (local.get $y)
+      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (v128.const i32x4 127 127 127 127)) (i32.const 23))))`;
+
+/**
+ * swiglu(out, hidden, ffn, m): for activation rows i < m, hidden[i·ffn + c] =
+ * silu(gate) · up with gate = out[i·2ffn + c], up = out[i·2ffn + ffn + c] (the w13 product's
+ * rows), silu(g) = g / (1 + exp(−g)).
+ */
+const SWIGLU_TEXT = `
+  (func (export "swiglu") (param $out i32) (param $hidden i32) (param $ffn i32) (param $m i32)
+    (local $i i32) (local $c i32) (local $gate i32) (local $up i32) (local $to i32)
+    (local $g v128) (local $e v128) (local $n v128) (local $r v128) (local $y v128)
+    (block $done (loop $rows
+      (br_if $done (i32.ge_u (local.get $i) (local.get $m)))
+      (local.set $gate (i32.add (local.get $out) (i32.shl (i32.mul (local.get $i) (local.get $ffn)) (i32.const 3))))
+      (local.set $up (i32.add (local.get $gate) (i32.shl (local.get $ffn) (i32.const 2))))
+      (local.set $to (i32.add (local.get $hidden) (i32.shl (i32.mul (local.get $i) (local.get $ffn)) (i32.const 2))))
+      (local.set $c (local.get $ffn))
+      (loop $columns
+        (local.set $g (v128.load align=4 (local.get $gate)))
+        (local.set $e (f32x4.neg (local.get $g)))
+        ${EXP_TEXT}
+        (v128.store align=4 (local.get $to)
+          (f32x4.mul (f32x4.div (local.get $g) (f32x4.add ${f32Splat(1)} (local.get $e))) (v128.load align=4 (local.get $up))))
+        (local.set $gate (i32.add (local.get $gate) (i32.const 16)))
+        (local.set $up (i32.add (local.get $up) (i32.const 16)))
+        (local.set $to (i32.add (local.get $to) (i32.const 16)))
+        (br_if $columns (local.tee $c (i32.sub (local.get $c) (i32.const 4)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $rows)))
+  )`;
+
 /** One module per variant and set of row widths: both formats, each width its own function. */
 const kernelText = (variant: KernelVariant, widths: readonly number[]): string =>
   `(module
   (import "env" "memory" (memory 1 ${MAX_PAGES} shared))
   ${FORMATS.flatMap((format) => widths.map((cols) => gemm(format, cols, variant))).join('\n')}
+  ${SWIGLU_TEXT}
 )`;
 
 /** One specialised product (see `gemm`). */
@@ -471,6 +530,29 @@ export function blockGemmScalar(
 
 // ── the SwiGLU around the two products ─────────────────────────────────────────────────────────
 
+/** The kernel's exp, one float32 operation at a time (see EXP_TEXT). */
+export function expScalar(x: number): number {
+  const f = Math.fround;
+  const clamped = Math.min(Math.max(f(x), f(-EXP_LIMIT)), f(EXP_LIMIT));
+  const n = Math.floor(f(f(clamped * f(LOG2E)) + 0.5));
+  const r = f(f(clamped - f(n * f(LN2_HIGH))) - f(n * f(LN2_LOW)));
+  let y = f(EXP_POLYNOMIAL[0]!);
+  for (const c of EXP_POLYNOMIAL.slice(1)) y = f(f(y * r) + f(c));
+  y = f(f(f(y * f(r * r)) + r) + 1);
+  return f(y * 2 ** n);
+}
+
+/** The kernel's swiglu export in plain JS: hidden = silu(gate) · up per row (see SWIGLU_TEXT). */
+function swigluScalar(out: Float32Array, hidden: Float32Array, ffn: number, m: number): void {
+  const f = Math.fround;
+  for (let i = 0; i < m; i++) {
+    for (let c = 0; c < ffn; c++) {
+      const gate = out[i * 2 * ffn + c]!;
+      hidden[i * ffn + c] = f(f(gate / f(1 + expScalar(-gate))) * out[i * 2 * ffn + ffn + c]!);
+    }
+  }
+}
+
 /** The kernel's view of one product: x quantised in `scratch.x`, results in `scratch.out`. */
 type Product = (matrix: Uint8Array, n: number, cols: number, m: number) => void;
 
@@ -481,9 +563,13 @@ interface Scratch {
   hidden: Float32Array;
 }
 
+/** hidden[0 … m·ffn) = silu(gate) · up from the w13 product in `out` (the swiglu export or `swigluScalar`). */
+type Activate = (m: number) => void;
+
 /** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x ([rows, dim]), ROWS_PER_PASS rows per pass. */
 function swiglu(
   product: Product,
+  activate: Activate,
   scratch: Scratch,
   x: Float32Array,
   rows: number,
@@ -497,12 +583,7 @@ function swiglu(
     const m = Math.min(ROWS_PER_PASS, rows - first);
     quantizeActivations(x, first * dim, m, dim, scratch.x);
     product(weights.w13, 2 * ffn, dim, m);
-    for (let i = 0; i < m; i++) {
-      for (let c = 0; c < ffn; c++) {
-        const gate = out[i * 2 * ffn + c]!;
-        hidden[i * ffn + c] = (gate / (1 + Math.exp(-gate))) * out[i * 2 * ffn + ffn + c]!;
-      }
-    }
+    activate(m);
     quantizeActivations(hidden, 0, m, ffn, scratch.x);
     product(weights.w2, dim, ffn, m);
     y.set(out.subarray(0, m * dim), first * dim);
@@ -510,17 +591,22 @@ function swiglu(
   return y;
 }
 
-/** Scratch sizes: activation record bytes and output values. */
-function scratchFor(dim: number, ffn: number): { x: number; out: number } {
-  return { x: ((ROWS_PER_PASS * Math.max(dim, ffn)) / BLOCK) * ACTIVATION_RECORD_BYTES, out: ROWS_PER_PASS * Math.max(2 * ffn, dim) };
+/** Scratch sizes: activation record bytes, output values and hidden values. */
+function scratchFor(dim: number, ffn: number): { x: number; out: number; hidden: number } {
+  return {
+    x: ((ROWS_PER_PASS * Math.max(dim, ffn)) / BLOCK) * ACTIVATION_RECORD_BYTES,
+    out: ROWS_PER_PASS * Math.max(2 * ffn, dim),
+    hidden: ROWS_PER_PASS * ffn,
+  };
 }
 
 /** The whole expert in plain JS: bit-identical to `BlockExpertKernel.run` (tested). */
 export function runBlockExpertScalar(x: Float32Array, rows: number, weights: ExpertWeights, dim: number, ffn: number): Float32Array {
   const size = scratchFor(dim, ffn);
-  const scratch: Scratch = { x: new Uint8Array(size.x), out: new Float32Array(size.out), hidden: new Float32Array(ROWS_PER_PASS * ffn) };
+  const scratch: Scratch = { x: new Uint8Array(size.x), out: new Float32Array(size.out), hidden: new Float32Array(size.hidden) };
   const product: Product = (matrix, n, cols, m) => blockGemmScalar(weights.format, matrix, n, cols, m, scratch.x, scratch.out);
-  return swiglu(product, scratch, x, rows, weights, dim, ffn);
+  const activate: Activate = (m) => swigluScalar(scratch.out, scratch.hidden, ffn, m);
+  return swiglu(product, activate, scratch, x, rows, weights, dim, ffn);
 }
 
 // ── arenas: the expert cache's buffers inside shared wasm memories ─────────────────────────────
@@ -535,6 +621,8 @@ class Arena {
   /** The module's products by export name (`gemmName`). */
   readonly gemm: Record<string, Gemm>;
   readonly scratch: Scratch;
+  /** The module's SwiGLU over this arena's scratch. */
+  readonly activate: Activate;
   private readonly free: number[] = [];
   private readonly stride: number;
   private readonly buffersStart: number;
@@ -550,13 +638,16 @@ class Arena {
     this.stride = layout.stride;
     const pages = Math.ceil((this.buffersStart + count * this.stride) / PAGE);
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-    this.gemm = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as Record<string, Gemm>;
+    const exports = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
+    this.gemm = exports as Record<string, Gemm>;
     const { buffer } = this.memory;
     this.scratch = {
       x: new Uint8Array(buffer, layout.x, layout.size.x),
       out: new Float32Array(buffer, layout.out, layout.size.out),
-      hidden: new Float32Array(ROWS_PER_PASS * ffn),
+      hidden: new Float32Array(buffer, layout.hidden, layout.size.hidden),
     };
+    const swigluExport = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
+    this.activate = (m) => swigluExport(layout.out, layout.hidden, ffn, m);
     for (let slot = count - 1; slot >= 0; slot--) this.free.push(slot);
   }
 
@@ -579,6 +670,7 @@ interface ArenaLayout {
   size: ReturnType<typeof scratchFor>;
   x: number;
   out: number;
+  hidden: number;
   buffersStart: number;
   /** Size and distance of buffers: an image rounded up to BUFFER_ALIGNMENT (a direct read may fill the tail block). */
   stride: number;
@@ -588,8 +680,9 @@ function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout
   const size = scratchFor(dim, ffn);
   const x = 0;
   const out = alignUp(x + size.x, 64);
-  const buffersStart = alignUp(out + 4 * size.out, BUFFER_ALIGNMENT);
-  return { size, x, out, buffersStart, stride: directReadCapacity(bufferBytes) };
+  const hidden = alignUp(out + 4 * size.out, 64);
+  const buffersStart = alignUp(hidden + 4 * size.hidden, BUFFER_ALIGNMENT);
+  return { size, x, out, hidden, buffersStart, stride: directReadCapacity(bufferBytes) };
 }
 
 // ── sharing a product with a helper thread ─────────────────────────────────────────────────────
@@ -791,7 +884,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
       throw new RangeError("expert weights outside the kernel's arenas (allocate page-in buffers with BlockExpertKernel.allocate)");
     }
     const product: Product = (matrix, n, cols, m) => this.product(arena, weights.format, matrix, n, cols, m);
-    return swiglu(product, arena.scratch, x, rows, weights, dim, ffn);
+    return swiglu(product, arena.activate, arena.scratch, x, rows, weights, dim, ffn);
   }
 
   private product(arena: Arena, format: BlockFormat, matrix: Uint8Array, n: number, cols: number, m: number): void {
