@@ -47,7 +47,8 @@ export function checkDevEnvironment(input: DevEnvironmentInput): DevEnvironment 
   const rawPort = input.portFlag ?? env[ENV.port];
   if (portSource !== undefined && rawPort !== undefined) {
     const port = portFrom(rawPort);
-    if (port === undefined) problems.push(`${portSource} must be an integer from 1 to 65535 (the edge's port), got ${rawPort.trim() === '' ? '""' : rawPort}`);
+    if (port === undefined)
+      problems.push(`${portSource} must be an integer from 1 to 65535 (the edge's port), got ${rawPort.trim() === '' ? '""' : rawPort}`);
     else edgePort = port;
   }
 
