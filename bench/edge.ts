@@ -293,12 +293,20 @@ async function startMiniflareEdge(target: EdgeTarget, ledger: boolean): Promise<
 const startEdge = (runner: Runner, target: EdgeTarget, ledger: boolean) =>
   runner === 'wrangler' ? startWranglerEdge(target) : startMiniflareEdge(target, ledger);
 
-/** A key with limits far above what the bench sends, so no request is rate limited. */
-async function createBenchKey(edgeUrl: string, adminSecret: string): Promise<string> {
+/**
+ * A key with limits far above what the bench sends, so no request is rate limited; `capped`: with a monthly spend
+ * cap it never reaches, so each request reserves and settles its cost in the key's SpendLimiter.
+ */
+async function createBenchKey(edgeUrl: string, adminSecret: string, capped = false): Promise<string> {
   const response = await fetch(`${edgeUrl}/admin/keys`, {
     method: 'POST',
     headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ tenant: 'bench', rpm: 100_000_000, tpm: 2_000_000_000 }),
+    body: JSON.stringify({
+      tenant: capped ? 'bench-capped' : 'bench',
+      rpm: 100_000_000,
+      tpm: 2_000_000_000,
+      ...(capped ? { spend_cap_month_micros: 1_000_000_000_000 } : {}),
+    }),
   });
   if (response.status !== 201) throw new Error(`POST /admin/keys answered ${response.status}: ${await response.text()}`);
   return ((await response.json()) as { key: string }).key;
@@ -488,6 +496,26 @@ async function benchEdge(runner: Runner, ledger: boolean, upstream: Upstream, du
           addedP99Ms: round(edgeStats.ttfbP99Ms - direct.ttfbP99Ms),
         });
       }
+    }
+
+    // A capped key adds the spend reservation (one Durable Object call) before the request is forwarded.
+    if (edge.ledger) {
+      const cappedAuth = { authorization: `Bearer ${await createBenchKey(edge.url, edge.adminSecret, true)}` };
+      const body = chatBody({ temperature: 0.7 });
+      await measure(edgeUrl, cappedAuth, body, 4, 1);
+      console.error(`bench: ${runner}, ledger ${ledgerColumn}, chat (JSON) with a spend cap, 1 client…`);
+      const direct = await measure(directUrl, await upstream.directHeaders(body), body, 1, duration);
+      const capped = await measure(edgeUrl, cappedAuth, body, 1, duration);
+      rows.push({
+        runner,
+        ledger: ledgerColumn,
+        scenario: 'chat (JSON), capped key',
+        clients: 1,
+        direct,
+        edge: capped,
+        addedP50Ms: round(capped.ttfbP50Ms - direct.ttfbP50Ms),
+        addedP99Ms: round(capped.ttfbP99Ms - direct.ttfbP99Ms),
+      });
     }
 
     // Cached answers: one deterministic request fills the cache, then every request is a HIT.

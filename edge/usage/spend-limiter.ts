@@ -10,12 +10,14 @@
  * requests never overshoot; one without (worst case: the model's whole context) is admitted while anything is
  * left and reserves at most what is left, so spend never passes the cap by more than one reservation.
  *
- * The totals reset at the UTC month boundary. Each settlement is written to storage before it is acknowledged
- * (money, unlike a per-minute window, must survive a crash); settlements run after the response, so no client
- * waits on the write. Reservations live in memory for one request and expire after RESERVATION_TTL_MS.
+ * The totals reset at the UTC month boundary. Persistence is write-behind, as in the RateLimiter: the month is
+ * saved at most once per SAVE_INTERVAL_MS (1 s), after the replies, so a busy key costs one storage write per
+ * second rather than one per request (locally each SQLite write stalls workerd for milliseconds). Only a crash
+ * can forget the settlements of its last second; the D1 ledger, the record, still has them. Reservations live
+ * in memory for one request and expire after RESERVATION_TTL_MS.
  */
 import { DurableObject } from 'cloudflare:workers';
-import { RESERVATION_TTL_MS } from '../rate-limit/rate-limiter.ts';
+import { RESERVATION_TTL_MS, SAVE_INTERVAL_MS } from '../rate-limit/rate-limiter.ts';
 import { monthOf, nextMonthStartMs } from './month.ts';
 
 /** A subject's monthly caps; null = none. */
@@ -35,6 +37,7 @@ const STORAGE_KEY = 'month';
 export class SpendLimiter extends DurableObject {
   private state: MonthToDate = { month: monthOf(Date.now()), spentMicros: 0, tokens: 0, lastUsedMs: null };
   private readonly reservations = new Map<string, SpendReservation & { expiresAtMs: number }>();
+  private saveScheduled = false;
 
   constructor(ctx: DurableObjectState, env: Cloudflare.Env) {
     super(ctx, env);
@@ -63,13 +66,13 @@ export class SpendLimiter extends DurableObject {
     return { allowed: true, reservationId };
   }
 
-  /** Adds a finished request's real cost and tokens (replacing its reservation, if it had one); durable on return. */
-  async settle(reservationId: string | null, micros: number, tokens: number): Promise<MonthToDate> {
+  /** Adds a finished request's real cost and tokens (replacing its reservation, if it had one). */
+  settle(reservationId: string | null, micros: number, tokens: number): MonthToDate {
     if (reservationId) this.reservations.delete(reservationId);
     const now = Date.now();
     const current = this.current(now);
     this.state = { ...current, spentMicros: current.spentMicros + micros, tokens: current.tokens + tokens, lastUsedMs: now };
-    await this.ctx.storage.put(STORAGE_KEY, this.state);
+    this.scheduleSave();
     return this.state;
   }
 
@@ -88,6 +91,16 @@ export class SpendLimiter extends DurableObject {
     const month = monthOf(now);
     if (this.state.month !== month) this.state = { month, spentMicros: 0, tokens: 0, lastUsedMs: this.state.lastUsedMs };
     return this.state;
+  }
+
+  private scheduleSave(): void {
+    if (this.saveScheduled) return;
+    this.saveScheduled = true;
+    // Runs after this call's reply is sent and saves every settlement made until then.
+    setTimeout(() => {
+      this.saveScheduled = false;
+      void this.ctx.storage.put(STORAGE_KEY, this.state, { allowUnconfirmed: true });
+    }, SAVE_INTERVAL_MS);
   }
 
   private inFlight(now: number): { micros: number; tokens: number } {
