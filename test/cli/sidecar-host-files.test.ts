@@ -4,12 +4,15 @@
  * reads, their `sirocco serve` flags parse with the real loader, the health check probes the served port's /health,
  * the process runs as a non-root user, and no secret or local state goes into an image.
  */
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/processes.ts';
 import { loadServeConfig } from '../../cli/serve-config.ts';
 import { ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
+import { startSidecarProcess } from '../support/sidecar-process.ts';
 
 const read = (path: string) => readFileSync(join(REPO_ROOT, path), 'utf8');
 
@@ -109,6 +112,31 @@ describe.each([
     expect(dockerfile.runs.some((run) => run.includes(install))).toBe(true);
     expect(dockerfile.user).toBeDefined();
     expect(['root', '0']).not.toContain(dockerfile.user);
+  });
+});
+
+describe("Dockerfile's health check, run", () => {
+  it("passes against a sidecar started with the image's arguments and a signing secret, and fails once it is gone", async () => {
+    const dockerfile = parseDockerfile('Dockerfile');
+    const args = serveArgs(dockerfile.command);
+    // The image's flags, on a free port instead of 8080.
+    const portAt = args.indexOf('--port');
+    const sidecar = await startSidecarProcess({
+      args: args.filter((_, index) => index !== portAt && index !== portAt + 1),
+      env: { [ENV.sidecarSecret]: 'f'.repeat(64) },
+    });
+    const [node, flag, script] = dockerfile.healthcheck;
+    const probe = () =>
+      promisify(execFile)(node!, [flag!, script!.replace('http://127.0.0.1:8080', sidecar.url.replace('0.0.0.0', '127.0.0.1'))]).then(
+        () => 0,
+        (error: { code: number }) => error.code,
+      );
+    try {
+      expect(await probe()).toBe(0);
+    } finally {
+      await sidecar.stop();
+    }
+    expect(await probe()).toBe(1);
   });
 });
 
