@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
   checkDeployment,
+  configForEnvironment,
   formatDeployReport,
   isPlaceholderId,
   REQUIRED_BINDINGS,
@@ -178,5 +179,35 @@ describe('helpers', () => {
       name,
     }));
     expect(required).toEqual(REQUIRED_BINDINGS);
+  });
+});
+
+describe('configForEnvironment', () => {
+  it('layers [env.NAME] over the top level without inheriting bindings or vars, as wrangler deploy --env does', () => {
+    const top = goodConfig();
+    const production = {
+      vars: {
+        SIDECARS: '[]',
+        UPSTREAMS: '{"m": {"url": "https://api.mistral.ai", "apiKeySecret": "K"}}',
+        CORS_ORIGINS: 'https://a.example',
+      },
+      routes: ['api.example.com/*'],
+    };
+    const config = configForEnvironment({ ...top, env: { production } }, 'production')!;
+    expect(config.name).toBe('sirocco-edge-production');
+    expect(config.main).toBe('edge/index.ts');
+    expect(config.migrations).toEqual(top.migrations);
+    expect(config.routes).toEqual(['api.example.com/*']);
+    expect(config.vars).toEqual(production.vars);
+    expect(config).not.toHaveProperty('kv_namespaces');
+    expect(config).not.toHaveProperty('env');
+    const problems = check(config, { listed: true, names: ['SIROCCO_ADMIN_SECRET', 'SIROCCO_KEY_PEPPER', 'K'] }).problems;
+    expect(problems.map((problem) => problem.field)).toEqual([
+      'kv_namespaces[API_KEYS]',
+      'durable_objects.bindings[RATE_LIMITER]',
+      'durable_objects.bindings[SPEND_LIMITER]',
+    ]);
+    expect(configForEnvironment(top, 'staging')).toBeUndefined();
+    expect(configForEnvironment({ ...top, env: { staging: { name: 'edge-staging' } } }, 'staging')!.name).toBe('edge-staging');
   });
 });

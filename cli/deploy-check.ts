@@ -73,6 +73,39 @@ export function unreachableHost(hostname: string): string | undefined {
   return undefined;
 }
 
+/** Keys a wrangler environment does not inherit from the top level: an `[env.NAME]` without them has none. */
+const NOT_INHERITED = [
+  'vars',
+  'define',
+  'kv_namespaces',
+  'd1_databases',
+  'durable_objects',
+  'queues',
+  'r2_buckets',
+  'services',
+  'analytics_engine_datasets',
+  'hyperdrive',
+  'vectorize',
+  'ai',
+  'browser',
+] as const;
+
+/**
+ * The configuration `wrangler deploy --env NAME` uses: the top level with `[env.NAME]` over it, bindings and vars only
+ * from the environment (wrangler does not inherit them), migrations from the top level, and the worker named
+ * `<name>-<env>` unless the environment names it. Undefined when the file has no such environment.
+ */
+export function configForEnvironment(config: Table, environment: string): Table | undefined {
+  const environments = isTable(config.env) ? config.env : {};
+  const section = environments[environment];
+  if (!isTable(section)) return undefined;
+  const inherited = Object.fromEntries(
+    Object.entries(config).filter(([key]) => key !== 'env' && !(NOT_INHERITED as readonly string[]).includes(key)),
+  );
+  const name = text(section.name) ?? (text(config.name) ? `${text(config.name)}-${environment}` : undefined);
+  return { ...inherited, ...section, name, migrations: config.migrations };
+}
+
 export function checkDeployment(config: Table, secrets: SecretsStatus, options: { mainExists: boolean }): DeployReport {
   const problems: DeployProblem[] = [];
   const error = (field: string, message: string, fix?: string) => problems.push({ severity: 'error', field, message, fix });

@@ -8,12 +8,12 @@ import { dirname, resolve } from 'node:path';
 import { stripVTControlCharacters } from 'node:util';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { CliError, parseCommandArgs } from '../args.ts';
-import { checkDeployment, formatDeployReport, type SecretsStatus } from '../deploy-check.ts';
+import { checkDeployment, configForEnvironment, formatDeployReport, type SecretsStatus } from '../deploy-check.ts';
 import { spawnNode, WRANGLER_BIN } from '../processes.ts';
 
 export const summary = 'check wrangler.toml and the worker secrets before `wrangler deploy` (--check)';
 
-const HELP = `usage: sirocco deploy --check [--config wrangler.toml] [--json]
+const HELP = `usage: sirocco deploy --check [--config wrangler.toml] [--env NAME] [--json]
 
 Checks a deployment before \`npx wrangler deploy\`, without changing anything: reads wrangler.toml and lists the
 worker's secrets with \`wrangler secret list\`, then names every problem by its field:
@@ -31,12 +31,14 @@ Exit code 0 with a one-line "ready" summary when nothing blocks, 1 otherwise, 2 
 
   --check               run the checks (required: deploying itself is \`npx wrangler deploy\`)
   --config FILE         the wrangler configuration (default ./wrangler.toml)
+  --env NAME            check [env.NAME] as \`wrangler deploy --env NAME\` would deploy it (bindings and vars are
+                        not inherited from the top level; the worker is <name>-NAME unless it is named)
   --json                print the report as JSON: {ready, worker, problems: [{severity, field, message, fix}], summary, secrets}
   -h, --help            this help
 
 examples:
   npx sirocco deploy --check
-  npx sirocco deploy --check --config deploy/production.toml --json
+  npx sirocco deploy --check --env production --json
 
 The whole path (KV, D1, queues, secrets, sidecar hosts, TLS): docs/deploy.md`;
 
@@ -47,6 +49,7 @@ export async function run(argv: string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, {
     check: { type: 'boolean' },
     config: { type: 'string' },
+    env: { type: 'string' },
     json: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
@@ -58,7 +61,10 @@ export async function run(argv: string[]): Promise<number> {
     throw new CliError('only --check is available: it checks wrangler.toml and the secrets; deploy with `npx wrangler deploy`');
 
   const file = resolve(values.config ?? 'wrangler.toml');
-  const config = await readConfig(file);
+  const fileConfig = await readConfig(file);
+  const environment = values.env;
+  const config = environment === undefined ? fileConfig : configForEnvironment(fileConfig, environment);
+  if (config === undefined) throw new CliError(`--env ${environment}: ${file} has no [env.${environment}] section`);
   const main = typeof config.main === 'string' ? resolve(dirname(file), config.main) : undefined;
   const mainExists =
     main !== undefined &&
@@ -66,10 +72,13 @@ export async function run(argv: string[]): Promise<number> {
       () => true,
       () => false,
     ));
-  const secrets = await listSecrets(file);
+  const secrets = await listSecrets(file, environment);
 
   const report = checkDeployment(config, secrets, { mainExists });
-  console.log(values.json ? JSON.stringify({ file, ...report }, null, 2) : formatDeployReport(report, file));
+  const where = environment === undefined ? file : `${file} [env.${environment}]`;
+  console.log(
+    values.json ? JSON.stringify({ file, environment: environment ?? null, ...report }, null, 2) : formatDeployReport(report, where),
+  );
   return report.ready ? 0 : 1;
 }
 
@@ -94,11 +103,20 @@ async function readConfig(file: string): Promise<Record<string, unknown>> {
 }
 
 /** The worker's secret names from `wrangler secret list`, or why there are none to show. */
-async function listSecrets(file: string): Promise<SecretsStatus> {
+async function listSecrets(file: string, environment: string | undefined): Promise<SecretsStatus> {
   const stdout: string[] = [];
   const wrangler = spawnNode({
     name: 'wrangler secret list',
-    args: [WRANGLER_BIN, 'secret', 'list', '--format', 'json', '--config', file],
+    args: [
+      WRANGLER_BIN,
+      'secret',
+      'list',
+      '--format',
+      'json',
+      '--config',
+      file,
+      ...(environment === undefined ? [] : ['--env', environment]),
+    ],
     env: { WRANGLER_SEND_METRICS: 'false' },
     onLine: (line, stream) => {
       if (stream === 'stdout') stdout.push(line);

@@ -90,6 +90,25 @@ describe('sirocco deploy --check', () => {
     expect(problems[1]!.message).toMatch(/private network/);
   });
 
+  it('--env checks [env.NAME] as wrangler deploys it: no bindings inherited from the top level; an unknown one is a usage error', async () => {
+    const config = await deployableConfig();
+    config.env = { staging: { vars: config.vars } };
+    const staging = await checkConfig(config, '--env', 'staging', '--json');
+    expect(staging.code).toBe(1);
+    const report = JSON.parse(staging.stdout) as DeployReport & { environment: string };
+    expect(report.environment).toBe('staging');
+    expect(report.worker).toBe('sirocco-edge-staging');
+    expect(report.problems.filter((problem) => problem.severity === 'error').map((problem) => problem.field)).toEqual([
+      'kv_namespaces[API_KEYS]',
+      'durable_objects.bindings[RATE_LIMITER]',
+      'durable_objects.bindings[SPEND_LIMITER]',
+    ]);
+
+    const unknown = await checkConfig(config, '--env', 'production');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/--env production: .* has no \[env\.production\] section/);
+  });
+
   it('bad TOML names the line; a missing file and a missing --check are usage errors', async () => {
     const broken = await checkConfig('name = "sirocco-edge"\n[vars\nSIDECARS = "[]"\n');
     expect(broken.code).toBe(1);
