@@ -124,6 +124,26 @@ describe('the whole expert is bit-identical to runBlockExpertScalar', () => {
   }
 });
 
+describe('activation quantisation in the kernel', () => {
+  it('rounds halves away from zero, keeps all-zero blocks at zero, and matches the reference on both', async () => {
+    const [dim, ffn] = [64, 160];
+    const kernel = await kernelFor(dim, ffn, 4, 1);
+    try {
+      const weights = pageIn(kernel, expertImage(dim, ffn, 4, 3), dim, ffn, 4);
+      // Block 1: amax 127, so the scale is 1 and ±k.5 lands exactly on a half; block 2: all zeros.
+      const x = new Float32Array(dim);
+      x.set([127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5, 0.49999997, -0.49999997]);
+      const records = new Uint8Array((dim / 32) * ACTIVATION_RECORD_BYTES);
+      quantizeActivations(x, 0, 1, dim, records);
+      expect(Array.from(new Int8Array(records.buffer, 0, 11))).toEqual([127, 3, -3, 1, -1, 2, -2, 127, -127, 0, 0]);
+      expect(Array.from(new Int8Array(records.buffer, ACTIVATION_RECORD_BYTES, 32)).every((q) => q === 0)).toBe(true);
+      expectSameBits(kernel.run(x, 1, weights), runBlockExpertScalar(x, 1, weights, dim, ffn), 'halves and zeros');
+    } finally {
+      await kernel.dispose();
+    }
+  });
+});
+
 describe('rows are independent', () => {
   it("a row's output is the same alone or inside a batch, whatever its batchmates' magnitudes", async () => {
     const [dim, ffn] = [512, 1024];

@@ -67,6 +67,12 @@ const MAX_PAGES = 65535;
 /** Page-in buffers start on this boundary and span whole blocks of it (O_DIRECT reads need both). */
 export const BUFFER_ALIGNMENT = DIRECT_IO_ALIGNMENT;
 
+/**
+ * A quantised activation block as the kernel reads it, one pointer for all of it: 32 int8 values,
+ * then the fp32 scale, then 8 · Σ values (Q4_0's offset of 8 folded out once per block).
+ */
+export const ACTIVATION_RECORD_BYTES = BLOCK + 8;
+
 // ── the WebAssembly kernel, in text form ───────────────────────────────────────────────────────
 
 const _get = (name: string) => `(local.get $${name})`;
@@ -331,12 +337,60 @@ const SWIGLU_TEXT = `
       (br $rows)))
   )`;
 
+/** i32x4.shuffle byte lanes for f32 lanes [2, 3, 0, 1] and [1, 0, 3, 2] (halves, then neighbours). */
+const SWAP_HALVES = pick([2, 3, 0, 1]);
+const SWAP_NEIGHBOURS = pick([1, 0, 3, 2]);
+
+/**
+ * quantize(values, records, blocks): quantize_row_q8_0 into activation records, as
+ * `quantizeActivations` does (rounding half away from zero: truncate, then step away from zero
+ * when the dropped fraction is at least one half; the sum adds the stored int8 values).
+ */
+const QUANTIZE_TEXT = `
+  (func (export "quantize") (param $values i32) (param $records i32) (param $blocks i32)
+    (local $m v128) (local $scale v128) (local $inverse v128) (local $sum v128) (local $q v128) (local $t v128)
+    (local $i0 v128) (local $i1 v128) (local $i2 v128) (local $i3 v128) (local $i4 v128) (local $i5 v128) (local $i6 v128) (local $i7 v128)
+    (block $done (loop $next
+      (br_if $done (i32.eqz (local.get $blocks)))
+      (local.set $m (f32x4.abs (v128.load align=4 (local.get $values))))
+      ${[1, 2, 3, 4, 5, 6, 7].map((k) => `(local.set $m (f32x4.max (local.get $m) (f32x4.abs (v128.load offset=${16 * k} align=4 (local.get $values)))))`).join('\n      ')}
+      (local.set $m (f32x4.max (local.get $m) (i8x16.shuffle ${SWAP_HALVES} (local.get $m) (local.get $m))))
+      (local.set $m (f32x4.max (local.get $m) (i8x16.shuffle ${SWAP_NEIGHBOURS} (local.get $m) (local.get $m))))
+      (local.set $scale (f32x4.div (local.get $m) ${f32Splat(127)}))
+      ;; 0 where the scale is 0 or NaN, as \`scale ? 1 / scale : 0\` in the reference.
+      (local.set $inverse (v128.and (f32x4.div ${f32Splat(1)} (local.get $scale)) (f32x4.gt (local.get $scale) ${f32Splat(0)})))
+      ${[0, 1, 2, 3, 4, 5, 6, 7]
+        .map(
+          (k) => `(local.set $q (f32x4.mul (v128.load offset=${16 * k} align=4 (local.get $values)) (local.get $inverse)))
+      (local.set $t (f32x4.trunc (local.get $q)))
+      (local.set $i${k} (i32x4.trunc_sat_f32x4_s (f32x4.add (local.get $t) (v128.and
+        (f32x4.ge (f32x4.abs (f32x4.sub (local.get $q) (local.get $t))) ${f32Splat(0.5)})
+        (v128.or (v128.and (local.get $q) ${splatI32(0x80000000)}) ${f32Splat(1)})))))`,
+        )
+        .join('\n      ')}
+      (v128.store align=1 (local.get $records)
+        (i8x16.narrow_i16x8_s (i16x8.narrow_i32x4_s (local.get $i0) (local.get $i1)) (i16x8.narrow_i32x4_s (local.get $i2) (local.get $i3))))
+      (v128.store offset=16 align=1 (local.get $records)
+        (i8x16.narrow_i16x8_s (i16x8.narrow_i32x4_s (local.get $i4) (local.get $i5)) (i16x8.narrow_i32x4_s (local.get $i6) (local.get $i7))))
+      (local.set $sum (i32x4.add (i32x4.add (i32x4.add (local.get $i0) (local.get $i1)) (i32x4.add (local.get $i2) (local.get $i3)))
+                                 (i32x4.add (i32x4.add (local.get $i4) (local.get $i5)) (i32x4.add (local.get $i6) (local.get $i7)))))
+      (local.set $sum (i32x4.add (local.get $sum) (i8x16.shuffle ${SWAP_HALVES} (local.get $sum) (local.get $sum))))
+      (local.set $sum (i32x4.add (local.get $sum) (i8x16.shuffle ${SWAP_NEIGHBOURS} (local.get $sum) (local.get $sum))))
+      (f32.store offset=${BLOCK} align=4 (local.get $records) (f32x4.extract_lane 0 (local.get $scale)))
+      (i32.store offset=${BLOCK + 4} align=4 (local.get $records) (i32.shl (i32x4.extract_lane 0 (local.get $sum)) (i32.const 3)))
+      (local.set $values (i32.add (local.get $values) (i32.const ${4 * BLOCK})))
+      (local.set $records (i32.add (local.get $records) (i32.const ${ACTIVATION_RECORD_BYTES})))
+      (local.set $blocks (i32.sub (local.get $blocks) (i32.const 1)))
+      (br $next)))
+  )`;
+
 /** One module per variant and set of row widths: both formats, each width its own function. */
 const kernelText = (variant: KernelVariant, widths: readonly number[]): string =>
   `(module
   (import "env" "memory" (memory 1 ${MAX_PAGES} shared))
   ${FORMATS.flatMap((format) => widths.map((cols) => gemm(format, cols, variant))).join('\n')}
   ${SWIGLU_TEXT}
+  ${QUANTIZE_TEXT}
 )`;
 
 /** One specialised product (see `gemm`). */
@@ -436,12 +490,6 @@ export async function defaultKernelVariant(): Promise<{ variant: KernelVariant; 
 
 // ── the reference ──────────────────────────────────────────────────────────────────────────────
 
-/**
- * A quantised activation block as the kernel reads it, one pointer for all of it: 32 int8 values,
- * then the fp32 scale, then 8 · Σ values (Q4_0's offset of 8 folded out once per block).
- */
-export const ACTIVATION_RECORD_BYTES = BLOCK + 8;
-
 /** Views of activation records (`into.byteOffset` a multiple of 4). */
 function recordViews(records: Uint8Array) {
   const { buffer, byteOffset, byteLength } = records;
@@ -472,7 +520,7 @@ export function quantizeActivations(values: Float32Array, from: number, rows: nu
       const v = Math.fround(values[base + j]! * inverse);
       const rounded = v < 0 ? -Math.round(-v) : Math.round(v); // roundf: half away from zero
       q[record + j] = rounded;
-      sum += rounded;
+      sum += q[record + j]!; // the stored value (a NaN input stores 0), as the kernel adds them
     }
     words[block * recordWords + BLOCK / 4] = scale;
     ints[block * recordWords + BLOCK / 4 + 1] = 8 * sum;
@@ -553,60 +601,76 @@ function swigluScalar(out: Float32Array, hidden: Float32Array, ffn: number, m: n
   }
 }
 
-/** The kernel's view of one product: x quantised in `scratch.x`, results in `scratch.out`. */
-type Product = (matrix: Uint8Array, n: number, cols: number, m: number) => void;
-
 interface Scratch {
   /** Activation records (ACTIVATION_RECORD_BYTES per block). */
   x: Uint8Array;
   out: Float32Array;
   hidden: Float32Array;
+  /** Rows of the expert's input, where the kernel quantises them from. */
+  input: Float32Array;
 }
 
-/** hidden[0 … m·ffn) = silu(gate) · up from the w13 product in `out` (the swiglu export or `swigluScalar`). */
-type Activate = (m: number) => void;
+/**
+ * The steps of one expert, in the kernel (WebAssembly exports) or in plain JS (the reference):
+ *   quantize  m rows of `cols` values of `values` from `from` into `scratch.x`
+ *   product   x · matrixᵀ for n output rows into `scratch.out`
+ *   activate  hidden[0 … m·ffn) = silu(gate) · up from the w13 product in `out`
+ */
+interface ExpertSteps {
+  scratch: Scratch;
+  quantize(values: Float32Array, from: number, m: number, cols: number): void;
+  product(matrix: Uint8Array, n: number, cols: number, m: number): void;
+  activate(m: number): void;
+}
 
 /** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x ([rows, dim]), ROWS_PER_PASS rows per pass. */
-function swiglu(
-  product: Product,
-  activate: Activate,
-  scratch: Scratch,
-  x: Float32Array,
-  rows: number,
-  weights: ExpertWeights,
-  dim: number,
-  ffn: number,
-): Float32Array {
+function swiglu(steps: ExpertSteps, x: Float32Array, rows: number, weights: ExpertWeights, dim: number, ffn: number): Float32Array {
   const y = new Float32Array(rows * dim);
-  const { out, hidden } = scratch;
+  const { out, hidden } = steps.scratch;
   for (let first = 0; first < rows; first += ROWS_PER_PASS) {
     const m = Math.min(ROWS_PER_PASS, rows - first);
-    quantizeActivations(x, first * dim, m, dim, scratch.x);
-    product(weights.w13, 2 * ffn, dim, m);
-    activate(m);
-    quantizeActivations(hidden, 0, m, ffn, scratch.x);
-    product(weights.w2, dim, ffn, m);
+    steps.quantize(x, first * dim, m, dim);
+    steps.product(weights.w13, 2 * ffn, dim, m);
+    steps.activate(m);
+    steps.quantize(hidden, 0, m, ffn);
+    steps.product(weights.w2, dim, ffn, m);
     y.set(out.subarray(0, m * dim), first * dim);
   }
   return y;
 }
 
-/** Scratch sizes: activation record bytes, output values and hidden values. */
-function scratchFor(dim: number, ffn: number): { x: number; out: number; hidden: number } {
+/** Scratch sizes: activation record bytes, and output, hidden and input values. */
+function scratchFor(dim: number, ffn: number): { x: number; out: number; hidden: number; input: number } {
   return {
     x: ((ROWS_PER_PASS * Math.max(dim, ffn)) / BLOCK) * ACTIVATION_RECORD_BYTES,
     out: ROWS_PER_PASS * Math.max(2 * ffn, dim),
     hidden: ROWS_PER_PASS * ffn,
+    input: ROWS_PER_PASS * dim,
   };
 }
 
 /** The whole expert in plain JS: bit-identical to `BlockExpertKernel.run` (tested). */
 export function runBlockExpertScalar(x: Float32Array, rows: number, weights: ExpertWeights, dim: number, ffn: number): Float32Array {
   const size = scratchFor(dim, ffn);
-  const scratch: Scratch = { x: new Uint8Array(size.x), out: new Float32Array(size.out), hidden: new Float32Array(size.hidden) };
-  const product: Product = (matrix, n, cols, m) => blockGemmScalar(weights.format, matrix, n, cols, m, scratch.x, scratch.out);
-  const activate: Activate = (m) => swigluScalar(scratch.out, scratch.hidden, ffn, m);
-  return swiglu(product, activate, scratch, x, rows, weights, dim, ffn);
+  const scratch: Scratch = {
+    x: new Uint8Array(size.x),
+    out: new Float32Array(size.out),
+    hidden: new Float32Array(size.hidden),
+    input: new Float32Array(size.input),
+  };
+  return swiglu(
+    {
+      scratch,
+      quantize: (values, from, m, cols) => quantizeActivations(values, from, m, cols, scratch.x),
+      product: (matrix, n, cols, m) => blockGemmScalar(weights.format, matrix, n, cols, m, scratch.x, scratch.out),
+      activate: (m) => swigluScalar(scratch.out, scratch.hidden, ffn, m),
+    },
+    x,
+    rows,
+    weights,
+    dim,
+    ffn,
+  );
 }
 
 // ── arenas: the expert cache's buffers inside shared wasm memories ─────────────────────────────
@@ -621,8 +685,10 @@ class Arena {
   /** The module's products by export name (`gemmName`). */
   readonly gemm: Record<string, Gemm>;
   readonly scratch: Scratch;
-  /** The module's SwiGLU over this arena's scratch. */
-  readonly activate: Activate;
+  /** The module's SwiGLU over this arena's scratch (see ExpertSteps). */
+  readonly activate: (m: number) => void;
+  /** The module's activation quantiser over this arena's scratch (see ExpertSteps). */
+  readonly quantize: (values: Float32Array, from: number, m: number, cols: number) => void;
   private readonly free: number[] = [];
   private readonly stride: number;
   private readonly buffersStart: number;
@@ -645,9 +711,21 @@ class Arena {
       x: new Uint8Array(buffer, layout.x, layout.size.x),
       out: new Float32Array(buffer, layout.out, layout.size.out),
       hidden: new Float32Array(buffer, layout.hidden, layout.size.hidden),
+      input: new Float32Array(buffer, layout.input, layout.size.input),
     };
     const swigluExport = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
+    const quantizeExport = exports.quantize as (values: number, records: number, blocks: number) => void;
+    const { input, hidden } = this.scratch;
     this.activate = (m) => swigluExport(layout.out, layout.hidden, ffn, m);
+    this.quantize = (values, from, m, cols) => {
+      // The hidden values are already in this memory; the expert's input is copied in.
+      let at = layout.hidden + 4 * from;
+      if (values !== hidden) {
+        input.set(values.subarray(from, from + m * cols));
+        at = layout.input;
+      }
+      quantizeExport(at, layout.x, (m * cols) / BLOCK);
+    };
     for (let slot = count - 1; slot >= 0; slot--) this.free.push(slot);
   }
 
@@ -671,6 +749,7 @@ interface ArenaLayout {
   x: number;
   out: number;
   hidden: number;
+  input: number;
   buffersStart: number;
   /** Size and distance of buffers: an image rounded up to BUFFER_ALIGNMENT (a direct read may fill the tail block). */
   stride: number;
@@ -681,8 +760,9 @@ function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout
   const x = 0;
   const out = alignUp(x + size.x, 64);
   const hidden = alignUp(out + 4 * size.out, 64);
-  const buffersStart = alignUp(hidden + 4 * size.hidden, BUFFER_ALIGNMENT);
-  return { size, x, out, hidden, buffersStart, stride: directReadCapacity(bufferBytes) };
+  const input = alignUp(hidden + 4 * size.hidden, 64);
+  const buffersStart = alignUp(input + 4 * size.input, BUFFER_ALIGNMENT);
+  return { size, x, out, hidden, input, buffersStart, stride: directReadCapacity(bufferBytes) };
 }
 
 // ── sharing a product with a helper thread ─────────────────────────────────────────────────────
@@ -704,6 +784,12 @@ const INFLIGHT = 2;
 const FAILED = 3;
 const ARGS = 4; // two slots of: arena, product (index into `names`), w, n, m, x, out, chunks
 const SLOT = 8;
+/**
+ * How long the helper keeps polling for the next product before it sleeps: longer than the gaps
+ * between one expert's products and the next expert's, shorter than an attention layer (the
+ * polling core is then taken from onnxruntime's threads).
+ */
+const HELPER_SPIN_MS = 0.2;
 /** A chunk takes well under a millisecond: far beyond this, the helper is gone. */
 const HELPER_TIMEOUT_MS = 30_000;
 
@@ -722,6 +808,10 @@ const receive = () => {
 };
 let seenJob = Atomics.load(control, ${JOB});
 for (;;) {
+  // Spin a little before sleeping: a forward pass publishes products a few microseconds apart,
+  // and a futex wake-up takes tens of them, so a sleeping helper would join each one late.
+  const spinUntil = performance.now() + ${HELPER_SPIN_MS};
+  while (Atomics.load(control, ${JOB}) === seenJob && performance.now() < spinUntil);
   Atomics.wait(control, ${JOB}, seenJob);
   seenJob = Atomics.load(control, ${JOB});
   for (;;) {
@@ -883,8 +973,13 @@ export class BlockExpertKernel implements ExpertBufferPool {
     if (!arena?.owns(weights.w2)) {
       throw new RangeError("expert weights outside the kernel's arenas (allocate page-in buffers with BlockExpertKernel.allocate)");
     }
-    const product: Product = (matrix, n, cols, m) => this.product(arena, weights.format, matrix, n, cols, m);
-    return swiglu(product, arena.activate, arena.scratch, x, rows, weights, dim, ffn);
+    const steps: ExpertSteps = {
+      scratch: arena.scratch,
+      quantize: arena.quantize,
+      product: (matrix, n, cols, m) => this.product(arena, weights.format, matrix, n, cols, m),
+      activate: arena.activate,
+    };
+    return swiglu(steps, x, rows, weights, dim, ffn);
   }
 
   private product(arena: Arena, format: BlockFormat, matrix: Uint8Array, n: number, cols: number, m: number): void {
