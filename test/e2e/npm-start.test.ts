@@ -91,6 +91,8 @@ describe('npm start (sirocco dev)', () => {
       );
     await expect.poll(dev.output, { timeout: 10_000 }).toContain('[edge] GET /v1/models 401  key -');
     expect(dev.output()).not.toContain('[wrangler:info]');
+    // A calm start: no stack traces (workerd's Broken pipe when a probe hung up early), no notices, no migration tables.
+    expect(dev.output()).not.toMatch(/Broken pipe|\[ERROR\]|Scheduled Workers|wrangler d1 migrations apply/);
 
     // The secrets it generated are kept, for `sirocco keys` and the next start; the dev key came from the environment.
     const kept = await readDevVars(DEV_VARS);
