@@ -147,6 +147,22 @@ describe('expert cache', () => {
     expect(stats.pageInHistogram.reduce((a, b) => a + b, 0)).toBe(stats.pageIns);
   });
 
+  it('prefetches only into free slots: a guess never evicts a resident expert', async () => {
+    const cache = new ExpertCache(store, { budgetBytes: 3 * store.expertBytes, policy: 'lru' });
+    (await cache.acquire(0, 0)).release();
+    (await cache.acquire(0, 1)).release();
+    cache.prefetch(1, [2, 3]); // one free slot: the first guess loads, the second waits for room
+    await cache.idle();
+    expect(cache.stats()).toMatchObject({ prefetchIssued: 1, residentBytes: 3 * store.expertBytes, prefetchWasted: 0 });
+    cache.prefetch(1, [4, 5]); // full: nothing is evicted for a guess
+    await cache.idle();
+    expect(cache.stats()).toMatchObject({ prefetchIssued: 1, pageIns: 3 });
+    // Both demand-loaded experts are still resident: acquiring them reads nothing.
+    (await cache.acquire(0, 0)).release();
+    (await cache.acquire(0, 1)).release();
+    expect(cache.stats().pageIns).toBe(3);
+  });
+
   it('fails only the request that needs a missing expert file, naming it, and keeps serving others', async () => {
     const damaged = join(work, 'damaged');
     await cp(storeDir, damaged, { recursive: true });
