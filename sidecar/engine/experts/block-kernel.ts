@@ -135,7 +135,15 @@ const gemmFrame = (
   name: string,
   nb: number,
   rowsPerStep: number,
-  parts: { locals: string; start: string; blocks: string; advance: number; store: string },
+  parts: {
+    locals: string;
+    start: string;
+    blocks: string;
+    advance: number;
+    store: string;
+    /** Two activation rows per pass (rows i → acc0, i + 1 → acc1), sharing the weights' unpacking. */
+    pair?: { blocks: string; store: string };
+  },
 ) => `
   (func (export "${name}") (param $w i32) (param $row i32) (param $rowEnd i32) (param $m i32)
         (param $x i32) (param $out i32) (param $n i32)
@@ -159,12 +167,26 @@ const gemmFrame = (
         (local.set $acc0 (v128.const i32x4 0 0 0 0))
         (local.set $acc1 (v128.const i32x4 0 0 0 0))
         (local.set $b (i32.const ${nb}))
+        (local.set $at (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $row)) (i32.const 2))))
+        ${
+          parts.pair
+            ? `(if (i32.lt_u (i32.add (local.get $i) (i32.const 1)) (local.get $m))
+          (then
+            (loop $pairBlocks
+              ${parts.pair.blocks}
+              (local.set $p (i32.add (local.get $p) (i32.const ${parts.advance})))
+              (local.set $xp (i32.add (local.get $xp) (i32.const ${ACTIVATION_RECORD_BYTES})))
+              (br_if $pairBlocks (local.tee $b (i32.sub (local.get $b) (i32.const 1)))))
+            ${parts.pair.store}
+            (local.set $i (i32.add (local.get $i) (i32.const 2)))
+            (br $activations)))`
+            : ''
+        }
         (loop $blocks
           ${parts.blocks}
           (local.set $p (i32.add (local.get $p) (i32.const ${parts.advance})))
           (local.set $xp (i32.add (local.get $xp) (i32.const ${ACTIVATION_RECORD_BYTES})))
           (br_if $blocks (local.tee $b (i32.sub (local.get $b) (i32.const 1)))))
-        (local.set $at (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $row)) (i32.const 2))))
         ${parts.store}
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $activations)))
@@ -258,6 +280,40 @@ const q4GroupDot = (variant: KernelVariant): string => {
 };
 
 /**
+ * The relaxed-SIMD group block for two activation rows (the second's records `nb` records after the
+ * first's): each slice is loaded and split into nibbles once and meets both rows; the scales too.
+ */
+const q4GroupDotPair = (nb: number): string => {
+  const second = nb * ACTIVATION_RECORD_BYTES;
+  const lines: string[] = [];
+  for (let k = 0; k < 4; k++) {
+    lines.push(`(local.set $q (v128.load offset=${2 * Q4_0X4_ROWS + 16 * k} align=1 (local.get $p)))`);
+    lines.push(`(local.set $lo (v128.and (local.get $q) (local.get $lowNibbles)))`);
+    lines.push(`(local.set $hi (v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $lowNibbles)))`);
+    for (const [pairs, base] of [
+      ['pairs', 0],
+      ['pairsHigh', second],
+    ] as const) {
+      const dots = `(i16x8.add
+        (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load32_splat offset=${base + 4 * k} align=1 (local.get $xp)) (local.get $lo))
+        (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load32_splat offset=${base + 16 + 4 * k} align=1 (local.get $xp)) (local.get $hi)))`;
+      lines.push(k === 0 ? `(local.set $${pairs} ${dots})` : `(local.set $${pairs} (i16x8.add (local.get $${pairs}) ${dots}))`);
+    }
+  }
+  lines.push(`(local.set $xl ${groupScales(0)})`);
+  for (const [acc, pairs, base] of [
+    ['acc0', 'pairs', 0],
+    ['acc1', 'pairsHigh', second],
+  ] as const) {
+    const sums = `(i32x4.sub (i32x4.dot_i16x8_s (local.get $${pairs}) (local.get $ones)) (v128.load32_splat offset=${base + BLOCK + 4} (local.get $xp)))`;
+    lines.push(
+      `(local.set $${acc} (f32x4.add (local.get $${acc}) (f32x4.mul (f32x4.convert_i32x4_s ${sums}) (f32x4.mul (local.get $xl) (v128.load32_splat offset=${base + BLOCK} (local.get $xp))))))`,
+    );
+  }
+  return lines.join('\n              ');
+};
+
+/**
  * Q4_0 in the interleaved layout, one group of four rows per pass of the block loop. (Two groups
  * sharing the activation loads need more registers than x64 has: V8 then spills more than it saves.)
  */
@@ -272,6 +328,13 @@ const q4Gemm = (cols: number, variant: KernelVariant): string => {
           ${accumulate('acc0', `(i32x4.sub ${sums} ${OFFSET})`, groupScales(0))}`,
     advance: Q4_0X4_GROUP_BYTES,
     store: `(v128.store align=4 (local.get $at) (local.get $acc0))`,
+    ...(variant === 'relaxed-simd' && {
+      pair: {
+        blocks: q4GroupDotPair(nb),
+        store: `(v128.store align=4 (local.get $at) (local.get $acc0))
+            (v128.store align=4 (i32.add (local.get $at) (i32.shl (local.get $n) (i32.const 2))) (local.get $acc1))`,
+      },
+    }),
   });
 };
 
