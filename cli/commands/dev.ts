@@ -421,18 +421,33 @@ class SupervisedSidecar {
 
 /** Registers `apiKey` through the edge's admin route (the same call `sirocco keys create` makes). */
 async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string): Promise<void> {
-  const response = await fetch(`${edgeUrl}/admin/keys`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
-    // Creating a key is idempotent (stored by hash), so a persisted dev state and a fixed SIROCCO_DEV_KEY mix fine.
-    body: JSON.stringify({ key: apiKey, tenant: 'dev' }),
-  });
-  if (!response.ok) {
-    throw new CliError(`could not create the dev API key: POST /admin/keys answered ${response.status} ${await response.text()}`, 1);
+  try {
+    const response = await fetch(`${edgeUrl}/admin/keys`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
+      // Creating a key is idempotent (stored by hash), so a persisted dev state and a fixed SIROCCO_DEV_KEY mix fine.
+      body: JSON.stringify({ key: apiKey, tenant: 'dev' }),
+      // Bounded, body included: an edge that accepts the connection and never answers must not hang the start.
+      signal: AbortSignal.timeout(DEV_KEY_TIMEOUT_MS),
+    });
+    if (!response.ok) {
+      throw new CliError(`could not create the dev API key: POST /admin/keys answered ${response.status} ${await response.text()}`, 1);
+    }
+    // Read to the end (see waitUntilReady): a hang-up before the body makes workerd print a Broken pipe trace.
+    await response.arrayBuffer();
+  } catch (error) {
+    if (error instanceof DOMException && error.name === 'TimeoutError') {
+      throw new CliError(
+        `could not create the dev API key: POST ${edgeUrl}/admin/keys did not answer within ${DEV_KEY_TIMEOUT_MS / 1000} s`,
+        1,
+      );
+    }
+    throw error;
   }
-  // Read to the end (see waitUntilReady): a hang-up before the body makes workerd print a Broken pipe trace.
-  await response.arrayBuffer();
 }
+
+/** How long `npm start` waits for the edge to register the dev key (a local KV write; milliseconds when healthy). */
+const DEV_KEY_TIMEOUT_MS = 60_000;
 
 // ─── The command ─────────────────────────────────────────────────────────────
 
