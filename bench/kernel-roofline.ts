@@ -79,7 +79,7 @@ export interface ExpertTiming {
 }
 
 /** One token (and a batch of 8) through Mixtral-sized experts, median of `repeats` runs. */
-export async function expertTimings(bits: ExpertBits, variants: KernelVariant[], repeats = 16): Promise<ExpertTiming[]> {
+export async function expertTimings(bits: ExpertBits, variants: KernelVariant[], repeats = 40): Promise<ExpertTiming[]> {
   const { dim, ffn } = MIXTRAL;
   const format = EXPERT_FORMATS[bits];
   const bytes = expertFileBytes(dim, ffn, bits);
