@@ -3,26 +3,14 @@
  * events), guarded by adminAuth in edge/app.ts. Shapes: shared/usage.ts; parameters: edge/usage/params.ts.
  */
 import { Hono } from 'hono';
-import type { UsageReport } from '../../shared/usage.ts';
-import { pricesFrom } from '../config/index.ts';
 import type { AppEnv } from '../env.ts';
-import { ledgerDatabase, queryUsage, recentEvents, retentionStartMs } from '../usage/index.ts';
+import { ledgerDatabase, recentEvents, retentionStartMs, usageReport } from '../usage/index.ts';
 import { adminUsageQuery, eventsQuery } from '../usage/params.ts';
 
 export function adminUsageRoutes() {
   return new Hono<AppEnv>()
     .get('/', async (c) => {
-      const query = adminUsageQuery(c);
-      const data = await queryUsage(ledgerDatabase(c.env), query);
-      const report: UsageReport = {
-        object: 'list',
-        from: query.from,
-        to: query.to,
-        group_by: query.groupBy,
-        currency: pricesFrom(c.env).currency,
-        data,
-      };
-      return c.json(report);
+      return c.json(await usageReport(c.env, adminUsageQuery(c)));
     })
     .get('/events', async (c) => {
       const query = eventsQuery(c, retentionStartMs(c.env));
