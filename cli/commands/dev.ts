@@ -32,52 +32,53 @@ export const summary = 'run the whole stack locally (demo model, two sidecars, w
 
 // ─── The pages' generated assets ─────────────────────────────────────────────
 
-/** The browser copy of shared/sse.ts, served by the worker's static assets next to the chat page. */
-export const PAGE_SSE_MODULE = join(REPO_ROOT, 'edge/public/sse.js');
-
-/** Bundles shared/sse.ts (and its eventsource-parser dependency) into one browser ES module. */
-export async function bundlePageSseModule(): Promise<string> {
+/** One browser ES module from `entry` and what it imports, with `banner` as its first line. */
+async function bundleBrowserModule(entry: string, banner: string, minify: boolean): Promise<string> {
   const result = await build({
-    entryPoints: [join(REPO_ROOT, 'shared/sse.ts')],
+    entryPoints: [entry],
     bundle: true,
+    minify,
     format: 'esm',
     platform: 'browser',
     target: 'es2022',
     write: false,
     legalComments: 'none',
-    banner: { js: '// Generated from shared/sse.ts by `sirocco dev` (cli/commands/dev.ts). Do not edit.' },
+    banner: { js: `// ${banner}` },
   });
   return result.outputFiles[0]!.text;
+}
+
+/** The notice on a library copied from node_modules: name, installed version, licence. */
+async function vendorNotice(packageDir: string, name: string, licence: string): Promise<string> {
+  const { version } = JSON.parse(await readFile(join(packageDir, 'package.json'), 'utf8')) as { version: string };
+  return `${name} ${version} (${licence}), copied from node_modules by \`sirocco dev\` (cli/commands/dev.ts). Do not edit.`;
+}
+
+/** The browser copy of shared/sse.ts, served by the worker's static assets next to the chat page. */
+export const PAGE_SSE_MODULE = join(REPO_ROOT, 'edge/public/sse.js');
+
+/** Bundles shared/sse.ts (and its eventsource-parser dependency) into one browser ES module. */
+export function bundlePageSseModule(): Promise<string> {
+  return bundleBrowserModule(
+    join(REPO_ROOT, 'shared/sse.ts'),
+    'Generated from shared/sse.ts by `sirocco dev` (cli/commands/dev.ts). Do not edit.',
+    false,
+  );
 }
 
 const UPLOT_PACKAGE = join(REPO_ROOT, 'node_modules/uplot');
 /** The operator console's chart library (uPlot) and its stylesheet, copied from node_modules. */
 export const PAGE_CHART_MODULE = join(REPO_ROOT, 'edge/public/vendor/uplot.js');
 export const PAGE_CHART_STYLES = join(REPO_ROOT, 'edge/public/vendor/uplot.css');
-
-async function uplotBanner(): Promise<string> {
-  const { version } = JSON.parse(await readFile(join(UPLOT_PACKAGE, 'package.json'), 'utf8')) as { version: string };
-  return `uPlot ${version} (MIT licence, (c) Leon Sorokin), copied from node_modules by \`sirocco dev\` (cli/commands/dev.ts). Do not edit.`;
-}
+const uplotNotice = () => vendorNotice(UPLOT_PACKAGE, 'uPlot', 'MIT licence, (c) Leon Sorokin');
 
 /** uPlot's ES module, minified (its dist file is unminified). */
 export async function bundlePageChartModule(): Promise<string> {
-  const result = await build({
-    entryPoints: [join(UPLOT_PACKAGE, 'dist/uPlot.esm.js')],
-    bundle: true,
-    minify: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    legalComments: 'none',
-    banner: { js: `// ${await uplotBanner()}` },
-  });
-  return result.outputFiles[0]!.text;
+  return bundleBrowserModule(join(UPLOT_PACKAGE, 'dist/uPlot.esm.js'), await uplotNotice(), true);
 }
 
 export async function pageChartStyles(): Promise<string> {
-  return `/* ${await uplotBanner()} */\n${await readFile(join(UPLOT_PACKAGE, 'dist/uPlot.min.css'), 'utf8')}\n`;
+  return `/* ${await uplotNotice()} */\n${await readFile(join(UPLOT_PACKAGE, 'dist/uPlot.min.css'), 'utf8')}\n`;
 }
 
 const MARKDOWN_PACKAGE = join(REPO_ROOT, 'node_modules/markdown-it');
@@ -86,21 +87,8 @@ export const PAGE_MARKDOWN_MODULE = join(REPO_ROOT, 'edge/public/vendor/markdown
 
 /** markdown-it's browser ES module with its dependencies, minified. */
 export async function bundlePageMarkdownModule(): Promise<string> {
-  const { version } = JSON.parse(await readFile(join(MARKDOWN_PACKAGE, 'package.json'), 'utf8')) as { version: string };
-  const result = await build({
-    entryPoints: [join(MARKDOWN_PACKAGE, 'dist/markdown-it.mjs')],
-    bundle: true,
-    minify: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    legalComments: 'none',
-    banner: {
-      js: `// markdown-it ${version} (MIT licence, (c) Vitaly Puzrin, Alex Kocharin), copied from node_modules by \`sirocco dev\` (cli/commands/dev.ts). Do not edit.`,
-    },
-  });
-  return result.outputFiles[0]!.text;
+  const notice = await vendorNotice(MARKDOWN_PACKAGE, 'markdown-it', 'MIT licence, (c) Vitaly Puzrin, Alex Kocharin');
+  return bundleBrowserModule(join(MARKDOWN_PACKAGE, 'dist/markdown-it.mjs'), notice, true);
 }
 
 /** The files under edge/public generated from other sources; committed, so `wrangler deploy` ships them. */
