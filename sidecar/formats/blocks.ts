@@ -185,6 +185,24 @@ export function q4_0x4Offset(row: number, b: number, j: number, blocksPerRow: nu
   return base + 2 * Q4_0X4_ROWS + 16 * (q >>> 2) + 4 * lane + (q & 3);
 }
 
+/** Copies every byte between GGUF's row order and the interleaved layout, one way or the other. */
+function permuteQ4_0Rows(from: Uint8Array, rows: number, cols: number, into: Uint8Array, toInterleaved: boolean): Uint8Array {
+  checkInterleavable(from, rows, cols, into);
+  const nb = cols / BLOCK;
+  const size = BLOCK_BYTES.q4_0;
+  for (let row = 0; row < rows; row++) {
+    for (let b = 0; b < nb; b++) {
+      const rowOrder = (row * nb + b) * size;
+      for (let j = 0; j < size; j++) {
+        const interleaved = q4_0x4Offset(row, b, j, nb);
+        if (toInterleaved) into[interleaved] = from[rowOrder + j]!;
+        else into[rowOrder + j] = from[interleaved]!;
+      }
+    }
+  }
+  return into;
+}
+
 /** Row-major Q4_0 blocks [rows, cols] → the interleaved layout (into `into`, same size). */
 export function interleaveQ4_0Rows(
   blocks: Uint8Array,
@@ -192,18 +210,7 @@ export function interleaveQ4_0Rows(
   cols: number,
   into: Uint8Array = new Uint8Array(blocks.length),
 ): Uint8Array {
-  checkInterleavable(blocks, rows, cols, into);
-  const nb = cols / BLOCK;
-  const size = BLOCK_BYTES.q4_0;
-  for (let row = 0; row < rows; row++) {
-    for (let b = 0; b < nb; b++) {
-      const from = (row * nb + b) * size;
-      into[q4_0x4Offset(row, b, 0, nb)] = blocks[from]!;
-      into[q4_0x4Offset(row, b, 1, nb)] = blocks[from + 1]!;
-      for (let k = 0; k < 4; k++) into.set(blocks.subarray(from + 2 + 4 * k, from + 6 + 4 * k), q4_0x4Offset(row, b, 2 + 4 * k, nb));
-    }
-  }
-  return into;
+  return permuteQ4_0Rows(blocks, rows, cols, into, true);
 }
 
 /** The interleaved layout → row-major Q4_0 blocks (GGUF's order). */
@@ -213,14 +220,5 @@ export function deinterleaveQ4_0Rows(
   cols: number,
   into: Uint8Array = new Uint8Array(interleaved.length),
 ): Uint8Array {
-  checkInterleavable(interleaved, rows, cols, into);
-  const nb = cols / BLOCK;
-  const size = BLOCK_BYTES.q4_0;
-  for (let row = 0; row < rows; row++) {
-    for (let b = 0; b < nb; b++) {
-      const to = (row * nb + b) * size;
-      for (let j = 0; j < size; j++) into[to + j] = interleaved[q4_0x4Offset(row, b, j, nb)]!;
-    }
-  }
-  return into;
+  return permuteQ4_0Rows(interleaved, rows, cols, into, false);
 }
