@@ -43,10 +43,34 @@ export const SAVE_INTERVAL_MS = 1_000;
 /** Longest a reservation holds tokens without being settled or released (longer than any response). */
 export const RESERVATION_TTL_MS = 15 * 60_000;
 
+/**
+ * A Durable Object's write-behind save: `schedule()` after a change, and the state `read` returns then is
+ * written once, SAVE_INTERVAL_MS later, after the replies (`allowUnconfirmed`: no output gate waits on it), with
+ * every change made until then.
+ */
+export class WriteBehind<State> {
+  private scheduled = false;
+
+  constructor(
+    private readonly storage: DurableObjectStorage,
+    private readonly key: string,
+    private readonly read: () => State,
+  ) {}
+
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setTimeout(() => {
+      this.scheduled = false;
+      void this.storage.put(this.key, this.read(), { allowUnconfirmed: true });
+    }, SAVE_INTERVAL_MS);
+  }
+}
+
 export class RateLimiter extends DurableObject {
   private window: WindowState = [];
-  private saveScheduled = false;
   private readonly reservations = new Map<string, Reservation>();
+  private readonly saver = new WriteBehind(this.ctx.storage, STORAGE_KEY, () => this.window);
 
   constructor(ctx: DurableObjectState, env: Cloudflare.Env) {
     super(ctx, env);
@@ -114,12 +138,6 @@ export class RateLimiter extends DurableObject {
 
   private save(next: WindowState): void {
     this.window = next;
-    if (this.saveScheduled) return;
-    this.saveScheduled = true;
-    // Runs after this call's reply is sent and saves every call made until then.
-    setTimeout(() => {
-      this.saveScheduled = false;
-      void this.ctx.storage.put(STORAGE_KEY, this.window, { allowUnconfirmed: true });
-    }, SAVE_INTERVAL_MS);
+    this.saver.schedule();
   }
 }

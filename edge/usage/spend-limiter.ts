@@ -17,7 +17,7 @@
  * in memory for one request and expire after RESERVATION_TTL_MS.
  */
 import { DurableObject } from 'cloudflare:workers';
-import { RESERVATION_TTL_MS, SAVE_INTERVAL_MS } from '../rate-limit/rate-limiter.ts';
+import { RESERVATION_TTL_MS, WriteBehind } from '../rate-limit/rate-limiter.ts';
 import { monthOf, nextMonthStartMs } from './month.ts';
 
 /** A subject's monthly caps; null = none. */
@@ -37,7 +37,7 @@ const STORAGE_KEY = 'month';
 export class SpendLimiter extends DurableObject {
   private state: MonthToDate = { month: monthOf(Date.now()), spentMicros: 0, tokens: 0, lastUsedMs: null };
   private readonly reservations = new Map<string, SpendReservation & { expiresAtMs: number }>();
-  private saveScheduled = false;
+  private readonly saver = new WriteBehind(this.ctx.storage, STORAGE_KEY, () => this.state);
 
   constructor(ctx: DurableObjectState, env: Cloudflare.Env) {
     super(ctx, env);
@@ -72,7 +72,7 @@ export class SpendLimiter extends DurableObject {
     const now = Date.now();
     const current = this.current(now);
     this.state = { ...current, spentMicros: current.spentMicros + micros, tokens: current.tokens + tokens, lastUsedMs: now };
-    this.scheduleSave();
+    this.saver.schedule();
     return this.state;
   }
 
@@ -91,16 +91,6 @@ export class SpendLimiter extends DurableObject {
     const month = monthOf(now);
     if (this.state.month !== month) this.state = { month, spentMicros: 0, tokens: 0, lastUsedMs: this.state.lastUsedMs };
     return this.state;
-  }
-
-  private scheduleSave(): void {
-    if (this.saveScheduled) return;
-    this.saveScheduled = true;
-    // Runs after this call's reply is sent and saves every settlement made until then.
-    setTimeout(() => {
-      this.saveScheduled = false;
-      void this.ctx.storage.put(STORAGE_KEY, this.state, { allowUnconfirmed: true });
-    }, SAVE_INTERVAL_MS);
   }
 
   private inFlight(now: number): { micros: number; tokens: number } {
