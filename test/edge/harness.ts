@@ -2,7 +2,7 @@
  * Builds the edge app for a test: real Hono app, real KV (miniflare, isolated per test file), the
  * test's bindings from wrangler.toml + edge/vitest.config.ts, and fake sidecars as its fetch.
  */
-import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test';
+import { applyD1Migrations, createExecutionContext, type D1Migration, waitOnExecutionContext } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
 import { afterEach } from 'vitest';
 import { createApp } from '../../edge/app.ts';
@@ -11,6 +11,17 @@ import type { EdgeBindings } from '../../edge/env.ts';
 import type { Usage } from '../../shared/api.ts';
 import type { UsageEvent } from '../../shared/usage.ts';
 import { createFakeSidecars } from './fake-sidecar.ts';
+
+/** The usage ledger's D1 database (bound by wrangler.toml), for tests that read or write it directly. */
+export function ledgerDb(): D1Database {
+  if (!env.USAGE_DB) throw new Error('wrangler.toml binds USAGE_DB');
+  return env.USAGE_DB;
+}
+
+/** Applies migrations/ (passed in by edge/vitest.config.ts) to the ledger database: call from beforeAll. */
+export async function migrateLedger(): Promise<void> {
+  await applyD1Migrations(ledgerDb(), (env as unknown as { TEST_MIGRATIONS: D1Migration[] }).TEST_MIGRATIONS);
+}
 
 export const SIDECAR_SECRET = 'test-sidecar-secret';
 export const ADMIN_SECRET = 'test-admin-secret';

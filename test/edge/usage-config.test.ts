@@ -1,30 +1,18 @@
 /**
  * Prices, costs, retention and a deploy without the ledger's bindings, in workerd.
  */
-import {
-  applyD1Migrations,
-  createExecutionContext,
-  createScheduledController,
-  type D1Migration,
-  waitOnExecutionContext,
-} from 'cloudflare:test';
+import { createExecutionContext, createScheduledController, waitOnExecutionContext } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DEFAULT_PRICES, pricesFrom } from '../../edge/config/index.ts';
 import worker from '../../edge/index.ts';
 import { costMicros, requestCostMicros, writeUsageEvents } from '../../edge/usage/index.ts';
 import type { UsageEvent } from '../../shared/usage.ts';
-import { PARIS, setup } from './harness.ts';
+import { ledgerDb, migrateLedger, PARIS, setup } from './harness.ts';
 
-const migrations = (env as unknown as { TEST_MIGRATIONS: D1Migration[] }).TEST_MIGRATIONS;
-const db = (): D1Database => {
-  if (!env.USAGE_DB) throw new Error('wrangler.toml binds USAGE_DB');
-  return env.USAGE_DB;
-};
+const db = ledgerDb;
 
-beforeAll(async () => {
-  await applyD1Migrations(db(), migrations);
-});
+beforeAll(migrateLedger);
 afterEach(() => vi.restoreAllMocks());
 
 const DAY_MS = 86_400_000;

@@ -2,23 +2,16 @@
  * The usage ledger through the whole worker in workerd: requests → events on the (captured) queue → the worker's
  * own `queue` handler → D1 (real miniflare D1, migrations from migrations/) → /admin/usage and /v1/usage.
  */
-import { applyD1Migrations, createExecutionContext, createMessageBatch, type D1Migration, getQueueResult } from 'cloudflare:test';
-import { env } from 'cloudflare:workers';
+import { createExecutionContext, createMessageBatch, getQueueResult } from 'cloudflare:test';
 import { beforeAll, describe, expect, it } from 'vitest';
 import worker from '../../edge/index.ts';
 import type { Usage } from '../../shared/api.ts';
 import { type UsageEvent, type UsageReport, UsageReportSchema } from '../../shared/usage.ts';
-import { ADMIN_SECRET, PARIS, readFrames, setup } from './harness.ts';
+import { ADMIN_SECRET, ledgerDb, migrateLedger, PARIS, readFrames, setup } from './harness.ts';
 
-const migrations = (env as unknown as { TEST_MIGRATIONS: D1Migration[] }).TEST_MIGRATIONS;
-const db = (): D1Database => {
-  if (!env.USAGE_DB) throw new Error('wrangler.toml binds USAGE_DB');
-  return env.USAGE_DB;
-};
+const db = ledgerDb;
 
-beforeAll(async () => {
-  await applyD1Migrations(db(), migrations);
-});
+beforeAll(migrateLedger);
 
 type Edge = ReturnType<typeof setup>;
 
