@@ -75,15 +75,14 @@ export const ACTIVATION_RECORD_BYTES = BLOCK + 8;
 
 // ── the WebAssembly kernel, in text form ───────────────────────────────────────────────────────
 
-const _get = (name: string) => `(local.get $${name})`;
 const splatI32 = (value: number) => `(v128.const i32x4 ${value} ${value} ${value} ${value})`;
 /** Byte lanes of i8x16.shuffle picking i32 lanes `lanes` from (a, b) (b's lanes are 4..7). */
 const pick = (lanes: number[]) => lanes.flatMap((lane) => [0, 1, 2, 3].map((byte) => 4 * lane + byte)).join(' ');
 
-/** [Σ s0, Σ s1, Σ s2, Σ s3] from four i32x4 partial sums. */
-const REDUCE = `(i32x4.add
-    (i8x16.shuffle ${pick([0, 2, 4, 6])} (local.get $t01) (local.get $t23))
-    (i8x16.shuffle ${pick([1, 3, 5, 7])} (local.get $t01) (local.get $t23)))`;
+/** i32 lanes [a0+a1, a2+a3, b0+b1, b2+b3]: row sums from two vectors of pair sums. */
+const rowSums = (a: string, b: string) => `(i32x4.add
+    (i8x16.shuffle ${pick([0, 2, 4, 6])} (local.get $${a}) (local.get $${b}))
+    (i8x16.shuffle ${pick([1, 3, 5, 7])} (local.get $${a}) (local.get $${b})))`;
 const pairSums = (a: string, b: string, into: string) => `(local.set $${into} (i32x4.add
     (i8x16.shuffle ${pick([0, 1, 4, 5])} (local.get $${a}) (local.get $${b}))
     (i8x16.shuffle ${pick([2, 3, 6, 7])} (local.get $${a}) (local.get $${b}))))`;
@@ -209,7 +208,7 @@ const q8Gemm = (cols: number): string => {
           (local.set $s3 ${q8RowDot((first + 3) * stride)})
           ${pairSums('s0', 's1', 't01')}
           ${pairSums('s2', 's3', 't23')}
-          ${accumulate(acc, REDUCE, scales(stride, first))}`;
+          ${accumulate(acc, rowSums('t01', 't23'), scales(stride, first))}`;
   return gemmFrame(gemmName('q8_0', cols), nb, ROWS_PER_STEP, {
     locals: `(local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
     (local $s0 v128) (local $s1 v128) (local $s2 v128) (local $s3 v128) (local $t01 v128) (local $t23 v128)`,
@@ -223,11 +222,6 @@ const q8Gemm = (cols: number): string => {
   });
 };
 
-/** i32 lanes [a0+a1, a2+a3, b0+b1, b2+b3]: the plain variant's row sums from its two pair vectors. */
-const rowSums = (a: string, b: string) => `(i32x4.add
-    (i8x16.shuffle ${pick([0, 2, 4, 6])} (local.get $${a}) (local.get $${b}))
-    (i8x16.shuffle ${pick([1, 3, 5, 7])} (local.get $${a}) (local.get $${b})))`;
-
 /**
  * The four fp16 scales of an interleaved group's block (8 bytes at `at` after $p) as f32x4, exactly:
  * sign-extended to i32 and shifted left by 13, the sign fills bits 31–28 and the magnitude sits at
@@ -236,6 +230,13 @@ const rowSums = (a: string, b: string) => `(i32x4.add
 const groupScales = (at: number) => `(f32x4.mul
     (v128.and (i32x4.shl (v128.load16x4_s offset=${at} align=1 (local.get $p)) (i32.const 13)) (local.get $signAndMagnitude))
     (local.get $twoTo112))`;
+
+/** Slice k (16 bytes: four bytes of each of the group's four rows) of the group block at $p, into $q. */
+const loadSlice = (k: number) => `(local.set $q (v128.load offset=${2 * Q4_0X4_ROWS + 16 * k} align=1 (local.get $p)))`;
+const LOW_NIBBLES = `(v128.and (local.get $q) (local.get $lowNibbles))`;
+// A 16-bit shift and the low-nibble mask: V8 lowers i8x16.shr_u to the same two instructions plus a
+// rebuilt mask each time.
+const HIGH_NIBBLES = `(v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $lowNibbles))`;
 
 /**
  * Σ x·q for the four rows of the interleaved Q4_0 group block at $p (q the unsigned nibbles), one
@@ -251,11 +252,8 @@ const q4GroupDot = (variant: KernelVariant): string => {
     const xHigh = `(v128.load32_splat offset=${16 + 4 * k} align=1 (local.get $xp))`;
     if (variant === 'relaxed-simd') lines.push(`(local.set $xl ${xLow}) (local.set $xh ${xHigh})`);
     else lines.push(`(local.set $xl (i16x8.extend_low_i8x16_s ${xLow})) (local.set $xh (i16x8.extend_low_i8x16_s ${xHigh}))`);
-    lines.push(`(local.set $q (v128.load offset=${2 * Q4_0X4_ROWS + 16 * k} align=1 (local.get $p)))`);
-    const lo = `(v128.and (local.get $q) (local.get $lowNibbles))`;
-    // A 16-bit shift and the low-nibble mask: V8 lowers i8x16.shr_u to the same two instructions
-    // plus a rebuilt mask each time.
-    const hi = `(v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $lowNibbles))`;
+    lines.push(loadSlice(k));
+    const [lo, hi] = [LOW_NIBBLES, HIGH_NIBBLES];
     const add = (into: string, value: string) =>
       k === 0
         ? `(local.set $${into} ${value})`
@@ -287,9 +285,7 @@ const q4GroupDotPair = (nb: number): string => {
   const second = nb * ACTIVATION_RECORD_BYTES;
   const lines: string[] = [];
   for (let k = 0; k < 4; k++) {
-    lines.push(`(local.set $q (v128.load offset=${2 * Q4_0X4_ROWS + 16 * k} align=1 (local.get $p)))`);
-    lines.push(`(local.set $lo (v128.and (local.get $q) (local.get $lowNibbles)))`);
-    lines.push(`(local.set $hi (v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $lowNibbles)))`);
+    lines.push(loadSlice(k), `(local.set $lo ${LOW_NIBBLES})`, `(local.set $hi ${HIGH_NIBBLES})`);
     for (const [pairs, base] of [
       ['pairs', 0],
       ['pairsHigh', second],
