@@ -82,13 +82,27 @@ describe('attention mask', () => {
   });
 });
 
-describe('RoPE tables', () => {
-  it('use each token’s absolute position', () => {
+describe('RoPE positions', () => {
+  it('are each new token’s absolute position; padding rows get 0', () => {
     const cache = prefilled(4, null);
-    const { cos, sin } = new BatchStep([{ cache, tokens: [9] }], shape(null)).rope(10000);
-    // head_dim 2: one frequency, θ^0 = 1, so the angle is the position itself.
-    expect(cos[0]).toBeCloseTo(Math.cos(4), 6);
-    expect(sin[0]).toBeCloseTo(Math.sin(4), 6);
+    const step = new BatchStep([{ cache, tokens: [9] }], shape(null));
+    // One entry pads S to an even row count: the second row is padding.
+    expect(Array.from(step.positions(), Number)).toEqual([4, 0]);
+    expect(step.positionCount).toBe(5);
+  });
+
+  it('follow each entry of a batch on its own', () => {
+    const longer = prefilled(6, null);
+    const shorter = prefilled(2, null);
+    const step = new BatchStep(
+      [
+        { cache: longer, tokens: [1, 2] },
+        { cache: shorter, tokens: [3] },
+      ],
+      shape(null),
+    );
+    expect(Array.from(step.positions(), Number)).toEqual([6, 7, 2, 0]);
+    expect(step.positionCount).toBe(8);
   });
 });
 

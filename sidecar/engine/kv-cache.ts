@@ -212,24 +212,18 @@ export class BatchStep {
     return ids;
   }
 
-  /** cos/sin [B, S, head_dim/2] for rotate-half RoPE, computed in float64 per absolute position. */
-  rope(theta: number): { cos: Float32Array; sin: Float32Array } {
-    const half = this.shape.headDim / 2;
-    const cos = new Float32Array(this.batch * this.seq * half);
-    const sin = new Float32Array(cos.length);
-    const inverseFrequency = Array.from({ length: half }, (_, i) => theta ** ((-2 * i) / this.shape.headDim));
+  /** Each new token's absolute position [B, S] (the RoPE table's row); padding 0, masked out. */
+  positions(): BigInt64Array {
+    const positions = new BigInt64Array(this.batch * this.seq);
     this.entries.forEach((e, b) => {
-      for (let i = 0; i < this.seq; i++) {
-        const position = e.cache.length + i;
-        const base = (b * this.seq + i) * half;
-        for (let f = 0; f < half; f++) {
-          const angle = position * inverseFrequency[f]!;
-          cos[base + f] = Math.cos(angle);
-          sin[base + f] = Math.sin(angle);
-        }
-      }
+      for (let i = 0; i < e.tokens.length; i++) positions[b * this.seq + i] = BigInt(e.cache.length + i);
     });
-    return { cos, sin };
+    return positions;
+  }
+
+  /** One past the highest position any entry reaches in this step: the RoPE table rows it needs. */
+  get positionCount(): number {
+    return this.entries.reduce((most, e) => Math.max(most, e.cache.length + e.tokens.length), 1);
   }
 
   /**

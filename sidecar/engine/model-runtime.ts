@@ -17,6 +17,7 @@ import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts
 import { PagedExperts } from './experts/paged-experts.ts';
 import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
+import { RopeTable } from './rope.ts';
 
 export interface ModelInfo {
   name: string;
@@ -97,14 +98,23 @@ function tensor(data: Float32Array, dims: number[]): ort.Tensor {
   return new ort.Tensor('float32', data, dims);
 }
 
-function attentionFeeds(step: BatchStep, config: ModelConfig, layerRange: number[]): Record<string, ort.Tensor> {
-  const { cos, sin } = step.rope(config.ropeTheta);
+/** The attention inputs every layer of one step shares: RoPE table rows, positions and the mask. */
+function stepFeeds(step: BatchStep, config: ModelConfig, rope: RopeTable): Record<string, ort.Tensor> {
+  // onnxruntime's RotaryEmbedding wants at least S table rows, even where S is mostly padding.
+  const rows = Math.max(step.positionCount, step.seq);
+  const { cos, sin } = rope.upTo(rows);
   const half = config.headDim / 2;
-  const feeds: Record<string, ort.Tensor> = {
-    [IO.cos]: tensor(cos, [step.batch, step.seq, half]),
-    [IO.sin]: tensor(sin, [step.batch, step.seq, half]),
+  return {
+    [IO.cos]: tensor(cos, [rows, half]),
+    [IO.sin]: tensor(sin, [rows, half]),
+    [IO.positions]: new ort.Tensor('int64', step.positions(), [step.batch, step.seq]),
     [IO.mask]: tensor(step.mask(), [step.batch, 1, step.seq, step.total]),
   };
+}
+
+/** `shared` plus the past keys and values of `layerRange`. */
+function attentionFeeds(step: BatchStep, config: ModelConfig, shared: Record<string, ort.Tensor>, layerRange: number[]) {
+  const feeds: Record<string, ort.Tensor> = { ...shared };
   const pastDims = [step.batch, config.nKvHeads, step.past, config.headDim];
   for (const layer of layerRange) {
     feeds[IO.pastKey(layer)] = tensor(step.pastTensor(layer, 'keys'), pastDims);
@@ -126,14 +136,18 @@ function storeNewKv(step: BatchStep, layer: number, outputs: ort.InferenceSessio
 }
 
 class DenseRunner implements StepRunner {
+  private readonly rope: RopeTable;
+
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly config: ModelConfig,
-  ) {}
+  ) {
+    this.rope = new RopeTable(config.headDim, config.ropeTheta);
+  }
 
   async run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array> {
     const layers = Array.from({ length: this.config.nLayers }, (_, l) => l);
-    const feeds = attentionFeeds(step, this.config, layers);
+    const feeds = attentionFeeds(step, this.config, stepFeeds(step, this.config, this.rope), layers);
     feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
     feeds[IO.logitRows] = new ort.Tensor('int64', rows, [rows.length]);
     const outputs = await this.session.run(feeds);
@@ -147,13 +161,17 @@ class DenseRunner implements StepRunner {
 }
 
 class MoeRunner implements StepRunner {
+  private readonly rope: RopeTable;
+
   constructor(
     private readonly layers: ort.InferenceSession[],
     private readonly head: ort.InferenceSession,
     private readonly experts: ExpertProvider,
     private readonly config: ModelConfig,
     private readonly onRouting?: (event: RoutingEvent) => void,
-  ) {}
+  ) {
+    this.rope = new RopeTable(config.headDim, config.ropeTheta);
+  }
 
   async run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array> {
     const { dim, numExperts, expertsPerToken: k } = this.config;
@@ -165,8 +183,9 @@ class MoeRunner implements StepRunner {
     }
 
     let hidden: Float32Array | undefined;
+    const shared = stepFeeds(step, this.config, this.rope);
     for (const [layer, session] of this.layers.entries()) {
-      const feeds = attentionFeeds(step, this.config, [layer]);
+      const feeds = attentionFeeds(step, this.config, shared, [layer]);
       if (layer === 0) feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
       else feeds[IO.hidden] = tensor(hidden as Float32Array, hiddenDims);
       const outputs = await session.run(feeds);

@@ -18,8 +18,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 6: Mixtral expert files hold Q4_0 / Q8_0 blocks; int4 and int8 stores have no per-expert graphs
  *    (their experts run in the block kernel, resident or paged).
  * 7: Q4_0 expert files interleave rows four at a time (formats/blocks.ts, Q4_0X4).
+ * 8: attention graphs take a RoPE table and positions (one fused RotaryEmbedding for Q and K).
  */
-export const FORMAT_VERSION = 7;
+export const FORMAT_VERSION = 8;
 
 export interface GraphEntry {
   graph: string;

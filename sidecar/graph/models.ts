@@ -16,6 +16,7 @@ export const IO = {
   hidden: 'hidden',
   cos: 'rope_cos',
   sin: 'rope_sin',
+  positions: 'positions',
   mask: 'attention_mask',
   logitRows: 'logit_rows',
   logits: 'logits',
@@ -61,8 +62,9 @@ async function buildGraph(ctx: BuildContext, base: string, body: (t: Transformer
 function attentionInputs(t: TransformerGraph): AttentionInputs {
   const half = t.config.headDim / 2;
   return {
-    cos: t.g.input(IO.cos, 'float32', ['batch', 'seq', half]),
-    sin: t.g.input(IO.sin, 'float32', ['batch', 'seq', half]),
+    cos: t.g.input(IO.cos, 'float32', ['rope_rows', half]),
+    sin: t.g.input(IO.sin, 'float32', ['rope_rows', half]),
+    positions: t.g.input(IO.positions, 'int64', ['batch', 'seq']),
     mask: t.g.input(IO.mask, 'float32', ['batch', 1, 'seq', 'total']),
   };
 }

@@ -2,11 +2,10 @@
  * The Mistral/Mixtral building blocks as ONNX subgraphs: RMSNorm, linear layers at each precision,
  * rotate-half RoPE, grouped-query attention over a past KV cache plus the step's new keys, SwiGLU FFN.
  *
- * Shapes: hidden [batch, seq, dim]; rope_cos/rope_sin [batch, seq, head_dim/2] (computed in JS per
- * absolute position); attention_mask [batch, 1, seq, total] additive (0 or -inf); past KV
- * [batch, kv_heads, past, head_dim] (unused slots zero and masked) → new KV [batch, kv_heads, seq,
- * head_dim].
- * (A later optimisation is GroupQueryAttention with fused RoPE; standard ops keep parity simple.)
+ * Shapes: hidden [batch, seq, dim]; rope_cos/rope_sin [rows, head_dim/2], a table by absolute
+ * position (engine/rope.ts) that positions [batch, seq] index; attention_mask [batch, 1, seq, total]
+ * additive (0 or -inf); past KV [batch, kv_heads, past, head_dim] (unused slots zero and masked) →
+ * new KV [batch, kv_heads, seq, head_dim].
  */
 import type { ModelConfig } from '../formats/model-config.ts';
 import { type Precision, type QuantizationPlan, quantizationPlan, quantizeMatrix, schemeFor } from '../formats/quantize.ts';
@@ -23,6 +22,7 @@ const ACCURACY_LEVEL = 4;
 export interface AttentionInputs {
   cos: string;
   sin: string;
+  positions: string;
   mask: string;
 }
 
@@ -52,15 +52,28 @@ export class TransformerGraph {
    * along each row, so stacking changes no value.
    */
   async linears<const Ns extends readonly number[]>(x: string, names: string[], ns: Ns, k: number): Promise<OutputNames<Ns>> {
-    const stacked = new Float32Array(ns.reduce((a, b) => a + b, 0) * k);
+    return this.g.split(
+      await this.stackedLinear(
+        x,
+        names,
+        ns.reduce((a, b) => a + b, 0),
+        k,
+      ),
+      ns,
+      -1,
+    );
+  }
+
+  /** The stacked matmul of `linears`, unsplit: [.., n] for `names` of n rows in all. */
+  private async stackedLinear(x: string, names: string[], n: number, k: number): Promise<string> {
+    const stacked = new Float32Array(n * k);
     let offset = 0;
     for (const name of names) {
       const weight = await this.weights.read(name);
       stacked.set(weight, offset);
       offset += weight.length;
     }
-    const y = await this.matmul(x, names.join('+'), stacked, stacked.length / k, k, false);
-    return this.g.split(y, ns, -1);
+    return this.matmul(x, names.join('+'), stacked, n, k, false);
   }
 
   private matmul(x: string, name: string, weight: Float32Array, n: number, k: number, keepFp32: boolean): string {
@@ -98,15 +111,6 @@ export class TransformerGraph {
     return this.g.op('Gather', [table, inputIds], { axis: 0 });
   }
 
-  /** Rotate-half RoPE on [batch, seq, heads, head_dim] with cos/sin [batch, seq, 1, head_dim/2]. */
-  private rope(x: string, cos: string, sin: string): string {
-    const half = this.config.headDim / 2;
-    const [x1, x2] = this.g.split(x, [half, half], -1);
-    const first = this.g.op('Sub', [this.g.op('Mul', [x1, cos]), this.g.op('Mul', [x2, sin])]);
-    const second = this.g.op('Add', [this.g.op('Mul', [x2, cos]), this.g.op('Mul', [x1, sin])]);
-    return this.g.op('Concat', [first, second], { axis: -1 });
-  }
-
   /**
    * Pre-norm attention sublayer; returns the residual sum and this step's new keys/values
    * [batch, kv_heads, seq, head_dim] (the caller appends them to its cache).
@@ -117,20 +121,19 @@ export class TransformerGraph {
     const group = nHeads / nKvHeads;
     const p = `layers.${layer}`;
     const h = await this.rmsNorm(x, `${p}.attention_norm.weight`);
-    const [qFlat, kFlat, vFlat] = await this.linears(
+    // Q and K side by side as one [batch, seq, (heads + kv_heads)·head_dim] tensor: one fused
+    // rotate-half RoPE node for both (onnxruntime's RotaryEmbedding, the table rows picked by position).
+    const qkv = await this.stackedLinear(
       h,
       [`${p}.attention.wq.weight`, `${p}.attention.wk.weight`, `${p}.attention.wv.weight`],
-      [nHeads * headDim, nKvHeads * headDim, nKvHeads * headDim],
+      (nHeads + 2 * nKvHeads) * headDim,
       dim,
     );
-    const q = g.op('Reshape', [qFlat, g.ints([0, 0, nHeads, headDim])]);
-    const k = g.op('Reshape', [kFlat, g.ints([0, 0, nKvHeads, headDim])]);
-    const v = g.op('Reshape', [vFlat, g.ints([0, 0, nKvHeads, headDim])]);
-
-    const cos = g.op('Unsqueeze', [inputs.cos, g.ints([2])]);
-    const sin = g.op('Unsqueeze', [inputs.sin, g.ints([2])]);
-    const kNew = g.op('Transpose', [this.rope(k, cos, sin)], { perm: [0, 2, 1, 3] });
-    const vNew = g.op('Transpose', [v], { perm: [0, 2, 1, 3] });
+    const [qk, vFlat] = g.split(qkv, [(nHeads + nKvHeads) * headDim, nKvHeads * headDim], -1);
+    const rotated = g.op('RotaryEmbedding', [qk, inputs.positions, inputs.cos, inputs.sin], { interleaved: 0 }, MS_DOMAIN);
+    const [qRotated, kRotated] = g.split(rotated, [nHeads * headDim, nKvHeads * headDim], -1);
+    const kNew = g.op('Transpose', [g.op('Reshape', [kRotated, g.ints([0, 0, nKvHeads, headDim])])], { perm: [0, 2, 1, 3] });
+    const vNew = g.op('Transpose', [g.op('Reshape', [vFlat, g.ints([0, 0, nKvHeads, headDim])])], { perm: [0, 2, 1, 3] });
 
     // Query heads grouped per KV head and flattened to rows [batch, kv, group×seq, hd]: every score
     // and value product is one matmul per KV head with M = group×seq rows (never M=1, whose kernel
@@ -139,7 +142,7 @@ export class TransformerGraph {
     // new keys are computed apart and joined (O(rows × total) floats), the softmax is split again
     // for the two value products. q·Kᵀ/√hd by FusedMatMul (transB, alpha): no transposed copy.
     const qRows = g.op('Reshape', [
-      g.op('Transpose', [g.op('Reshape', [this.rope(q, cos, sin), g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] }),
+      g.op('Transpose', [g.op('Reshape', [qRotated, g.ints([0, 0, nKvHeads, group, headDim])])], { perm: [0, 2, 3, 1, 4] }),
       g.ints([0, 0, -1, headDim]),
     ]);
     const scoresAgainst = (keys: string) =>
