@@ -1,7 +1,16 @@
 // The operator console: API keys, tenant caps and usage, read from and written to the edge's admin API with the
 // admin secret. Server data reaches the page only as text nodes (textContent / DOM building), never as markup.
 // Amounts are integer micro-units of the price table's currency; dates are UTC days.
-import uPlot from '/vendor/uplot.js';
+
+/**
+ * The chart library, loaded apart from the page's own code: where it fails to load, the console
+ * works without its chart. (uPlot builds a number format from `navigator.language` as it loads,
+ * which throws where Chromium reports a POSIX locale such as "en-US@posix", e.g. under LANG=C.)
+ */
+const chartLibrary = import('/vendor/uplot.js').then(
+  (module) => ({ uPlot: module.default, failure: null }),
+  (error) => ({ uPlot: null, failure: error instanceof Error ? error.message : String(error) }),
+);
 
 /** Kept per tab only: never in localStorage (outlives the session) nor in the URL (history, logs, referrers). */
 const SECRET_STORAGE = 'sirocco.adminSecret';
@@ -506,7 +515,7 @@ async function loadUsage() {
   }
   rememberModels(perModel.data.map((row) => row.model));
   renderTotals(perKey.data);
-  renderChart(perDay, group);
+  void renderChart(perDay, group);
   renderTopKeys(perKey.data);
   renderRecentErrors(errors.data);
   setStatus(status, `Usage from ${perDay.from} to ${perDay.to} (UTC), in ${state.currency}.`);
@@ -522,7 +531,7 @@ function renderTotals(rows) {
   $('total-cost').textContent = formatMoney(sum((row) => row.cost_micros));
 }
 
-function renderChart(usage, group) {
+async function renderChart(usage, group) {
   const metric = METRICS[$('usage-metric').value] ?? METRICS.cost_micros;
   const days = daysBetween(usage.from, usage.to);
   const dayIndex = new Map(days.map((day, index) => [day, index]));
@@ -534,6 +543,7 @@ function renderChart(usage, group) {
     const index = dayIndex.get(row.day);
     if (index !== undefined) series.get(name)[index] += metric.value(row);
   }
+  const { uPlot, failure } = await chartLibrary;
   const container = $('usage-chart');
   state.chart?.destroy();
   state.chart = null;
@@ -541,8 +551,9 @@ function renderChart(usage, group) {
   $('usage-chart-caption').textContent =
     series.size === 0
       ? `No usage between ${usage.from} and ${usage.to}.`
-      : `${metric.label[0].toUpperCase()}${metric.label.slice(1)} per UTC day and ${group}, ${usage.from} to ${usage.to}.`;
-  if (series.size === 0) return;
+      : `${metric.label[0].toUpperCase()}${metric.label.slice(1)} per UTC day and ${group}, ${usage.from} to ${usage.to}.` +
+        (failure ? ` The chart could not be drawn in this browser (${failure}); the totals and tables are unaffected.` : '');
+  if (series.size === 0 || !uPlot) return;
   const names = [...series.keys()];
   const data = [days.map((day) => Date.parse(`${day}T00:00:00Z`) / 1000), ...names.map((name) => series.get(name))];
   const options = {

@@ -380,6 +380,24 @@ describe('operator console', () => {
     expect(errors).toEqual([]);
   });
 
+  it('still works, without its chart, where the chart library fails to load', async () => {
+    const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+    const page = await context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    // What uPlot does as it loads in a browser reporting a POSIX locale ("en-US@posix").
+    await page.route('**/vendor/uplot.js', (route) =>
+      route.fulfill({ contentType: 'text/javascript', body: 'throw new RangeError("Invalid language tag: en-US@posix");' }),
+    );
+    await page.goto(`${stack.edgeUrl}/console`);
+    await signIn(page);
+    expect(await page.locator('#keys-table tbody tr').count()).toBeGreaterThan(0);
+    expect(await page.locator('#usage-chart canvas').count()).toBe(0);
+    expect(await text(page, '#usage-chart-caption')).toMatch(/^No usage between|could not be drawn in this browser \(Invalid language tag/);
+    expect(errors).toEqual([]);
+    await context.close();
+  });
+
   it('fits a phone screen: no sideways scrolling, tables as cards', async () => {
     const { page, errors } = await openConsole({ width: 390, height: 844 });
     await signIn(page);

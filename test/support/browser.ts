@@ -49,7 +49,9 @@ export async function launchBrowser(): Promise<Browser> {
   const browser = await chromium.launch({
     executablePath: found.executablePath,
     args: CHROMIUM_ARGS,
-    env: { ...process.env, ...found.env },
+    // A language as a user's browser reports it: under LANG=C or C.UTF-8 (CI machines) Chromium
+    // reports "en-US@posix", which Intl rejects. (--lang does not reach navigator.language headless.)
+    env: { ...process.env, LANG: 'en_US', ...found.env },
   });
   reportFigure('browser', `Chromium ${browser.version()} from ${found.source} (${found.executablePath})`);
   return browser;
