@@ -1,9 +1,10 @@
 /**
  * The per-step batch layout: which keys each query may see (causality, sliding window, padding),
- * RoPE angles per absolute position, and how present KV flows back into each sequence's cache.
+ * RoPE positions, how present KV flows back into each sequence's cache, and how the buffers are
+ * recycled.
  */
 import { describe, expect, it } from 'vitest';
-import { BatchedPast, BatchStep, type CacheShape, SequenceCache } from './kv-cache.ts';
+import { BatchedPast, BatchStep, type CacheShape, KvBufferPool, SequenceCache } from './kv-cache.ts';
 
 const shape = (window: number | null): CacheShape => ({ layers: 1, kvHeads: 1, headDim: 2, window });
 
@@ -214,5 +215,62 @@ describe('new KV into the caches', () => {
     step.commit();
     expect([cache.length, cache.entries]).toEqual([100, 3]);
     expect(Array.from(keysOf(cache).subarray(0, 8))).toEqual([194, 195, 196, 197, 198, 199, 0, 0]);
+  });
+});
+
+describe('recycled buffers', () => {
+  it('hand an outgrown or released buffer to the next cache of that size, zeroed', () => {
+    const pool = new KvBufferPool();
+    const buffersOf = (cache: SequenceCache) => new Set([...cache.keys, ...cache.values].map((b) => b.buffer));
+    const first = new SequenceCache(1, shape(null), pool);
+    first.reserve(1); // 64 slots
+    keysOf(first).fill(7);
+    const outgrown = buffersOf(first);
+    const bytes = keysOf(first).byteLength;
+    first.reserve(65); // 128 slots: the 64-slot buffers go to the pool
+    expect(pool.bytes).toBe(2 * bytes);
+    const second = new SequenceCache(2, shape(null), pool);
+    second.reserve(1);
+    expect(buffersOf(second)).toEqual(outgrown);
+    expect([...second.keys, ...second.values].every((buffer) => buffer.every((v) => v === 0))).toBe(true);
+    expect(pool.bytes).toBe(0);
+
+    const grown = buffersOf(first);
+    first.release();
+    const third = new SequenceCache(3, shape(null), pool);
+    third.reserve(100); // 128 slots, like `first` had
+    expect(buffersOf(third)).toEqual(grown);
+  });
+
+  it('keep at most their limit', () => {
+    const pool = new KvBufferPool(1024);
+    pool.give(new Float32Array(200)); // 800 bytes
+    pool.give(new Float32Array(200)); // would pass 1024: dropped
+    expect(pool.bytes).toBe(800);
+    expect(pool.take(200).length).toBe(200);
+    expect(pool.bytes).toBe(0);
+  });
+
+  it('serve the batched past across rebuilds without changing what a step reads', () => {
+    const pool = new KvBufferPool();
+    const past = new BatchedPast(shape(null), pool);
+    const a = prefilled(3, null);
+    const b = prefilled(5, null);
+    keysOf(a).fill(1, 0, 6);
+    keysOf(b).fill(2, 0, 10);
+    const stepOf = (order: SequenceCache[]) =>
+      new BatchStep(
+        order.map((cache) => ({ cache, tokens: [1] })),
+        shape(null),
+        past,
+      );
+    const first = stepOf([a, b]);
+    const firstBuffers = [first.pastTensor(0, 'keys').buffer, first.pastTensor(0, 'values').buffer];
+    const snapshot = Array.from(first.pastTensor(0, 'keys'));
+    // The same sequences in the other order: a rebuild, into the buffers the first layout used.
+    const swapped = stepOf([b, a]).pastTensor(0, 'keys');
+    expect(firstBuffers).toContain(swapped.buffer);
+    const half = snapshot.length / 2;
+    expect(Array.from(swapped)).toEqual([...snapshot.slice(half), ...snapshot.slice(0, half)]);
   });
 });

@@ -15,7 +15,7 @@ import { IO } from '../graph/models.ts';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
-import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
+import { BatchedPast, BatchStep, type CacheShape, KvBufferPool, SequenceCache, type StepEntry } from './kv-cache.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
@@ -239,6 +239,8 @@ class EngineRuntime implements ModelRuntime {
   private nextId = 1;
   private readonly cacheShape: CacheShape;
   private readonly batchedPast: BatchedPast;
+  /** Every sequence's and the batched past's buffers come from, and go back to, this pool. */
+  private readonly kvPool = new KvBufferPool();
 
   constructor(
     readonly info: ModelInfo,
@@ -248,11 +250,11 @@ class EngineRuntime implements ModelRuntime {
     private readonly pagedExperts: PagedExperts | null = null,
   ) {
     this.cacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
-    this.batchedPast = new BatchedPast(this.cacheShape);
+    this.batchedPast = new BatchedPast(this.cacheShape, this.kvPool);
   }
 
   createSequence(): Sequence {
-    const cache = new SequenceCache(this.nextId++, this.cacheShape);
+    const cache = new SequenceCache(this.nextId++, this.cacheShape, this.kvPool);
     this.sequences.set(cache.id, cache);
     return cache;
   }
@@ -323,6 +325,7 @@ class EngineRuntime implements ModelRuntime {
     for (const cache of this.sequences.values()) cache.release();
     this.sequences.clear();
     this.batchedPast.clear();
+    this.kvPool.clear();
     await this.runner.dispose();
   }
 }
