@@ -1,7 +1,7 @@
 /**
  * Per-sequence KV cache kept in JS, and the per-step batch layout built from it: the past tensors,
- * the additive attention mask (causality, sliding window, batch padding) and the RoPE tables for
- * each token's absolute position.
+ * the additive attention mask (causality, sliding window, batch padding) and each token's
+ * absolute position (the RoPE table's row, engine/rope.ts).
  *
  * Each sequence holds, per layer, a key and a value buffer [kv_heads, capacity, head_dim] whose
  * first `entries` slots are valid; capacity grows by a quarter at a time. The graphs take the past
