@@ -18,6 +18,11 @@ export interface Expert {
    * kernels round a lone row differently, see runExperts); 1 for a kernel that treats every row alone.
    */
   rowMultiple?: number;
+  /**
+   * Optional: this expert and `other` at once (a paged expert runs them one per kernel thread);
+   * the same outputs as `run` on each.
+   */
+  runWith?(other: Expert, x: Float32Array, rows: number, otherX: Float32Array, otherRows: number): Promise<[Float32Array, Float32Array]>;
 }
 
 export interface ExpertProvider {
@@ -147,8 +152,8 @@ export async function runExperts(
     slots.push(slot);
   }
   const out = new Float32Array(rows * dim);
-  for (const [expert, slots] of [...byExpert].sort(([a], [b]) => a - b)) {
-    const runner = await provider.get(layer, expert);
+  /** The expert's rows of x, a multiple of its kernel's row multiple (the last one repeated). */
+  const inputFor = (runner: Expert, slots: number[]) => {
     // A multiple of MIN_MATMUL_ROWS rows (the last one repeated): how many rows an expert gets
     // depends on what the rest of the batch routed to it, and MatMulNBits rounds a lone trailing
     // row differently (see BatchStep), which would make a token's output depend on its batchmates.
@@ -159,12 +164,34 @@ export async function runExperts(
       const row = Math.floor(slots[Math.min(i, slots.length - 1)]! / k) * dim; // slots is never empty
       input.set(x.subarray(row, row + dim), i * dim);
     }
-    const y = await runner.run(input, padded);
+    return { input, padded };
+  };
+  const accumulate = (slots: number[], y: Float32Array) => {
     slots.forEach((slot, i) => {
       const row = Math.floor(slot / k) * dim;
       const weight = routing.weights[slot]!;
       for (let d = 0; d < dim; d++) out[row + d]! += weight * y[i * dim + d]!;
     });
+  };
+  // In expert order, two at a time where the provider can run them together: the sums happen in
+  // the same order either way.
+  const jobs = [...byExpert].sort(([a], [b]) => a - b);
+  for (let j = 0; j < jobs.length; j++) {
+    const [expert, slots] = jobs[j]!;
+    const runner = await provider.get(layer, expert);
+    const { input, padded } = inputFor(runner, slots);
+    const next = jobs[j + 1];
+    if (runner.runWith && next) {
+      const [nextExpert, nextSlots] = next;
+      const nextRunner = await provider.get(layer, nextExpert);
+      const nextInput = inputFor(nextRunner, nextSlots);
+      const [y, nextY] = await runner.runWith(nextRunner, input, padded, nextInput.input, nextInput.padded);
+      accumulate(slots, y);
+      accumulate(nextSlots, nextY);
+      j++;
+    } else {
+      accumulate(slots, await runner.run(input, padded));
+    }
   }
   return out;
 }

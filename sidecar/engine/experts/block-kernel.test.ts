@@ -124,6 +124,62 @@ describe('the whole expert is bit-identical to runBlockExpertScalar', () => {
   }
 });
 
+describe('two experts at once (runTogether), one per thread', () => {
+  // 64 / 160: every product below the split threshold; 512 / 1024: products the threads would share.
+  for (const [dim, ffn] of [
+    [64, 160],
+    [512, 1024],
+  ] as const) {
+    for (const bits of [4, 8] as const) {
+      for (const threads of [1, 2]) {
+        it(`dim ${dim} / ffn ${ffn}, ${EXPERT_FORMATS[bits]}, threads ${threads}: the same bits as two lone runs, 1–17 rows`, async () => {
+          const kernel = await kernelFor(dim, ffn, bits, threads);
+          try {
+            const first = pageIn(kernel, expertImage(dim, ffn, bits, 11), dim, ffn, bits);
+            const second = pageIn(kernel, expertImage(dim, ffn, bits, 23), dim, ffn, bits);
+            for (const [rowsA, rowsB] of [
+              [1, 1],
+              [3, 1],
+              [16, 16],
+              [17, 2],
+            ] as const) {
+              const xA = gaussianValues(200 + rowsA, rowsA * dim);
+              const xB = gaussianValues(300 + rowsB, rowsB * dim);
+              // Repeated: the helper may take the second expert's job or leave it to this thread.
+              for (let round = 0; round < 3; round++) {
+                const [a, b] = kernel.runTogether({ x: xA, rows: rowsA, weights: first }, { x: xB, rows: rowsB, weights: second });
+                expectSameBits(a, runBlockExpertScalar(xA, rowsA, first, dim, ffn), `first, ${rowsA} rows`);
+                expectSameBits(b, runBlockExpertScalar(xB, rowsB, second, dim, ffn), `second, ${rowsB} rows`);
+              }
+              // A lone run afterwards still sees its own scratch intact.
+              expectSameBits(kernel.run(xA, rowsA, first), runBlockExpertScalar(xA, rowsA, first, dim, ffn), 'lone run after');
+            }
+          } finally {
+            await kernel.dispose();
+          }
+        });
+      }
+    }
+  }
+
+  it('runs experts from different arenas one after the other, with the same bits', async () => {
+    const [dim, ffn] = [64, 160];
+    // One buffer per arena at first: the second expert lands in a second arena.
+    const kernel = await kernelFor(dim, ffn, 4, 2, undefined, 1);
+    try {
+      const first = pageIn(kernel, expertImage(dim, ffn, 4, 5), dim, ffn, 4);
+      const second = pageIn(kernel, expertImage(dim, ffn, 4, 6), dim, ffn, 4);
+      expect(first.w13.buffer).not.toBe(second.w13.buffer);
+      const x = gaussianValues(9, dim);
+      const [a, b] = kernel.runTogether({ x, rows: 1, weights: first }, { x, rows: 1, weights: second });
+      expectSameBits(a, runBlockExpertScalar(x, 1, first, dim, ffn), 'first');
+      expectSameBits(b, runBlockExpertScalar(x, 1, second, dim, ffn), 'second');
+    } finally {
+      await kernel.dispose();
+    }
+  });
+});
+
 describe('activation quantisation in the kernel', () => {
   it('rounds halves away from zero, keeps all-zero blocks at zero, and matches the reference on both', async () => {
     const [dim, ffn] = [64, 160];

@@ -57,6 +57,8 @@ export type KernelVariant = 'relaxed-simd' | 'simd';
 
 /** Activation rows quantised and multiplied per pass (scratch size; results do not depend on it). */
 const ROWS_PER_PASS = 16;
+/** The most rows per expert `runTogether` runs one expert per thread (one pass); beyond, one after the other. */
+export const TOGETHER_MAX_ROWS = ROWS_PER_PASS;
 /**
  * Output rows per claimed chunk when two threads share a product (a multiple of 4). Each claim
  * costs about a microsecond (atomics on a line both cores write, a call into the module): at 64
@@ -750,6 +752,8 @@ class Arena {
   /** The module's products by export name (`gemmName`). */
   readonly gemm: Record<string, Gemm>;
   readonly scratch: Scratch;
+  /** A second scratch, for an expert the helper thread runs whole while this thread runs another. */
+  readonly second: Scratch;
   /** The module's SwiGLU over this arena's scratch (see ExpertSteps). */
   readonly activate: (m: number) => void;
   /** The module's activation quantiser over this arena's scratch (see ExpertSteps). */
@@ -757,13 +761,15 @@ class Arena {
   private readonly free: number[] = [];
   private readonly stride: number;
   private readonly buffersStart: number;
+  private readonly swigluExport: (out: number, hidden: number, ffn: number, m: number) => void;
+  private readonly quantizeExport: (values: number, records: number, blocks: number) => void;
 
   constructor(
     readonly id: number,
     module: WebAssembly.Module,
     readonly layout: ArenaLayout,
     count: number,
-    ffn: number,
+    private readonly ffn: number,
   ) {
     this.buffersStart = layout.buffersStart;
     this.stride = layout.stride;
@@ -772,26 +778,37 @@ class Arena {
     const exports = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
     this.gemm = exports as Record<string, Gemm>;
     const { buffer } = this.memory;
-    this.scratch = {
-      x: new Uint8Array(buffer, layout.x, layout.size.x),
-      out: new Float32Array(buffer, layout.out, layout.size.out),
-      hidden: new Float32Array(buffer, layout.hidden, layout.size.hidden),
-      input: new Float32Array(buffer, layout.input, layout.size.input),
-    };
-    const swigluExport = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
-    const quantizeExport = exports.quantize as (values: number, records: number, blocks: number) => void;
-    const { input, hidden } = this.scratch;
-    this.activate = (m) => swigluExport(layout.out, layout.hidden, ffn, m);
-    this.quantize = (values, from, m, cols) => {
-      // The hidden values are already in this memory; the expert's input is copied in.
-      let at = layout.hidden + 4 * from;
-      if (values !== hidden) {
-        input.set(values.subarray(from, from + m * cols));
-        at = layout.input;
-      }
-      quantizeExport(at, layout.x, (m * cols) / BLOCK);
-    };
+    const views = (at: ScratchOffsets): Scratch => ({
+      x: new Uint8Array(buffer, at.x, layout.size.x),
+      out: new Float32Array(buffer, at.out, layout.size.out),
+      hidden: new Float32Array(buffer, at.hidden, layout.size.hidden),
+      input: new Float32Array(buffer, at.input, layout.size.input),
+    });
+    this.scratch = views(layout.first);
+    this.second = views(layout.second);
+    this.swigluExport = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
+    this.quantizeExport = exports.quantize as (values: number, records: number, blocks: number) => void;
+    const steps = this.stepsOver(layout.first, this.scratch);
+    this.activate = steps.activate;
+    this.quantize = steps.quantize;
     for (let slot = count - 1; slot >= 0; slot--) this.free.push(slot);
+  }
+
+  /** Quantisation and SwiGLU over the scratch at `at` (the module's exports work on addresses). */
+  stepsOver(at: ScratchOffsets, scratch: Scratch): Pick<ExpertSteps, 'quantize' | 'activate'> {
+    const { ffn } = this;
+    return {
+      activate: (m) => this.swigluExport(at.out, at.hidden, ffn, m),
+      quantize: (values, from, m, cols) => {
+        // The hidden values are already in this memory; the expert's input is copied in.
+        let address = at.hidden + 4 * from;
+        if (values !== scratch.hidden) {
+          scratch.input.set(values.subarray(from, from + m * cols));
+          address = at.input;
+        }
+        this.quantizeExport(address, at.x, (m * cols) / BLOCK);
+      },
+    };
   }
 
   /** A whole slot: the image's bytes and the tail block a direct read may fill. */
@@ -809,12 +826,18 @@ class Arena {
   }
 }
 
-interface ArenaLayout {
-  size: ReturnType<typeof scratchFor>;
+/** Where one scratch's parts start in an arena. */
+interface ScratchOffsets {
   x: number;
   out: number;
   hidden: number;
   input: number;
+}
+
+interface ArenaLayout {
+  size: ReturnType<typeof scratchFor>;
+  first: ScratchOffsets;
+  second: ScratchOffsets;
   buffersStart: number;
   /** Size and distance of buffers: an image rounded up to BUFFER_ALIGNMENT (a direct read may fill the tail block). */
   stride: number;
@@ -822,12 +845,16 @@ interface ArenaLayout {
 
 function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout {
   const size = scratchFor(dim, ffn);
-  const x = 0;
-  const out = alignUp(x + size.x, 64);
-  const hidden = alignUp(out + 4 * size.out, 64);
-  const input = alignUp(hidden + 4 * size.hidden, 64);
-  const buffersStart = alignUp(input + 4 * size.input, BUFFER_ALIGNMENT);
-  return { size, x, out, hidden, input, buffersStart, stride: directReadCapacity(bufferBytes) };
+  const scratchAt = (x: number): ScratchOffsets => {
+    const out = alignUp(x + size.x, 64);
+    const hidden = alignUp(out + 4 * size.out, 64);
+    const input = alignUp(hidden + 4 * size.hidden, 64);
+    return { x, out, hidden, input };
+  };
+  const first = scratchAt(0);
+  const second = scratchAt(alignUp(first.input + 4 * size.input, 64));
+  const buffersStart = alignUp(second.input + 4 * size.input, BUFFER_ALIGNMENT);
+  return { size, first, second, buffersStart, stride: directReadCapacity(bufferBytes) };
 }
 
 // ── sharing a product with a helper thread ─────────────────────────────────────────────────────
@@ -850,6 +877,11 @@ const FAILED = 3;
 const ARGS = 4; // two slots of: arena, product (index into `names`), w, n, m, x, out, chunks
 const SLOT = 8;
 /**
+ * The product index of a whole-expert job: one chunk, the expert's SwiGLU on the arena's second
+ * scratch; its slot holds arena, WHOLE_EXPERT, w13, w2, m, format (index into FORMATS), -, 1.
+ */
+const WHOLE_EXPERT = -1;
+/**
  * How long the helper keeps polling for the next product before it sleeps: longer than the gaps
  * between one expert's products and the next expert's, shorter than an attention layer (the
  * polling core is then taken from onnxruntime's threads).
@@ -860,16 +892,24 @@ const HELPER_TIMEOUT_MS = 30_000;
 
 const HELPER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { module, names, control, port } = workerData;
+const { module, names, control, port, second, dim, ffn } = workerData;
 const arenas = new Map();
 const receive = () => {
   const received = receiveMessageOnPort(port);
   if (received) {
     const { id, memory } = received.message;
     const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
-    arenas.set(id, names.map((name) => exports[name]));
+    arenas.set(id, { products: names.map((name) => exports[name]), swiglu: exports.swiglu, quantize: exports.quantize });
   }
   return received !== undefined;
+};
+// The same steps, in the same order, as swiglu() in block-kernel.ts, for m ≤ one pass of rows.
+const wholeExpert = (arena, w13, w2, m, format) => {
+  arena.quantize(second.input, second.x, (m * dim) / ${BLOCK});
+  arena.products[2 * format](w13, 0, 2 * ffn, m, second.x, second.out, 2 * ffn);
+  arena.swiglu(second.out, second.hidden, ffn, m);
+  arena.quantize(second.hidden, second.x, (m * ffn) / ${BLOCK});
+  arena.products[2 * format + 1](w2, 0, dim, m, second.x, second.out, dim);
 };
 let seenJob = Atomics.load(control, ${JOB});
 for (;;) {
@@ -892,7 +932,9 @@ for (;;) {
         // An arena posted just before this product may still be on its way.
         while (receive());
         for (let spins = 0; !arenas.has(id) && spins < 1e7; spins++) receive();
-        arenas.get(id)[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, x, out, n);
+        const arena = arenas.get(id);
+        if (product === ${WHOLE_EXPERT}) wholeExpert(arena, w, n, m, x);
+        else arena.products[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, x, out, n);
         more = true;
       } else more = chunk < chunks; // lost a race for a chunk: try the next one
     } catch {
@@ -910,16 +952,22 @@ class Helper {
   private readonly worker: Worker;
   private seq = 0;
 
-  /** `names`: the module's products, in the order the control words index them. */
+  /**
+   * `names`: the module's products, in the order the control words index them (per format, its
+   * product over dim inputs, then over ffn inputs). `second`: the arenas' second scratch.
+   */
   constructor(
     module: WebAssembly.Module,
     private readonly names: readonly string[],
+    second: ScratchOffsets,
+    dim: number,
+    ffn: number,
   ) {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.worker = new Worker(HELPER_SOURCE, {
       eval: true,
-      workerData: { module, names, control: this.control, port: port2 },
+      workerData: { module, names, control: this.control, port: port2, second, dim, ffn },
       transferList: [port2],
     });
     this.worker.unref();
@@ -929,25 +977,26 @@ class Helper {
     this.port.postMessage({ id: arena.id, memory: arena.memory });
   }
 
-  /** The product over all n output rows, chunks shared with the helper thread. */
-  share(arena: Arena, name: string, w: number, n: number, m: number): void {
+  /** Publishes a job of `chunks` chunks (arguments as the helper reads them) and wakes the helper. */
+  private publish(args: readonly number[], chunks: number): void {
     const { control } = this;
-    const x = arena.scratch.x.byteOffset;
-    const out = arena.scratch.out.byteOffset;
-    const chunks = Math.ceil(n / CHUNK_ROWS);
-    // No helper attempt of the previous product is in flight (we waited for INFLIGHT).
+    // No helper attempt of the previous job is in flight (we waited for INFLIGHT).
     this.seq = (this.seq % 0x7fff) + 1;
-    control.set([arena.id, this.names.indexOf(name), w, n, m, x, out, chunks], ARGS + (this.seq & 1) * SLOT);
+    control.set([...args, chunks], ARGS + (this.seq & 1) * SLOT);
     Atomics.store(control, CLAIM, this.seq << 16);
     Atomics.add(control, JOB, 1);
     Atomics.notify(control, JOB);
-    const gemm = arena.gemm[name]!;
-    for (;;) {
-      const chunk = Atomics.add(control, CLAIM, 1) & 0xffff;
-      if (chunk >= chunks) break;
-      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, x, out, n);
-    }
-    // Every chunk is claimed; wait for the ones the helper is still running.
+  }
+
+  /** The next unclaimed chunk of the published job, or null when all are taken. */
+  private claim(chunks: number): number | null {
+    const chunk = Atomics.add(this.control, CLAIM, 1) & 0xffff;
+    return chunk < chunks ? chunk : null;
+  }
+
+  /** Waits for the chunks the helper is still running, then reports a failure it had. */
+  private finish(): void {
+    const { control } = this;
     const deadline = performance.now() + HELPER_TIMEOUT_MS;
     for (let inflight = Atomics.load(control, INFLIGHT); inflight !== 0; inflight = Atomics.load(control, INFLIGHT)) {
       if (Atomics.wait(control, INFLIGHT, inflight, 1000) === 'timed-out' && performance.now() > deadline) {
@@ -956,6 +1005,35 @@ class Helper {
     }
     if (Atomics.exchange(control, FAILED, 0) !== 0)
       throw new Error("the expert kernel's helper thread failed on its part of a matrix product");
+  }
+
+  /** The product over all n output rows, chunks shared with the helper thread. */
+  share(arena: Arena, name: string, w: number, n: number, m: number): void {
+    const x = arena.scratch.x.byteOffset;
+    const out = arena.scratch.out.byteOffset;
+    const chunks = Math.ceil(n / CHUNK_ROWS);
+    this.publish([arena.id, this.names.indexOf(name), w, n, m, x, out], chunks);
+    const gemm = arena.gemm[name]!;
+    for (let chunk = this.claim(chunks); chunk !== null; chunk = this.claim(chunks)) {
+      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, x, out, n);
+    }
+    // Every chunk is claimed; wait for the ones the helper is still running.
+    this.finish();
+  }
+
+  /**
+   * Two experts at once: `second` whole on the helper thread (its input already in the arena's
+   * second scratch), while `first` runs here; if the helper has not taken its job by then, it
+   * runs here too. Each expert's steps are those of a lone run, so the outputs are the same bits.
+   */
+  together(arena: Arena, format: BlockFormat, second: ExpertWeights, m: number, first: () => void, runSecondHere: () => void): void {
+    this.publish([arena.id, WHOLE_EXPERT, second.w13.byteOffset, second.w2.byteOffset, m, FORMATS.indexOf(format), 0], 1);
+    try {
+      first();
+    } finally {
+      if (this.claim(1) !== null) runSecondHere();
+      this.finish();
+    }
   }
 
   async terminate(): Promise<void> {
@@ -977,6 +1055,13 @@ export interface BlockExpertKernelOptions {
   threads: number;
   /** Default: relaxed SIMD where it is available and exact (see `defaultKernelVariant`). */
   variant?: KernelVariant;
+}
+
+/** One expert's rows for `runTogether`: x [rows, dim] and the expert's weights in our buffers. */
+export interface ExpertInput {
+  x: Float32Array;
+  rows: number;
+  weights: ExpertWeights;
 }
 
 /**
@@ -1001,7 +1086,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
       throw new RangeError(`block experts need dim and ffn multiples of ${BLOCK}, not ${dim} and ${ffn}`);
     this.layout = arenaLayout(dim, ffn, options.bufferBytes);
     const names = FORMATS.flatMap((format) => [gemmName(format, dim), gemmName(format, ffn)]);
-    this.helper = options.threads > 1 ? new Helper(module, names) : null;
+    this.helper = options.threads > 1 ? new Helper(module, names, this.layout.second, dim, ffn) : null;
   }
 
   static async create(options: BlockExpertKernelOptions): Promise<BlockExpertKernel> {
@@ -1033,28 +1118,66 @@ export class BlockExpertKernel implements ExpertBufferPool {
 
   /** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x [rows, dim]; `weights` must live in one of our buffers. */
   run(x: Float32Array, rows: number, weights: ExpertWeights): Float32Array {
+    const arena = this.arenaOf(weights);
+    return swiglu(this.steps(arena, weights.format, 'shared'), x, rows, weights, this.options.dim, this.options.ffn);
+  }
+
+  /**
+   * Two experts (a decode step's top-2 at one token, say), one per thread: the helper runs the
+   * second whole while this thread runs the first, with no hand-off per product — small experts
+   * lost up to a third of their time to those. Each expert takes the steps of a lone `run`, so
+   * the outputs are the same bits. Falls back to two `run`s without a helper, across arenas, or
+   * beyond one pass of rows.
+   */
+  runTogether(first: ExpertInput, second: ExpertInput): [Float32Array, Float32Array] {
     const { dim, ffn } = this.options;
+    const arena = this.arenaOf(first.weights);
+    if (!this.helper || this.arenaOf(second.weights) !== arena || Math.max(first.rows, second.rows) > TOGETHER_MAX_ROWS) {
+      return [this.run(first.x, first.rows, first.weights), this.run(second.x, second.rows, second.weights)];
+    }
+    arena.second.input.set(second.x.subarray(0, second.rows * dim));
+    let firstOut: Float32Array = new Float32Array(0);
+    this.helper.together(
+      arena,
+      second.weights.format,
+      second.weights,
+      second.rows,
+      () => {
+        firstOut = swiglu(this.steps(arena, first.weights.format, 'alone'), first.x, first.rows, first.weights, dim, ffn);
+      },
+      () => void swiglu(this.steps(arena, second.weights.format, 'second'), second.x, second.rows, second.weights, dim, ffn),
+    );
+    return [firstOut, arena.second.out.slice(0, second.rows * dim)];
+  }
+
+  private arenaOf(weights: ExpertWeights): Arena {
     const arena = this.arenas.find((candidate) => candidate.owns(weights.w13));
     if (!arena?.owns(weights.w2)) {
       throw new RangeError("expert weights outside the kernel's arenas (allocate page-in buffers with BlockExpertKernel.allocate)");
     }
-    const steps: ExpertSteps = {
-      scratch: arena.scratch,
-      quantize: arena.quantize,
-      product: (matrix, n, cols, m) => this.product(arena, weights.format, matrix, n, cols, m),
-      activate: arena.activate,
-    };
-    return swiglu(steps, x, rows, weights, dim, ffn);
+    return arena;
   }
 
-  private product(arena: Arena, format: BlockFormat, matrix: Uint8Array, n: number, cols: number, m: number): void {
-    const name = gemmName(format, cols);
-    if (this.helper && matrix.byteLength >= SPLIT_MIN_BYTES && n >= 2 * CHUNK_ROWS) {
-      this.helper.share(arena, name, matrix.byteOffset, n, m);
-    } else {
-      const { x, out } = arena.scratch;
-      arena.gemm[name]!(matrix.byteOffset, 0, n, m, x.byteOffset, out.byteOffset, n);
-    }
+  /**
+   * An expert's steps on `arena`: on its first scratch with products shared with the helper
+   * ('shared') or on this thread ('alone'), or on its second scratch on this thread ('second').
+   */
+  private steps(arena: Arena, format: BlockFormat, mode: 'shared' | 'alone' | 'second'): ExpertSteps {
+    const scratch = mode === 'second' ? arena.second : arena.scratch;
+    const own = mode === 'second' ? arena.stepsOver(arena.layout.second, scratch) : arena;
+    return {
+      scratch,
+      quantize: own.quantize,
+      activate: own.activate,
+      product: (matrix, n, cols, m) => {
+        const name = gemmName(format, cols);
+        if (mode === 'shared' && this.helper && matrix.byteLength >= SPLIT_MIN_BYTES && n >= 2 * CHUNK_ROWS) {
+          this.helper.share(arena, name, matrix.byteOffset, n, m);
+        } else {
+          arena.gemm[name]!(matrix.byteOffset, 0, n, m, scratch.x.byteOffset, scratch.out.byteOffset, n);
+        }
+      },
+    };
   }
 
   async dispose(): Promise<void> {

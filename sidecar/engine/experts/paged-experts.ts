@@ -10,7 +10,7 @@ import { modelError, SidecarError } from '../../errors.ts';
 import type { Device } from '../device.ts';
 import { autoExpertCacheBytes } from '../memory-budget.ts';
 import type { Expert, ExpertProvider } from '../moe.ts';
-import { BlockExpertKernel, type KernelVariant } from './block-kernel.ts';
+import { BlockExpertKernel, type KernelVariant, TOGETHER_MAX_ROWS } from './block-kernel.ts';
 import { type EvictionPolicy, ExpertCache, type ExpertCacheStats, type ExpertLease, RouterPredictor } from './expert-cache.ts';
 import { ExpertStore, type ExpertStoreIndex } from './expert-store.ts';
 
@@ -150,20 +150,45 @@ export class PagedExperts implements ExpertProvider {
       if (next !== undefined && !this.ahead.has(next)) this.startAhead(layer, next);
     }
     lease.catch(() => undefined); // observed in run(); never an unhandled rejection
-    return {
-      // The kernel quantises and sums each row on its own: no padding rows needed.
-      rowMultiple: 1,
-      run: async (x, rows) => {
-        const waitStarted = performance.now();
-        const pinned = await lease;
-        this.cache.recordStall((performance.now() - waitStarted) / 1000);
-        try {
-          return this.kernel.run(x, rows, pinned.weights);
-        } finally {
-          pinned.release();
-        }
-      },
-    };
+    return new LeasedExpert(this, lease);
+  }
+
+  /** Runs a leased expert once its page-in (if any) is done; a failed page-in rejects with the store's error. */
+  async runLeased(lease: Promise<ExpertLease>, x: Float32Array, rows: number): Promise<Float32Array> {
+    const [pinned] = await this.pin([lease]);
+    try {
+      return this.kernel.run(x, rows, pinned!.weights);
+    } finally {
+      pinned!.release();
+    }
+  }
+
+  /** Two leased experts at once, one per kernel thread (BlockExpertKernel.runTogether). */
+  async runLeasedTogether(
+    leases: [Promise<ExpertLease>, Promise<ExpertLease>],
+    first: { x: Float32Array; rows: number },
+    second: { x: Float32Array; rows: number },
+  ): Promise<[Float32Array, Float32Array]> {
+    const [a, b] = await this.pin(leases);
+    try {
+      return this.kernel.runTogether({ ...first, weights: a!.weights }, { ...second, weights: b!.weights });
+    } finally {
+      a!.release();
+      b!.release();
+    }
+  }
+
+  /** Awaits every lease, counting the wait as a stall; on a failure, releases the ones that pinned. */
+  private async pin(leases: Promise<ExpertLease>[]): Promise<ExpertLease[]> {
+    const waitStarted = performance.now();
+    const settled = await Promise.allSettled(leases);
+    this.cache.recordStall((performance.now() - waitStarted) / 1000);
+    const failed = settled.find((result) => result.status === 'rejected');
+    if (failed) {
+      for (const result of settled) if (result.status === 'fulfilled') result.value.release();
+      throw failed.reason;
+    }
+    return settled.map((result) => (result as PromiseFulfilledResult<ExpertLease>).value);
   }
 
   private startAhead(layer: number, expert: number): void {
@@ -187,5 +212,47 @@ export class PagedExperts implements ExpertProvider {
     await this.cache.idle();
     this.cache.clear();
     await this.kernel.dispose();
+  }
+}
+
+/** An expert of `PagedExperts` under a lease: its page-in is awaited when it runs. */
+class LeasedExpert implements Expert {
+  // The kernel quantises and sums each row on its own: no padding rows needed.
+  readonly rowMultiple = 1;
+  /** Its page-in is done (set a microtask after the lease resolves). */
+  private pagedIn = false;
+
+  constructor(
+    private readonly owner: PagedExperts,
+    private readonly lease: Promise<ExpertLease>,
+  ) {
+    lease.then(
+      () => {
+        this.pagedIn = true;
+      },
+      () => undefined,
+    );
+  }
+
+  run(x: Float32Array, rows: number): Promise<Float32Array> {
+    return this.owner.runLeased(this.lease, x, rows);
+  }
+
+  /**
+   * Together (one per kernel thread) when both are this store's, `other` is already in memory and
+   * both fit one pass of the kernel; otherwise one after the other, so this one computes while
+   * `other` still pages in.
+   */
+  async runWith(
+    other: Expert,
+    x: Float32Array,
+    rows: number,
+    otherX: Float32Array,
+    otherRows: number,
+  ): Promise<[Float32Array, Float32Array]> {
+    if (other instanceof LeasedExpert && other.owner === this.owner && other.pagedIn && Math.max(rows, otherRows) <= TOGETHER_MAX_ROWS) {
+      return this.owner.runLeasedTogether([this.lease, other.lease], { x, rows }, { x: otherX, rows: otherRows });
+    }
+    return [await this.run(x, rows), await other.run(otherX, otherRows)];
   }
 }
