@@ -690,6 +690,9 @@ interface ExpertSteps {
   activate(m: number): void;
 }
 
+/** The steps that never leave this thread, over one scratch. */
+type LocalSteps = Omit<ExpertSteps, 'product'>;
+
 /** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x ([rows, dim]), ROWS_PER_PASS rows per pass. */
 function swiglu(steps: ExpertSteps, x: Float32Array, rows: number, weights: ExpertWeights, dim: number, ffn: number): Float32Array {
   const y = new Float32Array(rows * dim);
@@ -751,25 +754,20 @@ class Arena {
   readonly memory: WebAssembly.Memory;
   /** The module's products by export name (`gemmName`). */
   readonly gemm: Record<string, Gemm>;
-  readonly scratch: Scratch;
-  /** A second scratch, for an expert the helper thread runs whole while this thread runs another. */
-  readonly second: Scratch;
-  /** The module's SwiGLU over this arena's scratch (see ExpertSteps). */
-  readonly activate: (m: number) => void;
-  /** The module's activation quantiser over this arena's scratch (see ExpertSteps). */
-  readonly quantize: (values: Float32Array, from: number, m: number, cols: number) => void;
+  /**
+   * This thread's quantisation and SwiGLU over each scratch (the first, and a second for an expert
+   * the helper thread runs whole while this thread runs another); the module works on addresses.
+   */
+  readonly local: { first: LocalSteps; second: LocalSteps };
   private readonly free: number[] = [];
   private readonly stride: number;
   private readonly buffersStart: number;
-  private readonly swigluExport: (out: number, hidden: number, ffn: number, m: number) => void;
-  private readonly quantizeExport: (values: number, records: number, blocks: number) => void;
-
   constructor(
     readonly id: number,
     module: WebAssembly.Module,
-    readonly layout: ArenaLayout,
+    layout: ArenaLayout,
     count: number,
-    private readonly ffn: number,
+    ffn: number,
   ) {
     this.buffersStart = layout.buffersStart;
     this.stride = layout.stride;
@@ -778,37 +776,31 @@ class Arena {
     const exports = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
     this.gemm = exports as Record<string, Gemm>;
     const { buffer } = this.memory;
-    const views = (at: ScratchOffsets): Scratch => ({
-      x: new Uint8Array(buffer, at.x, layout.size.x),
-      out: new Float32Array(buffer, at.out, layout.size.out),
-      hidden: new Float32Array(buffer, at.hidden, layout.size.hidden),
-      input: new Float32Array(buffer, at.input, layout.size.input),
-    });
-    this.scratch = views(layout.first);
-    this.second = views(layout.second);
-    this.swigluExport = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
-    this.quantizeExport = exports.quantize as (values: number, records: number, blocks: number) => void;
-    const steps = this.stepsOver(layout.first, this.scratch);
-    this.activate = steps.activate;
-    this.quantize = steps.quantize;
-    for (let slot = count - 1; slot >= 0; slot--) this.free.push(slot);
-  }
-
-  /** Quantisation and SwiGLU over the scratch at `at` (the module's exports work on addresses). */
-  stepsOver(at: ScratchOffsets, scratch: Scratch): Pick<ExpertSteps, 'quantize' | 'activate'> {
-    const { ffn } = this;
-    return {
-      activate: (m) => this.swigluExport(at.out, at.hidden, ffn, m),
-      quantize: (values, from, m, cols) => {
-        // The hidden values are already in this memory; the expert's input is copied in.
-        let address = at.hidden + 4 * from;
-        if (values !== scratch.hidden) {
-          scratch.input.set(values.subarray(from, from + m * cols));
-          address = at.input;
-        }
-        this.quantizeExport(address, at.x, (m * cols) / BLOCK);
-      },
+    const swiglu = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
+    const quantize = exports.quantize as (values: number, records: number, blocks: number) => void;
+    const localSteps = (at: ScratchOffsets): LocalSteps => {
+      const scratch: Scratch = {
+        x: new Uint8Array(buffer, at.x, layout.size.x),
+        out: new Float32Array(buffer, at.out, layout.size.out),
+        hidden: new Float32Array(buffer, at.hidden, layout.size.hidden),
+        input: new Float32Array(buffer, at.input, layout.size.input),
+      };
+      return {
+        scratch,
+        activate: (m) => swiglu(at.out, at.hidden, ffn, m),
+        quantize: (values, from, m, cols) => {
+          // The hidden values are already in this memory; the expert's input is copied in.
+          let address = at.hidden + 4 * from;
+          if (values !== scratch.hidden) {
+            scratch.input.set(values.subarray(from, from + m * cols));
+            address = at.input;
+          }
+          quantize(address, at.x, (m * cols) / BLOCK);
+        },
+      };
     };
+    this.local = { first: localSteps(layout.first), second: localSteps(layout.second) };
+    for (let slot = count - 1; slot >= 0; slot--) this.free.push(slot);
   }
 
   /** A whole slot: the image's bytes and the tail block a direct read may fill. */
@@ -1009,8 +1001,8 @@ class Helper {
 
   /** The product over all n output rows, chunks shared with the helper thread. */
   share(arena: Arena, name: string, w: number, n: number, m: number): void {
-    const x = arena.scratch.x.byteOffset;
-    const out = arena.scratch.out.byteOffset;
+    const x = arena.local.first.scratch.x.byteOffset;
+    const out = arena.local.first.scratch.out.byteOffset;
     const chunks = Math.ceil(n / CHUNK_ROWS);
     this.publish([arena.id, this.names.indexOf(name), w, n, m, x, out], chunks);
     const gemm = arena.gemm[name]!;
@@ -1135,7 +1127,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
     if (!this.helper || this.arenaOf(second.weights) !== arena || Math.max(first.rows, second.rows) > TOGETHER_MAX_ROWS) {
       return [this.run(first.x, first.rows, first.weights), this.run(second.x, second.rows, second.weights)];
     }
-    arena.second.input.set(second.x.subarray(0, second.rows * dim));
+    arena.local.second.scratch.input.set(second.x.subarray(0, second.rows * dim));
     let firstOut: Float32Array = new Float32Array(0);
     this.helper.together(
       arena,
@@ -1147,7 +1139,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
       },
       () => void swiglu(this.steps(arena, second.weights.format, 'second'), second.x, second.rows, second.weights, dim, ffn),
     );
-    return [firstOut, arena.second.out.slice(0, second.rows * dim)];
+    return [firstOut, arena.local.second.scratch.out.slice(0, second.rows * dim)];
   }
 
   private arenaOf(weights: ExpertWeights): Arena {
@@ -1163,18 +1155,16 @@ export class BlockExpertKernel implements ExpertBufferPool {
    * ('shared') or on this thread ('alone'), or on its second scratch on this thread ('second').
    */
   private steps(arena: Arena, format: BlockFormat, mode: 'shared' | 'alone' | 'second'): ExpertSteps {
-    const scratch = mode === 'second' ? arena.second : arena.scratch;
-    const own = mode === 'second' ? arena.stepsOver(arena.layout.second, scratch) : arena;
+    const local = mode === 'second' ? arena.local.second : arena.local.first;
+    const { x, out } = local.scratch;
     return {
-      scratch,
-      quantize: own.quantize,
-      activate: own.activate,
+      ...local,
       product: (matrix, n, cols, m) => {
         const name = gemmName(format, cols);
         if (mode === 'shared' && this.helper && matrix.byteLength >= SPLIT_MIN_BYTES && n >= 2 * CHUNK_ROWS) {
           this.helper.share(arena, name, matrix.byteOffset, n, m);
         } else {
-          arena.gemm[name]!(matrix.byteOffset, 0, n, m, scratch.x.byteOffset, scratch.out.byteOffset, n);
+          arena.gemm[name]!(matrix.byteOffset, 0, n, m, x.byteOffset, out.byteOffset, n);
         }
       },
     };
