@@ -15,6 +15,7 @@ describe('sirocco serve configuration', () => {
       maxBatch: SERVE_DEFAULTS.maxBatch,
       maxQueue: SERVE_DEFAULTS.maxQueue,
       expertCacheMb: 'auto', // Mixtral's block experts fill what memory allows
+      kvCacheMb: 'auto', // KV memory for --max-batch sequences, faulted in at load
       sidecarSecret: null,
     });
   });
@@ -63,6 +64,15 @@ describe('sirocco serve configuration', () => {
     expect(loadServeConfig([`--expert-cache-mb=${flag}`], {})?.expertCacheMb).toBe(expected);
   });
 
+  it.each([
+    ['auto', 'auto'],
+    ['0', 0],
+    ['512', 512],
+    ['0.5', 0.5],
+  ] as const)('reads --kv-cache-mb %s as %j', (flag, expected) => {
+    expect(loadServeConfig(['--kv-cache-mb', flag], {})?.kvCacheMb).toBe(expected);
+  });
+
   it('takes the signing secret and tuning knobs from the environment', () => {
     const config = loadServeConfig([], {
       SIROCCO_SIDECAR_SECRET: 's3cret',
@@ -92,6 +102,7 @@ describe('sirocco serve configuration', () => {
       '--max-queue',
       '--device',
       '--expert-cache-mb',
+      '--kv-cache-mb',
       '--threads',
     ]) {
       expect(SERVE_HELP).toContain(flag);
@@ -116,6 +127,9 @@ describe('sirocco serve configuration', () => {
     [['--expert-cache-mb', 'Infinity'], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got Infinity/],
     [['--expert-cache-mb', ''], /--expert-cache-mb must be a number > 0 \(MiB\) or "auto", got ""/],
     [['--expert-cache-mb'], /--expert-cache-mb needs a value/],
+    [['--kv-cache-mb', '-1'], /--kv-cache-mb must be a number ≥ 0 \(MiB\) or "auto", got -1/],
+    [['--kv-cache-mb', 'some'], /--kv-cache-mb must be a number ≥ 0 \(MiB\) or "auto", got some/],
+    [['--kv-cache-mb', ''], /--kv-cache-mb must be a number ≥ 0 \(MiB\) or "auto", got ""/],
     [['--prot', '80'], /unknown option --prot; did you mean --port\?/],
     [['--max-batch', '0'], /--max-batch/],
     [['--device', 'tpu'], /--device must be one of cpu, cuda/],

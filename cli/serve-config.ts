@@ -3,7 +3,7 @@
  * variables, then defaults. Every bad value is a CliError naming the flag or variable.
  *
  * Flags: --model DIR[,DIR…]|demo|demo-small --host --port --region --device cpu|cuda --max-batch
- *        --max-queue --expert-cache-mb N|auto --threads
+ *        --max-queue --expert-cache-mb N|auto --kv-cache-mb N|auto --threads
  * Environment: SIROCCO_SIDECAR_SECRET (HMAC secret; when set every request except the /health and /ready probes must
  *        be signed), SIROCCO_REGION, SIROCCO_MAX_BODY_BYTES, SIROCCO_REQUEST_TIMEOUT_MS,
  *        SIROCCO_SHUTDOWN_GRACE_MS, SIROCCO_PREFILL_CHUNK_TOKENS, SIROCCO_ADMISSION_WINDOW_MS.
@@ -33,6 +33,10 @@ on stdout; SIGTERM or SIGINT shuts it down gracefully.
   --region NAME         region name reported to the edge (default $SIROCCO_REGION, else ${SERVE_DEFAULTS.region})
   --max-batch N         requests decoded together, ${describeRange(MAX_BATCH_RANGE)} (default ${SERVE_DEFAULTS.maxBatch})
   --max-queue N         requests waiting for a batch slot before a 503, ${describeRange(MAX_QUEUE_RANGE)} (default ${SERVE_DEFAULTS.maxQueue})
+  --kv-cache-mb N|auto  KV cache memory each model allocates and faults in at load, in MiB (0: none; caches
+                        are then allocated as they grow, and on fresh memory a step that grows many
+                        of them stalls). auto: room for --max-batch sequences of 256 tokens, at most
+                        1 GiB (default auto)
 ${ENGINE_FLAGS_HELP}
   -h, --help            this help
 
@@ -60,6 +64,7 @@ const FLAGS = {
   'max-queue': { type: 'string' },
   device: ENGINE_FLAGS.device,
   'expert-cache-mb': ENGINE_FLAGS['expert-cache-mb'],
+  'kv-cache-mb': { type: 'string' },
   threads: ENGINE_FLAGS.threads,
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -93,6 +98,7 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     maxQueue: parseNumberOption(values['max-queue'], 'max-queue', MAX_QUEUE_RANGE) ?? SERVE_DEFAULTS.maxQueue,
     // Mixtral's block experts fill what memory allows unless told otherwise.
     expertCacheMb: expertCacheMb ?? 'auto',
+    kvCacheMb: parseKvCacheMb(values['kv-cache-mb']),
     threads,
     sidecarSecret: secret ? secret : null,
     metricsToken: env[ENV.metricsToken] || null,
@@ -102,6 +108,17 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     prefillChunkTokens: envNumber(env, 'SIROCCO_PREFILL_CHUNK_TOKENS', SERVE_DEFAULTS.prefillChunkTokens, 1),
     admissionWindowMs: envNumber(env, 'SIROCCO_ADMISSION_WINDOW_MS', SERVE_DEFAULTS.admissionWindowMs, 0),
   };
+}
+
+/** `--kv-cache-mb`: MiB ≥ 0 (fractional allowed) or `auto` (the default). */
+function parseKvCacheMb(value: string | undefined): number | 'auto' {
+  if (value === undefined) return 'auto';
+  const trimmed = value.trim();
+  if (trimmed.toLowerCase() === 'auto') return 'auto';
+  const mb = Number(trimmed);
+  if (trimmed === '' || !Number.isFinite(mb) || mb < 0)
+    throw new CliError(`--kv-cache-mb must be a number ≥ 0 (MiB) or "auto", got ${trimmed === '' ? '""' : value}`);
+  return mb;
 }
 
 function envNumber(env: Record<string, string | undefined>, name: string, fallback: number, min: number): number {

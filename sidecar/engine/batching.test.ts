@@ -172,3 +172,39 @@ describe.each(MODELS)('%s: cache and batching agree with a full pass', (model) =
     await bad(() => runtime.forward([{ sequence, tokens: [1] }]), 'not active');
   });
 });
+
+describe.each(MODELS)('%s: KV memory reserved at load', (model) => {
+  const stores: ModelRuntime[] = [];
+  afterAll(() => Promise.all(stores.map((runtime) => runtime.dispose())));
+
+  it('backs the caches and changes no logit, across capacity steps and a batch that changes', async () => {
+    const store = join(work, `${model}-int4-reserve`);
+    await convertCheckpoint({ from: checkpointDir(model, 'hf'), to: store, precision: 'int4' });
+    const decode = async (runtime: ModelRuntime) => {
+      const [a, b, c] = [runtime.createSequence(), runtime.createSequence(), runtime.createSequence()];
+      await runtime.forward([
+        { sequence: a, tokens: tokens(20, 1) },
+        { sequence: b, tokens: tokens(3, 2) },
+      ]);
+      const out: string[] = [];
+      for (let i = 0; i < 80; i++) {
+        // c joins after 30 steps and a leaves after 60: the batch's past tensors are rebuilt.
+        const batch = [...(i < 60 ? [a] : []), b, ...(i >= 30 ? [c] : [])].map((sequence) => ({ sequence, tokens: [30 + i] }));
+        for (const logits of await runtime.forward(batch))
+          out.push(Buffer.from(logits.buffer, logits.byteOffset, logits.byteLength).toString('base64'));
+        if (i === 59) runtime.releaseSequence(a);
+      }
+      const inUse = runtime.kvReserve?.().inUse ?? 0;
+      for (const sequence of [b, c]) runtime.releaseSequence(sequence);
+      return { out, inUse };
+    };
+    const plain = await loadModel(store);
+    const reserved = await loadModel(store, { kvCacheMb: 4 });
+    stores.push(plain, reserved);
+    expect(reserved.kvReserve?.()).toEqual({ bytes: 4 * 2 ** 20, inUse: 0 });
+    expect(plain.kvReserve?.().bytes).toBe(0);
+    const [withReserve, without] = [await decode(reserved), await decode(plain)];
+    expect(withReserve.inUse).toBeGreaterThan(0);
+    expect(withReserve.out).toEqual(without.out);
+  });
+});

@@ -15,7 +15,7 @@ import { IO } from '../graph/models.ts';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
-import { BatchedPast, BatchStep, type CacheShape, KvBufferPool, SequenceCache, type StepEntry } from './kv-cache.ts';
+import { autoKvReserveBytes, BatchedPast, BatchStep, type CacheShape, KvBufferPool, SequenceCache, type StepEntry } from './kv-cache.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
@@ -57,6 +57,14 @@ export interface LoadOptions {
   onExpertPageIn?: (seconds: number) => void;
   /** Debug hook: called after each Mixtral layer's routing. */
   onRouting?: (event: RoutingEvent) => void;
+  /**
+   * KV memory allocated and faulted in at load, in MiB, from which the sequences' caches and the
+   * batch's past tensors are carved first; beyond it they are allocated as needed. 'auto': room for
+   * `maxSequences` sequences of 256 tokens, at most 1 GiB (kv-cache.ts). Default none: one-off runs.
+   */
+  kvCacheMb?: number | 'auto';
+  /** The most sequences decoded together: what `kvCacheMb: 'auto'` plans for (default 16). */
+  maxSequences?: number;
 }
 
 export interface Sequence {
@@ -85,6 +93,8 @@ export interface ModelRuntime {
   expertCacheStats?(): ExpertCacheStats | null;
   /** How the expert budget was chosen, when experts run from their block files. */
   expertBudgetReason?(): string | null;
+  /** KV memory reserved at load (bytes) and how much of it the caches hold now. */
+  kvReserve?(): { bytes: number; inUse: number };
   dispose(): Promise<void>;
 }
 
@@ -240,16 +250,20 @@ class EngineRuntime implements ModelRuntime {
   private readonly cacheShape: CacheShape;
   private readonly batchedPast: BatchedPast;
   /** Every sequence's and the batched past's buffers come from, and go back to, this pool. */
-  private readonly kvPool = new KvBufferPool();
+  private readonly kvPool: KvBufferPool;
 
   constructor(
     readonly info: ModelInfo,
     readonly dir: string,
     config: ModelConfig,
     private readonly runner: StepRunner,
+    kv: Pick<LoadOptions, 'kvCacheMb' | 'maxSequences'>,
     private readonly pagedExperts: PagedExperts | null = null,
   ) {
     this.cacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
+    const reserveBytes =
+      kv.kvCacheMb === 'auto' ? autoKvReserveBytes(this.cacheShape, kv.maxSequences ?? 16) : (kv.kvCacheMb ?? 0) * 2 ** 20;
+    this.kvPool = new KvBufferPool({ reserveBytes });
     this.batchedPast = new BatchedPast(this.cacheShape, this.kvPool);
   }
 
@@ -321,6 +335,10 @@ class EngineRuntime implements ModelRuntime {
     });
   }
 
+  kvReserve(): { bytes: number; inUse: number } {
+    return this.kvPool.reserve;
+  }
+
   async dispose(): Promise<void> {
     for (const cache of this.sequences.values()) cache.release();
     this.sequences.clear();
@@ -387,5 +405,5 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     eosId: config.eosId,
     precision: manifest.precision,
   };
-  return new EngineRuntime(info, storeDir, config, runner, paged);
+  return new EngineRuntime(info, storeDir, config, runner, options, paged);
 }

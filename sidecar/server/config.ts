@@ -20,6 +20,11 @@ export interface ServeConfig {
    * it from the memory available at load; undefined ⇒ all resident.
    */
   expertCacheMb: number | 'auto' | undefined;
+  /**
+   * KV memory reserved (allocated and faulted in) at load per model, in MiB, or 'auto': room for
+   * `maxBatch` sequences of 256 tokens, at most 1 GiB. 0 ⇒ none; caches are allocated as they grow.
+   */
+  kvCacheMb: number | 'auto';
   /** Intra-op threads per onnxruntime session; undefined ⇒ the engine's default. */
   threads: number | undefined;
   /** HMAC secret shared with the edge; null ⇒ requests are not signed. */

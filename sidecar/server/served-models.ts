@@ -60,6 +60,8 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
         device: config.device,
         threads: config.threads,
         expertCacheMb: config.expertCacheMb,
+        kvCacheMb: config.kvCacheMb,
+        maxSequences: config.maxBatch,
         onExpertPageIn: (seconds) => metrics.observeExpertPageIn(id ?? 'loading', seconds),
       };
       const runtime = await openModel(dir, options);
@@ -94,6 +96,7 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
         architecture: runtime.info.architecture,
         precision: runtime.info.precision,
         ...(experts ? { experts } : {}),
+        kvReservedMb: Math.round((runtime.kvReserve?.().bytes ?? 0) / 2 ** 20),
         contextLength: runtime.info.contextLength,
         seconds: Math.round(performance.now() - started) / 1000,
       });
