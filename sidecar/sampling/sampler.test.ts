@@ -99,6 +99,11 @@ describe('createSampler', () => {
     expect(new Set(draw({ temperature: 0.5, topP: 1, seed: 9 }, row, 500))).toEqual(new Set([0, 1]));
   });
 
+  it.each([1, 0.99])('never draws a NaN logit and still samples the rest (top_p %s)', (topP) => {
+    const row = new Float32Array([2, Number.NaN, 2, 1]);
+    expect(new Set(draw({ temperature: 1, topP, seed: 5 }, row, 2000))).toEqual(new Set([0, 2, 3]));
+  });
+
   it('picks a random seed when none is given', () => {
     const row = logitsRow();
     expect(draw({ temperature: 1, topP: 1 }, row, 50)).not.toEqual(draw({ temperature: 1, topP: 1 }, row, 50));

@@ -126,19 +126,28 @@ export function createSampler(options: SamplingOptions): Sampler {
       // An empty row has no maximum; like an infinite or NaN one it falls back to argmax.
       const max = logits[argmax(logits)] ?? Number.NaN;
       if (!Number.isFinite(max)) return argmax(logits);
-      bucketMass.fill(0);
       let total = 0;
+      if (topP >= 1) {
+        // No nucleus: the weights alone (the bucketing below doubles the cost of this loop).
+        for (let i = 0; i < logits.length; i++) {
+          const w = Math.exp(-((max - logits[i]!) / temperature));
+          const weight = w > 0 ? w : 0; // NaN logits count as 0
+          weights[i] = weight;
+          total += weight;
+        }
+        return pick(weights, 0, total * random());
+      }
+      bucketMass.fill(0);
       for (let i = 0; i < logits.length; i++) {
         const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits
         const w = Math.exp(-distance);
-        const weight = Math.max(w, 0); // NaN logits count as 0
+        const weight = w > 0 ? w : 0; // NaN logits count as 0
         weights[i] = weight;
         total += weight;
         const bucket = distance < BUCKET_COUNT / BUCKETS_PER_NAT ? Math.floor(distance * BUCKETS_PER_NAT) : BUCKET_COUNT - 1;
         buckets[i] = bucket;
         bucketMass[bucket]! += weight;
       }
-      if (topP >= 1) return pick(weights, 0, total * random());
       // Nucleus: the most likely tokens whose weights first reach topP of the total (ties at the cut-off kept).
       const threshold = nucleusThreshold(weights, buckets, bucketMass, topP * total);
       let kept = 0;
