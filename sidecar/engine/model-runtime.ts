@@ -247,23 +247,16 @@ class MoeRunner implements StepRunner {
 class EngineRuntime implements ModelRuntime {
   private readonly sequences = new Map<number, SequenceCache>();
   private nextId = 1;
-  private readonly cacheShape: CacheShape;
   private readonly batchedPast: BatchedPast;
-  /** Every sequence's and the batched past's buffers come from, and go back to, this pool. */
-  private readonly kvPool: KvBufferPool;
-
   constructor(
     readonly info: ModelInfo,
     readonly dir: string,
-    config: ModelConfig,
+    private readonly cacheShape: CacheShape,
     private readonly runner: StepRunner,
-    kv: Pick<LoadOptions, 'kvCacheMb' | 'maxSequences'>,
+    /** Every sequence's and the batched past's buffers come from, and go back to, this pool. */
+    private readonly kvPool: KvBufferPool,
     private readonly pagedExperts: PagedExperts | null = null,
   ) {
-    this.cacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
-    const reserveBytes =
-      kv.kvCacheMb === 'auto' ? autoKvReserveBytes(this.cacheShape, kv.maxSequences ?? 16) : (kv.kvCacheMb ?? 0) * 2 ** 20;
-    this.kvPool = new KvBufferPool({ reserveBytes });
     this.batchedPast = new BatchedPast(this.cacheShape, this.kvPool);
   }
 
@@ -362,6 +355,11 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
   const { config } = manifest;
   const settings: SessionSettings = { device: options.device ?? 'cpu', threads: options.threads ?? 2 };
   const path = (file: string) => join(storeDir, file);
+  const cacheShape: CacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
+  // Reserved before the experts open, so that `--expert-cache-mb auto` sees its memory as taken.
+  const reserveBytes =
+    options.kvCacheMb === 'auto' ? autoKvReserveBytes(cacheShape, options.maxSequences ?? 16) : (options.kvCacheMb ?? 0) * 2 ** 20;
+  const kvPool = new KvBufferPool({ reserveBytes });
 
   let runner: StepRunner;
   let paged: PagedExperts | null = null;
@@ -405,5 +403,5 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     eosId: config.eosId,
     precision: manifest.precision,
   };
-  return new EngineRuntime(info, storeDir, config, runner, options, paged);
+  return new EngineRuntime(info, storeDir, cacheShape, runner, kvPool, paged);
 }
