@@ -39,6 +39,7 @@ describe('sidecar metrics', () => {
       budgetBytes: 8192,
     }));
     metrics.observeExpertPageIn('mistral-small', 0.003);
+    metrics.watchKvReserve('mistral-small', () => ({ bytes: 16 * 2 ** 20, inUse: 4096 }));
 
     expect(await metrics.render()).toContain('sirocco_queue_depth{model="mistral-small"} 2');
     queueDepth = 5;
@@ -49,6 +50,8 @@ describe('sidecar metrics', () => {
     expect(text).toContain('sirocco_expert_cache_hits{model="mistral-small"} 90');
     expect(text).toContain('sirocco_expert_cache_resident_bytes{model="mistral-small"} 2048');
     expect(text).toContain('sirocco_expert_page_in_seconds_count{model="mistral-small"} 1');
+    expect(text).toContain('sirocco_kv_reserved_bytes{model="mistral-small"} 16777216');
+    expect(text).toContain('sirocco_kv_reserved_in_use_bytes{model="mistral-small"} 4096');
   });
 
   it('keeps registries separate so several servers can live in one process', async () => {

@@ -18,6 +18,8 @@ export interface SidecarMetrics {
   watchScheduler(model: string, stats: () => SchedulerStats): void;
   /** Expert-cache statistics of `model`, read at scrape time (null when it has no cache). */
   watchExpertCache(model: string, stats: () => ExpertCacheCounters | null): void;
+  /** The KV memory a model reserved at load and how much of it its caches hold now. */
+  watchKvReserve(model: string, stats: () => { bytes: number; inUse: number }): void;
   /** Page-in latency of one expert load, for engines that time them. */
   observeExpertPageIn(model: string, seconds: number): void;
   render(): Promise<string>;
@@ -127,6 +129,19 @@ export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics
   expertGauge('sirocco_expert_cache_paged_in_bytes', 'Bytes of expert weights paged in', (stats) => stats.bytesPagedIn);
   expertGauge('sirocco_expert_cache_resident_bytes', 'Bytes of expert weights resident now', (stats) => stats.residentBytes);
   expertGauge('sirocco_expert_cache_budget_bytes', 'Expert cache budget', (stats) => stats.budgetBytes);
+  const kvReserves = new Map<string, () => { bytes: number; inUse: number }>();
+  const kvGauge = (name: string, help: string, read: (stats: { bytes: number; inUse: number }) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['model'] as const,
+      registers,
+      collect() {
+        for (const [model, source] of kvReserves) this.set({ model }, read(source()));
+      },
+    });
+  kvGauge('sirocco_kv_reserved_bytes', 'KV cache memory reserved at load', (stats) => stats.bytes);
+  kvGauge('sirocco_kv_reserved_in_use_bytes', 'Reserved KV cache memory the caches hold now', (stats) => stats.inUse);
   const expertPageIn = new Histogram({
     name: 'sirocco_expert_page_in_seconds',
     help: 'Latency of paging one expert in',
@@ -157,6 +172,7 @@ export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics
     },
     watchScheduler: (model, stats) => void schedulers.set(model, stats),
     watchExpertCache: (model, stats) => void expertCaches.set(model, stats),
+    watchKvReserve: (model, stats) => void kvReserves.set(model, stats),
     observeExpertPageIn: (model, seconds) => expertPageIn.observe({ model }, seconds),
     render: () => registry.metrics(),
   };

@@ -88,6 +88,8 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
       });
       metrics.watchScheduler(id, () => scheduler.stats());
       if (runtime.expertCacheStats) metrics.watchExpertCache(id, () => runtime.expertCacheStats?.() ?? null);
+      const kvReserve = runtime.kvReserve?.bind(runtime);
+      if (kvReserve) metrics.watchKvReserve(id, kvReserve);
       served.push({ id, runtime, tokenizer, renderPrompt, scheduler, defaultMaxTokens: demo ? DEMO_DEFAULT_MAX_TOKENS : undefined });
       const experts = runtime.expertBudgetReason?.() ?? null;
       logger.info('model loaded', {

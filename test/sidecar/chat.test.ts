@@ -199,6 +199,9 @@ describe('models, health, load report and metrics', () => {
     expect(text).toMatch(/sirocco_completion_tokens_total\{model="mistral-tiny"\} [1-9]/);
     expect(text).toContain('sirocco_queue_depth{model="mistral-tiny"} 0');
     expect(text).toContain('sirocco_active_sequences{model="mistral-small"} 0');
+    // --kv-cache-mb auto: each model's KV memory, reserved at load.
+    expect(text).toMatch(/sirocco_kv_reserved_bytes\{model="mistral-tiny"\} [1-9]\d*/);
+    expect(text).toMatch(/sirocco_kv_reserved_in_use_bytes\{model="mistral-small"\} \d+/);
   });
 
   it('echoes the caller’s x-request-id, or makes one, and logs it as JSON', async () => {
