@@ -355,7 +355,12 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
   const { config } = manifest;
   const settings: SessionSettings = { device: options.device ?? 'cpu', threads: options.threads ?? 2 };
   const path = (file: string) => join(storeDir, file);
-  const cacheShape: CacheShape = { layers: config.nLayers, kvHeads: config.nKvHeads, headDim: config.headDim, window: config.slidingWindow };
+  const cacheShape: CacheShape = {
+    layers: config.nLayers,
+    kvHeads: config.nKvHeads,
+    headDim: config.headDim,
+    window: config.slidingWindow,
+  };
   // Reserved before the experts open, so that `--expert-cache-mb auto` sees its memory as taken.
   const reserveBytes =
     options.kvCacheMb === 'auto' ? autoKvReserveBytes(cacheShape, options.maxSequences ?? 16) : (options.kvCacheMb ?? 0) * 2 ** 20;

@@ -131,7 +131,7 @@ export function createSampler(options: SamplingOptions): Sampler {
         // No nucleus: the weights alone (the bucketing below doubles the cost of this loop).
         for (let i = 0; i < logits.length; i++) {
           const w = Math.exp(-((max - logits[i]!) / temperature));
-          const weight = w > 0 ? w : 0; // NaN logits count as 0
+          const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0 (Math.max(NaN, 0) is NaN)
           weights[i] = weight;
           total += weight;
         }
@@ -141,7 +141,7 @@ export function createSampler(options: SamplingOptions): Sampler {
       for (let i = 0; i < logits.length; i++) {
         const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits
         const w = Math.exp(-distance);
-        const weight = w > 0 ? w : 0; // NaN logits count as 0
+        const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0
         weights[i] = weight;
         total += weight;
         const bucket = distance < BUCKET_COUNT / BUCKETS_PER_NAT ? Math.floor(distance * BUCKETS_PER_NAT) : BUCKET_COUNT - 1;
