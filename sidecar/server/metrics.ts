@@ -1,12 +1,19 @@
 /**
  * The sidecar's Prometheus metrics (prom-client, one registry per server so tests can run several):
  * requests by route and status, time to first token and inter-token latency, tokens in and out,
- * queue depth, active sequences and batch size per model, and expert-cache statistics for MoE
- * models whose engine reports them. Gauges read live state at scrape time.
+ * queue depth, active sequences and batch size per model, the KV memory each model reserved, and
+ * expert-cache statistics for MoE models whose engine reports them. Gauges read live state at scrape
+ * time.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { ExpertCacheCounters } from '../engine/index.ts';
 import type { SchedulerObserver, SchedulerStats } from '../serving/scheduler.ts';
+
+/** A model's KV memory reserved at load, and the bytes of it its caches hold now. */
+export interface KvReserveStats {
+  bytes: number;
+  inUse: number;
+}
 
 export interface SidecarMetrics {
   readonly registry: Registry;
@@ -19,7 +26,7 @@ export interface SidecarMetrics {
   /** Expert-cache statistics of `model`, read at scrape time (null when it has no cache). */
   watchExpertCache(model: string, stats: () => ExpertCacheCounters | null): void;
   /** The KV memory a model reserved at load and how much of it its caches hold now. */
-  watchKvReserve(model: string, stats: () => { bytes: number; inUse: number }): void;
+  watchKvReserve(model: string, stats: () => KvReserveStats): void;
   /** Page-in latency of one expert load, for engines that time them. */
   observeExpertPageIn(model: string, seconds: number): void;
   render(): Promise<string>;
@@ -92,56 +99,24 @@ export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics
     registers,
   });
 
-  const schedulers = new Map<string, () => SchedulerStats>();
-  const schedulerGauge = (name: string, help: string, read: (stats: SchedulerStats) => number) =>
-    new Gauge({
-      name,
-      help,
-      labelNames: ['model'] as const,
-      registers,
-      collect() {
-        for (const [model, stats] of schedulers) this.set({ model }, read(stats()));
-      },
-    });
-  schedulerGauge('sirocco_queue_depth', 'Requests waiting for a batch slot', (stats) => stats.queueDepth);
-  schedulerGauge('sirocco_active_sequences', 'Sequences currently in the batch', (stats) => stats.activeSequences);
-  schedulerGauge('sirocco_tokens_per_second', 'Generated tokens per second over the last seconds', (stats) => stats.tokensPerSecond);
+  const schedulers = perModelGauges<SchedulerStats>(registers);
+  schedulers.gauge('sirocco_queue_depth', 'Requests waiting for a batch slot', (stats) => stats.queueDepth);
+  schedulers.gauge('sirocco_active_sequences', 'Sequences currently in the batch', (stats) => stats.activeSequences);
+  schedulers.gauge('sirocco_tokens_per_second', 'Generated tokens per second over the last seconds', (stats) => stats.tokensPerSecond);
 
-  const expertCaches = new Map<string, () => ExpertCacheCounters | null>();
-  const expertGauge = (name: string, help: string, read: (stats: ExpertCacheCounters) => number) =>
-    new Gauge({
-      name,
-      help,
-      labelNames: ['model'] as const,
-      registers,
-      collect() {
-        for (const [model, source] of expertCaches) {
-          const stats = source();
-          if (stats) this.set({ model }, read(stats));
-        }
-      },
-    });
+  const expertCaches = perModelGauges<ExpertCacheCounters>(registers);
   // Totals since start are exported as gauges because the engine owns the counting.
-  expertGauge('sirocco_expert_cache_hits', 'Expert lookups served from memory', (stats) => stats.hits);
-  expertGauge('sirocco_expert_cache_misses', 'Expert lookups that paged in from disk', (stats) => stats.misses);
-  expertGauge('sirocco_expert_cache_prefetch_hits', 'Prefetched experts that were then used', (stats) => stats.prefetchHits);
-  expertGauge('sirocco_expert_cache_prefetch_wasted', 'Prefetched experts evicted unused', (stats) => stats.prefetchWasted);
-  expertGauge('sirocco_expert_cache_paged_in_bytes', 'Bytes of expert weights paged in', (stats) => stats.bytesPagedIn);
-  expertGauge('sirocco_expert_cache_resident_bytes', 'Bytes of expert weights resident now', (stats) => stats.residentBytes);
-  expertGauge('sirocco_expert_cache_budget_bytes', 'Expert cache budget', (stats) => stats.budgetBytes);
-  const kvReserves = new Map<string, () => { bytes: number; inUse: number }>();
-  const kvGauge = (name: string, help: string, read: (stats: { bytes: number; inUse: number }) => number) =>
-    new Gauge({
-      name,
-      help,
-      labelNames: ['model'] as const,
-      registers,
-      collect() {
-        for (const [model, source] of kvReserves) this.set({ model }, read(source()));
-      },
-    });
-  kvGauge('sirocco_kv_reserved_bytes', 'KV cache memory reserved at load', (stats) => stats.bytes);
-  kvGauge('sirocco_kv_reserved_in_use_bytes', 'Reserved KV cache memory the caches hold now', (stats) => stats.inUse);
+  expertCaches.gauge('sirocco_expert_cache_hits', 'Expert lookups served from memory', (stats) => stats.hits);
+  expertCaches.gauge('sirocco_expert_cache_misses', 'Expert lookups that paged in from disk', (stats) => stats.misses);
+  expertCaches.gauge('sirocco_expert_cache_prefetch_hits', 'Prefetched experts that were then used', (stats) => stats.prefetchHits);
+  expertCaches.gauge('sirocco_expert_cache_prefetch_wasted', 'Prefetched experts evicted unused', (stats) => stats.prefetchWasted);
+  expertCaches.gauge('sirocco_expert_cache_paged_in_bytes', 'Bytes of expert weights paged in', (stats) => stats.bytesPagedIn);
+  expertCaches.gauge('sirocco_expert_cache_resident_bytes', 'Bytes of expert weights resident now', (stats) => stats.residentBytes);
+  expertCaches.gauge('sirocco_expert_cache_budget_bytes', 'Expert cache budget', (stats) => stats.budgetBytes);
+
+  const kvReserves = perModelGauges<KvReserveStats>(registers);
+  kvReserves.gauge('sirocco_kv_reserved_bytes', 'KV cache memory reserved at load', (stats) => stats.bytes);
+  kvReserves.gauge('sirocco_kv_reserved_in_use_bytes', 'Reserved KV cache memory the caches hold now', (stats) => stats.inUse);
   const expertPageIn = new Histogram({
     name: 'sirocco_expert_page_in_seconds',
     help: 'Latency of paging one expert in',
@@ -170,10 +145,29 @@ export function createSidecarMetrics({ defaultMetrics = true }: { defaultMetrics
         },
       };
     },
-    watchScheduler: (model, stats) => void schedulers.set(model, stats),
-    watchExpertCache: (model, stats) => void expertCaches.set(model, stats),
-    watchKvReserve: (model, stats) => void kvReserves.set(model, stats),
+    watchScheduler: (model, stats) => void schedulers.sources.set(model, stats),
+    watchExpertCache: (model, stats) => void expertCaches.sources.set(model, stats),
+    watchKvReserve: (model, stats) => void kvReserves.sources.set(model, stats),
     observeExpertPageIn: (model, seconds) => expertPageIn.observe({ model }, seconds),
     render: () => registry.metrics(),
   };
+}
+
+/** Gauges read at scrape time from one stats source per model; a source returning null reports nothing. */
+function perModelGauges<Stats>(registers: Registry[]) {
+  const sources = new Map<string, () => Stats | null>();
+  const gauge = (name: string, help: string, read: (stats: Stats) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['model'] as const,
+      registers,
+      collect() {
+        for (const [model, source] of sources) {
+          const stats = source();
+          if (stats) this.set({ model }, read(stats));
+        }
+      },
+    });
+  return { sources, gauge };
 }
