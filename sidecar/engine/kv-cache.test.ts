@@ -4,7 +4,8 @@
  * recycled.
  */
 import { describe, expect, it } from 'vitest';
-import { BatchedPast, BatchStep, type CacheShape, KvBufferPool, SequenceCache } from './kv-cache.ts';
+import { BatchedPast, BatchStep, type CacheShape, SequenceCache } from './kv-cache.ts';
+import { KvBufferPool } from './kv-memory.ts';
 
 const shape = (window: number | null): CacheShape => ({ layers: 1, kvHeads: 1, headDim: 2, window });
 
@@ -242,15 +243,6 @@ describe('recycled buffers', () => {
     expect(buffersOf(third)).toEqual(grown);
   });
 
-  it('keep at most their limit', () => {
-    const pool = new KvBufferPool({ keepBytes: 1024 });
-    pool.give(new Float32Array(200)); // 800 bytes
-    pool.give(new Float32Array(200)); // would pass 1024: dropped
-    expect(pool.bytes).toBe(800);
-    expect(pool.take(200).length).toBe(200);
-    expect(pool.bytes).toBe(0);
-  });
-
   it('serve the batched past across rebuilds without changing what a step reads', () => {
     const pool = new KvBufferPool();
     const past = new BatchedPast(shape(null), pool);
@@ -274,91 +266,30 @@ describe('recycled buffers', () => {
     expect(Array.from(swapped)).toEqual([...snapshot.slice(half), ...snapshot.slice(0, half)]);
   });
 
-  describe('with memory reserved up front', () => {
-    const MiB = 2 ** 20;
-    it('carve every buffer from the reserve, zeroed, and take them back for any later size', () => {
-      const pool = new KvBufferPool({ reserveBytes: MiB });
-      expect(pool.reserve).toEqual({ bytes: MiB, inUse: 0 });
-      const a = pool.take(1000);
-      const b = pool.take(3000);
-      a.fill(5);
-      b.fill(6);
-      expect(a.buffer).toBe(b.buffer);
-      expect(b.byteOffset).toBeGreaterThanOrEqual(a.byteOffset + a.byteLength);
-      expect(b.byteOffset % 64).toBe(0);
-      expect(pool.reserve.inUse).toBe(4 * (1008 + 3008)); // rounded to 64-byte lines
-      pool.give(a);
-      pool.give(b);
-      expect(pool.reserve.inUse).toBe(0);
-      expect(pool.bytes).toBe(0); // back in the reserve, not kept by length
-      // The two returned ranges merged: a buffer larger than either fits where they were, zeroed.
-      const c = pool.take(4000);
-      expect(c.byteOffset).toBe(a.byteOffset);
-      expect(c.every((v) => v === 0)).toBe(true);
-    });
-
-    it('merge a returned buffer with free neighbours on both sides', () => {
-      const pool = new KvBufferPool({ reserveBytes: 64 * 1024 }); // 16,384 floats
-      const [a, b, c, d] = [pool.take(4096), pool.take(4096), pool.take(4096), pool.take(4096)];
-      expect(new Set([a, b, c, d].map((buffer) => buffer.buffer)).size).toBe(1);
-      expect(pool.take(16).buffer).not.toBe(a.buffer); // full: a new allocation
-      pool.give(a);
-      pool.give(c);
-      pool.give(b); // joins a's and c's ranges into one
-      expect(pool.take(3 * 4096).byteOffset).toBe(a.byteOffset);
-      expect(pool.reserve.inUse).toBe(pool.reserve.bytes);
-    });
-
-    it('fall back to new buffers beyond the reserve and keep those by length as before', () => {
-      const pool = new KvBufferPool({ reserveBytes: 64 * 1024, keepBytes: MiB });
-      const big = pool.take(32 * 1024); // larger than the whole reserve
-      expect(big.byteOffset).toBe(0);
-      expect(big.buffer.byteLength).toBe(big.byteLength);
-      pool.give(big);
-      expect(pool.bytes).toBe(big.byteLength);
-      expect(pool.take(32 * 1024).buffer).toBe(big.buffer);
-      // A reserve buffer returned twice (or a view into one) is ignored: never kept by length,
-      // where a later take would hand out memory the reserve hands out too.
-      const small = pool.take(64);
-      pool.give(small);
-      pool.give(small);
-      pool.give(small.subarray(0, 32));
-      expect(pool.reserve.inUse).toBe(0);
-      expect(pool.bytes).toBe(0);
-      // An empty buffer (a batch's past before any sequence has a slot) holds no reserve memory, so
-      // returning it cannot free the range of the next buffer placed at the same offset.
-      const empty = pool.take(0);
-      const next = pool.take(64);
-      pool.give(empty);
-      expect(pool.reserve.inUse).toBe(256);
-      expect(pool.take(64).byteOffset).not.toBe(next.byteOffset);
-    });
-
-    it('back sequences and the batched past without changing what a step reads', () => {
-      const steps = (pool: KvBufferPool) => {
-        const past = new BatchedPast(shape(null), pool);
-        const caches = [new SequenceCache(1, shape(null), pool), new SequenceCache(2, shape(null), pool)];
-        const seen: number[][] = [];
-        for (let i = 0; i < 70; i++) {
-          const step = new BatchStep(
-            caches.map((cache) => ({ cache, tokens: [1] })),
-            shape(null),
-            past,
-          );
-          seen.push(Array.from(step.pastTensor(0, 'keys')));
-          step.store(
-            0,
-            'keys',
-            Float32Array.from({ length: 4 }, (_, j) => i * 10 + j),
-          );
-          step.store(0, 'values', new Float32Array(4));
-          step.commit(); // crosses the 64-slot capacity step at i = 64
-        }
-        return seen;
-      };
-      const reserved = new KvBufferPool({ reserveBytes: MiB });
-      expect(steps(reserved)).toEqual(steps(new KvBufferPool()));
-      expect(reserved.reserve.inUse).toBeGreaterThan(0);
-    });
+  it('serve sequences and the batched past from memory reserved up front without changing what a step reads', () => {
+    const steps = (pool: KvBufferPool) => {
+      const past = new BatchedPast(shape(null), pool);
+      const caches = [new SequenceCache(1, shape(null), pool), new SequenceCache(2, shape(null), pool)];
+      const seen: number[][] = [];
+      for (let i = 0; i < 70; i++) {
+        const step = new BatchStep(
+          caches.map((cache) => ({ cache, tokens: [1] })),
+          shape(null),
+          past,
+        );
+        seen.push(Array.from(step.pastTensor(0, 'keys')));
+        step.store(
+          0,
+          'keys',
+          Float32Array.from({ length: 4 }, (_, j) => i * 10 + j),
+        );
+        step.store(0, 'values', new Float32Array(4));
+        step.commit(); // crosses the 64-slot capacity step at i = 64
+      }
+      return seen;
+    };
+    const reserved = new KvBufferPool({ reserveBytes: 2 ** 20 });
+    expect(steps(reserved)).toEqual(steps(new KvBufferPool()));
+    expect(reserved.reserve.inUse).toBeGreaterThan(0);
   });
 });

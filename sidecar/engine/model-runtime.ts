@@ -15,7 +15,8 @@ import { IO } from '../graph/models.ts';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
-import { autoKvReserveBytes, BatchedPast, BatchStep, type CacheShape, KvBufferPool, SequenceCache, type StepEntry } from './kv-cache.ts';
+import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
+import { autoKvReserveBytes, KvBufferPool } from './kv-memory.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
