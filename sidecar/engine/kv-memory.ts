@@ -11,6 +11,12 @@ export interface KvShape {
   headDim: number;
 }
 
+/** The KV memory reserved at load, and the bytes of it that buffers hold now. */
+export interface KvReserveStats {
+  bytes: number;
+  inUse: number;
+}
+
 /** Memory a runtime's pool keeps for reuse at most (beyond it, released buffers are dropped). */
 const DEFAULT_POOL_BYTES = 256 * 2 ** 20;
 
@@ -150,7 +156,7 @@ export class KvBufferPool {
   }
 
   /** The reserve's size and how much of it buffers hold now. */
-  get reserve(): { bytes: number; inUse: number } {
+  get reserve(): KvReserveStats {
     return { bytes: this.reserved?.bytes ?? 0, inUse: this.reserved?.bytesInUse ?? 0 };
   }
 

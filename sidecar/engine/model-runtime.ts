@@ -16,7 +16,7 @@ import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
 import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
-import { autoKvReserveBytes, KvBufferPool } from './kv-memory.ts';
+import { autoKvReserveBytes, KvBufferPool, type KvReserveStats } from './kv-memory.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
@@ -61,7 +61,7 @@ export interface LoadOptions {
   /**
    * KV memory allocated and faulted in at load, in MiB, from which the sequences' caches and the
    * batch's past tensors are carved first; beyond it they are allocated as needed. 'auto': room for
-   * `maxSequences` sequences of 256 tokens, at most 1 GiB (kv-cache.ts). Default none: one-off runs.
+   * `maxSequences` sequences of 256 tokens, at most 1 GiB (kv-memory.ts). Default none: one-off runs.
    */
   kvCacheMb?: number | 'auto';
   /** The most sequences decoded together: what `kvCacheMb: 'auto'` plans for (default 16). */
@@ -95,7 +95,7 @@ export interface ModelRuntime {
   /** How the expert budget was chosen, when experts run from their block files. */
   expertBudgetReason?(): string | null;
   /** KV memory reserved at load (bytes) and how much of it the caches hold now. */
-  kvReserve?(): { bytes: number; inUse: number };
+  kvReserve?(): KvReserveStats;
   dispose(): Promise<void>;
 }
 
@@ -329,7 +329,7 @@ class EngineRuntime implements ModelRuntime {
     });
   }
 
-  kvReserve(): { bytes: number; inUse: number } {
+  kvReserve(): KvReserveStats {
     return this.kvPool.reserve;
   }
 

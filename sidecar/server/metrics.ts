@@ -6,14 +6,8 @@
  * time.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type { ExpertCacheCounters } from '../engine/index.ts';
+import type { ExpertCacheCounters, KvReserveStats } from '../engine/index.ts';
 import type { SchedulerObserver, SchedulerStats } from '../serving/scheduler.ts';
-
-/** A model's KV memory reserved at load, and the bytes of it its caches hold now. */
-export interface KvReserveStats {
-  bytes: number;
-  inUse: number;
-}
 
 export interface SidecarMetrics {
   readonly registry: Registry;
