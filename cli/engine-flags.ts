@@ -39,15 +39,20 @@ export function parsePrecision(value: string | undefined): Precision | undefined
   return value as Precision;
 }
 
-/** `--expert-cache-mb`: a positive number of MiB (fractional allowed) or `auto`. */
-export function parseExpertCacheMb(value: string | undefined): number | 'auto' | undefined {
+/** A memory flag's value: MiB (fractional allowed) above 0 (or 0 itself with `allowZero`), or `auto`. */
+export function parseMbOrAuto(value: string | undefined, flag: string, { allowZero }: { allowZero: boolean }): number | 'auto' | undefined {
   if (value === undefined) return undefined;
   const trimmed = value.trim();
   if (trimmed.toLowerCase() === 'auto') return 'auto';
   const mb = Number(trimmed);
-  if (trimmed === '' || !Number.isFinite(mb) || mb <= 0)
-    throw new CliError(`--expert-cache-mb must be a number > 0 (MiB) or "auto", got ${trimmed === '' ? '""' : value}`);
+  if (trimmed === '' || !Number.isFinite(mb) || mb < 0 || (mb === 0 && !allowZero))
+    throw new CliError(`--${flag} must be a number ${allowZero ? '≥' : '>'} 0 (MiB) or "auto", got ${trimmed === '' ? '""' : value}`);
   return mb;
+}
+
+/** `--expert-cache-mb`: a positive number of MiB (fractional allowed) or `auto`. */
+export function parseExpertCacheMb(value: string | undefined): number | 'auto' | undefined {
+  return parseMbOrAuto(value, 'expert-cache-mb', { allowZero: false });
 }
 
 export function parseEngineFlags(values: EngineFlagValues): EngineFlags {

@@ -12,7 +12,7 @@
 import { ENV } from '../shared/protocol.ts';
 import { DEMO_DEFAULT_MAX_TOKENS, SERVE_DEFAULTS, type ServeConfig } from '../sidecar/server/config.ts';
 import { CliError, describeRange, parseCommandArgs, parseNumberOption } from './args.ts';
-import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags } from './engine-flags.ts';
+import { ENGINE_FLAGS, ENGINE_FLAGS_HELP, parseEngineFlags, parseMbOrAuto } from './engine-flags.ts';
 
 /** Ranges shared by the parser and the help text. */
 const PORT_RANGE = { integer: true, min: 0, max: 65535 };
@@ -98,7 +98,7 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     maxQueue: parseNumberOption(values['max-queue'], 'max-queue', MAX_QUEUE_RANGE) ?? SERVE_DEFAULTS.maxQueue,
     // Mixtral's block experts fill what memory allows unless told otherwise.
     expertCacheMb: expertCacheMb ?? 'auto',
-    kvCacheMb: parseKvCacheMb(values['kv-cache-mb']),
+    kvCacheMb: parseMbOrAuto(values['kv-cache-mb'], 'kv-cache-mb', { allowZero: true }) ?? 'auto',
     threads,
     sidecarSecret: secret ? secret : null,
     metricsToken: env[ENV.metricsToken] || null,
@@ -108,17 +108,6 @@ export function loadServeConfig(argv: string[], env: Record<string, string | und
     prefillChunkTokens: envNumber(env, 'SIROCCO_PREFILL_CHUNK_TOKENS', SERVE_DEFAULTS.prefillChunkTokens, 1),
     admissionWindowMs: envNumber(env, 'SIROCCO_ADMISSION_WINDOW_MS', SERVE_DEFAULTS.admissionWindowMs, 0),
   };
-}
-
-/** `--kv-cache-mb`: MiB ≥ 0 (fractional allowed) or `auto` (the default). */
-function parseKvCacheMb(value: string | undefined): number | 'auto' {
-  if (value === undefined) return 'auto';
-  const trimmed = value.trim();
-  if (trimmed.toLowerCase() === 'auto') return 'auto';
-  const mb = Number(trimmed);
-  if (trimmed === '' || !Number.isFinite(mb) || mb < 0)
-    throw new CliError(`--kv-cache-mb must be a number ≥ 0 (MiB) or "auto", got ${trimmed === '' ? '""' : value}`);
-  return mb;
 }
 
 function envNumber(env: Record<string, string | undefined>, name: string, fallback: number, min: number): number {
