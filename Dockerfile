@@ -6,12 +6,22 @@
 #     --host 0.0.0.0 --port 8080 --region eu-west --model /models/mistral-7b-int4
 #
 # Without arguments it serves the two demo models. Put TLS in front of it: the edge must reach it over https.
-FROM node:20-slim
 
+# Build stage: the full node image has python3, make and g++, which `npm ci` uses to build the native
+# expert kernel (binding.gyp); the runtime image does without them.
+FROM node:20 AS build
 WORKDIR /app
 # Only what the sidecar runs (the edge deploys to Cloudflare, not here); no CUDA download on CPU hosts.
-COPY package.json package-lock.json .npmrc ./
-RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+COPY package.json package-lock.json .npmrc binding.gyp ./
+COPY scripts/build-native.mjs ./scripts/
+COPY sidecar/engine/experts/native ./sidecar/engine/experts/native
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund && test -f build/Release/block_gemm.node
+
+FROM node:20-slim
+WORKDIR /app
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/build/Release/block_gemm.node ./build/Release/block_gemm.node
+COPY package.json ./
 COPY bin ./bin
 COPY cli ./cli
 COPY shared ./shared

@@ -1,6 +1,7 @@
 /**
  * The block expert kernel as a specification: bit-identical to its plain-JS reference for Q4_0
- * and Q8_0, for both SIMD variants, on one or two threads, from every arena and for any batch;
+ * and Q8_0, for every variant (native on each x86 instruction set this CPU has, both WebAssembly
+ * SIMD ones), on one or two threads, from every arena and for any batch;
  * close to a float64 evaluation of the dequantised weights; and its buffer pool hands out
  * aligned, disjoint page-in buffers.
  */
@@ -28,6 +29,7 @@ import {
   expertViews,
   quantizeExpert,
 } from './expert-store.ts';
+import { loadNativeGemm, type NativeIsa } from './native-gemm.ts';
 
 /** An expert file image quantised from random Gaussian weights. */
 function expertImage(dim: number, ffn: number, bits: ExpertBits, seed: number): Uint8Array {
@@ -56,14 +58,29 @@ function expectSameBits(actual: Float32Array, expected: Float32Array, label: str
   expect(differing, `${label}: first differing output`).toBe(-1);
 }
 
-const relaxed = (await defaultKernelVariant()).variant === 'relaxed-simd';
-const VARIANTS: KernelVariant[] = relaxed ? ['simd', 'relaxed-simd'] : ['simd'];
+/** The native instruction sets this CPU runs, best first (none where the addon is not built). */
+const nativeIsas = (['avx512vnni', 'avx2'] as const).filter((isa) => loadNativeGemm(isa).gemm !== null);
+const VARIANTS: KernelVariant[] = ['simd', 'relaxed-simd', ...nativeIsas.map((isa): KernelVariant => `native-${isa}`)];
 
 describe('the variant this engine runs', () => {
-  it('is relaxed SIMD on Node 20 and later (exact i16x8 dot products checked at load)', async () => {
+  it('is the native kernel on x86: built at install, on the best instruction set the CPU has, checked at load', async () => {
     const { variant, note } = await defaultKernelVariant();
-    expect(Number(process.versions.node.split('.')[0])).toBeGreaterThanOrEqual(20);
-    expect({ variant, note }).toEqual({ variant: 'relaxed-simd', note: null });
+    if (process.arch !== 'x64') return expect(variant).toMatch(/simd$/);
+    const best: NativeIsa = loadNativeGemm().gemm?.isa ?? 'avx2';
+    expect({ variant, note }).toEqual({ variant: `native-${best}`, note: null });
+  });
+
+  it('is relaxed SIMD without the native kernel, on Node 20 and later (exact i16x8 dot products checked at load)', async () => {
+    const kernel = await BlockExpertKernel.create({
+      dim: 64,
+      ffn: 160,
+      bufferBytes: 4096,
+      expectedBuffers: 1,
+      threads: 1,
+      variant: 'relaxed-simd',
+    });
+    expect(kernel.variant).toBe('relaxed-simd');
+    await kernel.dispose();
   });
 });
 
@@ -104,7 +121,8 @@ describe('the whole expert is bit-identical to runBlockExpertScalar', () => {
     [512, 1024],
   ] as const) {
     for (const bits of [4, 8] as const) {
-      for (const variant of bits === 4 ? VARIANTS : (['simd'] as KernelVariant[])) {
+      // The relaxed variant differs from the plain one in Q4_0 only.
+      for (const variant of VARIANTS.filter((v) => bits === 4 || v !== 'relaxed-simd')) {
         for (const threads of [1, 2]) {
           it(`dim ${dim} / ffn ${ffn}, ${EXPERT_FORMATS[bits]}, ${variant}, threads ${threads}, 1, 3 and 17 rows`, async () => {
             const kernel = await kernelFor(dim, ffn, bits, threads, variant);

@@ -52,8 +52,16 @@ import {
 import { DIRECT_IO_ALIGNMENT, directReadCapacity } from './direct-read.ts';
 import type { ExpertBufferPool } from './expert-cache.ts';
 import type { ExpertWeights } from './expert-store.ts';
+import { loadNativeGemm, type NativeGemm, type NativeIsa, type NativeProduct } from './native-gemm.ts';
 
-export type KernelVariant = 'relaxed-simd' | 'simd';
+/** The WebAssembly module's variants of the Q4_0 inner product (same bits). */
+export type WasmVariant = 'relaxed-simd' | 'simd';
+/**
+ * Which code runs the products: the native addon on an x86 instruction set (native-gemm.ts), or
+ * the WebAssembly module alone. All give the same bits; a native variant still runs the activation
+ * steps (quantisation, SwiGLU) in the module.
+ */
+export type KernelVariant = `native-${NativeIsa}` | WasmVariant;
 
 /** Activation rows quantised and multiplied per pass (scratch size; results do not depend on it). */
 const ROWS_PER_PASS = 16;
@@ -462,6 +470,12 @@ const kernelText = (variant: KernelVariant, widths: readonly number[]): string =
 
 /** One specialised product (see `gemm`). */
 type Gemm = (w: number, row: number, rowEnd: number, m: number, x: number, out: number, n: number) => void;
+/** A product's export name and what it multiplies. */
+interface ProductShape {
+  name: string;
+  format: BlockFormat;
+  cols: number;
+}
 const FORMATS: readonly BlockFormat[] = ['q4_0', 'q8_0'];
 
 type Wabt = Awaited<ReturnType<typeof wabtInit>>;
@@ -492,9 +506,12 @@ function engineAccepts(bytes: Uint8Array<ArrayBuffer>): boolean {
   return WebAssembly.validate(bytes);
 }
 
-/** The width the relaxed variant is checked on. */
+/** The width the faster variants are checked on. */
 const PROBE_COLS = 128;
+/** Activation rows in the check: more than one pass of the native kernel's rows. */
+const PROBE_ROWS = 5;
 let relaxedCheck: Promise<string | null> | null = null;
+const nativeChecks = new Map<NativeIsa | 'best', Promise<{ gemm: NativeGemm | null; note: string | null }>>();
 
 /** Null where the relaxed variant runs here and agrees bit for bit with the plain one; else why not. */
 function relaxedUnavailable(): Promise<string | null> {
@@ -502,18 +519,41 @@ function relaxedUnavailable(): Promise<string | null> {
     const toolkit = await loadWabt();
     const relaxedBytes = assemble(toolkit, 'relaxed-simd', [PROBE_COLS]);
     if (!engineAccepts(relaxedBytes)) return 'this WebAssembly engine has no relaxed SIMD';
-    const plain = new WebAssembly.Module(assemble(toolkit, 'simd', [PROBE_COLS]));
-    return agreesWithPlain(new WebAssembly.Module(relaxedBytes), plain)
+    const relaxed = new WebAssembly.Module(relaxedBytes);
+    const plain = await moduleFor('simd', [PROBE_COLS]);
+    return probeBits('q4_0', (memory) => moduleGemm(relaxed, memory, 'q4_0', PROBE_COLS)) ===
+      probeBits('q4_0', (memory) => moduleGemm(plain, memory, 'q4_0', PROBE_COLS))
       ? null
       : 'relaxed SIMD dot products disagree with the exact ones on this engine';
   })();
   return relaxedCheck;
 }
 
+/** The native products (on `isa`, or the best this CPU has) where they load and agree bit for bit with the module. */
+function checkedNativeGemm(isa?: NativeIsa): Promise<{ gemm: NativeGemm | null; note: string | null }> {
+  const key = isa ?? 'best';
+  let check = nativeChecks.get(key);
+  if (!check) {
+    check = (async () => {
+      const { gemm, note } = loadNativeGemm(isa);
+      if (!gemm) return { gemm, note };
+      const plain = await moduleFor('simd', [PROBE_COLS]);
+      for (const format of FORMATS) {
+        const native = probeBits(format, (memory) => nativeGemm(gemm.product(format), memory, PROBE_COLS));
+        if (native !== probeBits(format, (memory) => moduleGemm(plain, memory, format, PROBE_COLS)))
+          return { gemm: null, note: `the native ${gemm.isa} ${format} products disagree with the WebAssembly kernel's` };
+      }
+      return { gemm, note: null };
+    })();
+    nativeChecks.set(key, check);
+  }
+  return check;
+}
+
 const modules = new Map<string, Promise<WebAssembly.Module>>();
 
 /** The module for `variant` specialised to `widths`, compiled once per process. */
-function moduleFor(variant: KernelVariant, widths: readonly number[]): Promise<WebAssembly.Module> {
+function moduleFor(variant: WasmVariant, widths: readonly number[]): Promise<WebAssembly.Module> {
   const key = `${variant}:${widths.join(',')}`;
   let module = modules.get(key);
   if (!module) {
@@ -523,10 +563,22 @@ function moduleFor(variant: KernelVariant, widths: readonly number[]): Promise<W
   return module;
 }
 
-/** Runs both modules on one random Q4_0 product and compares the bits. */
-function agreesWithPlain(relaxed: WebAssembly.Module, simd: WebAssembly.Module): boolean {
+/** The module's `format` product over `cols` inputs on `memory`. */
+function moduleGemm(module: WebAssembly.Module, memory: WebAssembly.Memory, format: BlockFormat, cols: number): Gemm {
+  return new WebAssembly.Instance(module, { env: { memory } }).exports[gemmName(format, cols)] as Gemm;
+}
+
+/** A native product over `cols` inputs on `memory`, called as the module's export is. */
+function nativeGemm(product: NativeProduct, memory: WebAssembly.Memory, cols: number): Gemm {
+  const bytes = new Uint8Array(memory.buffer);
+  return (w, row, rowEnd, m, x, out, n) => product(bytes, cols, w, row, rowEnd, m, x, out, n);
+}
+
+/** The output bits of one random `format` product (the same every call) run by `gemmOn`. */
+function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => Gemm): string {
   const rows = ROWS_PER_STEP;
   const cols = PROBE_COLS;
+  const nb = cols / BLOCK;
   const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
   const bytes = new Uint8Array(memory.buffer);
   let seed = 12345;
@@ -536,23 +588,25 @@ function agreesWithPlain(relaxed: WebAssembly.Module, simd: WebAssembly.Module):
   };
   const weights = 0;
   const x = 4096;
-  for (let i = 0; i < (rows * cols * BLOCK_BYTES.q4_0) / BLOCK; i++) bytes[weights + i] = random() & 0xff;
-  // Scales ≈ 1 (fp16 high byte 0x3c) so every output is finite; the layout is the interleaved one.
-  for (let row = 0; row < rows; row++) for (let b = 0; b < cols / BLOCK; b++) bytes[weights + q4_0x4Offset(row, b, 1, cols / BLOCK)] = 0x3c;
-  const values = Float32Array.from({ length: cols }, () => (random() % 2001) / 1000 - 1);
-  quantizeActivations(values, 0, 1, cols, new Uint8Array(memory.buffer, x, (cols / BLOCK) * ACTIVATION_RECORD_BYTES));
-  const run = (module: WebAssembly.Module, out: number) => {
-    const gemm = new WebAssembly.Instance(module, { env: { memory } }).exports[gemmName('q4_0', cols)] as Gemm;
-    gemm(weights, 0, rows, 1, x, out, rows);
-    return Array.from(new Uint32Array(memory.buffer, out, rows));
-  };
-  return run(relaxed, 12288).join() === run(simd, 12800).join();
+  const out = 16384;
+  for (let i = 0; i < rows * nb * BLOCK_BYTES[format]; i++) bytes[weights + i] = random() & 0xff;
+  // Scales ≈ 1 (fp16 high byte 0x3c) so every output is finite.
+  for (let row = 0; row < rows; row++) {
+    for (let b = 0; b < nb; b++)
+      bytes[weights + (format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1)] = 0x3c;
+  }
+  const values = Float32Array.from({ length: PROBE_ROWS * cols }, () => (random() % 2001) / 1000 - 1);
+  quantizeActivations(values, 0, PROBE_ROWS, cols, new Uint8Array(memory.buffer, x, PROBE_ROWS * nb * ACTIVATION_RECORD_BYTES));
+  gemmOn(memory)(weights, 0, rows, PROBE_ROWS, x, out, rows);
+  return Array.from(new Uint32Array(memory.buffer, out, PROBE_ROWS * rows)).join();
 }
 
-/** Which variant `BlockExpertKernel.create` picks by default, and why not the other. */
+/** Which variant `BlockExpertKernel.create` picks by default, and why not a faster one. */
 export async function defaultKernelVariant(): Promise<{ variant: KernelVariant; note: string | null }> {
-  const note = await relaxedUnavailable();
-  return { variant: note === null ? 'relaxed-simd' : 'simd', note };
+  const native = await checkedNativeGemm();
+  if (native.gemm) return { variant: `native-${native.gemm.isa}`, note: null };
+  const relaxed = await relaxedUnavailable();
+  return { variant: relaxed === null ? 'relaxed-simd' : 'simd', note: [native.note, relaxed].filter(Boolean).join('; ') || null };
 }
 
 // ── the reference ──────────────────────────────────────────────────────────────────────────────
@@ -752,7 +806,7 @@ function alignUp(value: number, alignment: number): number {
 /** One shared wasm memory: a small scratch (activations, outputs) then fixed-size page-in buffers. */
 class Arena {
   readonly memory: WebAssembly.Memory;
-  /** The module's products by export name (`gemmName`). */
+  /** The products by the module's export names (`gemmName`): the module's own, or native ones. */
   readonly gemm: Record<string, Gemm>;
   /**
    * This thread's quantisation and SwiGLU over each scratch (the first, and a second for an expert
@@ -768,13 +822,19 @@ class Arena {
     layout: ArenaLayout,
     count: number,
     ffn: number,
+    native: NativeGemm | null,
+    widths: readonly number[],
   ) {
     this.buffersStart = layout.buffersStart;
     this.stride = layout.stride;
     const pages = Math.ceil((this.buffersStart + count * this.stride) / PAGE);
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     const exports = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
-    this.gemm = exports as Record<string, Gemm>;
+    this.gemm = { ...(exports as Record<string, Gemm>) };
+    if (native) {
+      for (const format of FORMATS)
+        for (const cols of widths) this.gemm[gemmName(format, cols)] = nativeGemm(native.product(format), this.memory, cols);
+    }
     const { buffer } = this.memory;
     const swiglu = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
     const quantize = exports.quantize as (values: number, records: number, blocks: number) => void;
@@ -884,14 +944,22 @@ const HELPER_TIMEOUT_MS = 30_000;
 
 const HELPER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { module, names, control, port, second, dim, ffn } = workerData;
+const { module, products, control, port, second, dim, ffn, native } = workerData;
+const addon = native && require(native.path);
 const arenas = new Map();
+// A product as the Arena constructor makes it: the module's export, or the native one on its bytes.
+const product = (exports, memory, { name, format, cols }) => {
+  if (!native) return exports[name];
+  const run = addon[format + '_' + native.isa];
+  const bytes = new Uint8Array(memory.buffer);
+  return (w, row, rowEnd, m, x, out, n) => run(bytes, cols, w, row, rowEnd, m, x, out, n);
+};
 const receive = () => {
   const received = receiveMessageOnPort(port);
   if (received) {
     const { id, memory } = received.message;
     const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
-    arenas.set(id, { products: names.map((name) => exports[name]), swiglu: exports.swiglu, quantize: exports.quantize });
+    arenas.set(id, { products: products.map((shape) => product(exports, memory, shape)), swiglu: exports.swiglu, quantize: exports.quantize });
   }
   return received !== undefined;
 };
@@ -943,23 +1011,36 @@ class Helper {
   private readonly port: MessagePort;
   private readonly worker: Worker;
   private seq = 0;
+  private readonly names: readonly string[];
 
   /**
-   * `names`: the module's products, in the order the control words index them (per format, its
-   * product over dim inputs, then over ffn inputs). `second`: the arenas' second scratch.
+   * `products`: in the order the control words index them (per format, its product over dim
+   * inputs, then over ffn inputs). `second`: the arenas' second scratch. `native`: the products'
+   * native code, where they run it.
    */
   constructor(
     module: WebAssembly.Module,
-    private readonly names: readonly string[],
+    products: readonly ProductShape[],
     second: ScratchOffsets,
     dim: number,
     ffn: number,
+    native: NativeGemm | null,
   ) {
+    this.names = products.map((shape) => shape.name);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.worker = new Worker(HELPER_SOURCE, {
       eval: true,
-      workerData: { module, names, control: this.control, port: port2, second, dim, ffn },
+      workerData: {
+        module,
+        products,
+        control: this.control,
+        port: port2,
+        second,
+        dim,
+        ffn,
+        native: native && { path: native.path, isa: native.isa },
+      },
       transferList: [port2],
     });
     this.worker.unref();
@@ -1045,7 +1126,7 @@ export interface BlockExpertKernelOptions {
   expectedBuffers: number;
   /** 2: this thread plus a helper thread; 1: this thread alone. */
   threads: number;
-  /** Default: relaxed SIMD where it is available and exact (see `defaultKernelVariant`). */
+  /** Default: the fastest variant that runs here and is exact (see `defaultKernelVariant`). */
   variant?: KernelVariant;
 }
 
@@ -1068,26 +1149,38 @@ export class BlockExpertKernel implements ExpertBufferPool {
   private readonly layout: ArenaLayout;
   private provisioned = 0;
 
+  private readonly widths: readonly number[];
+
   private constructor(
     private readonly options: BlockExpertKernelOptions,
     private readonly module: WebAssembly.Module,
+    private readonly native: NativeGemm | null,
     readonly variant: KernelVariant,
   ) {
     const { dim, ffn } = options;
     if (dim % BLOCK !== 0 || ffn % BLOCK !== 0)
       throw new RangeError(`block experts need dim and ffn multiples of ${BLOCK}, not ${dim} and ${ffn}`);
     this.layout = arenaLayout(dim, ffn, options.bufferBytes);
-    const names = FORMATS.flatMap((format) => [gemmName(format, dim), gemmName(format, ffn)]);
-    this.helper = options.threads > 1 ? new Helper(module, names, this.layout.second, dim, ffn) : null;
+    this.widths = [...new Set([dim, ffn])];
+    const products = FORMATS.flatMap((format) => [dim, ffn].map((cols) => ({ name: gemmName(format, cols), format, cols })));
+    this.helper = options.threads > 1 ? new Helper(module, products, this.layout.second, dim, ffn, native) : null;
   }
 
   static async create(options: BlockExpertKernelOptions): Promise<BlockExpertKernel> {
-    const unavailable = await relaxedUnavailable();
-    const variant = options.variant ?? (unavailable === null ? 'relaxed-simd' : 'simd');
-    if (variant === 'relaxed-simd' && unavailable !== null)
-      throw new Error(`the relaxed SIMD expert kernel cannot run here: ${unavailable}`);
+    const variant = options.variant ?? (await defaultKernelVariant()).variant;
+    let native: NativeGemm | null = null;
+    if (variant.startsWith('native-')) {
+      const isa = variant.slice('native-'.length) as NativeIsa;
+      const check = await checkedNativeGemm(isa);
+      if (!check.gemm) throw new Error(`the native ${isa} expert kernel cannot run here: ${check.note}`);
+      native = check.gemm;
+    }
+    const relaxed = await relaxedUnavailable();
+    if (variant === 'relaxed-simd' && relaxed !== null) throw new Error(`the relaxed SIMD expert kernel cannot run here: ${relaxed}`);
+    // A native variant still runs its activation steps in the module: the faster one.
+    const wasm: WasmVariant = variant === 'simd' || (native && relaxed !== null) ? 'simd' : 'relaxed-simd';
     const widths = [...new Set([options.dim, options.ffn])];
-    return new BlockExpertKernel(options, await moduleFor(variant, widths), variant);
+    return new BlockExpertKernel(options, await moduleFor(wasm, widths), native, variant);
   }
 
   allocate(): Uint8Array {
@@ -1097,7 +1190,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
     }
     const fit = Math.max(0, Math.floor((MAX_PAGES * PAGE - this.layout.buffersStart) / this.layout.stride));
     const count = Math.max(1, Math.min(fit, this.options.expectedBuffers - this.provisioned));
-    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn);
+    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn, this.native, this.widths);
     this.arenas.push(arena);
     this.helper?.addArena(arena);
     this.provisioned += count;

@@ -1,0 +1,72 @@
+/**
+ * The native expert products (native/block-gemm.cc, built by `npm ci` through node-gyp): the
+ * WebAssembly kernel's products with x86's integer dot products, which WebAssembly cannot reach
+ * (AVX-512 VNNI's vpdpbusd, or AVX2's pmaddubsw on 256-bit registers). Same arithmetic, same bits;
+ * block-kernel.ts checks them against its plain module before it uses them.
+ *
+ * Absent where the addon was not built (no C++ toolchain at install) or the CPU has neither
+ * instruction set; the WebAssembly kernel then runs everything. SIROCCO_NATIVE_KERNEL=off turns it
+ * off, for comparing the two.
+ */
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import type { BlockFormat } from '../../formats/blocks.ts';
+
+export type NativeIsa = 'avx512vnni' | 'avx2';
+
+/**
+ * One product on the bytes of a whole wasm memory: out[i·n + r] for output rows [row, rowEnd)
+ * and activation rows i < m, the WebAssembly export `<format>_<cols>`'s arguments after `cols`.
+ */
+export type NativeProduct = (
+  memory: Uint8Array,
+  cols: number,
+  w: number,
+  row: number,
+  rowEnd: number,
+  m: number,
+  x: number,
+  out: number,
+  n: number,
+) => void;
+
+type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & { supported(): NativeIsa[] };
+
+export interface NativeGemm {
+  /** The instruction set the products use. */
+  isa: NativeIsa;
+  /** The addon's file, for a worker thread to load it too. */
+  path: string;
+  product(format: BlockFormat): NativeProduct;
+}
+
+/** Where node-gyp puts the addon: build/Release under the package root. */
+export const NATIVE_ADDON_PATH = fileURLToPath(new URL('../../../build/Release/block_gemm.node', import.meta.url));
+
+/** The addon's product for `format` on `isa`, loaded from `path` (here or in a worker thread). */
+export function nativeProduct(path: string, format: BlockFormat, isa: NativeIsa): NativeProduct {
+  const addon = createRequire(import.meta.url)(path) as Addon;
+  return addon[`${format}_${isa}`];
+}
+
+/**
+ * The native products on the best instruction set this CPU runs (or on `isa`), or why there are
+ * none here.
+ */
+export function loadNativeGemm(isa?: NativeIsa): { gemm: NativeGemm | null; note: string | null } {
+  if (process.env.SIROCCO_NATIVE_KERNEL === 'off') return { gemm: null, note: 'turned off by SIROCCO_NATIVE_KERNEL=off' };
+  if (!existsSync(NATIVE_ADDON_PATH)) return { gemm: null, note: 'the native kernel was not built (npm run build:native)' };
+  let addon: Addon;
+  try {
+    addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as Addon;
+  } catch (error) {
+    return { gemm: null, note: `the native kernel did not load: ${(error as Error).message}` };
+  }
+  const supported = addon.supported();
+  const chosen = isa ?? supported[0];
+  if (chosen === undefined || !supported.includes(chosen))
+    return { gemm: null, note: `this CPU has ${isa ? `no ${isa}` : 'neither AVX-512 VNNI nor AVX2'} for the native kernel` };
+  return { gemm: { isa: chosen, path: NATIVE_ADDON_PATH, product: (format) => addon[`${format}_${chosen}`] }, note: null };
+}
