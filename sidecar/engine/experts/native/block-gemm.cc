@@ -99,6 +99,9 @@ AVX512_VNNI void q4GroupAvx512(const uint8_t* p, int nb, const uint8_t* records,
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
   for (int b = 0; b < nb; b++, p += kQ4GroupBytes) {
+#ifdef PREFETCH_BYTES
+    _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES), _MM_HINT_T0);
+#endif
     const __m512i q = _mm512_loadu_si512(p + 8);
     const __m512i low = _mm512_and_si512(q, lowNibbles);
     const __m512i high = _mm512_and_si512(_mm512_srli_epi16(q, 4), lowNibbles);
