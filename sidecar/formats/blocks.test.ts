@@ -98,8 +98,9 @@ describe('block quantisation', () => {
   });
 });
 
-describe('Q4_0 rows interleaved four at a time', () => {
-  const rows = 8;
+describe('Q4_0 rows interleaved four at a time, in bands of 16 rows', () => {
+  // One whole band (rows 0–15) and a short one of two groups (rows 16–23).
+  const rows = 24;
   const cols = 3 * BLOCK;
   const blocks = Uint8Array.from({ length: blockMatrixBytes('q4_0', rows, cols) }, (_, i) => (i * 37 + 11) & 0xff);
 
@@ -109,18 +110,25 @@ describe('Q4_0 rows interleaved four at a time', () => {
     expect(deinterleaveQ4_0Rows(interleaved, rows, cols)).toEqual(blocks);
   });
 
-  it("puts four rows' scales first, then slices of four bytes from each row", () => {
+  it("puts four rows' scales first, then slices of four bytes from each row; a band's groups alternate by block column", () => {
     const interleaved = interleaveQ4_0Rows(blocks, rows, cols);
     const nb = cols / BLOCK;
     const blockOf = (row: number, b: number) => blocks.subarray((row * nb + b) * 18, (row * nb + b + 1) * 18);
-    // Rows 4–7, block column 2: the group's third block column.
-    const group = interleaved.subarray((nb + 2) * Q4_0X4_GROUP_BYTES, (nb + 3) * Q4_0X4_GROUP_BYTES);
-    for (let lane = 0; lane < 4; lane++) {
-      const block = blockOf(4 + lane, 2);
-      expect(Array.from(group.subarray(2 * lane, 2 * lane + 2))).toEqual(Array.from(block.subarray(0, 2)));
-      for (let k = 0; k < 4; k++) {
-        const slice = group.subarray(8 + 16 * k + 4 * lane, 8 + 16 * k + 4 * lane + 4);
-        expect(Array.from(slice)).toEqual(Array.from(block.subarray(2 + 4 * k, 6 + 4 * k)));
+    const groupBlock = (at: number) => interleaved.subarray(at * Q4_0X4_GROUP_BYTES, (at + 1) * Q4_0X4_GROUP_BYTES);
+    for (const { firstRow, at } of [
+      // Rows 4–7 (the first band's second group), block column 2: after columns 0 and 1 of all four groups.
+      { firstRow: 4, at: 2 * 4 + 1 },
+      // Rows 20–23 (the short band's second group), block column 2: after the first band, then two columns of two groups.
+      { firstRow: 20, at: 4 * nb + 2 * 2 + 1 },
+    ]) {
+      const group = groupBlock(at);
+      for (let lane = 0; lane < 4; lane++) {
+        const block = blockOf(firstRow + lane, 2);
+        expect(Array.from(group.subarray(2 * lane, 2 * lane + 2))).toEqual(Array.from(block.subarray(0, 2)));
+        for (let k = 0; k < 4; k++) {
+          const slice = group.subarray(8 + 16 * k + 4 * lane, 8 + 16 * k + 4 * lane + 4);
+          expect(Array.from(slice)).toEqual(Array.from(block.subarray(2 + 4 * k, 6 + 4 * k)));
+        }
       }
     }
   });

@@ -163,10 +163,17 @@ export function dequantizeBlocks(format: BlockFormat, bytes: Uint8Array, rows: n
  * slices of 16 B, slice k holding bytes qs[4k … 4k+3] of row 0, then of rows 1, 2, 3. The blocks
  * and their bits are GGUF's; only their order changes. Reading 16 B then gives four bytes of each
  * of four rows, so a SIMD lane can hold one output row and no horizontal sums are needed.
+ *
+ * Groups come in bands of four (16 rows): a band stores block column 0 of its four groups, then
+ * column 1, …, so a kernel working on 16 rows at once reads one sequential stream rather than
+ * four (four short streams a few KiB apart read markedly slower). A matrix whose rows are not a
+ * multiple of 16 ends in a band of fewer groups.
  */
 export const Q4_0X4_ROWS = 4;
 /** One block column of a group of four rows: 4 scales, then 4 × 16 B of nibbles. */
 export const Q4_0X4_GROUP_BYTES = Q4_0X4_ROWS * BLOCK_BYTES.q4_0;
+/** Rows per band: four groups whose block columns alternate. */
+export const Q4_0X4_BAND_ROWS = 4 * Q4_0X4_ROWS;
 
 function checkInterleavable(blocks: Uint8Array, rows: number, cols: number, into: Uint8Array): void {
   if (rows % Q4_0X4_ROWS !== 0 || cols % BLOCK !== 0)
@@ -176,10 +183,21 @@ function checkInterleavable(blocks: Uint8Array, rows: number, cols: number, into
     throw new RangeError(`a ${rows}×${cols} Q4_0 matrix is ${bytes} bytes; got ${blocks.length} in, ${into.length} out`);
 }
 
-/** Byte `j` (0 … 17: scale bytes, then qs) of row `row`'s block `b`, in the interleaved layout. */
-export function q4_0x4Offset(row: number, b: number, j: number, blocksPerRow: number): number {
+/** Groups in the band holding `row` of a matrix of `rows` rows (4, or fewer in a last short band). */
+export function q4_0x4BandGroups(row: number, rows: number): number {
+  const band = row - (row % Q4_0X4_BAND_ROWS);
+  return Math.min(4, (rows - band) / Q4_0X4_ROWS);
+}
+
+/**
+ * Byte `j` (0 … 17: scale bytes, then qs) of row `row`'s block `b` in the interleaved layout of a
+ * matrix of `rows` rows with `blocksPerRow` blocks per row.
+ */
+export function q4_0x4Offset(row: number, b: number, j: number, blocksPerRow: number, rows: number): number {
   const lane = row % Q4_0X4_ROWS;
-  const base = ((row - lane) * blocksPerRow + b * Q4_0X4_ROWS) * BLOCK_BYTES.q4_0;
+  const band = row - (row % Q4_0X4_BAND_ROWS);
+  const group = (row - band - lane) / Q4_0X4_ROWS;
+  const base = band * blocksPerRow * BLOCK_BYTES.q4_0 + (b * q4_0x4BandGroups(row, rows) + group) * Q4_0X4_GROUP_BYTES;
   if (j < 2) return base + 2 * lane + j;
   const q = j - 2;
   return base + 2 * Q4_0X4_ROWS + 16 * (q >>> 2) + 4 * lane + (q & 3);
@@ -194,7 +212,7 @@ function permuteQ4_0Rows(from: Uint8Array, rows: number, cols: number, into: Uin
     for (let b = 0; b < nb; b++) {
       const rowOrder = (row * nb + b) * size;
       for (let j = 0; j < size; j++) {
-        const interleaved = q4_0x4Offset(row, b, j, nb);
+        const interleaved = q4_0x4Offset(row, b, j, nb, rows);
         if (toInterleaved) into[interleaved] = from[rowOrder + j]!;
         else into[rowOrder + j] = from[interleaved]!;
       }

@@ -19,8 +19,9 @@ export const MANIFEST_FILE = 'manifest.json';
  *    (their experts run in the block kernel, resident or paged).
  * 7: Q4_0 expert files interleave rows four at a time (formats/blocks.ts, Q4_0X4).
  * 8: attention graphs take a RoPE table and positions (one fused RotaryEmbedding for Q and K).
+ * 9: Q4_0 expert files store their groups of four rows in bands of 16 (formats/blocks.ts).
  */
-export const FORMAT_VERSION = 8;
+export const FORMAT_VERSION = 9;
 
 export interface GraphEntry {
   graph: string;

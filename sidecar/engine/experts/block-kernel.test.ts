@@ -115,9 +115,11 @@ describe('a product against blockGemmScalar', () => {
 });
 
 describe('the whole expert is bit-identical to runBlockExpertScalar', () => {
-  // 512 / 1024: products large enough that two threads share them; 64 / 160: the golden Mixtral's.
+  // 512 / 1024: products large enough that two threads share them; 64 / 160: the golden Mixtral's;
+  // 96: w2's rows end in a short band of interleaved Q4_0 rows (two groups of four).
   for (const [dim, ffn] of [
     [64, 160],
+    [96, 160],
     [512, 1024],
   ] as const) {
     for (const bits of [4, 8] as const) {

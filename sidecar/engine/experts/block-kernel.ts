@@ -45,6 +45,7 @@ import {
   BLOCK_BYTES,
   type BlockFormat,
   fromFloat16Bits,
+  Q4_0X4_BAND_ROWS,
   Q4_0X4_GROUP_BYTES,
   Q4_0X4_ROWS,
   q4_0x4Offset,
@@ -154,7 +155,8 @@ const gemmFrame = (
     locals: string;
     start: string;
     blocks: string;
-    advance: number;
+    /** Bytes from one block column to the next (a WAT expression). */
+    advance: string;
     store: string;
     /** Two activation rows per pass (rows i → acc0, i + 1 → acc1), sharing the weights' unpacking. */
     pair?: { blocks: string; store: string };
@@ -189,7 +191,7 @@ const gemmFrame = (
           (then
             (loop $pairBlocks
               ${parts.pair.blocks}
-              (local.set $p (i32.add (local.get $p) (i32.const ${parts.advance})))
+              (local.set $p (i32.add (local.get $p) ${parts.advance}))
               (local.set $xp (i32.add (local.get $xp) (i32.const ${ACTIVATION_RECORD_BYTES})))
               (br_if $pairBlocks (local.tee $b (i32.sub (local.get $b) (i32.const 1)))))
             ${parts.pair.store}
@@ -199,7 +201,7 @@ const gemmFrame = (
         }
         (loop $blocks
           ${parts.blocks}
-          (local.set $p (i32.add (local.get $p) (i32.const ${parts.advance})))
+          (local.set $p (i32.add (local.get $p) ${parts.advance}))
           (local.set $xp (i32.add (local.get $xp) (i32.const ${ACTIVATION_RECORD_BYTES})))
           (br_if $blocks (local.tee $b (i32.sub (local.get $b) (i32.const 1)))))
         ${parts.store}
@@ -232,7 +234,7 @@ const q8Gemm = (cols: number): string => {
     blocks: `${WIDE_X}
           ${group(0, 'acc0')}
           ${group(4, 'acc1')}`,
-    advance: size,
+    advance: `(i32.const ${size})`,
     store: `(v128.store align=4 (local.get $at) (local.get $acc0))
         (v128.store offset=16 align=4 (local.get $at) (local.get $acc1))`,
   });
@@ -331,14 +333,22 @@ const q4GroupDotPair = (nb: number): string => {
  */
 const q4Gemm = (cols: number, variant: KernelVariant): string => {
   const nb = cols / BLOCK;
-  const groupStride = nb * Q4_0X4_GROUP_BYTES;
+  const bandRowBytes = nb * BLOCK_BYTES.q4_0;
   const sums = variant === 'relaxed-simd' ? `(i32x4.dot_i16x8_s (local.get $pairs) (local.get $ones))` : rowSums('pairs', 'pairsHigh');
   return gemmFrame(gemmName('q4_0', cols), nb, Q4_0X4_ROWS, {
-    locals: `(local $pairs v128) (local $pairsHigh v128) (local $lo v128) (local $hi v128) (local $xl v128) (local $xh v128)`,
-    start: `(local.set $p (i32.add (local.get $w) (i32.mul (i32.shr_u (local.get $row) (i32.const 2)) (i32.const ${groupStride}))))`,
+    locals: `(local $pairs v128) (local $pairsHigh v128) (local $lo v128) (local $hi v128) (local $xl v128) (local $xh v128)
+    (local $band i32) (local $advance i32)`,
+    // The group's first block: its band's, then its place among the band's groups; a block column
+    // later, past every group of the band (four, or fewer in a last short band).
+    start: `(local.set $band (i32.and (local.get $row) (i32.const -${Q4_0X4_BAND_ROWS})))
+        (local.set $p (i32.add (local.get $w) (i32.add (i32.mul (local.get $band) (i32.const ${bandRowBytes}))
+          (i32.mul (i32.shr_u (i32.sub (local.get $row) (local.get $band)) (i32.const 2)) (i32.const ${Q4_0X4_GROUP_BYTES})))))
+        (local.set $advance (i32.mul (i32.const ${Q4_0X4_GROUP_BYTES})
+          (select (i32.const 4) (i32.shr_u (i32.sub (local.get $n) (local.get $band)) (i32.const 2))
+            (i32.ge_u (i32.sub (local.get $n) (local.get $band)) (i32.const ${Q4_0X4_BAND_ROWS})))))`,
     blocks: `${q4GroupDot(variant)}
           ${accumulate('acc0', `(i32x4.sub ${sums} ${OFFSET})`, groupScales(0))}`,
-    advance: Q4_0X4_GROUP_BYTES,
+    advance: '(local.get $advance)',
     store: `(v128.store align=4 (local.get $at) (local.get $acc0))`,
     ...(variant === 'relaxed-simd' && {
       pair: {
@@ -510,6 +520,8 @@ function engineAccepts(bytes: Uint8Array<ArrayBuffer>): boolean {
 const PROBE_COLS = 128;
 /** Activation rows in the check: more than one pass of the native kernel's rows. */
 const PROBE_ROWS = 5;
+/** Output rows in the check: a whole band of interleaved Q4_0 rows and a short one. */
+const PROBE_OUTPUT_ROWS = 24;
 let relaxedCheck: Promise<string | null> | null = null;
 const nativeChecks = new Map<NativeIsa | 'best', Promise<{ gemm: NativeGemm | null; note: string | null }>>();
 
@@ -576,7 +588,7 @@ function nativeGemm(product: NativeProduct, memory: WebAssembly.Memory, cols: nu
 
 /** The output bits of one random `format` product (the same every call) run by `gemmOn`. */
 function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => Gemm): string {
-  const rows = ROWS_PER_STEP;
+  const rows = PROBE_OUTPUT_ROWS;
   const cols = PROBE_COLS;
   const nb = cols / BLOCK;
   const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
@@ -593,7 +605,7 @@ function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => 
   // Scales ≈ 1 (fp16 high byte 0x3c) so every output is finite.
   for (let row = 0; row < rows; row++) {
     for (let b = 0; b < nb; b++)
-      bytes[weights + (format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1)] = 0x3c;
+      bytes[weights + (format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb, rows) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1)] = 0x3c;
   }
   const values = Float32Array.from({ length: PROBE_ROWS * cols }, () => (random() % 2001) / 1000 - 1);
   quantizeActivations(values, 0, PROBE_ROWS, cols, new Uint8Array(memory.buffer, x, PROBE_ROWS * nb * ACTIVATION_RECORD_BYTES));
@@ -675,10 +687,10 @@ export function blockGemmScalar(
         let sum = 0;
         let dw: number;
         if (format === 'q4_0') {
-          const scale = q4_0x4Offset(r, b, 0, nb);
+          const scale = q4_0x4Offset(r, b, 0, nb, n);
           dw = fromFloat16Bits(weights[scale]! | (weights[scale + 1]! << 8));
           for (let j = 0; j < BLOCK / 2; j += 4) {
-            const slice = q4_0x4Offset(r, b, 2 + j, nb);
+            const slice = q4_0x4Offset(r, b, 2 + j, nb, n);
             for (let t = 0; t < 4; t++) {
               const byte = weights[slice + t]!;
               sum += q[xb + j + t]! * (byte & 0x0f) + q[xb + j + t + 16]! * (byte >>> 4);

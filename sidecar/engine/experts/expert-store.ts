@@ -46,10 +46,11 @@ export const EXPERT_FORMATS: Record<ExpertBits, BlockFormat> = { 4: 'q4_0', 8: '
 export const EXPERT_STORE_DIRS: Record<ExpertBits, string> = { 8: 'experts-int8', 4: 'experts-int4' };
 const ROUTERS_FILE = 'routers.safetensors';
 /**
- * 4: Q4_0 rows interleaved four at a time, Q8_0 in row order. Earlier versions (3: Q4_0 in row
- * order; 2: per-column int4 / int8) are refused with "convert again"; the caches rebuild.
+ * 5: Q4_0 rows interleaved four at a time in bands of 16 rows (formats/blocks.ts), Q8_0 in row
+ * order. Earlier versions (4: groups of four one after the other; 3: Q4_0 in row order; 2:
+ * per-column int4 / int8) are refused with "convert again"; the caches rebuild.
  */
-export const EXPERT_FORMAT_VERSION = 4;
+export const EXPERT_FORMAT_VERSION = 5;
 const MAGIC = 'SIRXPRT1';
 const HEADER_BYTES = 64;
 /** Read and checksum slice: ≈ 3–6 ms of CRC on the event loop, while the next slice is read. */
@@ -163,7 +164,7 @@ export function expertBlocksInRowOrder(weights: ExpertWeights, dim: number, ffn:
 /** Sets every block's fp16 scale in an image to `half` (for generated images: random weights, one scale). */
 export function setExpertScales(weights: ExpertWeights, half: number): void {
   const { format } = weights;
-  // A Q4_0 group block starts with its four rows' scales; a Q8_0 block with its own.
+  // A Q4_0 group block (72-byte units, in any band order) starts with its four rows' scales; a Q8_0 block with its own.
   const [step, count] = format === 'q4_0' ? [Q4_0X4_GROUP_BYTES, Q4_0X4_ROWS] : [BLOCK_BYTES.q8_0, 1];
   for (const matrix of [weights.w13, weights.w2]) {
     for (let at = 0; at < matrix.length; at += step) {

@@ -92,13 +92,14 @@ AVX2 inline __m128i sumEach(__m256i a, __m256i b, __m256i c, __m256i d) {
 // 16 + 4k …). The activations are spread to match: 32-bit lane 4k + r holds values 4k … 4k+3.
 
 template <int R>
-AVX512_VNNI void q4GroupAvx512(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
+AVX512_VNNI void q4GroupAvx512(const uint8_t* p, size_t blockStride, int nb, const uint8_t* records, size_t recordStride, float* out,
+                               size_t outStride) {
   const __m512i lowNibbles = _mm512_set1_epi8(0x0f);
   const __m512i lowSpread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   const __m512i highSpread = _mm512_add_epi32(lowSpread, _mm512_set1_epi32(4));
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
-  for (int b = 0; b < nb; b++, p += kQ4GroupBytes) {
+  for (int b = 0; b < nb; b++, p += blockStride) {
 #ifdef PREFETCH_BYTES
     _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES), _MM_HINT_T0);
 #endif
@@ -119,38 +120,122 @@ AVX512_VNNI void q4GroupAvx512(const uint8_t* p, int nb, const uint8_t* records,
   for (int r = 0; r < R; r++) _mm_storeu_ps(out + r * outStride, acc[r]);
 }
 
+/**
+ * A whole band (four groups, 16 rows) at once, its block columns one after the other: the
+ * activation spread is shared, the four groups' partial sums fold into one vector of
+ * 16 row sums (two shuffle-and-add levels instead of two extract-and-add steps per group), and the
+ * fp32 steps run on 16 rows per instruction. About half the instructions per weight byte of one
+ * group at a time; each lane still adds its row's blocks in order, so the bits are the same.
+ */
 template <int R>
-AVX2 void q4GroupAvx2(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
-  const __m256i lowNibbles = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
+AVX512_VNNI void q4BandAvx512(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
+  const __m512i lowNibbles = _mm512_set1_epi8(0x0f);
+  const __m512i lowSpread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i highSpread = _mm512_add_epi32(lowSpread, _mm512_set1_epi32(4));
+  const __m512i signAndMagnitude = _mm512_set1_epi32(static_cast<int32_t>(0x8fffffff));
+  const __m512 twoTo112 = _mm512_set1_ps(0x1p112f);
+  constexpr int kPairs = _MM_SHUFFLE(2, 0, 2, 0);
+  constexpr int kOthers = _MM_SHUFFLE(3, 1, 3, 1);
+  const uint8_t* group[4] = {p, p + kQ4GroupBytes, p + 2 * kQ4GroupBytes, p + 3 * kQ4GroupBytes};
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    __m512i low[4], high[4];
+    for (int g = 0; g < 4; g++) {
+      const __m512i q = _mm512_loadu_si512(group[g] + 8);
+      low[g] = _mm512_and_si512(q, lowNibbles);
+      high[g] = _mm512_and_si512(_mm512_srli_epi16(q, 4), lowNibbles);
+    }
+    // The 16 rows' fp16 scales (8 bytes per group) as exact f32, as groupScales does for four.
+    const __m128i scales01 = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(group[0])),
+                                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(group[1])));
+    const __m128i scales23 = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(group[2])),
+                                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(group[3])));
+    const __m512i words = _mm512_cvtepi16_epi32(_mm256_inserti128_si256(_mm256_castsi128_si256(scales01), scales23, 1));
+    const __m512 dw = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(words, 13), signAndMagnitude)), twoTo112);
+    for (int r = 0; r < R; r++) {
+      const uint8_t* record = records + r * recordStride + b * kRecordBytes;
+      const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(record)));
+      const __m512i xLow = _mm512_permutexvar_epi32(lowSpread, x);
+      const __m512i xHigh = _mm512_permutexvar_epi32(highSpread, x);
+      __m512i sums[4];
+      for (int g = 0; g < 4; g++) sums[g] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), low[g], xLow), high[g], xHigh);
+      // [a0+a1, a2+a3, b0+b1, b2+b3] per pair of groups, then each group's four slices summed.
+      const __m512i sums01 = _mm512_add_epi32(_mm512_shuffle_i32x4(sums[0], sums[1], kPairs), _mm512_shuffle_i32x4(sums[0], sums[1], kOthers));
+      const __m512i sums23 = _mm512_add_epi32(_mm512_shuffle_i32x4(sums[2], sums[3], kPairs), _mm512_shuffle_i32x4(sums[2], sums[3], kOthers));
+      const __m512i rows = _mm512_add_epi32(_mm512_shuffle_i32x4(sums01, sums23, kPairs), _mm512_shuffle_i32x4(sums01, sums23, kOthers));
+      const __m512i exact = _mm512_sub_epi32(rows, _mm512_set1_epi32(recordOffset(record)));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(dw, _mm512_set1_ps(recordScale(record)))));
+    }
+    for (int g = 0; g < 4; g++) group[g] += 4 * kQ4GroupBytes;
+  }
+  for (int r = 0; r < R; r++) _mm512_storeu_ps(out + r * outStride, acc[r]);
+}
+
+/** An activation block spread for AVX2: slices 0–1 and 2–3 against the low nibbles, then the high ones. */
+struct SpreadAvx2 {
+  __m256i low01, low23, high01, high23;
+};
+
+AVX2 inline SpreadAvx2 spreadAvx2(const uint8_t* record) {
   const __m256i spread01 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
   const __m256i spread23 = _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2);
   const __m256i four = _mm256_set1_epi32(4);
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record));
+  return {_mm256_permutevar8x32_epi32(x, spread01), _mm256_permutevar8x32_epi32(x, spread23),
+          _mm256_permutevar8x32_epi32(x, _mm256_add_epi32(spread01, four)), _mm256_permutevar8x32_epi32(x, _mm256_add_epi32(spread23, four))};
+}
+
+/** A group block's four row sums (Σ x·q over unsigned nibbles, before the offset). */
+AVX2 inline __m128i groupSumsAvx2(const uint8_t* p, const SpreadAvx2& x) {
+  const __m256i lowNibbles = _mm256_set1_epi8(0x0f);
+  const __m256i q01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
+  const __m256i q23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 40));
+  // A pmaddubsw lane is ≤ 2·15·127, four of them ≤ 15,240: no i16 saturation.
+  const __m256i pairs = _mm256_add_epi16(
+      _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q01, lowNibbles), x.low01),
+                       _mm256_maddubs_epi16(_mm256_and_si256(q23, lowNibbles), x.low23)),
+      _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q01, 4), lowNibbles), x.high01),
+                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q23, 4), lowNibbles), x.high23)));
+  const __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+  return _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+}
+
+template <int R>
+AVX2 void q4GroupAvx2(const uint8_t* p, size_t blockStride, int nb, const uint8_t* records, size_t recordStride, float* out,
+                      size_t outStride) {
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
-  for (int b = 0; b < nb; b++, p += kQ4GroupBytes) {
-    const __m256i q01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
-    const __m256i q23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 40));
-    const __m256i low01 = _mm256_and_si256(q01, lowNibbles);
-    const __m256i low23 = _mm256_and_si256(q23, lowNibbles);
-    const __m256i high01 = _mm256_and_si256(_mm256_srli_epi16(q01, 4), lowNibbles);
-    const __m256i high23 = _mm256_and_si256(_mm256_srli_epi16(q23, 4), lowNibbles);
+  for (int b = 0; b < nb; b++, p += blockStride) {
     const __m128 dw = groupScales(p);
     for (int r = 0; r < R; r++) {
       const uint8_t* record = records + r * recordStride + b * kRecordBytes;
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record));
-      // A pmaddubsw lane is ≤ 2·15·127, four of them ≤ 15,240: no i16 saturation.
-      const __m256i pairs = _mm256_add_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(low01, _mm256_permutevar8x32_epi32(x, spread01)),
-                           _mm256_maddubs_epi16(low23, _mm256_permutevar8x32_epi32(x, spread23))),
-          _mm256_add_epi16(_mm256_maddubs_epi16(high01, _mm256_permutevar8x32_epi32(x, _mm256_add_epi32(spread01, four))),
-                           _mm256_maddubs_epi16(high23, _mm256_permutevar8x32_epi32(x, _mm256_add_epi32(spread23, four)))));
-      const __m256i sums = _mm256_madd_epi16(pairs, ones);
-      const __m128i rows = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+      const __m128i rows = groupSumsAvx2(p, spreadAvx2(record));
       acc[r] = accumulate(acc[r], _mm_sub_epi32(rows, _mm_set1_epi32(recordOffset(record))), dw, record);
     }
   }
   for (int r = 0; r < R; r++) _mm_storeu_ps(out + r * outStride, acc[r]);
+}
+
+/** A whole band (four groups, 16 rows), its block columns read in order: one stream, one spread per block. */
+template <int R>
+AVX2 void q4BandAvx2(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
+  __m128 acc[R][4];
+  for (int r = 0; r < R; r++)
+    for (int g = 0; g < 4; g++) acc[r][g] = _mm_setzero_ps();
+  for (int b = 0; b < nb; b++, p += 4 * kQ4GroupBytes) {
+    for (int r = 0; r < R; r++) {
+      const uint8_t* record = records + r * recordStride + b * kRecordBytes;
+      const SpreadAvx2 x = spreadAvx2(record);
+      const __m128i offset = _mm_set1_epi32(recordOffset(record));
+      for (int g = 0; g < 4; g++) {
+        const uint8_t* group = p + g * kQ4GroupBytes;
+        acc[r][g] = accumulate(acc[r][g], _mm_sub_epi32(groupSumsAvx2(group, x), offset), groupScales(group), record);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int g = 0; g < 4; g++) _mm_storeu_ps(out + r * outStride + 4 * g, acc[r][g]);
 }
 
 // ── Q8_0, four rows in GGUF's order at a time ───────────────────────────────────────────────────
@@ -160,8 +245,8 @@ AVX2 void q4GroupAvx2(const uint8_t* p, int nb, const uint8_t* records, size_t r
  * 8·Σx), is Σ w·x exactly.
  */
 template <int R>
-AVX512_VNNI void q8RowsAvx512(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
-  const size_t stride = static_cast<size_t>(kQ8BlockBytes) * nb;
+AVX512_VNNI void q8RowsAvx512(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out,
+                              size_t outStride) {
   const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
@@ -183,8 +268,7 @@ AVX512_VNNI void q8RowsAvx512(const uint8_t* p, int nb, const uint8_t* records, 
 
 /** pmaddubsw on |w| and x carrying w's sign: each i16 lane ≤ 2·128·127, no saturation. */
 template <int R>
-AVX2 void q8RowsAvx2(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
-  const size_t stride = static_cast<size_t>(kQ8BlockBytes) * nb;
+AVX2 void q8RowsAvx2(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
@@ -206,24 +290,57 @@ AVX2 void q8RowsAvx2(const uint8_t* p, int nb, const uint8_t* records, size_t re
 
 // ── the products ─────────────────────────────────────────────────────────────────────────────
 
-/** Four output rows (their first block at p) against R activation rows. */
-using RowsKernel = void (*)(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride);
+/**
+ * Four output rows (their first block at p, the next block column `blockStride` bytes on) against
+ * R activation rows.
+ */
+using RowsKernel = void (*)(const uint8_t* p, size_t blockStride, int nb, const uint8_t* records, size_t recordStride, float* out,
+                            size_t outStride);
 using Kernels = RowsKernel[kRowsPerPass];
+/** A band of 16 interleaved Q4_0 rows (its first block at p) against R activation rows. */
+using BandKernel = void (*)(const uint8_t* p, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride);
+using BandKernels = BandKernel[kRowsPerPass];
 
-/** Four output rows at a time, each against up to kRowsPerPass activation rows per pass. */
-void runProduct(const Product& job, size_t fourRowsBytes, const Kernels& kernels) {
+constexpr int kBandRows = 4 * kGroupRows;
+
+/** Where four rows' first block is, and how far their next block column: Q4_0 bands, or Q8_0 rows. */
+struct FourRows {
+  const uint8_t* p;
+  size_t blockStride;
+};
+
+FourRows locate(const Product& job, bool q4, int row) {
+  if (!q4) return {job.w + static_cast<size_t>(row) * job.nb * kQ8BlockBytes, static_cast<size_t>(job.nb) * kQ8BlockBytes};
+  const int band = row - row % kBandRows;
+  const int groups = job.n - band >= kBandRows ? 4 : (job.n - band) / kGroupRows;
+  const size_t bandStart = static_cast<size_t>(band) * job.nb * (kQ4GroupBytes / kGroupRows);
+  return {job.w + bandStart + static_cast<size_t>((row - band) / kGroupRows) * kQ4GroupBytes, static_cast<size_t>(groups) * kQ4GroupBytes};
+}
+
+/**
+ * Whole bands 16 rows at a time where there is a band kernel, the rest four rows at a time, each
+ * against up to kRowsPerPass activation rows per pass.
+ */
+void runProduct(const Product& job, bool q4, const Kernels& kernels, const BandKernels* bands) {
   const size_t recordStride = static_cast<size_t>(kRecordBytes) * job.nb;
-  for (int row = job.row; row < job.rowEnd; row += kGroupRows) {
-    const uint8_t* p = job.w + (row / kGroupRows) * fourRowsBytes;
+  for (int row = job.row; row < job.rowEnd;) {
+    const bool wholeBand = bands && row % kBandRows == 0 && row + kBandRows <= job.rowEnd && row + kBandRows <= job.n;
+    const FourRows at = locate(job, q4, row);
     for (int i = 0; i < job.m; i += kRowsPerPass) {
       const int rows = job.m - i < kRowsPerPass ? job.m - i : kRowsPerPass;
-      kernels[rows - 1](p, job.nb, job.x + i * recordStride, recordStride, job.out + static_cast<size_t>(i) * job.n + row, job.n);
+      const uint8_t* x = job.x + i * recordStride;
+      float* out = job.out + static_cast<size_t>(i) * job.n + row;
+      if (wholeBand) (*bands)[rows - 1](at.p, job.nb, x, recordStride, out, job.n);
+      else kernels[rows - 1](at.p, at.blockStride, job.nb, x, recordStride, out, job.n);
     }
+    row += wholeBand ? kBandRows : kGroupRows;
   }
 }
 
 constexpr Kernels kQ4Avx512 = {q4GroupAvx512<1>, q4GroupAvx512<2>, q4GroupAvx512<3>, q4GroupAvx512<4>};
+constexpr BandKernels kQ4Avx512Bands = {q4BandAvx512<1>, q4BandAvx512<2>, q4BandAvx512<3>, q4BandAvx512<4>};
 constexpr Kernels kQ4Avx2 = {q4GroupAvx2<1>, q4GroupAvx2<2>, q4GroupAvx2<3>, q4GroupAvx2<4>};
+constexpr BandKernels kQ4Avx2Bands = {q4BandAvx2<1>, q4BandAvx2<2>, q4BandAvx2<3>, q4BandAvx2<4>};
 constexpr Kernels kQ8Avx512 = {q8RowsAvx512<1>, q8RowsAvx512<2>, q8RowsAvx512<3>, q8RowsAvx512<4>};
 constexpr Kernels kQ8Avx2 = {q8RowsAvx2<1>, q8RowsAvx2<2>, q8RowsAvx2<3>, q8RowsAvx2<4>};
 
@@ -241,14 +358,15 @@ struct Entry {
   const char* name;
   bool q4;  // Q4_0 (interleaved groups) or Q8_0 (rows)
   const Kernels* kernels;
+  const BandKernels* bands;  // a Q4_0 band's 16 rows at a time, where there is such a kernel
   bool (*supported)();
 };
 
 constexpr Entry kEntries[] = {
-    {"q4_0_avx512vnni", true, &kQ4Avx512, hasAvx512Vnni},
-    {"q4_0_avx2", true, &kQ4Avx2, hasAvx2},
-    {"q8_0_avx512vnni", false, &kQ8Avx512, hasAvx512Vnni},
-    {"q8_0_avx2", false, &kQ8Avx2, hasAvx2},
+    {"q4_0_avx512vnni", true, &kQ4Avx512, &kQ4Avx512Bands, hasAvx512Vnni},
+    {"q4_0_avx2", true, &kQ4Avx2, &kQ4Avx2Bands, hasAvx2},
+    {"q8_0_avx512vnni", false, &kQ8Avx512, nullptr, hasAvx512Vnni},
+    {"q8_0_avx2", false, &kQ8Avx2, nullptr, hasAvx2},
 };
 
 napi_value fail(napi_env env, const Entry& entry, const char* what) {
@@ -283,15 +401,18 @@ napi_value RunProduct(napi_env env, napi_callback_info info) {
       rowEnd > n || m < 0 || w < 0 || x < 0 || out < 0 || out % 4 != 0)
     return fail(env, entry, "shape or offsets out of range");
   const uint64_t nb = static_cast<uint64_t>(cols) / kBlock;
-  const uint64_t fourRowsBytes = nb * (entry.q4 ? kQ4GroupBytes : kGroupRows * kQ8BlockBytes);
-  if (static_cast<uint64_t>(w) + static_cast<uint64_t>(rowEnd / kGroupRows) * fourRowsBytes > length ||
+  // Rows below rowEnd lie in the bands that start below it (Q4_0), or in the first rowEnd rows (Q8_0).
+  const uint64_t rowBytes = nb * (entry.q4 ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
+  const uint64_t bandsEnd = (static_cast<uint64_t>(rowEnd) + kBandRows - 1) / kBandRows * kBandRows;
+  const uint64_t rowsTouched = entry.q4 ? (bandsEnd < static_cast<uint64_t>(n) ? bandsEnd : n) : rowEnd;
+  if (static_cast<uint64_t>(w) + rowsTouched * rowBytes > length ||
       static_cast<uint64_t>(x) + static_cast<uint64_t>(m) * nb * kRecordBytes > length ||
       static_cast<uint64_t>(out) + 4 * static_cast<uint64_t>(m) * static_cast<uint64_t>(n) > length)
     return fail(env, entry, "the product does not fit in its memory");
   if (!entry.supported()) return fail(env, entry, "this CPU lacks the instruction set");
   uint8_t* base = static_cast<uint8_t*>(bytes);
   const Product job{base + w, row, rowEnd, m, base + x, reinterpret_cast<float*>(base + out), n, static_cast<int>(nb)};
-  runProduct(job, fourRowsBytes, *entry.kernels);
+  runProduct(job, entry.q4, *entry.kernels, entry.bands);
   return nullptr;
 }
 
