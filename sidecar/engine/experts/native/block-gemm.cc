@@ -4,8 +4,8 @@
 // it uses them.
 //
 // Arithmetic (block-kernel.ts has the derivation): activations come as records of 32 int8 values,
-// their fp32 scale dx and 8·Σx; Q4_0 weights in the four-row interleaved layout (formats/blocks.ts),
-// Q8_0 in GGUF's row order. For output row r and activation row i,
+// their fp32 scale dx and 8·Σx; Q4_0 weights in the four-row interleaved layout, in bands of 16
+// rows (formats/blocks.ts), Q8_0 in GGUF's row order. For output row r and activation row i,
 //   out[i·n + r] = Σ_blocks in order  fp32(isum) · (dw · dx)
 // with isum exact and every fp32 step rounded as written: built with -ffp-contract=off, so no
 // fused multiply-adds.
@@ -24,7 +24,7 @@ constexpr int kGroupRows = 4;
 constexpr int kQ4GroupBytes = kGroupRows * 18;  // four fp16 scales, then four 16-byte slices
 constexpr int kQ8BlockBytes = 34;
 /** How far ahead a band kernel prefetches: 16 block columns of a band. */
-constexpr int kPrefetchBytes = 16 * 4 * 72;
+constexpr int kPrefetchBytes = 16 * 4 * kQ4GroupBytes;
 /** Activation rows sharing one pass over four output rows' weights. */
 constexpr int kRowsPerPass = 4;
 
@@ -102,9 +102,6 @@ AVX512_VNNI void q4GroupAvx512(const uint8_t* p, size_t blockStride, int nb, con
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
   for (int b = 0; b < nb; b++, p += blockStride) {
-#ifdef PREFETCH_BYTES
-    _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES), _MM_HINT_T0);
-#endif
     const __m512i q = _mm512_loadu_si512(p + 8);
     const __m512i low = _mm512_and_si512(q, lowNibbles);
     const __m512i high = _mm512_and_si512(_mm512_srli_epi16(q, 4), lowNibbles);
@@ -124,9 +121,9 @@ AVX512_VNNI void q4GroupAvx512(const uint8_t* p, size_t blockStride, int nb, con
 
 /**
  * A whole band (four groups, 16 rows) at once, its block columns one after the other: the
- * activation spread is shared, the four groups' partial sums fold into one vector of
- * 16 row sums (two shuffle-and-add levels instead of two extract-and-add steps per group), and the
- * fp32 steps run on 16 rows per instruction. About half the instructions per weight byte of one
+ * activation spread is shared, the four groups' partial sums fold into one vector of 16 row sums
+ * (two shuffle-and-add levels instead of two extract-and-add steps per group), and the fp32 steps
+ * run on 16 rows per instruction. About half the instructions per weight byte of one
  * group at a time; each lane still adds its row's blocks in order, so the bits are the same.
  */
 template <int R>
