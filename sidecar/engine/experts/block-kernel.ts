@@ -1,7 +1,8 @@
 /**
  * Mixtral experts straight from their Q4_0 / Q8_0 blocks (formats/blocks.ts): a WebAssembly SIMD
  * kernel on two threads, the same one whether an expert stays resident or was paged in, so
- * logits do not depend on the cache budget.
+ * logits do not depend on the cache budget. On x86 its products run natively (native-gemm.ts:
+ * AVX-512 VNNI or AVX2) with the same bits, checked against the module at load.
  *
  * Why our own kernel: onnxruntime 1.30 has no fast kernel that takes 4-bit weights as graph
  * inputs (MatMulNBits from an input dequantises all of B to fp32 per call), and its int8 path
@@ -15,11 +16,12 @@
  * and the fp32 steps happen in a fixed order per output, so the result is the same for every
  * thread split, batch size and variant (tested against `blockGemmScalar`).
  *
- * Q4_0 experts are stored with rows interleaved four at a time (formats/blocks.ts, Q4_0X4): one
- * 16-byte load holds four bytes of each of four rows, so each i32 lane accumulates one output row
- * and a block needs no horizontal sums — about 40% fewer instructions per weight byte than rows
- * in GGUF order, which is what bounds this kernel (it is compute-bound at one token, not
- * memory-bound). Activations are broadcast four at a time to meet them.
+ * Q4_0 experts are stored with rows interleaved four at a time, in bands of 16 rows
+ * (formats/blocks.ts, Q4_0X4): one 16-byte load holds four bytes of each of four rows, so each
+ * i32 lane accumulates one output row and a block needs no horizontal sums — about 40% fewer
+ * instructions per weight byte than rows in GGUF order, which is what bounds this kernel (it is
+ * compute-bound at one token, not memory-bound). Activations are broadcast four at a time to meet
+ * them.
  *
  * Two variants of the Q4_0 inner product, bit-identical:
  *   relaxed-simd  i16x8.relaxed_dot_i8x16_i7x16_s (one pmaddubsw on x86): unsigned nibbles are
@@ -1142,6 +1144,9 @@ export interface BlockExpertKernelOptions {
   variant?: KernelVariant;
 }
 
+/** The row widths the products are specialised to: dim (w13's inputs) and ffn (w2's). */
+const rowWidths = ({ dim, ffn }: { dim: number; ffn: number }) => [...new Set([dim, ffn])];
+
 /** One expert's rows for `runTogether`: x [rows, dim] and the expert's weights in our buffers. */
 export interface ExpertInput {
   x: Float32Array;
@@ -1161,8 +1166,6 @@ export class BlockExpertKernel implements ExpertBufferPool {
   private readonly layout: ArenaLayout;
   private provisioned = 0;
 
-  private readonly widths: readonly number[];
-
   private constructor(
     private readonly options: BlockExpertKernelOptions,
     private readonly module: WebAssembly.Module,
@@ -1173,7 +1176,6 @@ export class BlockExpertKernel implements ExpertBufferPool {
     if (dim % BLOCK !== 0 || ffn % BLOCK !== 0)
       throw new RangeError(`block experts need dim and ffn multiples of ${BLOCK}, not ${dim} and ${ffn}`);
     this.layout = arenaLayout(dim, ffn, options.bufferBytes);
-    this.widths = [...new Set([dim, ffn])];
     const products = FORMATS.flatMap((format) => [dim, ffn].map((cols) => ({ name: gemmName(format, cols), format, cols })));
     this.helper = options.threads > 1 ? new Helper(module, products, this.layout.second, dim, ffn, native) : null;
   }
@@ -1191,8 +1193,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
     if (variant === 'relaxed-simd' && relaxed !== null) throw new Error(`the relaxed SIMD expert kernel cannot run here: ${relaxed}`);
     // A native variant still runs its activation steps in the module: the faster one.
     const wasm: WasmVariant = variant === 'simd' || (native && relaxed !== null) ? 'simd' : 'relaxed-simd';
-    const widths = [...new Set([options.dim, options.ffn])];
-    return new BlockExpertKernel(options, await moduleFor(wasm, widths), native, variant);
+    return new BlockExpertKernel(options, await moduleFor(wasm, rowWidths(options)), native, variant);
   }
 
   allocate(): Uint8Array {
@@ -1202,7 +1203,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
     }
     const fit = Math.max(0, Math.floor((MAX_PAGES * PAGE - this.layout.buffersStart) / this.layout.stride));
     const count = Math.max(1, Math.min(fit, this.options.expectedBuffers - this.provisioned));
-    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn, this.native, this.widths);
+    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn, this.native, rowWidths(this.options));
     this.arenas.push(arena);
     this.helper?.addArena(arena);
     this.provisioned += count;

@@ -45,12 +45,6 @@ export interface NativeGemm {
 /** Where node-gyp puts the addon: build/Release under the package root. */
 export const NATIVE_ADDON_PATH = fileURLToPath(new URL('../../../build/Release/block_gemm.node', import.meta.url));
 
-/** The addon's product for `format` on `isa`, loaded from `path` (here or in a worker thread). */
-export function nativeProduct(path: string, format: BlockFormat, isa: NativeIsa): NativeProduct {
-  const addon = createRequire(import.meta.url)(path) as Addon;
-  return addon[`${format}_${isa}`];
-}
-
 /**
  * The native products on the best instruction set this CPU runs (or on `isa`), or why there are
  * none here.
