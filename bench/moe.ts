@@ -13,7 +13,8 @@
  * (predicted experts the router then picked), prefetch hits and wasted prefetches, page-in latency
  * next to the raw read time of the same expert files measured in this run (warm page cache, and
  * cold after dropping it when run as root), bytes paged per token, peak RSS. No --expert-cache-mb
- * (every expert resident, the same kernel and bytes) is the speed reference. First, the kernel
+ * (every expert resident, the same kernel and bytes) is the speed reference, run first and again
+ * last (the two bracket the rest on a machine whose speed drifts). First, the kernel
  * alone against the machine's read bandwidth (kernel-roofline.ts).
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
@@ -304,6 +305,9 @@ async function main(argv: string[]): Promise<void> {
       configs.push({ ...base, budgetMb: format.allMb * 0.5, policy: 'lru', prefetch: false });
     }
   }
+  // The no-budget run once more at the end: this VM's speed drifts between minutes, and the two
+  // runs bracket the budgets' runs.
+  if (configs[0]?.budgetMb === null) configs.push(configs[0]);
   const results: RunResult[] = [];
   for (const config of configs) {
     if (cold && formats[0]!.canDrop && config.budgetMb !== null) dropPageCache();
@@ -314,10 +318,10 @@ async function main(argv: string[]): Promise<void> {
     );
   }
 
-  const rows = results.map((r) => ({
+  const rows = results.map((r, i) => ({
     config:
       r.budgetMb === null
-        ? 'no --expert-cache-mb (q4_0, all resident)'
+        ? `no --expert-cache-mb (q4_0, all resident)${i > 0 ? ', again last' : ''}`
         : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
     ...(anchor && { 'vs llama.cpp': `${fmt(r.decodeTokensPerSecond / anchor.decodeTokensPerSecond, 2)}×` }),
@@ -331,6 +335,7 @@ async function main(argv: string[]): Promise<void> {
   }));
   console.table(rows);
   const resident = results.find((r) => r.budgetMb === null) ?? null;
+  const residentAgain = results.findLast((r) => r.budgetMb === null && r !== resident) ?? null;
   const summary = formats.map((format) => {
     const mine = results.filter((r) => r.expertBits === format.bits && r.policy === 'lru' && r.prefetch);
     const all = mine.find((r) => r.budgetFraction === 1) ?? null;
@@ -373,6 +378,7 @@ async function main(argv: string[]): Promise<void> {
   }
   console.log(
     `all experts resident (no budget): ${fmt(resident?.decodeTokensPerSecond ?? null)} tok/s` +
+      (residentAgain ? ` first, ${fmt(residentAgain.decodeTokensPerSecond)} last` : '') +
       summary.map((f) => `, int${f.expertBits} at a 100% budget ${fmt(f.allPagedTokensPerSecond)}`).join('') +
       `; llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')} tok/s`,
   );
@@ -384,6 +390,7 @@ async function main(argv: string[]): Promise<void> {
         (resident
           ? `, ours (q4_0, no budget) / llama.cpp = ${formatAnchorCell(resident.decodeTokensPerSecond, anchor.decodeTokensPerSecond)}`
           : '') +
+        (residentAgain ? ` (last run: ${formatAnchorCell(residentAgain.decodeTokensPerSecond, anchor.decodeTokensPerSecond)})` : '') +
         `; prefill ${fmt(anchor.prefillTokensPerSecond)} tok/s (not timed by this bench)`,
     );
   }
