@@ -8,7 +8,12 @@
 import { randomFillSync } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import wabtInit from 'wabt';
-import { BlockExpertKernel, defaultKernelVariant, type KernelVariant } from '../sidecar/engine/experts/block-kernel.ts';
+import {
+  BlockExpertKernel,
+  defaultKernelVariant,
+  type KernelVariant,
+  runnableKernelVariants,
+} from '../sidecar/engine/experts/block-kernel.ts';
 import { EXPERT_FORMATS, type ExpertBits, expertFileBytes, expertViews, setExpertScales } from '../sidecar/engine/experts/expert-store.ts';
 import { toFloat16Bits } from '../sidecar/formats/blocks.ts';
 import { percentile } from './stats.ts';
@@ -129,9 +134,7 @@ export async function kernelRoofline() {
   const bandwidth = await readBandwidth();
   const { variant, note } = await defaultKernelVariant();
   // The default first, then the WebAssembly variants it is measured against.
-  const variants = [...new Set<KernelVariant>([variant, 'relaxed-simd', 'simd'])].filter(
-    (v) => v !== 'relaxed-simd' || !note?.includes('relaxed'),
-  );
+  const variants = [...new Set<KernelVariant>([variant, ...(await runnableKernelVariants()).filter((v) => !v.startsWith('native-'))])];
   const timings = [...(await expertTimings(4, variants)), ...(await expertTimings(8, [...new Set<KernelVariant>([variant, 'simd'])]))];
   const roof = bandwidth.twoThreadsGBps;
   console.log(

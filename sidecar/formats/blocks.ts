@@ -184,7 +184,7 @@ function checkInterleavable(blocks: Uint8Array, rows: number, cols: number, into
 }
 
 /** Groups in the band holding `row` of a matrix of `rows` rows (4, or fewer in a last short band). */
-export function q4_0x4BandGroups(row: number, rows: number): number {
+function q4_0x4BandGroups(row: number, rows: number): number {
   const band = row - (row % Q4_0X4_BAND_ROWS);
   return Math.min(4, (rows - band) / Q4_0X4_ROWS);
 }

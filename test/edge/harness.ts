@@ -4,7 +4,7 @@
  */
 import { applyD1Migrations, createExecutionContext, type D1Migration, waitOnExecutionContext } from 'cloudflare:test';
 import { env } from 'cloudflare:workers';
-import { afterEach, onTestFinished } from 'vitest';
+import { onTestFinished } from 'vitest';
 import { createApp } from '../../edge/app.ts';
 import { type CreateKeyRequest, createKey, keyPeppersFrom } from '../../edge/auth/index.ts';
 import type { EdgeBindings } from '../../edge/env.ts';
@@ -89,29 +89,17 @@ export function setup(overrides: Partial<EdgeBindings> & Record<string, unknown>
   // Work a request leaves to waitUntil (access and usage logs, written after the response) must
   // finish inside its test: a log line still in flight when the file's worker shuts down fails the
   // run ("Closing rpc while onUserConsoleLog was pending"). A stream a test never read cannot
-  // finish, hence the bound. Each request settles when its test finishes; an afterEach registered
-  // here would miss the last test of a file whose tests call setup() themselves.
-  const contexts = new Set<ExecutionContext>();
-  const settle = async (pending: ExecutionContext[]) => {
-    const done = pending.map((ctx) => waitOnExecutionContext(ctx).catch(() => undefined));
-    await Promise.race([Promise.all(done), new Promise((resolve) => setTimeout(resolve, 2_000))]);
-  };
-  afterEach(async () => {
-    const pending = [...contexts];
-    contexts.clear();
-    await settle(pending);
-  });
+  // finish, hence the bound. Each request settles when its own test finishes (an afterEach
+  // registered here would miss the last test of a file whose tests call setup() themselves).
+  const settle = (ctx: ExecutionContext) =>
+    Promise.race([waitOnExecutionContext(ctx).catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2_000))]);
 
   /** Sends a request through the worker; `cf` sets the client's location. */
   async function send(path: string, init: RequestInit & { cf?: Record<string, string> } = {}) {
     const { cf, ...rest } = init;
     const request = new Request(`https://edge.test${path}`, { ...rest, cf } as RequestInit);
     const ctx = createExecutionContext();
-    try {
-      onTestFinished(() => settle([ctx]));
-    } catch {
-      contexts.add(ctx); // outside a test (a beforeAll, say): the next afterEach settles it
-    }
+    onTestFinished(async () => void (await settle(ctx)));
     const response = await app.fetch(request, bindings, ctx);
     return Object.assign(response, { settled: () => waitOnExecutionContext(ctx) });
   }

@@ -615,6 +615,13 @@ function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => 
   return Array.from(new Uint32Array(memory.buffer, out, PROBE_ROWS * rows)).join();
 }
 
+/** Every variant that runs here (its check passed), fastest first. */
+export async function runnableKernelVariants(): Promise<KernelVariant[]> {
+  const natives: KernelVariant[] = [];
+  for (const isa of ['avx512vnni', 'avx2'] as const) if ((await checkedNativeGemm(isa)).gemm) natives.push(`native-${isa}`);
+  return [...natives, ...((await relaxedUnavailable()) === null ? (['relaxed-simd'] as const) : []), 'simd'];
+}
+
 /** Which variant `BlockExpertKernel.create` picks by default, and why not a faster one. */
 export async function defaultKernelVariant(): Promise<{ variant: KernelVariant; note: string | null }> {
   const native = await checkedNativeGemm();
