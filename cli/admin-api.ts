@@ -6,6 +6,7 @@
 import { DEFAULT_PORTS, ENV } from '../shared/protocol.ts';
 import { CliError } from './args.ts';
 import { devVarsFile, readDevVars } from './dev-vars.ts';
+import { fetchText, type TextAnswer } from './http.ts';
 
 export function defaultEdgeUrl(): string {
   return `http://localhost:${process.env[ENV.port] || DEFAULT_PORTS.edge}`;
@@ -20,6 +21,9 @@ export async function adminSecret(): Promise<string> {
   return secret;
 }
 
+/** How long an admin call may take, body included. */
+const ADMIN_TIMEOUT_MS = 15_000;
+
 /** Calls an admin route; the edge's Mistral error message becomes the CLI error. */
 export async function callAdmin(url: string, method: string, path: string, body?: unknown): Promise<unknown> {
   let base: URL;
@@ -30,29 +34,32 @@ export async function callAdmin(url: string, method: string, path: string, body?
   }
   if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new CliError(`--url must be an http(s) URL, got "${url}"`);
   const authorization = `Bearer ${await adminSecret()}`;
-  let response: Response;
+  let answer: TextAnswer;
   try {
-    response = await fetch(new URL(path, base), {
-      method,
-      headers: { authorization, 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(15_000),
-    });
+    answer = await fetchText(
+      new URL(path, base),
+      {
+        method,
+        headers: { authorization, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      },
+      ADMIN_TIMEOUT_MS,
+    );
   } catch (error) {
     const reason = error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error);
     throw new CliError(`cannot reach the edge at ${base.origin}: ${reason}`, 1);
   }
-  const text = await response.text();
+  const { text } = answer;
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
     json = undefined;
   }
-  if (!response.ok) {
+  if (!answer.ok) {
     const message = json && typeof json === 'object' && 'message' in json ? String(json.message) : text.slice(0, 200);
-    const hint = response.status === 401 ? ` (is ${ENV.adminSecret} the secret this edge was started with?)` : '';
-    throw new CliError(`${method} ${path} failed (HTTP ${response.status}): ${message}${hint}`, 1);
+    const hint = answer.status === 401 ? ` (is ${ENV.adminSecret} the secret this edge was started with?)` : '';
+    throw new CliError(`${method} ${path} failed (HTTP ${answer.status}): ${message}${hint}`, 1);
   }
   return json;
 }

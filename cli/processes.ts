@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { ENV } from '../shared/protocol.ts';
+import { fetchText } from './http.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const SIROCCO_BIN = join(REPO_ROOT, 'bin/sirocco.mjs');
@@ -234,6 +235,9 @@ export interface ReadyWaitOptions {
   intervalMs?: number;
 }
 
+/** How long one readiness probe may take, body included. */
+const PROBE_TIMEOUT_MS = 2_000;
+
 /** Polls `url` until it answers 2xx; fails early (with its last output) when `owner` exits, or after `timeoutMs`. */
 export async function waitUntilReady(
   owner: ManagedProcess,
@@ -245,12 +249,9 @@ export async function waitUntilReady(
     signal?.throwIfAborted();
     if (!owner.running) throw await owner.failure(`exited during start-up (code ${await owner.exited})`);
     try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
-      // Read to the end, not cancelled: hanging up before the body arrives makes workerd print a Broken pipe trace.
-      await response.arrayBuffer();
-      if (response.ok) return;
+      if ((await fetchText(url, {}, PROBE_TIMEOUT_MS)).ok) return;
     } catch {
-      // Not listening yet.
+      // Not listening yet, or not answering yet.
     }
     if (Date.now() > deadline) throw await owner.failure(`was not ready at ${url} after ${Math.round(timeoutMs / 1000)} s`);
     await new Promise((resolveWait) => setTimeout(resolveWait, intervalMs));

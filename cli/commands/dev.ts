@@ -16,6 +16,7 @@ import { CliError, parseCommandArgs } from '../args.ts';
 import { describeMigrationsLine, describeSidecarLine, describeWranglerLine } from '../dev-console.ts';
 import { checkDevEnvironment } from '../dev-environment.ts';
 import { devVarsFile, readDevVars, writeDevVars } from '../dev-vars.ts';
+import { fetchText, type TextAnswer } from '../http.ts';
 import {
   applyLocalD1Migrations,
   freePort,
@@ -409,20 +410,19 @@ class SupervisedSidecar {
 
 /** Registers `apiKey` through the edge's admin route (the same call `sirocco keys create` makes). */
 async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string): Promise<void> {
+  let answer: TextAnswer;
   try {
-    const response = await fetch(`${edgeUrl}/admin/keys`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
-      // Creating a key is idempotent (stored by hash), so a persisted dev state and a fixed SIROCCO_DEV_KEY mix fine.
-      body: JSON.stringify({ key: apiKey, tenant: 'dev' }),
+    answer = await fetchText(
+      `${edgeUrl}/admin/keys`,
+      {
+        method: 'POST',
+        headers: { authorization: `Bearer ${adminSecret}`, 'content-type': 'application/json' },
+        // Creating a key is idempotent (stored by hash), so a persisted dev state and a fixed SIROCCO_DEV_KEY mix fine.
+        body: JSON.stringify({ key: apiKey, tenant: 'dev' }),
+      },
       // Bounded, body included: an edge that accepts the connection and never answers must not hang the start.
-      signal: AbortSignal.timeout(DEV_KEY_TIMEOUT_MS),
-    });
-    if (!response.ok) {
-      throw new CliError(`could not create the dev API key: POST /admin/keys answered ${response.status} ${await response.text()}`, 1);
-    }
-    // Read to the end (see waitUntilReady): a hang-up before the body makes workerd print a Broken pipe trace.
-    await response.arrayBuffer();
+      DEV_KEY_TIMEOUT_MS,
+    );
   } catch (error) {
     if (error instanceof DOMException && error.name === 'TimeoutError') {
       throw new CliError(
@@ -432,6 +432,7 @@ async function createDevKey(edgeUrl: string, adminSecret: string, apiKey: string
     }
     throw error;
   }
+  if (!answer.ok) throw new CliError(`could not create the dev API key: POST /admin/keys answered ${answer.status} ${answer.text}`, 1);
 }
 
 /** How long `npm start` waits for the edge to register the dev key (a local KV write; milliseconds when healthy). */

@@ -17,8 +17,10 @@ import { readSseEvents, SSE_DONE } from '../../shared/sse.ts';
 import { TEST_HOME } from '../support/stack-fixture.ts';
 
 const running: ManagedProcess[] = [];
-afterEach(() => {
-  for (const dev of running.splice(0)) dev.kill('SIGKILL');
+// SIGTERM first, so a test that failed half-way leaves no sidecar or wrangler dev behind (they run in their own
+// process groups: a SIGKILL of `sirocco dev` alone would orphan them).
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((dev) => dev.stop({ graceMs: 30_000 })));
 });
 
 /** The tests' own dev-vars file, so they never write the repository's .dev.vars. */
@@ -44,6 +46,15 @@ function startDev(args: string[], env: Record<string, string>) {
       return code;
     }),
     output: () => lines.join('\n'),
+    /** Resolves once it printed its banner; fails at once, with everything it printed, when it exits first. */
+    running: async () => {
+      await Promise.race([
+        expect.poll(() => lines.join('\n'), { timeout: 240_000, interval: 250 }).toContain('Ctrl-C stops everything'),
+        dev.exited.then((code) => {
+          throw new Error(`sirocco dev exited (code ${code}) before it was running:\n${lines.join('\n')}`);
+        }),
+      ]);
+    },
   };
 }
 
@@ -60,7 +71,7 @@ describe('npm start (sirocco dev)', () => {
     const devKey = 'sk-dev-e2e-0123456789abcdef';
     const dev = startDev(['--sidecar-ports', `${eu},${us}`], { PORT: String(edgePort), SIROCCO_DEV_KEY: devKey });
 
-    await expect.poll(dev.output, { timeout: 240_000, interval: 250 }).toContain('Ctrl-C stops everything');
+    await dev.running();
     const output = dev.output();
     expect(output).toContain(`Sirocco is running at http://localhost:${edgePort}`);
     expect(output).toContain(`API key: ${devKey}`);
@@ -125,7 +136,7 @@ describe('npm start (sirocco dev)', () => {
     const edgeUrl = `http://127.0.0.1:${edgePort}`;
     const startAndReadKey = async () => {
       const dev = startDev(['--sidecar-ports', `${eu},${us}`], { PORT: String(edgePort) });
-      await expect.poll(dev.output, { timeout: 240_000, interval: 250 }).toContain('Ctrl-C stops everything');
+      await dev.running();
       return { dev, key: /API key: (\S+)/.exec(dev.output())![1]! };
     };
 
