@@ -14,7 +14,7 @@ WORKDIR /app
 # Only what the sidecar runs (the edge deploys to Cloudflare, not here); no CUDA download on CPU hosts.
 COPY package.json package-lock.json .npmrc binding.gyp ./
 COPY scripts/build-native.mjs ./scripts/
-COPY sidecar/engine/experts/native ./sidecar/engine/experts/native
+COPY sidecar/engine/native ./sidecar/engine/native
 RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund && test -f build/Release/block_gemm.node
 
 FROM node:20-slim

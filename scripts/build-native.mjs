@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Builds the native expert kernel (sidecar/engine/experts/native, binding.gyp) at install time
+// Builds the native expert kernel (sidecar/engine/native, binding.gyp) at install time
 // with node-gyp against this Node's own headers. It needs python3, make and a C++ compiler; where
 // they are missing the build is skipped with a warning and the sidecar runs its experts in the
 // WebAssembly kernel instead (same results, slower). It is x86-only (AVX-512 VNNI or AVX2).

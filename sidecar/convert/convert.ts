@@ -7,7 +7,8 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
+import { buildExpertStore, EXPERT_FORMATS, type ExpertBits } from '../engine/experts/expert-store.ts';
+import { writeLayerStore } from '../engine/layers/layer-store.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { expectedTensors } from '../formats/checkpoint.ts';
 import type { ModelSource } from '../formats/model-source.ts';
@@ -127,7 +128,16 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
     const graphs = await buildGraphs({ dir: staging, config, precision, weights, quantization });
     // Mixtral: also the per-expert files that `--expert-cache-mb` pages from (expert-store.ts);
     // a GGUF file's experts already in that block format are copied as they are.
-    if (config.numExperts > 0) await buildExpertStore(source, staging, options.expertBits ?? defaultExpertBits(source, precision));
+    let nativeLayers: Manifest['nativeLayers'];
+    if (config.numExperts > 0) {
+      const expertBits = options.expertBits ?? defaultExpertBits(source, precision);
+      await buildExpertStore(source, staging, expertBits);
+      // …and, quantised, each layer up to its experts in their block format, for the native attention layer.
+      if (precision !== 'fp32') {
+        nativeLayers = { format: EXPERT_FORMATS[expertBits] };
+        await writeLayerStore(source, staging, config, nativeLayers.format);
+      }
+    }
     for (const file of await source.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
     // A GGUF file's vocabulary becomes the store's tokenizer.json.
     const vocabulary = source.vocabulary?.();
@@ -151,6 +161,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       config,
       tensors: Object.fromEntries(tensors.map((t) => [t.name, t.shape])),
       graphs,
+      ...(nativeLayers ? { nativeLayers } : {}),
       files,
     };
     await writeFile(join(staging, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);

@@ -14,9 +14,13 @@ import { isStore, MANIFEST_FILE, type Manifest, readManifest } from '../formats/
 import { IO } from '../graph/models.ts';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
+import { loadNativeGemm } from './experts/native-gemm.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
 import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
 import { autoKvReserveBytes, KvBufferPool, type KvReserveStats } from './kv-memory.ts';
+import type { LayerAttention, StepAttention } from './layers/layer-attention.ts';
+import { readLayerStore } from './layers/layer-store.ts';
+import { NativeLayerAttention } from './layers/native-attention.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
@@ -56,6 +60,11 @@ export interface LoadOptions {
   expertCache?: { policy?: EvictionPolicy; prefetch?: boolean };
   /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
   onExpertPageIn?: (seconds: number) => void;
+  /**
+   * Mixtral: how each layer up to its experts runs: 'native' (the default where the store has native
+   * layer files and this host the native addon) or 'onnx' (the store's layer graphs), e.g. to compare them.
+   */
+  attention?: 'native' | 'onnx';
   /** Debug hook: called after each Mixtral layer's routing. */
   onRouting?: (event: RoutingEvent) => void;
   /**
@@ -171,41 +180,63 @@ class DenseRunner implements StepRunner {
   }
 }
 
-class MoeRunner implements StepRunner {
+/** The store's ONNX layer graphs: one onnxruntime run per layer. */
+class OnnxLayerAttention implements LayerAttention {
+  readonly name = 'onnxruntime layer graphs';
   private readonly rope: RopeTable;
 
   constructor(
-    private readonly layers: ort.InferenceSession[],
-    private readonly head: ort.InferenceSession,
-    private readonly experts: ExpertProvider,
+    private readonly sessions: ort.InferenceSession[],
     private readonly config: ModelConfig,
-    private readonly onRouting?: (event: RoutingEvent) => void,
   ) {
     this.rope = new RopeTable(config.headDim, config.ropeTheta);
   }
 
+  forStep(step: BatchStep): StepAttention {
+    const shared = stepFeeds(step, this.config, this.rope);
+    return {
+      run: async (layer, hidden) => {
+        const feeds = attentionFeeds(step, this.config, shared, [layer]);
+        if (hidden === null) feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
+        else feeds[IO.hidden] = tensor(hidden, [step.batch, step.seq, this.config.dim]);
+        const outputs = await this.sessions[layer]!.run(feeds);
+        const graph = `layer ${layer}`;
+        storeNewKv(step, layer, outputs, graph);
+        return {
+          residual: output(outputs, IO.hiddenOut, graph),
+          ffnIn: output(outputs, IO.ffnIn, graph),
+          router: output(outputs, IO.routerLogits, graph),
+        };
+      },
+    };
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.sessions.map((session) => session.release()));
+  }
+}
+
+class MoeRunner implements StepRunner {
+  constructor(
+    private readonly attention: LayerAttention,
+    private readonly head: ort.InferenceSession,
+    private readonly experts: ExpertProvider,
+    private readonly config: ModelConfig,
+    private readonly onRouting?: (event: RoutingEvent) => void,
+  ) {}
+
   async run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array> {
-    const { dim, numExperts, expertsPerToken: k } = this.config;
-    const hiddenDims = [step.batch, step.seq, dim];
+    const { dim, numExperts, expertsPerToken: k, nLayers } = this.config;
     // Only real (unpadded) positions go through the experts; padding rows get no FFN update.
     const realRows: number[] = [];
     for (const [b, e] of step.entries.entries()) {
       for (let i = 0; i < e.tokens.length; i++) realRows.push(b * step.seq + i);
     }
 
-    let hidden: Float32Array | undefined;
-    const shared = stepFeeds(step, this.config, this.rope);
-    for (const [layer, session] of this.layers.entries()) {
-      const feeds = attentionFeeds(step, this.config, shared, [layer]);
-      if (layer === 0) feeds[IO.inputIds] = new ort.Tensor('int64', step.inputIds(), [step.batch, step.seq]);
-      else feeds[IO.hidden] = tensor(hidden as Float32Array, hiddenDims);
-      const outputs = await session.run(feeds);
-      const graph = `layer ${layer}`;
-      storeNewKv(step, layer, outputs, graph);
-
-      const residual = output(outputs, IO.hiddenOut, graph);
-      const ffnIn = output(outputs, IO.ffnIn, graph);
-      const router = output(outputs, IO.routerLogits, graph);
+    let hidden: Float32Array | null = null;
+    const attention = this.attention.forStep(step);
+    for (let layer = 0; layer < nLayers; layer++) {
+      const { residual, ffnIn, router } = await attention.run(layer, hidden);
       const x = new Float32Array(realRows.length * dim);
       const logits = new Float32Array(realRows.length * numExperts);
       realRows.forEach((row, i) => {
@@ -227,7 +258,7 @@ class MoeRunner implements StepRunner {
       hidden = next;
     }
     const out = await this.head.run({
-      [IO.hidden]: tensor(hidden as Float32Array, hiddenDims),
+      [IO.hidden]: tensor(hidden as Float32Array, [step.batch, step.seq, dim]),
       [IO.logitRows]: new ort.Tensor('int64', rows, [rows.length]),
     });
     return output(out, IO.logits, 'head');
@@ -241,7 +272,7 @@ class MoeRunner implements StepRunner {
   }
 
   async dispose(): Promise<void> {
-    await Promise.all([...this.layers.map((s) => s.release()), this.head.release(), this.experts.dispose()]);
+    await Promise.all([this.attention.dispose(), this.head.release(), this.experts.dispose()]);
   }
 }
 
@@ -342,6 +373,26 @@ class EngineRuntime implements ModelRuntime {
   }
 }
 
+/**
+ * The native attention layers where the store has their files and this host the native addon (CPU
+ * only), else the store's ONNX layer graphs.
+ */
+async function layerAttention(
+  storeDir: string,
+  manifest: Manifest,
+  settings: SessionSettings,
+  choice: LoadOptions['attention'],
+): Promise<LayerAttention> {
+  const { config, nativeLayers } = manifest;
+  if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx') {
+    const { gemm } = loadNativeGemm();
+    if (gemm) return new NativeLayerAttention(await readLayerStore(storeDir, config, nativeLayers.format), config, gemm);
+  }
+  const sessions = [];
+  for (const layer of manifest.graphs.layers ?? []) sessions.push(await createSession(join(storeDir, layer.graph), settings));
+  return new OnnxLayerAttention(sessions, config);
+}
+
 /** Loads a converted store (see convert/loader.ts for checkpoint folders, converted once). */
 export async function loadModel(storeDir: string, options: LoadOptions = {}): Promise<ModelRuntime> {
   if (!(await isStore(storeDir))) {
@@ -378,8 +429,7 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     if (layers.length !== config.nLayers) {
       throw modelError(`${path('manifest.json')}: ${layers.length} layer graphs for ${config.nLayers} layers; convert it again`);
     }
-    const layerSessions = [];
-    for (const layer of layers) layerSessions.push(await createSession(path(layer.graph), settings));
+    const attention = await layerAttention(storeDir, manifest, settings, options.attention);
     let provider: ExpertProvider;
     if (experts && (options.expertCacheMb === undefined || options.expertCacheMb === 'auto')) {
       // fp32 stores: exact per-expert graphs, the reference for the quantised formats.
@@ -397,7 +447,7 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
       });
       provider = paged;
     }
-    runner = new MoeRunner(layerSessions, await createSession(path(head.graph), settings), provider, config, options.onRouting);
+    runner = new MoeRunner(attention, await createSession(path(head.graph), settings), provider, config, options.onRouting);
   }
   const info: ModelInfo = {
     name: manifest.name,

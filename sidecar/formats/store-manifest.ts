@@ -5,6 +5,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { modelError } from '../errors.ts';
+import type { BlockFormat } from './blocks.ts';
 import type { Architecture, ModelConfig } from './model-config.ts';
 import type { Precision, QuantizationPlan } from './quantize.ts';
 
@@ -20,8 +21,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 7: Q4_0 expert files interleave rows four at a time (formats/blocks.ts, Q4_0X4).
  * 8: attention graphs take a RoPE table and positions (one fused RotaryEmbedding for Q and K).
  * 9: Q4_0 expert files store their groups of four rows in bands of 16 (formats/blocks.ts).
+ * 10: quantised Mixtral stores also hold native layer files (engine/layers/layer-store.ts).
  */
-export const FORMAT_VERSION = 9;
+export const FORMAT_VERSION = 10;
 
 export interface GraphEntry {
   graph: string;
@@ -47,6 +49,11 @@ export interface Manifest {
     experts?: GraphEntry[][];
     head?: GraphEntry;
   };
+  /**
+   * Quantised Mixtral stores: each layer up to its experts in the experts' block format, for the
+   * native attention layer (engine/layers/layer-store.ts).
+   */
+  nativeLayers?: { format: BlockFormat };
   /** Every file in the store with its size, manifest excluded. */
   files: Array<{ path: string; bytes: number }>;
 }

@@ -117,7 +117,7 @@ describe.each([
   it('builds the native expert kernel where a toolchain is (the full node image) and ships it in the runtime image', () => {
     const text = readFileSync(join(REPO_ROOT, file), 'utf8');
     expect(text).toMatch(/^FROM node:20 AS build$/m);
-    for (const input of ['binding.gyp', 'scripts/build-native.mjs', 'sidecar/engine/experts/native']) expect(text).toContain(input);
+    for (const input of ['binding.gyp', 'scripts/build-native.mjs', 'sidecar/engine/native']) expect(text).toContain(input);
     expect(dockerfile.runs.some((run) => run.includes('test -f build/Release/block_gemm.node'))).toBe(true);
     expect(text).toMatch(/^COPY --from=build \/app\/build\/Release\/block_gemm.node \.\/build\/Release\/block_gemm.node$/m);
   });

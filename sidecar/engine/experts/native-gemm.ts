@@ -32,7 +32,29 @@ export type NativeProduct = (
   n: number,
 ) => void;
 
-type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & { supported(): NativeIsa[] };
+/**
+ * A Mixtral layer up to its experts (native/attention-layer.cc): dims are [isa (0 AVX-512 VNNI,
+ * 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows].
+ */
+export type NativeAttentionLayer = (
+  weights: Uint8Array,
+  dims: Int32Array,
+  eps: number,
+  hidden: Float32Array,
+  cos: Float32Array,
+  sin: Float32Array,
+  positions: Int32Array,
+  mask: Float32Array,
+  pastKeys: Float32Array,
+  pastValues: Float32Array,
+  hiddenOut: Float32Array,
+  ffnIn: Float32Array,
+  router: Float32Array,
+  newKeys: Float32Array,
+  newValues: Float32Array,
+) => void;
+
+type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & { supported(): NativeIsa[]; attention_layer: NativeAttentionLayer };
 
 export interface NativeGemm {
   /** The instruction set the products use. */
@@ -40,6 +62,8 @@ export interface NativeGemm {
   /** The addon's file, for a worker thread to load it too. */
   path: string;
   product(format: BlockFormat): NativeProduct;
+  /** The attention layer on this instruction set (its `isa` dim must name it). */
+  attentionLayer: NativeAttentionLayer;
 }
 
 /** Where node-gyp puts the addon: build/Release under the package root. */
@@ -62,5 +86,13 @@ export function loadNativeGemm(isa?: NativeIsa): { gemm: NativeGemm | null; note
   const chosen = isa ?? supported[0];
   if (chosen === undefined || !supported.includes(chosen))
     return { gemm: null, note: `this CPU has ${isa ? `no ${isa}` : 'neither AVX-512 VNNI nor AVX2'} for the native kernel` };
-  return { gemm: { isa: chosen, path: NATIVE_ADDON_PATH, product: (format) => addon[`${format}_${chosen}`] }, note: null };
+  return {
+    gemm: {
+      isa: chosen,
+      path: NATIVE_ADDON_PATH,
+      product: (format) => addon[`${format}_${chosen}`],
+      attentionLayer: addon.attention_layer,
+    },
+    note: null,
+  };
 }

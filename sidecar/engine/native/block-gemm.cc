@@ -10,7 +10,12 @@
 // with isum exact and every fp32 step rounded as written: built with -ffp-contract=off, so no
 // fused multiply-adds.
 
+#include "block-gemm.h"
+
+#include "attention-layer.h"
+
 #include <immintrin.h>
+#include <math.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,8 +23,8 @@
 
 namespace {
 
-constexpr int kBlock = 32;
-constexpr int kRecordBytes = kBlock + 8;
+using sirocco::kBlock;
+using sirocco::kRecordBytes;
 constexpr int kGroupRows = 4;
 constexpr int kQ4GroupBytes = kGroupRows * 18;  // four fp16 scales, then four 16-byte slices
 constexpr int kQ8BlockBytes = 34;
@@ -434,6 +439,38 @@ napi_value Supported(napi_env env, napi_callback_info) {
 
 }  // namespace
 
+namespace sirocco {
+
+bool isaSupported(Isa isa) { return isa == Isa::kAvx512Vnni ? hasAvx512Vnni() : hasAvx2(); }
+
+void quantizeRecords(const float* x, int rows, int cols, uint8_t* records) {
+  const int blocks = rows * (cols / kBlock);
+  for (int block = 0; block < blocks; block++, x += kBlock, records += kRecordBytes) {
+    float amax = 0;
+    for (int j = 0; j < kBlock; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float scale = amax / 127;
+    const float inverse = scale != 0 ? 1 / scale : 0;
+    int32_t sum = 0;
+    for (int j = 0; j < kBlock; j++) {
+      const float rounded = roundf(x[j] * inverse);
+      const int8_t q = rounded == rounded ? static_cast<int8_t>(rounded) : 0;  // a NaN input stores 0, as block-kernel.ts does
+      records[j] = static_cast<uint8_t>(q);
+      sum += q;
+    }
+    const int32_t offset = 8 * sum;
+    memcpy(records + kBlock, &scale, 4);
+    memcpy(records + kBlock + 4, &offset, 4);
+  }
+}
+
+void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out) {
+  const Entry& entry = kEntries[(q4 ? 0 : 2) + (isa == Isa::kAvx512Vnni ? 0 : 1)];
+  const Product job{w, 0, n, m, records, out, n, cols / kBlock};
+  runProduct(job, entry.q4, *entry.kernels, entry.bands);
+}
+
+}  // namespace sirocco
+
 NAPI_MODULE_INIT() {
   __builtin_cpu_init();
   for (const Entry& entry : kEntries) {
@@ -444,5 +481,6 @@ NAPI_MODULE_INIT() {
   napi_value supported;
   napi_create_function(env, "supported", NAPI_AUTO_LENGTH, Supported, nullptr, &supported);
   napi_set_named_property(env, exports, "supported", supported);
+  sirocco::registerAttentionLayer(env, exports);
   return exports;
 }

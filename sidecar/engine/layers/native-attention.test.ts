@@ -1,0 +1,181 @@
+/**
+ * The native attention layer (native/attention-layer.cc on the store's layer files) computes what the
+ * store's ONNX layer graphs compute: on the golden Mixtral, in a ragged batch with a past and during
+ * decode, its logits stay within quantisation noise of the graphs' and pick the same tokens; a batched
+ * sequence gets the same bits as alone; quantised Mixtral stores carry the layer files and a damaged
+ * one is refused at load with "convert again"; the addon refuses a call whose arrays do not fit.
+ * x86-64 only, where `npm ci` builds the native addon (elsewhere the ONNX graphs run).
+ */
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { argmax, checkpointDir, tempDir } from '../../../test/support/golden.ts';
+import { convertCheckpoint, type Manifest } from '../../convert/convert.ts';
+import { loadNativeGemm } from '../experts/native-gemm.ts';
+import { loadModel, type ModelRuntime, type Sequence } from '../model-runtime.ts';
+import { layerStoreDir } from './layer-store.ts';
+
+const native = loadNativeGemm().gemm;
+const work = tempDir('native-attention');
+afterAll(() => rm(work, { recursive: true, force: true }));
+
+const VOCAB = 512;
+
+/** Logits of a ragged batch (prompts of 9 and 4 tokens), then 6 batched decode steps of fixed tokens (the same inputs for both paths). */
+async function raggedRun(runtime: ModelRuntime): Promise<Float32Array[]> {
+  const sequences: Sequence[] = [runtime.createSequence(), runtime.createSequence()];
+  const prompts = [
+    [1, 17, 300, 42, 7, 99, 250, 3, 64],
+    [1, 400, 12, 5],
+  ];
+  const logits = await runtime.forward(sequences.map((sequence, i) => ({ sequence, tokens: prompts[i]! })));
+  for (let step = 0; step < 6; step++) {
+    logits.push(...(await runtime.forward(sequences.map((sequence, i) => ({ sequence, tokens: [(31 * step + 7 * i + 11) % VOCAB] })))));
+  }
+  for (const sequence of sequences) runtime.releaseSequence(sequence);
+  return logits;
+}
+
+function maxAbsDifference(a: Float32Array, b: Float32Array): number {
+  let most = 0;
+  for (let i = 0; i < a.length; i++) most = Math.max(most, Math.abs(a[i]! - b[i]!));
+  return most;
+}
+
+function range(values: Float32Array): number {
+  return Math.max(...values) - Math.min(...values);
+}
+
+describe.runIf(process.arch === 'x64')('native attention layers on the golden Mixtral', () => {
+  const stores: Record<'int8' | 'int4' | 'fp32', string> = { int8: '', int4: '', fp32: '' };
+  const manifests = {} as Record<keyof typeof stores, Manifest>;
+
+  beforeAll(async () => {
+    for (const precision of ['int8', 'int4', 'fp32'] as const) {
+      stores[precision] = join(work, precision);
+      manifests[precision] = await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: stores[precision], precision });
+    }
+  });
+
+  it('run here: the native addon is built', () => {
+    expect(native?.attentionLayer).toBeTypeOf('function');
+  });
+
+  it('quantised stores carry layer files in their experts’ block format; fp32 stores (the reference) do not', () => {
+    expect(manifests.int4.nativeLayers).toEqual({ format: 'q4_0' });
+    expect(manifests.int8.nativeLayers).toEqual({ format: 'q8_0' });
+    expect(manifests.fp32.nativeLayers).toBeUndefined();
+  });
+
+  it.each(['int8', 'int4'] as const)(
+    '%s: a ragged batch with a past decodes as the ONNX layer graphs do, as close to fp32',
+    async (precision) => {
+      const runtimes = await Promise.all([
+        loadModel(stores.fp32),
+        loadModel(stores[precision], { attention: 'onnx' }),
+        loadModel(stores[precision], { attention: 'native' }),
+      ]);
+      try {
+        const [reference, graphs, actual] = [await raggedRun(runtimes[0]), await raggedRun(runtimes[1]), await raggedRun(runtimes[2])];
+        expect(actual).toHaveLength(reference.length);
+        let sameTop = 0;
+        let graphsError = 0;
+        let nativeError = 0;
+        for (const [i, row] of actual.entries()) {
+          expect(row).toHaveLength(VOCAB);
+          // int8: the same rounding bar fp16 scales, so held close to the graphs themselves.
+          if (precision === 'int8') expect(maxAbsDifference(row, graphs[i]!)).toBeLessThan(0.02 * range(graphs[i]!));
+          if (argmax(row) === argmax(graphs[i]!)) sameTop++;
+          graphsError += maxAbsDifference(graphs[i]!, reference[i]!) / range(reference[i]!);
+          nativeError += maxAbsDifference(row, reference[i]!) / range(reference[i]!);
+        }
+        // int4: Q4_0 blocks of 32 against MatMulNBits blocks of 128, two roundings of the same weights, each
+        // ~7% off per matrix: judged by their distance to fp32 rather than to each other.
+        expect(nativeError).toBeLessThan(1.25 * graphsError);
+        expect(sameTop / actual.length).toBeGreaterThanOrEqual(precision === 'int8' ? 1 : 0.75);
+        // …and it is not the graphs running after all.
+        expect(actual.some((row, i) => maxAbsDifference(row, graphs[i]!) > 0)).toBe(true);
+      } finally {
+        await Promise.all(runtimes.map((runtime) => runtime.dispose()));
+      }
+    },
+  );
+
+  it('a sequence batched with another gets the bits it gets alone', async () => {
+    const runtime = await loadModel(stores.int4, { attention: 'native' });
+    try {
+      const prompt = [1, 17, 300, 42, 7];
+      const alone = runtime.createSequence();
+      const aloneLogits = [...(await runtime.forward([{ sequence: alone, tokens: prompt }]))];
+      const batched = runtime.createSequence();
+      const other = runtime.createSequence();
+      const batchedLogits = [
+        ...(await runtime.forward([
+          { sequence: batched, tokens: prompt },
+          { sequence: other, tokens: [1, 9, 8] },
+        ])),
+      ];
+      for (let step = 0; step < 4; step++) {
+        const token = argmax(aloneLogits.at(-1)!);
+        aloneLogits.push(...(await runtime.forward([{ sequence: alone, tokens: [token] }])));
+        const [mine, theirs] = await runtime.forward([
+          { sequence: batched, tokens: [token] },
+          { sequence: other, tokens: [argmax(batchedLogits.at(-1)!)] },
+        ]);
+        batchedLogits.push(mine!, theirs!);
+      }
+      const mineOnly = batchedLogits.filter((_, i) => i % 2 === 0);
+      for (const [i, row] of aloneLogits.entries()) expect(mineOnly[i]).toEqual(row);
+    } finally {
+      await runtime.dispose();
+    }
+  });
+
+  it('a damaged layer file is refused at load with "convert again", naming the file', async () => {
+    const damaged = join(work, 'damaged');
+    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: damaged, precision: 'int4' });
+    const file = join(damaged, layerStoreDir('q4_0'), 'L1.bin');
+    const bytes = await readFile(file);
+    bytes[bytes.length - 5]! ^= 0xff;
+    await writeFile(file, bytes);
+    await expect(loadModel(damaged)).rejects.toThrow(/L1\.bin: checksum mismatch \(damaged\); convert the checkpoint again/);
+    await writeFile(file, bytes.subarray(0, bytes.length - 64));
+    await expect(loadModel(damaged)).rejects.toThrow(/L1\.bin: truncated or of the wrong size .*; convert the checkpoint again/);
+    await rm(file);
+    await expect(loadModel(damaged)).rejects.toThrow(/cannot read native layer file .*L1\.bin.*; convert the checkpoint again/);
+    // The ONNX layer graphs do not need the file.
+    const onnx = await loadModel(damaged, { attention: 'onnx' });
+    await onnx.dispose();
+  });
+
+  it('the addon refuses arrays that do not fit the shape it is given, with a message naming them', () => {
+    const call = native!.attentionLayer;
+    const dims = Int32Array.of(native!.isa === 'avx512vnni' ? 0 : 1, 1, 64, 4, 2, 16, 8, 1, 2, 0, 4);
+    const f = (n: number) => new Float32Array(n);
+    const weightBytes = 4 * (2 * 64 + 8 * 64) + 128 * 2 * 18 + 64 * 2 * 18;
+    const args = (weights: Uint8Array, hidden: Float32Array) =>
+      [
+        weights,
+        dims,
+        1e-5,
+        hidden,
+        f(4 * 8),
+        f(4 * 8),
+        Int32Array.of(0, 1),
+        f(2 * 2),
+        f(0),
+        f(0),
+        f(128),
+        f(128),
+        f(16),
+        f(64),
+        f(64),
+      ] as const;
+    expect(() => call(...args(new Uint8Array(weightBytes), f(128)))).not.toThrow();
+    expect(() => call(...args(new Uint8Array(weightBytes - 1), f(128)))).toThrow(/weights have the wrong size/);
+    expect(() => call(...args(new Uint8Array(weightBytes), f(127)))).toThrow(/hidden must be a Float32Array of 128/);
+    const outOfTable = [...args(new Uint8Array(weightBytes), f(128))] as unknown as Parameters<typeof call>;
+    outOfTable[6] = Int32Array.of(0, 4);
+    expect(() => call(...outOfTable)).toThrow(/a position is outside the RoPE table/);
+  });
+});

@@ -1,0 +1,277 @@
+// One Mixtral layer up to its experts, in one native call: RMSNorm, the Q|K|V product, rotate-half
+// RoPE, grouped-query attention over the past keys and values plus the step's own, the output
+// product and the residual sum, then the FFN norm and the fp32 router logits. The same work as the
+// store's ONNX layer graph (graph/transformer.ts), with the block products of block-gemm.cc on Q4_0
+// or Q8_0 weights and activations rounded per block to int8 as the experts' are: at decode an
+// onnxruntime run costs ~0.3 ms per layer whatever its size, this call a fraction of that.
+//
+// Shapes (row-major): hidden [batch·seq, dim]; positions [batch·seq] rows of the cos/sin tables
+// [ropeRows, headDim/2]; mask [batch·seq, past + seq], additive (0 or -inf); past keys/values
+// [batch, kvHeads, past, headDim]; new keys/values [batch, kvHeads, seq, headDim].
+//
+// Weights (attention-layer.ts writes them): attention_norm f32[dim], ffn_norm f32[dim], gate
+// f32[experts·dim], then Q|K|V blocks [(heads + 2·kvHeads)·headDim, dim] and wo blocks
+// [dim, heads·headDim], each in the expert files' layout of its format.
+
+#include "attention-layer.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <vector>
+
+#include "block-gemm.h"
+
+namespace sirocco {
+namespace {
+
+#define AVX2 __attribute__((target("avx2")))
+
+/** Σ a[i]·b[i], eight lanes at a time (the tail one by one). */
+AVX2 float dot(const float* a, const float* b, int n) {
+  __m256 acc = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_shuffle_ps(sum, sum, 1));
+  float total = _mm_cvtss_f32(sum);
+  for (; i < n; i++) total += a[i] * b[i];
+  return total;
+}
+
+/** y[i] += a · x[i]. */
+AVX2 void addScaled(float* y, const float* x, float a, int n) {
+  const __m256 scale = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(scale, _mm256_loadu_ps(x + i))));
+  for (; i < n; i++) y[i] += a * x[i];
+}
+
+/** out = x / √(mean(x²) + eps) · weight, per row. */
+void rmsNorm(const float* x, const float* weight, int rows, int dim, float eps, float* out) {
+  for (int r = 0; r < rows; r++, x += dim, out += dim) {
+    const float inverse = 1.0f / sqrtf(dot(x, x, dim) / dim + eps);
+    for (int d = 0; d < dim; d++) out[d] = x[d] * inverse * weight[d];
+  }
+}
+
+/** Rotate-half RoPE on one head: pairs (i, i + half). */
+void rotate(float* v, const float* cos, const float* sin, int half) {
+  for (int i = 0; i < half; i++) {
+    const float x0 = v[i], x1 = v[i + half];
+    v[i] = x0 * cos[i] - x1 * sin[i];
+    v[i + half] = x1 * cos[i] + x0 * sin[i];
+  }
+}
+
+struct Shape {
+  Isa isa;
+  bool q4;
+  int dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows;
+
+  int rows() const { return batch * seq; }
+  int qkvRows() const { return (heads + 2 * kvHeads) * headDim; }
+  int total() const { return past + seq; }
+  size_t blockBytes(int n, int cols) const { return static_cast<size_t>(n) * (cols / kBlock) * (q4 ? 18 : 34); }
+  size_t weightBytes() const {
+    return 4 * (2 * static_cast<size_t>(dim) + static_cast<size_t>(experts) * dim) + blockBytes(qkvRows(), dim) +
+           blockBytes(dim, heads * headDim);
+  }
+};
+
+struct Tensors {
+  const uint8_t* weights;
+  const float *hidden, *cos, *sin, *mask, *pastKeys, *pastValues;
+  const int32_t* positions;
+  float *hiddenOut, *ffnIn, *router, *newKeys, *newValues;
+};
+
+/** The layer; every length was checked against `s` by the caller. Returns an error message or null. */
+const char* runLayer(const Shape& s, const Tensors& t, float eps) {
+  const int rows = s.rows(), half = s.headDim / 2, group = s.heads / s.kvHeads, width = s.heads * s.headDim;
+  const float* attentionNorm = reinterpret_cast<const float*>(t.weights);
+  const float* ffnNorm = attentionNorm + s.dim;
+  const float* gate = ffnNorm + s.dim;
+  const uint8_t* wqkv = t.weights + 4 * (2 * static_cast<size_t>(s.dim) + static_cast<size_t>(s.experts) * s.dim);
+  const uint8_t* wo = wqkv + s.blockBytes(s.qkvRows(), s.dim);
+
+  std::vector<float> normed(static_cast<size_t>(rows) * s.dim), qkv(static_cast<size_t>(rows) * s.qkvRows());
+  std::vector<float> context(static_cast<size_t>(rows) * width, 0.0f), projected(static_cast<size_t>(rows) * s.dim);
+  std::vector<uint8_t> records(static_cast<size_t>(rows) * ((s.dim > width ? s.dim : width) / kBlock) * kRecordBytes);
+  std::vector<float> scores(s.total());
+
+  rmsNorm(t.hidden, attentionNorm, rows, s.dim, eps, normed.data());
+  quantizeRecords(normed.data(), rows, s.dim, records.data());
+  blockProduct(s.isa, s.q4, wqkv, s.qkvRows(), s.dim, rows, records.data(), qkv.data());
+
+  for (int b = 0; b < s.batch; b++) {
+    for (int i = 0; i < s.seq; i++) {
+      const int row = b * s.seq + i;
+      const int position = t.positions[row];
+      if (position < 0 || position >= s.ropeRows) return "a position is outside the RoPE table";
+      float* q = qkv.data() + static_cast<size_t>(row) * s.qkvRows();
+      for (int head = 0; head < s.heads + s.kvHeads; head++)
+        rotate(q + head * s.headDim, t.cos + static_cast<size_t>(position) * half, t.sin + static_cast<size_t>(position) * half, half);
+      for (int g = 0; g < s.kvHeads; g++) {
+        const size_t at = ((static_cast<size_t>(b) * s.kvHeads + g) * s.seq + i) * s.headDim;
+        memcpy(t.newKeys + at, q + (s.heads + g) * s.headDim, 4 * s.headDim);
+        memcpy(t.newValues + at, q + (s.heads + s.kvHeads + g) * s.headDim, 4 * s.headDim);
+      }
+    }
+  }
+
+  const float scale = 1.0f / sqrtf(static_cast<float>(s.headDim));
+  for (int b = 0; b < s.batch; b++) {
+    for (int i = 0; i < s.seq; i++) {
+      const int row = b * s.seq + i;
+      const float* mask = t.mask + static_cast<size_t>(row) * s.total();
+      for (int h = 0; h < s.heads; h++) {
+        const int g = h / group;
+        const float* q = qkv.data() + static_cast<size_t>(row) * s.qkvRows() + h * s.headDim;
+        const float* pastKeys = t.pastKeys + (static_cast<size_t>(b) * s.kvHeads + g) * s.past * s.headDim;
+        const float* pastValues = t.pastValues + (static_cast<size_t>(b) * s.kvHeads + g) * s.past * s.headDim;
+        const float* newKeys = t.newKeys + (static_cast<size_t>(b) * s.kvHeads + g) * s.seq * s.headDim;
+        const float* newValues = t.newValues + (static_cast<size_t>(b) * s.kvHeads + g) * s.seq * s.headDim;
+        float best = -INFINITY;
+        for (int j = 0; j < s.total(); j++) {
+          // A masked slot is skipped, not computed: padding may hold anything, even NaN.
+          if (mask[j] == -INFINITY) {
+            scores[j] = -INFINITY;
+            continue;
+          }
+          const float* key = j < s.past ? pastKeys + static_cast<size_t>(j) * s.headDim : newKeys + static_cast<size_t>(j - s.past) * s.headDim;
+          scores[j] = dot(q, key, s.headDim) * scale + mask[j];
+          if (scores[j] > best) best = scores[j];
+        }
+        float* out = context.data() + static_cast<size_t>(row) * width + h * s.headDim;
+        if (best == -INFINITY) continue;  // a padding row sees nothing: its context stays zero
+        float sum = 0;
+        for (int j = 0; j < s.total(); j++) {
+          scores[j] = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - best);
+          sum += scores[j];
+        }
+        for (int j = 0; j < s.total(); j++) {
+          if (scores[j] == 0.0f) continue;
+          const float* value =
+              j < s.past ? pastValues + static_cast<size_t>(j) * s.headDim : newValues + static_cast<size_t>(j - s.past) * s.headDim;
+          addScaled(out, value, scores[j] / sum, s.headDim);
+        }
+      }
+    }
+  }
+
+  quantizeRecords(context.data(), rows, width, records.data());
+  blockProduct(s.isa, s.q4, wo, s.dim, width, rows, records.data(), projected.data());
+  for (size_t k = 0; k < projected.size(); k++) t.hiddenOut[k] = t.hidden[k] + projected[k];
+  rmsNorm(t.hiddenOut, ffnNorm, rows, s.dim, eps, t.ffnIn);
+  for (int r = 0; r < rows; r++)
+    for (int e = 0; e < s.experts; e++)
+      t.router[static_cast<size_t>(r) * s.experts + e] = dot(t.ffnIn + static_cast<size_t>(r) * s.dim, gate + static_cast<size_t>(e) * s.dim, s.dim);
+  return nullptr;
+}
+
+napi_value fail(napi_env env, const char* what) {
+  char message[200];
+  snprintf(message, sizeof message, "attention_layer: %s", what);
+  napi_throw_error(env, "ERR_SIROCCO_NATIVE_KERNEL", message);
+  return nullptr;
+}
+
+/** A typed array's data and element count, when it has the expected type. */
+template <typename T>
+bool view(napi_env env, napi_value value, napi_typedarray_type expected, T** data, size_t* length) {
+  napi_typedarray_type type;
+  void* bytes = nullptr;
+  if (napi_get_typedarray_info(env, value, &type, length, &bytes, nullptr, nullptr) != napi_ok || type != expected) return false;
+  *data = static_cast<T*>(bytes);
+  return true;
+}
+
+/**
+ * attention_layer(weights, dims, eps, hidden, cos, sin, positions, mask, pastKeys, pastValues,
+ *                 hiddenOut, ffnIn, router, newKeys, newValues)
+ * dims: Int32Array [isa (0 AVX-512 VNNI, 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim,
+ * experts, batch, seq, past, ropeRows]. Every length is checked against them.
+ */
+napi_value AttentionLayer(napi_env env, napi_callback_info info) {
+  size_t argc = 15;
+  napi_value argv[15];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc != 15) return fail(env, "takes 15 arguments (weights, dims, eps, hidden, …, newValues)");
+  const uint8_t* weights;
+  const int32_t* dims;
+  size_t weightBytes, dimCount;
+  if (!view(env, argv[0], napi_uint8_array, const_cast<uint8_t**>(&weights), &weightBytes)) return fail(env, "weights must be a Uint8Array");
+  if (!view(env, argv[1], napi_int32_array, const_cast<int32_t**>(&dims), &dimCount) || dimCount != 11)
+    return fail(env, "dims must be an Int32Array of 11");
+  double eps;
+  if (napi_get_value_double(env, argv[2], &eps) != napi_ok || !(eps > 0)) return fail(env, "eps must be a positive number");
+  const Shape s{dims[0] == 0 ? Isa::kAvx512Vnni : Isa::kAvx2, dims[1] == 1, dims[2], dims[3], dims[4], dims[5],
+                dims[6], dims[7], dims[8], dims[9], dims[10]};
+  if ((dims[0] != 0 && dims[0] != 1) || (dims[1] != 0 && dims[1] != 1)) return fail(env, "unknown instruction set or format");
+  if (s.dim <= 0 || s.dim % kBlock != 0 || s.heads <= 0 || s.kvHeads <= 0 || s.heads % s.kvHeads != 0 || s.headDim <= 0 ||
+      s.headDim % 2 != 0 || (s.heads * s.headDim) % kBlock != 0 || s.dim % 4 != 0 || s.qkvRows() % 4 != 0 || s.experts < 0 ||
+      s.batch <= 0 || s.seq <= 0 || s.past < 0 || s.ropeRows <= 0)
+    return fail(env, "bad shape");
+  if (!isaSupported(s.isa)) return fail(env, "this CPU lacks the instruction set");
+  if (weightBytes != s.weightBytes()) return fail(env, "weights have the wrong size for this shape");
+  if (reinterpret_cast<uintptr_t>(weights) % 4 != 0) return fail(env, "weights must start on a 4-byte boundary");
+
+  Tensors t{};
+  t.weights = weights;
+  const size_t rows = s.rows(), kv = static_cast<size_t>(s.batch) * s.kvHeads * s.headDim;
+  struct Expected {
+    int index;
+    size_t length;
+    const char* name;
+  };
+  const float** inputs[] = {&t.hidden, &t.cos, &t.sin, &t.mask, &t.pastKeys, &t.pastValues};
+  const Expected inputSizes[] = {{3, rows * s.dim, "hidden"},
+                                 {4, static_cast<size_t>(s.ropeRows) * (s.headDim / 2), "cos"},
+                                 {5, static_cast<size_t>(s.ropeRows) * (s.headDim / 2), "sin"},
+                                 {7, rows * s.total(), "mask"},
+                                 {8, kv * s.past, "pastKeys"},
+                                 {9, kv * s.past, "pastValues"}};
+  for (int k = 0; k < 6; k++) {
+    size_t length;
+    float* data;
+    if (!view(env, argv[inputSizes[k].index], napi_float32_array, &data, &length) || length != inputSizes[k].length) {
+      char message[120];
+      snprintf(message, sizeof message, "%s must be a Float32Array of %zu", inputSizes[k].name, inputSizes[k].length);
+      return fail(env, message);
+    }
+    *inputs[k] = data;
+  }
+  size_t positionCount;
+  if (!view(env, argv[6], napi_int32_array, const_cast<int32_t**>(&t.positions), &positionCount) || positionCount != rows)
+    return fail(env, "positions must be an Int32Array of batch·seq");
+  float** outputs[] = {&t.hiddenOut, &t.ffnIn, &t.router, &t.newKeys, &t.newValues};
+  const Expected outputSizes[] = {{10, rows * s.dim, "hiddenOut"},
+                                  {11, rows * s.dim, "ffnIn"},
+                                  {12, rows * s.experts, "router"},
+                                  {13, kv * s.seq, "newKeys"},
+                                  {14, kv * s.seq, "newValues"}};
+  for (int k = 0; k < 5; k++) {
+    size_t length;
+    if (!view(env, argv[outputSizes[k].index], napi_float32_array, outputs[k], &length) || length != outputSizes[k].length) {
+      char message[120];
+      snprintf(message, sizeof message, "%s must be a Float32Array of %zu", outputSizes[k].name, outputSizes[k].length);
+      return fail(env, message);
+    }
+  }
+  if (const char* problem = runLayer(s, t, static_cast<float>(eps))) return fail(env, problem);
+  return nullptr;
+}
+
+}  // namespace
+
+void registerAttentionLayer(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_create_function(env, "attention_layer", NAPI_AUTO_LENGTH, AttentionLayer, nullptr, &fn);
+  napi_set_named_property(env, exports, "attention_layer", fn);
+}
+
+}  // namespace sirocco

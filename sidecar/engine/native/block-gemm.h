@@ -1,0 +1,24 @@
+// The block products of block-gemm.cc for the other native code in this addon (attention-layer.cc).
+#pragma once
+#include <stdint.h>
+
+namespace sirocco {
+
+constexpr int kBlock = 32;
+/** An activation record: 32 int8 values, their fp32 scale, then 8·Σ of the values as an int32. */
+constexpr int kRecordBytes = kBlock + 8;
+
+enum class Isa { kAvx512Vnni, kAvx2 };
+
+bool isaSupported(Isa isa);
+
+/** ggml's quantize_row_q8_0 on `rows` rows of `cols` values (a multiple of 32) into activation records. */
+void quantizeRecords(const float* x, int rows, int cols, uint8_t* records);
+
+/**
+ * out[i·n + r] = row r of the [n, cols] matrix at w (Q4_0 in bands of 16 interleaved rows when q4, else Q8_0 rows)
+ * · activation row i, for i < m; n a multiple of 4.
+ */
+void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out);
+
+}  // namespace sirocco
