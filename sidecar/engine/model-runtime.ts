@@ -103,6 +103,8 @@ export interface ModelRuntime {
   expertCacheStats?(): ExpertCacheStats | null;
   /** How the expert budget was chosen, when experts run from their block files. */
   expertBudgetReason?(): string | null;
+  /** Mixtral: what runs each layer up to its experts (native attention layers or onnxruntime graphs). */
+  layerPath?(): string | null;
   /** KV memory reserved at load (bytes) and how much of it the caches hold now. */
   kvReserve?(): KvReserveStats;
   dispose(): Promise<void>;
@@ -288,6 +290,7 @@ class EngineRuntime implements ModelRuntime {
     /** Every sequence's and the batched past's buffers come from, and go back to, this pool. */
     private readonly kvPool: KvBufferPool,
     private readonly pagedExperts: PagedExperts | null = null,
+    private readonly layers: string | null = null,
   ) {
     this.batchedPast = new BatchedPast(this.cacheShape, this.kvPool);
   }
@@ -310,6 +313,10 @@ class EngineRuntime implements ModelRuntime {
   /** How the expert budget was chosen (block experts), for the operator's log. */
   expertBudgetReason(): string | null {
     return this.pagedExperts?.budgetReason ?? null;
+  }
+
+  layerPath(): string | null {
+    return this.layers;
   }
 
   /** Checks a batch and pairs each entry with its cache. */
@@ -420,6 +427,7 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
 
   let runner: StepRunner;
   let paged: PagedExperts | null = null;
+  let layerPath: string | null = null;
   const { decoder, layers, experts, head } = manifest.graphs;
   if (config.numExperts === 0) {
     if (!decoder) throw modelError(`${path('manifest.json')}: dense model without a decoder graph`);
@@ -430,6 +438,7 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
       throw modelError(`${path('manifest.json')}: ${layers.length} layer graphs for ${config.nLayers} layers; convert it again`);
     }
     const attention = await layerAttention(storeDir, manifest, settings, options.attention);
+    layerPath = attention.name;
     let provider: ExpertProvider;
     if (experts && (options.expertCacheMb === undefined || options.expertCacheMb === 'auto')) {
       // fp32 stores: exact per-expert graphs, the reference for the quantised formats.
@@ -459,5 +468,5 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     eosId: config.eosId,
     precision: manifest.precision,
   };
-  return new EngineRuntime(info, storeDir, cacheShape, runner, kvPool, paged);
+  return new EngineRuntime(info, storeDir, cacheShape, runner, kvPool, paged, layerPath);
 }

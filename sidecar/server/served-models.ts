@@ -92,12 +92,14 @@ export async function loadServedModels(config: ServeConfig, metrics: SidecarMetr
       if (kvReserve) metrics.watchKvReserve(id, kvReserve);
       served.push({ id, runtime, tokenizer, renderPrompt, scheduler, defaultMaxTokens: demo ? DEMO_DEFAULT_MAX_TOKENS : undefined });
       const experts = runtime.expertBudgetReason?.() ?? null;
+      const layers = runtime.layerPath?.() ?? null;
       logger.info('model loaded', {
         model: id,
         dir: runtime.dir,
         architecture: runtime.info.architecture,
         precision: runtime.info.precision,
         ...(experts ? { experts } : {}),
+        ...(layers ? { layers } : {}),
         kvReservedMb: Math.round((runtime.kvReserve?.().bytes ?? 0) / 2 ** 20),
         contextLength: runtime.info.contextLength,
         seconds: Math.round(performance.now() - started) / 1000,

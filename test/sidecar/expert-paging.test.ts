@@ -157,6 +157,13 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
     new RegExp(`^the file of expert [0-7] in layer 0 cannot be read: ENOENT \\(request ${escapeRegExp(requestId)}\\)$`);
   const loggedLayer0File = () => new RegExp(`expert file ${escapeRegExp(store.expertsDir)}/L0-E[0-7]\\.bin cannot be read: ENOENT`);
 
+  it('logs how the Mixtral runs each layer up to its experts: natively on x86-64, where npm ci builds the addon', () => {
+    const loaded = sidecar.logs.find((line) => line.msg === 'model loaded' && line.model === MIXTRAL);
+    expect(loaded?.layers).toMatch(
+      process.arch === 'x64' ? /^native attention layers \(q[48]_0, (avx512vnni|avx2)\)$/ : /^onnxruntime layer graphs$/,
+    );
+  });
+
   it('answers a chat completion, and /metrics then reports misses, paged bytes, residency within the budget and page-in latency', async () => {
     const response = await postChat(sidecar.url, mixtralChat('Tell me about the mistral wind', { max_tokens: 8, temperature: 0 }));
     expect(response.status).toBe(200);
