@@ -2,8 +2,9 @@
  * The model runtime: load a converted store and run batched forward steps over sequences whose KV
  * caches live in JS.
  *
- * Dense Mistral runs one decoder session per step. Mixtral runs, per layer, the attention session
- * and then the routed experts from JS (moe.ts), and finally the head session.
+ * Dense Mistral runs one decoder session per step. Mixtral runs, per layer, its attention (one
+ * native call on a quantised store's layer files, layers/native-attention.ts, else the layer's
+ * onnxruntime session) and then the routed experts from JS (moe.ts), and finally the head session.
  */
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';

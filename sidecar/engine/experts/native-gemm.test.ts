@@ -52,6 +52,10 @@ describe.each(isas)('%s: calls that do not fit are refused', (isa) => {
     expect(call({ 2: 65536 - 100 })).toThrow(outside); // weights run past the end
     expect(call({ 6: 65536 - 40 })).toThrow(outside); // activations run past the end
     expect(call({ 5: 4000 })).toThrow(outside); // 4000 activation rows
+    // Offsets are unsigned, as WebAssembly reads them: past 2 GiB (a large expert cache's memory) they are
+    // checked against the memory like any other, not refused as negative.
+    expect(call({ 2: 2 ** 31 + 64 })).toThrow(outside);
+    expect(call({ 6: 2 ** 32 - 64 })).toThrow(outside);
     expect(call({ 0: new Float32Array(16) })).toThrow(`${format}_${isa}: memory must be a Uint8Array`);
     expect(call({ 2: 'zero' })).toThrow(`${format}_${isa}: offsets must be numbers`);
     expect(() => (product as (...values: unknown[]) => void)(memory, 64)).toThrow(

@@ -399,12 +399,15 @@ napi_value RunProduct(napi_env env, napi_callback_info info) {
   void* bytes = nullptr;
   if (napi_get_typedarray_info(env, argv[0], &type, &length, &bytes, nullptr, nullptr) != napi_ok || type != napi_uint8_array)
     return fail(env, entry, "memory must be a Uint8Array");
-  int32_t a[8];
+  // Byte offsets are unsigned 32-bit, as WebAssembly reads its addresses: a memory may reach 4 GiB.
+  uint32_t a[8];
   for (int k = 0; k < 8; k++)
-    if (napi_get_value_int32(env, argv[k + 1], &a[k]) != napi_ok) return fail(env, entry, "offsets must be numbers");
-  const int32_t cols = a[0], w = a[1], row = a[2], rowEnd = a[3], m = a[4], x = a[5], out = a[6], n = a[7];
+    if (napi_get_value_uint32(env, argv[k + 1], &a[k]) != napi_ok) return fail(env, entry, "offsets must be numbers");
+  const uint32_t w = a[1], x = a[5], out = a[6];
+  const int32_t cols = static_cast<int32_t>(a[0]), row = static_cast<int32_t>(a[2]), rowEnd = static_cast<int32_t>(a[3]),
+                m = static_cast<int32_t>(a[4]), n = static_cast<int32_t>(a[7]);
   if (cols <= 0 || cols % kBlock != 0 || row < 0 || row % kGroupRows != 0 || rowEnd % kGroupRows != 0 || row > rowEnd ||
-      rowEnd > n || m < 0 || w < 0 || x < 0 || out < 0 || out % 4 != 0)
+      rowEnd > n || m < 0 || out % 4 != 0)
     return fail(env, entry, "shape or offsets out of range");
   const uint64_t nb = static_cast<uint64_t>(cols) / kBlock;
   // Rows below rowEnd lie in the bands that start below it (Q4_0), or in the first rowEnd rows (Q8_0).
