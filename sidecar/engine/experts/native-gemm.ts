@@ -1,5 +1,5 @@
 /**
- * The native expert products (native/block-gemm.cc, built by `npm ci` through node-gyp): the
+ * The native expert products (engine/native/block-gemm.cc, built by `npm ci` through node-gyp): the
  * WebAssembly kernel's products with x86's integer dot products, which WebAssembly cannot reach
  * (AVX-512 VNNI's vpdpbusd, or AVX2's pmaddubsw on 256-bit registers). Same arithmetic, same bits;
  * block-kernel.ts checks them against its plain module before it uses them.
@@ -33,7 +33,7 @@ export type NativeProduct = (
 ) => void;
 
 /**
- * A Mixtral layer up to its experts (native/attention-layer.cc): dims are [isa (0 AVX-512 VNNI,
+ * A Mixtral layer up to its experts (engine/native/attention-layer.cc): dims are [isa (0 AVX-512 VNNI,
  * 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows].
  */
 export type NativeAttentionLayer = (

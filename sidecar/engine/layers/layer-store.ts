@@ -1,7 +1,7 @@
 /**
  * A quantised Mixtral store's native layer files: per layer, everything up to the experts (the
  * attention sublayer, the FFN norm and the router) in the experts' block format, for the native
- * attention layer (native/attention-layer.cc); and the token embeddings, which that path looks up
+ * attention layer (engine/native/attention-layer.cc); and the token embeddings, which that path looks up
  * itself. Written at conversion next to the ONNX layer graphs, which stay the path where the native
  * addon is absent.
  *

@@ -1,5 +1,5 @@
 /**
- * The native attention layer (native/attention-layer.cc on the store's layer files) computes what the
+ * The native attention layer (engine/native/attention-layer.cc on the store's layer files) computes what the
  * store's ONNX layer graphs compute: on the golden Mixtral, in a ragged batch with a past and during
  * decode, its logits stay within quantisation noise of the graphs' and pick the same tokens; a batched
  * sequence gets the same bits as alone; quantised Mixtral stores carry the layer files and a damaged

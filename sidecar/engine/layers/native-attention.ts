@@ -1,5 +1,5 @@
 /**
- * Mixtral layers up to their experts in the native addon (native/attention-layer.cc), on the
+ * Mixtral layers up to their experts in the native addon (engine/native/attention-layer.cc), on the
  * store's layer files (layer-store.ts): one call per layer, single-threaded, where an onnxruntime
  * layer graph costs ~0.3 ms of fixed overhead at decode whatever its size. Token embeddings are
  * looked up here (layer 0 takes token ids).
