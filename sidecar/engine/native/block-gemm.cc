@@ -257,10 +257,10 @@ AVX512_VNNI void q8RowsAvx512(const uint8_t* p, size_t stride, int nb, const uin
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
   for (int b = 0; b < nb; b++, p += kQ8BlockBytes) {
-    // The next four rows' same blocks: short rows (a 1024-wide matrix's are 17 cache lines) end before
-    // the hardware prefetcher has learned their streams.
-    if (true)
-      for (int k = 8; k < 12; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
+    // The same blocks of the rows two passes on: short rows (a 1024-wide matrix's are 17 cache lines)
+    // end before the hardware prefetcher has learned their four streams (measured: 5× on a 32000×1024
+    // matrix, 2× on an 8x7B expert's).
+    for (int k = 8; k < 12; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
     __m256i w[4];
     for (int k = 0; k < 4; k++) w[k] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k * stride + 2)), bias);
     const __m128 dw = rowScales(p, stride);
@@ -283,6 +283,8 @@ AVX2 void q8RowsAvx2(const uint8_t* p, size_t stride, int nb, const uint8_t* rec
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
   for (int b = 0; b < nb; b++, p += kQ8BlockBytes) {
+    // Two passes ahead, as q8RowsAvx512 does.
+    for (int k = 8; k < 12; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
     __m256i w[4];
     for (int k = 0; k < 4; k++) w[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k * stride + 2));
     const __m128 dw = rowScales(p, stride);
