@@ -7,7 +7,7 @@
  *   npx tsx scripts/make-mixtral-shape.ts --out DIR [--shape mixtral-8x7b|bench|tiny] [--layers N] [--seed S] [--expert-bits 4|8]
  *
  * mixtral-8x7b: 46.7B parameters; experts-int4 (Q4_0) ≈ 25.4 GB (experts-int8, Q8_0 ≈ 48 GB) + ≈ 1 GB of int4
- * attention/head graphs, and the same attention layers again as Q4_0 / Q8_0 layer files for the native path.
+ * attention/head graphs, and the same attention layers again as Q8_0 layer files for the native path.
  */
 import { randomFillSync } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -22,7 +22,7 @@ import {
   setExpertScales,
   writeExpertStore,
 } from '../sidecar/engine/experts/expert-store.ts';
-import { writeLayerStore } from '../sidecar/engine/layers/layer-store.ts';
+import { LAYER_FORMAT, writeLayerStore } from '../sidecar/engine/layers/layer-store.ts';
 import { toFloat16Bits } from '../sidecar/formats/blocks.ts';
 import type { ModelConfig } from '../sidecar/formats/model-config.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../sidecar/formats/store-manifest.ts';
@@ -119,9 +119,8 @@ export async function makeMixtralShape(
     }
     const head = await buildHeadGraph(ctx);
     const graphFiles = (await readdir(staging)).sort();
-    // …and the same layers for the native attention layer, in the experts' block format.
-    const format = EXPERT_FORMATS[expertBits];
-    await writeLayerStore(weights, staging, config, format);
+    // …and the same layers for the native attention layer.
+    await writeLayerStore(weights, staging, config);
     log('native layer files');
 
     // Experts: random quantised values in blocks.
@@ -134,6 +133,7 @@ export async function makeMixtralShape(
     const image = allocateExpert(dim, ffn, expertBits);
     // The block scale a uniform ±std·√3 weight would get.
     const scale = toFloat16Bits((LINEAR_STD * Math.sqrt(3)) / (expertBits === 4 ? 7 : 127));
+    const format = EXPERT_FORMATS[expertBits];
     const payload = image.bytes.subarray(image.weights.w13.byteOffset - image.bytes.byteOffset);
     let lastLogged = 0;
     await writeExpertStore(
@@ -167,7 +167,7 @@ export async function makeMixtralShape(
       tensors: {},
       // No resident expert graphs: this store is paged-only (experts-int4/ or experts-int8/).
       graphs: { layers, experts: [], head },
-      nativeLayers: { format },
+      nativeLayers: { format: LAYER_FORMAT },
       files,
     };
     await writeFile(join(staging, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);

@@ -7,8 +7,8 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { buildExpertStore, EXPERT_FORMATS, type ExpertBits } from '../engine/experts/expert-store.ts';
-import { writeLayerStore } from '../engine/layers/layer-store.ts';
+import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
+import { LAYER_FORMAT, writeLayerStore } from '../engine/layers/layer-store.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { expectedTensors } from '../formats/checkpoint.ts';
 import type { ModelSource } from '../formats/model-source.ts';
@@ -132,10 +132,10 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
     if (config.numExperts > 0) {
       const expertBits = options.expertBits ?? defaultExpertBits(source, precision);
       await buildExpertStore(source, staging, expertBits);
-      // …and, quantised, each layer up to its experts in their block format, for the native attention layer.
+      // …and, quantised, each layer up to its experts as blocks, for the native attention layer.
       if (precision !== 'fp32') {
-        nativeLayers = { format: EXPERT_FORMATS[expertBits] };
-        await writeLayerStore(source, staging, config, nativeLayers.format);
+        await writeLayerStore(source, staging, config);
+        nativeLayers = { format: LAYER_FORMAT };
       }
     }
     for (const file of await source.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));

@@ -22,8 +22,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 8: attention graphs take a RoPE table and positions (one fused RotaryEmbedding for Q and K).
  * 9: Q4_0 expert files store their groups of four rows in bands of 16 (formats/blocks.ts).
  * 10: quantised Mixtral stores also hold native layer files (engine/layers/layer-store.ts).
+ * 11: …in Q8_0 at int4 too.
  */
-export const FORMAT_VERSION = 10;
+export const FORMAT_VERSION = 11;
 
 export interface GraphEntry {
   graph: string;

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { convertCheckpoint } from '../../sidecar/convert/convert.ts';
-import { ExpertStore, type LoadOptions, loadModel } from '../../sidecar/engine/index.ts';
+import { ExpertStore, loadModel } from '../../sidecar/engine/index.ts';
 import type { Precision } from '../../sidecar/formats/quantize.ts';
 
 export const GOLDEN_MIXTRAL = join(import.meta.dirname, '../fixtures/golden/tiny-mixtral');
@@ -43,8 +43,8 @@ export async function convertGoldenMixtral(precision: Precision) {
  * Every case through one runtime: prefill all but the last token (all positions), then decode
  * the last one; two rows per case. `budgetMb` null: the engine's resident experts.
  */
-export async function goldenLogits(storeDir: string, cases: GoldenCase[], budgetMb: number | null, options: LoadOptions = {}) {
-  const runtime = await loadModel(storeDir, { ...(budgetMb === null ? {} : { expertCacheMb: budgetMb }), threads: 1, ...options });
+export async function goldenLogits(storeDir: string, cases: GoldenCase[], budgetMb: number | null) {
+  const runtime = await loadModel(storeDir, { ...(budgetMb === null ? {} : { expertCacheMb: budgetMb }), threads: 1 });
   try {
     const rows: Float32Array[] = [];
     for (const { tokens } of cases) {
