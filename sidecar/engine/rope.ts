@@ -17,7 +17,7 @@ export class RopeTable {
     this.inverseFrequency = Array.from({ length: headDim / 2 }, (_, i) => theta ** ((-2 * i) / headDim));
   }
 
-  /** cos and sin [count, head_dim/2] for positions 0…count−1 (views, valid until the next call). */
+  /** cos and sin [count, head_dim/2] for positions 0…count−1: views, which a later call that grows the table leaves intact. */
   upTo(count: number): { cos: Float32Array; sin: Float32Array } {
     const half = this.headDim / 2;
     if (count > this.rows) this.grow(Math.max(count, 2 * this.rows, 256));

@@ -27,9 +27,9 @@ export class NativeLayerAttention implements LayerAttention {
 
   forStep(step: BatchStep): StepAttention {
     const ropeRows = Math.max(step.positionCount, 1);
-    // Copies: the table's views are only valid until it grows for a longer step.
+    // Views, not copies: growing the table for a longer step allocates new arrays and leaves these as they are.
     const { cos, sin } = this.rope.upTo(ropeRows);
-    const shared = { cos: cos.slice(), sin: sin.slice(), positions: Int32Array.from(step.positions(), Number), mask: step.mask() };
+    const shared = { cos, sin, positions: Int32Array.from(step.positions(), Number), mask: step.mask() };
     const { dim, nHeads, nKvHeads, headDim, numExperts, normEps } = this.config;
     const dims = Int32Array.of(
       this.native.isa === 'avx512vnni' ? 0 : 1,
