@@ -291,7 +291,7 @@ class EngineRuntime implements ModelRuntime {
     /** Every sequence's and the batched past's buffers come from, and go back to, this pool. */
     private readonly kvPool: KvBufferPool,
     private readonly pagedExperts: PagedExperts | null = null,
-    private readonly layers: string | null = null,
+    private readonly layerPathName: string | null = null,
   ) {
     this.batchedPast = new BatchedPast(this.cacheShape, this.kvPool);
   }
@@ -317,7 +317,7 @@ class EngineRuntime implements ModelRuntime {
   }
 
   layerPath(): string | null {
-    return this.layers;
+    return this.layerPathName;
   }
 
   /** Checks a batch and pairs each entry with its cache. */

@@ -20,6 +20,7 @@ import { crc32 } from 'node:zlib';
 import { modelError } from '../../errors.ts';
 import { type BlockFormat, blockMatrixBytes, quantizeBlocks } from '../../formats/blocks.ts';
 import type { ModelConfig } from '../../formats/model-config.ts';
+import type { WeightSource } from '../../graph/transformer.ts';
 
 const LAYER_MAGIC = 'SIRLAYR1';
 const EMBEDDINGS_MAGIC = 'SIREMBD1';
@@ -38,12 +39,12 @@ function layerFileName(layer: number): string {
 }
 
 /** Rows of the stacked Q|K|V matrix. */
-export function qkvRows(shape: LayerShape): number {
+function qkvRows(shape: LayerShape): number {
   return (shape.nHeads + 2 * shape.nKvHeads) * shape.headDim;
 }
 
 /** Bytes of one layer file's payload. */
-export function layerPayloadBytes(shape: LayerShape, format: BlockFormat): number {
+function layerPayloadBytes(shape: LayerShape, format: BlockFormat): number {
   const { dim, nHeads, headDim, numExperts } = shape;
   return 4 * (2 * dim + numExperts * dim) + blockMatrixBytes(format, qkvRows(shape), dim) + blockMatrixBytes(format, dim, nHeads * headDim);
 }
@@ -65,13 +66,8 @@ function sealed(magic: string, fields: number[], payload: Uint8Array): Uint8Arra
   return file;
 }
 
-/** Reads canonical fp32 tensors, [out, in] (a model source, or a converter's weight reader). */
-export interface LayerWeightSource {
-  read(name: string): Promise<Float32Array>;
-}
-
 /** Writes `<storeDir>/layers-q8_0/`, through a temp folder renamed at the end. */
-export async function writeLayerStore(source: LayerWeightSource, storeDir: string, shape: LayerShape): Promise<void> {
+export async function writeLayerStore(source: WeightSource, storeDir: string, shape: LayerShape): Promise<void> {
   const format = LAYER_FORMAT;
   const { dim, nHeads, nKvHeads, headDim, numExperts, nLayers, vocabSize } = shape;
   const finalDir = join(storeDir, layerStoreDir(format));
@@ -101,8 +97,8 @@ export async function writeLayerStore(source: LayerWeightSource, storeDir: strin
       floats.set(attentionNorm!, 0);
       floats.set(ffnNorm!, dim);
       floats.set(gate!, 2 * dim);
-      const qkvBytes = quantizeBlocks(LAYER_FORMAT, qkv, qkvRows(shape), dim, payload, floats.byteLength);
-      quantizeBlocks(LAYER_FORMAT, wo!, dim, nHeads * headDim, payload, qkvBytes);
+      const qkvBytes = quantizeBlocks(format, qkv, qkvRows(shape), dim, payload, floats.byteLength);
+      quantizeBlocks(format, wo!, dim, nHeads * headDim, payload, qkvBytes);
       const fields = [layer, dim, nHeads, nKvHeads, headDim, numExperts];
       await writeFile(join(tempDir, layerFileName(layer)), sealed(LAYER_MAGIC, fields, payload));
     }
