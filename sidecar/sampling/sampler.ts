@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { invalidRequest } from '../errors.ts';
+import { expNegative } from './exp-negative.ts';
 
 export interface SamplingOptions {
   /** 0 = greedy (argmax); otherwise logits are divided by it before the softmax. */
@@ -130,7 +131,7 @@ export function createSampler(options: SamplingOptions): Sampler {
       if (topP >= 1) {
         // No nucleus: the weights alone (the bucketing below doubles the cost of this loop).
         for (let i = 0; i < logits.length; i++) {
-          const w = Math.exp(-((max - logits[i]!) / temperature));
+          const w = expNegative((max - logits[i]!) / temperature);
           const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0 (Math.max(NaN, 0) is NaN)
           weights[i] = weight;
           total += weight;
@@ -140,7 +141,7 @@ export function createSampler(options: SamplingOptions): Sampler {
       bucketMass.fill(0);
       for (let i = 0; i < logits.length; i++) {
         const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits
-        const w = Math.exp(-distance);
+        const w = expNegative(distance);
         const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0
         weights[i] = weight;
         total += weight;
