@@ -4,7 +4,8 @@
  *
  * Dense Mistral runs one decoder session per step. Mixtral runs, per layer, its attention (one
  * native call on a quantised store's layer files, layers/native-attention.ts, else the layer's
- * onnxruntime session) and then the routed experts from JS (moe.ts), and finally the head session.
+ * onnxruntime session) and then the routed experts from JS (moe.ts), and finally the head (the
+ * native one on those stores, layers/native-head.ts, else the head session).
  */
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -22,6 +23,7 @@ import { autoKvReserveBytes, KvBufferPool, type KvReserveStats } from './kv-memo
 import type { LayerAttention, StepAttention } from './layers/layer-attention.ts';
 import { readLayerStore } from './layers/layer-store.ts';
 import { NativeLayerAttention } from './layers/native-attention.ts';
+import { type LogitHead, NativeHead } from './layers/native-head.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
@@ -62,8 +64,9 @@ export interface LoadOptions {
   /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
   onExpertPageIn?: (seconds: number) => void;
   /**
-   * Mixtral: how each layer up to its experts runs: 'native' (the default where the store has native
-   * layer files and this host the native addon) or 'onnx' (the store's layer graphs), e.g. to compare them.
+   * Mixtral: how each layer up to its experts, and the head, run: 'native' (the default where the
+   * store has native layer files and this host the native addon) or 'onnx' (the store's layer and
+   * head graphs), e.g. to compare them.
    */
   attention?: 'native' | 'onnx';
   /** Debug hook: called after each Mixtral layer's routing. */
@@ -104,7 +107,7 @@ export interface ModelRuntime {
   expertCacheStats?(): ExpertCacheStats | null;
   /** How the expert budget was chosen, when experts run from their block files. */
   expertBudgetReason?(): string | null;
-  /** Mixtral: what runs each layer up to its experts (native attention layers or onnxruntime graphs). */
+  /** Mixtral: what runs each layer up to its experts and the head (native, or onnxruntime graphs). */
   layerPath?(): string | null;
   /** KV memory reserved at load (bytes) and how much of it the caches hold now. */
   kvReserve?(): KvReserveStats;
@@ -222,7 +225,7 @@ class OnnxLayerAttention implements LayerAttention {
 class MoeRunner implements StepRunner {
   constructor(
     private readonly attention: LayerAttention,
-    private readonly head: ort.InferenceSession,
+    private readonly head: LogitHead,
     private readonly experts: ExpertProvider,
     private readonly config: ModelConfig,
     private readonly onRouting?: (event: RoutingEvent) => void,
@@ -260,11 +263,7 @@ class MoeRunner implements StepRunner {
       });
       hidden = next;
     }
-    const out = await this.head.run({
-      [IO.hidden]: tensor(hidden as Float32Array, [step.batch, step.seq, dim]),
-      [IO.logitRows]: new ort.Tensor('int64', rows, [rows.length]),
-    });
-    return output(out, IO.logits, 'head');
+    return this.head.run(hidden as Float32Array, rows);
   }
 
   private reportRouting(step: BatchStep, layer: number, experts: Int32Array): void {
@@ -275,7 +274,27 @@ class MoeRunner implements StepRunner {
   }
 
   async dispose(): Promise<void> {
-    await Promise.all([this.attention.dispose(), this.head.release(), this.experts.dispose()]);
+    await Promise.all([this.attention.dispose(), this.head.dispose(), this.experts.dispose()]);
+  }
+}
+
+/** The store's head graph (final norm and lm_head) in onnxruntime. */
+class OnnxHead implements LogitHead {
+  constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly dim: number,
+  ) {}
+
+  async run(hidden: Float32Array, rows: BigInt64Array): Promise<Float32Array> {
+    const out = await this.session.run({
+      [IO.hidden]: tensor(hidden, [1, hidden.length / this.dim, this.dim]),
+      [IO.logitRows]: new ort.Tensor('int64', rows, [rows.length]),
+    });
+    return output(out, IO.logits, 'head');
+  }
+
+  async dispose(): Promise<void> {
+    await this.session.release();
   }
 }
 
@@ -382,23 +401,29 @@ class EngineRuntime implements ModelRuntime {
 }
 
 /**
- * The native attention layers where the store has their files and this host the native addon (CPU
- * only), else the store's ONNX layer graphs.
+ * The native attention layers and head where the store has their files and this host the native
+ * addon (CPU only), else the store's ONNX layer and head graphs.
  */
-async function layerAttention(
+async function layersAndHead(
   storeDir: string,
   manifest: Manifest,
   settings: SessionSettings,
   choice: LoadOptions['attention'],
-): Promise<LayerAttention> {
-  const { config, nativeLayers } = manifest;
-  if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx') {
+): Promise<{ attention: LayerAttention; head: LogitHead; name: string }> {
+  const { config, nativeLayers, graphs } = manifest;
+  if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && config.vocabSize % 4 === 0) {
     const { gemm } = loadNativeGemm();
-    if (gemm) return new NativeLayerAttention(await readLayerStore(storeDir, config, nativeLayers.format), config, gemm);
+    if (gemm) {
+      const store = await readLayerStore(storeDir, config, nativeLayers.format);
+      const attention = new NativeLayerAttention(store, config, gemm);
+      return { attention, head: new NativeHead(store.head, config, gemm, settings.threads), name: `${attention.name} and head` };
+    }
   }
   const sessions = [];
-  for (const layer of manifest.graphs.layers ?? []) sessions.push(await createSession(join(storeDir, layer.graph), settings));
-  return new OnnxLayerAttention(sessions, config);
+  for (const layer of graphs.layers ?? []) sessions.push(await createSession(join(storeDir, layer.graph), settings));
+  const attention = new OnnxLayerAttention(sessions, config);
+  const head = new OnnxHead(await createSession(join(storeDir, graphs.head!.graph), settings), config.dim);
+  return { attention, head, name: attention.name };
 }
 
 /** Loads a converted store (see convert/loader.ts for checkpoint folders, converted once). */
@@ -438,8 +463,8 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     if (layers.length !== config.nLayers) {
       throw modelError(`${path('manifest.json')}: ${layers.length} layer graphs for ${config.nLayers} layers; convert it again`);
     }
-    const attention = await layerAttention(storeDir, manifest, settings, options.attention);
-    layerPath = attention.name;
+    const { attention, head: logitHead, name } = await layersAndHead(storeDir, manifest, settings, options.attention);
+    layerPath = name;
     let provider: ExpertProvider;
     if (experts && (options.expertCacheMb === undefined || options.expertCacheMb === 'auto')) {
       // fp32 stores: exact per-expert graphs, the reference for the quantised formats.
@@ -457,7 +482,7 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
       });
       provider = paged;
     }
-    runner = new MoeRunner(attention, await createSession(path(head.graph), settings), provider, config, options.onRouting);
+    runner = new MoeRunner(attention, logitHead, provider, config, options.onRouting);
   }
   const info: ModelInfo = {
     name: manifest.name,

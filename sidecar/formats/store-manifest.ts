@@ -23,8 +23,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 9: Q4_0 expert files store their groups of four rows in bands of 16 (formats/blocks.ts).
  * 10: quantised Mixtral stores also hold native layer files (engine/layers/layer-store.ts).
  * 11: …in Q8_0 at int4 too.
+ * 12: …and the head (final norm and lm_head in Q8_0), for the native head.
  */
-export const FORMAT_VERSION = 11;
+export const FORMAT_VERSION = 12;
 
 export interface GraphEntry {
   graph: string;

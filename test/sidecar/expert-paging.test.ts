@@ -160,7 +160,7 @@ describe('serve --expert-cache-mb with a budget of four experts (the demo Mixtra
   it('logs how the Mixtral runs each layer up to its experts: natively on x86-64, where npm ci builds the addon', () => {
     const loaded = sidecar.logs.find((line) => line.msg === 'model loaded' && line.model === MIXTRAL);
     expect(loaded?.layers).toMatch(
-      process.arch === 'x64' ? /^native attention layers \(q[48]_0, (avx512vnni|avx2)\)$/ : /^onnxruntime layer graphs$/,
+      process.arch === 'x64' ? /^native attention layers \(q[48]_0, (avx512vnni|avx2)\) and head$/ : /^onnxruntime layer graphs$/,
     );
   });
 

@@ -1,9 +1,9 @@
 /**
  * A quantised Mixtral store's native layer files: per layer, everything up to the experts (the
  * attention sublayer, the FFN norm and the router) with its matrices in Q8_0 blocks, for the native
- * attention layer (engine/native/attention-layer.cc); and the token embeddings, which that path looks
- * up itself. Written at conversion next to the ONNX layer graphs, which stay the path where the native
- * addon is absent.
+ * attention layer (engine/native/attention-layer.cc); the token embeddings, which that path looks
+ * up itself; and the head (final norm and lm_head) for native-head.ts. Written at conversion next to
+ * the ONNX layer and head graphs, which stay the path where the native addon is absent.
  *
  * Folder `<store>/layers-q8_0/` (LAYER_FORMAT below; the reader takes the manifest's format):
  *   L<layer>.bin      header (64 B): magic "SIRLAYR1", u32 version, layer, dim, heads, kvHeads, headDim,
@@ -12,6 +12,8 @@
  *                     wo blocks [dim, heads·headDim], both as the expert files lay out that format.
  *   embeddings.bin    header (64 B): magic "SIREMBD1", u32 version, vocab, dim, crc32(payload), payload
  *                     bytes; then tok_embeddings f32[vocab, dim].
+ *   head.bin          header (64 B): magic "SIRHEAD1", u32 version, vocab, dim, crc32(payload), payload
+ *                     bytes; then norm f32[dim], output blocks [vocab, dim].
  * Q and K rows are in the rotate-half layout, as the ONNX graphs have them.
  */
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -24,9 +26,11 @@ import type { WeightSource } from '../../graph/transformer.ts';
 
 const LAYER_MAGIC = 'SIRLAYR1';
 const EMBEDDINGS_MAGIC = 'SIREMBD1';
+const HEAD_MAGIC = 'SIRHEAD1';
 const VERSION = 1;
 const HEADER_BYTES = 64;
 const EMBEDDINGS_FILE = 'embeddings.bin';
+const HEAD_FILE = 'head.bin';
 
 export type LayerShape = Pick<ModelConfig, 'dim' | 'nHeads' | 'nKvHeads' | 'headDim' | 'numExperts' | 'vocabSize' | 'nLayers'>;
 
@@ -47,6 +51,11 @@ function qkvRows(shape: LayerShape): number {
 function layerPayloadBytes(shape: LayerShape, format: BlockFormat): number {
   const { dim, nHeads, headDim, numExperts } = shape;
   return 4 * (2 * dim + numExperts * dim) + blockMatrixBytes(format, qkvRows(shape), dim) + blockMatrixBytes(format, dim, nHeads * headDim);
+}
+
+/** Bytes of the head file's payload. */
+function headPayloadBytes({ dim, vocabSize }: LayerShape, format: BlockFormat): number {
+  return 4 * dim + blockMatrixBytes(format, vocabSize, dim);
 }
 
 /**
@@ -105,6 +114,11 @@ export async function writeLayerStore(source: WeightSource, storeDir: string, sh
     const embeddings = await source.read('tok_embeddings.weight');
     const payload = new Uint8Array(embeddings.buffer, embeddings.byteOffset, embeddings.byteLength);
     await writeFile(join(tempDir, EMBEDDINGS_FILE), sealed(EMBEDDINGS_MAGIC, [vocabSize, dim], payload));
+    const [norm, output] = await Promise.all([source.read('norm.weight'), source.read('output.weight')]);
+    const head = new Uint8Array(headPayloadBytes(shape, format));
+    new Float32Array(head.buffer, 0, dim).set(norm!);
+    quantizeBlocks(format, output!, vocabSize, dim, head, 4 * dim);
+    await writeFile(join(tempDir, HEAD_FILE), sealed(HEAD_MAGIC, [vocabSize, dim], head));
     await rm(finalDir, { recursive: true, force: true });
     await rename(tempDir, finalDir);
   } catch (error) {
@@ -145,9 +159,11 @@ export interface LayerStore {
   layers: Uint8Array[];
   /** tok_embeddings [vocab, dim]. */
   embeddings: Float32Array;
+  /** The final norm f32[dim], then lm_head's blocks [vocab, dim]. */
+  head: Uint8Array;
 }
 
-/** Reads and checks every layer file and the embeddings. */
+/** Reads and checks every layer file, the embeddings and the head. */
 export async function readLayerStore(storeDir: string, shape: LayerShape, format: BlockFormat): Promise<LayerStore> {
   const { dim, nHeads, nKvHeads, headDim, numExperts, nLayers, vocabSize } = shape;
   const dir = join(storeDir, layerStoreDir(format));
@@ -157,5 +173,6 @@ export async function readLayerStore(storeDir: string, shape: LayerShape, format
     layers.push(await readSealed(join(dir, layerFileName(layer)), LAYER_MAGIC, fields, layerPayloadBytes(shape, format)));
   }
   const embeddingBytes = await readSealed(join(dir, EMBEDDINGS_FILE), EMBEDDINGS_MAGIC, [vocabSize, dim], 4 * vocabSize * dim);
-  return { format, layers, embeddings: new Float32Array(embeddingBytes.buffer, embeddingBytes.byteOffset, vocabSize * dim) };
+  const head = await readSealed(join(dir, HEAD_FILE), HEAD_MAGIC, [vocabSize, dim], headPayloadBytes(shape, format));
+  return { format, layers, embeddings: new Float32Array(embeddingBytes.buffer, embeddingBytes.byteOffset, vocabSize * dim), head };
 }

@@ -1,12 +1,14 @@
 /**
- * The native attention layer (engine/native/attention-layer.cc on the store's layer files) computes what the
- * store's ONNX layer graphs compute: on the golden Mixtral, in a ragged batch with a past and during
- * decode, its logits stay within quantisation noise of the graphs' and pick the same tokens; a batched
- * sequence gets the same bits as alone; quantised Mixtral stores carry the layer files and a damaged
- * one is refused at load with "convert again"; the addon refuses a call whose arrays do not fit.
+ * The native attention layer (engine/native/attention-layer.cc on the store's layer files) and the
+ * native head (native-head.ts) compute what the store's ONNX layer and head graphs compute: on the
+ * golden Mixtral, in a ragged batch with a past and during decode, their logits stay within
+ * quantisation noise of the graphs' and pick the same tokens; a batched sequence gets the same bits
+ * as alone, and one thread the same bits as two; quantised Mixtral stores carry the layer and head
+ * files and a damaged one is refused at load with "convert again"; the addon refuses a call whose
+ * arrays do not fit.
  * x86-64 only, where `npm ci` builds the native addon (elsewhere the ONNX graphs run).
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { argmax, checkpointDir, tempDir } from '../../../test/support/golden.ts';
@@ -46,7 +48,7 @@ function range(values: Float32Array): number {
   return Math.max(...values) - Math.min(...values);
 }
 
-describe.runIf(process.arch === 'x64')('native attention layers on the golden Mixtral', () => {
+describe.runIf(process.arch === 'x64')('native attention layers and head on the golden Mixtral', () => {
   const stores: Record<'int8' | 'int4' | 'fp32', string> = { int8: '', int4: '', fp32: '' };
   const manifests = {} as Record<keyof typeof stores, Manifest>;
 
@@ -61,10 +63,12 @@ describe.runIf(process.arch === 'x64')('native attention layers on the golden Mi
     expect(native?.attentionLayer).toBeTypeOf('function');
   });
 
-  it('quantised stores carry layer files, in Q8_0 at int4 too (as the head keeps 8 bits); fp32 stores (the reference) do not', () => {
+  it('quantised stores carry layer and head files, in Q8_0 at int4 too (as the head keeps 8 bits); fp32 stores (the reference) do not', async () => {
     expect(manifests.int4.nativeLayers).toEqual({ format: 'q8_0' });
     expect(manifests.int8.nativeLayers).toEqual({ format: 'q8_0' });
     expect(manifests.fp32.nativeLayers).toBeUndefined();
+    const files = await readdir(join(stores.int4, layerStoreDir('q8_0')));
+    expect(files.sort()).toEqual(['L0.bin', 'L1.bin', 'embeddings.bin', 'head.bin']);
   });
 
   it.each(['int8', 'int4'] as const)(
@@ -131,6 +135,16 @@ describe.runIf(process.arch === 'x64')('native attention layers on the golden Mi
     }
   });
 
+  it('one thread gives the bits two give: threads share rows of the head and experts, never sums', async () => {
+    const runtimes = await Promise.all([loadModel(stores.int8, { threads: 1 }), loadModel(stores.int8, { threads: 2 })]);
+    try {
+      const [one, two] = [await raggedRun(runtimes[0]), await raggedRun(runtimes[1])];
+      for (const [i, row] of one.entries()) expect(two[i]).toEqual(row);
+    } finally {
+      await Promise.all(runtimes.map((runtime) => runtime.dispose()));
+    }
+  });
+
   it('a damaged layer file is refused at load with "convert again", naming the file', async () => {
     const damaged = join(work, 'damaged');
     await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: damaged, precision: 'int4' });
@@ -144,6 +158,18 @@ describe.runIf(process.arch === 'x64')('native attention layers on the golden Mi
     await rm(file);
     await expect(loadModel(damaged)).rejects.toThrow(/cannot read native layer file .*L1\.bin.*; convert the checkpoint again/);
     // The ONNX layer graphs do not need the file.
+    const onnx = await loadModel(damaged, { attention: 'onnx' });
+    await onnx.dispose();
+  });
+
+  it('a damaged head file is refused at load with "convert again", naming the file', async () => {
+    const damaged = join(work, 'damaged-head');
+    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: damaged, precision: 'int8' });
+    const file = join(damaged, layerStoreDir('q8_0'), 'head.bin');
+    const bytes = await readFile(file);
+    bytes[bytes.length - 3]! ^= 0x40;
+    await writeFile(file, bytes);
+    await expect(loadModel(damaged)).rejects.toThrow(/head\.bin: checksum mismatch \(damaged\); convert the checkpoint again/);
     const onnx = await loadModel(damaged, { attention: 'onnx' });
     await onnx.dispose();
   });
