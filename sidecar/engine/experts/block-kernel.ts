@@ -40,7 +40,7 @@
  */
 
 import { setFlagsFromString } from 'node:v8';
-import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import wabtInit from 'wabt';
 import {
   BLOCK,
@@ -52,6 +52,7 @@ import {
   Q4_0X4_ROWS,
   q4_0x4Offset,
 } from '../../formats/blocks.ts';
+import { HelperThread } from '../helper-thread.ts';
 import { DIRECT_IO_ALIGNMENT, directReadCapacity } from './direct-read.ts';
 import type { ExpertBufferPool } from './expert-cache.ts';
 import type { ExpertWeights } from './expert-store.ts';
@@ -933,39 +934,15 @@ function arenaLayout(dim: number, ffn: number, bufferBytes: number): ArenaLayout
 // ── sharing a product with a helper thread ─────────────────────────────────────────────────────
 
 /**
- * A product's output rows are cut into chunks that both threads claim from one shared counter;
- * each chunk writes its own outputs, so the result does not depend on who took which. A helper
- * that wakes late (2 cores, other work) only takes what is left: the calling thread never waits
- * for it to start, only for a chunk it is already running.
- *
- * Control words: JOB counts published products (the helper sleeps on it); CLAIM is
- * (product seq << 16 | next chunk); INFLIGHT counts helper claim attempts in progress; FAILED is
- * set by a helper that threw. Each product's arguments sit in one of two slots (seq & 1): the
- * caller writes the next product's slot while a late helper may still read the current one.
- */
-const JOB = 0;
-const CLAIM = 1;
-const INFLIGHT = 2;
-const FAILED = 3;
-const ARGS = 4; // two slots of: arena, product (index into `names`), w, n, m, x, out, chunks
-const SLOT = 8;
-/**
- * The product index of a whole-expert job: one chunk, the expert's SwiGLU on the arena's second
- * scratch; its slot holds arena, WHOLE_EXPERT, w13, w2, m, format (index into FORMATS), -, 1.
+ * The job kind of a whole expert: one chunk, the expert's SwiGLU on the arena's second scratch;
+ * its arguments are arena, WHOLE_EXPERT, w13, w2, m, format (index into FORMATS). Other jobs are
+ * products: arena, product (index into `names`), w, n, m, x, out, in chunks of CHUNK_ROWS rows.
  */
 const WHOLE_EXPERT = -1;
-/**
- * How long the helper keeps polling for the next product before it sleeps: longer than the gaps
- * between one expert's products and the next expert's, shorter than an attention layer (the
- * polling core is then taken from onnxruntime's threads).
- */
-const HELPER_SPIN_MS = 0.2;
-/** A chunk takes well under a millisecond: far beyond this, the helper is gone. */
-const HELPER_TIMEOUT_MS = 30_000;
 
-const HELPER_SOURCE = `
-const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { module, products, control, port, second, dim, ffn, native } = workerData;
+const HELPER_PRELUDE = `
+const { receiveMessageOnPort } = require('node:worker_threads');
+const { module, products, port, second, dim, ffn, native } = workerData;
 const addon = native && require(native.path);
 const arenas = new Map();
 // A product as the Arena constructor makes it: the module's export, or the native one on its bytes.
@@ -991,53 +968,27 @@ const wholeExpert = (arena, w13, w2, m, format) => {
   arena.swiglu(second.out, second.hidden, ffn, m);
   arena.quantize(second.hidden, second.x, (m * ffn) / ${BLOCK});
   arena.products[2 * format + 1](w2, 0, dim, m, second.x, second.out, dim);
-};
-let seenJob = Atomics.load(control, ${JOB});
-for (;;) {
-  // Spin a little before sleeping: a forward pass publishes products a few microseconds apart,
-  // and a futex wake-up takes tens of them, so a sleeping helper would join each one late.
-  const spinUntil = performance.now() + ${HELPER_SPIN_MS};
-  while (Atomics.load(control, ${JOB}) === seenJob && performance.now() < spinUntil);
-  Atomics.wait(control, ${JOB}, seenJob);
-  seenJob = Atomics.load(control, ${JOB});
-  for (;;) {
-    Atomics.add(control, ${INFLIGHT}, 1);
-    let more = false;
-    try {
-      const claim = Atomics.load(control, ${CLAIM});
-      const seq = claim >>> 16;
-      const base = ${ARGS} + (seq & 1) * ${SLOT};
-      const [id, product, w, n, m, x, out, chunks] = control.subarray(base, base + ${SLOT});
-      const chunk = claim & 0xffff;
-      if (chunk < chunks && Atomics.compareExchange(control, ${CLAIM}, claim, claim + 1) === claim) {
-        // An arena posted just before this product may still be on its way.
-        while (receive());
-        for (let spins = 0; !arenas.has(id) && spins < 1e7; spins++) receive();
-        const arena = arenas.get(id);
-        if (product === ${WHOLE_EXPERT}) wholeExpert(arena, w, n, m, x);
-        else arena.products[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, x, out, n);
-        more = true;
-      } else more = chunk < chunks; // lost a race for a chunk: try the next one
-    } catch {
-      Atomics.store(control, ${FAILED}, 1);
-    }
-    Atomics.sub(control, ${INFLIGHT}, 1);
-    Atomics.notify(control, ${INFLIGHT});
-    if (!more) break;
-  }
-}`;
+};`;
 
+const HELPER_RUN_CHUNK = `
+const [id, product, w, n, m, x, out] = args;
+// An arena posted just before this job may still be on its way.
+while (receive());
+for (let spins = 0; !arenas.has(id) && spins < 1e7; spins++) receive();
+const arena = arenas.get(id);
+if (product === ${WHOLE_EXPERT}) wholeExpert(arena, w, n, m, x);
+else arena.products[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) * ${CHUNK_ROWS}), m, x, out, n);`;
+
+/** The expert kernel's helper thread (helper-thread.ts), which learns of new arenas over a port. */
 class Helper {
-  private readonly control = new Int32Array(new SharedArrayBuffer(4 * (ARGS + 2 * SLOT)));
+  private readonly thread: HelperThread;
   private readonly port: MessagePort;
-  private readonly worker: Worker;
-  private seq = 0;
   private readonly names: readonly string[];
 
   /**
-   * `products`: in the order the control words index them (per format, its product over dim
-   * inputs, then over ffn inputs). `second`: the arenas' second scratch. `native`: the products'
-   * native code, where they run it.
+   * `products`: in the order the jobs index them (per format, its product over dim inputs, then
+   * over ffn inputs). `second`: the arenas' second scratch. `native`: the products' native code,
+   * where they run it.
    */
   constructor(
     module: WebAssembly.Module,
@@ -1050,69 +1001,27 @@ class Helper {
     this.names = products.map((shape) => shape.name);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    this.worker = new Worker(HELPER_SOURCE, {
-      eval: true,
-      workerData: {
-        module,
-        products,
-        control: this.control,
-        port: port2,
-        second,
-        dim,
-        ffn,
-        native: native && { path: native.path, isa: native.isa },
-      },
+    this.thread = new HelperThread({
+      owner: 'the expert kernel',
+      prelude: HELPER_PRELUDE,
+      runChunk: HELPER_RUN_CHUNK,
+      workerData: { module, products, port: port2, second, dim, ffn, native: native && { path: native.path, isa: native.isa } },
       transferList: [port2],
     });
-    this.worker.unref();
   }
 
   addArena(arena: Arena): void {
     this.port.postMessage({ id: arena.id, memory: arena.memory });
   }
 
-  /** Publishes a job of `chunks` chunks (arguments as the helper reads them) and wakes the helper. */
-  private publish(args: readonly number[], chunks: number): void {
-    const { control } = this;
-    // No helper attempt of the previous job is in flight (we waited for INFLIGHT).
-    this.seq = (this.seq % 0x7fff) + 1;
-    control.set([...args, chunks], ARGS + (this.seq & 1) * SLOT);
-    Atomics.store(control, CLAIM, this.seq << 16);
-    Atomics.add(control, JOB, 1);
-    Atomics.notify(control, JOB);
-  }
-
-  /** The next unclaimed chunk of the published job, or null when all are taken. */
-  private claim(chunks: number): number | null {
-    const chunk = Atomics.add(this.control, CLAIM, 1) & 0xffff;
-    return chunk < chunks ? chunk : null;
-  }
-
-  /** Waits for the chunks the helper is still running, then reports a failure it had. */
-  private finish(): void {
-    const { control } = this;
-    const deadline = performance.now() + HELPER_TIMEOUT_MS;
-    for (let inflight = Atomics.load(control, INFLIGHT); inflight !== 0; inflight = Atomics.load(control, INFLIGHT)) {
-      if (Atomics.wait(control, INFLIGHT, inflight, 1000) === 'timed-out' && performance.now() > deadline) {
-        throw new Error(`the expert kernel's helper thread did not finish its chunk within ${HELPER_TIMEOUT_MS / 1000} s`);
-      }
-    }
-    if (Atomics.exchange(control, FAILED, 0) !== 0)
-      throw new Error("the expert kernel's helper thread failed on its part of a matrix product");
-  }
-
   /** The product over all n output rows, chunks shared with the helper thread. */
   share(arena: Arena, name: string, w: number, n: number, m: number): void {
     const x = arena.local.first.scratch.x.byteOffset;
     const out = arena.local.first.scratch.out.byteOffset;
-    const chunks = Math.ceil(n / CHUNK_ROWS);
-    this.publish([arena.id, this.names.indexOf(name), w, n, m, x, out], chunks);
     const gemm = arena.gemm[name]!;
-    for (let chunk = this.claim(chunks); chunk !== null; chunk = this.claim(chunks)) {
-      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, x, out, n);
-    }
-    // Every chunk is claimed; wait for the ones the helper is still running.
-    this.finish();
+    this.thread.share([arena.id, this.names.indexOf(name), w, n, m, x, out], Math.ceil(n / CHUNK_ROWS), (chunk) =>
+      gemm(w, chunk * CHUNK_ROWS, Math.min(n, (chunk + 1) * CHUNK_ROWS), m, x, out, n),
+    );
   }
 
   /**
@@ -1121,18 +1030,13 @@ class Helper {
    * runs here too. Each expert's steps are those of a lone run, so the outputs are the same bits.
    */
   together(arena: Arena, format: BlockFormat, second: ExpertWeights, m: number, first: () => void, runSecondHere: () => void): void {
-    this.publish([arena.id, WHOLE_EXPERT, second.w13.byteOffset, second.w2.byteOffset, m, FORMATS.indexOf(format), 0], 1);
-    try {
-      first();
-    } finally {
-      if (this.claim(1) !== null) runSecondHere();
-      this.finish();
-    }
+    const args = [arena.id, WHOLE_EXPERT, second.w13.byteOffset, second.w2.byteOffset, m, FORMATS.indexOf(format)];
+    this.thread.together(args, first, runSecondHere);
   }
 
   async terminate(): Promise<void> {
     this.port.close();
-    await this.worker.terminate();
+    await this.thread.terminate();
   }
 }
 

@@ -7,23 +7,17 @@
  * 1.1–1.3 ms. Same 8 bits: Q8_0 blocks of 32 with an fp16 scale against MatMulNBits' int8 blocks
  * of 32; activations are rounded per block of 32 to int8 in both.
  *
- * The rows of lm_head are cut into chunks that both threads claim from one shared counter; each
- * chunk writes its own logits, so the bits do not depend on who ran which, and a helper that wakes
- * late (2 busy cores) only takes what is left. Control words: JOB counts published products (the
- * helper sleeps on it); CLAIM is (job seq << 16 | next chunk); INFLIGHT counts helper claim
- * attempts in progress; FAILED is set by a helper that could not run its chunk; HELPER_CHUNKS counts
- * the chunks the helper ran. A job's row count
- * sits in one of two slots (seq & 1), so the next job's never overwrites one a late helper reads.
+ * The rows of lm_head are cut into chunks that this thread and a helper thread claim
+ * (helper-thread.ts); each chunk writes its own logits, so the bits do not depend on who ran which,
+ * and a helper that wakes late (2 busy cores) only takes what is left.
  */
-import { Worker } from 'node:worker_threads';
-import { modelError } from '../../errors.ts';
 import { BLOCK, BLOCK_BYTES } from '../../formats/blocks.ts';
 import type { ModelConfig } from '../../formats/model-config.ts';
-
-export type HeadShape = Pick<ModelConfig, 'vocabSize' | 'dim' | 'normEps'>;
-
 import { ACTIVATION_RECORD_BYTES, quantizeActivations } from '../experts/block-kernel.ts';
 import type { NativeGemm, NativeProduct } from '../experts/native-gemm.ts';
+import { HelperThread } from '../helper-thread.ts';
+
+export type HeadShape = Pick<ModelConfig, 'vocabSize' | 'dim' | 'normEps'>;
 
 /** Logits [rows.length, vocab] for the hidden rows `rows` (flat indices into hidden [batch·seq, dim]). */
 export interface LogitHead {
@@ -37,17 +31,6 @@ const ROWS_PER_CALL = 16;
 const MAX_CHUNK_ROWS = 2048;
 /** Smaller heads are cut into this many chunks, so both threads take part. */
 const MIN_CHUNKS = 8;
-/** How long the helper polls for the next job before it sleeps (a decode step publishes one). */
-const HELPER_SPIN_MS = 0.2;
-/** A chunk takes well under a millisecond: far beyond this, the helper is gone. */
-const HELPER_TIMEOUT_MS = 30_000;
-
-const JOB = 0;
-const CLAIM = 1;
-const INFLIGHT = 2;
-const FAILED = 3;
-const HELPER_CHUNKS = 4; // chunks the helper has run, for tests and operators
-const ROWS = 5; // two slots: the job's activation rows, by seq & 1
 
 function alignUp(value: number, alignment: number): number {
   return Math.ceil(value / alignment) * alignment;
@@ -67,49 +50,19 @@ function headLayout(vocab: number, dim: number): HeadLayout {
   return { records, logits, bytes: logits + 4 * ROWS_PER_CALL * vocab };
 }
 
-const HELPER_SOURCE = `
-const { workerData } = require('node:worker_threads');
-const { control, memory, path, isa, cols, vocab, chunkRows, records, logits } = workerData;
-let run = null;
-try { run = require(path)['q8_0_' + isa]; } catch {}
-let seenJob = Atomics.load(control, ${JOB});
-for (;;) {
-  const spinUntil = performance.now() + ${HELPER_SPIN_MS};
-  while (Atomics.load(control, ${JOB}) === seenJob && performance.now() < spinUntil);
-  Atomics.wait(control, ${JOB}, seenJob);
-  seenJob = Atomics.load(control, ${JOB});
-  for (;;) {
-    Atomics.add(control, ${INFLIGHT}, 1);
-    let more = false;
-    try {
-      const claim = Atomics.load(control, ${CLAIM});
-      const rows = Atomics.load(control, ${ROWS} + ((claim >>> 16) & 1));
-      const chunk = claim & 0xffff;
-      const chunks = Math.ceil(vocab / chunkRows);
-      if (chunk < chunks && Atomics.compareExchange(control, ${CLAIM}, claim, claim + 1) === claim) {
-        if (!run) throw new Error('no native product');
-        run(memory, cols, 0, chunk * chunkRows, Math.min(vocab, (chunk + 1) * chunkRows), rows, records, logits, vocab);
-        Atomics.add(control, ${HELPER_CHUNKS}, 1);
-        more = true;
-      } else more = chunk < chunks; // lost a race for a chunk: try the next one
-    } catch {
-      Atomics.store(control, ${FAILED}, 1);
-    }
-    Atomics.sub(control, ${INFLIGHT}, 1);
-    Atomics.notify(control, ${INFLIGHT});
-    if (!more) break;
-  }
-}`;
+/** The helper's side: the native product on the same shared memory, over one chunk of vocabulary rows. */
+const HELPER_PRELUDE = `
+const { memory, path, isa, cols, vocab, chunkRows, records, logits } = workerData;
+const run = require(path)['q8_0_' + isa];`;
+const HELPER_RUN_CHUNK = `run(memory, cols, 0, chunk * chunkRows, Math.min(vocab, (chunk + 1) * chunkRows), args[0], records, logits, vocab);`;
 
 export class NativeHead implements LogitHead {
   private readonly memory: Uint8Array;
   private readonly layout: HeadLayout;
   private readonly norm: Float32Array;
   private readonly product: NativeProduct;
-  private readonly control = new Int32Array(new SharedArrayBuffer(4 * (ROWS + 2)));
-  private readonly helper: Worker | null;
+  private readonly helper: HelperThread | null;
   private readonly chunkRows: number;
-  private seq = 0;
 
   /**
    * @param payload the head file's payload: the final norm f32[dim], then lm_head's Q8_0 blocks [vocab, dim]
@@ -137,10 +90,11 @@ export class NativeHead implements LogitHead {
     this.product = native.product('q8_0');
     this.helper =
       threads > 1
-        ? new Worker(HELPER_SOURCE, {
-            eval: true,
+        ? new HelperThread({
+            owner: 'the native head',
+            prelude: HELPER_PRELUDE,
+            runChunk: HELPER_RUN_CHUNK,
             workerData: {
-              control: this.control,
               memory: this.memory,
               path: native.path,
               isa: native.isa,
@@ -152,12 +106,11 @@ export class NativeHead implements LogitHead {
             },
           })
         : null;
-    this.helper?.unref();
   }
 
   /** Chunks of lm_head the helper thread has run so far (0 with one thread). */
   get helperChunks(): number {
-    return Atomics.load(this.control, HELPER_CHUNKS);
+    return this.helper?.chunksRun ?? 0;
   }
 
   async run(hidden: Float32Array, rows: BigInt64Array): Promise<Float32Array> {
@@ -193,29 +146,10 @@ export class NativeHead implements LogitHead {
     const { vocabSize: vocab, dim } = this.config;
     const { records, logits } = this.layout;
     const { chunkRows } = this;
-    const chunks = Math.ceil(vocab / chunkRows);
-    if (!this.helper) {
-      this.product(this.memory, dim, 0, 0, vocab, count, records, logits, vocab);
-      return;
-    }
-    const { control } = this;
-    // No helper attempt of the previous job is in flight: the last call waited for INFLIGHT.
-    this.seq = (this.seq % 0x7fff) + 1;
-    Atomics.store(control, ROWS + (this.seq & 1), count);
-    Atomics.store(control, CLAIM, this.seq << 16);
-    Atomics.add(control, JOB, 1);
-    Atomics.notify(control, JOB);
-    for (let chunk = Atomics.add(control, CLAIM, 1) & 0xffff; chunk < chunks; chunk = Atomics.add(control, CLAIM, 1) & 0xffff) {
-      this.product(this.memory, dim, 0, chunk * chunkRows, Math.min(vocab, (chunk + 1) * chunkRows), count, records, logits, vocab);
-    }
-    // Every chunk is claimed; wait for the ones the helper is still running.
-    const deadline = performance.now() + HELPER_TIMEOUT_MS;
-    for (let inflight = Atomics.load(control, INFLIGHT); inflight !== 0; inflight = Atomics.load(control, INFLIGHT)) {
-      if (Atomics.wait(control, INFLIGHT, inflight, 1000) === 'timed-out' && performance.now() > deadline) {
-        throw modelError(`the native head's helper thread did not finish its chunk within ${HELPER_TIMEOUT_MS / 1000} s`);
-      }
-    }
-    if (Atomics.exchange(control, FAILED, 0) !== 0) throw modelError("the native head's helper thread failed on its part of lm_head");
+    const chunk = (index: number) =>
+      this.product(this.memory, dim, 0, index * chunkRows, Math.min(vocab, (index + 1) * chunkRows), count, records, logits, vocab);
+    if (!this.helper) this.product(this.memory, dim, 0, 0, vocab, count, records, logits, vocab);
+    else this.helper.share([count], Math.ceil(vocab / chunkRows), chunk);
   }
 
   async dispose(): Promise<void> {
