@@ -411,6 +411,7 @@ async function layersAndHead(
   choice: LoadOptions['attention'],
 ): Promise<{ attention: LayerAttention; head: LogitHead; name: string }> {
   const { config, nativeLayers, graphs } = manifest;
+  // The native head runs four vocabulary rows at a time.
   if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && config.vocabSize % 4 === 0) {
     const { gemm } = loadNativeGemm();
     if (gemm) {
