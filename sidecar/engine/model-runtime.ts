@@ -415,9 +415,10 @@ async function layersAndHead(
   if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && config.vocabSize % 4 === 0) {
     const { gemm } = loadNativeGemm();
     if (gemm) {
-      const store = await readLayerStore(storeDir, config, nativeLayers.format);
-      const attention = new NativeLayerAttention(store, config, gemm);
-      return { attention, head: new NativeHead(store.head, config, gemm, settings.threads), name: `${attention.name} and head` };
+      // The head file's bytes are copied into the head's shared memory, and not kept.
+      const { head: headFile, ...layerFiles } = await readLayerStore(storeDir, config, nativeLayers.format);
+      const attention = new NativeLayerAttention(layerFiles, config, gemm);
+      return { attention, head: new NativeHead(headFile, config, gemm, settings.threads), name: `${attention.name} and head` };
     }
   }
   const sessions = [];

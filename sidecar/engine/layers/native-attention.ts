@@ -17,7 +17,7 @@ export class NativeLayerAttention implements LayerAttention {
   private readonly rope: RopeTable;
 
   constructor(
-    private readonly store: LayerStore,
+    private readonly store: Omit<LayerStore, 'head'>,
     private readonly config: ModelConfig,
     private readonly native: NativeGemm,
   ) {
