@@ -166,7 +166,7 @@ export async function makeMixtralShape(
       config,
       tensors: {},
       // No resident expert graphs: this store is paged-only (experts-int4/ or experts-int8/).
-      graphs: { layers, experts: [], head },
+      graphs: { layers, head },
       nativeLayers: { format: LAYER_FORMAT },
       files,
     };

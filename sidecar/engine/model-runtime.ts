@@ -468,8 +468,9 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
     const { attention, head: logitHead, name } = await layersAndHead(storeDir, manifest, settings, options.attention);
     layerPath = name;
     let provider: ExpertProvider;
-    if (experts && (options.expertCacheMb === undefined || options.expertCacheMb === 'auto')) {
-      // fp32 stores: exact per-expert graphs, the reference for the quantised formats.
+    // fp32 stores: exact per-expert graphs, the reference for the quantised formats. A store without
+    // them (an empty list included) runs its experts from their block files.
+    if (experts?.length && (options.expertCacheMb === undefined || options.expertCacheMb === 'auto')) {
       provider = await ResidentExpertProvider.load(
         experts.map((row) => row.map((e) => path(e.graph))),
         config.dim,

@@ -3,9 +3,11 @@
  * on the golden checkpoint converted at precision int4, logits are bit-identical whatever the
  * budget (two experts, half, all, none), closer to the float64 reference than the per-column
  * int4 format they replace, the same when forward passes overlap, and a missing expert file
- * fails only the forward steps that route to it.
+ * fails only the forward steps that route to it. A manifest with an empty list of expert graphs
+ * (as a generated full-shape store had) runs its experts from the block files too.
  */
-import { readdir } from 'node:fs/promises';
+import { cp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   convertGoldenMixtral,
@@ -77,6 +79,31 @@ describe('Mixtral int4 store with paged experts', () => {
         expect(Buffer.from(row.buffer).equals(Buffer.from(sequential[i]!.buffer)), `case ${i}`).toBe(true);
     } finally {
       await runtime.dispose();
+    }
+  });
+
+  it('runs the block files when the manifest lists no expert graphs, with an auto budget or none', async () => {
+    const copy = `${storeDir}-no-expert-graphs`;
+    await cp(storeDir, copy, { recursive: true });
+    try {
+      const manifestPath = join(copy, 'manifest.json');
+      const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
+      manifest.graphs.experts = [];
+      await writeFile(manifestPath, JSON.stringify(manifest));
+      const expected = (await logitsAt(null)).rows;
+      for (const expertCacheMb of [undefined, 'auto'] as const) {
+        const runtime = await loadModel(copy, { expertCacheMb });
+        try {
+          expect(runtime.expertCacheStats?.()).not.toBeNull();
+          const sequence = runtime.createSequence();
+          const [logits] = await runtime.forward([{ sequence, tokens: cases[0]!.tokens.slice(0, -1) }], { allPositions: true });
+          expect(logits).toEqual(expected[0]);
+        } finally {
+          await runtime.dispose();
+        }
+      }
+    } finally {
+      await rm(copy, { recursive: true, force: true });
     }
   });
 
