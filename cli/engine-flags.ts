@@ -16,7 +16,7 @@ export const ENGINE_FLAGS = {
 export const ENGINE_FLAGS_HELP = `  --expert-cache-mb N|auto
                         Mixtral expert cache budget in MiB, > 0 (may be fractional); experts are paged
                         from disk. auto: the memory available at load less the dense weights and a
-                        headroom of 10% of RAM (at least 1 GiB); every expert if they all fit
+                        headroom of 20% of RAM (at least 1 GiB); every expert if they all fit
                         (default: no budget, every expert stays in memory)
   --device D            cpu | cuda (onnxruntime's CUDA execution provider) (default cpu)
   --threads N           onnxruntime intra-op threads, an integer from 1 to 1024 (default 2)`;

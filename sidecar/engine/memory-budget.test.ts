@@ -24,15 +24,15 @@ describe('autoExpertCacheBytes', () => {
   it('keeps every expert when they fit beside the headroom and the dense weights', () => {
     const { bytes, reason } = autoExpertCacheBytes({ ...MIXTRAL, residentBytes: 1.5 * GiB, meminfo: meminfo(64, 60), cgroup: null });
     expect(bytes).toBe(256 * 84 * MiB);
-    expect(reason).toBe('all 256 experts fit (21.0 GiB): 60.0 GiB available less 6.4 GiB headroom and 1.5 GiB of dense weights');
+    expect(reason).toBe('all 256 experts fit (21.0 GiB): 60.0 GiB available less 12.8 GiB headroom and 1.5 GiB of dense weights');
   });
 
-  it('takes the whole experts that fit in MemAvailable less 10% of MemTotal and the dense weights', () => {
+  it('takes the whole experts that fit in MemAvailable less 20% of MemTotal and the dense weights', () => {
     const { bytes, reason } = autoExpertCacheBytes({ ...MIXTRAL, residentBytes: 1.4 * GiB, meminfo: meminfo(24, 22.3), cgroup: null });
-    const usable = 22.3 * GiB - 2.4 * GiB - 1.4 * GiB;
+    const usable = 22.3 * GiB - 4.8 * GiB - 1.4 * GiB;
     expect(bytes).toBe(Math.floor(usable / (84 * MiB)) * 84 * MiB);
     expect(bytes % (84 * MiB)).toBe(0);
-    expect(reason).toBe('225 of 256 experts (18.5 GiB of 21.0 GiB): 22.3 GiB available less 2.4 GiB headroom and 1.4 GiB of dense weights');
+    expect(reason).toBe('196 of 256 experts (16.1 GiB of 21.0 GiB): 22.3 GiB available less 4.8 GiB headroom and 1.4 GiB of dense weights');
   });
 
   it('keeps at least 1 GiB of headroom on a small machine', () => {
@@ -44,7 +44,7 @@ describe('autoExpertCacheBytes', () => {
   it('returns 0 when nothing fits, for the caller to refuse with its minimum', () => {
     const { bytes, reason } = autoExpertCacheBytes({ ...MIXTRAL, residentBytes: 2 * GiB, meminfo: meminfo(8, 2.5), cgroup: null });
     expect(bytes).toBe(0);
-    expect(reason).toBe('0 of 256 experts (0.0 MiB of 21.0 GiB): 2.5 GiB available less 1.0 GiB headroom and 2.0 GiB of dense weights');
+    expect(reason).toBe('0 of 256 experts (0.0 MiB of 21.0 GiB): 2.5 GiB available less 1.6 GiB headroom and 2.0 GiB of dense weights');
   });
 
   it('reports tiny models in MiB', () => {
@@ -56,7 +56,7 @@ describe('autoExpertCacheBytes', () => {
       cgroup: null,
     });
     expect(bytes).toBe(16 * 30 * 1024);
-    expect(reason).toBe('all 16 experts fit (0.5 MiB): 12.0 GiB available less 1.6 GiB headroom and 2.0 MiB of dense weights');
+    expect(reason).toBe('all 16 experts fit (0.5 MiB): 12.0 GiB available less 3.2 GiB headroom and 2.0 MiB of dense weights');
   });
 
   it("is held to a container's memory limit, with the headroom taken from the limit", () => {
@@ -66,9 +66,9 @@ describe('autoExpertCacheBytes', () => {
       meminfo: meminfo(512, 480),
       cgroup: { limitBytes: 16 * GiB, usageBytes: 2 * GiB },
     });
-    expect(bytes).toBe(Math.floor((14 * GiB - 1.6 * GiB - GiB) / (84 * MiB)) * 84 * MiB);
+    expect(bytes).toBe(Math.floor((14 * GiB - 3.2 * GiB - GiB) / (84 * MiB)) * 84 * MiB);
     expect(reason).toMatch(
-      /: 14\.0 GiB available under the container's 16\.0 GiB limit less 1\.6 GiB headroom and 1\.0 GiB of dense weights$/,
+      /: 14\.0 GiB available under the container's 16\.0 GiB limit less 3\.2 GiB headroom and 1\.0 GiB of dense weights$/,
     );
   });
 
