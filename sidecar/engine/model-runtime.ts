@@ -411,8 +411,7 @@ async function layersAndHead(
   choice: LoadOptions['attention'],
 ): Promise<{ attention: LayerAttention; head: LogitHead; name: string }> {
   const { config, nativeLayers, graphs } = manifest;
-  // The native head runs four vocabulary rows at a time.
-  if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && config.vocabSize % 4 === 0) {
+  if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && NativeHead.fits(config.vocabSize)) {
     const { gemm } = loadNativeGemm();
     if (gemm) {
       // The head file's bytes are copied into the head's shared memory, and not kept.

@@ -821,7 +821,8 @@ export function runBlockExpertScalar(x: Float32Array, rows: number, weights: Exp
 
 // ── arenas: the expert cache's buffers inside shared wasm memories ─────────────────────────────
 
-function alignUp(value: number, alignment: number): number {
+/** `value` rounded up to a multiple of `alignment`. */
+export function alignUp(value: number, alignment: number): number {
   return Math.ceil(value / alignment) * alignment;
 }
 

@@ -11,9 +11,9 @@
  * (helper-thread.ts); each chunk writes its own logits, so the bits do not depend on who ran which,
  * and a helper that wakes late (2 busy cores) only takes what is left.
  */
-import { BLOCK, BLOCK_BYTES } from '../../formats/blocks.ts';
+import { BLOCK, blockMatrixBytes } from '../../formats/blocks.ts';
 import type { ModelConfig } from '../../formats/model-config.ts';
-import { ACTIVATION_RECORD_BYTES, quantizeActivations } from '../experts/block-kernel.ts';
+import { ACTIVATION_RECORD_BYTES, alignUp, quantizeActivations } from '../experts/block-kernel.ts';
 import type { NativeGemm, NativeProduct } from '../experts/native-gemm.ts';
 import { HelperThread } from '../helper-thread.ts';
 
@@ -32,10 +32,6 @@ const MAX_CHUNK_ROWS = 2048;
 /** Smaller heads are cut into this many chunks, so both threads take part. */
 const MIN_CHUNKS = 8;
 
-function alignUp(value: number, alignment: number): number {
-  return Math.ceil(value / alignment) * alignment;
-}
-
 /** Where the shared memory's parts start: lm_head's blocks, the activation records, the logits. */
 interface HeadLayout {
   records: number;
@@ -44,8 +40,7 @@ interface HeadLayout {
 }
 
 function headLayout(vocab: number, dim: number): HeadLayout {
-  const weights = vocab * (dim / BLOCK) * BLOCK_BYTES.q8_0;
-  const records = alignUp(weights, 64);
+  const records = alignUp(blockMatrixBytes('q8_0', vocab, dim), 64);
   const logits = alignUp(records + ROWS_PER_CALL * (dim / BLOCK) * ACTIVATION_RECORD_BYTES, 64);
   return { records, logits, bytes: logits + 4 * ROWS_PER_CALL * vocab };
 }
@@ -57,6 +52,11 @@ const run = require(path)['q8_0_' + isa];`;
 const HELPER_RUN_CHUNK = `run(memory, cols, 0, chunk * chunkRows, Math.min(vocab, (chunk + 1) * chunkRows), args[0], records, logits, vocab);`;
 
 export class NativeHead implements LogitHead {
+  /** Whether this head runs a vocabulary of this size: the product takes four rows at a time. */
+  static fits(vocabSize: number): boolean {
+    return vocabSize % 4 === 0;
+  }
+
   private readonly memory: Uint8Array;
   private readonly layout: HeadLayout;
   private readonly norm: Float32Array;
@@ -75,8 +75,9 @@ export class NativeHead implements LogitHead {
     threads: number,
   ) {
     const { vocabSize: vocab, dim } = config;
-    if (vocab % 4 !== 0) throw new RangeError(`the native head runs four vocabulary rows at a time; ${vocab} is not a multiple of 4`);
-    const expected = 4 * dim + vocab * (dim / BLOCK) * BLOCK_BYTES.q8_0;
+    if (!NativeHead.fits(vocab))
+      throw new RangeError(`the native head runs four vocabulary rows at a time; ${vocab} is not a multiple of 4`);
+    const expected = 4 * dim + blockMatrixBytes('q8_0', vocab, dim);
     if (dim % BLOCK !== 0 || payload.byteLength !== expected) {
       throw new RangeError(
         `a head of ${vocab}×${dim} takes a ${expected}-byte payload (dim a multiple of ${BLOCK}), not ${payload.byteLength} bytes`,
