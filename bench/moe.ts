@@ -19,8 +19,10 @@
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
  *   --store DIR --budgets-mb A,B   run on an existing paged store instead (e.g. the full 8x7B shape
- *                    from scripts/make-mixtral-shape.ts) at these budgets, LRU, prefetch on; raw
- *                    read and page-in are then sampled on 8 experts
+ *                    from scripts/make-mixtral-shape.ts) at these budgets (MiB, or `auto` for the
+ *                    engine's own choice), prefetch on; raw read and page-in are then sampled on
+ *                    8 experts
+ *   --policies P,Q   with --store: eviction policies to run at each budget (default layer-distance)
  *   --cold           drop the page cache before each paged run (root only; affects the whole host)
  *   --out FILE       JSON results (default bench/results/moe.json)
  *
@@ -31,7 +33,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import {
   EVICTION_POLICIES,
@@ -65,12 +67,16 @@ export const BENCH_MOE_SHAPE: ModelShape = {
   expertsPerToken: 2,
 };
 
+/** The expert cache's own default (ExpertCache). */
+const DEFAULT_POLICY: EvictionPolicy = 'layer-distance';
+
 /** llama.cpp Q4_0 on this shape, these machines (docs/engine-facts.md): 130–219 tokens/s decode. */
 const LLAMA_CPP_TOKENS_PER_SECOND = [130, 219];
 
 interface RunConfig {
   store: string;
-  budgetMb: number | null;
+  /** MiB, 'auto' (sized by the engine from available memory), or null: every expert resident. */
+  budgetMb: number | 'auto' | null;
   policy: EvictionPolicy;
   tokens: number;
   warmup: number;
@@ -81,7 +87,10 @@ interface RunResult {
   label: string;
   /** Paged expert format (null: no budget, every expert resident). */
   expertBits: ExpertBits | null;
+  /** The budget the cache ran with (what 'auto' chose), MiB. */
   budgetMb: number | null;
+  /** The budget was the engine's own choice (--expert-cache-mb auto). */
+  auto: boolean;
   budgetFraction: number | null;
   policy: EvictionPolicy | null;
   prefetch: boolean;
@@ -187,9 +196,10 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     return {
       label: paged ? `${paged.index.quantization} ${config.policy}${config.prefetch ? '' : ' no-prefetch'}` : 'resident q4_0',
       expertBits: paged?.bits ?? null,
-      budgetMb: config.budgetMb,
+      budgetMb: config.budgetMb === null || !after ? null : after.budgetBytes / MiB,
+      auto: config.budgetMb === 'auto',
       budgetFraction:
-        config.budgetMb === null ? null : Math.round(((config.budgetMb * MiB) / (layers * experts * expertBytes)) * 100) / 100,
+        config.budgetMb === null || !after ? null : Math.round((after.budgetBytes / (layers * experts * expertBytes)) * 100) / 100,
       policy: config.budgetMb === null ? null : config.policy,
       prefetch: config.prefetch,
       decodeTokensPerSecond: config.tokens / seconds,
@@ -235,6 +245,7 @@ async function main(argv: string[]): Promise<void> {
     out: { type: 'string' },
     store: { type: 'string' },
     'budgets-mb': { type: 'string' },
+    policies: { type: 'string' },
   });
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
@@ -294,15 +305,22 @@ async function main(argv: string[]): Promise<void> {
     const base = { store: format.store, tokens, warmup, prefetch: true };
     if (customStore) {
       for (const mb of String(values['budgets-mb'] ?? format.allMb).split(',')) {
-        configs.push({ ...base, budgetMb: parseNumberOption(mb, 'budgets-mb', { min: 0 })!, policy: 'lru' });
+        for (const policy of String(values.policies ?? DEFAULT_POLICY).split(',')) {
+          if (!(EVICTION_POLICIES as readonly string[]).includes(policy))
+            throw new CliError(`--policies must list ${EVICTION_POLICIES.join(', ')}, got "${policy}"`);
+          const budgetMb = mb.trim() === 'auto' ? 'auto' : parseNumberOption(mb, 'budgets-mb', { min: 0 })!;
+          configs.push({ ...base, budgetMb, policy: policy as EvictionPolicy });
+        }
       }
       continue;
     }
-    if (format === formats[0]) configs.push({ ...base, budgetMb: null, policy: 'lru' });
-    configs.push(...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: format.allMb * fraction, policy: 'lru' as EvictionPolicy })));
+    if (format === formats[0]) configs.push({ ...base, budgetMb: null, policy: DEFAULT_POLICY });
+    configs.push(...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: format.allMb * fraction, policy: DEFAULT_POLICY })));
     if (format.bits === 4) {
-      configs.push(...EVICTION_POLICIES.filter((p) => p !== 'lru').map((policy) => ({ ...base, budgetMb: format.allMb * 0.5, policy })));
-      configs.push({ ...base, budgetMb: format.allMb * 0.5, policy: 'lru', prefetch: false });
+      configs.push(
+        ...EVICTION_POLICIES.filter((p) => p !== DEFAULT_POLICY).map((policy) => ({ ...base, budgetMb: format.allMb * 0.5, policy })),
+      );
+      configs.push({ ...base, budgetMb: format.allMb * 0.5, policy: DEFAULT_POLICY, prefetch: false });
     }
   }
   // The no-budget run once more at the end: this VM's speed drifts between minutes, and the two
@@ -322,7 +340,7 @@ async function main(argv: string[]): Promise<void> {
     config:
       r.budgetMb === null
         ? `no --expert-cache-mb (q4_0, all resident)${i > 0 ? ', again last' : ''}`
-        : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${fmt(r.budgetMb, 0)} MiB)`,
+        : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${r.auto ? 'auto: ' : ''}${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
     ...(anchor && { 'vs llama.cpp': `${fmt(r.decodeTokensPerSecond / anchor.decodeTokensPerSecond, 2)}×` }),
     'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
@@ -337,7 +355,7 @@ async function main(argv: string[]): Promise<void> {
   const resident = results.find((r) => r.budgetMb === null) ?? null;
   const residentAgain = results.findLast((r) => r.budgetMb === null && r !== resident) ?? null;
   const summary = formats.map((format) => {
-    const mine = results.filter((r) => r.expertBits === format.bits && r.policy === 'lru' && r.prefetch);
+    const mine = results.filter((r) => r.expertBits === format.bits && r.policy === DEFAULT_POLICY && r.prefetch);
     const all = mine.find((r) => r.budgetFraction === 1) ?? null;
     const half = mine.find((r) => r.budgetFraction === 0.5) ?? null;
     return {
