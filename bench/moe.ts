@@ -250,6 +250,13 @@ async function main(argv: string[]): Promise<void> {
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
   const cold = values.cold === true;
+  const policies = String(values.policies ?? DEFAULT_POLICY)
+    .split(',')
+    .map((policy) => {
+      if (!(EVICTION_POLICIES as readonly string[]).includes(policy))
+        throw new CliError(`--policies must list ${EVICTION_POLICIES.join(', ')}, got "${policy}"`);
+      return policy as EvictionPolicy;
+    });
   const out = resolve(
     (values.out as string | undefined) ?? join(REPO_ROOT, values.store ? 'bench/results/moe-store.json' : 'bench/results/moe.json'),
   );
@@ -305,12 +312,8 @@ async function main(argv: string[]): Promise<void> {
     const base = { store: format.store, tokens, warmup, prefetch: true };
     if (customStore) {
       for (const mb of String(values['budgets-mb'] ?? format.allMb).split(',')) {
-        for (const policy of String(values.policies ?? DEFAULT_POLICY).split(',')) {
-          if (!(EVICTION_POLICIES as readonly string[]).includes(policy))
-            throw new CliError(`--policies must list ${EVICTION_POLICIES.join(', ')}, got "${policy}"`);
-          const budgetMb = mb.trim() === 'auto' ? 'auto' : parseNumberOption(mb, 'budgets-mb', { min: 0 })!;
-          configs.push({ ...base, budgetMb, policy: policy as EvictionPolicy });
-        }
+        const budgetMb = mb.trim() === 'auto' ? 'auto' : parseNumberOption(mb, 'budgets-mb', { min: 0 })!;
+        for (const policy of policies) configs.push({ ...base, budgetMb, policy });
       }
       continue;
     }
