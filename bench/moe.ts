@@ -22,7 +22,7 @@
  *                    from scripts/make-mixtral-shape.ts) at these budgets (MiB, or `auto` for the
  *                    engine's own choice), prefetch on; raw read and page-in are then sampled on
  *                    8 experts
- *   --policies P,Q   with --store: eviction policies to run at each budget (default layer-distance)
+ *   --policies P,Q   with --store: eviction policies to run at each budget (default lfu)
  *   --cold           drop the page cache before each paged run (root only; affects the whole host)
  *   --out FILE       JSON results (default bench/results/moe.json)
  *
@@ -68,7 +68,7 @@ export const BENCH_MOE_SHAPE: ModelShape = {
 };
 
 /** The expert cache's own default (ExpertCache). */
-const DEFAULT_POLICY: EvictionPolicy = 'layer-distance';
+const DEFAULT_POLICY: EvictionPolicy = 'lfu';
 
 /** llama.cpp Q4_0 on this shape, these machines (docs/engine-facts.md): 130–219 tokens/s decode. */
 const LLAMA_CPP_TOKENS_PER_SECOND = [130, 219];

@@ -59,7 +59,7 @@ export interface LoadOptions {
    * dense models.
    */
   expertCacheMb?: number | 'auto';
-  /** Expert cache tuning (benchmarks): eviction policy (default layer-distance) and next-layer prefetch (default on). */
+  /** Expert cache tuning (benchmarks): eviction policy (default lfu) and next-layer prefetch (default on). */
   expertCache?: { policy?: EvictionPolicy; prefetch?: boolean };
   /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
   onExpertPageIn?: (seconds: number) => void;

@@ -5,13 +5,16 @@
  * experts pinned by the step that is running them.
  *
  * Policies (measured in bench/moe.ts, see docs/expert-paging.md):
- *   lru             evict the least recently used expert (the classic baseline).
- *   lfu             evict the expert routed least often so far (ties: least recent).
- *   layer-distance  (default) router-statistics-aware Belady estimate: layers run in a fixed
- *                   cycle, so an expert's next use is expected `distance to its layer + L·(1/p − 1)`
- *                   layers away, p = how often the router picked it; evict the furthest. Layers
- *                   cycling through more hot experts than fit are LRU's worst case: it evicts
- *                   each expert just before its next use (measured: 4% hits against 74%).
+ *   lru             evict the least recently used expert (the classic baseline). When layers
+ *                   cycle through more favoured experts than fit, it evicts each one just before
+ *                   its next use (measured on the full 8x7B shape: 4% hits against lfu's 74%).
+ *   lfu             (default) evict the expert routed least often so far (ties: least recent):
+ *                   best or level in every configuration measured.
+ *   layer-distance  router-statistics-aware Belady estimate: layers run in a fixed cycle, so an
+ *                   expert's next use is expected `distance to its layer + L·(1/p − 1)` layers
+ *                   away, p = how often the router picked it; evict the furthest. Its page-ins
+ *                   measured twice as slow as the others' at the same hit rate on bench:moe's
+ *                   shape (cause not found).
  */
 import { invalidRequest, modelError } from '../../errors.ts';
 import type { ExpertStore, ExpertWeights, RouterWeights } from './expert-store.ts';
@@ -133,7 +136,7 @@ export class ExpertCache {
         'expert_cache_mb',
       );
     }
-    this.policy = options.policy ?? 'layer-distance';
+    this.policy = options.policy ?? 'lfu';
     this.budgetBytes = options.budgetBytes;
     this.slots = ExpertCache.slotsFor(store, options.budgetBytes);
     this.routedCount = new Float64Array(layers * experts);
