@@ -16,8 +16,8 @@
  * shape: page-ins took three times as long (p50 13–15 → 37–39 ms) and decode fell from 1.8–2.0 to
  * 1.3 tokens/s once the process held 19.1 GiB (budgets of 17000–18000 MiB) instead of 18.1 GiB
  * (16000 MiB); 10% would have chosen 18.5 GiB of experts there, 20% chooses ~16. Too small a
- * budget costs a few hit-rate points, too large a one a third of the speed or the process. Page cache counts as available: expert page-ins
- * read with O_DIRECT (experts/direct-read.ts), so the cache's bytes are not mirrored there and the
+ * budget costs a few hit-rate points, too large a one a third of the speed or the process.
+ * Page cache counts as available: expert page-ins read with O_DIRECT (experts/direct-read.ts), so the cache's bytes are not mirrored there and the
  * kernel may reclaim what is cached.
  */
 import { readFileSync } from 'node:fs';

@@ -24,7 +24,7 @@ const UNDERFLOW = 745.2;
 /** 2^-k for k in [0, 1075]: 1075 reaches 2^-1074, the smallest subnormal, rounding included. */
 const NEGATIVE_POWERS_OF_TWO = Float64Array.from({ length: 1076 }, (_, k) => 2 ** -k);
 
-// 1/n! for the polynomial in Horner form.
+// 1/n!: the polynomial's coefficients.
 const C2 = 1 / 2;
 const C3 = 1 / 6;
 const C4 = 1 / 24;

@@ -38,6 +38,17 @@ async function raggedRun(runtime: ModelRuntime): Promise<Float32Array[]> {
   return logits;
 }
 
+/** The golden Mixtral converted at `precision` into `folder`, one byte of its layer file `name` XORed with `mask`. */
+async function storeWithFlippedByte(folder: string, precision: 'int4' | 'int8', name: string, fromEnd: number, mask: number) {
+  const dir = join(work, folder);
+  await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: dir, precision });
+  const file = join(dir, layerStoreDir('q8_0'), name);
+  const bytes = await readFile(file);
+  bytes[bytes.length - fromEnd]! ^= mask;
+  await writeFile(file, bytes);
+  return { dir, file, bytes };
+}
+
 function maxAbsDifference(a: Float32Array, b: Float32Array): number {
   let most = 0;
   for (let i = 0; i < a.length; i++) most = Math.max(most, Math.abs(a[i]! - b[i]!));
@@ -146,12 +157,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
   });
 
   it('a damaged layer file is refused at load with "convert again", naming the file', async () => {
-    const damaged = join(work, 'damaged');
-    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: damaged, precision: 'int4' });
-    const file = join(damaged, layerStoreDir('q8_0'), 'L1.bin');
-    const bytes = await readFile(file);
-    bytes[bytes.length - 5]! ^= 0xff;
-    await writeFile(file, bytes);
+    const { dir: damaged, file, bytes } = await storeWithFlippedByte('damaged', 'int4', 'L1.bin', 5, 0xff);
     await expect(loadModel(damaged)).rejects.toThrow(/L1\.bin: checksum mismatch \(damaged\); convert the checkpoint again/);
     await writeFile(file, bytes.subarray(0, bytes.length - 64));
     await expect(loadModel(damaged)).rejects.toThrow(/L1\.bin: truncated or of the wrong size .*; convert the checkpoint again/);
@@ -163,12 +169,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
   });
 
   it('a damaged head file is refused at load with "convert again", naming the file', async () => {
-    const damaged = join(work, 'damaged-head');
-    await convertCheckpoint({ from: checkpointDir('tiny-mixtral', 'native'), to: damaged, precision: 'int8' });
-    const file = join(damaged, layerStoreDir('q8_0'), 'head.bin');
-    const bytes = await readFile(file);
-    bytes[bytes.length - 3]! ^= 0x40;
-    await writeFile(file, bytes);
+    const { dir: damaged } = await storeWithFlippedByte('damaged-head', 'int8', 'head.bin', 3, 0x40);
     await expect(loadModel(damaged)).rejects.toThrow(/head\.bin: checksum mismatch \(damaged\); convert the checkpoint again/);
     const onnx = await loadModel(damaged, { attention: 'onnx' });
     await onnx.dispose();

@@ -4,8 +4,9 @@
  *
  * Why: onnxruntime's int8 head took 1.7–2.2 ms of a ~7 ms resident decode token on the bench shape
  * (34 MB, cold after the experts, one session run), where this one reads it on both cores in
- * 1.1–1.6 ms (timed alternately in the decode loop). Same 8 bits: Q8_0 blocks of 32 with an fp16 scale against MatMulNBits' int8 blocks
- * of 32; activations are rounded per block of 32 to int8 in both.
+ * 1.1–1.6 ms (timed alternately in the decode loop). Same 8 bits: Q8_0 blocks of 32 with an fp16
+ * scale against MatMulNBits' int8 blocks of 32; activations are rounded per block of 32 to int8 in
+ * both.
  *
  * The rows of lm_head are cut into chunks that this thread and a helper thread claim
  * (helper-thread.ts); each chunk writes its own logits, so the bits do not depend on who ran which,
