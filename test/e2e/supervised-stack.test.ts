@@ -59,19 +59,21 @@ describe('a sidecar killed mid-stream', () => {
     const victimPid = stack.sidecarProcess(VICTIM).pid;
     expect(victimPid).toBeDefined();
 
-    let started = 0;
-    let allStarted: () => void = () => {};
-    const everyStreamStarted = new Promise<void>((resolve) => {
-      allStarted = resolve;
+    // The kill follows the victim's streams' first chunks, not the survivor's: waiting for all six
+    // let a victim stream finish its 400 tokens first on a fast run.
+    let victimStarted = 0;
+    let victimStreamsStarted: () => void = () => {};
+    const victimStreaming = new Promise<void>((resolve) => {
+      victimStreamsStarted = resolve;
     });
-    const onFirstChunk = () => {
-      if (++started === 6) allStarted();
+    const onFirstChunk = (region: string) => () => {
+      if (region === VICTIM && ++victimStarted === 3) victimStreamsStarted();
     };
     const streams = [VICTIM, VICTIM, VICTIM, SURVIVOR, SURVIVOR, SURVIVOR].map(async (region) => ({
       region,
-      outcome: await follow(await chat(region, { stream: true, max_tokens: 400, temperature: 0.7 }), onFirstChunk),
+      outcome: await follow(await chat(region, { stream: true, max_tokens: 400, temperature: 0.7 }), onFirstChunk(region)),
     }));
-    await everyStreamStarted;
+    await victimStreaming;
 
     process.kill(victimPid as number, 'SIGKILL');
     const killedAt = performance.now();
