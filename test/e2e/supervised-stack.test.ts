@@ -59,8 +59,9 @@ describe('a sidecar killed mid-stream', () => {
     const victimPid = stack.sidecarProcess(VICTIM).pid;
     expect(victimPid).toBeDefined();
 
-    // The kill follows the victim's streams' first chunks, not the survivor's: waiting for all six
-    // let a victim stream finish its 400 tokens first on a fast run.
+    // The kill follows the victim's streams' first chunks, not the survivor's. A victim stream may
+    // still start seconds before its siblings on a loaded machine (400 tokens took one that long in
+    // CI), so the victim's streams ask for 4,000: tens of seconds of margin.
     let victimStarted = 0;
     let victimStreamsStarted: () => void = () => {};
     const victimStreaming = new Promise<void>((resolve) => {
@@ -71,7 +72,10 @@ describe('a sidecar killed mid-stream', () => {
     };
     const streams = [VICTIM, VICTIM, VICTIM, SURVIVOR, SURVIVOR, SURVIVOR].map(async (region) => ({
       region,
-      outcome: await follow(await chat(region, { stream: true, max_tokens: 400, temperature: 0.7 }), onFirstChunk(region)),
+      outcome: await follow(
+        await chat(region, { stream: true, max_tokens: region === VICTIM ? 4_000 : 400, temperature: 0.7 }),
+        onFirstChunk(region),
+      ),
     }));
     await victimStreaming;
 
