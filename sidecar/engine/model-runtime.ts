@@ -416,7 +416,7 @@ async function layersAndHead(
     if (gemm) {
       // The head file's bytes are copied into the head's shared memory, and not kept.
       const { head: headFile, ...layerFiles } = await readLayerStore(storeDir, config, nativeLayers.format);
-      const attention = new NativeLayerAttention(layerFiles, config, gemm);
+      const attention = new NativeLayerAttention(layerFiles, config, gemm, settings.threads);
       return { attention, head: new NativeHead(headFile, config, gemm, settings.threads), name: `${attention.name} and head` };
     }
   }

@@ -34,7 +34,8 @@ export type NativeProduct = (
 
 /**
  * A Mixtral layer up to its experts (engine/native/attention-layer.cc): dims are [isa (0 AVX-512 VNNI,
- * 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows].
+ * 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows,
+ * threads (2: large products' rows shared with the addon's helper thread, the same bits; 1: this thread alone)].
  */
 export type NativeAttentionLayer = (
   weights: Uint8Array,
@@ -54,7 +55,11 @@ export type NativeAttentionLayer = (
   newValues: Float32Array,
 ) => void;
 
-type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & { supported(): NativeIsa[]; attention_layer: NativeAttentionLayer };
+type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & {
+  supported(): NativeIsa[];
+  attention_layer: NativeAttentionLayer;
+  attention_helper_chunks(): number;
+};
 
 export interface NativeGemm {
   /** The instruction set the products use. */
@@ -64,6 +69,8 @@ export interface NativeGemm {
   product(format: BlockFormat): NativeProduct;
   /** The attention layer on this instruction set (its `isa` dim must name it). */
   attentionLayer: NativeAttentionLayer;
+  /** Chunks of products the attention layer's helper thread has run in this process. */
+  attentionHelperChunks(): number;
 }
 
 /** Where node-gyp puts the addon: build/Release under the package root. */
@@ -92,6 +99,7 @@ export function loadNativeGemm(isa?: NativeIsa): { gemm: NativeGemm | null; note
       path: NATIVE_ADDON_PATH,
       product: (format) => addon[`${format}_${chosen}`],
       attentionLayer: addon.attention_layer,
+      attentionHelperChunks: addon.attention_helper_chunks,
     },
     note: null,
   };

@@ -3,9 +3,9 @@
  * native head (native-head.ts) compute what the store's ONNX layer and head graphs compute: on the
  * golden Mixtral, in a ragged batch with a past and during decode, their logits stay within
  * quantisation noise of the graphs' and pick the same tokens; a batched sequence gets the same bits
- * as alone, and one thread the same bits as two; quantised Mixtral stores carry the layer and head
- * files and a damaged one is refused at load with "convert again"; the addon refuses a call whose
- * arrays do not fit.
+ * as alone, and one thread the same bits as two (also where a layer's products are shared with the
+ * addon's helper thread); quantised Mixtral stores carry the layer and head files and a damaged one
+ * is refused at load with "convert again"; the addon refuses a call whose arrays do not fit.
  * x86-64 only, where `npm ci` builds the native addon (elsewhere the ONNX graphs run).
  */
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -156,6 +156,72 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
     }
   });
 
+  it.each([
+    ['q8_0', 0],
+    ['q4_0', 1],
+  ] as const)('%s: a layer large enough to share its products with the helper thread gives the bits of one thread', (_, q4) => {
+    // dim 1024: Q|K|V and wo are 0.6–1.7 MB, above the size the addon splits at; the golden layers are far below it.
+    const [dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows] = [1024, 8, 2, 128, 8, 2, 2, 3, 8];
+    const qkvRows = (heads + 2 * kvHeads) * headDim;
+    const blockBytes = q4 ? 18 : 34;
+    const floats = 2 * dim + experts * dim;
+    const weights = new Uint8Array(4 * floats + ((qkvRows + dim) * dim * blockBytes) / 32);
+    for (let i = 0; i < weights.length; i++) weights[i] = (i * 2654435761) >>> 24;
+    new Float32Array(weights.buffer, 0, floats).forEach((_, i, all) => {
+      all[i] = i < 2 * dim ? 1 : Math.sin(i) / 32;
+    });
+    // Every block's fp16 scale(s) 1/256: Q4_0 groups lead with four, Q8_0 blocks with one.
+    const scales = new DataView(weights.buffer, 4 * floats);
+    const [unit, count] = q4 ? [72, 4] : [34, 1];
+    for (let at = 0; at + unit <= scales.byteLength; at += unit) for (let k = 0; k < count; k++) scales.setUint16(at + 2 * k, 0x1c00, true);
+    const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed + i * 0.37));
+    const rows = batch * seq;
+    const inputs = [
+      values(rows * dim, 1),
+      values((ropeRows * headDim) / 2, 2),
+      values((ropeRows * headDim) / 2, 3),
+      Int32Array.from({ length: rows }, (_, i) => past + (i % seq)),
+      new Float32Array(rows * (past + seq)),
+      values(batch * kvHeads * past * headDim, 4),
+      values(batch * kvHeads * past * headDim, 5),
+    ] as const;
+    const run = (threads: number) => {
+      const outputs = [rows * dim, rows * dim, rows * experts, batch * kvHeads * seq * headDim, batch * kvHeads * seq * headDim].map(
+        (n) => new Float32Array(n),
+      );
+      const dims = Int32Array.of(
+        native!.isa === 'avx512vnni' ? 0 : 1,
+        q4,
+        dim,
+        heads,
+        kvHeads,
+        headDim,
+        experts,
+        batch,
+        seq,
+        past,
+        ropeRows,
+        threads,
+      );
+      native!.attentionLayer(
+        weights,
+        dims,
+        1e-5,
+        ...inputs,
+        ...(outputs as [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array]),
+      );
+      return outputs;
+    };
+    const chunksBefore = native!.attentionHelperChunks();
+    const alone = run(1);
+    expect(alone[0]!.every(Number.isFinite) && alone[2]!.some((value) => value !== 0)).toBe(true);
+    expect(native!.attentionHelperChunks()).toBe(chunksBefore);
+    // The helper sleeps between products and takes only the chunks left when it wakes (none, if it
+    // wakes late), so calls repeat until it has run some, each checked.
+    for (let call = 0; call < 200 && native!.attentionHelperChunks() < chunksBefore + 20; call++) expect(run(2)).toEqual(alone);
+    expect(native!.attentionHelperChunks()).toBeGreaterThanOrEqual(chunksBefore + 20);
+  });
+
   it('a damaged layer file is refused at load with "convert again", naming the file', async () => {
     const { dir: damaged, file, bytes } = await storeWithFlippedByte('damaged', 'int4', 'L1.bin', 5, 0xff);
     await expect(loadModel(damaged)).rejects.toThrow(/L1\.bin: checksum mismatch \(damaged\); convert the checkpoint again/);
@@ -177,7 +243,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
 
   it('the addon refuses arrays that do not fit the shape it is given, with a message naming them', () => {
     const call = native!.attentionLayer;
-    const dims = Int32Array.of(native!.isa === 'avx512vnni' ? 0 : 1, 1, 64, 4, 2, 16, 8, 1, 2, 0, 4);
+    const dims = Int32Array.of(native!.isa === 'avx512vnni' ? 0 : 1, 1, 64, 4, 2, 16, 8, 1, 2, 0, 4, 1);
     const f = (n: number) => new Float32Array(n);
     const weightBytes = 4 * (2 * 64 + 8 * 64) + 128 * 2 * 18 + 64 * 2 * 18;
     const args = (weights: Uint8Array, hidden: Float32Array) =>
@@ -204,5 +270,8 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
     const outOfTable = [...args(new Uint8Array(weightBytes), f(128))] as unknown as Parameters<typeof call>;
     outOfTable[6] = Int32Array.of(0, 4);
     expect(() => call(...outOfTable)).toThrow(/a position is outside the RoPE table/);
+    const threeThreads = [...args(new Uint8Array(weightBytes), f(128))] as unknown as Parameters<typeof call>;
+    threeThreads[1] = Int32Array.of(...dims.subarray(0, 11), 3);
+    expect(() => call(...threeThreads)).toThrow(/bad shape/);
   });
 });

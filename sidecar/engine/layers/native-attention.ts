@@ -1,7 +1,8 @@
 /**
  * Mixtral layers up to their experts in the native addon (engine/native/attention-layer.cc), on the
- * store's layer files (layer-store.ts): one call per layer, single-threaded, where an onnxruntime
- * layer graph costs ~0.3 ms of fixed overhead at decode whatever its size. Token embeddings are
+ * store's layer files (layer-store.ts): one call per layer, where an onnxruntime layer graph costs
+ * ~0.3 ms of fixed overhead at decode whatever its size. With two threads the addon shares the rows
+ * of the layer's large products with a native helper thread (the same bits). Token embeddings are
  * looked up here (layer 0 takes token ids).
  */
 import type { BlockFormat } from '../../formats/blocks.ts';
@@ -20,6 +21,8 @@ export class NativeLayerAttention implements LayerAttention {
     private readonly store: Omit<LayerStore, 'head'>,
     private readonly config: ModelConfig,
     private readonly native: NativeGemm,
+    /** 2: the layer's products shared with the addon's helper thread; 1: this thread alone. */
+    private readonly threads: number,
   ) {
     this.rope = new RopeTable(config.headDim, config.ropeTheta);
     this.name = `native attention layers (${store.format}, ${native.isa})`;
@@ -43,6 +46,7 @@ export class NativeLayerAttention implements LayerAttention {
       step.seq,
       step.past,
       ropeRows,
+      this.threads > 1 ? 2 : 1,
     );
     const rows = step.batch * step.seq;
     return {

@@ -338,6 +338,7 @@ using BandKernel = void (*)(const uint8_t* p, int nb, const uint8_t* records, si
 using BandKernels = BandKernel[kRowsPerPass];
 
 constexpr int kBandRows = 4 * kGroupRows;
+static_assert(sirocco::kSplitRows % kBandRows == 0, "a split must fall between bands");
 
 /** Where four rows' first block is, and how far their next block column: Q4_0 bands, or Q8_0 rows. */
 struct FourRows {
@@ -496,9 +497,10 @@ void quantizeRecords(const float* x, int rows, int cols, uint8_t* records) {
   }
 }
 
-void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out) {
+void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out, int rowBegin,
+                  int rowEnd) {
   const Entry& entry = kEntries[(q4 ? 0 : 2) + (isa == Isa::kAvx512Vnni ? 0 : 1)];
-  const Product job{w, 0, n, m, records, out, n, cols / kBlock};
+  const Product job{w, rowBegin, rowEnd, m, records, out, n, cols / kBlock};
   runProduct(job, entry.q4, *entry.kernels, entry.bands);
 }
 

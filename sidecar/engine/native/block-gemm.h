@@ -15,10 +15,15 @@ bool isaSupported(Isa isa);
 /** ggml's quantize_row_q8_0 on `rows` rows of `cols` values (a multiple of 32) into activation records. */
 void quantizeRecords(const float* x, int rows, int cols, uint8_t* records);
 
+/** Output rows a product can be split at: whole Q4_0 bands (and so whole Q8_0 groups of four). */
+constexpr int kSplitRows = 16;
+
 /**
  * out[i·n + r] = row r of the [n, cols] matrix at w (Q4_0 in bands of 16 interleaved rows when q4, else Q8_0 rows)
- * · activation row i, for i < m; n a multiple of 4.
+ * · activation row i, for i < m and rowBegin ≤ r < rowEnd; n a multiple of 4, rowBegin a multiple of kSplitRows,
+ * rowEnd one too or n. Each row's arithmetic is the same whatever the range, so split products give the same bits.
  */
-void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out);
+void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out, int rowBegin,
+                  int rowEnd);
 
 }  // namespace sirocco
