@@ -97,13 +97,13 @@ class ProductHelper {
 
   /** Runs run(0) … run(chunks − 1), each once, on this thread and the helper; returns when all are done. */
   void share(int chunks, const Chunk& run) {
-    uint64_t job;
+    uint32_t job;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job = ++job_;
+      job = ++job_;  // wraps around: only equality with the job in claim_ matters
       run_ = run;
       chunks_ = chunks;
-      claim_.store(job << 32, std::memory_order_seq_cst);
+      claim_.store(static_cast<uint64_t>(job) << 32, std::memory_order_seq_cst);
     }
     wake_.notify_one();
     for (int chunk; (chunk = claim(job, chunks)) >= 0;) run(chunk);
@@ -118,19 +118,19 @@ class ProductHelper {
   ProductHelper() { std::thread([this] { loop(); }).detach(); }
 
   /** The next chunk of `job`, or −1 when none is left (or the job is over). */
-  int claim(uint64_t job, int chunks) {
+  int claim(uint32_t job, int chunks) {
     uint64_t word = claim_.load(std::memory_order_seq_cst);
-    while ((word >> 32) == job && static_cast<int>(word & 0xffffffff) < chunks) {
+    while (static_cast<uint32_t>(word >> 32) == job && static_cast<int>(word & 0xffffffff) < chunks) {
       if (claim_.compare_exchange_weak(word, word + 1, std::memory_order_seq_cst)) return static_cast<int>(word & 0xffffffff);
     }
     return -1;
   }
 
   void loop() {
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
       Chunk run;
-      uint64_t job;
+      uint32_t job;
       int chunks;
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -160,7 +160,7 @@ class ProductHelper {
   std::atomic<uint64_t> chunksRun_{0};
   std::mutex mutex_;
   std::condition_variable wake_;
-  uint64_t job_ = 0;
+  uint32_t job_ = 0;
   Chunk run_;
   int chunks_ = 0;
 };
