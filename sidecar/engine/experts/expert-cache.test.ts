@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../formats/checkpoint.ts';
 import { type Routing, runExperts } from '../moe.ts';
-import { EVICTION_POLICIES, type EvictionPolicy, ExpertCache } from './expert-cache.ts';
+import { AGEING_ROUTINGS_PER_EXPERT, EVICTION_POLICIES, type EvictionPolicy, ExpertCache } from './expert-cache.ts';
 import { buildExpertStore, ExpertStore } from './expert-store.ts';
 import { PagedExperts } from './paged-experts.ts';
 
@@ -156,6 +156,33 @@ describe('expert cache', () => {
     const byDefault = await hitRate();
     expect(byDefault.policy).toBe('lfu');
     expect(byDefault.hits).toBeGreaterThan(lru.hits + 0.1);
+  });
+
+  it('lfu follows a routing that moves on: aged counts let new favourites displace old ones within a few periods', async () => {
+    // Five slots; both layers route to experts 0 and 1 for 1000 steps, then to 2 and 3. With plain
+    // counts, 2 and 3 would be evicted in turn for as long as they had been routed less than 0 and 1
+    // (1000 steps); aged, they outrank them about one ageing period (128 steps here) after the change.
+    const { layers, experts } = store.index;
+    const period = (AGEING_ROUTINGS_PER_EXPERT * layers * experts) / (layers * 2);
+    expect(period).toBe(128);
+    const cache = new ExpertCache(store, { budgetBytes: 5 * store.expertBytes });
+    const route = async (favourites: number[], steps: number) => {
+      for (let step = 0; step < steps; step++) {
+        for (let layer = 0; layer < layers; layer++) {
+          cache.noteLayerStep(layer);
+          for (const expert of favourites) (await cache.acquire(layer, expert)).release();
+        }
+      }
+      const { hits, misses } = cache.stats();
+      return { hits, misses };
+    };
+    await route([0, 1], 1000);
+    const changed = await route([2, 3], 2 * period);
+    const after = await route([2, 3], 100);
+    cache.clear();
+    // Every acquire of the last 100 steps hits.
+    expect(after.hits - changed.hits).toBe(100 * layers * 2);
+    expect(after.misses).toBe(changed.misses);
   });
 
   it('counts used prefetches as prefetch hits and evicted unused ones as wasted', async () => {

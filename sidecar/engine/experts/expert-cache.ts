@@ -8,8 +8,9 @@
  *   lru             evict the least recently used expert (the classic baseline). When layers
  *                   cycle through more favoured experts than fit, it evicts each one just before
  *                   its next use (measured on the full 8x7B shape: 4% hits against lfu's 74%).
- *   lfu             (default) evict the expert routed least often so far (ties: least recent):
- *                   the simplest rule that avoids LRU's collapse, no worse anywhere measured.
+ *   lfu             (default) evict the expert routed least often (ties: least recent): the
+ *                   simplest rule that avoids LRU's collapse, no worse anywhere measured. Counts
+ *                   are aged (AGEING_ROUTINGS_PER_EXPERT), so a routing that moves on is followed.
  *   layer-distance  router-statistics-aware Belady estimate: layers run in a fixed cycle, so an
  *                   expert's next use is expected `distance to its layer + L·(1/p − 1)` layers
  *                   away, p = how often the router picked it; evict the furthest (as good as lfu
@@ -92,6 +93,15 @@ interface Entry {
   lastUse: number;
 }
 
+/**
+ * Each time the experts have been routed this many times apiece on average, the routing counts (and
+ * the layers' step counts beside them) are halved: an expert favoured long ago then loses its
+ * place to today's favourites within a few periods, where with plain counts it would hold it until
+ * they had been routed as often in all. Halving every count keeps their order, so under a steady
+ * routing the choices are unchanged.
+ */
+export const AGEING_ROUTINGS_PER_EXPERT = 32;
+
 export class ExpertCache {
   readonly policy: EvictionPolicy;
   readonly budgetBytes: number;
@@ -101,6 +111,7 @@ export class ExpertCache {
   private readonly freeBuffers: Uint8Array[] = [];
   private readonly routedCount: Float64Array;
   private readonly layerSteps: Float64Array;
+  private routingsSinceAgeing = 0;
   private readonly predictions = new Map<number, Set<number>>();
   private clock = 0;
   private currentLayer = 0;
@@ -158,6 +169,7 @@ export class ExpertCache {
     const key = this.keyOf(layer, expert);
     this.currentLayer = layer;
     this.routedCount[key]! += 1;
+    if (++this.routingsSinceAgeing >= AGEING_ROUTINGS_PER_EXPERT * this.routedCount.length) this.ageCounts();
     const predicted = this.predictions.get(layer);
     if (predicted?.delete(expert)) this.counters.predictionsUsed += 1;
     let entry = this.entries.get(key);
@@ -255,6 +267,12 @@ export class ExpertCache {
   clear(): void {
     for (const entry of [...this.entries.values()]) if (entry.pins === 0 && entry.weights) this.evict(entry);
     for (const buffer of this.freeBuffers.splice(0)) this.options.buffers?.release(buffer);
+  }
+
+  private ageCounts(): void {
+    for (let key = 0; key < this.routedCount.length; key++) this.routedCount[key]! /= 2;
+    for (let layer = 0; layer < this.layerSteps.length; layer++) this.layerSteps[layer]! /= 2;
+    this.routingsSinceAgeing = 0;
   }
 
   private keyOf(layer: number, expert: number): number {
