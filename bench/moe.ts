@@ -36,6 +36,7 @@ import { fileURLToPath } from 'node:url';
 import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
 import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import {
+  DEFAULT_EVICTION_POLICY,
   EVICTION_POLICIES,
   type EvictionPolicy,
   type ExpertBits,
@@ -66,9 +67,6 @@ export const BENCH_MOE_SHAPE: ModelShape = {
   numExperts: 8,
   expertsPerToken: 2,
 };
-
-/** The expert cache's own default (ExpertCache). */
-const DEFAULT_POLICY: EvictionPolicy = 'lfu';
 
 /** llama.cpp Q4_0 on this shape, these machines (docs/engine-facts.md): 130–219 tokens/s decode. */
 const LLAMA_CPP_TOKENS_PER_SECOND = [130, 219];
@@ -250,7 +248,7 @@ async function main(argv: string[]): Promise<void> {
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
   const cold = values.cold === true;
-  const policies = String(values.policies ?? DEFAULT_POLICY)
+  const policies = String(values.policies ?? DEFAULT_EVICTION_POLICY)
     .split(',')
     .map((policy) => {
       if (!(EVICTION_POLICIES as readonly string[]).includes(policy))
@@ -317,13 +315,17 @@ async function main(argv: string[]): Promise<void> {
       }
       continue;
     }
-    if (format === formats[0]) configs.push({ ...base, budgetMb: null, policy: DEFAULT_POLICY });
-    configs.push(...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: format.allMb * fraction, policy: DEFAULT_POLICY })));
+    if (format === formats[0]) configs.push({ ...base, budgetMb: null, policy: DEFAULT_EVICTION_POLICY });
+    configs.push(...[1, 0.5, 0.25].map((fraction) => ({ ...base, budgetMb: format.allMb * fraction, policy: DEFAULT_EVICTION_POLICY })));
     if (format.bits === 4) {
       configs.push(
-        ...EVICTION_POLICIES.filter((p) => p !== DEFAULT_POLICY).map((policy) => ({ ...base, budgetMb: format.allMb * 0.5, policy })),
+        ...EVICTION_POLICIES.filter((p) => p !== DEFAULT_EVICTION_POLICY).map((policy) => ({
+          ...base,
+          budgetMb: format.allMb * 0.5,
+          policy,
+        })),
       );
-      configs.push({ ...base, budgetMb: format.allMb * 0.5, policy: DEFAULT_POLICY, prefetch: false });
+      configs.push({ ...base, budgetMb: format.allMb * 0.5, policy: DEFAULT_EVICTION_POLICY, prefetch: false });
     }
   }
   // The no-budget run once more at the end: this VM's speed drifts between minutes, and the two
@@ -358,7 +360,7 @@ async function main(argv: string[]): Promise<void> {
   const resident = results.find((r) => r.budgetMb === null) ?? null;
   const residentAgain = results.findLast((r) => r.budgetMb === null && r !== resident) ?? null;
   const summary = formats.map((format) => {
-    const mine = results.filter((r) => r.expertBits === format.bits && r.policy === DEFAULT_POLICY && r.prefetch);
+    const mine = results.filter((r) => r.expertBits === format.bits && r.policy === DEFAULT_EVICTION_POLICY && r.prefetch);
     const all = mine.find((r) => r.budgetFraction === 1) ?? null;
     const half = mine.find((r) => r.budgetFraction === 0.5) ?? null;
     return {

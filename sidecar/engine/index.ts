@@ -5,6 +5,7 @@
  */
 export { DEVICES, type Device } from './device.ts';
 export {
+  DEFAULT_EVICTION_POLICY,
   EVICTION_POLICIES,
   type EvictionPolicy,
   ExpertCache,

@@ -17,8 +17,8 @@
  * 1.3 tokens/s once the process held 19.1 GiB (budgets of 17000–18000 MiB) instead of 18.1 GiB
  * (16000 MiB); 10% would have chosen 18.5 GiB of experts there, 20% chooses ~16. Too small a
  * budget costs a few hit-rate points, too large a one a third of the speed or the process.
- * Page cache counts as available: expert page-ins read with O_DIRECT (experts/direct-read.ts), so the cache's bytes are not mirrored there and the
- * kernel may reclaim what is cached.
+ * Page cache counts as available: expert page-ins read with O_DIRECT (experts/direct-read.ts), so
+ * the cache's bytes are not mirrored there and the kernel may reclaim what is cached.
  */
 import { readFileSync } from 'node:fs';
 import { freemem, totalmem } from 'node:os';

@@ -21,6 +21,7 @@ import type { ExpertStore, ExpertWeights, RouterWeights } from './expert-store.t
 
 export type EvictionPolicy = 'lru' | 'lfu' | 'layer-distance';
 export const EVICTION_POLICIES: readonly EvictionPolicy[] = ['lru', 'lfu', 'layer-distance'];
+export const DEFAULT_EVICTION_POLICY: EvictionPolicy = 'lfu';
 
 /** Where page-in buffers (one expert file image each) come from and go back to. */
 export interface ExpertBufferPool {
@@ -146,7 +147,7 @@ export class ExpertCache {
         'expert_cache_mb',
       );
     }
-    this.policy = options.policy ?? 'lfu';
+    this.policy = options.policy ?? DEFAULT_EVICTION_POLICY;
     this.budgetBytes = options.budgetBytes;
     this.slots = ExpertCache.slotsFor(store, options.budgetBytes);
     this.routedCount = new Float64Array(layers * experts);
