@@ -30,7 +30,7 @@
 import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
-import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { parseCommandArgs, parseNumberOption, runScript } from '../cli/args.ts';
 import { parsePrecision } from '../cli/engine-flags.ts';
 import { BENCH_1B_SHAPE } from '../sidecar/convert/random-checkpoint.ts';
 import { loadModel, type ModelRuntime } from '../sidecar/engine/index.ts';
@@ -231,4 +231,4 @@ async function main(): Promise<void> {
   console.log(`store ${store}: ${(bytes / 2 ** 30).toFixed(2)} GiB`);
 }
 
-await main();
+await runScript('bench:engine', main);

@@ -33,7 +33,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CliError, parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { CliError, parseCommandArgs, parseNumberOption, runScript } from '../cli/args.ts';
 import type { ModelShape } from '../sidecar/convert/random-checkpoint.ts';
 import {
   DEFAULT_EVICTION_POLICY,
@@ -429,4 +429,4 @@ async function main(argv: string[]): Promise<void> {
   console.log(`wrote ${out}`);
 }
 
-await main(process.argv.slice(2));
+await runScript('bench:moe', () => main(process.argv.slice(2)));

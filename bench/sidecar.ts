@@ -34,7 +34,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { parseCommandArgs, parseNumberOption } from '../cli/args.ts';
+import { parseCommandArgs, parseNumberOption, runScript } from '../cli/args.ts';
 import { REPO_ROOT, startSidecar } from '../cli/processes.ts';
 import { ENV } from '../shared/protocol.ts';
 import { readSseEvents, SSE_DONE } from '../shared/sse.ts';
@@ -325,4 +325,4 @@ async function main(): Promise<void> {
   console.log(`results written to ${out}`);
 }
 
-await main();
+await runScript('bench:sidecar', main);

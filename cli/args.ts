@@ -12,6 +12,20 @@ export class CliError extends Error {
   }
 }
 
+/**
+ * Runs a script's `main` (the benches): a CliError is printed as `name: message` and exits with its
+ * code, without a stack; any other error is rethrown as it was.
+ */
+export async function runScript(name: string, main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (error) {
+    if (!(error instanceof CliError)) throw error;
+    console.error(`${name}: ${error.message}`);
+    process.exit(error.exitCode);
+  }
+}
+
 type Options = NonNullable<ParseArgsConfig['options']>;
 
 /** A token that is a negative number (`-1`, `-0.5`, `-1e3`), which parseArgs would take for a flag. */
