@@ -156,12 +156,23 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
     }
   });
 
-  it.each([
-    ['q8_0', 0],
-    ['q4_0', 1],
-  ] as const)('%s: a layer large enough to share its products with the helper thread gives the bits of one thread', (_, q4) => {
-    // dim 1024: Q|K|V and wo are 0.6–1.7 MB, above the size the addon splits at; the golden layers are far below it.
-    const [dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows] = [1024, 8, 2, 128, 8, 2, 2, 3, 8];
+  /**
+   * A synthetic layer for the addon alone: hashed weight bytes with every block's scale(s) 1/256,
+   * smooth inputs, and no masked slot. Returns a call on one or two threads.
+   */
+  function syntheticLayer(shape: {
+    dim: number;
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    batch: number;
+    seq: number;
+    past: number;
+    q4: 0 | 1;
+  }) {
+    const { dim, heads, kvHeads, headDim, batch, seq, past, q4 } = shape;
+    const experts = 8;
+    const ropeRows = past + seq;
     const qkvRows = (heads + 2 * kvHeads) * headDim;
     const blockBytes = q4 ? 18 : 34;
     const floats = 2 * dim + experts * dim;
@@ -170,7 +181,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
     new Float32Array(weights.buffer, 0, floats).forEach((_, i, all) => {
       all[i] = i < 2 * dim ? 1 : Math.sin(i) / 32;
     });
-    // Every block's fp16 scale(s) 1/256: Q4_0 groups lead with four, Q8_0 blocks with one.
+    // Q4_0 groups lead with four fp16 scales, Q8_0 blocks with one.
     const scales = new DataView(weights.buffer, 4 * floats);
     const [unit, count] = q4 ? [72, 4] : [34, 1];
     for (let at = 0; at + unit <= scales.byteLength; at += unit) for (let k = 0; k < count; k++) scales.setUint16(at + 2 * k, 0x1c00, true);
@@ -185,42 +196,49 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
       values(batch * kvHeads * past * headDim, 4),
       values(batch * kvHeads * past * headDim, 5),
     ] as const;
-    const run = (threads: number) => {
+    return (threads: number) => {
       const outputs = [rows * dim, rows * dim, rows * experts, batch * kvHeads * seq * headDim, batch * kvHeads * seq * headDim].map(
         (n) => new Float32Array(n),
-      );
-      const dims = Int32Array.of(
-        native!.isa === 'avx512vnni' ? 0 : 1,
-        q4,
-        dim,
-        heads,
-        kvHeads,
-        headDim,
-        experts,
-        batch,
-        seq,
-        past,
-        ropeRows,
-        threads,
-      );
-      native!.attentionLayer(
-        weights,
-        dims,
-        1e-5,
-        ...inputs,
-        ...(outputs as [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array]),
-      );
+      ) as [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array];
+      const isa = native!.isa === 'avx512vnni' ? 0 : 1;
+      const dims = Int32Array.of(isa, q4, dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows, threads);
+      native!.attentionLayer(weights, dims, 1e-5, ...inputs, ...outputs);
       return outputs;
     };
+  }
+
+  /** One thread's outputs, then two threads' until the helper has run `chunks` chunks, each compared with them. */
+  function expectHelperGivesTheSameBits(run: (threads: number) => Float32Array[], chunks: number): void {
     const chunksBefore = native!.attentionHelperChunks();
     const alone = run(1);
     expect(alone[0]!.every(Number.isFinite) && alone[2]!.some((value) => value !== 0)).toBe(true);
     expect(native!.attentionHelperChunks()).toBe(chunksBefore);
-    // The helper sleeps between products and takes only the chunks left when it wakes (none, if it
+    // The helper sleeps between jobs and takes only the chunks left when it wakes (none, if it
     // wakes late), so calls repeat until it has run some, each checked.
-    for (let call = 0; call < 200 && native!.attentionHelperChunks() < chunksBefore + 20; call++) expect(run(2)).toEqual(alone);
-    expect(native!.attentionHelperChunks()).toBeGreaterThanOrEqual(chunksBefore + 20);
+    for (let call = 0; call < 200 && native!.attentionHelperChunks() < chunksBefore + chunks; call++) expect(run(2)).toEqual(alone);
+    expect(native!.attentionHelperChunks()).toBeGreaterThanOrEqual(chunksBefore + chunks);
+  }
+
+  it.each([
+    ['q8_0', 0],
+    ['q4_0', 1],
+  ] as const)('%s: a layer large enough to share its products with the helper thread gives the bits of one thread', (_, q4) => {
+    // dim 1024: Q|K|V and wo are 0.6–1.7 MB, above the size the addon splits at; the golden layers are far below it.
+    expectHelperGivesTheSameBits(syntheticLayer({ dim: 1024, heads: 8, kvHeads: 2, headDim: 128, batch: 2, seq: 2, past: 3, q4 }), 20);
   });
+
+  it.each([
+    ['four query heads per KV head', 2],
+    ['one per KV head', 8],
+    ['eight per KV head', 1],
+  ])(
+    'a long context shares its attention with the helper thread, one (row, KV head) per chunk, with the bits of one thread: %s',
+    (_, kvHeads) => {
+      // Products far below the split size, 8 heads × 3,001 slots above the attention's: the helper's
+      // chunks can only be attention.
+      expectHelperGivesTheSameBits(syntheticLayer({ dim: 256, heads: 8, kvHeads, headDim: 32, batch: 2, seq: 1, past: 3000, q4: 0 }), 4);
+    },
+  );
 
   it('a damaged layer file is refused at load with "convert again", naming the file', async () => {
     const { dir: damaged, file, bytes } = await storeWithFlippedByte('damaged', 'int4', 'L1.bin', 5, 0xff);
