@@ -4,9 +4,10 @@
  * Model: a random Mixtral-shaped checkpoint sized for a 2-core machine (dim 1024, 8 layers, 8 heads
  * / 2 KV heads × 128, 8 experts top-2, FFN 3584, vocab 32000), converted once per paged expert
  * format (int4 attention and head; int4 experts, and int8 experts) into $SIROCCO_HOME/bench/.
- * Each configuration runs in its own process (so peak RSS is its own): prefill a short prompt,
- * then decode feeding random tokens every step (like llama.cpp's random-token runs) so the
- * routing varies.
+ * Each configuration runs in its own process (so peak RSS is its own): time the prefill of a
+ * --prompt-token prompt (llama.cpp's pp512 by default), then, on a sequence of its own, prefill
+ * --context tokens and decode feeding random tokens every step (like llama.cpp's random-token runs)
+ * so the routing varies.
  *
  * Reported per expert format and budget (25/50/100 % of that format's expert bytes), and per
  * eviction policy / prefetch off at 50 % for int4: decode tokens/s, hit rate, prefetch accuracy
@@ -18,6 +19,9 @@
  * alone against the machine's read bandwidth (kernel-roofline.ts).
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
+ *   --prompt N       tokens of the timed prefill (default 512, as llama.cpp's pp512)
+ *   --context N      tokens in the decoding sequence before its first timed step (default 16; llama.cpp's tg
+ *                    starts from none): e.g. 3000 for what a long conversation's decode costs
  *   --store DIR --budgets-mb A,B   run on an existing paged store instead (e.g. the full 8x7B shape
  *                    from scripts/make-mixtral-shape.ts) at these budgets (MiB, or `auto` for the
  *                    engine's own choice), prefetch on; raw read and page-in are then sampled on
@@ -26,8 +30,8 @@
  *   --cold           drop the page cache before each paged run (root only; affects the whole host)
  *   --out FILE       JSON results (default bench/results/moe.json)
  *
- * With LLAMA_ANCHOR_DIR set (bench/anchor.ts), the resident decode is set against llama.cpp's figure for this shape timed
- * on this machine (its anchor-moe.json); not with --store, whose shape is not this one.
+ * With LLAMA_ANCHOR_DIR set (bench/anchor.ts), the resident decode and prefill are set against llama.cpp's figures for
+ * this shape timed on this machine (its anchor-moe.json); not with --store, whose shape is not this one.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
@@ -44,6 +48,7 @@ import {
   type ExpertCacheStats,
   ExpertStore,
   loadModel,
+  type Sequence,
 } from '../sidecar/engine/index.ts';
 import { anchorReport, formatAnchorCell, readAnchor } from './anchor.ts';
 import { ensureBenchStore } from './bench-store.ts';
@@ -53,6 +58,8 @@ import { mean, percentile } from './stats.ts';
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 1024 * 1024;
 const RUN_ONE = '--run-one';
+/** Prompt tokens per forward: a 512-token prompt in one, as bench:engine and llama.cpp's pp512 run it. */
+const PREFILL_CHUNK = 512;
 
 export const BENCH_MOE_SHAPE: ModelShape = {
   dim: 1024,
@@ -78,6 +85,10 @@ interface RunConfig {
   policy: EvictionPolicy;
   tokens: number;
   warmup: number;
+  /** Tokens of the timed prefill. */
+  prompt: number;
+  /** Tokens in the decoding sequence before its first timed step. */
+  context: number;
   prefetch: boolean;
 }
 
@@ -92,6 +103,7 @@ interface RunResult {
   budgetFraction: number | null;
   policy: EvictionPolicy | null;
   prefetch: boolean;
+  prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
   hitRate: number | null;
   prefetchAccuracy: number | null;
@@ -173,9 +185,21 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     state = (Math.imul(state, 1103515245) + 12345) >>> 0;
     return 3 + (state % (BENCH_MOE_SHAPE.vocabSize - 3));
   };
+  /** `count` tokens into `sequence`, BOS first, in chunks as the sidecar's scheduler would send a long prompt. */
+  const prefill = async (sequence: Sequence, count: number) => {
+    const tokens = [1, ...Array.from({ length: count - 1 }, randomToken)];
+    for (let at = 0; at < tokens.length; at += PREFILL_CHUNK) {
+      await runtime.forward([{ sequence, tokens: tokens.slice(at, at + PREFILL_CHUNK) }]);
+    }
+  };
   try {
+    const prompt = runtime.createSequence();
+    const prefillStarted = performance.now();
+    await prefill(prompt, config.prompt);
+    const prefillTokensPerSecond = config.prompt / ((performance.now() - prefillStarted) / 1000);
+    runtime.releaseSequence(prompt);
     const sequence = runtime.createSequence();
-    await runtime.forward([{ sequence, tokens: [1, ...Array.from({ length: 15 }, randomToken)] }]);
+    await prefill(sequence, config.context);
     for (let i = 0; i < config.warmup; i++) await runtime.forward([{ sequence, tokens: [randomToken()] }]);
     const before = runtime.expertCacheStats?.() ?? null;
     measuring = true;
@@ -200,6 +224,7 @@ async function runOne(config: RunConfig): Promise<RunResult> {
         config.budgetMb === null || !after ? null : Math.round((after.budgetBytes / (layers * experts * expertBytes)) * 100) / 100,
       policy: config.budgetMb === null ? null : config.policy,
       prefetch: config.prefetch,
+      prefillTokensPerSecond,
       decodeTokensPerSecond: config.tokens / seconds,
       hitRate: hits === null || misses === null ? null : hits / Math.max(1, hits + misses),
       prefetchAccuracy: predictionsMade ? diff('predictionsUsed')! / predictionsMade : null,
@@ -244,9 +269,13 @@ async function main(argv: string[]): Promise<void> {
     store: { type: 'string' },
     'budgets-mb': { type: 'string' },
     policies: { type: 'string' },
+    prompt: { type: 'string' },
+    context: { type: 'string' },
   });
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
+  const prompt = parseNumberOption(values.prompt as string | undefined, 'prompt', { integer: true, min: 1 }) ?? 512;
+  const context = parseNumberOption(values.context as string | undefined, 'context', { integer: true, min: 1 }) ?? 16;
   const cold = values.cold === true;
   const policies = String(values.policies ?? DEFAULT_EVICTION_POLICY)
     .split(',')
@@ -307,7 +336,7 @@ async function main(argv: string[]): Promise<void> {
 
   const configs: RunConfig[] = [];
   for (const format of formats) {
-    const base = { store: format.store, tokens, warmup, prefetch: true };
+    const base = { store: format.store, tokens, warmup, prompt, context, prefetch: true };
     if (customStore) {
       for (const mb of String(values['budgets-mb'] ?? format.allMb).split(',')) {
         const budgetMb = mb.trim() === 'auto' ? 'auto' : parseNumberOption(mb, 'budgets-mb', { min: 0 })!;
@@ -348,6 +377,7 @@ async function main(argv: string[]): Promise<void> {
         : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${r.auto ? 'auto: ' : ''}${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
     ...(anchor && { 'vs llama.cpp': `${fmt(r.decodeTokensPerSecond / anchor.decodeTokensPerSecond, 2)}×` }),
+    [`prefill ${prompt} tok/s`]: fmt(r.prefillTokensPerSecond),
     'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
     'prefetch acc': r.prefetchAccuracy === null ? '—' : `${fmt(r.prefetchAccuracy * 100, 0)}%`,
     'pf hits/wasted': r.prefetchHits === null ? '—' : `${r.prefetchHits}/${r.prefetchWasted}`,
@@ -408,8 +438,8 @@ async function main(argv: string[]): Promise<void> {
         `; llama.cpp Q4_0 ${LLAMA_CPP_TOKENS_PER_SECOND.join('–')} tok/s`,
     );
   }
-  // This bench times no prefill of its own; llama.cpp's stays in the JSON for reference.
-  const llamaCppAnchor = anchor && anchorReport(anchor, { decode: resident?.decodeTokensPerSecond ?? null, prefill: null });
+  const llamaCppAnchor =
+    anchor && anchorReport(anchor, { decode: resident?.decodeTokensPerSecond ?? null, prefill: resident?.prefillTokensPerSecond ?? null });
   if (anchor) {
     console.log(
       `llama.cpp Q4_0 on this machine: decode ${fmt(anchor.decodeTokensPerSecond)} tok/s` +
@@ -417,14 +447,18 @@ async function main(argv: string[]): Promise<void> {
           ? `, ours (q4_0, no budget) / llama.cpp = ${formatAnchorCell(resident.decodeTokensPerSecond, anchor.decodeTokensPerSecond)}`
           : '') +
         (residentAgain ? ` (last run: ${formatAnchorCell(residentAgain.decodeTokensPerSecond, anchor.decodeTokensPerSecond)})` : '') +
-        `; prefill ${fmt(anchor.prefillTokensPerSecond)} tok/s (not timed by this bench)`,
+        `; prefill (pp512) ${fmt(anchor.prefillTokensPerSecond)} tok/s` +
+        (resident
+          ? `, ours (${prompt}-token prompt) / llama.cpp = ${formatAnchorCell(resident.prefillTokensPerSecond, anchor.prefillTokensPerSecond)}`
+          : '') +
+        (context > 16 ? `; our decode ran after ${context} tokens of context, llama.cpp's from none` : ''),
     );
   }
   const llamaCppQ4_0TokensPerSecond = LLAMA_CPP_TOKENS_PER_SECOND;
   await mkdir(dirname(out), { recursive: true });
   await writeFile(
     out,
-    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, kernel, llamaCppQ4_0TokensPerSecond, llamaCppAnchor, summary, results }, null, 2)}\n`,
+    `${JSON.stringify({ shape: BENCH_MOE_SHAPE, tokens, warmup, prompt, context, kernel, llamaCppQ4_0TokensPerSecond, llamaCppAnchor, summary, results }, null, 2)}\n`,
   );
   console.log(`wrote ${out}`);
 }
