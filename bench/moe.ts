@@ -4,10 +4,10 @@
  * Model: a random Mixtral-shaped checkpoint sized for a 2-core machine (dim 1024, 8 layers, 8 heads
  * / 2 KV heads × 128, 8 experts top-2, FFN 3584, vocab 32000), converted once per paged expert
  * format (int4 attention and head; int4 experts, and int8 experts) into $SIROCCO_HOME/bench/.
- * Each configuration runs in its own process (so peak RSS is its own): time the prefill of a
- * --prompt-token prompt (llama.cpp's pp512 by default), then, on a sequence of its own, prefill
- * --context tokens and decode feeding random tokens every step (like llama.cpp's random-token runs)
- * so the routing varies.
+ * Each configuration runs in its own process (so peak RSS is its own): prefill --context tokens
+ * into the sequence that will decode, time the prefill of a --prompt-token prompt on a sequence of
+ * its own (llama.cpp's pp512 by default), then decode feeding random tokens every step (like
+ * llama.cpp's random-token runs) so the routing varies.
  *
  * Reported per expert format and budget (25/50/100 % of that format's expert bytes), and per
  * eviction policy / prefetch off at 50 % for int4: decode tokens/s, hit rate, prefetch accuracy
@@ -185,7 +185,7 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     state = (Math.imul(state, 1103515245) + 12345) >>> 0;
     return 3 + (state % (BENCH_MOE_SHAPE.vocabSize - 3));
   };
-  /** `count` tokens into `sequence`, BOS first, in chunks as the sidecar's scheduler would send a long prompt. */
+  /** `count` tokens into `sequence`, BOS first, at most PREFILL_CHUNK per forward. */
   const prefill = async (sequence: Sequence, count: number) => {
     const tokens = [1, ...Array.from({ length: count - 1 }, randomToken)];
     for (let at = 0; at < tokens.length; at += PREFILL_CHUNK) {
@@ -193,13 +193,14 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     }
   };
   try {
+    // The decoding sequence's context first: it also warms the process (first runs allocate) for the timed prefill.
+    const sequence = runtime.createSequence();
+    await prefill(sequence, config.context);
     const prompt = runtime.createSequence();
     const prefillStarted = performance.now();
     await prefill(prompt, config.prompt);
     const prefillTokensPerSecond = config.prompt / ((performance.now() - prefillStarted) / 1000);
     runtime.releaseSequence(prompt);
-    const sequence = runtime.createSequence();
-    await prefill(sequence, config.context);
     for (let i = 0; i < config.warmup; i++) await runtime.forward([{ sequence, tokens: [randomToken()] }]);
     const before = runtime.expertCacheStats?.() ?? null;
     measuring = true;
