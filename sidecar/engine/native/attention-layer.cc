@@ -112,10 +112,11 @@ void rotate(float* v, const float* cos, const float* sin, int half) {
 }
 
 /**
- * A second thread for a layer's block products, which it shares in chunks of output rows claimed
- * from one counter: the calling thread starts on them at once, and a helper that wakes late (the
- * expert kernel's helper may still hold the other core) only takes what is left, so a product is
- * never slower than on one thread. Between products the helper sleeps on a condition variable
+ * A second thread for a layer's block products and, at long contexts, its attention, which it
+ * shares in chunks (output rows; (row, KV head) pairs) claimed from one counter: the calling
+ * thread starts on them at once, and a helper that wakes late (the expert kernel's helper may
+ * still hold the other core) only takes what is left, so a job is never slower than on one
+ * thread. Between jobs the helper sleeps on a condition variable
  * rather than spinning, since while the experts run their own helper needs that core. One caller
  * at a time; a caller that finds it taken (another JS thread) runs alone. Created on first use,
  * never destroyed (it sleeps through the process's exit).
