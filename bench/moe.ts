@@ -4,10 +4,10 @@
  * Model: a random Mixtral-shaped checkpoint sized for a 2-core machine (dim 1024, 8 layers, 8 heads
  * / 2 KV heads × 128, 8 experts top-2, FFN 3584, vocab 32000), converted once per paged expert
  * format (int4 attention and head; int4 experts, and int8 experts) into $SIROCCO_HOME/bench/.
- * Each configuration runs in its own process (so peak RSS is its own): prefill --context tokens
- * into the sequence that will decode, time the prefill of a --prompt-token prompt on a sequence of
- * its own (llama.cpp's pp512 by default), then decode feeding random tokens every step (like
- * llama.cpp's random-token runs) so the routing varies.
+ * Each configuration runs in its own process (so peak RSS is its own): prefill --context tokens,
+ * then decode feeding random tokens every step (like llama.cpp's random-token runs) so the routing
+ * varies; last, time the prefill of a --prompt-token prompt on a sequence of its own (llama.cpp's
+ * pp512 by default).
  *
  * Reported per expert format and budget (25/50/100 % of that format's expert bytes), and per
  * eviction policy / prefetch off at 50 % for int4: decode tokens/s, hit rate, prefetch accuracy
@@ -19,7 +19,8 @@
  * alone against the machine's read bandwidth (kernel-roofline.ts).
  *
  *   --tokens N       decode tokens per configuration (default 96); --warmup N (default 8)
- *   --prompt N       tokens of the timed prefill (default 512, as llama.cpp's pp512)
+ *   --prompt N       tokens of the timed prefill (default 512, as llama.cpp's pp512; 0 skips it, e.g. on the
+ *                    full 8x7B shape, where it takes minutes)
  *   --context N      tokens in the decoding sequence before its first timed step (default 16; llama.cpp's tg
  *                    starts from none): e.g. 3000 for what a long conversation's decode costs
  *   --store DIR --budgets-mb A,B   run on an existing paged store instead (e.g. the full 8x7B shape
@@ -103,7 +104,8 @@ interface RunResult {
   budgetFraction: number | null;
   policy: EvictionPolicy | null;
   prefetch: boolean;
-  prefillTokensPerSecond: number;
+  /** Null with --prompt 0. */
+  prefillTokensPerSecond: number | null;
   decodeTokensPerSecond: number;
   hitRate: number | null;
   prefetchAccuracy: number | null;
@@ -193,14 +195,8 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     }
   };
   try {
-    // The decoding sequence's context first: it also warms the process (first runs allocate) for the timed prefill.
     const sequence = runtime.createSequence();
     await prefill(sequence, config.context);
-    const prompt = runtime.createSequence();
-    const prefillStarted = performance.now();
-    await prefill(prompt, config.prompt);
-    const prefillTokensPerSecond = config.prompt / ((performance.now() - prefillStarted) / 1000);
-    runtime.releaseSequence(prompt);
     for (let i = 0; i < config.warmup; i++) await runtime.forward([{ sequence, tokens: [randomToken()] }]);
     const before = runtime.expertCacheStats?.() ?? null;
     measuring = true;
@@ -209,6 +205,15 @@ async function runOne(config: RunConfig): Promise<RunResult> {
     const seconds = (performance.now() - started) / 1000;
     measuring = false;
     const after = runtime.expertCacheStats?.() ?? null;
+    // The timed prefill last, in a warm process, so that it leaves the decode's cache as it was.
+    let prefillTokensPerSecond: number | null = null;
+    if (config.prompt > 0) {
+      const prompt = runtime.createSequence();
+      const prefillStarted = performance.now();
+      await prefill(prompt, config.prompt);
+      prefillTokensPerSecond = config.prompt / ((performance.now() - prefillStarted) / 1000);
+      runtime.releaseSequence(prompt);
+    }
     const diff = (key: keyof ExpertCacheStats) => (before && after ? (after[key] as number) - (before[key] as number) : null);
     const hits = diff('hits');
     const misses = diff('misses');
@@ -275,7 +280,7 @@ async function main(argv: string[]): Promise<void> {
   });
   const tokens = parseNumberOption(values.tokens as string | undefined, 'tokens', { integer: true, min: 1 }) ?? 96;
   const warmup = parseNumberOption(values.warmup as string | undefined, 'warmup', { integer: true, min: 0 }) ?? 8;
-  const prompt = parseNumberOption(values.prompt as string | undefined, 'prompt', { integer: true, min: 1 }) ?? 512;
+  const prompt = parseNumberOption(values.prompt as string | undefined, 'prompt', { integer: true, min: 0 }) ?? 512;
   const context = parseNumberOption(values.context as string | undefined, 'context', { integer: true, min: 1 }) ?? 16;
   const cold = values.cold === true;
   const policies = String(values.policies ?? DEFAULT_EVICTION_POLICY)
@@ -378,7 +383,7 @@ async function main(argv: string[]): Promise<void> {
         : `${r.label} ${fmt(r.budgetFraction! * 100, 0)}% (${r.auto ? 'auto: ' : ''}${fmt(r.budgetMb, 0)} MiB)`,
     'tok/s': fmt(r.decodeTokensPerSecond),
     ...(anchor && { 'vs llama.cpp': `${fmt(r.decodeTokensPerSecond / anchor.decodeTokensPerSecond, 2)}×` }),
-    [`prefill ${prompt} tok/s`]: fmt(r.prefillTokensPerSecond),
+    ...(prompt > 0 && { [`prefill ${prompt} tok/s`]: fmt(r.prefillTokensPerSecond) }),
     'hit rate': r.hitRate === null ? '—' : `${fmt(r.hitRate * 100, 0)}%`,
     'prefetch acc': r.prefetchAccuracy === null ? '—' : `${fmt(r.prefetchAccuracy * 100, 0)}%`,
     'pf hits/wasted': r.prefetchHits === null ? '—' : `${r.prefetchHits}/${r.prefetchWasted}`,
@@ -449,7 +454,7 @@ async function main(argv: string[]): Promise<void> {
           : '') +
         (residentAgain ? ` (last run: ${formatAnchorCell(residentAgain.decodeTokensPerSecond, anchor.decodeTokensPerSecond)})` : '') +
         `; prefill (pp512) ${fmt(anchor.prefillTokensPerSecond)} tok/s` +
-        (resident
+        (resident?.prefillTokensPerSecond
           ? `, ours (${prompt}-token prompt) / llama.cpp = ${formatAnchorCell(resident.prefillTokensPerSecond, anchor.prefillTokensPerSecond)}`
           : '') +
         (context > 16 ? `; our decode ran after ${context} tokens of context, llama.cpp's from none` : ''),
