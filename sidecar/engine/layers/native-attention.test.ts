@@ -1,8 +1,8 @@
 /**
  * The native attention layer (engine/native/attention-layer.cc on the store's layer files) and the
  * native head (native-head.ts) compute what the store's ONNX layer and head graphs compute: on the
- * golden Mixtral, in a ragged batch with a past and during decode, their logits stay within
- * quantisation noise of the graphs' and pick the same tokens; a batched sequence gets the same bits
+ * golden Mixtral, in a ragged batch with a past, during decode and at a long context, their logits
+ * stay within quantisation noise of the graphs' and pick the same tokens; a batched sequence gets the same bits
  * as alone, and one thread the same bits as two (also where a layer's products are shared with the
  * addon's helper thread); quantised Mixtral stores carry the layer and head files and a damaged one
  * is refused at load with "convert again"; the addon refuses a call whose arrays do not fit.
@@ -115,6 +115,32 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
       }
     },
   );
+
+  it('at a long context, where the attention is shared with the helper thread, decodes as the ONNX layer graphs do (int8)', async () => {
+    // 3,000 tokens: every prefill chunk and decode step (4 heads × 2 rows × 3,000+ slots) is above
+    // the size at which the addon shares the attention; the graphs compute it their own way.
+    const runtimes = await Promise.all([loadModel(stores.int8, { attention: 'native' }), loadModel(stores.int8, { attention: 'onnx' })]);
+    try {
+      const [nativeRows, graphRows] = await Promise.all(
+        runtimes.map(async (runtime) => {
+          const sequence = runtime.createSequence();
+          const prompt = Array.from({ length: 3000 }, (_, i) => (i === 0 ? 1 : (i * 37 + 11) % VOCAB));
+          let logits: Float32Array[] = [];
+          for (let at = 0; at < prompt.length; at += 500)
+            logits = await runtime.forward([{ sequence, tokens: prompt.slice(at, at + 500) }]);
+          const rows = [logits[0]!];
+          for (let step = 0; step < 3; step++) rows.push(...(await runtime.forward([{ sequence, tokens: [(53 * step + 5) % VOCAB] }])));
+          return rows;
+        }),
+      );
+      for (const [i, row] of nativeRows!.entries()) {
+        expect(maxAbsDifference(row, graphRows![i]!)).toBeLessThan(0.02 * range(graphRows![i]!));
+        expect(argmax(row)).toBe(argmax(graphRows![i]!));
+      }
+    } finally {
+      await Promise.all(runtimes.map((runtime) => runtime.dispose()));
+    }
+  });
 
   it('a sequence batched with another gets the bits it gets alone', async () => {
     const runtime = await loadModel(stores.int4, { attention: 'native' });
