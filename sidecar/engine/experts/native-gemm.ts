@@ -35,7 +35,7 @@ export type NativeProduct = (
 /**
  * A Mixtral layer up to its experts (engine/native/attention-layer.cc): dims are [isa (0 AVX-512 VNNI,
  * 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows,
- * threads (2: large products' rows shared with the addon's helper thread, the same bits; 1: this thread alone)].
+ * threads (2: large products and long attention shared with the addon's helper thread, the same bits; 1: this thread alone)].
  */
 export type NativeAttentionLayer = (
   weights: Uint8Array,
@@ -69,7 +69,7 @@ export interface NativeGemm {
   product(format: BlockFormat): NativeProduct;
   /** The attention layer on this instruction set (its `isa` dim must name it). */
   attentionLayer: NativeAttentionLayer;
-  /** Chunks of products the attention layer's helper thread has run in this process. */
+  /** Chunks (of products and of attention) the attention layer's helper thread has run in this process. */
   attentionHelperChunks(): number;
 }
 

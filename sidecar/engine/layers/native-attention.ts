@@ -1,9 +1,9 @@
 /**
  * Mixtral layers up to their experts in the native addon (engine/native/attention-layer.cc), on the
  * store's layer files (layer-store.ts): one call per layer, where an onnxruntime layer graph costs
- * ~0.3 ms of fixed overhead at decode whatever its size. With two threads the addon shares the rows
- * of the layer's large products with a native helper thread (the same bits). Token embeddings are
- * looked up here (layer 0 takes token ids).
+ * ~0.3 ms of fixed overhead at decode whatever its size. With two threads the addon shares the
+ * layer's large products, and its attention at long contexts, with a native helper thread (the same
+ * bits). Token embeddings are looked up here (layer 0 takes token ids).
  */
 import type { BlockFormat } from '../../formats/blocks.ts';
 import type { ModelConfig } from '../../formats/model-config.ts';
@@ -21,7 +21,7 @@ export class NativeLayerAttention implements LayerAttention {
     private readonly store: Omit<LayerStore, 'head'>,
     private readonly config: ModelConfig,
     private readonly native: NativeGemm,
-    /** 2: the layer's products shared with the addon's helper thread; 1: this thread alone. */
+    /** 2: large products and long attention shared with the addon's helper thread; 1: this thread alone. */
     private readonly threads: number,
   ) {
     this.rope = new RopeTable(config.headDim, config.ropeTheta);

@@ -116,10 +116,10 @@ void rotate(float* v, const float* cos, const float* sin, int half) {
  * shares in chunks (output rows; (row, KV head) pairs) claimed from one counter: the calling
  * thread starts on them at once, and a helper that wakes late (the expert kernel's helper may
  * still hold the other core) only takes what is left, so a job is never slower than on one
- * thread. Between jobs the helper sleeps on a condition variable
- * rather than spinning, since while the experts run their own helper needs that core. One caller
- * at a time; a caller that finds it taken (another JS thread) runs alone. Created on first use,
- * never destroyed (it sleeps through the process's exit).
+ * thread. Between jobs the helper sleeps on a condition variable rather than spinning, since while
+ * the experts run their own helper needs that core. One caller at a time; a caller that finds it
+ * taken (another JS thread) runs alone. Created on first use, never destroyed (it sleeps through
+ * the process's exit).
  */
 class ProductHelper {
  public:
@@ -212,7 +212,7 @@ struct Shape {
   Isa isa;
   bool q4;
   int dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows;
-  /** 2: a product's output rows are shared with the helper thread; 1: this thread alone (the same bits). */
+  /** 2: large products and long attention are shared with the helper thread; 1: this thread alone (the same bits). */
   int threads;
 
   int rows() const { return batch * seq; }
@@ -225,19 +225,26 @@ struct Shape {
   }
 };
 
-/** out = the [n, cols] matrix at w times m rows of records, its output rows shared with the helper thread when that pays. */
-void product(const Shape& s, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out) {
-  const int chunks = (n + kChunkRows - 1) / kChunkRows;
-  if (s.threads < 2 || chunks < 2 || s.blockBytes(n, cols) < kSplitMinBytes || !ProductHelper::instance().tryAcquire()) {
-    blockProduct(s.isa, s.q4, w, n, cols, m, records, out, 0, n);
+/**
+ * run(0) … run(chunks − 1): shared with the helper thread where `s` has two threads, there are two
+ * chunks or more and `worthSharing` (the work outweighs a hand-off), else all on this thread. Each
+ * chunk writes only its own outputs, so the bits are the same either way.
+ */
+void runChunks(const Shape& s, int chunks, bool worthSharing, const ProductHelper::Chunk& run) {
+  if (s.threads >= 2 && chunks >= 2 && worthSharing && ProductHelper::instance().tryAcquire()) {
+    ProductHelper::instance().share(chunks, run);
+    ProductHelper::instance().release();
     return;
   }
-  ProductHelper& helper = ProductHelper::instance();
-  helper.share(chunks, [&](int chunk) {
+  for (int chunk = 0; chunk < chunks; chunk++) run(chunk);
+}
+
+/** out = the [n, cols] matrix at w times m rows of records, in chunks of kChunkRows output rows. */
+void product(const Shape& s, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out) {
+  runChunks(s, (n + kChunkRows - 1) / kChunkRows, s.blockBytes(n, cols) >= kSplitMinBytes, [&](int chunk) {
     const int end = (chunk + 1) * kChunkRows;
     blockProduct(s.isa, s.q4, w, n, cols, m, records, out, chunk * kChunkRows, end < n ? end : n);
   });
-  helper.release();
 }
 
 struct Tensors {
@@ -343,15 +350,9 @@ const char* runLayer(const Shape& s, const Tensors& t, float eps) {
   // The attention itself, one (row, KV head) at a time: at long contexts the largest part of a
   // layer (an 8x7B layer at 4,096 past slots: ~5 ms beside ~2 ms of products), so shared with the
   // helper thread like a product. Each chunk writes only its own heads' context.
-  const int chunks = rows * s.kvHeads;
-  const auto attendChunk = [&](int chunk) { attend(s, t, qkv.data(), chunk / s.kvHeads, chunk % s.kvHeads, context.data()); };
-  const size_t work = static_cast<size_t>(rows) * s.heads * s.total();
-  if (s.threads >= 2 && chunks >= 2 && work >= kSplitMinScores && ProductHelper::instance().tryAcquire()) {
-    ProductHelper::instance().share(chunks, attendChunk);
-    ProductHelper::instance().release();
-  } else {
-    for (int chunk = 0; chunk < chunks; chunk++) attendChunk(chunk);
-  }
+  const size_t scores = static_cast<size_t>(rows) * s.heads * s.total();
+  runChunks(s, rows * s.kvHeads, scores >= kSplitMinScores,
+            [&](int chunk) { attend(s, t, qkv.data(), chunk / s.kvHeads, chunk % s.kvHeads, context.data()); });
 
   quantizeRecords(context.data(), rows, width, records.data());
   product(s, wo, s.dim, width, rows, records.data(), projected.data());
