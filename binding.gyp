@@ -5,7 +5,12 @@
   "targets": [
     {
       "target_name": "block_gemm",
-      "sources": ["sidecar/engine/native/block-gemm.cc", "sidecar/engine/native/attention-layer.cc"],
+      "sources": [
+        "sidecar/engine/native/block-gemm.cc",
+        "sidecar/engine/native/attention-layer.cc",
+        "sidecar/engine/native/expert-ffn.cc",
+        "sidecar/engine/native/helper-thread.cc"
+      ],
       "cflags_cc": ["-O3", "-ffp-contract=off", "-fno-exceptions", "-std=c++17", "-Wno-maybe-uninitialized"]
     }
   ]

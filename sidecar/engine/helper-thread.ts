@@ -1,6 +1,7 @@
 /**
- * A helper worker thread that shares chunked products with the calling thread (the expert kernel's
- * matrices and whole experts, the native head's vocabulary).
+ * A helper worker thread that shares chunked products with the calling thread: the WebAssembly
+ * expert kernel's matrices and whole experts. (Native code shares its work with the addon's own
+ * helper thread, engine/native/helper-thread.cc.)
  *
  * A job is cut into chunks that both threads claim from one shared counter; each chunk writes its
  * own outputs, so the result does not depend on who took which. A helper that wakes late (2 cores,

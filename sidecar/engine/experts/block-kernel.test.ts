@@ -182,6 +182,35 @@ describe('two experts at once (runTogether), one per thread', () => {
     }
   }
 
+  it.each(nativeIsas)(
+    "native-%s: the second expert runs on the addon's helper thread (its chunks counted), one thread leaves it idle, the same bits",
+    async (isa) => {
+      // Products far below the size that shares their rows: only whole experts reach the helper.
+      const [dim, ffn] = [64, 160];
+      const gemm = loadNativeGemm(isa).gemm!;
+      for (const threads of [1, 2]) {
+        const kernel = await kernelFor(dim, ffn, 4, threads, `native-${isa}`);
+        try {
+          const first = pageIn(kernel, expertImage(dim, ffn, 4, 31), dim, ffn, 4);
+          const second = pageIn(kernel, expertImage(dim, ffn, 4, 37), dim, ffn, 4);
+          const x = gaussianValues(41, 2 * dim);
+          const expected = [runBlockExpertScalar(x, 2, first, dim, ffn), runBlockExpertScalar(x, 1, second, dim, ffn)];
+          const before = gemm.helperChunks();
+          // A helper that wakes late (busy cores) leaves the job to this thread: run until it has taken some.
+          for (let round = 0; round < 3 || (threads === 2 && gemm.helperChunks() === before && round < 200); round++) {
+            const [a, b] = kernel.runTogether({ x, rows: 2, weights: first }, { x, rows: 1, weights: second });
+            expectSameBits(a, expected[0]!, `threads ${threads}, first`);
+            expectSameBits(b, expected[1]!, `threads ${threads}, second`);
+          }
+          if (threads === 1) expect(gemm.helperChunks()).toBe(before);
+          else expect(gemm.helperChunks()).toBeGreaterThan(before);
+        } finally {
+          await kernel.dispose();
+        }
+      }
+    },
+  );
+
   it('runs experts from different arenas one after the other, with the same bits', async () => {
     const [dim, ffn] = [64, 160];
     // One buffer per arena at first: the second expert lands in a second arena.

@@ -1,8 +1,9 @@
 /**
  * Mixtral experts straight from their Q4_0 / Q8_0 blocks (formats/blocks.ts): a WebAssembly SIMD
  * kernel on two threads, the same one whether an expert stays resident or was paged in, so
- * logits do not depend on the cache budget. On x86 its products run natively (native-gemm.ts:
- * AVX-512 VNNI or AVX2) with the same bits, checked against the module at load.
+ * logits do not depend on the cache budget. On x86 the experts run natively instead (native-gemm.ts:
+ * AVX-512 VNNI or AVX2 products, and the same SwiGLU and quantisation steps in C++, on the addon's
+ * one helper thread) with the same bits, checked against the module at load.
  *
  * Why our own kernel: onnxruntime 1.30 has no fast kernel that takes 4-bit weights as graph
  * inputs (MatMulNBits from an input dequantises all of B to fp32 per call), and its int8 path
@@ -61,9 +62,8 @@ import { loadNativeGemm, type NativeGemm, type NativeIsa, type NativeProduct } f
 /** The WebAssembly module's variants of the Q4_0 inner product (same bits). */
 export type WasmVariant = 'relaxed-simd' | 'simd';
 /**
- * Which code runs the products: the native addon on an x86 instruction set (native-gemm.ts), or
- * the WebAssembly module alone. All give the same bits; a native variant still runs the activation
- * steps (quantisation, SwiGLU) in the module.
+ * Which code runs the experts: the native addon on an x86 instruction set (native-gemm.ts), or the
+ * WebAssembly module. All give the same bits.
  */
 export type KernelVariant = `native-${NativeIsa}` | WasmVariant;
 
@@ -483,12 +483,6 @@ const kernelText = (variant: KernelVariant, widths: readonly number[]): string =
 
 /** One specialised product (see `gemm`). */
 type Gemm = (w: number, row: number, rowEnd: number, m: number, x: number, out: number, n: number) => void;
-/** A product's export name and what it multiplies. */
-interface ProductShape {
-  name: string;
-  format: BlockFormat;
-  cols: number;
-}
 const FORMATS: readonly BlockFormat[] = ['q4_0', 'q8_0'];
 
 type Wabt = Awaited<ReturnType<typeof wabtInit>>;
@@ -557,6 +551,8 @@ function checkedNativeGemm(isa?: NativeIsa): Promise<{ gemm: NativeGemm | null; 
         const native = probeBits(format, (memory) => nativeGemm(gemm.product(format), memory, PROBE_COLS));
         if (native !== probeBits(format, (memory) => moduleGemm(plain, memory, format, PROBE_COLS)))
           return { gemm: null, note: `the native ${gemm.isa} ${format} products disagree with the WebAssembly kernel's` };
+        if (!nativeExpertAgrees(gemm, format))
+          return { gemm: null, note: `the native ${gemm.isa} ${format} experts disagree with the WebAssembly kernel's` };
       }
       return { gemm, note: null };
     })();
@@ -614,6 +610,37 @@ function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => 
   quantizeActivations(values, 0, PROBE_ROWS, cols, new Uint8Array(memory.buffer, x, PROBE_ROWS * nb * ACTIVATION_RECORD_BYTES));
   gemmOn(memory)(weights, 0, rows, PROBE_ROWS, x, out, rows);
   return Array.from(new Uint32Array(memory.buffer, out, PROBE_ROWS * rows)).join();
+}
+
+/** Whether one random `format` expert run natively has the bits of the reference steps (`runBlockExpertScalar`). */
+function nativeExpertAgrees(gemm: NativeGemm, format: BlockFormat): boolean {
+  const dim = PROBE_COLS;
+  const ffn = PROBE_OUTPUT_ROWS * 4;
+  let seed = 987654321;
+  const random = () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed >>> 8;
+  };
+  const matrix = (n: number, cols: number) => {
+    const nb = cols / BLOCK;
+    const bytes = Uint8Array.from({ length: n * nb * BLOCK_BYTES[format] }, () => random() & 0xff);
+    // Scales ≈ 1/64 (fp16 high byte 0x24) so the products stay in exp's range.
+    for (let row = 0; row < n; row++)
+      for (let b = 0; b < nb; b++) bytes[format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb, n) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1] = 0x24;
+    return bytes;
+  };
+  const w13 = matrix(2 * ffn, dim);
+  const w2 = matrix(dim, ffn);
+  const memory = new Uint8Array(w13.length + w2.length);
+  memory.set(w13);
+  memory.set(w2, w13.length);
+  const x = Float32Array.from({ length: PROBE_ROWS * dim }, () => (random() % 2001) / 1000 - 1);
+  const y = new Float32Array(x.length);
+  const dims = Int32Array.of(gemm.isaCode, dim, ffn, 1);
+  gemm.expertFfn(memory, dims, Uint32Array.of(format === 'q4_0' ? 1 : 0, 0, w13.length, PROBE_ROWS), x, y);
+  const weights: ExpertWeights = { format, w13, w2 };
+  const reference = runBlockExpertScalar(x, PROBE_ROWS, weights, dim, ffn);
+  return new Uint32Array(y.buffer).join() === new Uint32Array(reference.buffer).join();
 }
 
 /** Every variant that runs here (its check passed), fastest first. */
@@ -829,7 +856,9 @@ export function alignUp(value: number, alignment: number): number {
 /** One shared wasm memory: a small scratch (activations, outputs) then fixed-size page-in buffers. */
 class Arena {
   readonly memory: WebAssembly.Memory;
-  /** The products by the module's export names (`gemmName`): the module's own, or native ones. */
+  /** The whole memory's bytes, as the native experts take it (its size is fixed). */
+  readonly bytes: Uint8Array;
+  /** The module's products by their export names (`gemmName`). */
   readonly gemm: Record<string, Gemm>;
   /**
    * This thread's quantisation and SwiGLU over each scratch (the first, and a second for an expert
@@ -845,19 +874,14 @@ class Arena {
     layout: ArenaLayout,
     count: number,
     ffn: number,
-    native: NativeGemm | null,
-    widths: readonly number[],
   ) {
     this.buffersStart = layout.buffersStart;
     this.stride = layout.stride;
     const pages = Math.ceil((this.buffersStart + count * this.stride) / PAGE);
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+    this.bytes = new Uint8Array(this.memory.buffer);
     const exports = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
     this.gemm = { ...(exports as Record<string, Gemm>) };
-    if (native) {
-      for (const format of FORMATS)
-        for (const cols of widths) this.gemm[gemmName(format, cols)] = nativeGemm(native.product(format), this.memory, cols);
-    }
     const { buffer } = this.memory;
     const swiglu = exports.swiglu as (out: number, hidden: number, ffn: number, m: number) => void;
     const quantize = exports.quantize as (values: number, records: number, blocks: number) => void;
@@ -943,22 +967,14 @@ const WHOLE_EXPERT = -1;
 
 const HELPER_PRELUDE = `
 const { receiveMessageOnPort } = require('node:worker_threads');
-const { module, products, port, second, dim, ffn, native } = workerData;
-const addon = native && require(native.path);
+const { module, names, port, second, dim, ffn } = workerData;
 const arenas = new Map();
-// A product as the Arena constructor makes it: the module's export, or the native one on its bytes.
-const product = (exports, memory, { name, format, cols }) => {
-  if (!native) return exports[name];
-  const run = addon[format + '_' + native.isa];
-  const bytes = new Uint8Array(memory.buffer);
-  return (w, row, rowEnd, m, x, out, n) => run(bytes, cols, w, row, rowEnd, m, x, out, n);
-};
 const receive = () => {
   const received = receiveMessageOnPort(port);
   if (received) {
     const { id, memory } = received.message;
     const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
-    arenas.set(id, { products: products.map((shape) => product(exports, memory, shape)), swiglu: exports.swiglu, quantize: exports.quantize });
+    arenas.set(id, { products: names.map((name) => exports[name]), swiglu: exports.swiglu, quantize: exports.quantize });
   }
   return received !== undefined;
 };
@@ -984,29 +1000,25 @@ else arena.products[product](w, chunk * ${CHUNK_ROWS}, Math.min(n, (chunk + 1) *
 class Helper {
   private readonly thread: HelperThread;
   private readonly port: MessagePort;
-  private readonly names: readonly string[];
 
   /**
-   * `products`: in the order the jobs index them (per format, its product over dim inputs, then
-   * over ffn inputs). `second`: the arenas' second scratch. `native`: the products' native code,
-   * where they run it.
+   * `names`: the products' export names, in the order the jobs index them (per format, its product over dim inputs, then
+   * over ffn inputs). `second`: the arenas' second scratch.
    */
   constructor(
     module: WebAssembly.Module,
-    products: readonly ProductShape[],
+    private readonly names: readonly string[],
     second: ScratchOffsets,
     dim: number,
     ffn: number,
-    native: NativeGemm | null,
   ) {
-    this.names = products.map((shape) => shape.name);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.thread = new HelperThread({
       owner: 'the expert kernel',
       prelude: HELPER_PRELUDE,
       runChunk: HELPER_RUN_CHUNK,
-      workerData: { module, products, port: port2, second, dim, ffn, native: native && { path: native.path, isa: native.isa } },
+      workerData: { module, names, port: port2, second, dim, ffn },
       transferList: [port2],
     });
   }
@@ -1088,8 +1100,9 @@ export class BlockExpertKernel implements ExpertBufferPool {
     if (dim % BLOCK !== 0 || ffn % BLOCK !== 0)
       throw new RangeError(`block experts need dim and ffn multiples of ${BLOCK}, not ${dim} and ${ffn}`);
     this.layout = arenaLayout(dim, ffn, options.bufferBytes);
-    const products = FORMATS.flatMap((format) => [dim, ffn].map((cols) => ({ name: gemmName(format, cols), format, cols })));
-    this.helper = options.threads > 1 ? new Helper(module, products, this.layout.second, dim, ffn, native) : null;
+    const names = FORMATS.flatMap((format) => [dim, ffn].map((cols) => gemmName(format, cols)));
+    // Native experts share their work with the addon's own helper thread instead.
+    this.helper = options.threads > 1 && !native ? new Helper(module, names, this.layout.second, dim, ffn) : null;
   }
 
   static async create(options: BlockExpertKernelOptions): Promise<BlockExpertKernel> {
@@ -1103,7 +1116,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
     }
     const relaxed = await relaxedUnavailable();
     if (variant === 'relaxed-simd' && relaxed !== null) throw new Error(`the relaxed SIMD expert kernel cannot run here: ${relaxed}`);
-    // A native variant still runs its activation steps in the module: the faster one.
+    // A native variant only uses the module for its arenas' memories.
     const wasm: WasmVariant = variant === 'simd' || (native && relaxed !== null) ? 'simd' : 'relaxed-simd';
     return new BlockExpertKernel(options, await moduleFor(wasm, rowWidths(options)), native, variant);
   }
@@ -1115,7 +1128,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
     }
     const fit = Math.max(0, Math.floor((MAX_PAGES * PAGE - this.layout.buffersStart) / this.layout.stride));
     const count = Math.max(1, Math.min(fit, this.options.expectedBuffers - this.provisioned));
-    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn, this.native, rowWidths(this.options));
+    const arena = new Arena(this.arenas.length, this.module, this.layout, count, this.options.ffn);
     this.arenas.push(arena);
     this.helper?.addArena(arena);
     this.provisioned += count;
@@ -1129,6 +1142,7 @@ export class BlockExpertKernel implements ExpertBufferPool {
   /** y = w2(silu(w1·x) ⊙ w3·x) for `rows` rows of x [rows, dim]; `weights` must live in one of our buffers. */
   run(x: Float32Array, rows: number, weights: ExpertWeights): Float32Array {
     const arena = this.arenaOf(weights);
+    if (this.native) return this.runNative(arena, [{ x, rows, weights }])[0]!;
     return swiglu(this.steps(arena, weights.format, 'shared'), x, rows, weights, this.options.dim, this.options.ffn);
   }
 
@@ -1142,6 +1156,8 @@ export class BlockExpertKernel implements ExpertBufferPool {
   runTogether(first: ExpertInput, second: ExpertInput): [Float32Array, Float32Array] {
     const { dim, ffn } = this.options;
     const arena = this.arenaOf(first.weights);
+    if (this.native && this.arenaOf(second.weights) === arena)
+      return this.runNative(arena, [first, second]) as [Float32Array, Float32Array];
     if (!this.helper || this.arenaOf(second.weights) !== arena || Math.max(first.rows, second.rows) > TOGETHER_MAX_ROWS) {
       return [this.run(first.x, first.rows, first.weights), this.run(second.x, second.rows, second.weights)];
     }
@@ -1158,6 +1174,32 @@ export class BlockExpertKernel implements ExpertBufferPool {
       () => void swiglu(this.steps(arena, second.weights.format, 'second'), second.x, second.rows, second.weights, dim, ffn),
     );
     return [firstOut, arena.local.second.scratch.out.slice(0, second.rows * dim)];
+  }
+
+  /** Experts whose weights all live in `arena`, in one native call (two threads: whole experts per thread). */
+  private runNative(arena: Arena, experts: readonly ExpertInput[]): Float32Array[] {
+    const { dim, ffn, threads } = this.options;
+    const native = this.native!;
+    const table = new Uint32Array(4 * experts.length);
+    let rows = 0;
+    experts.forEach((e, k) => {
+      table.set([e.weights.format === 'q4_0' ? 1 : 0, e.weights.w13.byteOffset, e.weights.w2.byteOffset, e.rows], 4 * k);
+      rows += e.rows;
+    });
+    const x = new Float32Array(rows * dim);
+    let at = 0;
+    for (const e of experts) {
+      x.set(e.x.subarray(0, e.rows * dim), at);
+      at += e.rows * dim;
+    }
+    const y = new Float32Array(rows * dim);
+    native.expertFfn(arena.bytes, Int32Array.of(native.isaCode, dim, ffn, threads > 1 ? 2 : 1), table, x, y);
+    at = 0;
+    return experts.map((e) => {
+      const out = y.subarray(at, at + e.rows * dim);
+      at += e.rows * dim;
+      return out;
+    });
   }
 
   private arenaOf(weights: ExpertWeights): Arena {

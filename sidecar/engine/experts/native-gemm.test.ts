@@ -1,7 +1,7 @@
 /**
- * The native products' own guard rails: every offset is checked against the memory it is given,
- * so a wrong call throws a named error instead of reading or writing outside it. (Their results
- * are specified in block-kernel.test.ts, bit for bit against the reference.)
+ * The native products' and experts' own guard rails: every offset is checked against the memory it
+ * is given, so a wrong call throws a named error instead of reading or writing outside it. (Their
+ * results are specified in block-kernel.test.ts, bit for bit against the reference.)
  */
 import { describe, expect, it } from 'vitest';
 import { loadNativeGemm, type NativeIsa } from './native-gemm.ts';
@@ -61,5 +61,50 @@ describe.each(isas)('%s: calls that do not fit are refused', (isa) => {
     expect(() => (product as (...values: unknown[]) => void)(memory, 64)).toThrow(
       `${format}_${isa}: takes (memory, cols, w, row, rowEnd, m, x, out, n)`,
     );
+  });
+});
+
+describe.each(isas)('%s: whole experts and shared products that do not fit are refused', (isa) => {
+  const gemm = loadNativeGemm(isa).gemm!;
+  const [dim, ffn] = [64, 96];
+  const memory = new Uint8Array(65536);
+  // A Q8_0 expert: w13 [192, 64] = 192·2·34 bytes, w2 [64, 96] = 64·3·34.
+  const w2 = 192 * 2 * 34;
+  const dims = Int32Array.of(gemm.isaCode, dim, ffn, 2);
+  const expert = (rows: number, w13 = 0, w2At = w2, q4 = 0) => Uint32Array.of(q4, w13, w2At, rows);
+  const values = (rows: number) => new Float32Array(rows * dim);
+
+  it('expert_ffn', () => {
+    expect(() => gemm.expertFfn(memory, dims, expert(3), values(3), values(3))).not.toThrow();
+    const refused = (what: string, call: () => void) => expect(call).toThrow(`expert_ffn: ${what}`);
+    refused('bad dims', () => gemm.expertFfn(memory, Int32Array.of(gemm.isaCode, 48, ffn, 2), expert(1), values(1), values(1)));
+    refused('bad dims', () => gemm.expertFfn(memory, Int32Array.of(gemm.isaCode, dim, ffn, 3), expert(1), values(1), values(1)));
+    refused('dims must be an Int32Array of 4', () => gemm.expertFfn(memory, Int32Array.of(1, dim, ffn), expert(1), values(1), values(1)));
+    refused('an expert has an unknown format or no rows', () => gemm.expertFfn(memory, dims, expert(0), values(0), values(0)));
+    refused('an expert has an unknown format or no rows', () => gemm.expertFfn(memory, dims, expert(1, 0, w2, 2), values(1), values(1)));
+    refused("an expert's weights do not fit in the memory", () =>
+      gemm.expertFfn(memory, dims, expert(1, 65536 - 100), values(1), values(1)),
+    );
+    refused("an expert's weights do not fit in the memory", () =>
+      gemm.expertFfn(memory, dims, expert(1, 0, 2 ** 32 - 64), values(1), values(1)),
+    );
+    refused('x and y must hold every expert', () => gemm.expertFfn(memory, dims, expert(2), values(1), values(1)));
+    refused('experts must be a Uint32Array of 4 per expert', () =>
+      gemm.expertFfn(memory, dims, Uint32Array.of(0, 0, w2), values(1), values(1)),
+    );
+    refused('takes (memory, dims, experts, x, y)', () => (gemm.expertFfn as (...args: unknown[]) => void)(memory, dims));
+  });
+
+  it('shared_product', () => {
+    // 8 rows of 64 inputs in Q8_0 (544 bytes) against one activation row at 4096, out at 8192.
+    const shape = (n: number, m = 1, cols = 64) => Int32Array.of(gemm.isaCode, 0, cols, n, m, 2);
+    expect(() => gemm.sharedProduct(memory, shape(8), 0, 4096, 8192)).not.toThrow();
+    const refused = (what: string, call: () => void) => expect(call).toThrow(`shared_product: ${what}`);
+    refused('shape or offsets out of range', () => gemm.sharedProduct(memory, shape(8, 1, 48), 0, 4096, 8192));
+    refused('shape or offsets out of range', () => gemm.sharedProduct(memory, shape(6), 0, 4096, 8192));
+    refused('shape or offsets out of range', () => gemm.sharedProduct(memory, shape(8), 0, 4096, 8194));
+    refused('the product does not fit in its memory', () => gemm.sharedProduct(memory, shape(8), 65536 - 100, 4096, 8192));
+    refused('the product does not fit in its memory', () => gemm.sharedProduct(memory, shape(8, 4000), 0, 4096, 8192));
+    refused('dims must be an Int32Array of 6', () => gemm.sharedProduct(memory, Int32Array.of(1, 0, 64, 8, 1), 0, 4096, 8192));
   });
 });

@@ -55,10 +55,27 @@ export type NativeAttentionLayer = (
   newValues: Float32Array,
 ) => void;
 
+/**
+ * Whole experts (engine/native/expert-ffn.cc): y = w2(silu(w1·x) ⊙ w3·x) per expert, the
+ * WebAssembly kernel's steps and bits. dims: [isa (0 AVX-512 VNNI, 1 AVX2), dim, ffn, threads (2:
+ * experts, or their products' rows, shared with the addon's helper thread; 1: this thread alone)].
+ * experts: [q4 (1 Q4_0, 0 Q8_0), w13 offset, w2 offset, rows] per expert, offsets into `memory`;
+ * x and y hold each expert's rows after the previous one's.
+ */
+export type NativeExpertFfn = (memory: Uint8Array, dims: Int32Array, experts: Uint32Array, x: Float32Array, y: Float32Array) => void;
+
+/**
+ * One whole product on `memory` as `NativeProduct` takes it, its output rows shared with the addon's
+ * helper thread: dims [isa, q4, cols, n, m, threads (1 or 2)]; the same bits as one call over all rows.
+ */
+export type NativeSharedProduct = (memory: Uint8Array, dims: Int32Array, w: number, x: number, out: number) => void;
+
 type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & {
   supported(): NativeIsa[];
   attention_layer: NativeAttentionLayer;
-  attention_helper_chunks(): number;
+  expert_ffn: NativeExpertFfn;
+  shared_product: NativeSharedProduct;
+  helper_chunks(): number;
 };
 
 export interface NativeGemm {
@@ -69,8 +86,13 @@ export interface NativeGemm {
   product(format: BlockFormat): NativeProduct;
   /** The attention layer on this instruction set (its `isa` dim must name it). */
   attentionLayer: NativeAttentionLayer;
-  /** Chunks (of products and of attention) the attention layer's helper thread has run in this process. */
-  attentionHelperChunks(): number;
+  /** Whole experts on this instruction set (its `isa` dim must name it). */
+  expertFfn: NativeExpertFfn;
+  sharedProduct: NativeSharedProduct;
+  /** The `isa` dim that names this instruction set in the calls above. */
+  isaCode: number;
+  /** Chunks of jobs (products, attention, experts) the addon's one helper thread has run in this process. */
+  helperChunks(): number;
 }
 
 /** Where node-gyp puts the addon: build/Release under the package root. */
@@ -99,7 +121,10 @@ export function loadNativeGemm(isa?: NativeIsa): { gemm: NativeGemm | null; note
       path: NATIVE_ADDON_PATH,
       product: (format) => addon[`${format}_${chosen}`],
       attentionLayer: addon.attention_layer,
-      attentionHelperChunks: addon.attention_helper_chunks,
+      expertFfn: addon.expert_ffn,
+      sharedProduct: addon.shared_product,
+      isaCode: chosen === 'avx512vnni' ? 0 : 1,
+      helperChunks: addon.helper_chunks,
     },
     note: null,
   };

@@ -226,7 +226,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
       const outputs = [rows * dim, rows * dim, rows * experts, batch * kvHeads * seq * headDim, batch * kvHeads * seq * headDim].map(
         (n) => new Float32Array(n),
       ) as [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array];
-      const isa = native!.isa === 'avx512vnni' ? 0 : 1;
+      const isa = native!.isaCode;
       const dims = Int32Array.of(isa, q4, dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows, threads);
       native!.attentionLayer(weights, dims, 1e-5, ...inputs, ...outputs);
       return outputs;
@@ -235,14 +235,14 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
 
   /** One thread's outputs, then two threads' until the helper has run `chunks` chunks, each compared with them. */
   function expectHelperGivesTheSameBits(run: (threads: number) => Float32Array[], chunks: number): void {
-    const chunksBefore = native!.attentionHelperChunks();
+    const chunksBefore = native!.helperChunks();
     const alone = run(1);
     expect(alone[0]!.every(Number.isFinite) && alone[2]!.some((value) => value !== 0)).toBe(true);
-    expect(native!.attentionHelperChunks()).toBe(chunksBefore);
+    expect(native!.helperChunks()).toBe(chunksBefore);
     // The helper sleeps between jobs and takes only the chunks left when it wakes (none, if it
     // wakes late), so calls repeat until it has run some, each checked.
-    for (let call = 0; call < 200 && native!.attentionHelperChunks() < chunksBefore + chunks; call++) expect(run(2)).toEqual(alone);
-    expect(native!.attentionHelperChunks()).toBeGreaterThanOrEqual(chunksBefore + chunks);
+    for (let call = 0; call < 200 && native!.helperChunks() < chunksBefore + chunks; call++) expect(run(2)).toEqual(alone);
+    expect(native!.helperChunks()).toBeGreaterThanOrEqual(chunksBefore + chunks);
   }
 
   it.each([
@@ -287,7 +287,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
 
   it('the addon refuses arrays that do not fit the shape it is given, with a message naming them', () => {
     const call = native!.attentionLayer;
-    const dims = Int32Array.of(native!.isa === 'avx512vnni' ? 0 : 1, 1, 64, 4, 2, 16, 8, 1, 2, 0, 4, 1);
+    const dims = Int32Array.of(native!.isaCode, 1, 64, 4, 2, 16, 8, 1, 2, 0, 4, 1);
     const f = (n: number) => new Float32Array(n);
     const weightBytes = 4 * (2 * 64 + 8 * 64) + 128 * 2 * 18 + 64 * 2 * 18;
     const args = (weights: Uint8Array, hidden: Float32Array) =>

@@ -35,7 +35,7 @@ export class NativeLayerAttention implements LayerAttention {
     const shared = { cos, sin, positions: Int32Array.from(step.positions(), Number), mask: step.mask() };
     const { dim, nHeads, nKvHeads, headDim, numExperts, normEps } = this.config;
     const dims = Int32Array.of(
-      this.native.isa === 'avx512vnni' ? 0 : 1,
+      this.native.isaCode,
       FORMAT_CODES[this.store.format],
       dim,
       nHeads,

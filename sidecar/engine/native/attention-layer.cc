@@ -4,7 +4,7 @@
 // store's ONNX layer graph (graph/transformer.ts), with the block products of block-gemm.cc on Q4_0
 // or Q8_0 weights and activations rounded per block to int8 as the experts' are: at decode an
 // onnxruntime run costs ~0.3 ms per layer whatever its size, this call a fraction of that. With two
-// threads the Q|K|V and output products share their rows with a helper thread (ProductHelper): an
+// threads the Q|K|V and output products share their rows with a helper thread (helper-thread.cc): an
 // 8x7B-shaped layer (45 MB of Q8_0) 3.7–4.1 → 2.3–2.4 ms on the AVX2 EPYC, the same bits. At long
 // contexts the attention itself outweighs the products and is shared too, a (row, KV head) per
 // chunk, each KV head's keys and values read once for its query heads: the same layer at 4,096
@@ -25,14 +25,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <atomic>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "block-gemm.h"
+#include "helper-thread.h"
 
 namespace sirocco {
 namespace {
@@ -111,103 +107,6 @@ void rotate(float* v, const float* cos, const float* sin, int half) {
   }
 }
 
-/**
- * A second thread for a layer's block products and, at long contexts, its attention, which it
- * shares in chunks (output rows; (row, KV head) pairs) claimed from one counter: the calling
- * thread starts on them at once, and a helper that wakes late (the expert kernel's helper may
- * still hold the other core) only takes what is left, so a job is never slower than on one
- * thread. Between jobs the helper sleeps on a condition variable rather than spinning, since while
- * the experts run their own helper needs that core. One caller at a time; a caller that finds it
- * taken (another JS thread) runs alone. Created on first use, never destroyed (it sleeps through
- * the process's exit).
- */
-class ProductHelper {
- public:
-  using Chunk = std::function<void(int)>;
-
-  static ProductHelper& instance() {
-    static ProductHelper* helper = new ProductHelper();
-    return *helper;
-  }
-
-  bool tryAcquire() { return !busy_.exchange(true, std::memory_order_acquire); }
-  void release() { busy_.store(false, std::memory_order_release); }
-
-  /** Runs run(0) … run(chunks − 1), each once, on this thread and the helper; returns when all are done. */
-  void share(int chunks, const Chunk& run) {
-    uint32_t job;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job = ++job_;  // wraps around: only equality with the job in claim_ matters
-      run_ = run;
-      chunks_ = chunks;
-      claim_.store(static_cast<uint64_t>(job) << 32, std::memory_order_seq_cst);
-    }
-    wake_.notify_one();
-    for (int chunk; (chunk = claim(job, chunks)) >= 0;) run(chunk);
-    // Every chunk is claimed: wait for one the helper may still be running.
-    while (inFlight_.load(std::memory_order_seq_cst) != 0) _mm_pause();
-  }
-
-  /** Chunks the helper has run so far (tests check that a large layer reached it). */
-  uint64_t chunksRun() const { return chunksRun_.load(std::memory_order_relaxed); }
-
- private:
-  ProductHelper() { std::thread([this] { loop(); }).detach(); }
-
-  /** The next chunk of `job`, or −1 when none is left (or the job is over). */
-  int claim(uint32_t job, int chunks) {
-    uint64_t word = claim_.load(std::memory_order_seq_cst);
-    while (static_cast<uint32_t>(word >> 32) == job && static_cast<int>(word & 0xffffffff) < chunks) {
-      if (claim_.compare_exchange_weak(word, word + 1, std::memory_order_seq_cst)) return static_cast<int>(word & 0xffffffff);
-    }
-    return -1;
-  }
-
-  void loop() {
-    uint32_t seen = 0;
-    for (;;) {
-      Chunk run;
-      uint32_t job;
-      int chunks;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return job_ != seen; });
-        seen = job = job_;
-        run = run_;
-        chunks = chunks_;
-      }
-      for (;;) {
-        // Counted before claiming: a caller that finds no chunk left waits for this one.
-        inFlight_.fetch_add(1, std::memory_order_seq_cst);
-        const int chunk = claim(job, chunks);
-        if (chunk >= 0) {
-          run(chunk);
-          chunksRun_.fetch_add(1, std::memory_order_relaxed);
-        }
-        inFlight_.fetch_sub(1, std::memory_order_seq_cst);
-        if (chunk < 0) break;
-      }
-    }
-  }
-
-  std::atomic<bool> busy_{false};
-  /** (job << 32) | next chunk. */
-  std::atomic<uint64_t> claim_{0};
-  std::atomic<int> inFlight_{0};
-  std::atomic<uint64_t> chunksRun_{0};
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  uint32_t job_ = 0;
-  Chunk run_;
-  int chunks_ = 0;
-};
-
-/** Output rows per claimed chunk: a few per product, each far longer than a claim. */
-constexpr int kChunkRows = 16 * kSplitRows;
-/** Below this many weight bytes a product runs on one thread: sharing it would cost more than it saves. */
-constexpr size_t kSplitMinBytes = 512 * 1024;
-
 struct Shape {
   Isa isa;
   bool q4;
@@ -225,26 +124,9 @@ struct Shape {
   }
 };
 
-/**
- * run(0) … run(chunks − 1): shared with the helper thread where `s` has two threads, there are two
- * chunks or more and `worthSharing` (the work outweighs a hand-off), else all on this thread. Each
- * chunk writes only its own outputs, so the bits are the same either way.
- */
-void runChunks(const Shape& s, int chunks, bool worthSharing, const ProductHelper::Chunk& run) {
-  if (s.threads >= 2 && chunks >= 2 && worthSharing && ProductHelper::instance().tryAcquire()) {
-    ProductHelper::instance().share(chunks, run);
-    ProductHelper::instance().release();
-    return;
-  }
-  for (int chunk = 0; chunk < chunks; chunk++) run(chunk);
-}
-
-/** out = the [n, cols] matrix at w times m rows of records, in chunks of kChunkRows output rows. */
+/** out = the [n, cols] matrix at w times m rows of records, shared with the helper thread where `s` has two threads. */
 void product(const Shape& s, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out) {
-  runChunks(s, (n + kChunkRows - 1) / kChunkRows, s.blockBytes(n, cols) >= kSplitMinBytes, [&](int chunk) {
-    const int end = (chunk + 1) * kChunkRows;
-    blockProduct(s.isa, s.q4, w, n, cols, m, records, out, chunk * kChunkRows, end < n ? end : n);
-  });
+  sharedBlockProduct(s.isa, s.q4, w, n, cols, m, records, out, s.threads >= 2);
 }
 
 struct Tensors {
@@ -351,7 +233,7 @@ const char* runLayer(const Shape& s, const Tensors& t, float eps) {
   // layer (an 8x7B layer at 4,096 past slots: ~5 ms beside ~2 ms of products), so shared with the
   // helper thread like a product. Each chunk writes only its own heads' context.
   const size_t scores = static_cast<size_t>(rows) * s.heads * s.total();
-  runChunks(s, rows * s.kvHeads, scores >= kSplitMinScores,
+  runChunks(s.threads >= 2 && scores >= kSplitMinScores, rows * s.kvHeads,
             [&](int chunk) { attend(s, t, qkv.data(), chunk / s.kvHeads, chunk % s.kvHeads, context.data()); });
 
   quantizeRecords(context.data(), rows, width, records.data());
@@ -457,21 +339,12 @@ napi_value AttentionLayer(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-/** attention_helper_chunks(): chunks of products the helper thread has run in this process. */
-napi_value AttentionHelperChunks(napi_env env, napi_callback_info) {
-  napi_value count;
-  napi_create_double(env, static_cast<double>(ProductHelper::instance().chunksRun()), &count);
-  return count;
-}
-
 }  // namespace
 
 void registerAttentionLayer(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "attention_layer", NAPI_AUTO_LENGTH, AttentionLayer, nullptr, &fn);
   napi_set_named_property(env, exports, "attention_layer", fn);
-  napi_create_function(env, "attention_helper_chunks", NAPI_AUTO_LENGTH, AttentionHelperChunks, nullptr, &fn);
-  napi_set_named_property(env, exports, "attention_helper_chunks", fn);
 }
 
 }  // namespace sirocco

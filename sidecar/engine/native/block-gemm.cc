@@ -13,6 +13,8 @@
 #include "block-gemm.h"
 
 #include "attention-layer.h"
+#include "expert-ffn.h"
+#include "helper-thread.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -456,6 +458,62 @@ napi_value RunProduct(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+/** A shared product's dims: isa (0 AVX-512 VNNI, 1 AVX2), q4 (1 Q4_0, 0 Q8_0), cols, n, m, threads (1 or 2). */
+constexpr int kSharedDims = 6;
+
+/**
+ * shared_product(memory, dims, w, x, out): the whole [n, cols] product on the bytes of `memory` (as
+ * `product` takes them), its output rows shared with the addon's helper thread where dims asks for
+ * two threads. The same bits as one `product` call over all rows.
+ */
+napi_value SharedProduct(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  auto failWith = [&](const char* what) {
+    char message[160];
+    snprintf(message, sizeof message, "shared_product: %s", what);
+    napi_throw_error(env, "ERR_SIROCCO_NATIVE_KERNEL", message);
+    return static_cast<napi_value>(nullptr);
+  };
+  if (argc != 5) return failWith("takes (memory, dims, w, x, out)");
+  napi_typedarray_type type;
+  size_t length = 0, dimCount = 0;
+  void* bytes = nullptr;
+  void* dimBytes = nullptr;
+  if (napi_get_typedarray_info(env, argv[0], &type, &length, &bytes, nullptr, nullptr) != napi_ok || type != napi_uint8_array)
+    return failWith("memory must be a Uint8Array");
+  if (napi_get_typedarray_info(env, argv[1], &type, &dimCount, &dimBytes, nullptr, nullptr) != napi_ok || type != napi_int32_array ||
+      dimCount != kSharedDims)
+    return failWith("dims must be an Int32Array of 6");
+  const int32_t* dims = static_cast<const int32_t*>(dimBytes);
+  uint32_t offsets[3];
+  for (int k = 0; k < 3; k++)
+    if (napi_get_value_uint32(env, argv[k + 2], &offsets[k]) != napi_ok) return failWith("offsets must be numbers");
+  const int32_t isaCode = dims[0], q4 = dims[1], cols = dims[2], n = dims[3], m = dims[4], threads = dims[5];
+  if ((isaCode != 0 && isaCode != 1) || (q4 != 0 && q4 != 1) || cols <= 0 || cols % kBlock != 0 || n <= 0 || n % kGroupRows != 0 ||
+      m < 0 || (threads != 1 && threads != 2) || offsets[2] % 4 != 0)
+    return failWith("shape or offsets out of range");
+  const sirocco::Isa isa = isaCode == 0 ? sirocco::Isa::kAvx512Vnni : sirocco::Isa::kAvx2;
+  const uint64_t nb = static_cast<uint64_t>(cols) / kBlock;
+  const uint64_t weightBytes = static_cast<uint64_t>(n) * nb * (q4 ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
+  if (offsets[0] + weightBytes > length || offsets[1] + static_cast<uint64_t>(m) * nb * kRecordBytes > length ||
+      offsets[2] + 4 * static_cast<uint64_t>(m) * static_cast<uint64_t>(n) > length)
+    return failWith("the product does not fit in its memory");
+  if (!sirocco::isaSupported(isa)) return failWith("this CPU lacks the instruction set");
+  uint8_t* base = static_cast<uint8_t*>(bytes);
+  sirocco::sharedBlockProduct(isa, q4 == 1, base + offsets[0], n, cols, m, base + offsets[1], reinterpret_cast<float*>(base + offsets[2]),
+                              threads == 2);
+  return nullptr;
+}
+
+/** helper_chunks(): chunks of jobs the addon's helper thread has run in this process. */
+napi_value HelperChunks(napi_env env, napi_callback_info) {
+  napi_value count;
+  napi_create_double(env, static_cast<double>(sirocco::helperChunksRun()), &count);
+  return count;
+}
+
 /** The instruction sets this CPU runs, best first ("avx512vnni", "avx2"). */
 napi_value Supported(napi_env env, napi_callback_info) {
   napi_value list;
@@ -504,6 +562,19 @@ void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, co
   runProduct(job, entry.q4, *entry.kernels, entry.bands);
 }
 
+void sharedBlockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out,
+                        bool mayShare) {
+  // Output rows per claimed chunk: far more work than a claim; below kShareMinBytes of weights, a
+  // hand-off would cost about what it saves.
+  constexpr int kChunkRows = 16 * kSplitRows;
+  constexpr uint64_t kShareMinBytes = 512 * 1024;
+  const uint64_t bytes = static_cast<uint64_t>(n) * (cols / kBlock) * (q4 ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
+  runChunks(mayShare && bytes >= kShareMinBytes, (n + kChunkRows - 1) / kChunkRows, [&](int chunk) {
+    const int end = (chunk + 1) * kChunkRows;
+    blockProduct(isa, q4, w, n, cols, m, records, out, chunk * kChunkRows, end < n ? end : n);
+  });
+}
+
 }  // namespace sirocco
 
 NAPI_MODULE_INIT() {
@@ -516,6 +587,16 @@ NAPI_MODULE_INIT() {
   napi_value supported;
   napi_create_function(env, "supported", NAPI_AUTO_LENGTH, Supported, nullptr, &supported);
   napi_set_named_property(env, exports, "supported", supported);
+  const struct {
+    const char* name;
+    napi_callback call;
+  } more[] = {{"shared_product", SharedProduct}, {"helper_chunks", HelperChunks}};
+  for (const auto& entry : more) {
+    napi_value fn;
+    napi_create_function(env, entry.name, NAPI_AUTO_LENGTH, entry.call, nullptr, &fn);
+    napi_set_named_property(env, exports, entry.name, fn);
+  }
   sirocco::registerAttentionLayer(env, exports);
+  sirocco::registerExpertFfn(env, exports);
   return exports;
 }

@@ -1,4 +1,4 @@
-// The block products of block-gemm.cc for the other native code in this addon (attention-layer.cc).
+// The block products of block-gemm.cc for the other native code in this addon (attention-layer.cc, expert-ffn.cc).
 #pragma once
 #include <stdint.h>
 
@@ -25,5 +25,12 @@ constexpr int kSplitRows = 16;
  */
 void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out, int rowBegin,
                   int rowEnd);
+
+/**
+ * blockProduct over all n output rows, in chunks shared with the addon's helper thread when
+ * `mayShare` and the matrix is large enough to gain from it (the same bits either way).
+ */
+void sharedBlockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out,
+                        bool mayShare);
 
 }  // namespace sirocco
