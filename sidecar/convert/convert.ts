@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { buildExpertStore, type ExpertBits } from '../engine/experts/expert-store.ts';
-import { LAYER_FORMAT, writeLayerStore } from '../engine/layers/layer-store.ts';
+import { LAYER_FORMAT, layerStoreFits, writeLayerStore } from '../engine/layers/layer-store.ts';
 import { modelError, SidecarError } from '../errors.ts';
 import { expectedTensors } from '../formats/checkpoint.ts';
 import type { ModelSource } from '../formats/model-source.ts';
@@ -133,7 +133,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
       const expertBits = options.expertBits ?? defaultExpertBits(source, precision);
       await buildExpertStore(source, staging, expertBits);
       // …and, quantised, each layer up to its experts as blocks, for the native attention layer.
-      if (precision !== 'fp32') {
+      if (precision !== 'fp32' && layerStoreFits(config)) {
         await writeLayerStore(source, staging, config);
         nativeLayers = { format: LAYER_FORMAT };
       }

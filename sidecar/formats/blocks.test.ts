@@ -15,6 +15,7 @@ import {
   dequantizeBlocks,
   fromFloat16Bits,
   interleaveQ4_0Rows,
+  interleaveQ8_0Rows,
   Q4_0X4_GROUP_BYTES,
   quantizeBlocks,
   toFloat16Bits,
@@ -136,5 +137,31 @@ describe('Q4_0 rows interleaved four at a time, in bands of 16 rows', () => {
   it('refuses shapes it cannot interleave', () => {
     expect(() => interleaveQ4_0Rows(new Uint8Array(blockMatrixBytes('q4_0', 6, 32)), 6, 32)).toThrow(/multiple of 4/);
     expect(() => interleaveQ4_0Rows(new Uint8Array(10), 4, 32)).toThrow(/bytes/);
+  });
+});
+
+describe('Q8_0 rows interleaved four at a time', () => {
+  const rows = 8;
+  const cols = 3 * BLOCK;
+  const blocks = Uint8Array.from({ length: blockMatrixBytes('q8_0', rows, cols) }, (_, i) => (i * 37 + 11) & 0xff);
+
+  it("puts four rows' scales first, then each row's 32 quants, block column after block column", () => {
+    const interleaved = interleaveQ8_0Rows(blocks, rows, cols);
+    const nb = cols / BLOCK;
+    for (let row = 0; row < rows; row++) {
+      for (let b = 0; b < nb; b++) {
+        const block = blocks.subarray((row * nb + b) * 34, (row * nb + b + 1) * 34);
+        // Group (rows 4g … 4g+3) g, block column b: 136 bytes at (g·nb + b)·136.
+        const group = interleaved.subarray((Math.floor(row / 4) * nb + b) * 136, (Math.floor(row / 4) * nb + b + 1) * 136);
+        const lane = row % 4;
+        expect(Array.from(group.subarray(2 * lane, 2 * lane + 2))).toEqual(Array.from(block.subarray(0, 2)));
+        expect(Array.from(group.subarray(8 + 32 * lane, 8 + 32 * (lane + 1)))).toEqual(Array.from(block.subarray(2)));
+      }
+    }
+  });
+
+  it('refuses shapes it cannot interleave', () => {
+    expect(() => interleaveQ8_0Rows(new Uint8Array(blockMatrixBytes('q8_0', 6, 32)), 6, 32)).toThrow(/multiple of 4/);
+    expect(() => interleaveQ8_0Rows(new Uint8Array(10), 4, 32)).toThrow(/bytes/);
   });
 });

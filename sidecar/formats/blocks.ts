@@ -240,3 +240,46 @@ export function deinterleaveQ4_0Rows(
 ): Uint8Array {
   return permuteQ4_0Rows(interleaved, rows, cols, into, false);
 }
+
+// ── Q8_0 rows interleaved four at a time (the native layer and head files' layout) ───────────────
+
+/**
+ * Q8_0 rows stored four at a time: for each group of four rows and each block column, the four
+ * rows' fp16 scales (8 B), then each row's 32 quants in turn (4 × 32 B). The blocks and their bits
+ * are GGUF's; only their order changes, so a group's block column is one read and its scales one
+ * load (engine/native/block-gemm.cc, `Q8Groups`).
+ */
+export const Q8_0X4_GROUP_BYTES = Q4_0X4_ROWS * BLOCK_BYTES.q8_0;
+
+/** Byte `j` (0 … 33: scale bytes, then qs) of row `row`'s block `b` in the interleaved Q8_0 layout. */
+export function q8_0x4Offset(row: number, b: number, j: number, blocksPerRow: number): number {
+  const lane = row % Q4_0X4_ROWS;
+  const base = (((row - lane) / Q4_0X4_ROWS) * blocksPerRow + b) * Q8_0X4_GROUP_BYTES;
+  return j < 2 ? base + 2 * lane + j : base + 2 * Q4_0X4_ROWS + BLOCK * lane + (j - 2);
+}
+
+/** Row-major Q8_0 blocks [rows, cols] → rows interleaved four at a time (into `into`, same size). */
+export function interleaveQ8_0Rows(
+  blocks: Uint8Array,
+  rows: number,
+  cols: number,
+  into: Uint8Array = new Uint8Array(blocks.length),
+): Uint8Array {
+  const bytes = blockMatrixBytes('q8_0', rows, cols);
+  if (rows % Q4_0X4_ROWS !== 0 || cols % BLOCK !== 0)
+    throw new RangeError(`interleaved Q8_0 needs rows a multiple of ${Q4_0X4_ROWS} and cols of ${BLOCK}; got ${rows}×${cols}`);
+  if (blocks.length !== bytes || into.length !== bytes)
+    throw new RangeError(`a ${rows}×${cols} Q8_0 matrix is ${bytes} bytes; got ${blocks.length} in, ${into.length} out`);
+  const nb = cols / BLOCK;
+  const size = BLOCK_BYTES.q8_0;
+  for (let row = 0; row < rows; row++) {
+    for (let b = 0; b < nb; b++) {
+      const from = (row * nb + b) * size;
+      const scale = q8_0x4Offset(row, b, 0, nb);
+      into[scale] = blocks[from]!;
+      into[scale + 1] = blocks[from + 1]!;
+      into.set(blocks.subarray(from + 2, from + size), q8_0x4Offset(row, b, 2, nb));
+    }
+  }
+  return into;
+}

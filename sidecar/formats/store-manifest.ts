@@ -24,8 +24,9 @@ export const MANIFEST_FILE = 'manifest.json';
  * 10: quantised Mixtral stores also hold native layer files (engine/layers/layer-store.ts).
  * 11: …in Q8_0 at int4 too.
  * 12: …and the head (final norm and lm_head in Q8_0), for the native head.
+ * 13: the native layer and head files' Q8_0 rows interleaved four at a time.
  */
-export const FORMAT_VERSION = 12;
+export const FORMAT_VERSION = 13;
 
 export interface GraphEntry {
   graph: string;

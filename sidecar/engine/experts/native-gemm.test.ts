@@ -103,6 +103,8 @@ describe.each(isas)('%s: whole experts and shared products that do not fit are r
     refused('shape or offsets out of range', () => gemm.sharedProduct(memory, shape(8, 1, 48), 0, 4096, 8192));
     refused('shape or offsets out of range', () => gemm.sharedProduct(memory, shape(6), 0, 4096, 8192));
     refused('shape or offsets out of range', () => gemm.sharedProduct(memory, shape(8), 0, 4096, 8194));
+    const unknownLayout = Int32Array.of(gemm.isaCode, 3, 64, 8, 1, 2);
+    refused('shape or offsets out of range', () => gemm.sharedProduct(memory, unknownLayout, 0, 4096, 8192));
     refused('the product does not fit in its memory', () => gemm.sharedProduct(memory, shape(8), 65536 - 100, 4096, 8192));
     refused('the product does not fit in its memory', () => gemm.sharedProduct(memory, shape(8, 4000), 0, 4096, 8192));
     refused('dims must be an Int32Array of 6', () => gemm.sharedProduct(memory, Int32Array.of(1, 0, 64, 8, 1), 0, 4096, 8192));

@@ -34,7 +34,7 @@ export type NativeProduct = (
 
 /**
  * A Mixtral layer up to its experts (engine/native/attention-layer.cc): dims are [isa (0 AVX-512 VNNI,
- * 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows,
+ * 1 AVX2), q4 (1 Q4_0 bands, 0 Q8_0 rows interleaved by four), dim, heads, kvHeads, headDim, experts, batch, seq, past, ropeRows,
  * threads (2: large products and long attention shared with the addon's helper thread, the same bits; 1: this thread alone)].
  */
 export type NativeAttentionLayer = (
@@ -59,14 +59,15 @@ export type NativeAttentionLayer = (
  * Whole experts (engine/native/expert-ffn.cc): y = w2(silu(w1·x) ⊙ w3·x) per expert, the
  * WebAssembly kernel's steps and bits. dims: [isa (0 AVX-512 VNNI, 1 AVX2), dim, ffn, threads (2:
  * experts, or their products' rows, shared with the addon's helper thread; 1: this thread alone)].
- * experts: [q4 (1 Q4_0, 0 Q8_0), w13 offset, w2 offset, rows] per expert, offsets into `memory`;
+ * experts: [q4 (1 Q4_0, 0 Q8_0, as the expert files lay them out), w13 offset, w2 offset, rows] per expert, offsets into `memory`;
  * x and y hold each expert's rows after the previous one's.
  */
 export type NativeExpertFfn = (memory: Uint8Array, dims: Int32Array, experts: Uint32Array, x: Float32Array, y: Float32Array) => void;
 
 /**
  * One whole product on `memory` as `NativeProduct` takes it, its output rows shared with the addon's
- * helper thread: dims [isa, q4, cols, n, m, threads (1 or 2)]; the same bits as one call over all rows.
+ * helper thread: dims [isa, layout (0 Q8_0 rows, 1 Q4_0 bands, 2 Q8_0 rows interleaved by four: the
+ * layer and head files'), cols, n, m, threads (1 or 2)]; the same bits as one call over all rows.
  */
 export type NativeSharedProduct = (memory: Uint8Array, dims: Int32Array, w: number, x: number, out: number) => void;
 

@@ -9,25 +9,27 @@
  *   L<layer>.bin      header (64 B): magic "SIRLAYR1", u32 version, layer, dim, heads, kvHeads, headDim,
  *                     experts, crc32(payload), payload bytes; then attention_norm f32[dim], ffn_norm
  *                     f32[dim], gate f32[experts·dim], Q|K|V blocks [(heads + 2·kvHeads)·headDim, dim],
- *                     wo blocks [dim, heads·headDim], both as the expert files lay out that format.
+ *                     wo blocks [dim, heads·headDim], both with rows interleaved four at a time
+ *                     (formats/blocks.ts, interleaveQ8_0Rows: one read stream for the native product).
  *   embeddings.bin    header (64 B): magic "SIREMBD1", u32 version, vocab, dim, crc32(payload), payload
  *                     bytes; then tok_embeddings f32[vocab, dim].
  *   head.bin          header (64 B): magic "SIRHEAD1", u32 version, vocab, dim, crc32(payload), payload
- *                     bytes; then norm f32[dim], output blocks [vocab, dim].
+ *                     bytes; then norm f32[dim], output blocks [vocab, dim], rows interleaved as above.
  * Q and K rows are in the rotate-half layout, as the ONNX graphs have them.
  */
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { modelError } from '../../errors.ts';
-import { type BlockFormat, blockMatrixBytes, quantizeBlocks } from '../../formats/blocks.ts';
+import { BLOCK, type BlockFormat, blockMatrixBytes, interleaveQ8_0Rows, quantizeBlocks } from '../../formats/blocks.ts';
 import type { ModelConfig } from '../../formats/model-config.ts';
 import type { WeightSource } from '../../graph/transformer.ts';
 
 const LAYER_MAGIC = 'SIRLAYR1';
 const EMBEDDINGS_MAGIC = 'SIREMBD1';
 const HEAD_MAGIC = 'SIRHEAD1';
-const VERSION = 1;
+/** 2: Q8_0 rows interleaved four at a time. */
+const VERSION = 2;
 const HEADER_BYTES = 64;
 const EMBEDDINGS_FILE = 'embeddings.bin';
 const HEAD_FILE = 'head.bin';
@@ -65,6 +67,23 @@ function headPayloadBytes({ dim, vocabSize }: LayerShape, format: BlockFormat): 
  * the bench shape (the attention is ~1.5 MB of a ~100 MB token at Q4_0).
  */
 export const LAYER_FORMAT: BlockFormat = 'q8_0';
+
+/**
+ * Whether a model's layers and head fit the layer files: every matrix's rows come in groups of four
+ * and its columns in whole blocks. Other shapes keep only the ONNX layer and head graphs.
+ */
+export function layerStoreFits(shape: LayerShape): boolean {
+  const { dim, nHeads, headDim, vocabSize } = shape;
+  return dim % BLOCK === 0 && (nHeads * headDim) % BLOCK === 0 && [qkvRows(shape), dim, vocabSize].every((rows) => rows % 4 === 0);
+}
+
+/** A [rows, cols] matrix's Q8_0 blocks, rows interleaved four at a time, into `out` at `at`; returns the byte after. */
+function writeBlocks(values: ArrayLike<number>, rows: number, cols: number, out: Uint8Array, at: number): number {
+  const rowOrder = new Uint8Array(blockMatrixBytes(LAYER_FORMAT, rows, cols));
+  quantizeBlocks(LAYER_FORMAT, values, rows, cols, rowOrder);
+  interleaveQ8_0Rows(rowOrder, rows, cols, out.subarray(at, at + rowOrder.length));
+  return at + rowOrder.length;
+}
 
 function sealed(magic: string, fields: number[], payload: Uint8Array): Uint8Array {
   const file = new Uint8Array(HEADER_BYTES + payload.byteLength);
@@ -106,8 +125,8 @@ export async function writeLayerStore(source: WeightSource, storeDir: string, sh
       floats.set(attentionNorm!, 0);
       floats.set(ffnNorm!, dim);
       floats.set(gate!, 2 * dim);
-      const qkvBytes = quantizeBlocks(format, qkv, qkvRows(shape), dim, payload, floats.byteLength);
-      quantizeBlocks(format, wo!, dim, nHeads * headDim, payload, qkvBytes);
+      const qkvEnd = writeBlocks(qkv, qkvRows(shape), dim, payload, floats.byteLength);
+      writeBlocks(wo!, dim, nHeads * headDim, payload, qkvEnd);
       const fields = [layer, dim, nHeads, nKvHeads, headDim, numExperts];
       await writeFile(join(tempDir, layerFileName(layer)), sealed(LAYER_MAGIC, fields, payload));
     }
@@ -117,7 +136,7 @@ export async function writeLayerStore(source: WeightSource, storeDir: string, sh
     const [norm, output] = await Promise.all([source.read('norm.weight'), source.read('output.weight')]);
     const head = new Uint8Array(headPayloadBytes(shape, format));
     new Float32Array(head.buffer, 0, dim).set(norm!);
-    quantizeBlocks(format, output!, vocabSize, dim, head, 4 * dim);
+    writeBlocks(output!, vocabSize, dim, head, 4 * dim);
     await writeFile(join(tempDir, HEAD_FILE), sealed(HEAD_MAGIC, [vocabSize, dim], head));
     await rm(finalDir, { recursive: true, force: true });
     await rename(tempDir, finalDir);

@@ -207,10 +207,10 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
     new Float32Array(weights.buffer, 0, floats).forEach((_, i, all) => {
       all[i] = i < 2 * dim ? 1 : Math.sin(i) / 32;
     });
-    // Q4_0 groups lead with four fp16 scales, Q8_0 blocks with one.
+    // Groups of four rows lead each block column with their four fp16 scales: Q4_0's 72 bytes, Q8_0's 136.
     const scales = new DataView(weights.buffer, 4 * floats);
-    const [unit, count] = q4 ? [72, 4] : [34, 1];
-    for (let at = 0; at + unit <= scales.byteLength; at += unit) for (let k = 0; k < count; k++) scales.setUint16(at + 2 * k, 0x1c00, true);
+    const unit = q4 ? 72 : 136;
+    for (let at = 0; at + unit <= scales.byteLength; at += unit) for (let k = 0; k < 4; k++) scales.setUint16(at + 2 * k, 0x1c00, true);
     const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed + i * 0.37));
     const rows = batch * seq;
     const inputs = [

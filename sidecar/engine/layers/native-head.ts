@@ -25,6 +25,9 @@ export interface LogitHead {
   dispose(): Promise<void>;
 }
 
+/** The shared product's layout code for the head file's blocks: Q8_0 rows interleaved four at a time. */
+const Q8_0_ROWS_INTERLEAVED = 2;
+
 /** Rows per product call: bounds the logits scratch (ROWS_PER_CALL × vocab floats). */
 const ROWS_PER_CALL = 16;
 
@@ -52,7 +55,7 @@ export class NativeHead implements LogitHead {
   private readonly norm: Float32Array;
 
   /**
-   * @param payload the head file's payload: the final norm f32[dim], then lm_head's Q8_0 blocks [vocab, dim]
+   * @param payload the head file's payload: the final norm f32[dim], then lm_head's Q8_0 blocks [vocab, dim], rows interleaved four at a time
    * @param threads 2: this thread and the addon's helper thread; 1: this thread alone (the same bits)
    */
   constructor(
@@ -107,7 +110,7 @@ export class NativeHead implements LogitHead {
   /** lm_head on `count` activation rows, its vocabulary rows shared with the helper thread where there are two threads. */
   private products(count: number): void {
     const { vocabSize: vocab, dim } = this.config;
-    const dims = Int32Array.of(this.native.isaCode, 0, dim, vocab, count, this.threads > 1 ? 2 : 1);
+    const dims = Int32Array.of(this.native.isaCode, Q8_0_ROWS_INTERLEAVED, dim, vocab, count, this.threads > 1 ? 2 : 1);
     this.native.sharedProduct(this.memory, dims, 0, this.layout.records, this.layout.logits);
   }
 

@@ -14,9 +14,10 @@
 // [ropeRows, headDim/2]; mask [batch·seq, past + seq], additive (0 or -inf); past keys/values
 // [batch, kvHeads, past, headDim]; new keys/values [batch, kvHeads, seq, headDim].
 //
-// Weights (attention-layer.ts writes them): attention_norm f32[dim], ffn_norm f32[dim], gate
+// Weights (layer-store.ts writes them): attention_norm f32[dim], ffn_norm f32[dim], gate
 // f32[experts·dim], then Q|K|V blocks [(heads + 2·kvHeads)·headDim, dim] and wo blocks
-// [dim, heads·headDim], each in the expert files' layout of its format.
+// [dim, heads·headDim]: Q8_0 with rows interleaved four at a time (Layout::kQ8_0Groups), or Q4_0
+// in the expert files' bands.
 
 #include "attention-layer.h"
 
@@ -126,7 +127,7 @@ struct Shape {
 
 /** out = the [n, cols] matrix at w times m rows of records, shared with the helper thread where `s` has two threads. */
 void product(const Shape& s, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out) {
-  sharedBlockProduct(s.isa, s.q4, w, n, cols, m, records, out, s.threads >= 2);
+  sharedBlockProduct(s.isa, s.q4 ? Layout::kQ4_0Bands : Layout::kQ8_0Groups, w, n, cols, m, records, out, s.threads >= 2);
 }
 
 struct Tensors {
@@ -266,7 +267,7 @@ bool view(napi_env env, napi_value value, napi_typedarray_type expected, T** dat
 /**
  * attention_layer(weights, dims, eps, hidden, cos, sin, positions, mask, pastKeys, pastValues,
  *                 hiddenOut, ffnIn, router, newKeys, newValues)
- * dims: Int32Array [isa (0 AVX-512 VNNI, 1 AVX2), q4 (1 Q4_0, 0 Q8_0), dim, heads, kvHeads, headDim,
+ * dims: Int32Array [isa (0 AVX-512 VNNI, 1 AVX2), q4 (1 Q4_0 bands, 0 Q8_0 rows interleaved by four), dim, heads, kvHeads, headDim,
  * experts, batch, seq, past, ropeRows, threads (1 or 2)]. Every length is checked against them.
  */
 napi_value AttentionLayer(napi_env env, napi_callback_info info) {

@@ -27,9 +27,11 @@ namespace {
 
 using sirocco::kBlock;
 using sirocco::kRecordBytes;
+using sirocco::Layout;
 constexpr int kGroupRows = 4;
 constexpr int kQ4GroupBytes = kGroupRows * 18;  // four fp16 scales, then four 16-byte slices
 constexpr int kQ8BlockBytes = 34;
+constexpr int kQ8GroupBytes = kGroupRows * kQ8BlockBytes;  // four fp16 scales, then four rows' 32 quants
 /** How far ahead a band kernel prefetches: 16 block columns of a band. */
 constexpr int kPrefetchBytes = 16 * 4 * kQ4GroupBytes;
 /** Activation rows sharing one pass over four output rows' weights. */
@@ -270,26 +272,55 @@ AVX2 void q4BandAvx2(const uint8_t* p, int nb, const uint8_t* records, size_t re
     for (int h = 0; h < 2; h++) _mm256_storeu_ps(out + r * outStride + 8 * h, acc[r][h]);
 }
 
-// ── Q8_0, four rows in GGUF's order at a time ───────────────────────────────────────────────────
+// ── Q8_0, four rows at a time ───────────────────────────────────────────────────────────────────
+
+/**
+ * Q8_0 rows in GGUF's order (the int8 expert files'): four rows `stride` bytes apart, a block
+ * column 34 bytes on. The same blocks of the rows two passes on are prefetched: short rows (a
+ * 1024-wide matrix's are 17 cache lines) end before the hardware prefetcher has learned their four
+ * streams (measured: 5× on a 32000×1024 matrix, 2× on an 8x7B expert's).
+ */
+struct Q8Rows {
+  static constexpr size_t kStep = kQ8BlockBytes;
+  static const uint8_t* quants(const uint8_t* p, size_t stride, int k) { return p + k * stride + 2; }
+  AVX2 static __m128 scales(const uint8_t* p, size_t stride) { return rowScales(p, stride); }
+  static void prefetch(const uint8_t* p, size_t stride) {
+    for (int k = 8; k < 12; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
+  }
+};
+
+/**
+ * Q8_0 rows interleaved by four (the native layer and head files', formats/blocks.ts Q8_0X4): per
+ * block column the four rows' fp16 scales, then their 32 quants each, 136 bytes. One read stream
+ * instead of four, and one load for the scales: a 32000×1024 matrix on one thread read at
+ * 16–18 GB/s against 11 in GGUF's order (measured, cold, standalone).
+ */
+struct Q8Groups {
+  static constexpr size_t kStep = kQ8GroupBytes;
+  static const uint8_t* quants(const uint8_t* p, size_t, int k) { return p + 2 * kGroupRows + kBlock * k; }
+  AVX2 static __m128 scales(const uint8_t* p, size_t) { return groupScales(p); }
+  static void prefetch(const uint8_t* p, size_t) {
+    // 16 block columns ahead, all three cache lines a group block may touch.
+    for (int line = 0; line < 3; line++) _mm_prefetch(reinterpret_cast<const char*>(p + 16 * kQ8GroupBytes + 64 * line), _MM_HINT_T0);
+  }
+};
 
 /**
  * VNNI multiplies unsigned by signed bytes: (w + 128)·x summed, less 128·Σx (16 × the record's
  * 8·Σx), is Σ w·x exactly.
  */
-template <int R>
-AVX512_VNNI void q8RowsAvx512(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out,
-                              size_t outStride) {
+template <int R, class Order>
+AVX512_VNNI void q8Avx512(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out,
+                          size_t outStride) {
   const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
-  for (int b = 0; b < nb; b++, p += kQ8BlockBytes) {
-    // The same blocks of the rows two passes on: short rows (a 1024-wide matrix's are 17 cache lines)
-    // end before the hardware prefetcher has learned their four streams (measured: 5× on a 32000×1024
-    // matrix, 2× on an 8x7B expert's).
-    for (int k = 8; k < 12; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
+  for (int b = 0; b < nb; b++, p += Order::kStep) {
+    Order::prefetch(p, stride);
     __m256i w[4];
-    for (int k = 0; k < 4; k++) w[k] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k * stride + 2)), bias);
-    const __m128 dw = rowScales(p, stride);
+    for (int k = 0; k < 4; k++)
+      w[k] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(Order::quants(p, stride, k))), bias);
+    const __m128 dw = Order::scales(p, stride);
     for (int r = 0; r < R; r++) {
       const uint8_t* record = records + r * recordStride + b * kRecordBytes;
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record));
@@ -303,17 +334,16 @@ AVX512_VNNI void q8RowsAvx512(const uint8_t* p, size_t stride, int nb, const uin
 }
 
 /** pmaddubsw on |w| and x carrying w's sign: each i16 lane ≤ 2·128·127, no saturation. */
-template <int R>
-AVX2 void q8RowsAvx2(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
+template <int R, class Order>
+AVX2 void q8Avx2(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m128 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm_setzero_ps();
-  for (int b = 0; b < nb; b++, p += kQ8BlockBytes) {
-    // Two passes ahead, as q8RowsAvx512 does.
-    for (int k = 8; k < 12; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
+  for (int b = 0; b < nb; b++, p += Order::kStep) {
+    Order::prefetch(p, stride);
     __m256i w[4];
-    for (int k = 0; k < 4; k++) w[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k * stride + 2));
-    const __m128 dw = rowScales(p, stride);
+    for (int k = 0; k < 4; k++) w[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Order::quants(p, stride, k)));
+    const __m128 dw = Order::scales(p, stride);
     for (int r = 0; r < R; r++) {
       const uint8_t* record = records + r * recordStride + b * kRecordBytes;
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record));
@@ -342,14 +372,15 @@ using BandKernels = BandKernel[kRowsPerPass];
 constexpr int kBandRows = 4 * kGroupRows;
 static_assert(sirocco::kSplitRows % kBandRows == 0, "a split must fall between bands");
 
-/** Where four rows' first block is, and how far their next block column: Q4_0 bands, or Q8_0 rows. */
+/** Where four rows' first block is, and how far apart the rows are (Q8_0 in GGUF's order). */
 struct FourRows {
   const uint8_t* p;
   size_t blockStride;
 };
 
-FourRows locate(const Product& job, bool q4, int row) {
-  if (!q4) return {job.w + static_cast<size_t>(row) * job.nb * kQ8BlockBytes, static_cast<size_t>(job.nb) * kQ8BlockBytes};
+FourRows locate(const Product& job, Layout layout, int row) {
+  if (layout == Layout::kQ8_0Rows) return {job.w + static_cast<size_t>(row) * job.nb * kQ8BlockBytes, static_cast<size_t>(job.nb) * kQ8BlockBytes};
+  if (layout == Layout::kQ8_0Groups) return {job.w + static_cast<size_t>(row / kGroupRows) * job.nb * kQ8GroupBytes, 0};
   const int band = row - row % kBandRows;
   const int groups = job.n - band >= kBandRows ? 4 : (job.n - band) / kGroupRows;
   const size_t bandStart = static_cast<size_t>(band) * job.nb * (kQ4GroupBytes / kGroupRows);
@@ -360,11 +391,11 @@ FourRows locate(const Product& job, bool q4, int row) {
  * Whole bands 16 rows at a time where there is a band kernel, the rest four rows at a time, each
  * against up to kRowsPerPass activation rows per pass.
  */
-void runProduct(const Product& job, bool q4, const Kernels& kernels, const BandKernels* bands) {
+void runProduct(const Product& job, Layout layout, const Kernels& kernels, const BandKernels* bands) {
   const size_t recordStride = static_cast<size_t>(kRecordBytes) * job.nb;
   for (int row = job.row; row < job.rowEnd;) {
     const bool wholeBand = bands && row % kBandRows == 0 && row + kBandRows <= job.rowEnd && row + kBandRows <= job.n;
-    const FourRows at = locate(job, q4, row);
+    const FourRows at = locate(job, layout, row);
     for (int i = 0; i < job.m; i += kRowsPerPass) {
       const int rows = job.m - i < kRowsPerPass ? job.m - i : kRowsPerPass;
       const uint8_t* x = job.x + i * recordStride;
@@ -380,8 +411,10 @@ constexpr Kernels kQ4Avx512 = {q4GroupAvx512<1>, q4GroupAvx512<2>, q4GroupAvx512
 constexpr BandKernels kQ4Avx512Bands = {q4BandAvx512<1>, q4BandAvx512<2>, q4BandAvx512<3>, q4BandAvx512<4>};
 constexpr Kernels kQ4Avx2 = {q4GroupAvx2<1>, q4GroupAvx2<2>, q4GroupAvx2<3>, q4GroupAvx2<4>};
 constexpr BandKernels kQ4Avx2Bands = {q4BandAvx2<1>, q4BandAvx2<2>, q4BandAvx2<3>, q4BandAvx2<4>};
-constexpr Kernels kQ8Avx512 = {q8RowsAvx512<1>, q8RowsAvx512<2>, q8RowsAvx512<3>, q8RowsAvx512<4>};
-constexpr Kernels kQ8Avx2 = {q8RowsAvx2<1>, q8RowsAvx2<2>, q8RowsAvx2<3>, q8RowsAvx2<4>};
+constexpr Kernels kQ8Avx512 = {q8Avx512<1, Q8Rows>, q8Avx512<2, Q8Rows>, q8Avx512<3, Q8Rows>, q8Avx512<4, Q8Rows>};
+constexpr Kernels kQ8Avx2 = {q8Avx2<1, Q8Rows>, q8Avx2<2, Q8Rows>, q8Avx2<3, Q8Rows>, q8Avx2<4, Q8Rows>};
+constexpr Kernels kQ8GroupsAvx512 = {q8Avx512<1, Q8Groups>, q8Avx512<2, Q8Groups>, q8Avx512<3, Q8Groups>, q8Avx512<4, Q8Groups>};
+constexpr Kernels kQ8GroupsAvx2 = {q8Avx2<1, Q8Groups>, q8Avx2<2, Q8Groups>, q8Avx2<3, Q8Groups>, q8Avx2<4, Q8Groups>};
 
 bool hasAvx512Vnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -392,21 +425,26 @@ bool hasAvx2() { return __builtin_cpu_supports("avx2"); }
 
 // ── N-API ────────────────────────────────────────────────────────────────────────────────────
 
-/** One export: a format on one instruction set. */
+/** One export: a format on one instruction set, in the expert files' layout. */
 struct Entry {
   const char* name;
-  bool q4;  // Q4_0 (interleaved groups) or Q8_0 (rows)
+  Layout layout;  // Q4_0 bands, or Q8_0 rows
   const Kernels* kernels;
   const BandKernels* bands;  // a Q4_0 band's 16 rows at a time, where there is such a kernel
   bool (*supported)();
 };
 
 constexpr Entry kEntries[] = {
-    {"q4_0_avx512vnni", true, &kQ4Avx512, &kQ4Avx512Bands, hasAvx512Vnni},
-    {"q4_0_avx2", true, &kQ4Avx2, &kQ4Avx2Bands, hasAvx2},
-    {"q8_0_avx512vnni", false, &kQ8Avx512, nullptr, hasAvx512Vnni},
-    {"q8_0_avx2", false, &kQ8Avx2, nullptr, hasAvx2},
+    {"q4_0_avx512vnni", Layout::kQ4_0Bands, &kQ4Avx512, &kQ4Avx512Bands, hasAvx512Vnni},
+    {"q4_0_avx2", Layout::kQ4_0Bands, &kQ4Avx2, &kQ4Avx2Bands, hasAvx2},
+    {"q8_0_avx512vnni", Layout::kQ8_0Rows, &kQ8Avx512, nullptr, hasAvx512Vnni},
+    {"q8_0_avx2", Layout::kQ8_0Rows, &kQ8Avx2, nullptr, hasAvx2},
 };
+
+/** Weight bytes of the first `rows` rows of a matrix of `nb` blocks per row. */
+uint64_t layoutBytes(Layout layout, uint64_t rows, uint64_t nb) {
+  return rows * nb * (layout == Layout::kQ4_0Bands ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
+}
 
 napi_value fail(napi_env env, const Entry& entry, const char* what) {
   char message[160];
@@ -444,21 +482,24 @@ napi_value RunProduct(napi_env env, napi_callback_info info) {
     return fail(env, entry, "shape or offsets out of range");
   const uint64_t nb = static_cast<uint64_t>(cols) / kBlock;
   // Rows below rowEnd lie in the bands that start below it (Q4_0), or in the first rowEnd rows (Q8_0).
-  const uint64_t rowBytes = nb * (entry.q4 ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
+  const bool q4 = entry.layout == Layout::kQ4_0Bands;
   const uint64_t bandsEnd = (static_cast<uint64_t>(rowEnd) + kBandRows - 1) / kBandRows * kBandRows;
-  const uint64_t rowsTouched = entry.q4 ? (bandsEnd < static_cast<uint64_t>(n) ? bandsEnd : n) : rowEnd;
-  if (static_cast<uint64_t>(w) + rowsTouched * rowBytes > length ||
+  const uint64_t rowsTouched = q4 ? (bandsEnd < static_cast<uint64_t>(n) ? bandsEnd : n) : rowEnd;
+  if (static_cast<uint64_t>(w) + layoutBytes(entry.layout, rowsTouched, nb) > length ||
       static_cast<uint64_t>(x) + static_cast<uint64_t>(m) * nb * kRecordBytes > length ||
       static_cast<uint64_t>(out) + 4 * static_cast<uint64_t>(m) * static_cast<uint64_t>(n) > length)
     return fail(env, entry, "the product does not fit in its memory");
   if (!entry.supported()) return fail(env, entry, "this CPU lacks the instruction set");
   uint8_t* base = static_cast<uint8_t*>(bytes);
   const Product job{base + w, row, rowEnd, m, base + x, reinterpret_cast<float*>(base + out), n, static_cast<int>(nb)};
-  runProduct(job, entry.q4, *entry.kernels, entry.bands);
+  runProduct(job, entry.layout, *entry.kernels, entry.bands);
   return nullptr;
 }
 
-/** A shared product's dims: isa (0 AVX-512 VNNI, 1 AVX2), q4 (1 Q4_0, 0 Q8_0), cols, n, m, threads (1 or 2). */
+/**
+ * A shared product's dims: isa (0 AVX-512 VNNI, 1 AVX2), layout (0 Q8_0 rows, 1 Q4_0 bands, 2 Q8_0
+ * rows interleaved by four), cols, n, m, threads (1 or 2).
+ */
 constexpr int kSharedDims = 6;
 
 /**
@@ -490,19 +531,19 @@ napi_value SharedProduct(napi_env env, napi_callback_info info) {
   uint32_t offsets[3];
   for (int k = 0; k < 3; k++)
     if (napi_get_value_uint32(env, argv[k + 2], &offsets[k]) != napi_ok) return failWith("offsets must be numbers");
-  const int32_t isaCode = dims[0], q4 = dims[1], cols = dims[2], n = dims[3], m = dims[4], threads = dims[5];
-  if ((isaCode != 0 && isaCode != 1) || (q4 != 0 && q4 != 1) || cols <= 0 || cols % kBlock != 0 || n <= 0 || n % kGroupRows != 0 ||
+  const int32_t isaCode = dims[0], layoutCode = dims[1], cols = dims[2], n = dims[3], m = dims[4], threads = dims[5];
+  if ((isaCode != 0 && isaCode != 1) || layoutCode < 0 || layoutCode > 2 || cols <= 0 || cols % kBlock != 0 || n <= 0 || n % kGroupRows != 0 ||
       m < 0 || (threads != 1 && threads != 2) || offsets[2] % 4 != 0)
     return failWith("shape or offsets out of range");
   const sirocco::Isa isa = isaCode == 0 ? sirocco::Isa::kAvx512Vnni : sirocco::Isa::kAvx2;
   const uint64_t nb = static_cast<uint64_t>(cols) / kBlock;
-  const uint64_t weightBytes = static_cast<uint64_t>(n) * nb * (q4 ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
-  if (offsets[0] + weightBytes > length || offsets[1] + static_cast<uint64_t>(m) * nb * kRecordBytes > length ||
+  const Layout layout = layoutCode == 0 ? Layout::kQ8_0Rows : layoutCode == 1 ? Layout::kQ4_0Bands : Layout::kQ8_0Groups;
+  if (offsets[0] + layoutBytes(layout, n, nb) > length || offsets[1] + static_cast<uint64_t>(m) * nb * kRecordBytes > length ||
       offsets[2] + 4 * static_cast<uint64_t>(m) * static_cast<uint64_t>(n) > length)
     return failWith("the product does not fit in its memory");
   if (!sirocco::isaSupported(isa)) return failWith("this CPU lacks the instruction set");
   uint8_t* base = static_cast<uint8_t*>(bytes);
-  sirocco::sharedBlockProduct(isa, q4 == 1, base + offsets[0], n, cols, m, base + offsets[1], reinterpret_cast<float*>(base + offsets[2]),
+  sirocco::sharedBlockProduct(isa, layout, base + offsets[0], n, cols, m, base + offsets[1], reinterpret_cast<float*>(base + offsets[2]),
                               threads == 2);
   return nullptr;
 }
@@ -555,23 +596,24 @@ void quantizeRecords(const float* x, int rows, int cols, uint8_t* records) {
   }
 }
 
-void blockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out, int rowBegin,
+void blockProduct(Isa isa, Layout layout, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out, int rowBegin,
                   int rowEnd) {
-  const Entry& entry = kEntries[(q4 ? 0 : 2) + (isa == Isa::kAvx512Vnni ? 0 : 1)];
   const Product job{w, rowBegin, rowEnd, m, records, out, n, cols / kBlock};
-  runProduct(job, entry.q4, *entry.kernels, entry.bands);
+  const bool vnni = isa == Isa::kAvx512Vnni;
+  if (layout == Layout::kQ8_0Groups) return runProduct(job, layout, vnni ? kQ8GroupsAvx512 : kQ8GroupsAvx2, nullptr);
+  const Entry& entry = kEntries[(layout == Layout::kQ4_0Bands ? 0 : 2) + (vnni ? 0 : 1)];
+  runProduct(job, layout, *entry.kernels, entry.bands);
 }
 
-void sharedBlockProduct(Isa isa, bool q4, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out,
+void sharedBlockProduct(Isa isa, Layout layout, const uint8_t* w, int n, int cols, int m, const uint8_t* records, float* out,
                         bool mayShare) {
   // Output rows per claimed chunk: far more work than a claim; below kShareMinBytes of weights, a
   // hand-off would cost about what it saves.
   constexpr int kChunkRows = 16 * kSplitRows;
   constexpr uint64_t kShareMinBytes = 512 * 1024;
-  const uint64_t bytes = static_cast<uint64_t>(n) * (cols / kBlock) * (q4 ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
-  runChunks(mayShare && bytes >= kShareMinBytes, (n + kChunkRows - 1) / kChunkRows, [&](int chunk) {
+  runChunks(mayShare && layoutBytes(layout, n, cols / kBlock) >= kShareMinBytes, (n + kChunkRows - 1) / kChunkRows, [&](int chunk) {
     const int end = (chunk + 1) * kChunkRows;
-    blockProduct(isa, q4, w, n, cols, m, records, out, chunk * kChunkRows, end < n ? end : n);
+    blockProduct(isa, layout, w, n, cols, m, records, out, chunk * kChunkRows, end < n ? end : n);
   });
 }
 

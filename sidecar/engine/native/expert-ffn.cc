@@ -56,7 +56,7 @@ AVX2 void swiglu(const float* out, float* hidden, int ffn, int m) {
 }
 
 struct Expert {
-  bool q4;
+  Layout layout;  // the expert files': Q4_0 bands or Q8_0 rows
   const uint8_t *w13, *w2;
   int rows;
   const float* x;  // [rows, dim]
@@ -74,10 +74,10 @@ void runExpert(Isa isa, int dim, int ffn, const Expert& e, bool shareProducts) {
   for (int first = 0; first < e.rows; first += kPassRows) {
     const int m = e.rows - first < kPassRows ? e.rows - first : kPassRows;
     quantizeRecords(e.x + static_cast<size_t>(first) * dim, m, dim, records.data());
-    sharedBlockProduct(isa, e.q4, e.w13, 2 * ffn, dim, m, records.data(), out.data(), shareProducts);
+    sharedBlockProduct(isa, e.layout, e.w13, 2 * ffn, dim, m, records.data(), out.data(), shareProducts);
     swiglu(out.data(), hidden.data(), ffn, m);
     quantizeRecords(hidden.data(), m, ffn, records.data());
-    sharedBlockProduct(isa, e.q4, e.w2, dim, ffn, m, records.data(), out.data(), shareProducts);
+    sharedBlockProduct(isa, e.layout, e.w2, dim, ffn, m, records.data(), out.data(), shareProducts);
     memcpy(e.y + static_cast<size_t>(first) * dim, out.data(), sizeof(float) * m * dim);
   }
 }
@@ -140,7 +140,7 @@ napi_value ExpertFfn(napi_env env, napi_callback_info info) {
     if ((entry[0] != 0 && entry[0] != 1) || entry[3] == 0) return fail(env, "an expert has an unknown format or no rows");
     if (entry[1] + blocks * blockBytes > memoryBytes || entry[2] + blocks / 2 * blockBytes > memoryBytes)
       return fail(env, "an expert's weights do not fit in the memory");
-    experts[k] = {q4, memory + entry[1], memory + entry[2], static_cast<int>(entry[3]), x + rowsSeen * dim, y + rowsSeen * dim};
+    experts[k] = {q4 ? Layout::kQ4_0Bands : Layout::kQ8_0Rows, memory + entry[1], memory + entry[2], static_cast<int>(entry[3]), x + rowsSeen * dim, y + rowsSeen * dim};
     rowsSeen += entry[3];
     if (static_cast<int>(entry[3]) > mostRows) mostRows = static_cast<int>(entry[3]);
   }
