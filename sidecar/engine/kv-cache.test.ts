@@ -60,6 +60,20 @@ describe('attention mask', () => {
     ]);
   });
 
+  it('pads nothing where each row is computed on its own (row multiple 1, the native layers)', () => {
+    const lone = new BatchStep([{ cache: prefilled(2, null), tokens: [5, 6, 7] }], shape(null), undefined, 1);
+    expect([lone.batch, lone.seq]).toEqual([1, 3]);
+    const caches = [prefilled(2, null), prefilled(1, null), prefilled(3, null)];
+    const odd = new BatchStep(
+      caches.map((cache) => ({ cache, tokens: [9] })),
+      shape(null),
+      undefined,
+      1,
+    );
+    expect([odd.batch, odd.seq]).toEqual([3, 1]);
+    expect(Array.from(odd.inputIds())).toEqual([9n, 9n, 9n]);
+  });
+
   it('lets a query at position i see keys i-W+1 … i only', () => {
     const cache = prefilled(3, 3); // positions 0, 1, 2 cached
     const step = new BatchStep([{ cache, tokens: [5, 6] }], shape(3)); // positions 3, 4

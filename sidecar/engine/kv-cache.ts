@@ -12,11 +12,12 @@
  * each sequence's new slots are copied (BatchedPast).
  *
  * Step layout with B entries: past slots [0, P), new slots [P, P+S) with S = the most new tokens.
- * The rows a step feeds the matmuls (B×S) are a multiple of MIN_MATMUL_ROWS: onnxruntime's
- * MatMulNBits computes rows in pairs and sends a lone trailing row through a kernel that rounds
- * differently, so otherwise a sequence's logits would depend on its place in the batch. A step
- * with several new tokens rounds S up; an odd decode batch gets one padding entry (masked, never
- * stored).
+ * The rows a step feeds the matmuls (B×S) are a multiple of the runtime's row multiple,
+ * MIN_MATMUL_ROWS for onnxruntime's graphs: MatMulNBits computes rows in pairs and sends a lone
+ * trailing row through a kernel that rounds differently, so otherwise a sequence's logits would
+ * depend on its place in the batch. A step with several new tokens rounds S up; an odd decode batch
+ * gets one padding entry (masked, never stored). The native layers compute each row on its own and
+ * take a multiple of 1: no padding.
  *
  * A sliding-window model never reads keys older than W-1 positions behind the newest query, so its
  * buffers are compacted to the last W-1 entries (in batches of TRIM_SLACK, to copy rarely).
@@ -177,7 +178,7 @@ function roundUp(n: number, m: number): number {
 export class BatchStep {
   /** Batch rows B: the entries, plus one padding entry when needed for an even row count. */
   readonly batch: number;
-  /** Padded new-token count S (B×S is a multiple of MIN_MATMUL_ROWS). */
+  /** Padded new-token count S (B×S is a multiple of the row multiple). */
   readonly seq: number;
   /** Past slots P: the largest buffer capacity in the step (a lone sequence's buffer as is). */
   readonly past: number;
@@ -185,18 +186,22 @@ export class BatchStep {
   /** Batched past tensors (several entries), index layer * 2 (+1 for values). */
   private batchedPast: Float32Array[] | null = null;
 
-  /** @param reuse the runtime's buffers from the previous step (else this step builds its own) */
+  /**
+   * @param reuse the runtime's buffers from the previous step (else this step builds its own)
+   * @param rowMultiple B×S must be a multiple of this (the header)
+   */
   constructor(
     readonly entries: StepEntry[],
     private readonly shape: CacheShape,
     reuse?: BatchedPast,
+    rowMultiple = MIN_MATMUL_ROWS,
   ) {
     const tokens = entries.reduce((most, e) => Math.max(most, e.tokens.length), 0);
-    // Even row counts (see the header): pad S when there is one entry or several new tokens, else
-    // (a decode batch) pad B — one extra row either way.
+    // Row counts a multiple of rowMultiple (see the header): pad S when there is one entry or several
+    // new tokens, else (a decode batch) pad B — one extra row either way, at a multiple of 2.
     const padTokens = entries.length === 1 || tokens > 1;
-    this.seq = padTokens ? roundUp(tokens, MIN_MATMUL_ROWS) : 1;
-    this.batch = padTokens ? entries.length : roundUp(entries.length, MIN_MATMUL_ROWS);
+    this.seq = padTokens ? roundUp(tokens, rowMultiple) : 1;
+    this.batch = padTokens ? entries.length : roundUp(entries.length, rowMultiple);
     // Slot layout decides rounding: onnxruntime's vectorised softmax sums lanes by slot position.
     // Using the largest buffer capacity as P gives the sequence that owns it exactly the layout
     // it has alone, so its output does not change when others join its step.

@@ -116,6 +116,8 @@ export interface ModelRuntime {
 
 /** Runs the graphs for one step; returns logits [rows, vocab] for `rows` (flat b*S+i indices). */
 interface StepRunner {
+  /** A step's rows, and the logits' rows, must be a multiple of this (see LayerAttention.rowMultiple). */
+  readonly rowMultiple: number;
   run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array>;
   dispose(): Promise<void>;
 }
@@ -162,6 +164,7 @@ function storeNewKv(step: BatchStep, layer: number, outputs: ort.InferenceSessio
 }
 
 class DenseRunner implements StepRunner {
+  readonly rowMultiple = MIN_MATMUL_ROWS;
   private readonly rope: RopeTable;
 
   constructor(
@@ -189,6 +192,7 @@ class DenseRunner implements StepRunner {
 /** The store's ONNX layer graphs: one onnxruntime run per layer. */
 class OnnxLayerAttention implements LayerAttention {
   readonly name = 'onnxruntime layer graphs';
+  readonly rowMultiple = MIN_MATMUL_ROWS;
   private readonly rope: RopeTable;
 
   constructor(
@@ -223,13 +227,18 @@ class OnnxLayerAttention implements LayerAttention {
 }
 
 class MoeRunner implements StepRunner {
+  readonly rowMultiple: number;
+
   constructor(
     private readonly attention: LayerAttention,
     private readonly head: LogitHead,
     private readonly experts: ExpertProvider,
     private readonly config: ModelConfig,
     private readonly onRouting?: (event: RoutingEvent) => void,
-  ) {}
+  ) {
+    // Both are 1 (native) or both MIN_MATMUL_ROWS (onnxruntime); the larger covers either.
+    this.rowMultiple = Math.max(attention.rowMultiple, head.rowMultiple);
+  }
 
   async run(step: BatchStep, rows: BigInt64Array): Promise<Float32Array> {
     const { dim, numExperts, expertsPerToken: k, nLayers } = this.config;
@@ -280,6 +289,7 @@ class MoeRunner implements StepRunner {
 
 /** The store's head graph (final norm and lm_head) in onnxruntime. */
 class OnnxHead implements LogitHead {
+  readonly rowMultiple = MIN_MATMUL_ROWS;
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly dim: number,
@@ -366,15 +376,15 @@ class EngineRuntime implements ModelRuntime {
   }
 
   async forward(batch: ForwardEntry[], options: { allPositions?: boolean } = {}): Promise<Float32Array[]> {
-    const step = new BatchStep(this.validate(batch), this.cacheShape, this.batchedPast);
+    const step = new BatchStep(this.validate(batch), this.cacheShape, this.batchedPast, this.runner.rowMultiple);
     const rows: number[] = [];
     batch.forEach((e, b) => {
       const first = options.allPositions ? 0 : e.tokens.length - 1;
       for (let i = first; i < e.tokens.length; i++) rows.push(b * step.seq + i);
     });
-    // lm_head rows come in pairs like every matmul's (see BatchStep); the extra row is dropped.
-    // validate() refuses an empty batch or entry, so there is a first row to repeat.
-    while (rows.length % MIN_MATMUL_ROWS !== 0) rows.push(rows[0]!);
+    // lm_head rows come in the runner's multiple like every matmul's (see BatchStep); extra rows
+    // are dropped. validate() refuses an empty batch or entry, so there is a first row to repeat.
+    while (rows.length % this.runner.rowMultiple !== 0) rows.push(rows[0]!);
     const logits = await this.runner.run(step, BigInt64Array.from(rows.map(BigInt)));
     step.commit();
     const vocab = this.info.vocabSize;

@@ -17,6 +17,11 @@ export interface LayerOutputs {
 export interface LayerAttention {
   /** Which path runs, for the load log. */
   readonly name: string;
+  /**
+   * A step's rows (batch × seq) must be a multiple of this: MIN_MATMUL_ROWS for onnxruntime's
+   * graphs (a lone row rounds differently, see kv-cache.ts), 1 where each row's arithmetic is its own.
+   */
+  readonly rowMultiple: number;
   /** What every layer of `step` shares (RoPE rows, positions, mask), prepared once; steps may overlap. */
   forStep(step: BatchStep): StepAttention;
   dispose(): Promise<void>;

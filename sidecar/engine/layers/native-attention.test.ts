@@ -142,30 +142,34 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
     }
   });
 
-  it('a sequence batched with another gets the bits it gets alone', async () => {
+  it('a sequence batched with others gets the bits it gets alone, in odd batches and steps with no padding rows', async () => {
     const runtime = await loadModel(stores.int4, { attention: 'native' });
     try {
+      // Five prompt tokens, then three sequences a step: row counts the graphs would pad to even.
       const prompt = [1, 17, 300, 42, 7];
       const alone = runtime.createSequence();
       const aloneLogits = [...(await runtime.forward([{ sequence: alone, tokens: prompt }]))];
       const batched = runtime.createSequence();
-      const other = runtime.createSequence();
+      const others = [runtime.createSequence(), runtime.createSequence()];
       const batchedLogits = [
         ...(await runtime.forward([
           { sequence: batched, tokens: prompt },
-          { sequence: other, tokens: [1, 9, 8] },
+          { sequence: others[0]!, tokens: [1, 9, 8] },
+          { sequence: others[1]!, tokens: [2] },
         ])),
       ];
       for (let step = 0; step < 4; step++) {
         const token = argmax(aloneLogits.at(-1)!);
         aloneLogits.push(...(await runtime.forward([{ sequence: alone, tokens: [token] }])));
-        const [mine, theirs] = await runtime.forward([
+        const last = batchedLogits.slice(-3);
+        const next = await runtime.forward([
           { sequence: batched, tokens: [token] },
-          { sequence: other, tokens: [argmax(batchedLogits.at(-1)!)] },
+          { sequence: others[0]!, tokens: [argmax(last[1]!)] },
+          { sequence: others[1]!, tokens: [argmax(last[2]!)] },
         ]);
-        batchedLogits.push(mine!, theirs!);
+        batchedLogits.push(...next);
       }
-      const mineOnly = batchedLogits.filter((_, i) => i % 2 === 0);
+      const mineOnly = batchedLogits.filter((_, i) => i % 3 === 0);
       for (const [i, row] of aloneLogits.entries()) expect(mineOnly[i]).toEqual(row);
     } finally {
       await runtime.dispose();

@@ -15,6 +15,8 @@ import type { LayerStore } from './layer-store.ts';
 
 export class NativeLayerAttention implements LayerAttention {
   readonly name: string;
+  /** Each row's products and attention are its own (the same bits in any batch): no padding rows. */
+  readonly rowMultiple = 1;
   private readonly rope: RopeTable;
 
   constructor(

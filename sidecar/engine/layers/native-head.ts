@@ -21,6 +21,8 @@ export type HeadShape = Pick<ModelConfig, 'vocabSize' | 'dim' | 'normEps'>;
 
 /** Logits [rows.length, vocab] for the hidden rows `rows` (flat indices into hidden [batch·seq, dim]). */
 export interface LogitHead {
+  /** How many rows a call must get a multiple of (see LayerAttention.rowMultiple). */
+  readonly rowMultiple: number;
   run(hidden: Float32Array, rows: BigInt64Array): Promise<Float32Array>;
   dispose(): Promise<void>;
 }
@@ -50,6 +52,8 @@ export class NativeHead implements LogitHead {
     return vocabSize % 4 === 0;
   }
 
+  /** Each row is quantised and summed on its own: no padding rows. */
+  readonly rowMultiple = 1;
   private readonly memory: Uint8Array;
   private readonly layout: HeadLayout;
   private readonly norm: Float32Array;
