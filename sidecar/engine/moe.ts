@@ -25,6 +25,14 @@ export interface Expert {
   runWith?(other: Expert, x: Float32Array, rows: number, otherX: Float32Array, otherRows: number): Promise<[Float32Array, Float32Array]>;
 }
 
+/** One routed expert's rows for `ExpertProvider.runResident`. */
+export interface ExpertJob {
+  expert: number;
+  /** Its rows of the layer's input [rows, dim]. */
+  x: Float32Array;
+  rows: number;
+}
+
 export interface ExpertProvider {
   /**
    * Optional: called before a layer's experts run with the routed ids and the layer's
@@ -33,6 +41,12 @@ export interface ExpertProvider {
    */
   beginLayer?(layer: number, experts: ArrayLike<number>, hidden: { data: Float32Array; rows: number }): void;
   get(layer: number, expert: number): Promise<Expert>;
+  /**
+   * Optional: a layer's routed experts (in this order) at once and without waiting, when every one
+   * is in memory now, each with the outputs `get(…).run` gives; null when any is not (the caller then
+   * goes through `get`). Its kernel treats every row alone (no padding rows).
+   */
+  runResident?(layer: number, jobs: readonly ExpertJob[]): Float32Array[] | null;
   dispose(): Promise<void>;
 }
 
@@ -152,19 +166,23 @@ export async function runExperts(
     slots.push(slot);
   }
   const out = new Float32Array(rows * dim);
-  /** The expert's rows of x, a multiple of its kernel's row multiple (the last one repeated). */
+  /** The slots' rows of x, the last one repeated up to `padded` rows (slots is never empty). */
+  const gather = (slots: number[], padded: number) => {
+    const input = new Float32Array(padded * dim);
+    for (let i = 0; i < padded; i++) {
+      const row = Math.floor(slots[Math.min(i, slots.length - 1)]! / k) * dim;
+      input.set(x.subarray(row, row + dim), i * dim);
+    }
+    return input;
+  };
+  /** The expert's rows of x, a multiple of its kernel's row multiple. */
   const inputFor = (runner: Expert, slots: number[]) => {
     // A multiple of MIN_MATMUL_ROWS rows (the last one repeated): how many rows an expert gets
     // depends on what the rest of the batch routed to it, and MatMulNBits rounds a lone trailing
     // row differently (see BatchStep), which would make a token's output depend on its batchmates.
     const multiple = runner.rowMultiple ?? MIN_MATMUL_ROWS;
     const padded = Math.ceil(slots.length / multiple) * multiple;
-    const input = new Float32Array(padded * dim);
-    for (let i = 0; i < padded; i++) {
-      const row = Math.floor(slots[Math.min(i, slots.length - 1)]! / k) * dim; // slots is never empty
-      input.set(x.subarray(row, row + dim), i * dim);
-    }
-    return { input, padded };
+    return { input: gather(slots, padded), padded };
   };
   const accumulate = (slots: number[], y: Float32Array) => {
     slots.forEach((slot, i) => {
@@ -173,9 +191,17 @@ export async function runExperts(
       for (let d = 0; d < dim; d++) out[row + d]! += weight * y[i * dim + d]!;
     });
   };
-  // In expert order, two at a time where the provider can run them together: the sums happen in
-  // the same order either way.
+  // In expert order: all at once where the provider has them all in memory, else two at a time
+  // where it can run them together. The sums happen in the same order every way.
   const jobs = [...byExpert].sort(([a], [b]) => a - b);
+  const resident = provider.runResident?.(
+    layer,
+    jobs.map(([expert, slots]) => ({ expert, x: gather(slots, slots.length), rows: slots.length })),
+  );
+  if (resident) {
+    for (const [j, [, slots]] of jobs.entries()) accumulate(slots, resident[j]!);
+    return out;
+  }
   for (let j = 0; j < jobs.length; j++) {
     const [expert, slots] = jobs[j]!;
     const runner = await provider.get(layer, expert);

@@ -211,6 +211,22 @@ describe('two experts at once (runTogether), one per thread', () => {
     },
   );
 
+  it.each(VARIANTS)('%s: a layer of experts at once (runMany), three of them across two arenas, the bits of lone runs', async (variant) => {
+    const [dim, ffn] = [64, 160];
+    // Two buffers per arena: the third expert lands in a second arena.
+    const kernel = await kernelFor(dim, ffn, 4, 2, variant, 2);
+    try {
+      const weights = [7, 8, 9].map((seed) => pageIn(kernel, expertImage(dim, ffn, 4, seed), dim, ffn, 4));
+      expect(weights[2]!.w13.buffer).not.toBe(weights[0]!.w13.buffer);
+      const inputs = weights.map((w, k) => ({ x: gaussianValues(60 + k, (k + 1) * dim), rows: k + 1, weights: w }));
+      const outputs = kernel.runMany(inputs);
+      for (const [k, e] of inputs.entries())
+        expectSameBits(outputs[k]!, runBlockExpertScalar(e.x, e.rows, e.weights, dim, ffn), `expert ${k}`);
+    } finally {
+      await kernel.dispose();
+    }
+  });
+
   it('runs experts from different arenas one after the other, with the same bits', async () => {
     const [dim, ffn] = [64, 160];
     // One buffer per arena at first: the second expert lands in a second arena.

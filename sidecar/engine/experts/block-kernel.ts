@@ -1176,6 +1176,37 @@ export class BlockExpertKernel implements ExpertBufferPool {
     return [firstOut, arena.local.second.scratch.out.slice(0, second.rows * dim)];
   }
 
+  /**
+   * Several experts (a layer's routed ones), each with the bits of a lone `run`: natively in one
+   * call per arena (whole experts on both threads), else two at a time (`runTogether`).
+   */
+  runMany(experts: readonly ExpertInput[]): Float32Array[] {
+    const outputs: Float32Array[] = [];
+    if (!this.native) {
+      for (let k = 0; k < experts.length; k += 2) {
+        const [first, second] = [experts[k]!, experts[k + 1]];
+        if (second) outputs.push(...this.runTogether(first, second));
+        else outputs.push(this.run(first.x, first.rows, first.weights));
+      }
+      return outputs;
+    }
+    const byArena = new Map<Arena, number[]>();
+    experts.forEach((e, k) => {
+      const arena = this.arenaOf(e.weights);
+      byArena.set(arena, [...(byArena.get(arena) ?? []), k]);
+    });
+    for (const [arena, indices] of byArena) {
+      const ys = this.runNative(
+        arena,
+        indices.map((k) => experts[k]!),
+      );
+      indices.forEach((k, i) => {
+        outputs[k] = ys[i]!;
+      });
+    }
+    return outputs;
+  }
+
   /** Experts whose weights all live in `arena`, in one native call (two threads: whole experts per thread). */
   private runNative(arena: Arena, experts: readonly ExpertInput[]): Float32Array[] {
     const { dim, ffn, threads } = this.options;

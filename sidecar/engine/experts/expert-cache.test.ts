@@ -127,6 +127,42 @@ describe('expert cache', () => {
     }
   });
 
+  it('runs a layer whose experts are all in memory in one kernel call: the bits and the hit counts of one expert at a time', async () => {
+    const { dim, layers, experts } = store.index;
+    const rows = 3;
+    const x = Float32Array.from({ length: rows * dim }, (_, i) => Math.sin(i * 0.37));
+    const routing = routeTo([0, 3, 3, 1, 2, 0]);
+    const all = await PagedExperts.open(storeDir, { budgetMb: 'all', threads: 2 });
+    // The same cache through `get` only: what a provider without `runResident` does.
+    const perExpert = await PagedExperts.open(storeDir, { budgetMb: 'all', threads: 2 });
+    const onlyGet = { beginLayer: perExpert.beginLayer.bind(perExpert), get: perExpert.get.bind(perExpert), dispose: async () => {} };
+    try {
+      const hits = [all.stats().hits, perExpert.stats().hits];
+      const jobs = [0, 1, 2, 3].map((expert) => ({ expert, x: x.subarray(0, dim), rows: 1 }));
+      expect(all.runResident(1, jobs)).toHaveLength(4);
+      expect(all.stats().hits).toBe(hits[0]! + 4);
+      for (let layer = 0; layer < layers; layer++) {
+        const once = await runLayer(all, layer, x, rows, routing);
+        perExpert.beginLayer(layer, routing.experts, { data: x, rows });
+        const each = await runExperts(onlyGet, layer, x, rows, dim, routing, 2);
+        expect(Buffer.from(once.buffer).equals(Buffer.from(each.buffer)), `layer ${layer}`).toBe(true);
+      }
+      expect(all.stats().hits - hits[0]! - 4).toBe(perExpert.stats().hits - hits[1]!);
+      expect(all.stats().residentBytes).toBe(layers * experts * store.expertBytes);
+    } finally {
+      await Promise.all([all.dispose(), perExpert.dispose()]);
+    }
+    // With room for two experts, none is resident yet: null, and nothing counted.
+    const small = await PagedExperts.open(storeDir, { budgetMb: (2 * store.expertBytes) / MiB, threads: 1 });
+    try {
+      expect(small.runResident(0, [{ expert: 1, x: x.subarray(0, dim), rows: 1 }])).toBeNull();
+      expect(small.stats().hits + small.stats().misses).toBe(0);
+      expect(() => small.cache.acquireResident(0, 1)).toThrow(/not resident/);
+    } finally {
+      await small.dispose();
+    }
+  });
+
   it('shares one read between concurrent requests for the same expert', async () => {
     const cache = new ExpertCache(store, { budgetBytes: 4 * store.expertBytes });
     const leases = await Promise.all([cache.acquire(1, 3), cache.acquire(1, 3), cache.acquire(1, 3)]);

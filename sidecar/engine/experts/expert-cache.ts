@@ -167,23 +167,7 @@ export class ExpertCache {
    * cache usable for other experts.
    */
   async acquire(layer: number, expert: number): Promise<ExpertLease> {
-    const key = this.keyOf(layer, expert);
-    this.currentLayer = layer;
-    this.routedCount[key]! += 1;
-    if (++this.routingsSinceAgeing >= AGEING_ROUTINGS_PER_EXPERT * this.routedCount.length) this.ageCounts();
-    const predicted = this.predictions.get(layer);
-    if (predicted?.delete(expert)) this.counters.predictionsUsed += 1;
-    let entry = this.entries.get(key);
-    if (entry?.weights) {
-      this.counters.hits += 1;
-    } else {
-      this.counters.misses += 1;
-    }
-    if (entry?.prefetched) {
-      this.counters.prefetchHits += 1;
-      entry.prefetched = false;
-    }
-    entry ??= this.startLoad(layer, expert, false);
+    const entry = this.noteUse(layer, expert) ?? this.startLoad(layer, expert, false);
     entry.pins += 1;
     entry.lastUse = ++this.clock;
     let weights: ExpertWeights;
@@ -193,11 +177,51 @@ export class ExpertCache {
       entry.pins -= 1;
       throw error;
     }
+    return this.lease(entry, weights);
+  }
+
+  /** Whether expert (layer, expert) is in memory now (paged in, not still loading). */
+  isResident(layer: number, expert: number): boolean {
+    return this.entries.get(this.keyOf(layer, expert))?.weights != null;
+  }
+
+  /**
+   * `acquire` for an expert that `isResident`, without waiting: the same bookkeeping, the lease at
+   * once. Throws if it is not resident.
+   */
+  acquireResident(layer: number, expert: number): ExpertLease {
+    const entry = this.entries.get(this.keyOf(layer, expert));
+    if (!entry?.weights) throw new RangeError(`expert (layer ${layer}, expert ${expert}) is not resident`);
+    this.noteUse(layer, expert);
+    entry.pins += 1;
+    entry.lastUse = ++this.clock;
+    return this.lease(entry, entry.weights);
+  }
+
+  /** Counts a routing of (layer, expert) (frequencies, predictions, hits or misses); returns its entry, if any. */
+  private noteUse(layer: number, expert: number): Entry | undefined {
+    const key = this.keyOf(layer, expert);
+    this.currentLayer = layer;
+    this.routedCount[key]! += 1;
+    if (++this.routingsSinceAgeing >= AGEING_ROUTINGS_PER_EXPERT * this.routedCount.length) this.ageCounts();
+    const predicted = this.predictions.get(layer);
+    if (predicted?.delete(expert)) this.counters.predictionsUsed += 1;
+    const entry = this.entries.get(key);
+    if (entry?.weights) this.counters.hits += 1;
+    else this.counters.misses += 1;
+    if (entry?.prefetched) {
+      this.counters.prefetchHits += 1;
+      entry.prefetched = false;
+    }
+    return entry;
+  }
+
+  /** A lease on a pinned entry's weights: `release` unpins it once. */
+  private lease(pinned: Entry, weights: ExpertWeights): ExpertLease {
     let released = false;
-    const pinned = entry;
     return {
-      layer,
-      expert,
+      layer: pinned.layer,
+      expert: pinned.expert,
       weights,
       release: () => {
         if (released) return;

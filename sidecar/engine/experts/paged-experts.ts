@@ -9,7 +9,7 @@
 import { modelError, SidecarError } from '../../errors.ts';
 import type { Device } from '../device.ts';
 import { autoExpertCacheBytes } from '../memory-budget.ts';
-import type { Expert, ExpertProvider } from '../moe.ts';
+import type { Expert, ExpertJob, ExpertProvider } from '../moe.ts';
 import { BlockExpertKernel, type KernelVariant, TOGETHER_MAX_ROWS } from './block-kernel.ts';
 import { type EvictionPolicy, ExpertCache, type ExpertCacheStats, type ExpertLease, RouterPredictor } from './expert-cache.ts';
 import { ExpertStore, type ExpertStoreIndex } from './expert-store.ts';
@@ -131,7 +131,8 @@ export class PagedExperts implements ExpertProvider {
     const planned = [...new Set(Array.from(experts))].sort((a, b) => a - b);
     this.layerPlan = { layer, experts: planned };
     this.cache.noteLayerStep(layer);
-    if (planned.length > 0) this.startAhead(layer, planned[0]!);
+    // Only a page-in is worth starting ahead: a resident expert is pinned when it runs.
+    if (planned.length > 0 && !this.cache.isResident(layer, planned[0]!)) this.startAhead(layer, planned[0]!);
     if (hidden && this.predictor && layer + 1 < this.index.layers) {
       this.cache.prefetch(layer + 1, this.predictor.predict(layer + 1, hidden.data, hidden.rows));
     }
@@ -151,6 +152,21 @@ export class PagedExperts implements ExpertProvider {
     }
     lease.catch(() => undefined); // observed in run(); never an unhandled rejection
     return new LeasedExpert(this, lease);
+  }
+
+  /**
+   * A layer's routed experts in one kernel call when every one is in memory now (always, with every
+   * expert resident): no page-in to wait for, so no promise per expert. Null when any is not, or a
+   * lease was started ahead (a page-in this step began).
+   */
+  runResident(layer: number, jobs: readonly ExpertJob[]): Float32Array[] | null {
+    if (this.ahead.size > 0 || !jobs.every(({ expert }) => this.cache.isResident(layer, expert))) return null;
+    const leases = jobs.map(({ expert }) => this.cache.acquireResident(layer, expert));
+    try {
+      return this.kernel.runMany(jobs.map(({ x, rows }, k) => ({ x, rows, weights: leases[k]!.weights })));
+    } finally {
+      for (const lease of leases) lease.release();
+    }
   }
 
   /** Runs a leased expert once its page-in (if any) is done; a failed page-in rejects with the store's error. */
