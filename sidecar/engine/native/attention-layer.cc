@@ -30,6 +30,7 @@
 
 #include "block-gemm.h"
 #include "helper-thread.h"
+#include "napi-args.h"
 
 namespace sirocco {
 namespace {
@@ -247,22 +248,7 @@ const char* runLayer(const Shape& s, const Tensors& t, float eps) {
   return nullptr;
 }
 
-napi_value fail(napi_env env, const char* what) {
-  char message[200];
-  snprintf(message, sizeof message, "attention_layer: %s", what);
-  napi_throw_error(env, "ERR_SIROCCO_NATIVE_KERNEL", message);
-  return nullptr;
-}
-
-/** A typed array's data and element count, when it has the expected type. */
-template <typename T>
-bool view(napi_env env, napi_value value, napi_typedarray_type expected, T** data, size_t* length) {
-  napi_typedarray_type type;
-  void* bytes = nullptr;
-  if (napi_get_typedarray_info(env, value, &type, length, &bytes, nullptr, nullptr) != napi_ok || type != expected) return false;
-  *data = static_cast<T*>(bytes);
-  return true;
-}
+napi_value fail(napi_env env, const char* what) { return throwKernelError(env, "attention_layer", what); }
 
 /**
  * attention_layer(weights, dims, eps, hidden, cos, sin, positions, mask, pastKeys, pastValues,
@@ -278,8 +264,8 @@ napi_value AttentionLayer(napi_env env, napi_callback_info info) {
   const uint8_t* weights;
   const int32_t* dims;
   size_t weightBytes, dimCount;
-  if (!view(env, argv[0], napi_uint8_array, const_cast<uint8_t**>(&weights), &weightBytes)) return fail(env, "weights must be a Uint8Array");
-  if (!view(env, argv[1], napi_int32_array, const_cast<int32_t**>(&dims), &dimCount) || dimCount != 12)
+  if (!typedArray(env, argv[0], napi_uint8_array, const_cast<uint8_t**>(&weights), &weightBytes)) return fail(env, "weights must be a Uint8Array");
+  if (!typedArray(env, argv[1], napi_int32_array, const_cast<int32_t**>(&dims), &dimCount) || dimCount != 12)
     return fail(env, "dims must be an Int32Array of 12");
   double eps;
   if (napi_get_value_double(env, argv[2], &eps) != napi_ok || !(eps > 0)) return fail(env, "eps must be a positive number");
@@ -312,7 +298,7 @@ napi_value AttentionLayer(napi_env env, napi_callback_info info) {
   for (int k = 0; k < 6; k++) {
     size_t length;
     float* data;
-    if (!view(env, argv[inputSizes[k].index], napi_float32_array, &data, &length) || length != inputSizes[k].length) {
+    if (!typedArray(env, argv[inputSizes[k].index], napi_float32_array, &data, &length) || length != inputSizes[k].length) {
       char message[120];
       snprintf(message, sizeof message, "%s must be a Float32Array of %zu", inputSizes[k].name, inputSizes[k].length);
       return fail(env, message);
@@ -320,7 +306,7 @@ napi_value AttentionLayer(napi_env env, napi_callback_info info) {
     *inputs[k] = data;
   }
   size_t positionCount;
-  if (!view(env, argv[6], napi_int32_array, const_cast<int32_t**>(&t.positions), &positionCount) || positionCount != rows)
+  if (!typedArray(env, argv[6], napi_int32_array, const_cast<int32_t**>(&t.positions), &positionCount) || positionCount != rows)
     return fail(env, "positions must be an Int32Array of batch·seq");
   float** outputs[] = {&t.hiddenOut, &t.ffnIn, &t.router, &t.newKeys, &t.newValues};
   const Expected outputSizes[] = {{10, rows * s.dim, "hiddenOut"},
@@ -330,7 +316,7 @@ napi_value AttentionLayer(napi_env env, napi_callback_info info) {
                                   {14, kv * s.seq, "newValues"}};
   for (int k = 0; k < 5; k++) {
     size_t length;
-    if (!view(env, argv[outputSizes[k].index], napi_float32_array, outputs[k], &length) || length != outputSizes[k].length) {
+    if (!typedArray(env, argv[outputSizes[k].index], napi_float32_array, outputs[k], &length) || length != outputSizes[k].length) {
       char message[120];
       snprintf(message, sizeof message, "%s must be a Float32Array of %zu", outputSizes[k].name, outputSizes[k].length);
       return fail(env, message);

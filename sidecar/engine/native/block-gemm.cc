@@ -15,6 +15,7 @@
 #include "attention-layer.h"
 #include "expert-ffn.h"
 #include "helper-thread.h"
+#include "napi-args.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -446,12 +447,7 @@ uint64_t layoutBytes(Layout layout, uint64_t rows, uint64_t nb) {
   return rows * nb * (layout == Layout::kQ4_0Bands ? kQ4GroupBytes / kGroupRows : kQ8BlockBytes);
 }
 
-napi_value fail(napi_env env, const Entry& entry, const char* what) {
-  char message[160];
-  snprintf(message, sizeof message, "%s: %s", entry.name, what);
-  napi_throw_error(env, "ERR_SIROCCO_NATIVE_KERNEL", message);
-  return nullptr;
-}
+napi_value fail(napi_env env, const Entry& entry, const char* what) { return sirocco::throwKernelError(env, entry.name, what); }
 
 /**
  * product(memory, cols, w, row, rowEnd, m, x, out, n): the WebAssembly kernel's <format>_<cols>
@@ -511,23 +507,14 @@ napi_value SharedProduct(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  auto failWith = [&](const char* what) {
-    char message[160];
-    snprintf(message, sizeof message, "shared_product: %s", what);
-    napi_throw_error(env, "ERR_SIROCCO_NATIVE_KERNEL", message);
-    return static_cast<napi_value>(nullptr);
-  };
+  auto failWith = [&](const char* what) { return sirocco::throwKernelError(env, "shared_product", what); };
   if (argc != 5) return failWith("takes (memory, dims, w, x, out)");
-  napi_typedarray_type type;
+  uint8_t* bytes = nullptr;
+  const int32_t* dims = nullptr;
   size_t length = 0, dimCount = 0;
-  void* bytes = nullptr;
-  void* dimBytes = nullptr;
-  if (napi_get_typedarray_info(env, argv[0], &type, &length, &bytes, nullptr, nullptr) != napi_ok || type != napi_uint8_array)
-    return failWith("memory must be a Uint8Array");
-  if (napi_get_typedarray_info(env, argv[1], &type, &dimCount, &dimBytes, nullptr, nullptr) != napi_ok || type != napi_int32_array ||
-      dimCount != kSharedDims)
+  if (!sirocco::typedArray(env, argv[0], napi_uint8_array, &bytes, &length)) return failWith("memory must be a Uint8Array");
+  if (!sirocco::typedArray(env, argv[1], napi_int32_array, const_cast<int32_t**>(&dims), &dimCount) || dimCount != kSharedDims)
     return failWith("dims must be an Int32Array of 6");
-  const int32_t* dims = static_cast<const int32_t*>(dimBytes);
   uint32_t offsets[3];
   for (int k = 0; k < 3; k++)
     if (napi_get_value_uint32(env, argv[k + 2], &offsets[k]) != napi_ok) return failWith("offsets must be numbers");
@@ -542,8 +529,7 @@ napi_value SharedProduct(napi_env env, napi_callback_info info) {
       offsets[2] + 4 * static_cast<uint64_t>(m) * static_cast<uint64_t>(n) > length)
     return failWith("the product does not fit in its memory");
   if (!sirocco::isaSupported(isa)) return failWith("this CPU lacks the instruction set");
-  uint8_t* base = static_cast<uint8_t*>(bytes);
-  sirocco::sharedBlockProduct(isa, layout, base + offsets[0], n, cols, m, base + offsets[1], reinterpret_cast<float*>(base + offsets[2]),
+  sirocco::sharedBlockProduct(isa, layout, bytes + offsets[0], n, cols, m, bytes + offsets[1], reinterpret_cast<float*>(bytes + offsets[2]),
                               threads == 2);
   return nullptr;
 }

@@ -11,13 +11,13 @@
 
 #include <immintrin.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 
 #include <vector>
 
 #include "block-gemm.h"
 #include "helper-thread.h"
+#include "napi-args.h"
 
 namespace sirocco {
 namespace {
@@ -82,22 +82,7 @@ void runExpert(Isa isa, int dim, int ffn, const Expert& e, bool shareProducts) {
   }
 }
 
-napi_value fail(napi_env env, const char* what) {
-  char message[200];
-  snprintf(message, sizeof message, "expert_ffn: %s", what);
-  napi_throw_error(env, "ERR_SIROCCO_NATIVE_KERNEL", message);
-  return nullptr;
-}
-
-/** A typed array's data and element count, when it has the expected type. */
-template <typename T>
-bool view(napi_env env, napi_value value, napi_typedarray_type expected, T** data, size_t* length) {
-  napi_typedarray_type type;
-  void* bytes = nullptr;
-  if (napi_get_typedarray_info(env, value, &type, length, &bytes, nullptr, nullptr) != napi_ok || type != expected) return false;
-  *data = static_cast<T*>(bytes);
-  return true;
-}
+napi_value fail(napi_env env, const char* what) { return throwKernelError(env, "expert_ffn", what); }
 
 /**
  * expert_ffn(memory, dims, experts, x, y)
@@ -117,13 +102,13 @@ napi_value ExpertFfn(napi_env env, napi_callback_info info) {
   const float* x;
   float* y;
   size_t memoryBytes, dimCount, tableLength, xLength, yLength;
-  if (!view(env, argv[0], napi_uint8_array, &memory, &memoryBytes)) return fail(env, "memory must be a Uint8Array");
-  if (!view(env, argv[1], napi_int32_array, const_cast<int32_t**>(&dims), &dimCount) || dimCount != 4)
+  if (!typedArray(env, argv[0], napi_uint8_array, &memory, &memoryBytes)) return fail(env, "memory must be a Uint8Array");
+  if (!typedArray(env, argv[1], napi_int32_array, const_cast<int32_t**>(&dims), &dimCount) || dimCount != 4)
     return fail(env, "dims must be an Int32Array of 4");
-  if (!view(env, argv[2], napi_uint32_array, const_cast<uint32_t**>(&table), &tableLength) || tableLength % 4 != 0)
+  if (!typedArray(env, argv[2], napi_uint32_array, const_cast<uint32_t**>(&table), &tableLength) || tableLength % 4 != 0)
     return fail(env, "experts must be a Uint32Array of 4 per expert");
-  if (!view(env, argv[3], napi_float32_array, const_cast<float**>(&x), &xLength)) return fail(env, "x must be a Float32Array");
-  if (!view(env, argv[4], napi_float32_array, &y, &yLength)) return fail(env, "y must be a Float32Array");
+  if (!typedArray(env, argv[3], napi_float32_array, const_cast<float**>(&x), &xLength)) return fail(env, "x must be a Float32Array");
+  if (!typedArray(env, argv[4], napi_float32_array, &y, &yLength)) return fail(env, "y must be a Float32Array");
   const int isaCode = dims[0], dim = dims[1], ffn = dims[2], threads = dims[3];
   if ((isaCode != 0 && isaCode != 1) || dim <= 0 || dim % kBlock != 0 || ffn <= 0 || ffn % kBlock != 0 || (threads != 1 && threads != 2))
     return fail(env, "bad dims");
