@@ -23,7 +23,7 @@ import { autoKvReserveBytes, KvBufferPool, type KvReserveStats } from './kv-memo
 import type { LayerAttention, StepAttention } from './layers/layer-attention.ts';
 import { readLayerStore } from './layers/layer-store.ts';
 import { NativeLayerAttention } from './layers/native-attention.ts';
-import { type LogitHead, NativeHead } from './layers/native-head.ts';
+import { type LogitHead, layerProductsAgree, NativeHead } from './layers/native-head.ts';
 import { type ExpertProvider, ResidentExpertProvider, routeTopK, runExperts } from './moe.ts';
 import { RopeTable } from './rope.ts';
 
@@ -423,7 +423,7 @@ async function layersAndHead(
   const { config, nativeLayers, graphs } = manifest;
   if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && NativeHead.fits(config.vocabSize)) {
     const { gemm } = loadNativeGemm();
-    if (gemm) {
+    if (gemm && layerProductsAgree(gemm)) {
       // The head file's bytes are copied into the head's shared memory, and not kept.
       const { head: headFile, ...layerFiles } = await readLayerStore(storeDir, config, nativeLayers.format);
       const attention = new NativeLayerAttention(layerFiles, config, gemm, settings.threads);

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { interleaveQ8_0Rows, quantizeBlocks } from '../../formats/blocks.ts';
 import { ACTIVATION_RECORD_BYTES, blockGemmScalar, quantizeActivations } from '../experts/block-kernel.ts';
 import { loadNativeGemm } from '../experts/native-gemm.ts';
-import { type HeadShape, NativeHead } from './native-head.ts';
+import { type HeadShape, layerProductsAgree, NativeHead } from './native-head.ts';
 
 const native = loadNativeGemm().gemm;
 
@@ -91,6 +91,17 @@ describe.runIf(process.arch === 'x64')('the native head', () => {
     } finally {
       await Promise.all([alone.dispose(), shared.dispose()]);
     }
+  });
+
+  it("agrees with the reference on the layer files' layout at load, and says so when it does not", () => {
+    expect(layerProductsAgree(native!)).toBe(true);
+    // A product that reads the rows in GGUF's order instead cannot pass the check.
+    const wrongLayout = {
+      ...native!,
+      sharedProduct: (memory: Uint8Array, dims: Int32Array, w: number, x: number, out: number) =>
+        native!.sharedProduct(memory, Int32Array.of(dims[0]!, 0, ...dims.subarray(2)), w, x, out),
+    };
+    expect(layerProductsAgree(wrongLayout)).toBe(false);
   });
 
   it('refuses a vocabulary it cannot cut into rows of four, and a payload of the wrong size', () => {

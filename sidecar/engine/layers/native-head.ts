@@ -12,9 +12,9 @@
  * (engine/native/helper-thread.cc), the same thread the layers and experts share their work with;
  * each chunk writes its own logits, so the bits do not depend on who ran which.
  */
-import { BLOCK, blockMatrixBytes } from '../../formats/blocks.ts';
+import { BLOCK, blockMatrixBytes, interleaveQ8_0Rows, quantizeBlocks } from '../../formats/blocks.ts';
 import type { ModelConfig } from '../../formats/model-config.ts';
-import { ACTIVATION_RECORD_BYTES, alignUp, quantizeActivations } from '../experts/block-kernel.ts';
+import { ACTIVATION_RECORD_BYTES, alignUp, blockGemmScalar, quantizeActivations } from '../experts/block-kernel.ts';
 import type { NativeGemm } from '../experts/native-gemm.ts';
 
 export type HeadShape = Pick<ModelConfig, 'vocabSize' | 'dim' | 'normEps'>;
@@ -44,6 +44,36 @@ function headLayout(vocab: number, dim: number): HeadLayout {
   const records = alignUp(blockMatrixBytes('q8_0', vocab, dim), 64);
   const logits = alignUp(records + ROWS_PER_CALL * (dim / BLOCK) * ACTIVATION_RECORD_BYTES, 64);
   return { records, logits, bytes: logits + 4 * ROWS_PER_CALL * vocab };
+}
+
+/**
+ * Whether this addon's product on the layer and head files' layout (Q8_0 rows interleaved four at a
+ * time) gives the plain-JS reference's bits: one random 24×128 matrix against 5 rows, on one thread
+ * and on two (a few microseconds). The runtime uses the native layers and head only if it does, as
+ * the expert kernel checks its own products.
+ */
+export function layerProductsAgree(native: NativeGemm): boolean {
+  const [rows, cols, m] = [24, 128, 5];
+  let seed = 24680;
+  const random = () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return (seed >>> 8) / 2 ** 23 - 1;
+  };
+  const rowOrder = new Uint8Array(blockMatrixBytes('q8_0', rows, cols));
+  quantizeBlocks('q8_0', Float32Array.from({ length: rows * cols }, random), rows, cols, rowOrder);
+  const records = new Uint8Array(m * (cols / BLOCK) * ACTIVATION_RECORD_BYTES);
+  quantizeActivations(Float32Array.from({ length: m * cols }, random), 0, m, cols, records);
+  const expected = new Float32Array(m * rows);
+  blockGemmScalar('q8_0', rowOrder, rows, cols, m, records, expected);
+  const memory = new Uint8Array(rowOrder.length + records.length + 4 * m * rows);
+  interleaveQ8_0Rows(rowOrder, rows, cols, memory.subarray(0, rowOrder.length));
+  memory.set(records, rowOrder.length);
+  const out = rowOrder.length + records.length;
+  const expectedBits = new Uint32Array(expected.buffer);
+  return [1, 2].every((threads) => {
+    native.sharedProduct(memory, Int32Array.of(native.isaCode, Q8_0_ROWS_INTERLEAVED, cols, rows, m, threads), 0, rowOrder.length, out);
+    return new Uint32Array(memory.buffer, out, m * rows).every((value, i) => value === expectedBits[i]);
+  });
 }
 
 export class NativeHead implements LogitHead {
