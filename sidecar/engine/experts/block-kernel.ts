@@ -585,27 +585,40 @@ function nativeGemm(product: NativeProduct, memory: WebAssembly.Memory, cols: nu
   return (w, row, rowEnd, m, x, out, n) => product(bytes, cols, w, row, rowEnd, m, x, out, n);
 }
 
+/** A deterministic pseudo-random generator of 24-bit integers (the probes' data). */
+function probeRandom(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    return state >>> 8;
+  };
+}
+
+/**
+ * Random `format` blocks [rows, cols] in the expert files' layout, every scale's high byte
+ * `scaleHigh` (a normal fp16 scale, so outputs stay finite and no subnormal slows the kernel).
+ */
+function probeMatrix(format: BlockFormat, rows: number, cols: number, random: () => number, scaleHigh: number): Uint8Array {
+  const nb = cols / BLOCK;
+  const bytes = Uint8Array.from({ length: rows * nb * BLOCK_BYTES[format] }, () => random() & 0xff);
+  for (let row = 0; row < rows; row++)
+    for (let b = 0; b < nb; b++)
+      bytes[format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb, rows) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1] = scaleHigh;
+  return bytes;
+}
+
 /** The output bits of one random `format` product (the same every call) run by `gemmOn`. */
 function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => Gemm): string {
   const rows = PROBE_OUTPUT_ROWS;
   const cols = PROBE_COLS;
   const nb = cols / BLOCK;
   const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
-  const bytes = new Uint8Array(memory.buffer);
-  let seed = 12345;
-  const random = () => {
-    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-    return seed >>> 8;
-  };
+  const random = probeRandom(12345);
   const weights = 0;
   const x = 4096;
   const out = 16384;
-  for (let i = 0; i < rows * nb * BLOCK_BYTES[format]; i++) bytes[weights + i] = random() & 0xff;
-  // Scales ≈ 1 (fp16 high byte 0x3c) so every output is finite.
-  for (let row = 0; row < rows; row++) {
-    for (let b = 0; b < nb; b++)
-      bytes[weights + (format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb, rows) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1)] = 0x3c;
-  }
+  // Scales ≈ 1 (fp16 high byte 0x3c).
+  new Uint8Array(memory.buffer).set(probeMatrix(format, rows, cols, random, 0x3c), weights);
   const values = Float32Array.from({ length: PROBE_ROWS * cols }, () => (random() % 2001) / 1000 - 1);
   quantizeActivations(values, 0, PROBE_ROWS, cols, new Uint8Array(memory.buffer, x, PROBE_ROWS * nb * ACTIVATION_RECORD_BYTES));
   gemmOn(memory)(weights, 0, rows, PROBE_ROWS, x, out, rows);
@@ -616,21 +629,10 @@ function probeBits(format: BlockFormat, gemmOn: (memory: WebAssembly.Memory) => 
 function nativeExpertAgrees(gemm: NativeGemm, format: BlockFormat): boolean {
   const dim = PROBE_COLS;
   const ffn = PROBE_OUTPUT_ROWS * 4;
-  let seed = 987654321;
-  const random = () => {
-    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-    return seed >>> 8;
-  };
-  const matrix = (n: number, cols: number) => {
-    const nb = cols / BLOCK;
-    const bytes = Uint8Array.from({ length: n * nb * BLOCK_BYTES[format] }, () => random() & 0xff);
-    // Scales ≈ 1/64 (fp16 high byte 0x24) so the products stay in exp's range.
-    for (let row = 0; row < n; row++)
-      for (let b = 0; b < nb; b++) bytes[format === 'q4_0' ? q4_0x4Offset(row, b, 1, nb, n) : (row * nb + b) * BLOCK_BYTES.q8_0 + 1] = 0x24;
-    return bytes;
-  };
-  const w13 = matrix(2 * ffn, dim);
-  const w2 = matrix(dim, ffn);
+  const random = probeRandom(987654321);
+  // Scales ≈ 1/64 (fp16 high byte 0x24) so the products stay in exp's range.
+  const w13 = probeMatrix(format, 2 * ffn, dim, random, 0x24);
+  const w2 = probeMatrix(format, dim, ffn, random, 0x24);
   const memory = new Uint8Array(w13.length + w2.length);
   memory.set(w13);
   memory.set(w2, w13.length);
@@ -1150,14 +1152,13 @@ export class BlockExpertKernel implements ExpertBufferPool {
    * Two experts (a decode step's top-2 at one token, say), one per thread: the helper runs the
    * second whole while this thread runs the first, with no hand-off per product — small experts
    * lost up to a third of their time to those. Each expert takes the steps of a lone `run`, so
-   * the outputs are the same bits. Falls back to two `run`s without a helper, across arenas, or
-   * beyond one pass of rows.
+   * the outputs are the same bits. Natively, `runMany`'s one call; in WebAssembly, two `run`s
+   * without a helper, across arenas, or beyond one pass of rows.
    */
   runTogether(first: ExpertInput, second: ExpertInput): [Float32Array, Float32Array] {
+    if (this.native) return this.runMany([first, second]) as [Float32Array, Float32Array];
     const { dim, ffn } = this.options;
     const arena = this.arenaOf(first.weights);
-    if (this.native && this.arenaOf(second.weights) === arena)
-      return this.runNative(arena, [first, second]) as [Float32Array, Float32Array];
     if (!this.helper || this.arenaOf(second.weights) !== arena || Math.max(first.rows, second.rows) > TOGETHER_MAX_ROWS) {
       return [this.run(first.x, first.rows, first.weights), this.run(second.x, second.rows, second.weights)];
     }
@@ -1193,7 +1194,9 @@ export class BlockExpertKernel implements ExpertBufferPool {
     const byArena = new Map<Arena, number[]>();
     experts.forEach((e, k) => {
       const arena = this.arenaOf(e.weights);
-      byArena.set(arena, [...(byArena.get(arena) ?? []), k]);
+      const indices = byArena.get(arena);
+      if (indices) indices.push(k);
+      else byArena.set(arena, [k]);
     });
     for (const [arena, indices] of byArena) {
       const ys = this.runNative(

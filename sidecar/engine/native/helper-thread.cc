@@ -67,13 +67,12 @@ class HelperThread {
     return -1;
   }
 
-  /** Polls for a job after `seen` for kPollMicros; true if one was published meanwhile. */
-  bool pollForJob(uint32_t seen) const {
+  /** Returns once a job after `seen` is published, or after kPollMicros without one. */
+  void pollForJob(uint32_t seen) const {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kPollMicros);
-    for (int spins = 0;; spins++) {
-      if (published_.load(std::memory_order_acquire) != seen) return true;
+    for (int spins = 0; published_.load(std::memory_order_acquire) == seen; spins++) {
       _mm_pause();
-      if (spins % 64 == 63 && std::chrono::steady_clock::now() > until) return false;
+      if (spins % 64 == 63 && std::chrono::steady_clock::now() > until) return;
     }
   }
 
