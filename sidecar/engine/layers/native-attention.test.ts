@@ -145,7 +145,8 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
   it('a sequence batched with others gets the bits it gets alone, in odd batches and steps with no padding rows', async () => {
     const runtime = await loadModel(stores.int4, { attention: 'native' });
     try {
-      // Five prompt tokens, then three sequences a step: row counts the graphs would pad to even.
+      // Five prompt tokens, then three sequences a step: row counts the graphs would pad to even. One
+      // of the others is longer, so this sequence's own slots sit after padding in the batch.
       const prompt = [1, 17, 300, 42, 7];
       const alone = runtime.createSequence();
       const aloneLogits = [...(await runtime.forward([{ sequence: alone, tokens: prompt }]))];
@@ -154,7 +155,7 @@ describe.runIf(process.arch === 'x64')('native attention layers and head on the 
       const batchedLogits = [
         ...(await runtime.forward([
           { sequence: batched, tokens: prompt },
-          { sequence: others[0]!, tokens: [1, 9, 8] },
+          { sequence: others[0]!, tokens: [1, 9, 8, 4, 4, 6, 3, 8, 5] },
           { sequence: others[1]!, tokens: [2] },
         ])),
       ];

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "block-gemm.h"
+#include "exp-avx2.h"
 #include "helper-thread.h"
 #include "napi-args.h"
 
@@ -84,12 +85,40 @@ void dotGroup(const float* q, const float* key, int n, int count, float* dots) {
   }
 }
 
-/** y[i] += a · x[i]. */
-AVX2 void addScaled(float* y, const float* x, float a, int n) {
-  const __m256 scale = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(scale, _mm256_loadu_ps(x + i))));
-  for (; i < n; i++) y[i] += a * x[i];
+/** A KV head's slots: the past ones, then the step's own. */
+struct Slots {
+  const float* past;
+  const float* fresh;
+  int pastCount, headDim;
+  const float* at(int j) const {
+    return j < pastCount ? past + static_cast<size_t>(j) * headDim : fresh + static_cast<size_t>(j - pastCount) * headDim;
+  }
+};
+
+/**
+ * out[i] = Σ_j in slot order weights[j] · value_j[d + i] for i < 8·C (C = 0: one dim), the slots
+ * with weight 0 skipped: a head's context, its 8·C dims held in registers across the slots instead
+ * of loaded and stored per slot. Each dim adds the same products in the same order whatever C, so
+ * the bits do not depend on it.
+ */
+template <int C>
+AVX2 void weightedValues(const float* weights, int total, const Slots& values, int d, float* out) {
+  if (C == 0) {
+    float acc = 0;
+    for (int j = 0; j < total; j++)
+      if (weights[j] != 0.0f) acc += weights[j] * values.at(j)[d];
+    *out = acc;
+    return;
+  }
+  __m256 acc[C > 0 ? C : 1];
+  for (int i = 0; i < C; i++) acc[i] = _mm256_setzero_ps();
+  for (int j = 0; j < total; j++) {
+    if (weights[j] == 0.0f) continue;
+    const __m256 scale = _mm256_set1_ps(weights[j]);
+    const float* value = values.at(j) + d;
+    for (int i = 0; i < C; i++) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(scale, _mm256_loadu_ps(value + 8 * i)));
+  }
+  for (int i = 0; i < C; i++) _mm256_storeu_ps(out + 8 * i, acc[i]);
 }
 
 /** out = x / √(mean(x²) + eps) · weight, per row. */
@@ -138,6 +167,40 @@ struct Tensors {
   float *hiddenOut, *ffnIn, *router, *newKeys, *newValues;
 };
 
+/** exp(s − best) of eight scores, 0 where a score is −∞ (a hidden slot). */
+AVX2 inline __m256 expScore8(__m256 s, __m256 best) {
+  return _mm256_andnot_ps(_mm256_cmp_ps(s, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ), expAvx2(_mm256_sub_ps(s, best)));
+}
+
+/**
+ * scores[j] = exp(scores[j] − best) for j < n (0 where the score is −∞), eight at a time, the tail
+ * padded with hidden slots; returns their sum, added in slot order: a sequence's slots sit at other
+ * indices when a longer one pads its batch, and zeros added in order leave the sum's bits alone,
+ * where lanes would not. A prompt's attention takes ~10⁶ of these exps per layer.
+ */
+AVX2 float expScores(float* scores, int n, float best) {
+  const __m256 bestLanes = _mm256_set1_ps(best);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(scores + j, expScore8(_mm256_loadu_ps(scores + j), bestLanes));
+  if (j < n) {
+    float tail[8];
+    for (int i = 0; i < 8; i++) tail[i] = j + i < n ? scores[j + i] : -INFINITY;
+    _mm256_storeu_ps(tail, expScore8(_mm256_loadu_ps(tail), bestLanes));
+    memcpy(scores + j, tail, sizeof(float) * (n - j));
+  }
+  float sum = 0;
+  for (j = 0; j < n; j++) sum += scores[j];
+  return sum;
+}
+
+/** weights[j] /= sum for j < n, eight at a time (the same quotients as one at a time). */
+AVX2 void divide(float* weights, int n, float sum) {
+  const __m256 lanes = _mm256_set1_ps(sum);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(weights + j, _mm256_div_ps(_mm256_loadu_ps(weights + j), lanes));
+  for (; j < n; j++) weights[j] /= sum;
+}
+
 /** Query heads times slots below which a layer's attention runs on one thread (~0.3 ms of work). */
 constexpr size_t kSplitMinScores = 16 * 1024;
 
@@ -179,22 +242,20 @@ void attend(const Shape& s, const Tensors& t, const float* qkv, int row, int g, 
     }
   }
   for (int k = 0; k < group; k++) {
-    float* headScores = scores.data() + static_cast<size_t>(k) * total;
-    sums[k] = 0;
-    if (best[k] == -INFINITY) continue;  // a padding row sees nothing: its context stays zero
-    for (int j = 0; j < total; j++) {
-      headScores[j] = headScores[j] == -INFINITY ? 0.0f : expf(headScores[j] - best[k]);
-      sums[k] += headScores[j];
-    }
+    // A padding row sees nothing: its context stays zero.
+    sums[k] = best[k] == -INFINITY ? 0.0f : expScores(scores.data() + static_cast<size_t>(k) * total, total, best[k]);
   }
   float* out = context + static_cast<size_t>(row) * s.heads * s.headDim + static_cast<size_t>(g) * group * s.headDim;
-  for (int j = 0; j < total; j++) {
-    const float* value = j < s.past ? pastValues + static_cast<size_t>(j) * s.headDim : newValues + static_cast<size_t>(j - s.past) * s.headDim;
-    for (int k = 0; k < group; k++) {
-      const float weight = scores[static_cast<size_t>(k) * total + j];
-      if (best[k] == -INFINITY || weight == 0.0f) continue;
-      addScaled(out + static_cast<size_t>(k) * s.headDim, value, weight / sums[k], s.headDim);
-    }
+  const Slots values{pastValues, newValues, s.past, s.headDim};
+  for (int k = 0; k < group; k++) {
+    if (best[k] == -INFINITY) continue;
+    float* head = out + static_cast<size_t>(k) * s.headDim;
+    float* weights = scores.data() + static_cast<size_t>(k) * total;
+    divide(weights, total, sums[k]);
+    int d = 0;
+    for (; d + 64 <= s.headDim; d += 64) weightedValues<8>(weights, total, values, d, head + d);
+    for (; d + 8 <= s.headDim; d += 8) weightedValues<1>(weights, total, values, d, head + d);
+    for (; d < s.headDim; d++) weightedValues<0>(weights, total, values, d, head + d);
   }
 }
 

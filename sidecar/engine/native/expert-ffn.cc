@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "block-gemm.h"
+#include "exp-avx2.h"
 #include "helper-thread.h"
 #include "napi-args.h"
 
@@ -29,27 +30,17 @@ constexpr int kPassRows = 16;
 
 /**
  * hidden[i·ffn + c] = silu(gate) · up for rows i < m, gate = out[i·2ffn + c], up = out[i·2ffn + ffn + c];
- * silu(g) = g / (1 + exp(−g)) with block-kernel.ts's exp (Cephes' expf), each fp32 step in its order.
+ * silu(g) = g / (1 + exp(−g)) with block-kernel.ts's exp (expAvx2), each fp32 step in its order.
  */
 AVX2 void swiglu(const float* out, float* hidden, int ffn, int m) {
-  const __m256 limit = _mm256_set1_ps(87.3f), log2e = _mm256_set1_ps(1.4426950408889634f), half = _mm256_set1_ps(0.5f);
-  const __m256 ln2High = _mm256_set1_ps(0.693359375f), ln2Low = _mm256_set1_ps(-2.1219444e-4f), one = _mm256_set1_ps(1.0f);
-  const float polynomial[] = {1.98756915e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  const __m256 one = _mm256_set1_ps(1.0f);
   for (int i = 0; i < m; i++) {
     const float* gates = out + static_cast<size_t>(i) * 2 * ffn;
     const float* ups = gates + ffn;
     float* to = hidden + static_cast<size_t>(i) * ffn;
     for (int c = 0; c < ffn; c += 8) {
       const __m256 g = _mm256_loadu_ps(gates + c);
-      __m256 e = _mm256_sub_ps(_mm256_setzero_ps(), g);
-      e = _mm256_min_ps(_mm256_max_ps(e, _mm256_sub_ps(_mm256_setzero_ps(), limit)), limit);
-      const __m256 n = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(e, log2e), half));
-      const __m256 r = _mm256_sub_ps(_mm256_sub_ps(e, _mm256_mul_ps(n, ln2High)), _mm256_mul_ps(n, ln2Low));
-      __m256 y = _mm256_set1_ps(polynomial[0]);
-      for (int k = 1; k < 6; k++) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(polynomial[k]));
-      y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_mul_ps(r, r)), r), one);
-      const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
-      e = _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+      const __m256 e = expAvx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
       _mm256_storeu_ps(to + c, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(ups + c)));
     }
   }
