@@ -632,21 +632,42 @@ namespace sirocco {
 
 bool isaSupported(Isa isa) { return isa == Isa::kAvx512Vnni ? hasAvx512Vnni() : hasAvx2(); }
 
-void quantizeRecords(const float* x, int rows, int cols, uint8_t* records) {
+// Eight lanes of quantize_row_q8_0 as the scalar reference writes it: fmaxf ignores a NaN (vmaxps
+// returns its second operand when the first is NaN, and the running maximum is never NaN), roundf
+// rounds half away from zero (truncate; the dropped fraction, exact in fp32, steps away from zero
+// from one half), and a NaN stores 0.
+AVX2 void quantizeRecords(const float* x, int rows, int cols, uint8_t* records) {
+  const __m256 signBit = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  const __m256i packOrder = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const int blocks = rows * (cols / kBlock);
   for (int block = 0; block < blocks; block++, x += kBlock, records += kRecordBytes) {
-    float amax = 0;
-    for (int j = 0; j < kBlock; j++) amax = fmaxf(amax, fabsf(x[j]));
-    const float scale = amax / 127;
-    const float inverse = scale != 0 ? 1 / scale : 0;
-    int32_t sum = 0;
-    for (int j = 0; j < kBlock; j++) {
-      const float rounded = roundf(x[j] * inverse);
-      const int8_t q = rounded == rounded ? static_cast<int8_t>(rounded) : 0;  // a NaN input stores 0, as block-kernel.ts does
-      records[j] = static_cast<uint8_t>(q);
-      sum += q;
+    __m256 values[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+      values[k] = _mm256_loadu_ps(x + 8 * k);
+      amax = _mm256_max_ps(_mm256_andnot_ps(signBit, values[k]), amax);
     }
-    const int32_t offset = 8 * sum;
+    __m128 four = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+    four = _mm_max_ps(_mm_movehl_ps(four, four), four);
+    four = _mm_max_ss(_mm_movehdup_ps(four), four);
+    const float scale = _mm_cvtss_f32(four) / 127;
+    const __m256 inverse = _mm256_set1_ps(scale != 0 ? 1 / scale : 0);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+      const __m256 scaled = _mm256_mul_ps(values[k], inverse);
+      const __m256 truncated = _mm256_round_ps(scaled, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 away = _mm256_and_ps(_mm256_cmp_ps(_mm256_andnot_ps(signBit, _mm256_sub_ps(scaled, truncated)), half, _CMP_GE_OQ),
+                                        _mm256_or_ps(_mm256_and_ps(scaled, signBit), one));
+      const __m256i rounded = _mm256_cvttps_epi32(_mm256_add_ps(truncated, away));
+      q[k] = _mm256_and_si256(rounded, _mm256_castps_si256(_mm256_cmp_ps(scaled, scaled, _CMP_ORD_Q)));
+    }
+    const __m256i words = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(records), _mm256_permutevar8x32_epi32(words, packOrder));
+    const __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
+    sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(1, 0, 3, 2)));
+    sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(2, 3, 0, 1)));
+    const int32_t offset = 8 * _mm_cvtsi128_si32(sum);
     memcpy(records + kBlock, &scale, 4);
     memcpy(records + kBlock + 4, &offset, 4);
   }
