@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "block-gemm.h"
@@ -37,6 +38,9 @@ namespace sirocco {
 namespace {
 
 #define AVX2 __attribute__((target("avx2")))
+// The attention's own dot products and weighted sums: fused multiply-adds (every AVX2 CPU has FMA;
+// the block products, which must match the WebAssembly kernel's bits, never use them).
+#define AVX2_FMA __attribute__((target("avx2,fma")))
 
 /** The eight lanes of a dot product's accumulator summed, then its tail (i ≥ the last whole eight) added one by one. */
 AVX2 inline float finishDot(__m256 acc, const float* a, const float* b, int i, int n) {
@@ -62,13 +66,13 @@ AVX2 float dot(const float* a, const float* b, int n) {
  * side, the C add chains overlap instead of one waiting on the last add's latency.
  */
 template <int C>
-AVX2 void dotHeads(const float* q, const float* key, int n, float* dots) {
+AVX2_FMA void dotHeads(const float* q, const float* key, int n, float* dots) {
   __m256 acc[C];
   for (int k = 0; k < C; k++) acc[k] = _mm256_setzero_ps();
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 k8 = _mm256_loadu_ps(key + i);
-    for (int k = 0; k < C; k++) acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(_mm256_loadu_ps(q + k * n + i), k8));
+    for (int k = 0; k < C; k++) acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(q + k * n + i), k8, acc[k]);
   }
   for (int k = 0; k < C; k++) dots[k] = finishDot(acc[k], q + k * n, key, i, n);
 }
@@ -96,29 +100,50 @@ struct Slots {
 };
 
 /**
- * out[i] = Σ_j in slot order weights[j] · value_j[d + i] for i < 8·C (C = 0: one dim), the slots
- * with weight 0 skipped: a head's context, its 8·C dims held in registers across the slots instead
- * of loaded and stored per slot. Each dim adds the same products in the same order whatever C, so
- * the bits do not depend on it.
+ * out_h[i] = Σ_j in slot order weights_h[j] · value_j[d + i] for G query heads h (weights_h at
+ * weights + h·total, out_h at out + h·headDim) and i < 8·C (C = 0: one dim), the slots the mask
+ * hides skipped: the heads' contexts held in registers across the slots, and each value's bytes
+ * read once for all the heads that share it (one head at a time read a long context's values once
+ * per head). Each dim adds its products in slot order whatever C and G, so the bits do not depend
+ * on them.
  */
-template <int C>
-AVX2 void weightedValues(const float* weights, int total, const Slots& values, int d, float* out) {
+template <int G, int C>
+AVX2_FMA void weightedValues(const float* weights, const float* mask, int total, const Slots& values, int d, float* out) {
+  const int headDim = values.headDim;
   if (C == 0) {
-    float acc = 0;
-    for (int j = 0; j < total; j++)
-      if (weights[j] != 0.0f) acc += weights[j] * values.at(j)[d];
-    *out = acc;
+    for (int h = 0; h < G; h++) {
+      float acc = 0;
+      for (int j = 0; j < total; j++)
+        if (mask[j] != -INFINITY) acc = fmaf(weights[h * total + j], values.at(j)[d], acc);
+      out[h * headDim] = acc;
+    }
     return;
   }
-  __m256 acc[C > 0 ? C : 1];
-  for (int i = 0; i < C; i++) acc[i] = _mm256_setzero_ps();
+  constexpr int kLanes = C > 0 ? C : 1;
+  __m256 acc[G][kLanes];
+  for (int h = 0; h < G; h++)
+    for (int i = 0; i < kLanes; i++) acc[h][i] = _mm256_setzero_ps();
   for (int j = 0; j < total; j++) {
-    if (weights[j] == 0.0f) continue;
-    const __m256 scale = _mm256_set1_ps(weights[j]);
+    if (mask[j] == -INFINITY) continue;
     const float* value = values.at(j) + d;
-    for (int i = 0; i < C; i++) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(scale, _mm256_loadu_ps(value + 8 * i)));
+    __m256 v[kLanes];
+    for (int i = 0; i < kLanes; i++) v[i] = _mm256_loadu_ps(value + 8 * i);
+    for (int h = 0; h < G; h++) {
+      const __m256 w = _mm256_set1_ps(weights[h * total + j]);
+      for (int i = 0; i < kLanes; i++) acc[h][i] = _mm256_fmadd_ps(w, v[i], acc[h][i]);
+    }
   }
-  for (int i = 0; i < C; i++) _mm256_storeu_ps(out + 8 * i, acc[i]);
+  for (int h = 0; h < G; h++)
+    for (int i = 0; i < kLanes; i++) _mm256_storeu_ps(out + h * headDim + 8 * i, acc[h][i]);
+}
+
+/** weightedValues over every dim of G heads: 16 dims a pass, then 8, then one. */
+template <int G>
+void headContexts(const float* weights, const float* mask, int total, const Slots& values, float* out) {
+  int d = 0;
+  for (; d + 16 <= values.headDim; d += 16) weightedValues<G, 2>(weights, mask, total, values, d, out + d);
+  for (; d + 8 <= values.headDim; d += 8) weightedValues<G, 1>(weights, mask, total, values, d, out + d);
+  for (; d < values.headDim; d++) weightedValues<G, 0>(weights, mask, total, values, d, out + d);
 }
 
 /** out = x / √(mean(x²) + eps) · weight, per row. */
@@ -207,17 +232,17 @@ constexpr size_t kSplitMinScores = 16 * 1024;
 /**
  * Row `row`'s query heads that read KV head g: softmax(q·K / √headDim + mask) · V into their slots
  * of `context` (zero where the mask hides every slot). Each key and value is loaded once for the
- * group (dotGroup); every head's own steps and their order are those of one head at a time.
+ * group (dotGroup, weightedValues); every head's own steps and their order are those of one head
+ * at a time, and a hidden slot adds nothing, so a row's bits do not depend on its batch.
  */
 void attend(const Shape& s, const Tensors& t, const float* qkv, int row, int g, float* context) {
   const int group = s.heads / s.kvHeads, total = s.total(), b = row / s.seq;
   const float scale = 1.0f / sqrtf(static_cast<float>(s.headDim));
   // Per thread, reused: a chunk's scores are group × total floats (2 MiB at 8 heads and 64k slots).
-  thread_local std::vector<float> scores, dots, best, sums;
+  thread_local std::vector<float> scores, dots, best;
   scores.resize(static_cast<size_t>(group) * total);
   dots.resize(group);
   best.resize(group);
-  sums.resize(group);
   const float* mask = t.mask + static_cast<size_t>(row) * total;
   const float* q = qkv + static_cast<size_t>(row) * s.qkvRows() + static_cast<size_t>(g) * group * s.headDim;
   const size_t kv = static_cast<size_t>(b) * s.kvHeads + g;
@@ -241,21 +266,30 @@ void attend(const Shape& s, const Tensors& t, const float* qkv, int row, int g, 
       if (score > best[k]) best[k] = score;
     }
   }
-  for (int k = 0; k < group; k++) {
-    // A padding row sees nothing: its context stays zero.
-    sums[k] = best[k] == -INFINITY ? 0.0f : expScores(scores.data() + static_cast<size_t>(k) * total, total, best[k]);
-  }
   float* out = context + static_cast<size_t>(row) * s.heads * s.headDim + static_cast<size_t>(g) * group * s.headDim;
-  const Slots values{pastValues, newValues, s.past, s.headDim};
+  // Softmax weights; a head that sees no slot (a padding row, which the mask hides entirely) keeps
+  // a zero context.
+  bool seesAny = false;
   for (int k = 0; k < group; k++) {
-    if (best[k] == -INFINITY) continue;
-    float* head = out + static_cast<size_t>(k) * s.headDim;
     float* weights = scores.data() + static_cast<size_t>(k) * total;
-    divide(weights, total, sums[k]);
-    int d = 0;
-    for (; d + 64 <= s.headDim; d += 64) weightedValues<8>(weights, total, values, d, head + d);
-    for (; d + 8 <= s.headDim; d += 8) weightedValues<1>(weights, total, values, d, head + d);
-    for (; d < s.headDim; d++) weightedValues<0>(weights, total, values, d, head + d);
+    if (best[k] == -INFINITY) {
+      std::fill(weights, weights + total, 0.0f);
+      continue;
+    }
+    divide(weights, total, expScores(weights, total, best[k]));
+    seesAny = true;
+  }
+  if (!seesAny) return;
+  const Slots values{pastValues, newValues, s.past, s.headDim};
+  for (int k = 0; k < group; k += 4) {
+    const float* weights = scores.data() + static_cast<size_t>(k) * total;
+    float* heads = out + static_cast<size_t>(k) * s.headDim;
+    switch (group - k < 4 ? group - k : 4) {
+      case 4: headContexts<4>(weights, mask, total, values, heads); break;
+      case 3: headContexts<3>(weights, mask, total, values, heads); break;
+      case 2: headContexts<2>(weights, mask, total, values, heads); break;
+      default: headContexts<1>(weights, mask, total, values, heads); break;
+    }
   }
 }
 

@@ -492,7 +492,8 @@ bool hasAvx512Vnni() {
          __builtin_cpu_supports("avx512vnni");
 }
 
-bool hasAvx2() { return __builtin_cpu_supports("avx2"); }
+/** AVX2 with FMA, which the attention layer's own sums use (every AVX2 CPU so far has both). */
+bool hasAvx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 // ── N-API ────────────────────────────────────────────────────────────────────────────────────
 
