@@ -12,6 +12,7 @@ import { LAYER_FORMAT, layerStoreFits, writeLayerStore } from '../engine/layers/
 import { modelError, SidecarError } from '../errors.ts';
 import { expectedTensors } from '../formats/checkpoint.ts';
 import type { ModelSource } from '../formats/model-source.ts';
+import { oneExpertSource } from '../formats/one-expert-source.ts';
 import { openModelSource } from '../formats/open-model-source.ts';
 import { type Precision, type QuantizationPlan, quantizationPlan } from '../formats/quantize.ts';
 import { FORMAT_VERSION, MANIFEST_FILE, type Manifest } from '../formats/store-manifest.ts';
@@ -137,6 +138,15 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Manife
         await writeLayerStore(source, staging, config);
         nativeLayers = { format: LAYER_FORMAT };
       }
+    } else if (precision === 'int4' && layerStoreFits(config)) {
+      // A dense model at int4: the same files for it seen as a one-expert Mixtral, which the
+      // runtime runs natively where that is measured faster than its decoder graph. Not at int8,
+      // whose graph keeps fp32 activations (and fp32's greedy output on the golden model, which
+      // activations rounded to int8 per block lose).
+      const view = oneExpertSource(source);
+      await buildExpertStore(view, staging, options.expertBits ?? defaultExpertBits(view, precision));
+      await writeLayerStore(view, staging, view.config);
+      nativeLayers = { format: LAYER_FORMAT };
     }
     for (const file of await source.tokenizerFiles()) await copyFile(file, join(staging, basename(file)));
     // A GGUF file's vocabulary becomes the store's tokenizer.json.

@@ -10,13 +10,13 @@
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { invalidRequest, modelError } from '../errors.ts';
-import type { Architecture, ModelConfig } from '../formats/model-config.ts';
+import { type Architecture, asOneExpert, type ModelConfig } from '../formats/model-config.ts';
 import { MIN_MATMUL_ROWS, type Precision } from '../formats/quantize.ts';
 import { isStore, MANIFEST_FILE, type Manifest, readManifest } from '../formats/store-manifest.ts';
 import { IO } from '../graph/models.ts';
 import { createSession, type Device, type SessionSettings } from './device.ts';
 import type { EvictionPolicy, ExpertCacheStats } from './experts/expert-cache.ts';
-import { loadNativeGemm } from './experts/native-gemm.ts';
+import { loadNativeGemm, type NativeGemm } from './experts/native-gemm.ts';
 import { PagedExperts } from './experts/paged-experts.ts';
 import { BatchedPast, BatchStep, type CacheShape, SequenceCache, type StepEntry } from './kv-cache.ts';
 import { autoKvReserveBytes, KvBufferPool, type KvReserveStats } from './kv-memory.ts';
@@ -64,9 +64,10 @@ export interface LoadOptions {
   /** Called with each expert page-in's latency in seconds (the sidecar's /metrics histogram). */
   onExpertPageIn?: (seconds: number) => void;
   /**
-   * Mixtral: how each layer up to its experts, and the head, run: 'native' (the default where the
-   * store has native layer files and this host the native addon) or 'onnx' (the store's layer and
-   * head graphs), e.g. to compare them.
+   * How each layer up to its experts (a dense model's: up to its FFN), and the head, run: 'native'
+   * (the default where the store has native layer files and this host the native addon; for a
+   * dense store only where that was measured faster than its decoder graph, AVX2 without VNNI) or
+   * 'onnx' (the store's graphs), e.g. to compare them.
    */
   attention?: 'native' | 'onnx';
   /** Debug hook: called after each Mixtral layer's routing. */
@@ -410,32 +411,60 @@ class EngineRuntime implements ModelRuntime {
   }
 }
 
+interface LayersAndHead {
+  attention: LayerAttention;
+  head: LogitHead;
+  name: string;
+}
+
 /**
- * The native attention layers and head where the store has their files and this host the native
- * addon (CPU only), else the store's ONNX layer and head graphs.
+ * The native attention layers and head where the store has their files, this host the native
+ * addon (CPU only) and `wanted` takes its instruction set, unless the caller asked for the graphs;
+ * null otherwise. `config` is the model as its layer files see it (a dense one as one expert).
  */
-async function layersAndHead(
+async function nativeLayersAndHead(
+  storeDir: string,
+  manifest: Manifest,
+  config: ModelConfig,
+  settings: SessionSettings,
+  choice: LoadOptions['attention'],
+  wanted: (gemm: NativeGemm) => boolean,
+): Promise<LayersAndHead | null> {
+  const { nativeLayers } = manifest;
+  if (!nativeLayers || settings.device !== 'cpu' || choice === 'onnx' || !NativeHead.fits(config.vocabSize)) return null;
+  const { gemm } = loadNativeGemm();
+  if (!gemm || !wanted(gemm) || !layerProductsAgree(gemm)) return null;
+  // The head file's bytes are copied into the head's shared memory, and not kept.
+  const { head: headFile, ...layerFiles } = await readLayerStore(storeDir, config, nativeLayers.format);
+  const attention = new NativeLayerAttention(layerFiles, config, gemm, settings.threads);
+  return { attention, head: new NativeHead(headFile, config, gemm, settings.threads), name: `${attention.name} and head` };
+}
+
+/** A Mixtral store's native layers and head (nativeLayersAndHead), else its ONNX layer and head graphs. */
+async function mixtralLayersAndHead(
   storeDir: string,
   manifest: Manifest,
   settings: SessionSettings,
   choice: LoadOptions['attention'],
-): Promise<{ attention: LayerAttention; head: LogitHead; name: string }> {
-  const { config, nativeLayers, graphs } = manifest;
-  if (nativeLayers && settings.device === 'cpu' && choice !== 'onnx' && NativeHead.fits(config.vocabSize)) {
-    const { gemm } = loadNativeGemm();
-    if (gemm && layerProductsAgree(gemm)) {
-      // The head file's bytes are copied into the head's shared memory, and not kept.
-      const { head: headFile, ...layerFiles } = await readLayerStore(storeDir, config, nativeLayers.format);
-      const attention = new NativeLayerAttention(layerFiles, config, gemm, settings.threads);
-      return { attention, head: new NativeHead(headFile, config, gemm, settings.threads), name: `${attention.name} and head` };
-    }
-  }
+): Promise<LayersAndHead> {
+  const { config, graphs } = manifest;
+  const native = await nativeLayersAndHead(storeDir, manifest, config, settings, choice, () => true);
+  if (native) return native;
   const sessions = [];
   for (const layer of graphs.layers ?? []) sessions.push(await createSession(join(storeDir, layer.graph), settings));
   const attention = new OnnxLayerAttention(sessions, config);
   const head = new OnnxHead(await createSession(join(storeDir, graphs.head!.graph), settings), config.dim);
   return { attention, head, name: attention.name };
 }
+
+/**
+ * Dense stores run natively, as one-expert Mixtrals, where that was measured faster than their
+ * decoder graph: AVX2 without VNNI (5–10% a lone stream, par at 8 streams and on prompts, and the
+ * attention over a long context several times faster; docs/expert-paging.md). With VNNI,
+ * onnxruntime's int4 kernels were the faster when last measured; `attention: 'native'` asks for
+ * the native path anyway.
+ */
+const denseRunsNatively = (choice: LoadOptions['attention']) => (gemm: NativeGemm) => choice === 'native' || gemm.isa === 'avx2';
 
 /** Loads a converted store (see convert/loader.ts for checkpoint folders, converted once). */
 export async function loadModel(storeDir: string, options: LoadOptions = {}): Promise<ModelRuntime> {
@@ -467,14 +496,31 @@ export async function loadModel(storeDir: string, options: LoadOptions = {}): Pr
   let layerPath: string | null = null;
   const { decoder, layers, experts, head } = manifest.graphs;
   if (config.numExperts === 0) {
-    if (!decoder) throw modelError(`${path('manifest.json')}: dense model without a decoder graph`);
-    runner = new DenseRunner(await createSession(path(decoder.graph), settings), config);
+    const oneExpert = asOneExpert(config);
+    const native = await nativeLayersAndHead(
+      storeDir,
+      manifest,
+      oneExpert,
+      settings,
+      options.attention,
+      denseRunsNatively(options.attention),
+    );
+    if (native) {
+      // The FFN is the model's own, not a cache of experts: always resident, whatever
+      // --expert-cache-mb asks of Mixtral models, and not reported as an expert cache.
+      const ffn = await PagedExperts.open(storeDir, { budgetMb: 'all', prefetch: false, ...settings });
+      layerPath = native.name;
+      runner = new MoeRunner(native.attention, native.head, ffn, oneExpert);
+    } else {
+      if (!decoder) throw modelError(`${path('manifest.json')}: dense model without a decoder graph`);
+      runner = new DenseRunner(await createSession(path(decoder.graph), settings), config);
+    }
   } else {
     if (!layers || !head) throw modelError(`${path('manifest.json')}: Mixtral store without layer or head graphs`);
     if (layers.length !== config.nLayers) {
       throw modelError(`${path('manifest.json')}: ${layers.length} layer graphs for ${config.nLayers} layers; convert it again`);
     }
-    const { attention, head: logitHead, name } = await layersAndHead(storeDir, manifest, settings, options.attention);
+    const { attention, head: logitHead, name } = await mixtralLayersAndHead(storeDir, manifest, settings, options.attention);
     layerPath = name;
     let provider: ExpertProvider;
     // fp32 stores: exact per-expert graphs, the reference for the quantised formats. A store without

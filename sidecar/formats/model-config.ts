@@ -87,6 +87,15 @@ class FieldReader {
   }
 }
 
+/**
+ * A dense model seen as a Mixtral with one expert that every token takes: its router weights are
+ * zero, the softmax over one logit is exactly 1 and 1·y = y, so the layers come out the same and
+ * the native layer, expert and head files serve dense models too.
+ */
+export function asOneExpert(config: ModelConfig): ModelConfig {
+  return { ...config, numExperts: 1, expertsPerToken: 1 };
+}
+
 /** Checks the relations between fields that the graph relies on. */
 export function validateConfig(config: ModelConfig, file: string): ModelConfig {
   if (config.nHeads % config.nKvHeads !== 0) {

@@ -25,8 +25,10 @@ export const MANIFEST_FILE = 'manifest.json';
  * 11: …in Q8_0 at int4 too.
  * 12: …and the head (final norm and lm_head in Q8_0), for the native head.
  * 13: the native layer and head files' Q8_0 rows interleaved four at a time.
+ * 14: int4 dense stores hold them too, and expert files, for the model as one expert
+ *     (model-config.ts `asOneExpert`).
  */
-export const FORMAT_VERSION = 13;
+export const FORMAT_VERSION = 14;
 
 export interface GraphEntry {
   graph: string;
@@ -53,8 +55,9 @@ export interface Manifest {
     head?: GraphEntry;
   };
   /**
-   * Quantised Mixtral stores: each layer up to its experts in the experts' block format, for the
-   * native attention layer (engine/layers/layer-store.ts).
+   * Quantised stores: each layer up to its experts in the experts' block format, for the native
+   * attention layer (engine/layers/layer-store.ts); an int4 dense model's as a one-expert
+   * Mixtral's, its FFN then in the expert files.
    */
   nativeLayers?: { format: BlockFormat };
   /** Every file in the store with its size, manifest excluded. */
