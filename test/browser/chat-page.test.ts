@@ -185,7 +185,8 @@ describe('chat page', () => {
     // The settings (never the key) outlive the page.
     await page.reload();
     expect(await page.inputValue('#system-prompt')).toBe('You answer in one short paragraph.');
-    expect(await page.inputValue('#model')).toBe('mistral-small');
+    // The model list arrives from /v1/models after the page loads; the saved choice is selected then.
+    await expect.poll(() => page.inputValue('#model'), STACK_WAIT).toBe('mistral-small');
     expect(await page.inputValue('#preset')).toBe('precise');
     expect(await page.evaluate(() => localStorage.getItem('sirocco.chatSettings'))).not.toContain(stack.apiKey);
   });
