@@ -459,8 +459,8 @@ async function mixtralLayersAndHead(
 
 /**
  * Dense stores run natively, as one-expert Mixtrals, where that was measured faster than their
- * decoder graph: AVX2 without VNNI (5–10% a lone stream, par at 8 streams and on prompts, and the
- * attention over a long context several times faster; docs/expert-paging.md). With VNNI,
+ * decoder graph: AVX2 without VNNI (a lone stream 1.3× in bench:engine, par at 8 streams and on
+ * prompts, the attention over a long context several times faster; docs/expert-paging.md). With VNNI,
  * onnxruntime's int4 kernels were the faster when last measured; `attention: 'native'` asks for
  * the native path anyway.
  */
