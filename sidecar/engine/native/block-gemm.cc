@@ -80,11 +80,15 @@ AVX2 inline __m128 groupScales(const uint8_t* p) {
   return scalesFromWords(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-/** Eight rows' fp16 scales, four contiguous at a and four at b, as exact f32 (groupScales' conversion). */
-AVX2 inline __m256 eightScales(const uint8_t* a, const uint8_t* b) {
-  const __m128i words = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
+/** Eight fp16 scales (words) as exact f32, groupScales' conversion. */
+AVX2 inline __m256 scalesFromWords8(__m128i words) {
   const __m256i bits = _mm256_and_si256(_mm256_slli_epi32(_mm256_cvtepi16_epi32(words), 13), _mm256_set1_epi32(static_cast<int32_t>(0x8fffffff)));
   return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p112f));
+}
+
+/** Eight rows' fp16 scales, four contiguous at a and four at b, as exact f32. */
+AVX2 inline __m256 eightScales(const uint8_t* a, const uint8_t* b) {
+  return scalesFromWords8(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b))));
 }
 
 /** The scales of four Q8_0 rows' blocks, `stride` bytes apart from p. */
@@ -410,34 +414,53 @@ AVX2 void q8Avx2(const uint8_t* p, size_t stride, int nb, const uint8_t* records
   for (int r = 0; r < R; r++) _mm_storeu_ps(out + r * outStride, acc[r]);
 }
 
+/** Eight Q8_0 rows as two groups interleaved by four (the layer and head files'): the second group's blocks `stride` bytes on. */
+struct GroupPair {
+  static constexpr size_t kStep = kQ8GroupBytes;
+  static const uint8_t* quants(const uint8_t* p, size_t stride, int k) { return (k < 4 ? p : p + stride) + 2 * kGroupRows + kBlock * (k % 4); }
+  AVX2 static __m256 scales(const uint8_t* p, size_t stride) { return eightScales(p, p + stride); }
+  static void prefetch(const uint8_t* p, size_t stride) {
+    for (int line = 0; line < 3; line++) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + 16 * kQ8GroupBytes + 64 * line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + stride + 16 * kQ8GroupBytes + 64 * line), _MM_HINT_T0);
+    }
+  }
+};
+
+/** Eight Q8_0 rows in GGUF's order (the int8 expert files'), `stride` bytes apart. */
+struct EightRows {
+  static constexpr size_t kStep = kQ8BlockBytes;
+  static const uint8_t* quants(const uint8_t* p, size_t stride, int k) { return p + k * stride + 2; }
+  AVX2 static __m256 scales(const uint8_t* p, size_t stride) {
+    int16_t h[8];
+    for (int k = 0; k < 8; k++) memcpy(&h[k], p + k * stride, 2);
+    return scalesFromWords8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+  }
+  // The same blocks of the next eight rows, as Q8Rows does for its next passes.
+  static void prefetch(const uint8_t* p, size_t stride) {
+    for (int k = 8; k < 16; k++) _mm_prefetch(reinterpret_cast<const char*>(p + k * stride), _MM_HINT_T0);
+  }
+};
+
 /**
- * Two groups of Q8_0 rows interleaved by four (eight rows: the first group's blocks at p, the
- * second's `groupStride` bytes on) against R activation rows, for batches. A group block holds each
- * row's 32 quants in a row, so the rows kernel above sums each row's lanes horizontally per block.
+ * Eight Q8_0 rows (addressed by Pair) against R activation rows, for batches. A block holds each
+ * row's 32 quants in a row, so the rows kernels above sum each row's lanes horizontally per block.
  * Here the eight rows' blocks are transposed in registers (24 unpacks and lane swaps, shared by the
  * R rows) into vectors s_j holding quants 4j … 4j+3 of all eight rows; an activation's four values
  * for them are one broadcast load, and the sums of the eight pmaddubsw (each lane ≤ 2·128·127,
  * after pmaddwd exact in i32) come out one row per lane: no horizontal sums. Each lane adds its
- * row's blocks in order, so the bits are the rows kernel's.
+ * row's blocks in order, so the bits are the rows kernels'.
  */
-template <int R>
-AVX2 void q8GroupPairAvx2(const uint8_t* p, size_t groupStride, int nb, const uint8_t* records, size_t recordStride, float* out,
-                          size_t outStride) {
+template <int R, class Pair>
+AVX2 void q8PairAvx2(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-  for (int b = 0; b < nb; b++, p += kQ8GroupBytes) {
-    const uint8_t* second = p + groupStride;
-    for (int line = 0; line < 3; line++) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + 16 * kQ8GroupBytes + 64 * line), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(second + 16 * kQ8GroupBytes + 64 * line), _MM_HINT_T0);
-    }
-    const __m256 dw = eightScales(p, second);
+  for (int b = 0; b < nb; b++, p += Pair::kStep) {
+    Pair::prefetch(p, stride);
+    const __m256 dw = Pair::scales(p, stride);
     __m256i row[8];
-    for (int k = 0; k < 4; k++) {
-      row[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * kGroupRows + kBlock * k));
-      row[4 + k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(second + 2 * kGroupRows + kBlock * k));
-    }
+    for (int k = 0; k < 8; k++) row[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Pair::quants(p, stride, k)));
     // s[j]: dword j of rows 0–3 in the low half, of rows 4–7 in the high half, row k in lane k % 4.
     __m256i s[8], magnitude[8];
     for (int half = 0; half < 2; half++) {
@@ -530,13 +553,14 @@ void runProduct(const Product& job, Layout layout, const Kernels& kernels, const
 }
 
 /**
- * Activation rows from which AVX2 runs Q8_0 groups in pairs: below, the transpose costs more than
- * the rows kernel's horizontal sums (measured on a 32000×2048 head, two threads: 4 rows 5.0 against
- * 4.6 ms; 5 rows 5.7 against 6.5, 8 rows 7.5 against 9.1, 16 rows 11.5 against 18.0).
+ * Activation rows from which AVX2 runs Q8_0 eight rows at a time (q8PairAvx2): below, the transpose
+ * costs more than the rows kernels' horizontal sums (measured on a 32000×2048 head in groups, two
+ * threads: 4 rows 5.0 against 4.6 ms; 5 rows 5.7 against 6.5, 8 rows 7.5 against 9.1, 16 rows 11.5
+ * against 18.0).
  */
-constexpr int kGroupPairMinRows = 5;
+constexpr int kQ8PairMinRows = 5;
 
-void runGroupPairs(const Product& job);
+void runQ8Pairs(const Product& job, Layout layout);
 
 constexpr Kernels kQ4Avx512 = {q4GroupAvx512<1>, q4GroupAvx512<2>, q4GroupAvx512<3>, q4GroupAvx512<4>};
 constexpr BandKernels kQ4Avx512Bands = {q4BandAvx512<1>, q4BandAvx512<2>, q4BandAvx512<3>, q4BandAvx512<4>};
@@ -547,34 +571,37 @@ constexpr BandKernels kQ4Avx2Bands = {q4BandAvx2<1>,       q4BandPairsAvx2<2>,  
                                       q4BandPairsAvx2<13>, q4BandPairsAvx2<14>, q4BandPairsAvx2<15>, q4BandPairsAvx2<16>};
 constexpr Kernels kQ8Avx512 = {q8Avx512<1, Q8Rows>, q8Avx512<2, Q8Rows>, q8Avx512<3, Q8Rows>, q8Avx512<4, Q8Rows>};
 constexpr Kernels kQ8Avx2 = {q8Avx2<1, Q8Rows>, q8Avx2<2, Q8Rows>, q8Avx2<3, Q8Rows>, q8Avx2<4, Q8Rows>};
-/** Two Q8_0 groups (eight rows; the second's blocks `groupStride` bytes after the first's) against R activation rows. */
-using GroupPairKernel = void (*)(const uint8_t* p, size_t groupStride, int nb, const uint8_t* records, size_t recordStride, float* out,
-                                 size_t outStride);
-constexpr GroupPairKernel kQ8GroupPairsAvx2[kBandRowsPerPass] = {
-    q8GroupPairAvx2<1>,  q8GroupPairAvx2<2>,  q8GroupPairAvx2<3>,  q8GroupPairAvx2<4>,  q8GroupPairAvx2<5>,  q8GroupPairAvx2<6>,
-    q8GroupPairAvx2<7>,  q8GroupPairAvx2<8>,  q8GroupPairAvx2<9>,  q8GroupPairAvx2<10>, q8GroupPairAvx2<11>, q8GroupPairAvx2<12>,
-    q8GroupPairAvx2<13>, q8GroupPairAvx2<14>, q8GroupPairAvx2<15>, q8GroupPairAvx2<16>};
+/** Eight Q8_0 rows (their first blocks at p, addressed with `stride` by the layout) against R activation rows. */
+using PairKernel = void (*)(const uint8_t* p, size_t stride, int nb, const uint8_t* records, size_t recordStride, float* out, size_t outStride);
+using PairKernels = PairKernel[kBandRowsPerPass];
+template <class Pair>
+constexpr PairKernels kQ8PairsAvx2 = {
+    q8PairAvx2<1, Pair>,  q8PairAvx2<2, Pair>,  q8PairAvx2<3, Pair>,  q8PairAvx2<4, Pair>,  q8PairAvx2<5, Pair>,  q8PairAvx2<6, Pair>,
+    q8PairAvx2<7, Pair>,  q8PairAvx2<8, Pair>,  q8PairAvx2<9, Pair>,  q8PairAvx2<10, Pair>, q8PairAvx2<11, Pair>, q8PairAvx2<12, Pair>,
+    q8PairAvx2<13, Pair>, q8PairAvx2<14, Pair>, q8PairAvx2<15, Pair>, q8PairAvx2<16, Pair>};
 constexpr Kernels kQ8GroupsAvx512 = {q8Avx512<1, Q8Groups>, q8Avx512<2, Q8Groups>, q8Avx512<3, Q8Groups>, q8Avx512<4, Q8Groups>};
 constexpr Kernels kQ8GroupsAvx2 = {q8Avx2<1, Q8Groups>, q8Avx2<2, Q8Groups>, q8Avx2<3, Q8Groups>, q8Avx2<4, Q8Groups>};
 
 /**
- * A product on Q8_0 groups, AVX2, several activation rows: eight output rows at a time
- * (q8GroupPairAvx2, up to kBandRowsPerPass activation rows a pass), a last lone group by the rows
- * kernel.
+ * A Q8_0 product on AVX2 with several activation rows: eight output rows at a time (q8PairAvx2, up
+ * to kBandRowsPerPass activation rows a pass), a last four by the rows kernels.
  */
-void runGroupPairs(const Product& job) {
+void runQ8Pairs(const Product& job, Layout layout) {
+  const bool groups = layout == Layout::kQ8_0Groups;
   const size_t recordStride = static_cast<size_t>(kRecordBytes) * job.nb;
-  const size_t groupStride = static_cast<size_t>(job.nb) * kQ8GroupBytes;
+  // Groups: the next group's blocks one group's bytes on; rows: the next row's one row's bytes on.
+  const size_t stride = static_cast<size_t>(job.nb) * (groups ? kQ8GroupBytes : kQ8BlockBytes);
+  const PairKernels& kernels = groups ? kQ8PairsAvx2<GroupPair> : kQ8PairsAvx2<EightRows>;
   int row = job.row;
   for (; row + 2 * kGroupRows <= job.rowEnd; row += 2 * kGroupRows) {
-    const uint8_t* p = job.w + static_cast<size_t>(row / kGroupRows) * groupStride;
+    const uint8_t* p = job.w + static_cast<size_t>(groups ? row / kGroupRows : row) * stride;
     for (int i = 0; i < job.m; i += kBandRowsPerPass) {
       const int rows = job.m - i < kBandRowsPerPass ? job.m - i : kBandRowsPerPass;
-      kQ8GroupPairsAvx2[rows - 1](p, groupStride, job.nb, job.x + i * recordStride, recordStride, job.out + static_cast<size_t>(i) * job.n + row,
-                                  job.n);
+      kernels[rows - 1](p, stride, job.nb, job.x + i * recordStride, recordStride, job.out + static_cast<size_t>(i) * job.n + row, job.n);
     }
   }
-  if (row < job.rowEnd) runProduct({job.w, row, job.rowEnd, job.m, job.x, job.out, job.n, job.nb}, Layout::kQ8_0Groups, kQ8GroupsAvx2, nullptr);
+  if (row < job.rowEnd)
+    runProduct({job.w, row, job.rowEnd, job.m, job.x, job.out, job.n, job.nb}, layout, groups ? kQ8GroupsAvx2 : kQ8Avx2, nullptr);
 }
 
 bool hasAvx512Vnni() {
@@ -590,6 +617,7 @@ bool hasAvx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports
 /** One export: a format on one instruction set, in the expert files' layout. */
 struct Entry {
   const char* name;
+  sirocco::Isa isa;
   Layout layout;  // Q4_0 bands, or Q8_0 rows
   const Kernels* kernels;
   const BandKernels* bands;  // a Q4_0 band's 16 rows at a time, where there is such a kernel
@@ -597,10 +625,10 @@ struct Entry {
 };
 
 constexpr Entry kEntries[] = {
-    {"q4_0_avx512vnni", Layout::kQ4_0Bands, &kQ4Avx512, &kQ4Avx512Bands, hasAvx512Vnni},
-    {"q4_0_avx2", Layout::kQ4_0Bands, &kQ4Avx2, &kQ4Avx2Bands, hasAvx2},
-    {"q8_0_avx512vnni", Layout::kQ8_0Rows, &kQ8Avx512, nullptr, hasAvx512Vnni},
-    {"q8_0_avx2", Layout::kQ8_0Rows, &kQ8Avx2, nullptr, hasAvx2},
+    {"q4_0_avx512vnni", sirocco::Isa::kAvx512Vnni, Layout::kQ4_0Bands, &kQ4Avx512, &kQ4Avx512Bands, hasAvx512Vnni},
+    {"q4_0_avx2", sirocco::Isa::kAvx2, Layout::kQ4_0Bands, &kQ4Avx2, &kQ4Avx2Bands, hasAvx2},
+    {"q8_0_avx512vnni", sirocco::Isa::kAvx512Vnni, Layout::kQ8_0Rows, &kQ8Avx512, nullptr, hasAvx512Vnni},
+    {"q8_0_avx2", sirocco::Isa::kAvx2, Layout::kQ8_0Rows, &kQ8Avx2, nullptr, hasAvx2},
 };
 
 /** Weight bytes of the first `rows` rows of a matrix of `nb` blocks per row. */
@@ -648,8 +676,7 @@ napi_value RunProduct(napi_env env, napi_callback_info info) {
     return fail(env, entry, "the product does not fit in its memory");
   if (!entry.supported()) return fail(env, entry, "this CPU lacks the instruction set");
   uint8_t* base = static_cast<uint8_t*>(bytes);
-  const Product job{base + w, row, rowEnd, m, base + x, reinterpret_cast<float*>(base + out), n, static_cast<int>(nb)};
-  runProduct(job, entry.layout, *entry.kernels, entry.bands);
+  sirocco::blockProduct(entry.isa, entry.layout, base + w, n, cols, m, base + x, reinterpret_cast<float*>(base + out), row, rowEnd);
   return nullptr;
 }
 
@@ -768,7 +795,7 @@ void blockProduct(Isa isa, Layout layout, const uint8_t* w, int n, int cols, int
                   int rowEnd) {
   const Product job{w, rowBegin, rowEnd, m, records, out, n, cols / kBlock};
   const bool vnni = isa == Isa::kAvx512Vnni;
-  if (layout == Layout::kQ8_0Groups && !vnni && m >= kGroupPairMinRows) return runGroupPairs(job);
+  if (layout != Layout::kQ4_0Bands && !vnni && m >= kQ8PairMinRows) return runQ8Pairs(job, layout);
   if (layout == Layout::kQ8_0Groups) return runProduct(job, layout, vnni ? kQ8GroupsAvx512 : kQ8GroupsAvx2, nullptr);
   const Entry& entry = kEntries[(layout == Layout::kQ4_0Bands ? 0 : 2) + (vnni ? 0 : 1)];
   runProduct(job, layout, *entry.kernels, entry.bands);
