@@ -9,7 +9,8 @@
         "sidecar/engine/native/block-gemm.cc",
         "sidecar/engine/native/attention-layer.cc",
         "sidecar/engine/native/expert-ffn.cc",
-        "sidecar/engine/native/helper-thread.cc"
+        "sidecar/engine/native/helper-thread.cc",
+        "sidecar/engine/native/softmax-weights.cc"
       ],
       "cflags_cc": ["-O3", "-ffp-contract=off", "-fno-exceptions", "-std=c++17", "-Wno-maybe-uninitialized"]
     }

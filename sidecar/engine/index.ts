@@ -13,6 +13,7 @@ export {
   type ExpertCacheStats,
 } from './experts/expert-cache.ts';
 export { type ExpertBits, ExpertStore, expertBlocksInRowOrder, expertFileBytes, expertViews } from './experts/expert-store.ts';
+export { nativeSoftmaxWeights } from './experts/native-gemm.ts';
 export type { KvReserveStats } from './kv-memory.ts';
 export {
   type ForwardEntry,

@@ -7,7 +7,7 @@
 import type { Tokenizer } from '../text/tokenizer.ts';
 import { createJsonModeSampler } from './json-mode.ts';
 import { responseConstraint } from './json-schema-constraint.ts';
-import { createSampler, type SamplingOptions } from './sampler.ts';
+import { createSampler, type SamplingOptions, type SoftmaxWeights, softmaxWeights } from './sampler.ts';
 
 export interface ResponseFormatOptions {
   /** Constrain the answer to one JSON object; it ends when the object closes. */
@@ -23,8 +23,13 @@ export interface RequestSampler {
   readonly complete: boolean;
 }
 
-export function createRequestSampler(tokenizer: Tokenizer, options: SamplingOptions & ResponseFormatOptions): RequestSampler {
-  const sampler = createSampler({ temperature: options.temperature, topP: options.topP, seed: options.seed });
+/** `weightsOf`: the softmax weights' implementation (createSampler's). */
+export function createRequestSampler(
+  tokenizer: Tokenizer,
+  options: SamplingOptions & ResponseFormatOptions,
+  weightsOf: SoftmaxWeights = softmaxWeights,
+): RequestSampler {
+  const sampler = createSampler({ temperature: options.temperature, topP: options.topP, seed: options.seed }, weightsOf);
   if (options.jsonMode) return createJsonModeSampler(tokenizer, sampler, responseConstraint(options.jsonSchema));
   return { sample: (logits) => sampler.sample(logits), complete: false };
 }

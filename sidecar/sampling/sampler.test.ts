@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { loadNativeGemm } from '../engine/experts/native-gemm.ts';
 import { SidecarError } from '../errors.ts';
-import { argmax, createRandom, createSampler } from './sampler.ts';
+import { argmax, createRandom, createSampler, softmaxWeights } from './sampler.ts';
 
 /** A reproducible logits row: a few strong tokens over a flat tail. */
 function logitsRow(size = 1000): Float32Array {
@@ -123,5 +124,55 @@ describe('createSampler', () => {
     } catch (error) {
       expect(error).toMatchObject({ type: 'invalid_request_error', param });
     }
+  });
+});
+
+describe.runIf(process.arch === 'x64')("the addon's softmax weights (x86-64, where npm ci builds it)", () => {
+  const native = loadNativeGemm().gemm?.softmaxWeights;
+
+  /** Weights and total from both, compared bit for bit (Object.is tells 0 from -0 and matches NaN). */
+  function expectSameBits(logits: Float32Array, temperature: number): void {
+    const max = logits[argmax(logits)] ?? 0;
+    const fromAddon = new Float64Array(logits.length);
+    const fromJs = new Float64Array(logits.length);
+    expect(Object.is(native!(logits, max, temperature, fromAddon), softmaxWeights(logits, max, temperature, fromJs))).toBe(true);
+    const differing = fromJs.findIndex((w, i) => !Object.is(w, fromAddon[i]));
+    expect(differing, `token ${differing}: ${fromJs[differing]} in JavaScript, ${fromAddon[differing]} native`).toBe(-1);
+  }
+
+  it('is built here', () => {
+    expect(native).toBeTypeOf('function');
+  });
+
+  it.each([0.05, 0.7, 1, 1.3, 50])('gives the JavaScript loop bit for bit on a 32000-token row at temperature %s', (temperature) => {
+    const random = createRandom(temperature * 1000);
+    expectSameBits(
+      Float32Array.from({ length: 32_000 }, () => (random() - 0.5) * 40),
+      temperature,
+    );
+  });
+
+  it('gives the same bits where 2^-k leaves the vector path: underflow, subnormals, NaN, -Infinity and a ragged tail', () => {
+    // At temperature 1 distances of 700–760 nats cross the scalar path's subnormal range and underflow.
+    const row = Float32Array.from({ length: 203 }, (_, i) => -i * 3.8);
+    row[5] = Number.NaN;
+    row[17] = Number.NEGATIVE_INFINITY;
+    row[30] = 3e38;
+    row[31] = -3e38;
+    expectSameBits(row, 1);
+    expectSameBits(row.subarray(0, 3), 1);
+    expectSameBits(new Float32Array(0), 1);
+  });
+
+  it.each([1, 0.9])('makes the sampler draw the same tokens as the JavaScript weights (top_p %s)', (topP) => {
+    const random = createRandom(77);
+    const row = Float32Array.from({ length: 4000 }, () => random() * 8);
+    const drawWith = (weights: typeof softmaxWeights) => {
+      const sampler = createSampler({ temperature: 0.8, topP, seed: 5 }, weights);
+      return Array.from({ length: 500 }, () => sampler.sample(row));
+    };
+    const drawn = drawWith(native!);
+    expect(drawn).toEqual(drawWith(softmaxWeights));
+    expect(new Set(drawn).size).toBeGreaterThan(50);
   });
 });

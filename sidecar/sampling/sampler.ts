@@ -86,6 +86,24 @@ export function argmax(logits: Float32Array): number {
 }
 
 /**
+ * Fills weights[i] = e^−((max − logits[i]) / temperature), 0 for a NaN logit, and returns their sum
+ * added in token order. The engine's addon has the same steps in SIMD (engine/native/softmax-weights.cc,
+ * the same bits, ~4× faster); the serving layer passes it to createSampler where it is built.
+ */
+export type SoftmaxWeights = (logits: Float32Array, max: number, temperature: number, weights: Float64Array) => number;
+
+export const softmaxWeights: SoftmaxWeights = (logits, max, temperature, weights) => {
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) {
+    const w = expNegative((max - logits[i]!) / temperature);
+    const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0 (Math.max(NaN, 0) is NaN)
+    weights[i] = weight;
+    total += weight;
+  }
+  return total;
+};
+
+/**
  * Nucleus cut-off without sorting the vocabulary: weights are bucketed by their distance from the
  * top logit, (max − logit) / T, in 1/16-nat steps; buckets are ordered like the weights, so only
  * the bucket where the cumulative weight crosses the target needs sorting (a few dozen tokens).
@@ -109,7 +127,8 @@ function nucleusThreshold(weights: Float64Array, buckets: Uint16Array, bucketMas
   return threshold;
 }
 
-export function createSampler(options: SamplingOptions): Sampler {
+/** `weightsOf` computes the softmax weights: any implementation with softmaxWeights' bits. */
+export function createSampler(options: SamplingOptions, weightsOf: SoftmaxWeights = softmaxWeights): Sampler {
   validate(options);
   const { temperature, topP } = options;
   if (temperature === 0) return { sample: argmax };
@@ -127,27 +146,14 @@ export function createSampler(options: SamplingOptions): Sampler {
       // An empty row has no maximum; like an infinite or NaN one it falls back to argmax.
       const max = logits[argmax(logits)] ?? Number.NaN;
       if (!Number.isFinite(max)) return argmax(logits);
-      let total = 0;
-      if (topP >= 1) {
-        // No nucleus: the weights alone (the bucketing below doubles the cost of this loop).
-        for (let i = 0; i < logits.length; i++) {
-          const w = expNegative((max - logits[i]!) / temperature);
-          const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0 (Math.max(NaN, 0) is NaN)
-          weights[i] = weight;
-          total += weight;
-        }
-        return pick(weights, 0, total * random());
-      }
+      const total = weightsOf(logits, max, temperature, weights);
+      if (topP >= 1) return pick(weights, 0, total * random()); // no nucleus: the weights alone
       bucketMass.fill(0);
       for (let i = 0; i < logits.length; i++) {
-        const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits
-        const w = expNegative(distance);
-        const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0
-        weights[i] = weight;
-        total += weight;
+        const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits (weight 0)
         const bucket = distance < BUCKET_COUNT / BUCKETS_PER_NAT ? Math.floor(distance * BUCKETS_PER_NAT) : BUCKET_COUNT - 1;
         buckets[i] = bucket;
-        bucketMass[bucket]! += weight;
+        bucketMass[bucket]! += weights[i]!;
       }
       // Nucleus: the most likely tokens whose weights first reach topP of the total (ties at the cut-off kept).
       const threshold = nucleusThreshold(weights, buckets, bucketMass, topP * total);

@@ -4,6 +4,7 @@
  * JSON-constrained), the text stream with its stop strings, and the finish reason. The scheduler
  * runs one of these per request in its batch; `generate()` is the scheduler with a batch of one.
  */
+import { nativeSoftmaxWeights } from '../engine/index.ts';
 import { invalidRequest } from '../errors.ts';
 import { createRequestSampler, type RequestSampler, type ResponseFormatOptions } from '../sampling/request-sampler.ts';
 import type { SamplingOptions } from '../sampling/sampler.ts';
@@ -75,7 +76,7 @@ export class RequestDecoder {
     readonly maxTokens: number,
     options: DecodeOptions,
   ) {
-    this.sampler = createRequestSampler(tokenizer, options);
+    this.sampler = createRequestSampler(tokenizer, options, nativeSoftmaxWeights());
     this.text = new TextStream(tokenizer, options.stop ?? []);
   }
 

@@ -71,12 +71,20 @@ export type NativeExpertFfn = (memory: Uint8Array, dims: Int32Array, experts: Ui
  */
 export type NativeSharedProduct = (memory: Uint8Array, dims: Int32Array, w: number, x: number, out: number) => void;
 
+/**
+ * A sampled row's softmax weights (engine/native/softmax-weights.cc): weights[i] =
+ * e^−((max − logits[i]) / temperature), 0 for NaN, returning their sum in order; the bits of
+ * sampling/sampler.ts's JavaScript loop.
+ */
+export type NativeSoftmaxWeights = (logits: Float32Array, max: number, temperature: number, weights: Float64Array) => number;
+
 type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & {
   supported(): NativeIsa[];
   attention_layer: NativeAttentionLayer;
   expert_ffn: NativeExpertFfn;
   shared_product: NativeSharedProduct;
   helper_chunks(): number;
+  softmax_weights: NativeSoftmaxWeights;
 };
 
 export interface NativeGemm {
@@ -94,6 +102,7 @@ export interface NativeGemm {
   isaCode: number;
   /** Chunks of jobs (products, attention, experts) the addon's one helper thread has run in this process. */
   helperChunks(): number;
+  softmaxWeights: NativeSoftmaxWeights;
 }
 
 /** Where node-gyp puts the addon: build/Release under the package root. */
@@ -126,7 +135,19 @@ export function loadNativeGemm(isa?: NativeIsa): { gemm: NativeGemm | null; note
       sharedProduct: addon.shared_product,
       isaCode: chosen === 'avx512vnni' ? 0 : 1,
       helperChunks: addon.helper_chunks,
+      softmaxWeights: addon.softmax_weights,
     },
     note: null,
   };
+}
+
+let softmaxWeightsHere: NativeSoftmaxWeights | null | undefined;
+
+/**
+ * The addon's softmax weights where it loads on this CPU (the sampler's own steps and bits, ~4×
+ * faster), else undefined: the sampler then keeps its JavaScript loop.
+ */
+export function nativeSoftmaxWeights(): NativeSoftmaxWeights | undefined {
+  softmaxWeightsHere ??= loadNativeGemm().gemm?.softmaxWeights ?? null;
+  return softmaxWeightsHere ?? undefined;
 }

@@ -16,6 +16,7 @@
 #include "expert-ffn.h"
 #include "helper-thread.h"
 #include "napi-args.h"
+#include "softmax-weights.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -836,5 +837,6 @@ NAPI_MODULE_INIT() {
   }
   sirocco::registerAttentionLayer(env, exports);
   sirocco::registerExpertFfn(env, exports);
+  sirocco::registerSoftmaxWeights(env, exports);
   return exports;
 }
