@@ -249,29 +249,28 @@ class MoeRunner implements StepRunner {
       for (let i = 0; i < e.tokens.length; i++) realRows.push(b * step.seq + i);
     }
 
+    // Without padding rows (native decode steps) the real rows are all rows, in order: the layer's
+    // outputs serve as they are, with no copies.
+    const allRows = realRows.length === step.batch * step.seq;
+    const realRowsOf = (from: Float32Array, width: number) => {
+      if (allRows) return from;
+      const out = new Float32Array(realRows.length * width);
+      for (const [i, row] of realRows.entries()) out.set(from.subarray(row * width, (row + 1) * width), i * width);
+      return out;
+    };
     let hidden: Float32Array | null = null;
     const attention = this.attention.forStep(step);
     for (let layer = 0; layer < nLayers; layer++) {
       const { residual, ffnIn, router } = await attention.run(layer, hidden);
-      const x = new Float32Array(realRows.length * dim);
-      const logits = new Float32Array(realRows.length * numExperts);
-      realRows.forEach((row, i) => {
-        x.set(ffnIn.subarray(row * dim, (row + 1) * dim), i * dim);
-        logits.set(router.subarray(row * numExperts, (row + 1) * numExperts), i * numExperts);
-      });
-      const routing = routeTopK(logits, realRows.length, numExperts, k);
+      const routing = routeTopK(realRowsOf(router, numExperts), realRows.length, numExperts, k);
       if (this.onRouting) this.reportRouting(step, layer, routing.experts);
-      if (this.experts.beginLayer) {
-        const realResidual = new Float32Array(realRows.length * dim);
-        for (const [i, row] of realRows.entries()) realResidual.set(residual.subarray(row * dim, (row + 1) * dim), i * dim);
-        this.experts.beginLayer(layer, routing.experts, { data: realResidual, rows: realRows.length });
-      }
-      const moe = await runExperts(this.experts, layer, x, realRows.length, dim, routing, k);
-      const next = residual.slice();
+      this.experts.beginLayer?.(layer, routing.experts, { data: realRowsOf(residual, dim), rows: realRows.length });
+      const moe = await runExperts(this.experts, layer, realRowsOf(ffnIn, dim), realRows.length, dim, routing, k);
+      // The residual is this step's own array (LayerOutputs): the experts' sums go into it in place.
       realRows.forEach((row, i) => {
-        for (let d = 0; d < dim; d++) next[row * dim + d]! += moe[i * dim + d]!;
+        for (let d = 0; d < dim; d++) residual[row * dim + d]! += moe[i * dim + d]!;
       });
-      hidden = next;
+      hidden = residual;
     }
     return this.head.run(hidden as Float32Array, rows);
   }
@@ -390,11 +389,12 @@ class EngineRuntime implements ModelRuntime {
     step.commit();
     const vocab = this.info.vocabSize;
     let offset = 0;
+    // Views of the step's own logits: each entry's rows are its alone to read or mask.
     return batch.map((e) => {
       const count = options.allPositions ? e.tokens.length : 1;
-      const slice = logits.slice(offset * vocab, (offset + count) * vocab);
+      const rowsOf = logits.subarray(offset * vocab, (offset + count) * vocab);
       offset += count;
-      return slice;
+      return rowsOf;
     });
   }
 

@@ -168,6 +168,8 @@ export async function runExperts(
   const out = new Float32Array(rows * dim);
   /** The slots' rows of x, the last one repeated up to `padded` rows (slots is never empty). */
   const gather = (slots: number[], padded: number) => {
+    // Every row once, in order (one expert, as a dense model's FFN): x itself.
+    if (k === 1 && padded === rows && slots.length === rows && slots.every((slot, i) => slot === i)) return x.subarray(0, rows * dim);
     const input = new Float32Array(padded * dim);
     for (let i = 0; i < padded; i++) {
       const row = Math.floor(slots[Math.min(i, slots.length - 1)]! / k) * dim;

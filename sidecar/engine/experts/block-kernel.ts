@@ -1220,9 +1220,11 @@ export class BlockExpertKernel implements ExpertBufferPool {
       table.set([e.weights.format === 'q4_0' ? 1 : 0, e.weights.w13.byteOffset, e.weights.w2.byteOffset, e.rows], 4 * k);
       rows += e.rows;
     });
-    const x = new Float32Array(rows * dim);
+    // The experts' rows one after the other: a lone expert's as they are.
+    const lone = experts.length === 1 && experts[0]!.x.length === rows * dim;
+    const x = lone ? experts[0]!.x : new Float32Array(rows * dim);
     let at = 0;
-    for (const e of experts) {
+    for (const e of lone ? [] : experts) {
       x.set(e.x.subarray(0, e.rows * dim), at);
       at += e.rows * dim;
     }

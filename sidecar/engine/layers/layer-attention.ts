@@ -5,6 +5,11 @@
  */
 import type { BatchStep } from '../kv-cache.ts';
 
+/**
+ * One layer's outputs, the caller's to change until the step's next layer runs (`residual` until the
+ * one after, which reads it): a layer may reuse its arrays there. The runtime adds the experts' sums
+ * into `residual` in place.
+ */
 export interface LayerOutputs {
   /** The residual stream after attention [batch·seq, dim]. */
   residual: Float32Array;

@@ -51,10 +51,13 @@ export class NativeLayerAttention implements LayerAttention {
       this.threads > 1 ? 2 : 1,
     );
     const rows = step.batch * step.seq;
+    // A step's layers run one after the other, each reading the last one's residual stream: two
+    // residual arrays taken in turn, and one FFN input, serve all of them.
+    const residuals = [new Float32Array(rows * dim), new Float32Array(rows * dim)];
+    const ffnIn = new Float32Array(rows * dim);
     return {
       run: async (layer, hidden) => {
-        const residual = new Float32Array(rows * dim);
-        const ffnIn = new Float32Array(rows * dim);
+        const residual = residuals[layer % 2]!;
         const router = new Float32Array(rows * numExperts);
         const newKeys = new Float32Array(step.batch * nKvHeads * step.seq * headDim);
         const newValues = new Float32Array(newKeys.length);
