@@ -38,5 +38,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:8080/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 
-ENTRYPOINT ["node", "bin/sirocco.mjs", "serve"]
+# --single-threaded-gc: V8's collector on the JS thread, off the cores the engine computes on (cli/processes.ts).
+ENTRYPOINT ["node", "--single-threaded-gc", "bin/sirocco.mjs", "serve"]
 CMD ["--host", "0.0.0.0", "--port", "8080"]

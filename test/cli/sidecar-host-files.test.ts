@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { REPO_ROOT } from '../../cli/processes.ts';
+import { REPO_ROOT, SIDECAR_NODE_OPTIONS } from '../../cli/processes.ts';
 import { loadServeConfig } from '../../cli/serve-config.ts';
 import { ENV, SIDECAR_PATHS } from '../../shared/protocol.ts';
 import { startSidecarProcess } from '../support/sidecar-process.ts';
@@ -73,10 +73,11 @@ function parseDockerfile(path: string): Dockerfile {
   };
 }
 
-/** The arguments after `serve` in a command line. */
+/** The arguments after `serve` in a command line, which runs Node with the V8 options every sidecar launcher passes. */
 function serveArgs(command: string[]): string[] {
-  expect(command.slice(0, 3)).toEqual(['node', 'bin/sirocco.mjs', 'serve']);
-  return command.slice(3);
+  const head = ['node', ...SIDECAR_NODE_OPTIONS, 'bin/sirocco.mjs', 'serve'];
+  expect(command.slice(0, head.length)).toEqual(head);
+  return command.slice(head.length);
 }
 
 describe.each([
