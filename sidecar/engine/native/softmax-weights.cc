@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "block-gemm.h"
 #include "napi-args.h"
 
 namespace sirocco {
@@ -91,8 +92,6 @@ AVX2 double avx2Weights(const float* logits, int count, double max, double tempe
   return total;
 }
 
-bool hasAvx2() { return __builtin_cpu_supports("avx2"); }
-
 /**
  * softmax_weights(logits, max, temperature, weights): weights[i] = e^−((max − logits[i]) / temperature)
  * (0 for NaN), returning their sum in order. logits a Float32Array, weights a Float64Array as long.
@@ -114,7 +113,7 @@ napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
     return failWith("weights must be a Float64Array as long as logits");
   if (count > INT32_MAX) return failWith("the row is too long");
   const int n = static_cast<int>(count);
-  const double total = hasAvx2() ? avx2Weights(logits, n, max, temperature, weights) : scalarWeights(logits, n, max, temperature, weights);
+  const double total = isaSupported(Isa::kAvx2) ? avx2Weights(logits, n, max, temperature, weights) : scalarWeights(logits, n, max, temperature, weights);
   napi_value result;
   napi_create_double(env, total, &result);
   return result;
