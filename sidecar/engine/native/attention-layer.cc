@@ -349,6 +349,8 @@ const char* runLayer(const Shape& s, const Tensors& t, float eps) {
 
 napi_value fail(napi_env env, const char* what) { return throwKernelError(env, "attention_layer", what); }
 
+}  // namespace
+
 /**
  * attention_layer(weights, dims, eps, hidden, cos, sin, positions, mask, pastKeys, pastValues,
  *                 hiddenOut, ffnIn, router, newKeys, newValues)
@@ -423,14 +425,6 @@ napi_value AttentionLayer(napi_env env, napi_callback_info info) {
   }
   if (const char* problem = runLayer(s, t, static_cast<float>(eps))) return fail(env, problem);
   return nullptr;
-}
-
-}  // namespace
-
-void registerAttentionLayer(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "attention_layer", NAPI_AUTO_LENGTH, AttentionLayer, nullptr, &fn);
-  napi_set_named_property(env, exports, "attention_layer", fn);
 }
 
 }  // namespace sirocco

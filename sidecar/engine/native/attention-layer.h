@@ -4,7 +4,7 @@
 
 namespace sirocco {
 
-/** Adds `attention_layer` to the addon's exports. */
-void registerAttentionLayer(napi_env env, napi_value exports);
+/** The addon's `attention_layer` export (attention-layer.cc documents its arguments). */
+napi_value AttentionLayer(napi_env env, napi_callback_info info);
 
 }  // namespace sirocco

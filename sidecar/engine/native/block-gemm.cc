@@ -829,14 +829,15 @@ NAPI_MODULE_INIT() {
   const struct {
     const char* name;
     napi_callback call;
-  } more[] = {{"shared_product", SharedProduct}, {"helper_chunks", HelperChunks}};
+  } more[] = {{"shared_product", SharedProduct},
+              {"helper_chunks", HelperChunks},
+              {"attention_layer", sirocco::AttentionLayer},
+              {"expert_ffn", sirocco::ExpertFfn},
+              {"softmax_weights", sirocco::SoftmaxWeights}};
   for (const auto& entry : more) {
     napi_value fn;
     napi_create_function(env, entry.name, NAPI_AUTO_LENGTH, entry.call, nullptr, &fn);
     napi_set_named_property(env, exports, entry.name, fn);
   }
-  sirocco::registerAttentionLayer(env, exports);
-  sirocco::registerExpertFfn(env, exports);
-  sirocco::registerSoftmaxWeights(env, exports);
   return exports;
 }

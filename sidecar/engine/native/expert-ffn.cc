@@ -75,6 +75,8 @@ void runExpert(Isa isa, int dim, int ffn, const Expert& e, bool shareProducts) {
 
 napi_value fail(napi_env env, const char* what) { return throwKernelError(env, "expert_ffn", what); }
 
+}  // namespace
+
 /**
  * expert_ffn(memory, dims, experts, x, y)
  * memory: a Uint8Array over the expert buffers' wasm memory. dims: Int32Array [isa (0 AVX-512 VNNI,
@@ -128,14 +130,6 @@ napi_value ExpertFfn(napi_env env, napi_callback_info info) {
     for (const Expert& e : experts) runExpert(isa, dim, ffn, e, threads == 2);
   }
   return nullptr;
-}
-
-}  // namespace
-
-void registerExpertFfn(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "expert_ffn", NAPI_AUTO_LENGTH, ExpertFfn, nullptr, &fn);
-  napi_set_named_property(env, exports, "expert_ffn", fn);
 }
 
 }  // namespace sirocco

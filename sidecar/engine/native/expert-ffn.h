@@ -4,7 +4,7 @@
 
 namespace sirocco {
 
-/** Adds `expert_ffn` to the addon's exports. */
-void registerExpertFfn(napi_env env, napi_value exports);
+/** The addon's `expert_ffn` export (expert-ffn.cc documents its arguments). */
+napi_value ExpertFfn(napi_env env, napi_callback_info info);
 
 }  // namespace sirocco

@@ -92,6 +92,8 @@ AVX2 double avx2Weights(const float* logits, int count, double max, double tempe
   return total;
 }
 
+}  // namespace
+
 /**
  * softmax_weights(logits, max, temperature, weights): weights[i] = e^−((max − logits[i]) / temperature)
  * (0 for NaN), returning their sum in order. logits a Float32Array, weights a Float64Array as long.
@@ -117,14 +119,6 @@ napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
   napi_value result;
   napi_create_double(env, total, &result);
   return result;
-}
-
-}  // namespace
-
-void registerSoftmaxWeights(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "softmax_weights", NAPI_AUTO_LENGTH, SoftmaxWeights, nullptr, &fn);
-  napi_set_named_property(env, exports, "softmax_weights", fn);
 }
 
 }  // namespace sirocco

@@ -4,7 +4,7 @@
 
 namespace sirocco {
 
-/** Adds `softmax_weights` to the addon's exports. */
-void registerSoftmaxWeights(napi_env env, napi_value exports);
+/** The addon's `softmax_weights` export (softmax-weights.cc documents its arguments). */
+napi_value SoftmaxWeights(napi_env env, napi_callback_info info);
 
 }  // namespace sirocco
