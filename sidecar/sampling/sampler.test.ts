@@ -130,27 +130,42 @@ describe('createSampler', () => {
 describe.runIf(process.arch === 'x64')("the addon's softmax weights (x86-64, where npm ci builds it)", () => {
   const native = loadNativeGemm().gemm?.softmaxWeights;
 
-  /** Weights and total from both, compared bit for bit (Object.is tells 0 from -0 and matches NaN). */
-  function expectSameBits(logits: Float32Array, temperature: number): void {
+  /** Weights, total and nucleus buckets from both, compared bit for bit (Object.is tells 0 from -0 and matches NaN). */
+  function expectSameBits(logits: Float32Array, temperature: number): Uint16Array {
     const max = logits[argmax(logits)] ?? 0;
-    const fromAddon = new Float64Array(logits.length);
-    const fromJs = new Float64Array(logits.length);
-    expect(Object.is(native!(logits, max, temperature, fromAddon), softmaxWeights(logits, max, temperature, fromJs))).toBe(true);
-    const differing = fromJs.findIndex((w, i) => !Object.is(w, fromAddon[i]));
-    expect(differing, `token ${differing}: ${fromJs[differing]} in JavaScript, ${fromAddon[differing]} native`).toBe(-1);
+    const run = (weightsOf: typeof softmaxWeights, withBuckets: boolean) => {
+      const weights = new Float64Array(logits.length);
+      const buckets = { perNat: 16, ids: new Uint16Array(logits.length), mass: new Float64Array(769) };
+      const total = weightsOf(logits, max, temperature, weights, withBuckets ? buckets : undefined);
+      return { total, weights, ids: buckets.ids, mass: buckets.mass };
+    };
+    for (const withBuckets of [false, true]) {
+      const fromAddon = run(native!, withBuckets);
+      const fromJs = run(softmaxWeights, withBuckets);
+      expect(Object.is(fromAddon.total, fromJs.total)).toBe(true);
+      const differing = fromJs.weights.findIndex((w, i) => !Object.is(w, fromAddon.weights[i]));
+      expect(differing, `token ${differing}: ${fromJs.weights[differing]} in JavaScript, ${fromAddon.weights[differing]} native`).toBe(-1);
+      expect(fromAddon.ids).toEqual(fromJs.ids);
+      expect(fromAddon.mass.every((m, i) => Object.is(m, fromJs.mass[i]))).toBe(true);
+    }
+    return run(softmaxWeights, true).ids;
   }
 
   it('is built here', () => {
     expect(native).toBeTypeOf('function');
   });
 
-  it.each([0.05, 0.7, 1, 1.3, 50])('gives the JavaScript loop bit for bit on a 32000-token row at temperature %s', (temperature) => {
-    const random = createRandom(temperature * 1000);
-    expectSameBits(
-      Float32Array.from({ length: 32_000 }, () => (random() - 0.5) * 40),
-      temperature,
-    );
-  });
+  it.each([0.05, 0.7, 1, 1.3, 50])(
+    'gives the JavaScript weights and buckets bit for bit on a 32000-token row at temperature %s',
+    (temperature) => {
+      const random = createRandom(temperature * 1000);
+      const buckets = expectSameBits(
+        Float32Array.from({ length: 32_000 }, () => (random() - 0.5) * 40),
+        temperature,
+      );
+      expect(new Set(buckets).size).toBeGreaterThan(10); // the nucleus buckets are really spread
+    },
+  );
 
   it('gives the same bits where 2^-k leaves the vector path: underflow, subnormals, NaN, -Infinity and a ragged tail', () => {
     // At temperature 1 distances of 700–760 nats cross the scalar path's subnormal range and underflow.

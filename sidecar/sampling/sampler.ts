@@ -86,13 +86,38 @@ export function argmax(logits: Float32Array): number {
 }
 
 /**
- * Fills weights[i] = e^−((max − logits[i]) / temperature), 0 for a NaN logit, and returns their sum
- * added in token order. The engine's addon has the same steps in SIMD (engine/native/softmax-weights.cc,
- * the same bits, ~4× faster); the serving layer passes it to createSampler where it is built.
+ * Nucleus cut-off without sorting the vocabulary: weights are bucketed by their distance from the
+ * top logit, (max − logit) / T, in 1/16-nat steps; buckets are ordered like the weights, so only
+ * the bucket where the cumulative weight crosses the target needs sorting (a few dozen tokens).
  */
-export type SoftmaxWeights = (logits: Float32Array, max: number, temperature: number, weights: Float64Array) => number;
+const BUCKETS_PER_NAT = 16;
+const BUCKET_COUNT = 48 * BUCKETS_PER_NAT + 1; // beyond 48 nats (weight < 1e-21) all share the last
 
-export const softmaxWeights: SoftmaxWeights = (logits, max, temperature, weights) => {
+/** Where top-p sampling wants each token's weight: its bucket, and each bucket's mass. */
+export interface WeightBuckets {
+  /** Buckets per nat of distance (max − logit) / T; past (mass.length − 1) / perNat nats, and NaN, the last. */
+  perNat: number;
+  /** Each token's bucket (written). */
+  ids: Uint16Array;
+  /** Each bucket's weights added in token order (added to: the caller zeroes it). */
+  mass: Float64Array;
+}
+
+/**
+ * Fills weights[i] = e^−((max − logits[i]) / temperature), 0 for a NaN logit, and returns their sum
+ * added in token order; with `buckets`, buckets them too. The engine's addon has the same steps in
+ * SIMD (engine/native/softmax-weights.cc, the same bits, 4–5× faster); the serving layer passes it
+ * to createSampler where it is built.
+ */
+export type SoftmaxWeights = (
+  logits: Float32Array,
+  max: number,
+  temperature: number,
+  weights: Float64Array,
+  buckets?: WeightBuckets,
+) => number;
+
+export const softmaxWeights: SoftmaxWeights = (logits, max, temperature, weights, buckets) => {
   let total = 0;
   for (let i = 0; i < logits.length; i++) {
     const w = expNegative((max - logits[i]!) / temperature);
@@ -100,16 +125,18 @@ export const softmaxWeights: SoftmaxWeights = (logits, max, temperature, weights
     weights[i] = weight;
     total += weight;
   }
+  if (buckets) {
+    const { perNat, ids, mass } = buckets;
+    const last = mass.length - 1;
+    for (let i = 0; i < logits.length; i++) {
+      const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits (weight 0)
+      const bucket = distance < mass.length / perNat ? Math.floor(distance * perNat) : last;
+      ids[i] = bucket;
+      mass[bucket]! += weights[i]!;
+    }
+  }
   return total;
 };
-
-/**
- * Nucleus cut-off without sorting the vocabulary: weights are bucketed by their distance from the
- * top logit, (max − logit) / T, in 1/16-nat steps; buckets are ordered like the weights, so only
- * the bucket where the cumulative weight crosses the target needs sorting (a few dozen tokens).
- */
-const BUCKETS_PER_NAT = 16;
-const BUCKET_COUNT = 48 * BUCKETS_PER_NAT + 1; // beyond 48 nats (weight < 1e-21) all share the last
 
 function nucleusThreshold(weights: Float64Array, buckets: Uint16Array, bucketMass: Float64Array, target: number): number {
   let cumulative = 0;
@@ -146,15 +173,9 @@ export function createSampler(options: SamplingOptions, weightsOf: SoftmaxWeight
       // An empty row has no maximum; like an infinite or NaN one it falls back to argmax.
       const max = logits[argmax(logits)] ?? Number.NaN;
       if (!Number.isFinite(max)) return argmax(logits);
-      const total = weightsOf(logits, max, temperature, weights);
-      if (topP >= 1) return pick(weights, 0, total * random()); // no nucleus: the weights alone
+      if (topP >= 1) return pick(weights, 0, weightsOf(logits, max, temperature, weights) * random()); // no nucleus: the weights alone
       bucketMass.fill(0);
-      for (let i = 0; i < logits.length; i++) {
-        const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits (weight 0)
-        const bucket = distance < BUCKET_COUNT / BUCKETS_PER_NAT ? Math.floor(distance * BUCKETS_PER_NAT) : BUCKET_COUNT - 1;
-        buckets[i] = bucket;
-        bucketMass[bucket]! += weights[i]!;
-      }
+      const total = weightsOf(logits, max, temperature, weights, { perNat: BUCKETS_PER_NAT, ids: buckets, mass: bucketMass });
       // Nucleus: the most likely tokens whose weights first reach topP of the total (ties at the cut-off kept).
       const threshold = nucleusThreshold(weights, buckets, bucketMass, topP * total);
       let kept = 0;

@@ -73,10 +73,25 @@ export type NativeSharedProduct = (memory: Uint8Array, dims: Int32Array, w: numb
 
 /**
  * A sampled row's softmax weights (engine/native/softmax-weights.cc): weights[i] =
- * e^−((max − logits[i]) / temperature), 0 for NaN, returning their sum in order; the bits of
- * sampling/sampler.ts's JavaScript loop.
+ * e^−((max − logits[i]) / temperature), 0 for NaN, returning their sum in order; with `buckets`,
+ * each token's nucleus bucket and each bucket's mass too. The bits of sampling/sampler.ts's
+ * JavaScript `softmaxWeights`.
  */
-export type NativeSoftmaxWeights = (logits: Float32Array, max: number, temperature: number, weights: Float64Array) => number;
+export type NativeSoftmaxWeights = (
+  logits: Float32Array,
+  max: number,
+  temperature: number,
+  weights: Float64Array,
+  buckets?: { perNat: number; ids: Uint16Array; mass: Float64Array },
+) => number;
+
+type AddonSoftmaxWeights = (
+  logits: Float32Array,
+  max: number,
+  temperature: number,
+  weights: Float64Array,
+  ...buckets: [perNat: number, ids: Uint16Array, mass: Float64Array] | []
+) => number;
 
 type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & {
   supported(): NativeIsa[];
@@ -84,7 +99,7 @@ type Addon = Record<`${BlockFormat}_${NativeIsa}`, NativeProduct> & {
   expert_ffn: NativeExpertFfn;
   shared_product: NativeSharedProduct;
   helper_chunks(): number;
-  softmax_weights: NativeSoftmaxWeights;
+  softmax_weights: AddonSoftmaxWeights;
 };
 
 export interface NativeGemm {
@@ -135,7 +150,10 @@ export function loadNativeGemm(isa?: NativeIsa): { gemm: NativeGemm | null; note
       sharedProduct: addon.shared_product,
       isaCode: chosen === 'avx512vnni' ? 0 : 1,
       helperChunks: addon.helper_chunks,
-      softmaxWeights: addon.softmax_weights,
+      softmaxWeights: (logits, max, temperature, weights, buckets) =>
+        buckets
+          ? addon.softmax_weights(logits, max, temperature, weights, buckets.perNat, buckets.ids, buckets.mass)
+          : addon.softmax_weights(logits, max, temperature, weights),
     },
     note: null,
   };

@@ -92,18 +92,36 @@ AVX2 double avx2Weights(const float* logits, int count, double max, double tempe
   return total;
 }
 
+/**
+ * Each token's bucket, ⌊distance · perNat⌋ below count / perNat nats of distance (max − logit) / T and
+ * the last bucket past it (or for NaN), and each bucket's weights added in token order: the sampler's
+ * nucleus buckets, step for step.
+ */
+void bucketWeights(const float* logits, int count, double max, double temperature, const double* weights, double perNat, uint16_t* ids,
+                   double* mass, int buckets) {
+  const double limit = buckets / perNat;
+  for (int i = 0; i < count; i++) {
+    const double distance = (max - static_cast<double>(logits[i])) / temperature;
+    const int bucket = distance < limit ? static_cast<int>(floor(distance * perNat)) : buckets - 1;
+    ids[i] = static_cast<uint16_t>(bucket);
+    mass[bucket] += weights[i];
+  }
+}
+
 }  // namespace
 
 /**
- * softmax_weights(logits, max, temperature, weights): weights[i] = e^−((max − logits[i]) / temperature)
- * (0 for NaN), returning their sum in order. logits a Float32Array, weights a Float64Array as long.
+ * softmax_weights(logits, max, temperature, weights[, perNat, ids, mass]): weights[i] =
+ * e^−((max − logits[i]) / temperature) (0 for NaN), returning their sum in order; with the last
+ * three, each token's nucleus bucket in ids and each bucket's mass added to mass (bucketWeights).
+ * logits a Float32Array, weights a Float64Array and ids a Uint16Array as long, mass a Float64Array.
  */
 napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 7;
+  napi_value argv[7];
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
   auto failWith = [&](const char* what) { return throwKernelError(env, "softmax_weights", what); };
-  if (argc != 4) return failWith("takes (logits, max, temperature, weights)");
+  if (argc != 4 && argc != 7) return failWith("takes (logits, max, temperature, weights[, perNat, ids, mass])");
   float* logits = nullptr;
   double* weights = nullptr;
   size_t count = 0, weightCount = 0;
@@ -113,9 +131,21 @@ napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
     return failWith("max and temperature must be numbers");
   if (!typedArray(env, argv[3], napi_float64_array, &weights, &weightCount) || weightCount != count)
     return failWith("weights must be a Float64Array as long as logits");
+  double perNat = 0;
+  uint16_t* ids = nullptr;
+  double* mass = nullptr;
+  size_t idCount = 0, buckets = 0;
+  if (argc == 7) {
+    if (napi_get_value_double(env, argv[4], &perNat) != napi_ok || !(perNat > 0)) return failWith("perNat must be a positive number");
+    if (!typedArray(env, argv[5], napi_uint16_array, &ids, &idCount) || idCount != count)
+      return failWith("ids must be a Uint16Array as long as logits");
+    if (!typedArray(env, argv[6], napi_float64_array, &mass, &buckets) || buckets == 0 || buckets > 65536)
+      return failWith("mass must be a Float64Array of 1 to 65536 buckets");
+  }
   if (count > INT32_MAX) return failWith("the row is too long");
   const int n = static_cast<int>(count);
   const double total = isaSupported(Isa::kAvx2) ? avx2Weights(logits, n, max, temperature, weights) : scalarWeights(logits, n, max, temperature, weights);
+  if (mass) bucketWeights(logits, n, max, temperature, weights, perNat, ids, mass, static_cast<int>(buckets));
   napi_value result;
   napi_create_double(env, total, &result);
   return result;
