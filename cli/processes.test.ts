@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
@@ -43,9 +43,13 @@ function isAlive(pid: number): boolean {
 }
 
 describe('freePort', () => {
-  it('returns a port nothing listens on, that can then be listened on', async () => {
+  it('returns a port nothing listens on, below the ephemeral range outgoing connections use, that can then be listened on', async () => {
     const port = await freePort();
-    expect(port).toBeGreaterThan(0);
+    expect(port).toBeGreaterThanOrEqual(1024);
+    if (existsSync('/proc/sys/net/ipv4/ip_local_port_range')) {
+      const [ephemeralLow] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+      expect(port).toBeLessThan(ephemeralLow!);
+    }
     expect(await isPortFree(port)).toBe(true);
     const server = createServer();
     await new Promise<void>((resolveListen) => server.listen(port, '127.0.0.1', resolveListen));

@@ -7,7 +7,7 @@
  * through argv, where any local user can read them with `ps`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -205,8 +205,34 @@ process.on('exit', () => {
 
 // ─── Ports and readiness ─────────────────────────────────────────────────────
 
-/** A port the OS considers free right now (another process may still take it before it is used). */
+/**
+ * Ports below the OS's ephemeral range, where outgoing connections take their local ports: a port
+ * chosen free there is only taken before its use by another listener, not by any connection
+ * opened meanwhile (`wrangler dev` once lost its inspector port that way while the sidecars loaded).
+ */
+function listeningPortRange(): { low: number; high: number } {
+  let ephemeralLow = 32768; // Linux's default; macOS and Windows start at 49152
+  try {
+    const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low !== undefined && Number.isInteger(low) && low > 2048) ephemeralLow = low;
+  } catch {
+    // no /proc: the default
+  }
+  return { low: Math.min(20000, ephemeralLow >> 1), high: ephemeralLow - 1 };
+}
+
+/** A port nothing listens on right now (another listener may still take it before it is used), outside the ephemeral range where one is free. */
 export async function freePort(): Promise<number> {
+  const { low, high } = listeningPortRange();
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = low + Math.floor(Math.random() * (high - low + 1));
+    if (await isPortFree(port)) return port;
+  }
+  return anyFreePort();
+}
+
+/** A port the OS picks from its ephemeral range. */
+async function anyFreePort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
     const probe = createServer();
     probe.once('error', reject);

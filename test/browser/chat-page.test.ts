@@ -133,7 +133,9 @@ describe('chat page', () => {
 
   it('streams tokens into the page as they arrive and shows the answer figures', async () => {
     const { page, requests, errors } = await openChat();
-    await page.fill('#max-tokens', '24');
+    // Long enough to span several frames even when the page's frames slow down under load (it renders once per
+    // frame, and the demo model's 24 tokens can arrive within one).
+    await page.fill('#max-tokens', '160');
     // Record every rendering of the reply: a streamed answer shows up as many growing texts, not one.
     await page.evaluate(() => {
       const seen: number[] = [];
