@@ -120,19 +120,15 @@ export type SoftmaxWeights = (
 export const softmaxWeights: SoftmaxWeights = (logits, max, temperature, weights, buckets) => {
   let total = 0;
   for (let i = 0; i < logits.length; i++) {
-    const w = expNegative((max - logits[i]!) / temperature);
+    const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits
+    const w = expNegative(distance);
     const weight = Number.isNaN(w) ? 0 : w; // NaN logits count as 0 (Math.max(NaN, 0) is NaN)
     weights[i] = weight;
     total += weight;
-  }
-  if (buckets) {
-    const { perNat, ids, mass } = buckets;
-    const last = mass.length - 1;
-    for (let i = 0; i < logits.length; i++) {
-      const distance = (max - logits[i]!) / temperature; // ≥ 0; NaN for NaN logits (weight 0)
-      const bucket = distance < mass.length / perNat ? Math.floor(distance * perNat) : last;
-      ids[i] = bucket;
-      mass[bucket]! += weights[i]!;
+    if (buckets) {
+      const bucket = distance < buckets.mass.length / buckets.perNat ? Math.floor(distance * buckets.perNat) : buckets.mass.length - 1;
+      buckets.ids[i] = bucket;
+      buckets.mass[bucket]! += weight;
     }
   }
   return total;

@@ -45,22 +45,44 @@ double expNegative(double d) {
   return poly * ldexp(1.0, -power);
 }
 
-/** One token's weight as sampler.ts takes it: NaN (a NaN logit) counts as 0. */
-double weightOf(float logit, double max, double temperature) {
-  const double w = expNegative((max - static_cast<double>(logit)) / temperature);
+/** A token's weight as sampler.ts takes it, from its distance (max − logit) / T: NaN (a NaN logit) counts as 0. */
+double weightAt(double distance) {
+  const double w = expNegative(distance);
   return isnan(w) ? 0.0 : w;
 }
 
-double scalarWeights(const float* logits, int count, double max, double temperature, double* weights) {
-  double total = 0;
-  for (int i = 0; i < count; i++) total += weights[i] = weightOf(logits[i], max, temperature);
+/**
+ * The sampler's nucleus buckets: a token's is ⌊distance · perNat⌋ below count / perNat nats, the last
+ * past it (or for NaN), and each bucket's weights are added in token order.
+ */
+struct Buckets {
+  double perNat;
+  uint16_t* ids;
+  double* mass;
+  int count;
+
+  void note(int token, double distance, double weight) const {
+    const int bucket = distance < count / perNat ? static_cast<int>(floor(distance * perNat)) : count - 1;
+    ids[token] = static_cast<uint16_t>(bucket);
+    mass[bucket] += weight;
+  }
+};
+
+/** Tokens [from, count) one at a time, their weights added to `total` in order. */
+double scalarWeights(const float* logits, int from, int count, double max, double temperature, double* weights, const Buckets* buckets,
+                     double total) {
+  for (int i = from; i < count; i++) {
+    const double distance = (max - static_cast<double>(logits[i])) / temperature;
+    total += weights[i] = weightAt(distance);
+    if (buckets) buckets->note(i, distance, weights[i]);
+  }
   return total;
 }
 
 /** a + y·b, as JavaScript rounds it. */
 AVX2 inline __m256d term(__m256d y, double a, double b) { return _mm256_add_pd(_mm256_set1_pd(a), _mm256_mul_pd(y, _mm256_set1_pd(b))); }
 
-AVX2 double avx2Weights(const float* logits, int count, double max, double temperature, double* weights) {
+AVX2 double avx2Weights(const float* logits, int count, double max, double temperature, double* weights, const Buckets* buckets) {
   const __m256d maxes = _mm256_set1_pd(max), temperatures = _mm256_set1_pd(temperature);
   const __m256d log2e = _mm256_set1_pd(kLog2e), rounding = _mm256_set1_pd(kRounding), ln2High = _mm256_set1_pd(kLn2High),
                 ln2Low = _mm256_set1_pd(kLn2Low), one = _mm256_set1_pd(1.0), limit = _mm256_set1_pd(kVectorLimit);
@@ -78,34 +100,19 @@ AVX2 double avx2Weights(const float* logits, int count, double max, double tempe
                                                                _mm256_mul_pd(y4, _mm256_set1_pd(kC12)))));
     // 2^−k for 0 ≤ k ≤ 1010 (d ≤ 700): its exponent field, 1023 − k, and a zero mantissa.
     const __m256i powers = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_set1_epi64x(1023), _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k))), 52);
-    alignas(32) double lanes[4];
+    alignas(32) double lanes[4], distances[4];
     _mm256_store_pd(lanes, _mm256_mul_pd(poly, _mm256_castsi256_pd(powers)));
+    _mm256_store_pd(distances, d);
     // Lanes past the limit, and NaN ones (NaN ≤ limit is false), go through the scalar steps.
     const int scalar = _mm256_movemask_pd(_mm256_cmp_pd(d, limit, _CMP_NLE_UQ));
     for (int lane = 0; lane < 4; lane++) {
-      const double w = scalar >> lane & 1 ? weightOf(logits[i + lane], max, temperature) : lanes[lane];
+      const double w = scalar >> lane & 1 ? weightAt(distances[lane]) : lanes[lane];
       weights[i + lane] = w;
       total += w;
+      if (buckets) buckets->note(i + lane, distances[lane], w);
     }
   }
-  for (; i < count; i++) total += weights[i] = weightOf(logits[i], max, temperature);
-  return total;
-}
-
-/**
- * Each token's bucket, ⌊distance · perNat⌋ below count / perNat nats of distance (max − logit) / T and
- * the last bucket past it (or for NaN), and each bucket's weights added in token order: the sampler's
- * nucleus buckets, step for step.
- */
-void bucketWeights(const float* logits, int count, double max, double temperature, const double* weights, double perNat, uint16_t* ids,
-                   double* mass, int buckets) {
-  const double limit = buckets / perNat;
-  for (int i = 0; i < count; i++) {
-    const double distance = (max - static_cast<double>(logits[i])) / temperature;
-    const int bucket = distance < limit ? static_cast<int>(floor(distance * perNat)) : buckets - 1;
-    ids[i] = static_cast<uint16_t>(bucket);
-    mass[bucket] += weights[i];
-  }
+  return scalarWeights(logits, i, count, max, temperature, weights, buckets, total);
 }
 
 }  // namespace
@@ -113,7 +120,7 @@ void bucketWeights(const float* logits, int count, double max, double temperatur
 /**
  * softmax_weights(logits, max, temperature, weights[, perNat, ids, mass]): weights[i] =
  * e^−((max − logits[i]) / temperature) (0 for NaN), returning their sum in order; with the last
- * three, each token's nucleus bucket in ids and each bucket's mass added to mass (bucketWeights).
+ * three, each token's nucleus bucket in ids and each bucket's mass added to mass (Buckets).
  * logits a Float32Array, weights a Float64Array and ids a Uint16Array as long, mass a Float64Array.
  */
 napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
@@ -124,28 +131,28 @@ napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
   if (argc != 4 && argc != 7) return failWith("takes (logits, max, temperature, weights[, perNat, ids, mass])");
   float* logits = nullptr;
   double* weights = nullptr;
-  size_t count = 0, weightCount = 0;
+  size_t tokens = 0, weightCount = 0;
   double max = 0, temperature = 0;
-  if (!typedArray(env, argv[0], napi_float32_array, &logits, &count)) return failWith("logits must be a Float32Array");
+  if (!typedArray(env, argv[0], napi_float32_array, &logits, &tokens)) return failWith("logits must be a Float32Array");
   if (napi_get_value_double(env, argv[1], &max) != napi_ok || napi_get_value_double(env, argv[2], &temperature) != napi_ok)
     return failWith("max and temperature must be numbers");
-  if (!typedArray(env, argv[3], napi_float64_array, &weights, &weightCount) || weightCount != count)
+  if (!typedArray(env, argv[3], napi_float64_array, &weights, &weightCount) || weightCount != tokens)
     return failWith("weights must be a Float64Array as long as logits");
-  double perNat = 0;
-  uint16_t* ids = nullptr;
-  double* mass = nullptr;
-  size_t idCount = 0, buckets = 0;
+  Buckets buckets{};
   if (argc == 7) {
-    if (napi_get_value_double(env, argv[4], &perNat) != napi_ok || !(perNat > 0)) return failWith("perNat must be a positive number");
-    if (!typedArray(env, argv[5], napi_uint16_array, &ids, &idCount) || idCount != count)
+    size_t idCount = 0, bucketCount = 0;
+    if (napi_get_value_double(env, argv[4], &buckets.perNat) != napi_ok || !(buckets.perNat > 0)) return failWith("perNat must be a positive number");
+    if (!typedArray(env, argv[5], napi_uint16_array, &buckets.ids, &idCount) || idCount != tokens)
       return failWith("ids must be a Uint16Array as long as logits");
-    if (!typedArray(env, argv[6], napi_float64_array, &mass, &buckets) || buckets == 0 || buckets > 65536)
+    if (!typedArray(env, argv[6], napi_float64_array, &buckets.mass, &bucketCount) || bucketCount == 0 || bucketCount > 65536)
       return failWith("mass must be a Float64Array of 1 to 65536 buckets");
+    buckets.count = static_cast<int>(bucketCount);
   }
-  if (count > INT32_MAX) return failWith("the row is too long");
-  const int n = static_cast<int>(count);
-  const double total = isaSupported(Isa::kAvx2) ? avx2Weights(logits, n, max, temperature, weights) : scalarWeights(logits, n, max, temperature, weights);
-  if (mass) bucketWeights(logits, n, max, temperature, weights, perNat, ids, mass, static_cast<int>(buckets));
+  if (tokens > INT32_MAX) return failWith("the row is too long");
+  const int n = static_cast<int>(tokens);
+  const Buckets* withBuckets = argc == 7 ? &buckets : nullptr;
+  const double total = isaSupported(Isa::kAvx2) ? avx2Weights(logits, n, max, temperature, weights, withBuckets)
+                                                : scalarWeights(logits, 0, n, max, temperature, weights, withBuckets, 0);
   napi_value result;
   napi_create_double(env, total, &result);
   return result;
