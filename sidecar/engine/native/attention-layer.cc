@@ -250,10 +250,8 @@ void attend(const Shape& s, const Tensors& t, const float* qkv, int row, int g, 
   const float* mask = t.mask + static_cast<size_t>(row) * total;
   const float* q = qkv + static_cast<size_t>(row) * s.qkvRows() + static_cast<size_t>(g) * group * s.headDim;
   const size_t kv = static_cast<size_t>(b) * s.kvHeads + g;
-  const float* pastKeys = t.pastKeys + kv * s.past * s.headDim;
-  const float* pastValues = t.pastValues + kv * s.past * s.headDim;
-  const float* newKeys = t.newKeys + kv * s.seq * s.headDim;
-  const float* newValues = t.newValues + kv * s.seq * s.headDim;
+  const Slots keys{t.pastKeys + kv * s.past * s.headDim, t.newKeys + kv * s.seq * s.headDim, s.past, s.headDim};
+  const Slots values{t.pastValues + kv * s.past * s.headDim, t.newValues + kv * s.seq * s.headDim, s.past, s.headDim};
   // scores[k · total + j]: query head g·group + k against slot j.
   for (int k = 0; k < group; k++) best[k] = -INFINITY;
   for (int j = 0; j < total; j++) {
@@ -262,8 +260,7 @@ void attend(const Shape& s, const Tensors& t, const float* qkv, int row, int g, 
       for (int k = 0; k < group; k++) scores[static_cast<size_t>(k) * total + j] = -INFINITY;
       continue;
     }
-    const float* key = j < s.past ? pastKeys + static_cast<size_t>(j) * s.headDim : newKeys + static_cast<size_t>(j - s.past) * s.headDim;
-    dotGroup(q, key, s.headDim, group, dots.data());
+    dotGroup(q, keys.at(j), s.headDim, group, dots.data());
     for (int k = 0; k < group; k++) {
       const float score = dots[k] * scale + mask[j];
       scores[static_cast<size_t>(k) * total + j] = score;
@@ -284,7 +281,6 @@ void attend(const Shape& s, const Tensors& t, const float* qkv, int row, int g, 
     seesAny = true;
   }
   if (!seesAny) return;
-  const Slots values{pastValues, newValues, s.past, s.headDim};
   for (int k = 0; k < group; k += 4) {
     const float* weights = scores.data() + static_cast<size_t>(k) * total;
     float* heads = out + static_cast<size_t>(k) * s.headDim;
